@@ -1,0 +1,46 @@
+"""The ``mmlens`` command: a thin layer over the public API of each package.
+
+User-caused problems (:class:`mmlens.errors.MMLensError`) are printed as one line on stderr with exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import typer
+
+from mmlens.cli.bench import bench_app
+from mmlens.cli.demo import demo_command
+from mmlens.cli.models import models_app
+from mmlens.cli.world import world_app
+from mmlens.cli.zoo import zoo_app
+from mmlens.errors import MMLensError
+
+app = typer.Typer(
+    name="mmlens",
+    help="Where a multimodal model's alignment breaks, why, and how to repair it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(world_app, name="world")
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+app.command("demo")(demo_command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="mmlens")
+    except MMLensError as err:
+        print(f"mmlens: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("mmlens: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,126 @@
+"""``load_model``: one entry point from a model spec (zoo name, local path, Hugging Face id) to an adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PretrainedConfig,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    SiglipConfig,
+    SiglipModel,
+    VisionTextDualEncoderConfig,
+    VisionTextDualEncoderModel,
+)
+
+from mmlens.errors import ModelLoadError
+from mmlens.models.contrastive import ContrastiveModel
+from mmlens.models.generative import CausalLanguageModel, VisionLanguageModel
+from mmlens.models.processors import Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
+
+ZOO_PREFIX = "zoo:"
+
+Adapter = ContrastiveModel | VisionLanguageModel | CausalLanguageModel
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How to load one config class: the model class, the adapter, and the processor class."""
+
+    model_class: Any
+    adapter: type
+    # AutoProcessor picks the PIL image processors when torchvision is missing; Qwen needs the image-only variant.
+    processor_class: Any = AutoProcessor
+
+
+_ROUTES: dict[type[PretrainedConfig], _Route] = {
+    CLIPConfig: _Route(CLIPModel, ContrastiveModel),
+    SiglipConfig: _Route(SiglipModel, ContrastiveModel),
+    VisionTextDualEncoderConfig: _Route(VisionTextDualEncoderModel, ContrastiveModel),
+    LlavaConfig: _Route(LlavaForConditionalGeneration, VisionLanguageModel),
+    LlavaNextConfig: _Route(LlavaNextForConditionalGeneration, VisionLanguageModel),
+    Qwen2VLConfig: _Route(Qwen2VLForConditionalGeneration, VisionLanguageModel, Qwen2VLImageOnlyProcessor),
+    Qwen2_5_VLConfig: _Route(Qwen2_5_VLForConditionalGeneration, VisionLanguageModel, Qwen2_5_VLImageOnlyProcessor),
+    Idefics3Config: _Route(Idefics3ForConditionalGeneration, VisionLanguageModel),
+    PaliGemmaConfig: _Route(PaliGemmaForConditionalGeneration, VisionLanguageModel),
+}
+
+
+def resolve_spec(spec: str | Path) -> str:
+    """A loadable location for ``spec``: ``zoo:NAME`` -> the zoo model's directory; paths and hub ids as given."""
+    spec = str(spec)
+    if not spec.startswith(ZOO_PREFIX):
+        return spec
+    name = spec[len(ZOO_PREFIX):]
+    from mmlens import zoo  # lazy: the zoo trains models with this package, so it imports us
+
+    if not (hasattr(zoo, "is_built") and hasattr(zoo, "model_dir")):
+        raise ModelLoadError("this mmlens installation has no model zoo (mmlens.zoo.is_built/model_dir missing)")
+    if not zoo.is_built(name):
+        raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}`")
+    return str(zoo.model_dir(name))
+
+
+def _load_config(location: str, spec: str) -> PretrainedConfig:
+    is_local = Path(location).exists()
+    if not is_local and location.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model path {location} does not exist: check the path or use a Hugging Face id")
+    try:
+        return AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as err:
+        if is_local:
+            raise ModelLoadError(f"{spec}: no loadable config.json in {location} ({str(err).splitlines()[0]})") from err
+        raise ModelLoadError(
+            f"cannot load {spec!r}: not a local directory and not in the Hugging Face cache "
+            "(offline?): download it first with `huggingface-cli download` or pass a local path"
+        ) from err
+
+
+def load_model(spec: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None) -> Adapter:
+    """Load ``spec`` (``zoo:NAME``, a local directory, or a Hugging Face id) and wrap it in its adapter.
+
+    Dispatches on the config class: CLIP / SigLIP / dual encoders -> :class:`ContrastiveModel`; LLaVA, LLaVA-NeXT,
+    Qwen2-VL, Qwen2.5-VL, Idefics3 (SmolVLM), PaliGemma -> :class:`VisionLanguageModel`; any other config with a
+    causal-LM head -> :class:`CausalLanguageModel`.
+    """
+    location = resolve_spec(spec)
+    config = _load_config(location, str(spec))
+    route = next((r for cls, r in _ROUTES.items() if type(config) is cls), None)
+    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+    try:
+        if route is None:
+            model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            adapter: Adapter = CausalLanguageModel(model, tokenizer)
+        else:
+            model = route.model_class.from_pretrained(location, **kwargs)
+            adapter = route.adapter(model, route.processor_class.from_pretrained(location))
+    except ValueError as err:
+        if route is None and "Unrecognized configuration class" in str(err):
+            raise ModelLoadError(f"{spec}: unsupported architecture {type(config).__name__} "
+                                 "(mmlens supports CLIP/SigLIP/dual encoders, LLaVA-style VLMs and causal LMs)") from err
+        raise
+    except OSError as err:
+        raise ModelLoadError(f"cannot load weights or processor of {spec!r}: {str(err).splitlines()[0]}") from err
+    adapter.model.eval()
+    return adapter.to(device)

@@ -1,0 +1,177 @@
+"""``mini-clip``: a CLIP trained from scratch on the procedural world's captions.
+
+Its vision tower is the starting point of ``mini-llava`` (LLaVA's recipe: contrastive vision pretraining first), so
+the captions it is trained on carry what the LLaVA later has to answer: object lists with colours and counts
+("two red circles and a blue square"), counts by shape ("there are three objects : two squares and a circle") and
+positions ("a small red circle at the top left ... on a black background").
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+from mmlens.models.tokenizers import make_image_processor, train_word_tokenizer
+from mmlens.world import World, WorldConfig
+from mmlens.zoo.common import (
+    clip_embed_images,
+    clip_embed_texts,
+    make_record,
+    pixel_tensor,
+    seed_everything,
+    set_threads,
+    train_clip,
+    write_json,
+    METRICS_FILE,
+    config_from_dict,
+    read_record,
+)
+
+
+@dataclass(frozen=True)
+class MiniClipConfig:
+    """Recipe of ``mini-clip`` (defaults = the zoo's measured recipe)."""
+
+    seed: int = 0
+    world_seed: int = 0
+    world: WorldConfig = field(default_factory=WorldConfig)
+    n_train_scenes: int = 20000
+    caption_styles: tuple[str, ...] = ("objects", "count", "detailed")
+    # model
+    patch_size: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    projection_dim: int = 128
+    max_text_len: int = 48
+    # optimisation
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    threads: int = 2
+    # evaluation: retrieval among n_eval_scenes held-out (test split) scenes, each with its own caption
+    n_eval_scenes: int = 100
+    eval_style: str = "objects"
+
+
+def build_world(cfg: MiniClipConfig) -> World:
+    return World(cfg.world, seed=cfg.world_seed)
+
+
+def _tokenizer(world: World, scenes):
+    tok = train_word_tokenizer([*world.corpus(scenes[:2000], 0), " ".join(world.vocabulary())],
+                               extra_special_tokens=(), chat_template=None, add_bos_eos=True)
+    tok.padding_side = "right"  # CLIP's text tower uses absolute positions from 0 and pools at </s>
+    return tok
+
+
+def make_model(cfg: MiniClipConfig, tok) -> CLIPModel:
+    text = dict(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
+                num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                max_position_embeddings=cfg.max_text_len, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                  image_size=cfg.world.image_size, patch_size=cfg.patch_size)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
+
+
+def evaluate_model(model: CLIPModel, processor, cfg: MiniClipConfig) -> dict:
+    """Image-to-caption retrieval on held-out (test split) scenes.
+
+    Pool: the first ``n_eval_scenes`` test scenes, each with one caption of style ``eval_style`` (fixed rng).
+    An image counts as correct when the top-1 caption is its own caption's text (two scenes with identical
+    captions are indistinguishable by text, so either counts). Also reported: the same with "detailed" captions
+    and text-to-image top-1.
+    """
+    world = build_world(cfg)
+    scenes = world.sample_scenes(cfg.n_eval_scenes, "test")
+    pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
+    model.eval()
+    img = clip_embed_images(model, pv)
+    out: dict = {"retrieval_pool_size": len(scenes), "retrieval_split": "test", "retrieval_style": cfg.eval_style}
+    for style in dict.fromkeys((cfg.eval_style, "detailed")):
+        rng = np.random.default_rng(12345)
+        caps = [world.caption(s, rng, style=style) for s in scenes]
+        txt = clip_embed_texts(model, processor.tokenizer, caps)
+        sim = img @ txt.T
+        i2t = sim.argmax(1).numpy()
+        t2i = sim.argmax(0).numpy()
+        acc_i2t = float(np.mean([caps[j] == caps[i] for i, j in enumerate(i2t)]))
+        acc_t2i = float(np.mean([caps[j] == caps[i] for i, j in enumerate(t2i)]))
+        key = "" if style == cfg.eval_style else f"_{style}"
+        out[f"retrieval_top1{key}"] = round(acc_i2t, 4)
+        out[f"text_to_image_top1{key}"] = round(acc_t2i, 4)
+    return out
+
+
+def build(out_dir: Path, cfg: MiniClipConfig, progress=None) -> dict:
+    """Train mini-clip and save it (model, CLIPProcessor, metrics.json) into ``out_dir``."""
+    t0 = time.time()
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    world = build_world(cfg)
+    scenes = world.sample_scenes(cfg.n_train_scenes, "train")
+    tok = _tokenizer(world, scenes)
+    processor = CLIPProcessor(image_processor=make_image_processor(cfg.world.image_size), tokenizer=tok)
+    pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
+    # Pre-tokenise a pool of captions per scene and style (captions are random in their phrase order).
+    rng = np.random.default_rng(cfg.seed)
+    n_var = 2
+    caps = [[world.caption(s, rng, style=st) for st in cfg.caption_styles for _ in range(n_var)] for s in scenes]
+    flat = [c for cs in caps for c in cs]
+    enc = tok(flat, padding="max_length", max_length=cfg.max_text_len, truncation=True, return_tensors="pt")
+    ids_all = enc["input_ids"].view(len(scenes), -1, cfg.max_text_len)
+    mask_all = enc["attention_mask"].view(len(scenes), -1, cfg.max_text_len)
+    # group: identical content signature of the caption's style -> positives of each other
+    grp = np.array([[zlib.crc32(" ".join(sorted(c.split())).encode()) for c in cs] for cs in caps], dtype=np.int64)
+    n_per = ids_all.shape[1]
+
+    def sample_texts(idx, r):
+        j = r.integers(n_per, size=len(idx))
+        # the same style for the whole batch keeps the contrastive task sharp
+        style = r.integers(len(cfg.caption_styles))
+        j = style * n_var + (j % n_var)
+        ids = ids_all[idx, j]
+        mask = mask_all[idx, j]
+        L = int(mask.sum(1).max())
+        return ids[:, :L], mask[:, :L], grp[idx, j]
+
+    model = make_model(cfg, tok)
+    losses = train_clip(model, pv, sample_texts, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, warmup=cfg.warmup, seed=cfg.seed, progress=progress)
+    train_seconds = time.time() - t0
+    metrics = evaluate_model(model, processor, cfg)
+    metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    rec = make_record("mini-clip", metrics, cfg, time.time() - t0, world_config=cfg.world,
+                      train_seconds=round(train_seconds, 2), n_parameters=sum(p.numel() for p in model.parameters()))
+    write_json(Path(out_dir) / METRICS_FILE, rec)
+    return rec
+
+
+def load(path: Path):
+    model = CLIPModel.from_pretrained(path)
+    processor = CLIPProcessor.from_pretrained(path)
+    model.eval()
+    return model, processor
+
+
+def evaluate_dir(path: Path) -> dict:
+    rec = read_record(path)
+    cfg = config_from_dict(MiniClipConfig, {**rec["config"], "world": WorldConfig.from_dict(rec["world_config"])})
+    model, processor = load(path)
+    with torch.no_grad():
+        return evaluate_model(model, processor, cfg)

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+from PIL import Image
+
+from mmlens.report import CardLine, HtmlReport, ImageCard, write_json_atomic, write_jsonl_atomic
+
+
+def _report() -> HtmlReport:
+    report = HtmlReport("Title <b>", subtitle="sub", data={"x": 1.5})
+    section = report.section("Metrics & more")
+    section.text("a paragraph with <script>")
+    section.table([{"metric": "acc", "value": 0.91234, "meets target": True}, {"metric": "f1", "value": 0.5, "meets target": False}])
+    section.images([ImageCard(Image.new("RGB", (8, 8), "red"), "red square", (CardLine("yes", ok=True), CardLine("no", ok=False)))])
+    fig, ax = plt.subplots()
+    ax.bar(["a"], [1])
+    section.figure(fig, "a plot")
+    return report
+
+
+def test_report_writes_page_assets_and_data(tmp_path):
+    index = _report().write(tmp_path / "rep")
+    page = index.read_text()
+    assert "&lt;script&gt;" in page and "<script>" not in page  # text is escaped
+    assert "0.912" in page and 'class="pass"' in page and 'class="fail"' in page
+    assets = sorted(p.name for p in (tmp_path / "rep" / "assets").rglob("*.png"))
+    assert len(assets) == 2
+    for src in [part.split('"')[0] for part in page.split('src="')[1:]]:
+        assert (tmp_path / "rep" / src).is_file(), src
+    thumb = Image.open(next((tmp_path / "rep" / "assets").rglob("img-*.png")))
+    assert thumb.size[0] >= 160  # tiny images are upscaled for reading
+    assert json.loads((tmp_path / "rep" / "data.json").read_text()) == {"x": 1.5}
+
+
+def test_report_replaces_existing_folder_atomically(tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    _report().write(out)
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folders left behind
+
+
+def test_atomic_json_leaves_old_file_on_error(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    write_jsonl_atomic(tmp_path / "r.jsonl", [{"a": 1}, {"b": 2}])
+    assert (tmp_path / "r.jsonl").read_text().splitlines() == ['{"a": 1}', '{"b": 2}']
