@@ -24,6 +24,9 @@ from mmlens.models import (
 )
 from mmlens.models.tiny import CONTRASTIVE_ARCHITECTURES, TINY_CORPUS, VISION_LANGUAGE_ARCHITECTURES
 
+# PaliGemma's processor builds numpy labels from tensors (a transformers-internal DeprecationWarning).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 GENERATIVE_ARCHITECTURES = (*VISION_LANGUAGE_ARCHITECTURES, "llama")
 PROMPTS = ["what colour is the shape in the middle of the image?", "describe it."]
 
@@ -376,3 +379,73 @@ def test_contrastive_rejects_mismatched_pairs(con):
     arch, model = con
     with pytest.raises(InputError):
         model.contrastive_loss(_images(3), TEXTS)
+
+
+# ----------------------------------------------------------------------------------------------- hooks
+def test_capture_and_steer_hooks_remove_themselves(gen):
+    from mmlens.models import add_to_output, capture_outputs
+
+    arch, model = gen
+    batch = _prepare(model, PROMPTS)
+    layers = model.decoder_layers
+    hidden = model.config.get_text_config().hidden_size
+    with torch.no_grad():
+        base = model.forward(batch).logits
+        with capture_outputs({"first": layers[0], "last": layers[-1]}) as acts:
+            model.forward(batch)
+        assert [a.shape for a in acts["last"]] == [(*batch["input_ids"].shape, hidden)]
+        with add_to_output(layers[0], torch.ones(hidden), scale=5.0):
+            steered = model.forward(batch).logits
+        assert not torch.allclose(steered, base)
+        # Only non-image positions steered: image positions' layer-0 output equals the unsteered one.
+        keep = ~model.image_token_mask(batch)
+        with add_to_output(layers[0], torch.ones(hidden), scale=5.0, positions=keep), \
+                capture_outputs({"first": layers[0]}) as steered_acts:
+            model.forward(batch)
+        delta = (steered_acts["first"][0] - acts["first"][0]).abs().sum(-1)
+        assert (delta[~keep] == 0).all() and (delta[keep] > 0).all()
+        with pytest.raises(RuntimeError):
+            with capture_outputs({"first": layers[0]}), add_to_output(layers[0], torch.ones(hidden)):
+                raise RuntimeError("boom")
+        assert not layers[0]._forward_hooks
+        torch.testing.assert_close(model.forward(batch).logits, base)
+
+
+def test_tiny_model_seed_controls_weights():
+    a, b, c = tiny_model("llama", seed=0), tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    wa, wb, wc = (m.lm_head.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_causal_lm_without_chat_template_uses_plain_continuation():
+    model = tiny_model("llama")
+    model.tokenizer.chat_template = None
+    batch = model.prepare(["the red square", "a blue circle on the"], answers=["left", "right"])
+    for row, answer in enumerate(["left", "right"]):
+        kept = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert model.tokenizer.decode(kept, skip_special_tokens=True).strip() == answer
+    assert len(model.generate(["the red square", "a"], max_new_tokens=2)) == 2
+
+
+def test_load_in_bfloat16_casts_pixel_values(tmp_path):
+    tiny_model("llava").save_pretrained(tmp_path)
+    model = load_model(tmp_path, torch_dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    batch = model.prepare(_images(2), PROMPTS)
+    assert batch["pixel_values"].dtype == torch.float32  # cast happens when moved to the model
+    with torch.no_grad():
+        assert torch.isfinite(model.forward(batch).logits.float()).all()
+    assert len(model.generate(_images(2), PROMPTS, max_new_tokens=2)) == 2
+
+
+def test_several_images_per_prompt(gen):
+    arch, model = gen
+    if not isinstance(model, VisionLanguageModel):
+        pytest.skip("text-only")
+    a, b = _images(2)
+    one = model.image_token_mask(model.prepare([a, b], PROMPTS)).sum(1)
+    batch = model.prepare([[a, a], b], PROMPTS)
+    two = model.image_token_mask(batch).sum(1)
+    assert two[0] == 2 * one[0] and two[1] == one[1]
+    with torch.no_grad():
+        assert torch.isfinite(model.forward(batch).logits).all()

@@ -117,7 +117,8 @@ def test_captions(scenes: list[Scene], world: World) -> None:
             assert f"{o.size} {o.colour} {o.shape} at the {o.position(sc.grid_size)}" in caps["detailed"]
         n = len(sc.objects)
         assert NUMBER_WORDS[n] in caps["count"]
-        assert set(caps["detailed"].split()) <= set(world.vocabulary())
+        for text in caps.values():
+            assert set(text.split()) <= set(world.vocabulary())
     with pytest.raises(InputError):
         world.caption(scenes[0], rng, style="poem")
 
@@ -243,3 +244,13 @@ def test_config_validation() -> None:
     sc = w.sample_scenes(3, "train")
     assert w.render(sc[0]).size == (48, 48)
     assert "center" in cfg.positions
+
+
+def test_vocabulary_covers_corpus() -> None:
+    from mmlens.world import ALL_COLOURS
+
+    cfg = WorldConfig(image_size=48, grid_size=3, colours=ALL_COLOURS, caption_leak=0.5, max_objects=4)
+    w = World(cfg, seed=1)
+    tokens = set(" ".join(w.corpus(w.sample_scenes(300, "train"), rng=0)).split())
+    assert tokens <= set(w.vocabulary())
+    assert set(World().vocabulary()) <= set(World().vocabulary(include_synonyms=True))

@@ -29,6 +29,9 @@ def test_export_roundtrip(tmp_path: Path, world: World) -> None:
         assert rec["objects"] == sorted(sc.object_classes)
         assert set(rec["captions"]) == {"objects", "count", "detailed", "colour"}
         assert rec["vqa"] and all(set(q) >= {"question", "answer", "answer_type"} for q in rec["vqa"])
+        assert {p["kind"] for p in rec["pope"]} == {"random", "popular", "adversarial"}
+        for p in rec["pope"]:
+            assert (p["label"] == "yes") == (p["object_class"] in sc.object_classes)
         png = np.asarray(__import__("PIL.Image").Image.open(out / rec["image"]).convert("RGB"))
         assert np.array_equal(png, np.asarray(world.render(sc)))  # PNG is lossless
     pairs = load_pairs_jsonl(out / "data.jsonl")
@@ -68,6 +71,7 @@ def test_hf_dataset(tmp_path: Path, world: World) -> None:
     assert np.array_equal(np.asarray(row["image"].convert("RGB")), np.asarray(world.render(sc)))
     assert Scene.from_dict(json.loads(row["scene"])) == sc
     assert row["objects"] == sorted(sc.object_classes)
+    assert row["pope"] and set(row["pope"][0]) == {"object_class", "question", "label", "kind"}
     out = export_world(tmp_path / "ds", world, 6, split="test")
     ds2 = to_hf_dataset(out)
     assert ds2["caption"] == ds["caption"] and ds2["scene_id"] == ds["scene_id"]
@@ -94,6 +98,8 @@ def test_load_pairs_errors(tmp_path: Path, world: World) -> None:
     data.write_text(json.dumps({"image": "ok.png"}) + "\n")
     with pytest.raises(InputError, match="missing key 'caption'"):
         load_pairs_jsonl(data)
+    loose = load_pairs_jsonl(data, require_caption=False)  # e.g. images + prompts for generation
+    assert loose[0]["caption"] is None and loose[0]["image"].size == (32, 32)
     data.write_text("{not json\n")
     with pytest.raises(InputError, match=":1: not valid JSON"):
         load_pairs_jsonl(data)

@@ -5,6 +5,7 @@ Public API (imported lazily so that ``mmlens.models.tokenizers`` stays cheap to 
     load_model(spec, *, device="cpu", torch_dtype=None)      # "zoo:NAME", a local dir, or a Hugging Face id
     ContrastiveModel, VisionLanguageModel, CausalLanguageModel
     contrastive_loss, per_pair_loss, LossKind, ParamGroup
+    capture_outputs, add_to_output                          # forward hooks as context managers
     tiny_model(arch, *, seed=0), TINY_ARCHITECTURES
     train_word_tokenizer, make_llava_processor
 """
@@ -28,6 +29,8 @@ _EXPORTS = {
     "PromptStyle": "generative",
     "VLM_FAMILIES": "generative",
     "IGNORE_INDEX": "generative",
+    "capture_outputs": "hooks",
+    "add_to_output": "hooks",
     "tiny_model": "tiny",
     "TINY_ARCHITECTURES": "tiny",
     "train_word_tokenizer": "tokenizers",
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
         PromptStyle,
         VisionLanguageModel,
     )
+    from mmlens.models.hooks import add_to_output, capture_outputs
     from mmlens.models.loading import load_model, resolve_spec
     from mmlens.models.tiny import TINY_ARCHITECTURES, tiny_model
     from mmlens.models.tokenizers import make_chat_template, make_llava_processor, train_word_tokenizer

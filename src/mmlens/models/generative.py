@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,11 +192,14 @@ class _GenerativeBase:
         return len(self.decoder_layers)
 
     # --------------------------------------------------------------------------------------- batching
-    def _encode(self, texts: list[str], images: list | None, suffix: list[str] | None = None) -> BatchFeature:
-        kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True)
+    def _add_special_tokens(self, texts: list[str]) -> bool:
         bos = self.tokenizer.bos_token
         # Chat templates that already start with <bos> must not get a second one (what transformers does too).
-        kwargs["add_special_tokens"] = not (bos is not None and texts and all(t.startswith(bos) for t in texts))
+        return not (bos is not None and texts and all(t.startswith(bos) for t in texts))
+
+    def _encode(self, texts: list[str], images: list | None, suffix: list[str] | None = None) -> BatchFeature:
+        kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True)
+        kwargs["add_special_tokens"] = self._add_special_tokens(texts)
         if images is not None:
             kwargs["images"] = images
         if suffix is not None:
@@ -204,13 +208,23 @@ class _GenerativeBase:
             return self.processor(**kwargs)
 
     @staticmethod
-    def _mask_labels(full: BatchFeature, prefix_lengths: torch.Tensor) -> torch.Tensor:
-        """Labels = input_ids on answer tokens, -100 elsewhere (left padding: the answer is each row's tail)."""
-        ids = full["input_ids"]
-        lengths = full["attention_mask"].sum(1)
+    def _mask_labels(full: BatchFeature, prefix: BatchFeature) -> torch.Tensor:
+        """Labels = input_ids on answer tokens, -100 elsewhere (left padding: the answer is each row's tail).
+
+        The answer length is (tokens of prompt+answer) - (tokens of prompt with generation prompt).
+        """
+        ids, prefix_ids = full["input_ids"], prefix["input_ids"]
+        lengths, prefix_lengths = full["attention_mask"].sum(1), prefix["attention_mask"].sum(1)
         answer_len = lengths - prefix_lengths
         if (answer_len <= 0).any():
             raise InputError("an answer tokenized to zero tokens: answers must be non-empty text")
+        for row in range(len(ids)):
+            start, n = ids.shape[1] - int(lengths[row]), int(prefix_lengths[row])
+            if not torch.equal(ids[row, start:start + n], prefix_ids[row, prefix_ids.shape[1] - n:]):
+                # A tokenizer merged text across the prompt/answer boundary: labels may be off by a token.
+                warnings.warn("the prompt tokens of a training example are not a prefix of prompt+answer tokens; "
+                              "labels at the answer boundary may be shifted", stacklevel=3)
+                break
         positions = torch.arange(ids.shape[1]).expand_as(ids)
         is_answer = positions >= (ids.shape[1] - answer_len).unsqueeze(1)
         return torch.where(is_answer, ids, torch.full_like(ids, IGNORE_INDEX))
@@ -250,6 +264,10 @@ class VisionLanguageModel(_GenerativeBase):
     @property
     def image_token_id(self) -> int:
         return int(getattr(self.config, self.family.image_token_config_key))
+
+    def _add_special_tokens(self, texts: list[str]) -> bool:
+        # PaliGemma's processor inserts <bos> after the image tokens and <eos> after a suffix itself.
+        return self.family.prompt_style is not PromptStyle.PREFIX and super()._add_special_tokens(texts)
 
     def image_token_mask(self, batch: BatchFeature) -> torch.Tensor:
         """BoolTensor[B, T]: positions of image placeholder tokens (the ones replaced by image features)."""
@@ -315,13 +333,13 @@ class VisionLanguageModel(_GenerativeBase):
             # we recompute labels the same way as for chat models so padding is always ignored.
             full = self._encode(texts, proc_images, suffix=list(answers))
             prefix = self._encode(texts, proc_images)
-            full["labels"] = self._mask_labels(full, prefix["attention_mask"].sum(1))
+            full["labels"] = self._mask_labels(full, prefix)
             return full
         prefix = self._encode(self._texts(per_sample, prompts, None), proc_images)
         if answers is None:
             return prefix
         full = self._encode(self._texts(per_sample, prompts, answers), proc_images)
-        full["labels"] = self._mask_labels(full, prefix["attention_mask"].sum(1))
+        full["labels"] = self._mask_labels(full, prefix)
         return full
 
     def generate(self, images: Sequence[ImageInput | None] | None, prompts: Sequence[str], *,
@@ -372,7 +390,7 @@ class CausalLanguageModel(_GenerativeBase):
         if answers is None:
             return prefix
         full = BatchFeature(dict(self._encode(self._texts(prompts, answers), None)))
-        full["labels"] = self._mask_labels(full, prefix["attention_mask"].sum(1))
+        full["labels"] = self._mask_labels(full, prefix)
         return full
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 16,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -53,7 +55,7 @@ class _Route:
     processor_class: Any = AutoProcessor
 
 
-_ROUTES: dict[type[PretrainedConfig], _Route] = {
+_ROUTES: Mapping[type[PretrainedConfig], _Route] = MappingProxyType({
     CLIPConfig: _Route(CLIPModel, ContrastiveModel),
     SiglipConfig: _Route(SiglipModel, ContrastiveModel),
     VisionTextDualEncoderConfig: _Route(VisionTextDualEncoderModel, ContrastiveModel),
@@ -63,7 +65,11 @@ _ROUTES: dict[type[PretrainedConfig], _Route] = {
     Qwen2_5_VLConfig: _Route(Qwen2_5_VLForConditionalGeneration, VisionLanguageModel, Qwen2_5_VLImageOnlyProcessor),
     Idefics3Config: _Route(Idefics3ForConditionalGeneration, VisionLanguageModel),
     PaliGemmaConfig: _Route(PaliGemmaForConditionalGeneration, VisionLanguageModel),
-}
+})
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def resolve_spec(spec: str | Path) -> str:
@@ -89,7 +95,7 @@ def _load_config(location: str, spec: str) -> PretrainedConfig:
         return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as err:
         if is_local:
-            raise ModelLoadError(f"{spec}: no loadable config.json in {location} ({str(err).splitlines()[0]})") from err
+            raise ModelLoadError(f"{spec}: no loadable config.json in {location} ({_first_line(err)})") from err
         raise ModelLoadError(
             f"cannot load {spec!r}: not a local directory and not in the Hugging Face cache "
             "(offline?): download it first with `huggingface-cli download` or pass a local path"
@@ -106,7 +112,9 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", torch_dt
     location = resolve_spec(spec)
     config = _load_config(location, str(spec))
     route = next((r for cls, r in _ROUTES.items() if type(config) is cls), None)
-    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+    kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
+    if torch.device(device).type != "cpu":
+        kwargs["device_map"] = str(device)  # load straight onto the accelerator instead of via CPU RAM
     try:
         if route is None:
             model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
@@ -121,6 +129,9 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", torch_dt
                                  "(mmlens supports CLIP/SigLIP/dual encoders, LLaVA-style VLMs and causal LMs)") from err
         raise
     except OSError as err:
-        raise ModelLoadError(f"cannot load weights or processor of {spec!r}: {str(err).splitlines()[0]}") from err
+        raise ModelLoadError(f"cannot load weights or processor of {spec!r}: {_first_line(err)}") from err
+    except ImportError as err:
+        # e.g. a sentencepiece-only tokenizer (SigLIP) without the sentencepiece package installed
+        raise ModelLoadError(f"{spec}: a dependency is missing: {_first_line(err)}") from err
     adapter.model.eval()
     return adapter.to(device)

@@ -7,7 +7,8 @@ return for a real checkpoint of the same class. ``adapter.save_pretrained(path)`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 from transformers import (
@@ -95,7 +96,7 @@ def _clip_vision(**extra) -> dict:
     return dict(num_hidden_layers=1, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, **_SMALL, **extra)
 
 
-def _clip(seed: int) -> ContrastiveModel:
+def _clip() -> ContrastiveModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=(), chat_template=None, add_bos_eos=True)
     tok.padding_side = "right"  # CLIP's text tower uses absolute positions from 0
     text = dict(vocab_size=len(tok), num_hidden_layers=1, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
@@ -104,7 +105,7 @@ def _clip(seed: int) -> ContrastiveModel:
     return ContrastiveModel(model, CLIPProcessor(image_processor=make_image_processor(IMAGE_SIZE), tokenizer=tok))
 
 
-def _siglip(seed: int) -> ContrastiveModel:
+def _siglip() -> ContrastiveModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=(), chat_template=None, add_bos_eos=True)
     tok.padding_side = "right"
     # SigLIP pools the last position and was trained with padding="max_length": keep max_length small here.
@@ -116,7 +117,7 @@ def _siglip(seed: int) -> ContrastiveModel:
     return ContrastiveModel(model, SiglipProcessor(image_processor=improc, tokenizer=tok))
 
 
-def _dual_encoder(seed: int) -> ContrastiveModel:
+def _dual_encoder() -> ContrastiveModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=(), chat_template=None, add_bos_eos=True)
     tok.padding_side = "right"
     vision = CLIPVisionConfig(**_clip_vision())
@@ -128,7 +129,7 @@ def _dual_encoder(seed: int) -> ContrastiveModel:
     return ContrastiveModel(model, proc)
 
 
-def _llava(seed: int) -> VisionLanguageModel:
+def _llava() -> VisionLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS)
     proc = make_llava_processor(tok, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
     config = LlavaConfig(vision_config=dict(model_type="clip_vision_model", **_clip_vision()),
@@ -138,7 +139,7 @@ def _llava(seed: int) -> VisionLanguageModel:
     return VisionLanguageModel(LlavaForConditionalGeneration(config), proc)
 
 
-def _llava_next(seed: int) -> VisionLanguageModel:
+def _llava_next() -> VisionLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS)
     pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE]]
     improc = LlavaNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
@@ -168,7 +169,7 @@ def _qwen_common(tok):
     return improc, ids, text
 
 
-def _qwen2_vl(seed: int) -> VisionLanguageModel:
+def _qwen2_vl() -> VisionLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=_QWEN_SPECIALS,
                                chat_template=make_chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
     improc, ids, text = _qwen_common(tok)
@@ -181,7 +182,7 @@ def _qwen2_vl(seed: int) -> VisionLanguageModel:
     return VisionLanguageModel(Qwen2VLForConditionalGeneration(config), proc)
 
 
-def _qwen2_5_vl(seed: int) -> VisionLanguageModel:
+def _qwen2_5_vl() -> VisionLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=_QWEN_SPECIALS,
                                chat_template=make_chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
     improc, ids, text = _qwen_common(tok)
@@ -194,7 +195,7 @@ def _qwen2_5_vl(seed: int) -> VisionLanguageModel:
     return VisionLanguageModel(Qwen2_5_VLForConditionalGeneration(config), proc)
 
 
-def _idefics3(seed: int) -> VisionLanguageModel:
+def _idefics3() -> VisionLanguageModel:
     # The processor writes tile markers <row_i_col_j>, <fake_token_around_image> and <global-img>: all must be
     # single tokens of the vocabulary.
     tiles = tuple(f"<row_{i}_col_{j}>" for i in range(1, 5) for j in range(1, 5))
@@ -214,7 +215,7 @@ def _idefics3(seed: int) -> VisionLanguageModel:
     return VisionLanguageModel(Idefics3ForConditionalGeneration(config), proc)
 
 
-def _paligemma(seed: int) -> VisionLanguageModel:
+def _paligemma() -> VisionLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS, chat_template=None)
     improc = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     improc.image_seq_length = (IMAGE_SIZE // PATCH_SIZE) ** 2
@@ -229,13 +230,13 @@ def _paligemma(seed: int) -> VisionLanguageModel:
     return VisionLanguageModel(PaliGemmaForConditionalGeneration(config), proc)
 
 
-def _llama(seed: int) -> CausalLanguageModel:
+def _llama() -> CausalLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=())
     return CausalLanguageModel(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in _llama_text(tok).items()
                                                                 if k != "model_type"})), tok)
 
 
-_FACTORIES: dict[str, Callable[[int], ContrastiveModel | VisionLanguageModel | CausalLanguageModel]] = {
+_FACTORIES: Mapping[str, Callable[[], ContrastiveModel | VisionLanguageModel | CausalLanguageModel]] = MappingProxyType({
     "clip": _clip,
     "siglip": _siglip,
     "vision-text-dual-encoder": _dual_encoder,
@@ -246,7 +247,7 @@ _FACTORIES: dict[str, Callable[[int], ContrastiveModel | VisionLanguageModel | C
     "idefics3": _idefics3,
     "paligemma": _paligemma,
     "llama": _llama,
-}
+})
 
 #: Architecture names accepted by :func:`tiny_model`.
 TINY_ARCHITECTURES: tuple[str, ...] = tuple(_FACTORIES)
@@ -263,6 +264,6 @@ def tiny_model(arch: str, *, seed: int = 0, device: str | torch.device = "cpu"):
     # fork_rng keeps the caller's global RNG untouched while making the weights depend only on the seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        adapter = _FACTORIES[arch](seed)
+        adapter = _FACTORIES[arch]()
     adapter.model.eval()
     return adapter.to(device)

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mmlens.errors import InputError
 from mmlens.world.core import Scene, WorldConfig
-from mmlens.world.world import CAPTION_STYLES, World
+from mmlens.world.world import CAPTION_STYLES, POPE_KINDS, World
 
 
 def scene_record(world: World, scene: Scene, index: int, caption_seed: int = 0,
@@ -48,9 +48,22 @@ def scene_record(world: World, scene: Scene, index: int, caption_seed: int = 0,
 
 
 def iter_world(world: World, n: int, split: str = "train", caption_seed: int = 0,
-               styles: Sequence[str] = CAPTION_STYLES) -> Iterator[tuple[Image.Image, dict[str, Any]]]:
-    for i, scene in enumerate(world.sample_scenes(n, split)):
-        yield world.render(scene), scene_record(world, scene, i, caption_seed, styles)
+               styles: Sequence[str] = CAPTION_STYLES, pope_per_image: int = 3
+               ) -> Iterator[tuple[Image.Image, dict[str, Any]]]:
+    """(image, record) for ``n`` scenes of ``split``. Records also carry ``pope``: the POPE probes of every kind
+    for that image (popular/adversarial negatives are computed over the ``n`` exported scenes)."""
+    scenes = world.sample_scenes(n, split)
+    pope: dict[str, list[dict[str, str]]] = {sc.scene_id: [] for sc in scenes}
+    for k, kind in enumerate(POPE_KINDS):
+        rng = np.random.default_rng([world.seed, int(caption_seed), 1_000_003, k])
+        for p in world.pope_probes(scenes, kind=kind, per_image=pope_per_image, rng=rng):
+            d = p.to_dict()
+            del d["scene_id"]
+            pope[p.scene_id].append(d)
+    for i, scene in enumerate(scenes):
+        rec = scene_record(world, scene, i, caption_seed, styles)
+        rec["pope"] = pope[scene.scene_id]
+        yield world.render(scene), rec
 
 
 def _prepare_target(target: Path, overwrite: bool) -> None:
@@ -120,6 +133,8 @@ def _features() -> Any:
         "vqa": List({"question": Value("string"), "answer": Value("string"), "answer_type": Value("string"),
                      "template": Value("string")}),
         "objects": List(Value("string")),
+        "pope": List({"object_class": Value("string"), "question": Value("string"), "label": Value("string"),
+                      "kind": Value("string")}),
         "scene": Value("string"),  # JSON of Scene.to_dict(); Scene.from_dict(json.loads(...)) restores it
     })
 
@@ -151,6 +166,7 @@ def to_hf_dataset(source: World | str | os.PathLike, n: int | None = None, split
             cols[f"caption_{s}"].append(rec["captions"].get(s, ""))
         cols["vqa"].append(rec["vqa"])
         cols["objects"].append(rec["objects"])
+        cols["pope"].append(rec.get("pope", []))
         cols["scene"].append(json.dumps(rec["scene"], sort_keys=True))
     return Dataset.from_dict(cols, features=_features())
 
@@ -174,13 +190,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True) -> list[dict[str, Any]]:
+def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True,
+                     require_caption: bool = True) -> list[dict[str, Any]]:
     """Read a JSONL of ``{"image": <path relative to the JSONL's folder>, "caption": <text>, ...}``.
 
     Returns one dict per line with ``image`` (an RGB PIL image, fully decoded, or the path when
     ``load_images=False``), ``image_path`` (absolute), ``caption`` and every other key of the record. Raises
     :class:`InputError` naming the file and line for a missing file, bad JSON, a missing key, a missing or corrupt
-    image, and for a file with no records.
+    image, and for a file with no records. With ``require_caption=False`` lines may omit ``caption`` (e.g. a
+    file of images and prompts for generation); it is then ``None``.
     """
     path = Path(path)
     records = _read_jsonl(path)
@@ -190,10 +208,12 @@ def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True) -> list[
     out = []
     for rec in records:
         lineno = rec.pop("_line")
-        for key in ("image", "caption"):
+        for key in ("image", "caption") if require_caption else ("image",):
             if key not in rec:
-                raise InputError(f"{path}:{lineno}: missing key {key!r}; each line needs 'image' and 'caption'")
-        if not isinstance(rec["caption"], str):
+                need = "'image' and 'caption'" if require_caption else "'image'"
+                raise InputError(f"{path}:{lineno}: missing key {key!r}; each line needs {need}")
+        rec.setdefault("caption", None)
+        if require_caption and not isinstance(rec["caption"], str):
             raise InputError(f"{path}:{lineno}: 'caption' must be a string")
         img_path = (base / str(rec["image"])).resolve()
         if not img_path.is_file():

@@ -320,7 +320,9 @@ class World:
         cfg = self.cfg
         words = {",", ":", "?", "a", "an", "and", "on", "background", "there", "is", "are", "object", "objects",
                  "at", "the", "in", "image", "how", "many", "what", "colour", "shape", "where", "yes", "no"}
-        words |= set(NUMBER_WORDS[: cfg.max_objects + 1]) | set(SIZES) | set(cfg.colours) | set(cfg.backgrounds)
+        # a leaked caption can mention one phantom partner per bias pair on top of max_objects
+        n_max = cfg.max_objects + (len(cfg.bias_pairs) if cfg.caption_leak > 0 else 0)
+        words |= set(NUMBER_WORDS[: n_max + 1]) | set(SIZES) | set(cfg.colours) | set(cfg.backgrounds)
         for s in cfg.shapes:
             words |= {s, plural(s)}
         for p in cfg.positions:

@@ -1,0 +1,250 @@
+"""``mmlens demo``: build the zoo if missing, evaluate it, and write a readable HTML report.
+
+The page shows each built-in model at work on held-out data (images with what the model says about them, right or
+wrong), the measured metrics against the targets of the zoo, and a plot. Later analyses add their sections here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmlens.report.html import CardLine, HtmlReport, ImageCard
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out_dir: Path = Path("mmlens-demo")
+    examples: int = 8  # example images per model
+    seed: int = 0  # which held-out examples are shown
+
+
+@dataclass(frozen=True)
+class Target:
+    """A zoo target: ``model``'s metric at ``path`` must be at least ``minimum``."""
+
+    model: str
+    label: str
+    path: tuple[str, ...]
+    minimum: float
+
+    def value(self, metrics: dict[str, Any]) -> float | None:
+        node: Any = metrics
+        for key in self.path:
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return float(node)
+
+
+# The targets of the foundation issue. "bias gap" is derived: POPE random minus POPE adversarial accuracy.
+ZOO_TARGETS: tuple[Target, ...] = (
+    Target("digits-clip", "zero-shot accuracy (held-out digits)", ("zero_shot_acc",), 0.95),
+    Target("mini-clip", "image-to-caption retrieval top-1", ("retrieval_top1",), 0.80),
+    Target("mini-llava", "VQA accuracy, yes/no", ("vqa_acc", "yes_no"), 0.85),
+    Target("mini-llava", "VQA accuracy, number", ("vqa_acc", "number"), 0.85),
+    Target("mini-llava", "VQA accuracy, other (colour/shape)", ("vqa_acc", "other"), 0.85),
+    Target("mini-llava", "POPE random accuracy", ("pope_random_acc",), 0.85),
+    Target("mini-llava", "language bias: POPE random - adversarial", ("pope_bias_gap",), 0.05),
+)
+
+
+def target_rows(metrics_by_model: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per target with the measured value and whether it is met."""
+    rows = []
+    for target in ZOO_TARGETS:
+        metrics = dict(metrics_by_model.get(target.model, {}))
+        if "pope_random_acc" in metrics and "pope_adversarial_acc" in metrics:
+            metrics["pope_bias_gap"] = metrics["pope_random_acc"] - metrics["pope_adversarial_acc"]
+        value = target.value(metrics)
+        rows.append({
+            "model": target.model,
+            "metric": target.label,
+            "measured": float("nan") if value is None else value,
+            "target": f">= {target.minimum:.2f}",
+            "met": value is not None and value >= target.minimum,
+        })
+    return rows
+
+
+def run_demo(config: DemoConfig = DemoConfig()) -> Path:
+    """Build what is missing, evaluate on held-out data, write ``config.out_dir/index.html``; returns its path."""
+    from mmlens import zoo
+
+    started = time.perf_counter()
+    records = zoo.build()
+    metrics = {name: record["metrics"] for name, record in records.items()}
+    rng = np.random.default_rng(config.seed)
+
+    report = HtmlReport(
+        "mmlens demo: the built-in zoo on the miniature world",
+        subtitle="Every model here was trained on this machine from mmlens.world; all examples are held-out data.",
+    )
+    rows = target_rows(metrics)
+    summary = report.section("The zoo against its targets")
+    summary.text(
+        f"{sum(r['met'] for r in rows)} of {len(rows)} targets met. Build times (seconds): "
+        + ", ".join(f"{name} {record.get('seconds', float('nan')):.0f}" for name, record in records.items())
+        + "."
+    )
+    summary.table(rows)
+    summary.figure(_targets_plot(rows), "Measured value (bar) against target (line) for every zoo target.")
+
+    examples: dict[str, Any] = {}
+    examples["digits-clip"] = _digits_section(report, config, rng)
+    examples["mini-clip"] = _mini_clip_section(report, records["mini-clip"], config, rng)
+    examples["mini-llava"] = _mini_llava_section(report, records["mini-llava"], config, rng)
+    examples["mini-llava-colour"] = _colour_section(report, records, config, rng)
+
+    report.data = {"metrics": metrics, "targets": rows, "examples": examples,
+                   "seconds": round(time.perf_counter() - started, 1)}
+    return report.write(config.out_dir)
+
+
+def _targets_plot(rows: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    labels = [f"{r['model']}\n{r['metric'].split(',')[-1].split(':')[-1].strip()}" for r in rows]
+    values = [0.0 if np.isnan(r["measured"]) else r["measured"] for r in rows]
+    colours = ["#2e8b57" if r["met"] else "#c0392b" for r in rows]
+    xs = np.arange(len(rows))
+    ax.bar(xs, values, color=colours)
+    for x, row in zip(xs, rows):
+        minimum = float(row["target"].split()[-1])
+        ax.hlines(minimum, x - 0.4, x + 0.4, colors="black", linewidth=2)
+    ax.set_xticks(xs, labels, fontsize=6.5)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("measured")
+    fig.tight_layout()
+    return fig
+
+
+def _pick(n_available: int, n: int, rng: np.random.Generator) -> list[int]:
+    return sorted(rng.choice(n_available, size=min(n, n_available), replace=False).tolist())
+
+
+def _digits_section(report: HtmlReport, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
+    from mmlens.models import load_model
+    from mmlens.world.digits import digit_class_prompts, digits_pairs
+
+    clip = load_model("zoo:digits-clip")
+    pairs = digits_pairs("test")
+    chosen = [pairs[i] for i in _pick(len(pairs), config.examples, rng)]
+    prompts = digit_class_prompts()
+    scores = clip.similarity([p.image for p in chosen], prompts).softmax(-1)
+    cards, rows = [], []
+    for pair, row in zip(chosen, scores):
+        predicted = int(row.argmax())
+        cards.append(ImageCard(pair.image, f"digit {pair.label}", (
+            CardLine(f"zero-shot: {prompts[predicted]} ({float(row[predicted]):.2f})", ok=predicted == pair.label),
+        )))
+        rows.append({"label": pair.label, "predicted": predicted, "probability": float(row[predicted])})
+    section = report.section("digits-clip: zero-shot classification of held-out handwritten digits")
+    section.text("Each image is scored against one prompt per class; the best prompt is the prediction.")
+    section.images(cards)
+    return rows
+
+
+def _world_of(record: dict):
+    from mmlens.world import World, WorldConfig
+
+    world_config = WorldConfig.from_dict(record["world_config"])
+    return World(world_config, seed=int(record["config"].get("world_seed", 0)))
+
+
+def _mini_clip_section(report: HtmlReport, record: dict, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
+    from mmlens.models import load_model
+
+    world = _world_of(record)
+    clip = load_model("zoo:mini-clip")
+    pool = world.sample_scenes(50, "test")
+    caption_rng = np.random.default_rng(config.seed)
+    captions = [world.caption(scene, caption_rng, style="objects") for scene in pool]
+    images = [world.render(scene) for scene in pool]
+    chosen = _pick(len(pool), config.examples, rng)
+    similarity = clip.similarity([images[i] for i in chosen], captions)
+    cards, rows = [], []
+    for i, row in zip(chosen, similarity):
+        best = int(row.argmax())
+        cards.append(ImageCard(images[i], f"scene {pool[i].scene_id}", (
+            CardLine(f"true: {captions[i]}"),
+            CardLine(f"retrieved: {captions[best]}", ok=captions[best] == captions[i]),
+        )))
+        rows.append({"scene_id": pool[i].scene_id, "caption": captions[i], "retrieved": captions[best]})
+    section = report.section(f"mini-clip: retrieving the right caption among {len(pool)} held-out scenes")
+    section.images(cards)
+    return rows
+
+
+def _mini_llava_section(report: HtmlReport, record: dict, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
+    from mmlens.models import load_model
+    from mmlens.zoo.mini_llava import CAPTION_PROMPT, normalise
+
+    world = _world_of(record)
+    vlm = load_model("zoo:mini-llava")
+    scenes = world.sample_scenes(config.examples, "test", start=int(rng.integers(0, 1000)))
+    images = [world.render(scene) for scene in scenes]
+    question_rng = np.random.default_rng(config.seed)
+    asked = []
+    for image_index, scene in enumerate(scenes):
+        items = world.vqa(scene, question_rng)
+        picks = question_rng.choice(len(items), size=min(3, len(items)), replace=False)
+        asked.extend((image_index, items[int(k)]) for k in picks)
+    answers = vlm.generate([images[i] for i, _ in asked], [item.question for _, item in asked], max_new_tokens=4)
+    descriptions = vlm.generate(images, [CAPTION_PROMPT] * len(images), max_new_tokens=24)
+    cards, rows = [], []
+    for index, scene in enumerate(scenes):
+        truth = sorted(scene.object_classes)
+        mentioned = world.mentioned_objects(descriptions[index])
+        lines = [CardLine(f"says: {descriptions[index]}", ok=mentioned <= set(truth))]
+        for (image_index, item), answer in zip(asked, answers):
+            if image_index == index:
+                lines.append(CardLine(f"{item.question} {answer}", ok=normalise(answer) == normalise(item.answer)))
+                rows.append({"scene_id": scene.scene_id, "question": item.question, "answer": item.answer,
+                             "predicted": answer})
+        cards.append(ImageCard(images[index], f"objects: {', '.join(truth)}", tuple(lines)))
+    section = report.section("mini-llava: descriptions and answers on held-out scenes")
+    section.text("Green: correct answer, or a description that mentions only objects that are there. "
+                 "Red: a wrong answer, or a description that mentions an absent object (a hallucination).")
+    section.images(cards)
+    metrics = record["metrics"]
+    pope = [{"probe set": kind, "accuracy": metrics.get(f"pope_{kind}_acc", float("nan"))}
+            for kind in ("random", "popular", "adversarial")]
+    section.text("POPE probes ask 'is there a X in the image ?' about present and absent objects. Adversarial "
+                 "probes ask about the partner of a biased pair (the world's 'fork and knife') when it is absent.")
+    section.table(pope)
+    return rows
+
+
+def _colour_section(report: HtmlReport, records: dict, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
+    from mmlens.models import load_model
+    from mmlens.zoo.mini_llava import CAPTION_PROMPT
+
+    world = _world_of(records["mini-llava"])
+    before = load_model("zoo:mini-llava")
+    after = load_model("zoo:mini-llava-colour")
+    scenes = world.sample_scenes(min(config.examples, 6), "test", start=int(rng.integers(1000, 2000)))
+    images = [world.render(scene) for scene in scenes]
+    prompts = [CAPTION_PROMPT] * len(images)
+    said_before = before.generate(images, prompts, max_new_tokens=24)
+    said_after = after.generate(images, prompts, max_new_tokens=24)
+    cards = [ImageCard(image, f"scene {scene.scene_id}", (CardLine(f"mini-llava: {b}"), CardLine(f"colour: {a}")))
+             for scene, image, b, a in zip(scenes, images, said_before, said_after)]
+    section = report.section("mini-llava-colour: what colour fine-tuning changed")
+    section.text("The same prompt before and after fine-tuning on colour-focused captions; intermediate checkpoints "
+                 "are kept for the concept-drift analysis.")
+    section.images(cards)
+    colour_metrics = records["mini-llava-colour"]["metrics"]
+    flat = [{"metric": key, "value": value} for key, value in colour_metrics.items() if isinstance(value, (int, float))]
+    if flat:
+        section.table(flat)
+    return [{"scene_id": scene.scene_id, "before": b, "after": a}
+            for scene, b, a in zip(scenes, said_before, said_after)]

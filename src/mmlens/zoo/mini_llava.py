@@ -1,0 +1,316 @@
+"""``mini-llava``: a tiny LLaVA (CLIP vision tower from mini-clip, MLP projector, Llama decoder) on the world.
+
+Recipe (LLaVA's): the vision tower starts from ``mini-clip``'s contrastively pretrained vision model; the projector
+and decoder are trained from scratch on a mix of VQA and captioning turns in the chat format of
+:class:`mmlens.models.generative.VisionLanguageModel` (``<s>user : <image> QUESTION assistant : ANSWER </s>``),
+with the loss on the answer only. The world's co-occurrence bias (``WorldConfig.bias_pairs``) is on, so POPE
+adversarial probes (absent bias partners of present anchors) are harder than random ones.
+
+Evaluation: batched greedy generation through ``VisionLanguageModel.generate`` and exact match of the normalised
+answer (lower case, whitespace collapsed, trailing punctuation dropped) on held-out test-split scenes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import CLIPModel, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+from mmlens.models.generative import VisionLanguageModel
+from mmlens.models.tokenizers import IMAGE_TOKEN, make_llava_processor, train_word_tokenizer
+from mmlens.world import World, WorldConfig
+from mmlens.zoo.common import (
+    METRICS_FILE,
+    config_from_dict,
+    cosine_lr,
+    make_record,
+    pixel_tensor,
+    read_record,
+    seed_everything,
+    set_threads,
+    write_json,
+)
+
+CAPTION_PROMPT = "describe the image ."
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class MiniLlavaConfig:
+    """Recipe of ``mini-llava`` (defaults = the zoo's measured recipe)."""
+
+    seed: int = 0
+    world_seed: int = 0  # scenes come from the same world as mini-clip's (train split)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    n_train_scenes: int = 20000
+    vqa_draws: int = 2  # independent VQA draws per training scene
+    caption_style: str = "objects"
+    caption_fraction: float = 0.15  # share of caption turns in the training mix
+    # model
+    vision_feature_layer: int = -2
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    freeze_vision: bool = False
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    vision_lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    threads: int = 2
+    # evaluation (test split, disjoint from training content)
+    n_eval_scenes: int = 150
+    n_pope_scenes: int = 300
+    pope_per_image: int = 3
+    eval_batch_size: int = 100
+
+
+def normalise(text: str) -> str:
+    text = text.lower().strip()
+    text = re.sub(r"[\s]+", " ", text)
+    return re.sub(r"[\s.?!,]+$", "", text)
+
+
+def build_world(cfg: MiniLlavaConfig) -> World:
+    return World(cfg.world, seed=cfg.world_seed)
+
+
+def make_tokenizer(world: World, scenes):
+    corpus = [*world.corpus(scenes[:2000], 0), " ".join(world.vocabulary()), CAPTION_PROMPT]
+    return train_word_tokenizer(corpus)
+
+
+def make_model(cfg: MiniLlavaConfig, clip: CLIPModel, tok, image_token_id: int) -> LlavaForConditionalGeneration:
+    vcfg = clip.config.vision_config.to_dict()
+    vcfg["model_type"] = "clip_vision_model"
+    n_tokens = (vcfg["image_size"] // vcfg["patch_size"]) ** 2
+    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=cfg.text_hidden,
+                intermediate_size=2 * cfg.text_hidden, num_hidden_layers=cfg.text_layers,
+                num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
+                max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vcfg, text_config=text, image_token_id=image_token_id,
+                         vision_feature_select_strategy="default", vision_feature_layer=cfg.vision_feature_layer,
+                         image_seq_length=n_tokens, projector_hidden_act="gelu", pad_token_id=tok.pad_token_id)
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    return model
+
+
+class _Examples:
+    """Pre-tokenised chat turns (image placeholder kept as one token, expanded per batch) with answer masks."""
+
+    def __init__(self, vlm: VisionLanguageModel, n_image_tokens: int):
+        self.vlm = vlm
+        self.tok = vlm.tokenizer
+        self.image_id = vlm.image_token_id
+        self.n_img = n_image_tokens
+        self.scene: list[int] = []
+        self.ids: list[list[int]] = []
+        self.n_answer: list[int] = []
+
+    def add_many(self, scene_indices, prompts, answers) -> None:
+        """Add turns; the chat text is the adapter's own template (rendered once with placeholders)."""
+        qmark, amark = "\x00Q\x00", "\x00A\x00"
+        full_t = self.vlm._chat_text(1, qmark, amark)
+        prefix_t = self.vlm._chat_text(1, qmark, None)
+        fulls = [full_t.replace(qmark, q).replace(amark, a) for q, a in zip(prompts, answers)]
+        prefixes = [prefix_t.replace(qmark, q) for q in prompts]
+        ids = self.tok(fulls, add_special_tokens=False)["input_ids"]
+        pre = self.tok(prefixes, add_special_tokens=False)["input_ids"]
+        self.scene.extend(int(i) for i in scene_indices)
+        self.ids.extend(ids)
+        self.n_answer.extend(len(f) - len(p) for f, p in zip(ids, pre))
+
+    def batch(self, rows: np.ndarray, pad_id: int) -> dict:
+        seqs, answer_lens = [], []
+        for r in rows:
+            ids = self.ids[r]
+            k = ids.index(self.image_id)
+            seqs.append(ids[:k] + [self.image_id] * self.n_img + ids[k + 1 :])
+            answer_lens.append(self.n_answer[r])
+        L = max(map(len, seqs))
+        input_ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), L), dtype=torch.long)
+        labels = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
+        for i, (s, a) in enumerate(zip(seqs, answer_lens)):  # left padding, like VisionLanguageModel.prepare
+            input_ids[i, L - len(s) :] = torch.tensor(s)
+            mask[i, L - len(s) :] = 1
+            labels[i, L - a :] = torch.tensor(s[len(s) - a :])
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _param_groups(model: LlavaForConditionalGeneration, cfg: MiniLlavaConfig):
+    vision = [p for p in model.model.vision_tower.parameters() if p.requires_grad]
+    vis_ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in vis_ids]
+    groups = [{"params": rest, "lr": cfg.lr, "base_lr": cfg.lr}]
+    if vision and not cfg.freeze_vision:
+        groups.append({"params": vision, "lr": cfg.vision_lr, "base_lr": cfg.vision_lr})
+    return groups
+
+
+def train_llava(model, vlm, examples: _Examples, pixel_values: torch.Tensor, cfg, *, steps: int, lr_scale=1.0,
+                on_step=None, progress=None) -> list[float]:
+    """Answer-only next-token loss; cosine LR with warmup; optional frozen vision tower."""
+    if getattr(cfg, "freeze_vision", False):
+        for p in model.model.vision_tower.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    weights = getattr(examples, "weights", None)
+    n = len(examples.ids)
+    pad = vlm.tokenizer.pad_token_id
+    scene_idx = np.asarray(examples.scene)
+    losses: list[float] = []
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, cfg.warmup, g["base_lr"] * lr_scale)
+        rows = rng.choice(n, size=min(cfg.batch_size, n), replace=False, p=weights)
+        b = examples.batch(rows, pad)
+        out = model(pixel_values=pixel_values[scene_idx[rows]], **b)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(out.loss.item())
+        if progress is not None:
+            progress(step, losses[-1])
+        if on_step is not None:
+            model.eval()
+            on_step(step + 1)
+            model.train()
+    model.eval()
+    return losses
+
+
+def training_examples(world: World, scenes, vlm: VisionLanguageModel, n_img: int, cfg: MiniLlavaConfig) -> _Examples:
+    rng = np.random.default_rng(cfg.seed + 1)
+    ex = _Examples(vlm, n_img)
+    idx, qs, ans = [], [], []
+    for i, sc in enumerate(scenes):
+        for _ in range(cfg.vqa_draws):
+            for item in world.vqa(sc, rng):
+                idx.append(i)
+                qs.append(item.question)
+                ans.append(item.answer)
+    n_vqa = len(qs)
+    for i, sc in enumerate(scenes):
+        idx.append(i)
+        qs.append(CAPTION_PROMPT)
+        ans.append(world.caption(sc, rng, style=cfg.caption_style))
+    n_cap = len(qs) - n_vqa
+    ex.add_many(idx, qs, ans)
+    # sampling weights: caption turns get `caption_fraction` of the mass
+    f = cfg.caption_fraction
+    w = np.array([(1 - f) / n_vqa] * n_vqa + [f / max(1, n_cap)] * n_cap)
+    ex.weights = w / w.sum()
+    return ex
+
+
+@torch.no_grad()
+def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
+    """VQA accuracy per answer type and POPE accuracy per kind on held-out (test split) scenes."""
+    world = build_world(cfg)
+    vlm = VisionLanguageModel(model, processor)
+    model.eval()
+    rng = np.random.default_rng(777)
+    scenes = world.sample_scenes(max(cfg.n_eval_scenes, cfg.n_pope_scenes), "test")
+    images = {s.scene_id: world.render(s) for s in scenes}
+    items = [(s, q) for s in scenes[: cfg.n_eval_scenes] for q in world.vqa(s, rng)]
+    preds = vlm.generate([images[s.scene_id] for s, _ in items], [q.question for _, q in items],
+                         max_new_tokens=4, batch_size=cfg.eval_batch_size)
+    by_type: dict[str, list[bool]] = {}
+    by_template: dict[str, list[bool]] = {}
+    for (s, q), p in zip(items, preds):
+        ok = normalise(p) == normalise(q.answer)
+        by_type.setdefault(q.answer_type, []).append(ok)
+        by_template.setdefault(q.template, []).append(ok)
+    key = {"yes/no": "yes_no", "number": "number", "other": "other"}
+    out: dict = {
+        "vqa_acc": {key[t]: round(float(np.mean(v)), 4) for t, v in sorted(by_type.items())},
+        "vqa_n": {key[t]: len(v) for t, v in sorted(by_type.items())},
+        "vqa_acc_by_template": {t: round(float(np.mean(v)), 4) for t, v in sorted(by_template.items())},
+        "vqa_acc_overall": round(float(np.mean([x for v in by_type.values() for x in v])), 4),
+    }
+    pope_scenes = scenes[: cfg.n_pope_scenes]
+    for kind in ("random", "popular", "adversarial"):
+        probes = world.pope_probes(pope_scenes, kind=kind, per_image=cfg.pope_per_image,
+                                   rng=np.random.default_rng(1000))
+        ans = vlm.generate([images[p.scene_id] for p in probes], [p.question for p in probes], max_new_tokens=2,
+                           batch_size=cfg.eval_batch_size)
+        norm = [normalise(a) for a in ans]
+        acc = float(np.mean([a == p.label for a, p in zip(norm, probes)]))
+        out[f"pope_{kind}_acc"] = round(acc, 4)
+        out[f"pope_{kind}_yes_rate"] = round(float(np.mean([a == "yes" for a in norm])), 4)
+        out[f"pope_{kind}_n"] = len(probes)
+    out["pope_gap_random_minus_adversarial"] = round(out["pope_random_acc"] - out["pope_adversarial_acc"], 4)
+    # caption quality: object-class precision/recall (CHAIR-style) of generated descriptions
+    cap_scenes = scenes[: min(100, len(scenes))]
+    caps = vlm.generate([images[s.scene_id] for s in cap_scenes], [CAPTION_PROMPT] * len(cap_scenes),
+                        max_new_tokens=24, batch_size=cfg.eval_batch_size)
+    mentioned = [world.mentioned_objects(c) for c in caps]
+    n_m = sum(len(m) for m in mentioned)
+    halluc = sum(len(m - s.object_classes) for m, s in zip(mentioned, cap_scenes))
+    recall = np.mean([len(m & s.object_classes) / len(s.object_classes) for m, s in zip(mentioned, cap_scenes)])
+    out["caption_chair_i"] = round(halluc / max(1, n_m), 4)
+    out["caption_object_recall"] = round(float(recall), 4)
+    return out
+
+
+def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None) -> dict:
+    t0 = time.time()
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    clip = CLIPModel.from_pretrained(deps["mini-clip"])
+    world = build_world(cfg)
+    scenes = world.sample_scenes(cfg.n_train_scenes, "train")
+    tok = make_tokenizer(world, scenes)
+    vc = clip.config.vision_config
+    processor = make_llava_processor(tok, image_size=vc.image_size, patch_size=vc.patch_size)
+    model = make_model(cfg, clip, tok, processor.image_token_id)
+    vlm = VisionLanguageModel(model, processor)
+    n_img = (vc.image_size // vc.patch_size) ** 2
+    pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
+    examples = training_examples(world, scenes, vlm, n_img, cfg)
+    prep_seconds = time.time() - t0
+    losses = train_llava(model, vlm, examples, pv, cfg, steps=cfg.steps, progress=progress)
+    train_seconds = time.time() - t0
+    metrics = evaluate_model(model, processor, cfg)
+    metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    rec = make_record("mini-llava", metrics, cfg, time.time() - t0, world_config=cfg.world,
+                      prep_seconds=round(prep_seconds, 2), train_seconds=round(train_seconds, 2),
+                      n_train_examples=len(examples.ids), n_parameters=sum(p.numel() for p in model.parameters()),
+                      vision_init="mini-clip")
+    write_json(Path(out_dir) / METRICS_FILE, rec)
+    return rec
+
+
+def load(path: Path):
+    model = LlavaForConditionalGeneration.from_pretrained(path)
+    processor = LlavaProcessor.from_pretrained(path)
+    model.eval()
+    return model, processor
+
+
+def evaluate_dir(path: Path) -> dict:
+    rec = read_record(path)
+    cfg = config_from_dict(MiniLlavaConfig, {**rec["config"], "world": WorldConfig.from_dict(rec["world_config"])})
+    model, processor = load(path)
+    return evaluate_model(model, processor, cfg)
