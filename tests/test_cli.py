@@ -12,6 +12,7 @@ from mmlens.cli import main
 SUBCOMMANDS = [
     [], ["demo"], ["zoo"], ["zoo", "build"], ["zoo", "list"], ["zoo", "eval"], ["world"], ["world", "export"],
     ["models"], ["models", "info"], ["models", "generate"], ["models", "embed"], ["bench"], ["bench", "zoo"],
+    ["shift"], ["shift", "generate"], ["shift", "emi"], ["bench", "shift"],
 ]
 
 

@@ -14,6 +14,7 @@ import typer
 from mmlens.cli.bench import bench_app
 from mmlens.cli.demo import demo_command
 from mmlens.cli.models import models_app
+from mmlens.cli.shift import shift_app
 from mmlens.cli.world import world_app
 from mmlens.cli.zoo import zoo_app
 from mmlens.errors import MMLensError
@@ -29,6 +30,7 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(world_app, name="world")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+app.add_typer(shift_app, name="shift")
 app.command("demo")(demo_command)
 
 

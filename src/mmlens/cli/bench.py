@@ -23,3 +23,25 @@ def bench_zoo_command(
     write_json_atomic(out, result)
     typer.echo(json.dumps(result, indent=2))
     typer.echo(f"written to {out}")
+
+
+@bench_app.command("shift")
+def bench_shift_command(
+    out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/shift.json"),
+    tiers: Annotated[str, typer.Option(help="Comma-separated: ground_truth, llava_bench, mini_world.")]
+    = "ground_truth,llava_bench,mini_world",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """EMI/EMID benchmark: Gaussian ground truth, mini-llava under world shifts, real LLaVA-1.5-13B responses, cost."""
+    from mmlens.report import write_json_atomic
+    from mmlens.shift.bench import shift_benchmark
+
+    chosen = tuple(t.strip() for t in tiers.split(",") if t.strip())
+    unknown = set(chosen) - {"ground_truth", "llava_bench", "mini_world"}
+    if unknown:
+        raise typer.BadParameter(f"unknown tiers {sorted(unknown)}", param_hint="--tiers")
+    result = shift_benchmark(chosen, seed=seed, progress_cb=lambda t: typer.echo(f"running tier {t} ...", err=True))
+    write_json_atomic(out, result)
+    headline = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    typer.echo(json.dumps(headline, indent=2))
+    typer.echo(f"written to {out}")

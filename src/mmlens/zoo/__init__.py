@@ -125,11 +125,13 @@ def _builder(name: str):
 
 
 def build(names: Iterable[str] | str | None = None, *, force: bool = False,
-          configs: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, dict]:
+          configs: Mapping[str, Any] | None = None, progress: bool = True,
+          on_trained: Any = None) -> dict[str, dict]:
     """Build the missing models among ``names`` (default: all) and their dependencies, in dependency order.
 
     ``force=True`` rebuilds the requested models and their dependencies even if built. ``configs`` maps a name to
-    its config dataclass (e.g. a tiny budget for tests); missing names use :func:`default_configs`. Returns
+    its config dataclass (e.g. a tiny budget for tests); missing names use :func:`default_configs`.
+    ``on_trained(name, model, processor)`` is called with each freshly trained model just before it is saved. Returns
     ``{name: metrics record}`` (the content of each model's ``metrics.json``) for every model in the resolved list.
     """
     from tqdm.auto import tqdm
@@ -151,7 +153,10 @@ def build(names: Iterable[str] | str | None = None, *, force: bool = False,
         mod = _builder(name)
         deps = {d: model_dir(d) for d in DEPENDENCIES[name]}
         with atomic_dir(model_dir(name)) as tmp:
-            out[name] = mod.build(tmp, cfgs[name], **({"deps": deps} if deps else {}))
+            kw: dict[str, Any] = {"deps": deps} if deps else {}
+            if on_trained is not None:
+                kw["on_trained"] = lambda m, p, _n=name: on_trained(_n, m, p)
+            out[name] = mod.build(tmp, cfgs[name], **kw)
     return out
 
 

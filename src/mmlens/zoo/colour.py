@@ -75,7 +75,7 @@ def evaluate_model(model, processor, cfg: ColourFinetuneConfig, world: World) ->
     return out
 
 
-def build(out_dir: Path, cfg: ColourFinetuneConfig, deps: dict, progress=None) -> dict:
+def build(out_dir: Path, cfg: ColourFinetuneConfig, deps: dict, progress=None, on_trained=None) -> dict:
     t0 = time.time()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -111,6 +111,8 @@ def build(out_dir: Path, cfg: ColourFinetuneConfig, deps: dict, progress=None) -
             checkpoint(step)
 
     train_llava(model, vlm, ex, pv, cfg, steps=cfg.steps, on_step=on_step, progress=progress)
+    if on_trained is not None:
+        on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     final = trajectory[str(cfg.steps)]

@@ -75,7 +75,7 @@ def evaluate_model(model: CLIPModel, processor, cfg: DigitsClipConfig) -> dict:
             "class_prompt": "a photo of the digit {d}"}
 
 
-def build(out_dir: Path, cfg: DigitsClipConfig, progress=None) -> dict:
+def build(out_dir: Path, cfg: DigitsClipConfig, progress=None, on_trained=None) -> dict:
     t0 = time.time()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -106,6 +106,8 @@ def build(out_dir: Path, cfg: DigitsClipConfig, progress=None) -> dict:
     train_seconds = time.time() - t0
     metrics = evaluate_model(model, processor, cfg)
     metrics["final_train_loss"] = round(float(np.mean(losses[-20:])), 4) if losses else None
+    if on_trained is not None:
+        on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     rec = make_record("digits-clip", metrics, cfg, time.time() - t0, world_config=None,

@@ -8,6 +8,7 @@ positions ("a small red circle at the top left ... on a black background").
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class MiniClipConfig:
     world_seed: int = 0
     world: WorldConfig = field(default_factory=WorldConfig)
     n_train_scenes: int = 20000
+    # hard negatives: each batch holds half originals, half "twins" (one object's shape or colour changed, kept only
+    # if the twin's content belongs to the train split), so captions can only be matched by shape and colour
+    twin_fraction: float = 0.5
+    twin_shape_prob: float = 0.7
     caption_styles: tuple[str, ...] = ("objects", "count", "detailed")
     # model
     patch_size: int = 4
@@ -74,6 +79,21 @@ def _tokenizer(world: World, scenes):
                                extra_special_tokens=(), chat_template=None, add_bos_eos=True)
     tok.padding_side = "right"  # CLIP's text tower uses absolute positions from 0 and pools at </s>
     return tok
+
+
+def _twin(world: World, scene, rng: np.random.Generator, shape_prob: float):
+    """``scene`` with one object's shape (or colour) changed; None if that content is not in the train split."""
+    objs = list(scene.objects)
+    k = int(rng.integers(len(objs)))
+    o = objs[k]
+    if rng.random() < shape_prob:
+        choices = [s for s in world.cfg.shapes if s != o.shape]
+        objs[k] = dataclasses.replace(o, shape=str(rng.choice(choices)))
+    else:
+        choices = [c for c in world.cfg.colours if c != o.colour]
+        objs[k] = dataclasses.replace(o, colour=str(rng.choice(choices)))
+    twin = dataclasses.replace(scene, objects=tuple(objs), scene_id=f"{scene.scene_id}-twin")
+    return twin if world.split_of(twin) == "train" else None
 
 
 def make_model(cfg: MiniClipConfig, tok) -> CLIPModel:
@@ -116,7 +136,7 @@ def evaluate_model(model: CLIPModel, processor, cfg: MiniClipConfig) -> dict:
     return out
 
 
-def build(out_dir: Path, cfg: MiniClipConfig, progress=None) -> dict:
+def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) -> dict:
     """Train mini-clip and save it (model, CLIPProcessor, metrics.json) into ``out_dir``."""
     t0 = time.time()
     set_threads(cfg.threads)
@@ -124,6 +144,16 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None) -> dict:
     world = build_world(cfg)
     scenes = world.sample_scenes(cfg.n_train_scenes, "train")
     tok = _tokenizer(world, scenes)
+    n_orig = len(scenes)
+    twin_of = np.full(n_orig, -1)
+    if cfg.twin_fraction > 0:
+        trng = np.random.default_rng(cfg.seed + 3)
+        for i in range(n_orig):
+            tw = _twin(world, scenes[i], trng, cfg.twin_shape_prob)
+            if tw is not None:
+                twin_of[i] = len(scenes)
+                scenes.append(tw)
+    has_twin = np.flatnonzero(twin_of >= 0)
     processor = CLIPProcessor(image_processor=make_image_processor(cfg.world.image_size), tokenizer=tok)
     pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
     # Pre-tokenise a pool of captions per scene and style (captions are random in their phrase order).
@@ -148,12 +178,25 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None) -> dict:
         L = int(mask.sum(1).max())
         return ids[:, :L], mask[:, :L], grp[idx, j]
 
+    n_twin_pairs = int(round(cfg.batch_size * cfg.twin_fraction / 2))
+
+    def sample_batch(r):
+        if n_twin_pairs == 0 or len(has_twin) < n_twin_pairs:
+            return r.choice(len(scenes), size=min(cfg.batch_size, len(scenes)), replace=False)
+        pairs = r.choice(has_twin, size=n_twin_pairs, replace=False)
+        rest = np.setdiff1d(np.arange(n_orig), pairs)
+        others = r.choice(rest, size=min(len(rest), cfg.batch_size - 2 * n_twin_pairs), replace=False)
+        return np.concatenate([pairs, twin_of[pairs], others])
+
     model = make_model(cfg, tok)
     losses = train_clip(model, pv, sample_texts, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, warmup=cfg.warmup, seed=cfg.seed, progress=progress)
+                        weight_decay=cfg.weight_decay, warmup=cfg.warmup, seed=cfg.seed, progress=progress,
+                        sample_batch=sample_batch)
     train_seconds = time.time() - t0
     metrics = evaluate_model(model, processor, cfg)
     metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
+    if on_trained is not None:
+        on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     rec = make_record("mini-clip", metrics, cfg, time.time() - t0, world_config=cfg.world,

@@ -270,7 +270,7 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
     return out
 
 
-def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None) -> dict:
+def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_trained=None) -> dict:
     t0 = time.time()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -292,6 +292,8 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None) -> dic
     metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
     for p in model.parameters():
         p.requires_grad_(True)
+    if on_trained is not None:
+        on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     rec = make_record("mini-llava", metrics, cfg, time.time() - t0, world_config=cfg.world,

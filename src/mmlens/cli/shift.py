@@ -1,0 +1,118 @@
+"""``mmlens shift``: responses under distribution shift, and their EMI / EMID / bound analysis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+shift_app = typer.Typer(help="Distribution-shift risk of a vision-language model: EMI, EMID and its bound.",
+                        no_args_is_help=True)
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+@shift_app.command("generate")
+def generate_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
+    out: Annotated[Path, typer.Option(help="Folder to write: one <split>.jsonl per shift scenario + images.")],
+    data: Annotated[Optional[Path], typer.Option(help="JSONL with image, prompt and reference per line (image path "
+                                                      "relative to the file). Default: held-out world VQA of a "
+                                                      "world-trained zoo model.")] = None,
+    n: Annotated[int, typer.Option("--n", min=2, help="World items (without --data).")] = 200,
+    visual: Annotated[Optional[str], typer.Option(help="Comma-separated visual shifts, e.g. defocus_blur,fog.")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Comma-separated text shifts, e.g. keyboard,synonym.")] = None,
+    severities: Annotated[str, typer.Option(help="Comma-separated severities 1-5.")] = "1,3,5",
+    joint: Annotated[bool, typer.Option(help="Also every visual x text pair at equal severity.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Run a vision-language model under a grid of shifts (default grid: 27 world shifts) and write responses."""
+    from mmlens.errors import InputError
+    from mmlens.models import VisionLanguageModel, load_model
+    from mmlens.shift.generate import (GenerateConfig, default_scenarios, generate_responses,
+                                       generate_world_splits)
+
+    sev = [int(s) for s in _csv(severities)]
+    vs, ts = _csv(visual), _csv(text)
+    if vs or ts:
+        scenarios = [(None, 0, None, 0)] + [(v, k, None, 0) for v in vs for k in sev] + \
+                    [(None, 0, t, k) for t in ts for k in sev]
+        if joint:
+            scenarios += [(v, k, t, k) for v in vs for t in ts for k in sev]
+    else:
+        scenarios = default_scenarios()
+    config = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                            scenarios=tuple(scenarios))
+    if data is None:
+        paths = generate_world_splits(model, out, n=n, config=config, overwrite=overwrite)
+    else:
+        from mmlens.world.export import load_pairs_jsonl
+
+        records = load_pairs_jsonl(data, require_caption=False)
+        missing = [i for i, r in enumerate(records) if "prompt" not in r or "reference" not in r]
+        if missing:
+            raise InputError(f"{data}: record {missing[0] + 1} needs 'prompt' and 'reference' fields")
+        vlm = load_model(model)
+        if not isinstance(vlm, VisionLanguageModel):
+            raise InputError(f"{model} is not a vision-language model")
+        paths = generate_responses(vlm, [r["image"] for r in records], [r["prompt"] for r in records],
+                                   [r["reference"] for r in records], out, config, model_id=model,
+                                   item_ids=[r.get("question_id", i) for i, r in enumerate(records)],
+                                   overwrite=overwrite)
+    typer.echo(f"wrote {len(paths)} splits to {out}")
+
+
+@shift_app.command("emi")
+def emi_command(
+    id_split: Annotated[Path, typer.Option("--id", help="In-distribution split JSONL (question_id, prompt, text, "
+                                                        "reference or --references).")],
+    ood: Annotated[list[Path], typer.Option(help="OOD split JSONL or folder of them; repeat for more.")],
+    out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json (the result).")],
+    references: Annotated[Optional[Path], typer.Option(help="JSONL of question_id -> reference text.")] = None,
+    text_embedder: Annotated[str, typer.Option(help="minilm | sentence:PATH | embedding-layer[:PATH] | hashing[:N]")]
+    = "minilm",
+    image_model: Annotated[Optional[str], typer.Option(help="CLIP-like model for image features (e.g. zoo:mini-clip);"
+                                                            " omit for text-only queries.")] = None,
+    image_mode: Annotated[str, typer.Option(help="patch_mean (reference) or projected.")] = "patch_mean",
+    fusion: Annotated[str, typer.Option(help="average (reference) or concat.")] = "average",
+    estimator: Annotated[str, typer.Option(help="club, infonce or nwj.")] = "club",
+    estimator_file: Annotated[Optional[Path], typer.Option(help="Reuse a saved estimator instead of training.")] = None,
+    save_estimator: Annotated[Optional[Path], typer.Option(help="Save the trained estimator here.")] = None,
+    estimator_data: Annotated[str, typer.Option(help="pooled (transductive, reference) or held_out.")] = "pooled",
+    bound: Annotated[str, typer.Option(help="scale_adjusted (reference), theorem or compact.")] = "scale_adjusted",
+    h_hat: Annotated[float, typer.Option(help="Entropy constant of the theorem/compact bounds.")] = 1.0,
+    mixture: Annotated[str, typer.Option(help="RJSD mixture: sample_size (reference) or equal.")] = "sample_size",
+    permutations: Annotated[int, typer.Option(min=0, help="Permutations for each RJSD null.")] = 100,
+    bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for EMI intervals.")] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """EMI per split, EMID of every OOD split against the ID split, the bound's terms, correlations, HTML report."""
+    from mmlens.shift.analysis import ShiftConfig, analyse
+    from mmlens.shift.data import load_splits
+    from mmlens.shift.embed import ClipImageEmbedder, text_embedder as make_text_embedder
+    from mmlens.shift.estimators import EstimatorConfig, MIEstimator
+    from mmlens.shift.report import write_report
+
+    splits = load_splits([id_split, *ood], references, load_images=image_model is not None)
+    config = ShiftConfig(estimator=EstimatorConfig(kind=estimator, seed=seed), estimator_data=estimator_data,
+                         fusion=fusion, bound=bound, h_hat=h_hat, mixture=mixture, n_permutations=permutations,
+                         n_bootstrap=bootstrap, seed=seed)
+    est = MIEstimator.load(estimator_file) if estimator_file else None
+    image = ClipImageEmbedder(image_model, mode=image_mode) if image_model else None
+    result = analyse(splits, config, text_embedder=make_text_embedder(text_embedder), image_embedder=image,
+                     estimator=est, id_split=splits[0].name)
+    index = write_report(result, out)
+    if save_estimator:
+        result.estimator.save(save_estimator)
+        typer.echo(f"saved estimator to {save_estimator}")
+    corr = result.correlations.get("emid_bound", {})
+    typer.echo(json.dumps({"splits": len(result.rows), "pearson_emid_bound": corr.get("pearson"),
+                           "report": str(index)}, indent=2))
+

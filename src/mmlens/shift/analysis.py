@@ -1,0 +1,352 @@
+"""EMI, EMID and the EMID bound across evaluation splits (Oh et al., ICML 2025, arXiv 2502.00577).
+
+- EMI(split) = I(query; model response) - I(query; reference), both estimated by one frozen estimator (CLUB by
+  default) on the split's pairs. It can be negative: it is a difference of two estimates.
+- EMID(ID, OOD) = EMI(ID) - EMI(OOD): positive means the model is worse on the OOD split.
+- Bound terms (all RJSD, a lower bound on JSD, each with a permutation null): J_v (ID vs OOD images), J_t (ID vs OOD
+  text queries), J_P (ID responses vs ID references), J_Q (OOD responses vs OOD references).
+- Bound forms (``ShiftConfig.bound``; only correlational, never a certified bound, because RJSD <= JSD):
+  ``scale_adjusted`` (the reference code's default) sqrt(J_v) + sqrt(J_t) + J_P^{1/4} + J_Q^{1/4};
+  ``theorem`` H (sqrt(J_v) + sqrt(J_t)) + 4 (J_P^{1/4} + J_Q^{1/4});
+  ``compact`` sqrt(2/3) H (sqrt(J_v) + sqrt(J_t)) + 8 max(J_P, J_Q)^{1/4} (from a secondary source; the output
+  term's Delta is taken as max(J_P, J_Q), an assumption).
+  Terms without data (no images: J_v) are left out; ``term_values="excess"`` subtracts each term's permutation-null
+  mean (clipped at 0) before the roots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+
+from mmlens.errors import InputError
+from mmlens.shift.data import ShiftSplit
+from mmlens.shift.divergence import MIXTURES, rjsd_test
+from mmlens.shift.embed import ImageEmbedder, TextEmbedder, fuse
+from mmlens.shift.estimators import EstimatorConfig, MIEstimator
+
+BOUNDS = ("scale_adjusted", "theorem", "compact")
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    """Options of the analysis. Defaults follow the reference code where it is known (CLUB with Tanh-bounded
+    log-variance, pooled transductive estimator data, sample-size mixture in RJSD, scale-adjusted bound)."""
+
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    estimator_data: str = "pooled"  # "pooled": all splits' pairs (transductive); "held_out": half the items
+    fusion: str = "average"  # query = (image + text) / 2, or "concat"
+    bound: str = "scale_adjusted"
+    h_hat: float = 1.0  # entropy constant of the theorem/compact bounds (user value; unverified in the paper)
+    log_base: str = "e"  # "e" (nats) or "2" (bits: JSD <= 1)
+    mixture: str = "sample_size"  # RJSD mixture: "sample_size" (reference) or "equal"
+    term_values: str = "raw"  # "raw" or "excess" (value - permutation-null mean)
+    n_permutations: int = 100
+    n_bootstrap: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {"estimator_data": ("pooled", "held_out"), "fusion": ("average", "concat"), "bound": BOUNDS,
+                  "log_base": ("e", "2"), "mixture": MIXTURES, "term_values": ("raw", "excess")}
+        for key, allowed in checks.items():
+            if getattr(self, key) not in allowed:
+                raise InputError(f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        if self.h_hat <= 0:
+            raise InputError("h_hat must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SplitEmbeddings:
+    """Embeddings of one split: query (fused), text query, image (or None), response, reference."""
+
+    name: str
+    query: np.ndarray
+    text: np.ndarray
+    response: np.ndarray
+    reference: np.ndarray
+    image: np.ndarray | None = None
+    item_ids: list[Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.query)
+        for what in ("query", "text", "response", "reference", "image"):
+            a = getattr(self, what)
+            if a is None:
+                continue
+            if len(a) != n:
+                raise InputError(f"split {self.name!r}: {len(a)} {what} embeddings for {n} queries")
+            if not np.isfinite(a).all():
+                raise InputError(f"split {self.name!r}: {what} embeddings contain NaN or infinite values")
+        if n < 2:
+            raise InputError(f"split {self.name!r} needs at least 2 items, has {n}")
+        if self.item_ids is None:
+            self.item_ids = list(range(n))
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+def _embed_unique(embedder: TextEmbedder, texts: list[str], cache: dict[str, np.ndarray]) -> np.ndarray:
+    todo = sorted({t for t in texts if t not in cache})
+    if todo:
+        for t, v in zip(todo, embedder.embed(todo)):
+            cache[t] = v
+    return np.stack([cache[t] for t in texts])
+
+
+def embed_splits(splits: Sequence[ShiftSplit], text_embedder: TextEmbedder,
+                 image_embedder: ImageEmbedder | None = None, fusion: str = "average") -> list[SplitEmbeddings]:
+    """Embed every split; identical texts are embedded once (references and queries repeat across splits)."""
+    if not splits:
+        raise InputError("no splits to embed")
+    cache: dict[str, np.ndarray] = {}
+    everything = [t for s in splits for t in (*s.queries, *s.responses, *s.references)]
+    _embed_unique(text_embedder, everything, cache)
+    out = []
+    for s in splits:
+        text = _embed_unique(text_embedder, s.queries, cache)
+        image = None
+        if image_embedder is not None and s.images is not None:
+            image = np.asarray(image_embedder.embed(_as_images(s.images)), dtype=np.float32)
+        out.append(SplitEmbeddings(s.name, fuse(image, text, fusion), text,
+                                   _embed_unique(text_embedder, s.responses, cache),
+                                   _embed_unique(text_embedder, s.references, cache), image, list(s.item_ids),
+                                   dict(s.meta)))
+    return out
+
+
+def _as_images(images: Sequence[Any]) -> list[Any]:
+    from PIL import Image
+
+    out = []
+    for im in images:
+        if isinstance(im, Image.Image):
+            out.append(im.convert("RGB"))
+        else:
+            try:
+                with Image.open(im) as opened:
+                    out.append(opened.convert("RGB"))
+            except OSError:
+                raise InputError(f"cannot read image {im}") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------- estimator
+def _fold_mask(item_ids: Sequence[Any], seed: int) -> np.ndarray:
+    """True for items in the estimator-training fold (half of the distinct item ids, fixed by ``seed``)."""
+    unique = sorted({str(i) for i in item_ids})
+    rng = np.random.default_rng(seed)
+    train = set(rng.permutation(unique)[: len(unique) // 2].tolist())
+    return np.array([str(i) in train for i in item_ids])
+
+
+def fit_estimator(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *,
+                  progress: bool = False) -> MIEstimator:
+    """Train the MI estimator on (query, response) and (query, reference) pairs pooled over all splits
+    (``estimator_data="held_out"``: only the items of the training fold)."""
+    xs, ys = [], []
+    for e in embeddings:
+        keep = _fold_mask(e.item_ids, config.seed) if config.estimator_data == "held_out" else np.ones(len(e), bool)
+        xs += [e.query[keep], e.query[keep]]
+        ys += [e.response[keep], e.reference[keep]]
+    return MIEstimator(config.estimator).fit(np.concatenate(xs), np.concatenate(ys), progress=progress)
+
+
+def _eval_mask(e: SplitEmbeddings, config: ShiftConfig) -> np.ndarray:
+    if config.estimator_data == "held_out":
+        return ~_fold_mask(e.item_ids, config.seed)
+    return np.ones(len(e), bool)
+
+
+def emi(estimator: MIEstimator, e: SplitEmbeddings, index: np.ndarray | None = None) -> dict[str, float]:
+    """EMI of one split: I(query; response) - I(query; reference) on the rows ``index`` (default: all)."""
+    idx = np.arange(len(e)) if index is None else np.asarray(index)
+    mi_model = estimator.estimate(e.query[idx], e.response[idx])
+    mi_ref = estimator.estimate(e.query[idx], e.reference[idx])
+    return {"emi": mi_model - mi_ref, "mi_model": mi_model, "mi_reference": mi_ref}
+
+
+def _bootstrap_emi(estimator: MIEstimator, e: SplitEmbeddings, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.array([emi(estimator, e, rng.choice(idx, size=len(idx), replace=True))["emi"] for _ in range(n)])
+
+
+# ------------------------------------------------------------------------------------------- bound
+def bound_value(terms: dict[str, float | None], config: ShiftConfig = ShiftConfig()) -> float:
+    """The EMID bound proxy from the terms ``J_v, J_t, J_P, J_Q`` (natural-log JSD values; None = absent)."""
+    scale = 1.0 / math.log(2) if config.log_base == "2" else 1.0
+    j = {k: (max(v, 0.0) * scale if v is not None else None) for k, v in terms.items()}
+    inputs = sum(math.sqrt(j[k]) for k in ("J_v", "J_t") if j.get(k) is not None)
+    outputs = [j[k] for k in ("J_P", "J_Q") if j.get(k) is not None]
+    if config.bound == "scale_adjusted":
+        return inputs + sum(v ** 0.25 for v in outputs)
+    if config.bound == "theorem":
+        return config.h_hat * inputs + 4 * sum(v ** 0.25 for v in outputs)
+    return math.sqrt(2 / 3) * config.h_hat * inputs + (8 * max(outputs) ** 0.25 if outputs else 0.0)
+
+
+def _term(result, config: ShiftConfig) -> float:
+    if config.term_values == "excess":
+        return max(result.value - result.null_mean, 0.0)
+    return result.value
+
+
+# ---------------------------------------------------------------------------------------- correlation
+def correlation(x: Sequence[float], y: Sequence[float], *, n_bootstrap: int = 1000, seed: int = 0,
+                level: float = 0.95) -> dict[str, Any]:
+    """Pearson and Spearman (scipy.stats) with percentile bootstrap CIs over the paired points."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) != len(y):
+        raise InputError(f"correlation needs paired values, got {len(x)} and {len(y)}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    out: dict[str, Any] = {"n": int(len(x))}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out | {"pearson": math.nan, "pearson_p": math.nan, "pearson_ci": [math.nan, math.nan],
+                      "spearman": math.nan, "spearman_p": math.nan, "spearman_ci": [math.nan, math.nan]}
+    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    rng = np.random.default_rng(seed)
+    boots_p, boots_s = [], []
+    for _ in range(n_bootstrap):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+            continue
+        boots_p.append(np.corrcoef(x[i], y[i])[0, 1])
+        boots_s.append(stats.spearmanr(x[i], y[i]).statistic)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    ci = lambda b: [float(np.nanpercentile(b, lo)), float(np.nanpercentile(b, hi))] if b else [math.nan] * 2
+    return out | {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue), "pearson_ci": ci(boots_p),
+                  "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue), "spearman_ci": ci(boots_s)}
+
+
+# ------------------------------------------------------------------------------------------ analysis
+@dataclass
+class ShiftResult:
+    """Per-split rows and correlations across the OOD splits. ``to_dict()`` is the JSON written by the CLI."""
+
+    config: ShiftConfig
+    id_split: str
+    rows: list[dict[str, Any]]
+    correlations: dict[str, Any]
+    estimator_history: dict[str, Any]
+    seconds: dict[str, float]
+    embedders: dict[str, str] = field(default_factory=dict)
+    estimator: MIEstimator | None = field(default=None, repr=False)  # the estimator used (not serialised)
+
+    def row(self, name: str) -> dict[str, Any]:
+        for r in self.rows:
+            if r["split"] == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        hist = {k: v for k, v in self.estimator_history.items() if not isinstance(v, list)}
+        return {"config": self.config.to_dict(), "id_split": self.id_split, "embedders": self.embedders,
+                "estimator": hist, "correlations": self.correlations, "seconds": self.seconds, "rows": self.rows}
+
+
+def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *,
+                       estimator: MIEstimator | None = None, id_index: int = 0,
+                       progress: bool = True) -> ShiftResult:
+    """EMI per split, EMID and bound terms of every split against ``embeddings[id_index]``, correlations."""
+    if len(embeddings) < 1:
+        raise InputError("need at least one split")
+    names = [e.name for e in embeddings]
+    if len(set(names)) != len(names):
+        raise InputError("split names must be unique")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if estimator is None:
+        estimator = fit_estimator(embeddings, config, progress=progress)
+        seconds["train_estimator"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    ref = embeddings[id_index]
+    ref_idx = np.flatnonzero(_eval_mask(ref, config))
+    ref_emi = emi(estimator, ref, ref_idx)
+    ref_boot = _bootstrap_emi(estimator, ref, ref_idx, config.n_bootstrap, config.seed)
+    perm = dict(mixture=config.mixture, n_permutations=config.n_permutations, seed=config.seed)
+    j_p = rjsd_test(ref.response, ref.reference, **perm)
+    rows = []
+    iterator = list(enumerate(embeddings))
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, desc="splits", leave=False)
+    for k, e in iterator:
+        idx = np.flatnonzero(_eval_mask(e, config))
+        m = emi(estimator, e, idx) if k != id_index else ref_emi
+        boot = _bootstrap_emi(estimator, e, idx, config.n_bootstrap, config.seed + k + 1) if k != id_index else ref_boot
+        row: dict[str, Any] = {"split": e.name, "n": int(len(idx)), **m,
+                               "emi_ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+        row.update({f"meta_{key}" if key in row else key: v for key, v in e.meta.items()})
+        if k != id_index:
+            row["emid"] = ref_emi["emi"] - m["emi"]
+            nb = min(len(ref_boot), len(boot))
+            emid_boot = ref_boot[:nb] - boot[:nb]
+            row["emid_ci"] = [float(np.percentile(emid_boot, 2.5)), float(np.percentile(emid_boot, 97.5))]
+            terms = {"J_v": rjsd_test(ref.image, e.image, **perm) if ref.image is not None and e.image is not None
+                     else None,
+                     "J_t": rjsd_test(ref.text, e.text, **perm), "J_P": j_p,
+                     "J_Q": rjsd_test(e.response, e.reference, **perm)}
+            values = {key: (_term(t, config) if t is not None else None) for key, t in terms.items()}
+            row["terms"] = {key: (t.to_dict() if t is not None else None) for key, t in terms.items()}
+            row["bound"] = bound_value(values, config)
+            row["bound_forms"] = {b: bound_value(values, replace(config, bound=b)) for b in BOUNDS}
+            row["bound_text_side"] = bound_value({**values, "J_v": None}, config)
+        rows.append(row)
+    seconds["score"] = time.perf_counter() - t1
+    correlations = _correlations(rows, config)
+    return ShiftResult(config, ref.name, rows, correlations, dict(estimator.history_), seconds, estimator=estimator)
+
+
+def _correlations(rows: list[dict[str, Any]], config: ShiftConfig) -> dict[str, Any]:
+    ood = [r for r in rows if "emid" in r]
+    out: dict[str, Any] = {}
+    if len(ood) >= 3:
+        out["emid_bound"] = correlation([r["emid"] for r in ood], [r["bound"] for r in ood], seed=config.seed)
+        families = sorted({r.get("family") for r in ood if r.get("family")})
+        out["emid_bound_by_family"] = {
+            f: correlation([r["emid"] for r in ood if r.get("family") == f],
+                           [r["bound"] for r in ood if r.get("family") == f], seed=config.seed)
+            for f in families}
+    for key in ("accuracy", "relative_preference", "win_rate"):
+        pts = [r for r in rows if isinstance(r.get(key), (int, float))]
+        if len(pts) >= 3:
+            out[f"emi_{key}"] = correlation([r["emi"] for r in pts], [r[key] for r in pts], seed=config.seed)
+    return out
+
+
+def analyse(splits: Sequence[ShiftSplit], config: ShiftConfig = ShiftConfig(), *,
+            text_embedder: TextEmbedder | None = None, image_embedder: ImageEmbedder | None = None,
+            estimator: MIEstimator | None = None, id_split: str | None = None,
+            progress: bool = True) -> ShiftResult:
+    """The whole analysis on raw splits: embed, train (or reuse) the estimator, score. The ID split is
+    ``id_split`` (by name) or the first split."""
+    from mmlens.shift.embed import default_text_embedder
+
+    if not splits:
+        raise InputError("no splits given")
+    names = [s.name for s in splits]
+    id_index = 0 if id_split is None else _index_of(names, id_split)
+    text_embedder = text_embedder or default_text_embedder(progress)
+    t0 = time.perf_counter()
+    embeddings = embed_splits(splits, text_embedder, image_embedder, config.fusion)
+    embed_seconds = time.perf_counter() - t0
+    result = analyse_embeddings(embeddings, config, estimator=estimator, id_index=id_index, progress=progress)
+    result.seconds["embed"] = embed_seconds
+    result.embedders = {"text": text_embedder.name, "image": image_embedder.name if image_embedder else None}
+    return result
+
+
+def _index_of(names: list[str], name: str) -> int:
+    if name not in names:
+        raise InputError(f"ID split {name!r} not among the splits {names}")
+    return names.index(name)

@@ -1,0 +1,201 @@
+"""Evaluation splits for the shift analysis and their JSONL format.
+
+One split = one JSONL file, one record per query, in the schema of the released LLaVA-Bench shift responses:
+``question_id``, ``prompt`` (the query actually fed to the model, after any text shift), ``text`` (the model's
+response), optionally ``image`` (a path relative to the file), ``reference`` (the reference answer; otherwise it is
+joined by ``question_id`` from a references JSONL with ``question_id`` and ``text``), ``model_id``, ``metadata``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from mmlens.errors import InputError
+
+
+@dataclass
+class ShiftSplit:
+    """One evaluation split: queries, the model's responses, reference answers, optional images and metadata.
+
+    ``meta`` may hold per-split numbers to correlate with (``accuracy``, ``relative_preference``) and the shift
+    family (``family`` in {"id", "visual", "text", "joint", "natural"}).
+    """
+
+    name: str
+    queries: list[str]
+    responses: list[str]
+    references: list[str]
+    images: list[Any] | None = None
+    item_ids: list[Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.queries)
+        if n == 0:
+            raise InputError(f"split {self.name!r} is empty")
+        for what, seq in (("responses", self.responses), ("references", self.references),
+                          ("images", self.images), ("item_ids", self.item_ids)):
+            if seq is not None and len(seq) != n:
+                raise InputError(f"split {self.name!r}: {len(seq)} {what} for {n} queries")
+        for what, seq in (("queries", self.queries), ("responses", self.responses), ("references", self.references)):
+            bad = [i for i, t in enumerate(seq) if not isinstance(t, str)]
+            if bad:
+                raise InputError(f"split {self.name!r}: {what}[{bad[0]}] is not a string")
+        if self.item_ids is None:
+            self.item_ids = list(range(n))
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise InputError(f"file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object")
+            rows.append(row)
+    if not rows:
+        raise InputError(f"{path} is empty")
+    return rows
+
+
+def load_references(path: str | os.PathLike) -> dict[Any, str]:
+    """``question_id -> text`` from a references JSONL (LLaVA's ``qa90_gpt4_answer.jsonl`` schema)."""
+    path = Path(path)
+    out = {}
+    for lineno, row in enumerate(_read_jsonl(path), 1):
+        if "question_id" not in row or "text" not in row:
+            raise InputError(f"{path}:{lineno}: a reference needs 'question_id' and 'text'")
+        out[row["question_id"]] = row["text"]
+    return out
+
+
+def load_split(path: str | os.PathLike, references: dict[Any, str] | str | os.PathLike | None = None, *,
+               name: str | None = None, load_images: bool = False) -> ShiftSplit:
+    """Read one split JSONL (see the module docstring). Images are paths unless ``load_images``."""
+    path = Path(path)
+    rows = _read_jsonl(path)
+    if references is not None and not isinstance(references, dict):
+        references = load_references(references)
+    queries, responses, refs, images, ids = [], [], [], [], []
+    for lineno, row in enumerate(rows, 1):
+        for key in ("prompt", "text"):
+            if key not in row:
+                raise InputError(f"{path}:{lineno}: missing key {key!r} (need question_id, prompt, text)")
+        qid = row.get("question_id", lineno - 1)
+        if "reference" in row:
+            ref = row["reference"]
+        elif references is not None:
+            if qid not in references:
+                raise InputError(f"{path}:{lineno}: no reference for question_id {qid!r}")
+            ref = references[qid]
+        else:
+            raise InputError(f"{path}:{lineno}: no 'reference' field and no references file given")
+        queries.append(row["prompt"])
+        responses.append(row["text"])
+        refs.append(ref)
+        ids.append(qid)
+        if "image" in row:
+            image_path = path.parent / row["image"]
+            if not image_path.is_file():
+                raise InputError(f"{path}:{lineno}: image not found: {image_path}")
+            images.append(image_path)
+    if images and len(images) != len(rows):
+        raise InputError(f"{path}: some records have an 'image' and others do not")
+    if images and load_images:
+        images = [_open_image(p) for p in images]
+    meta = rows[0].get("split_meta", {}) if isinstance(rows[0].get("split_meta"), dict) else {}
+    return ShiftSplit(name or path.stem, queries, responses, refs, images or None, ids, dict(meta))
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise InputError(f"cannot read image {path}") from None
+
+
+def load_splits(paths: Sequence[str | os.PathLike], references: str | os.PathLike | None = None, *,
+                load_images: bool = False) -> list[ShiftSplit]:
+    """Splits from files or folders (every ``*.jsonl`` in a folder, sorted; a ``references.jsonl`` is skipped)."""
+    refs = load_references(references) if references is not None else None
+    out: list[ShiftSplit] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files = sorted(f for f in p.glob("*.jsonl") if f.name != "references.jsonl")
+            if not files:
+                raise InputError(f"no .jsonl split files in {p}")
+            local_refs = refs
+            if local_refs is None and (p / "references.jsonl").is_file():
+                local_refs = load_references(p / "references.jsonl")
+            out.extend(load_split(f, local_refs, load_images=load_images) for f in files)
+        else:
+            out.append(load_split(p, refs, load_images=load_images))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate split names: {sorted({n for n in names if names.count(n) > 1})}")
+    return out
+
+
+def llava_bench_family(name: str) -> str:
+    """Shift family of a LLaVA-Bench shift split name."""
+    base = name.removeprefix("llava_bench_coco")
+    if base == "":
+        return "id"
+    visual = any(v in base for v in ("defocus_blur", "frost"))
+    text = any(t in base for t in ("KeyboardAug", "sr_"))
+    if visual and text:
+        return "joint"
+    if visual:
+        return "visual"
+    if text:
+        return "text"
+    return "natural"
+
+
+def load_llava_bench_shift(root: str | os.PathLike, model: str = "llava-v1.5-13b") -> list[ShiftSplit]:
+    """The shared LLaVA-Bench shift responses: ID split first (``llava_bench_coco``), then the shifted ones."""
+    root = Path(root)
+    folder = root / "responses" / model
+    if not folder.is_dir():
+        raise InputError(f"no responses for model {model!r} under {root / 'responses'}")
+    refs = load_references(root / "references" / "qa90_gpt4_answer.jsonl")
+    splits = [load_split(f, refs) for f in sorted(folder.glob("*.jsonl"))]
+    for s in splits:
+        s.meta.setdefault("family", llava_bench_family(s.name))
+    splits.sort(key=lambda s: (s.name != "llava_bench_coco", s.name))
+    if splits[0].name != "llava_bench_coco":
+        raise InputError(f"{folder} has no in-distribution split llava_bench_coco.jsonl")
+    return splits
+
+
+def load_released_results(root: str | os.PathLike, model: str = "llava-v1.5-13b") -> dict[str, dict[str, Any]]:
+    """The released per-split numbers (EMI, EMID, bound) keyed by split name, merged over the result files."""
+    root = Path(root) / "released-results"
+    out: dict[str, dict[str, Any]] = {}
+    files = sorted(root.glob(f"*{model}*.json"))
+    if not files:
+        raise InputError(f"no released results for {model} in {root}")
+    for f in files:
+        blob = json.loads(f.read_text())
+        for key in ("EMI", "EMID", "EMID_UB"):
+            for split, v in (blob.get(key) or {}).items():
+                out.setdefault(split, {})[key] = float(v)
+    return out

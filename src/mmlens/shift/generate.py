@@ -1,0 +1,164 @@
+"""Run a vision-language model over an evaluation set under a grid of shifts and write one JSONL per split.
+
+Output folder: ``<split>.jsonl`` in the shared schema (``question_id``, ``prompt`` = the query actually fed,
+``text`` = the response, ``reference``, ``image`` = path of the (shifted) image relative to the folder,
+``model_id``, ``metadata`` with the shift and decoding settings, ``split_meta`` with the split's accuracy against
+the reference when the references are exact answers), plus ``images/<split>/<i>.png`` and ``generation.json``.
+
+Scenarios are ``(visual shift or None, text shift or None, severity)``; names follow
+``clean``, ``<visual>_<s>``, ``<text>_<s>``, ``<visual>_<s>+<text>_<s>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mmlens.errors import InputError
+from mmlens.report import write_json_atomic
+
+Scenario = tuple[str | None, int, str | None, int]  # (visual, visual severity, text, text severity)
+
+
+def scenario_name(s: Scenario) -> str:
+    v, vs, t, ts = s
+    parts = ([f"{v}_{vs}"] if v else []) + ([f"{t}_{ts}"] if t else [])
+    return "+".join(parts) or "clean"
+
+
+def scenario_family(s: Scenario) -> str:
+    v, _, t, _ = s
+    return "joint" if v and t else "visual" if v else "text" if t else "id"
+
+
+def default_scenarios() -> list[Scenario]:
+    """clean + 12 visual + 9 text + 6 joint = 28 scenarios (27 shifts)."""
+    out: list[Scenario] = [(None, 0, None, 0)]
+    for v in ("defocus_blur", "fog", "gaussian_noise", "contrast"):
+        out += [(v, k, None, 0) for k in (1, 3, 5)]
+    for t in ("keyboard", "synonym", "paraphrase"):
+        out += [(None, 0, t, k) for k in (1, 3, 5)]
+    out += [("defocus_blur", k, "keyboard", k) for k in (1, 3, 5)]
+    out += [("gaussian_noise", k, "synonym", k) for k in (1, 3, 5)]
+    return out
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Decoding and grid settings (recorded in every output record)."""
+
+    max_new_tokens: int = 8
+    batch_size: int = 64
+    seed: int = 0
+    scenarios: tuple[Scenario, ...] = field(default_factory=lambda: tuple(default_scenarios()))
+
+
+def _apply(images: Sequence[Any], prompts: Sequence[str], s: Scenario, seed: int) -> tuple[list, list[str]]:
+    from mmlens.world.shifts import apply_text_shift, apply_visual_shift
+
+    v, vs, t, ts = s
+    imgs = [apply_visual_shift(im, v, vs, seed=seed + i) if v else im for i, im in enumerate(images)]
+    texts = [apply_text_shift(p, t, ts, seed=seed + i) if t else p for i, p in enumerate(prompts)]
+    return imgs, texts
+
+
+def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], references: Sequence[str],
+                       out_dir: str | os.PathLike, config: GenerateConfig = GenerateConfig(), *,
+                       model_id: str = "model", item_ids: Sequence[Any] | None = None,
+                       score: Callable[[str, str], bool] | None = None, overwrite: bool = False,
+                       progress: bool = True) -> list[Path]:
+    """Generate responses of ``vlm`` (a ``VisionLanguageModel``) for every scenario; write the split folder
+    atomically. ``score(response, reference) -> bool`` adds ``accuracy`` to each split's ``split_meta``."""
+    images, prompts, references = list(images), list(prompts), list(references)
+    n = len(prompts)
+    if n == 0:
+        raise InputError("no evaluation items to generate responses for")
+    if len(images) != n or len(references) != n:
+        raise InputError(f"{len(images)} images, {n} prompts and {len(references)} references: need equal counts")
+    item_ids = list(item_ids) if item_ids is not None else list(range(n))
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    scenarios = list(config.scenarios)
+    if progress:
+        from tqdm.auto import tqdm
+        scenarios = tqdm(scenarios, desc="shift scenarios")
+    written, summary = [], []
+    try:
+        import json
+
+        for s in scenarios:
+            name = scenario_name(s)
+            imgs, texts = _apply(images, prompts, s, config.seed)
+            answers = vlm.generate(imgs, texts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+            img_dir = tmp / "images" / name
+            img_dir.mkdir(parents=True)
+            meta = {"family": scenario_family(s), "visual_shift": s[0], "visual_severity": s[1],
+                    "text_shift": s[2], "text_severity": s[3]}
+            if score is not None:
+                meta["accuracy"] = float(np.mean([score(a, r) for a, r in zip(answers, references)]))
+            decoding = {"max_new_tokens": config.max_new_tokens, "do_sample": False, "seed": config.seed}
+            lines = []
+            for i, (im, q, a, r) in enumerate(zip(imgs, texts, answers, references)):
+                im.save(img_dir / f"{i}.png")
+                lines.append(json.dumps({"question_id": item_ids[i], "prompt": q, "text": a, "reference": r,
+                                         "image": f"images/{name}/{i}.png", "model_id": model_id,
+                                         "metadata": {"scenario": name, "decoding": decoding},
+                                         "split_meta": meta}) + "\n")
+            (tmp / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+            written.append(out / f"{name}.jsonl")
+            summary.append({"split": name, **meta})
+        write_json_atomic(tmp / "generation.json", {"model_id": model_id, "n_items": n, "config": asdict(config),
+                                                    "splits": summary})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
+def world_eval_set(model_dir: str | os.PathLike, n: int = 200, seed: int = 0) -> dict[str, list]:
+    """Held-out (test split) world VQA items for a zoo model trained on the world: one question per scene."""
+    from mmlens.world import World, WorldConfig
+    from mmlens.zoo.common import read_record
+
+    rec = read_record(Path(model_dir))
+    if not rec.get("world_config"):
+        raise InputError(f"{model_dir} was not trained on the world (no world_config in its metrics.json)")
+    world = World(WorldConfig.from_dict(rec["world_config"]), seed=rec["config"].get("world_seed", 0))
+    rng = np.random.default_rng(seed)
+    scenes = world.sample_scenes(n, "test")
+    items = [world.vqa(s, rng) for s in scenes]
+    picks = [it[int(rng.integers(len(it)))] for it in items]
+    return {"images": [world.render(s) for s in scenes], "prompts": [q.question for q in picks],
+            "references": [q.answer for q in picks], "item_ids": [s.scene_id for s in scenes],
+            "answer_types": [q.answer_type for q in picks]}
+
+
+def generate_world_splits(model: str = "zoo:mini-llava", out_dir: str | os.PathLike = "shift-splits",
+                          n: int = 200, config: GenerateConfig = GenerateConfig(), *, overwrite: bool = False,
+                          progress: bool = True) -> list[Path]:
+    """Responses of a world-trained zoo VLM on held-out world VQA under the shift grid; accuracy = exact match of
+    the normalised answer (``mmlens.zoo.mini_llava.normalise``), the judge's stand-in."""
+    from mmlens.models import VisionLanguageModel, load_model
+    from mmlens.models.loading import resolve_spec
+    from mmlens.zoo.mini_llava import normalise
+
+    vlm = load_model(model)
+    if not isinstance(vlm, VisionLanguageModel):
+        raise InputError(f"{model} is not a vision-language model")
+    data = world_eval_set(resolve_spec(model), n=n, seed=config.seed)
+    return generate_responses(vlm, data["images"], data["prompts"], data["references"], out_dir, config,
+                              model_id=model, item_ids=data["item_ids"],
+                              score=lambda a, r: normalise(a) == normalise(r), overwrite=overwrite,
+                              progress=progress)

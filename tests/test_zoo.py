@@ -1,0 +1,185 @@
+"""Zoo: tiny-budget builds of every model into a temporary MMLENS_HOME (accuracy is measured by the full build)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoProcessor, CLIPModel, CLIPProcessor, LlavaForConditionalGeneration
+
+from mmlens import zoo
+from mmlens.errors import ModelLoadError, MMLensError
+from mmlens.world import World, WorldConfig
+from mmlens.zoo import digits_clip
+from mmlens.zoo.colour import ColourFinetuneConfig, checkpoint_dirs
+from mmlens.zoo.digits_clip import DigitsClipConfig
+from mmlens.zoo.mini_clip import MiniClipConfig
+from mmlens.zoo.mini_llava import MiniLlavaConfig
+
+TINY = {
+    "digits-clip": DigitsClipConfig(steps=3, n_train=64, batch_size=32, caption_draws=2, hidden=32, warmup=1),
+    "mini-clip": MiniClipConfig(n_train_scenes=48, steps=3, batch_size=16, vision_hidden=32, text_hidden=32,
+                                projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10, warmup=1),
+    "mini-llava": MiniLlavaConfig(n_train_scenes=24, vqa_draws=1, steps=3, batch_size=8, text_hidden=32,
+                                  text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1),
+    "mini-llava-colour": ColourFinetuneConfig(n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4,
+                                              n_eval_scenes=3, warmup=1),
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Build the whole zoo at a tiny budget once; keep the in-memory models for the reload checks."""
+    home = tmp_path_factory.mktemp("mmlens-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMLENS_HOME", str(home))
+    trained: dict = {}
+    assert [b for _, b, _ in zoo.list_zoo()] == [False] * len(zoo.ZOO_MODELS)
+    records = zoo.build(configs=TINY, progress=False, on_trained=lambda n, m, p: trained.setdefault(n, (m, p)))
+    yield home, records, trained
+    mp.undo()
+
+
+@pytest.fixture
+def zoo_home(built, monkeypatch):
+    """The tiny zoo's home (conftest gives every test an empty MMLENS_HOME of its own)."""
+    monkeypatch.setenv("MMLENS_HOME", str(built[0]))
+    return built
+
+
+def test_paths_follow_mmlens_home(zoo_home):
+    home, _, _ = zoo_home
+    assert zoo.mmlens_home() == home
+    assert zoo.zoo_dir() == home / "zoo"
+    assert zoo.model_dir("mini-clip") == home / "zoo" / "mini-clip"
+
+
+def test_every_model_directory_is_complete(zoo_home):
+    home, records, _ = zoo_home
+    assert list(records) == list(zoo.ZOO_MODELS)
+    for name in zoo.ZOO_MODELS:
+        d = zoo.model_dir(name)
+        names = {p.name for p in d.iterdir()}
+        assert {"config.json", "model.safetensors", "metrics.json", "tokenizer.json"} <= names, (name, names)
+        assert any(n.startswith(("processor_config", "preprocessor_config")) for n in names), (name, names)
+        rec = json.loads((d / "metrics.json").read_text())
+        assert rec["model"] == name and rec["metrics"] and rec["seconds"] > 0 and rec["config"]
+        assert zoo.is_built(name)
+    # no temporary build directories left behind
+    assert sorted(p.name for p in (home / "zoo").iterdir()) == sorted(zoo.ZOO_MODELS)
+    wc = json.loads((zoo.model_dir("mini-llava") / "metrics.json").read_text())["world_config"]
+    assert WorldConfig.from_dict(wc) == TINY["mini-llava"].world
+
+
+def test_metric_keys(zoo_home):
+    _, records, _ = zoo_home
+    m = records["mini-llava"]["metrics"]
+    assert set(m["vqa_acc"]) == {"yes_no", "number", "other"}
+    assert {"pope_random_acc", "pope_popular_acc", "pope_adversarial_acc"} <= set(m)
+    assert 0 <= records["digits-clip"]["metrics"]["zero_shot_acc"] <= 1
+    assert records["mini-clip"]["metrics"]["retrieval_pool_size"] == 10
+    summary = zoo.benchmark_summary(records, 1.0)
+    assert set(summary["models"]["mini-llava"]["vqa_acc"]) == {"yes_no", "number", "other"}
+    assert "retrieval_top1" in summary["models"]["mini-clip"]
+
+
+@torch.no_grad()
+def test_clip_models_reload_with_plain_transformers(zoo_home):
+    _, _, trained = zoo_home
+    for name in ("digits-clip", "mini-clip"):
+        model, processor = trained[name]
+        d = zoo.model_dir(name)
+        re_model = CLIPModel.from_pretrained(d).eval()
+        re_proc = CLIPProcessor.from_pretrained(d)
+        size = model.config.vision_config.image_size
+        images = [World(WorldConfig(), seed=0).render(s).resize((size, size)) for s in
+                  World(WorldConfig(), seed=0).sample_scenes(2)]
+        texts = ["a red circle", "two blue squares and a green star"]
+        a = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        b = re_proc(text=texts, images=images, return_tensors="pt", padding=True)
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.allclose(a["pixel_values"], b["pixel_values"])
+        out_a, out_b = model(**a), re_model(**b)
+        assert torch.allclose(out_a.logits_per_image, out_b.logits_per_image, atol=1e-5)
+
+
+@torch.no_grad()
+def test_llava_models_reload_with_plain_transformers(zoo_home):
+    _, _, trained = zoo_home
+    world = World(TINY["mini-llava"].world, seed=0)
+    scenes = world.sample_scenes(2, "test")
+    images = [world.render(s) for s in scenes]
+    for name in ("mini-llava", "mini-llava-colour"):
+        model, processor = trained[name]
+        d = zoo.model_dir(name)
+        re_model = LlavaForConditionalGeneration.from_pretrained(d).eval()
+        re_proc = AutoProcessor.from_pretrained(d)
+        assert type(re_proc).__name__ == "LlavaProcessor"
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "how many objects are there ?"}]}]
+        text = re_proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        a = processor(text=[text] * 2, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+        b = re_proc(text=[text] * 2, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.allclose(model(**a).logits, re_model(**b).logits, atol=1e-5)
+        g_a = model.generate(**a, max_new_tokens=3, do_sample=False)
+        g_b = re_model.generate(**b, max_new_tokens=3, do_sample=False)
+        assert torch.equal(g_a, g_b)
+
+
+def test_colour_checkpoints_are_loadable(zoo_home):
+    dirs = checkpoint_dirs(zoo.model_dir("mini-llava-colour"))
+    assert [d.name for d in dirs] == ["step-0", "step-1", "step-2"]
+    m = LlavaForConditionalGeneration.from_pretrained(dirs[1])
+    assert m.config.model_type == "llava"
+    AutoProcessor.from_pretrained(dirs[1])
+    traj = zoo.list_zoo()[-1][2]["metrics"]["trajectory"]
+    assert set(traj) == {"0", "1", "2"} and "colour_mention_rate" in traj["0"]
+
+
+def test_evaluate_from_disk_reproduces_build_metrics(zoo_home):
+    _, records, _ = zoo_home
+    again = zoo.evaluate("digits-clip")
+    assert again["zero_shot_acc"] == records["digits-clip"]["metrics"]["zero_shot_acc"]
+    again = zoo.evaluate("mini-llava")
+    assert again["vqa_acc"] == records["mini-llava"]["metrics"]["vqa_acc"]
+
+
+def test_list_zoo_and_build_skips_built(zoo_home):
+    rows = zoo.list_zoo()
+    assert [r[0] for r in rows] == list(zoo.ZOO_MODELS)
+    assert all(r[1] and r[2]["metrics"] for r in rows)
+    t = zoo.model_dir("digits-clip").stat().st_mtime_ns
+    zoo.build(["digits-clip"], configs=TINY, progress=False)  # already built: no rebuild
+    assert zoo.model_dir("digits-clip").stat().st_mtime_ns == t
+
+
+def test_unknown_name_raises():
+    with pytest.raises(ModelLoadError, match="valid names: digits-clip"):
+        zoo.model_dir("nope")
+    with pytest.raises(ModelLoadError):
+        zoo.is_built("mini-gpt")
+    with pytest.raises(MMLensError):
+        zoo.build(["mini-clip", "nope"])
+    with pytest.raises(ModelLoadError):
+        zoo.evaluate("nope")
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLENS_HOME", str(tmp_path))
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # after the weights were written, before metrics.json
+
+    monkeypatch.setattr(digits_clip, "write_json", boom)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.build(["digits-clip"], configs=TINY, progress=False)
+    assert not zoo.is_built("digits-clip")
+    assert list((tmp_path / "zoo").iterdir()) == []
+    assert zoo.list_zoo()[0] == ("digits-clip", False, None)
+
+
+def test_evaluate_unbuilt_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLENS_HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not built"):
+        zoo.evaluate("mini-clip")
