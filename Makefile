@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# Spinning OpenMP waits make torch 5-20x slower when another process shares the cores.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: demo test bench-zoo clean-venv
 

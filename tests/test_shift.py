@@ -260,6 +260,19 @@ def test_judge_scores_relative_preference_and_win_rate():
     assert out["relative_preference"] == pytest.approx(relative_preference(pairs))
 
 
+def test_local_model_judge_runs_and_unparseable_outputs_are_reported():
+    from mmlens.models import tiny_model
+    from mmlens.shift.judge import LocalModelJudge
+
+    split = ShiftSplit("s", ["what colour ?"] * 2, ["red", "blue"], ["red", "red"])
+    out = judge_split(LocalModelJudge(tiny_model("llama"), max_new_tokens=4), split, progress=False)
+    assert len(out["outputs"]) == 2 and all(isinstance(o, str) for o in out["outputs"])
+    if out["unparsed"] == 2:  # a random tiny model writes no score pair
+        assert math.isnan(out["relative_preference"])
+    with pytest.raises(InputError, match="no parseable"):
+        relative_preference([(math.nan, math.nan)])
+
+
 # ------------------------------------------------------------------------------------------------ data
 def _write_split(path, queries, responses, refs=None):
     rows = []
@@ -343,6 +356,47 @@ def test_cli_shift_emi_trains_saves_and_reuses_estimator(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "missing.jsonl" in err and "Traceback" not in err
+
+
+def test_cli_generate_then_emi_with_images_on_tiny_models(tmp_path, capsys):
+    from PIL import Image
+
+    from mmlens.cli import main
+    from mmlens.models import tiny_model
+
+    tiny_model("llava").save_pretrained(tmp_path / "vlm")
+    tiny_model("clip").save_pretrained(tmp_path / "clip")
+    data = tmp_path / "eval.jsonl"
+    rows = []
+    for i, colour in enumerate(["red", "blue", "green", "white", "yellow", "purple"]):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"image": f"{i}.png", "prompt": "what colour is the image ?", "reference": colour}))
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:
+        main(["shift", "generate", "--model", str(tmp_path / "vlm"), "--data", str(data), "--out", str(out),
+              "--visual", "fog", "--text", "keyboard", "--severities", "2", "--max-new-tokens", "2"])
+    assert e.value.code in (0, None)
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["clean.jsonl", "fog_2.jsonl", "keyboard_2.jsonl"]
+    with pytest.raises(SystemExit) as e:
+        main(["shift", "emi", "--id", str(out / "clean.jsonl"), "--ood", str(out), "--out", str(tmp_path / "rep"),
+              "--text-embedder", "hashing:32", "--image-model", str(tmp_path / "clip"), "--fusion", "concat",
+              "--permutations", "5", "--bootstrap", "5"])
+    assert e.value.code in (0, None)
+    result = json.loads((tmp_path / "rep" / "data.json").read_text())
+    assert [r["split"] for r in result["rows"]] == ["clean", "fog_2", "keyboard_2"]
+    assert result["rows"][1]["terms"]["J_v"]["value"] > 0 and result["rows"][2]["terms"]["J_t"]["value"] > 0
+    # the user's own splits (a folder of JSONL files), used as they are
+    own = tmp_path / "own"
+    own.mkdir()
+    for name in ("id", "ood"):
+        (own / f"{name}.jsonl").write_text("\n".join(json.dumps({**json.loads(r), "image": f"../{i}.png"})
+                                                    for i, r in enumerate(rows)) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["shift", "generate", "--model", str(tmp_path / "vlm"), "--data", str(own), "--out",
+              str(tmp_path / "own-out"), "--max-new-tokens", "2"])
+    assert e.value.code in (0, None)
+    assert load_split(tmp_path / "own-out" / "ood.jsonl").meta["family"] == "user"
 
 
 # -------------------------------------------------------------------------- generator on tiny VLMs

@@ -12,20 +12,9 @@ from mmlens import zoo
 from mmlens.errors import ModelLoadError, MMLensError
 from mmlens.world import World, WorldConfig
 from mmlens.zoo import digits_clip
-from mmlens.zoo.colour import ColourFinetuneConfig, checkpoint_dirs
-from mmlens.zoo.digits_clip import DigitsClipConfig
-from mmlens.zoo.mini_clip import MiniClipConfig
-from mmlens.zoo.mini_llava import MiniLlavaConfig
+from mmlens.zoo.colour import checkpoint_dirs
 
-TINY = {
-    "digits-clip": DigitsClipConfig(steps=3, n_train=64, batch_size=32, caption_draws=2, hidden=32, warmup=1),
-    "mini-clip": MiniClipConfig(n_train_scenes=48, steps=3, batch_size=16, vision_hidden=32, text_hidden=32,
-                                projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10, warmup=1),
-    "mini-llava": MiniLlavaConfig(n_train_scenes=24, vqa_draws=1, steps=3, batch_size=8, text_hidden=32,
-                                  text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1),
-    "mini-llava-colour": ColourFinetuneConfig(n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4,
-                                              n_eval_scenes=3, warmup=1),
-}
+TINY = zoo.smoke_configs()
 
 
 @pytest.fixture(scope="module")

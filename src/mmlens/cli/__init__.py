@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -35,6 +36,8 @@ app.command("demo")(demo_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Spinning OpenMP waits make torch 5-20x slower when another process shares the cores; must precede torch's import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app(args=list(argv) if argv is not None else None, prog_name="mmlens")
     except MMLensError as err:

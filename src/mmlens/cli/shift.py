@@ -21,8 +21,10 @@ def generate_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
     out: Annotated[Path, typer.Option(help="Folder to write: one <split>.jsonl per shift scenario + images.")],
     data: Annotated[Optional[Path], typer.Option(help="JSONL with image, prompt and reference per line (image path "
-                                                      "relative to the file). Default: held-out world VQA of a "
-                                                      "world-trained zoo model.")] = None,
+                                                      "relative to the file), shifted here by the grid; or a folder "
+                                                      "of such JSONL files = your own splits, used as they are. "
+                                                      "Default: held-out world VQA of a world-trained zoo model.")]
+    = None,
     n: Annotated[int, typer.Option("--n", min=2, help="World items (without --data).")] = 200,
     visual: Annotated[Optional[str], typer.Option(help="Comma-separated visual shifts, e.g. defocus_blur,fog.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Comma-separated text shifts, e.g. keyboard,synonym.")] = None,
@@ -33,7 +35,8 @@ def generate_command(
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
-    """Run a vision-language model under a grid of shifts (default grid: 27 world shifts) and write responses."""
+    """Run a vision-language model under a grid of shifts (default grid: 27 world shifts), or over your own split
+    files, and write one response JSONL per split."""
     from mmlens.errors import InputError
     from mmlens.models import VisionLanguageModel, load_model
     from mmlens.shift.generate import (GenerateConfig, default_scenarios, generate_responses,
@@ -52,6 +55,16 @@ def generate_command(
                             scenarios=tuple(scenarios))
     if data is None:
         paths = generate_world_splits(model, out, n=n, config=config, overwrite=overwrite)
+    elif data.is_dir():
+        from mmlens.shift.generate import generate_for_splits
+
+        files = sorted(data.glob("*.jsonl"))
+        if not files:
+            raise InputError(f"no .jsonl split files in {data}")
+        vlm = load_model(model)
+        if not isinstance(vlm, VisionLanguageModel):
+            raise InputError(f"{model} is not a vision-language model")
+        paths = generate_for_splits(vlm, files, out, config, model_id=model, overwrite=overwrite)
     else:
         from mmlens.world.export import load_pairs_jsonl
 

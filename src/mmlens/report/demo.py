@@ -139,7 +139,8 @@ def _digits_section(report: HtmlReport, config: DemoConfig, rng: np.random.Gener
     pairs = digits_pairs("test")
     chosen = [pairs[i] for i in _pick(len(pairs), config.examples, rng)]
     prompts = digit_class_prompts()
-    scores = clip.similarity([p.image for p in chosen], prompts).softmax(-1)
+    # Probabilities use the model's learned temperature, as CLIP's zero-shot classifier does.
+    scores = clip.logits(clip.embed_images([p.image for p in chosen]), clip.embed_texts(prompts)).softmax(-1).detach()
     cards, rows = [], []
     for pair, row in zip(chosen, scores):
         predicted = int(row.argmax())

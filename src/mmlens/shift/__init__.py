@@ -18,7 +18,7 @@ Public API::
     relative_preference, win_rate, parse_score_pair, judge_prompt, judge_split,
     CallableJudge, OpenAICompatibleJudge, LocalModelJudge
     # responses and report
-    GenerateConfig, generate_world_splits, generate_responses, write_report
+    GenerateConfig, generate_world_splits, generate_responses, generate_for_splits, write_report
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ _EXPORTS = {
     "relative_preference": "judge", "win_rate": "judge", "parse_score_pair": "judge", "judge_prompt": "judge",
     "judge_split": "judge", "CallableJudge": "judge", "OpenAICompatibleJudge": "judge",
     "LocalModelJudge": "judge",
-    "GenerateConfig": "generate", "generate_world_splits": "generate", "generate_responses": "generate",
+    "GenerateConfig": "generate", "generate_world_splits": "generate", "generate_responses": "generate", "generate_for_splits": "generate",
+    "default_scenarios": "generate", "world_eval_set": "generate",
     "write_report": "report",
 }
 

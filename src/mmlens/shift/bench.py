@@ -149,33 +149,49 @@ def emi_noise_check(seed: int = 0, n: int = 2000) -> dict[str, Any]:
 
 
 def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
-    """~30 Gaussian shift scenarios: mean shifts of the visual (X_v) and text (X_t) blocks. The reference answer is
-    the truth Y = A x + eps; the "model" was fitted on ID and saturates out of distribution, Y_model = A tanh(x) +
-    eps. Correlation across scenarios between EMID and the bound (scale-adjusted)."""
+    """30 Gaussian shift scenarios: mean shifts (24) and covariance scalings (6) of the visual (X_v) and text (X_t)
+    query blocks (anisotropic, so that they survive the L2 normalisation that every embedding gets); the reference
+    answer is the truth Y = A x + eps. Two "models":
+
+    - ``degrading``: the model answers correctly (Y) except that, with probability p = 1 - exp(-shift size), it
+      answers another query's answer (it stops depending on the query as the input moves away from ID);
+    - ``saturating``: a model fitted on ID that extrapolates badly, Y_model = A tanh(x) + eps.
+
+    Reported: Pearson / Spearman r(EMID, bound) across scenarios for each model and each bound form."""
     rng, a = _gaussian_world(seed, n)
     dv = dt = 8
-
-    def split(name: str, dv_shift: float, dt_shift: float, scale: float = 1.0) -> SplitEmbeddings:
-        x = rng.standard_normal((n, dv + dt)) * scale
-        x[:, :dv] += dv_shift
-        x[:, dv:] += dt_shift
-        y_ref = x @ a.T + 0.3 * rng.standard_normal((n, a.shape[0]))
-        y_mod = np.tanh(x) @ a.T + 0.3 * rng.standard_normal((n, a.shape[0]))
-        f = lambda m: m.astype(np.float32)
-        return SplitEmbeddings(name, f(x), f(x[:, dv:]), f(y_mod), f(y_ref), image=f(x[:, :dv]),
-                               meta={"family": "joint" if dv_shift and dt_shift else "visual" if dv_shift
-                                     else "text" if dt_shift else "scale"})
-
-    levels = [0.0, 0.5, 1.0, 1.5, 2.0]
-    embs = [split("id", 0, 0)]
-    embs += [split(f"v{v}_t{t}", v, t) for v in levels for t in levels if (v, t) != (0, 0)]
-    embs += [split(f"scale{s}", 0, 0, s) for s in (0.5, 0.75, 1.5, 2.0, 2.5, 3.0)]
     cfg = ShiftConfig(estimator=EstimatorConfig(kind="club", hidden=128, logvar_activation="none", seed=seed,
                                                 max_steps=2000, patience=10),
                       n_permutations=20, n_bootstrap=20)
-    res = analyse_embeddings(embs, cfg, progress=False)
-    ood = [r for r in res.rows if "emid" in r]
-    return {"n_scenarios": len(ood),
+    levels = [0.0, 0.5, 1.0, 1.5, 2.0]
+    grid = [(v, t, 1.0, 1.0) for v in levels for t in levels]
+    grid += [(0.0, 0.0, s, 1.0) for s in (0.5, 2.0, 3.0)] + [(0.0, 0.0, 1.0, s) for s in (0.5, 2.0, 3.0)]
+    out: dict[str, Any] = {}
+    for model in ("degrading", "saturating"):
+        embs = []
+        for v, t, sv, st in grid:
+            x = rng.standard_normal((n, dv + dt))
+            x[:, : dv // 2] *= sv  # anisotropic covariance change of half of each block (visible after L2-norm)
+            x[:, dv: dv + dt // 2] *= st
+            x[:, :dv] += v
+            x[:, dv:] += t
+            y_ref = x @ a.T + 0.3 * rng.standard_normal((n, a.shape[0]))
+            if model == "degrading":
+                size = v + t + abs(math.log(sv)) + abs(math.log(st))
+                y_mod = y_ref.copy()
+                hit = np.flatnonzero(rng.random(n) < 1 - math.exp(-size))
+                y_mod[hit] = y_ref[rng.permutation(hit)]
+            else:
+                y_mod = np.tanh(x) @ a.T + 0.3 * rng.standard_normal((n, a.shape[0]))
+            name = "id" if (v, t, sv, st) == (0, 0, 1, 1) else f"v{v}_t{t}_sv{sv}_st{st}"
+            f = lambda m: (m / np.linalg.norm(m, axis=1, keepdims=True)).astype(np.float32)  # as real embeddings
+            fam = ("visual" if (v or sv != 1) else "") + ("text" if (t or st != 1) else "")
+            embs.append(SplitEmbeddings(name, f(x), f(x[:, dv:]), f(y_mod), f(y_ref), image=f(x[:, :dv]),
+                                        meta={"family": {"visualtext": "joint"}.get(fam, fam or "id")}))
+        res = analyse_embeddings(embs, cfg, progress=False)
+        ood = [r for r in res.rows if "emid" in r]
+        out[model] = {
+            "n_scenarios": len(ood),
             "pearson_emid_bound": res.correlations["emid_bound"]["pearson"],
             "spearman_emid_bound": res.correlations["emid_bound"]["spearman"],
             "pearson_emid_bound_by_form": {b: correlation([r["emid"] for r in ood],
@@ -184,6 +200,7 @@ def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
             "rows": [{"split": r["split"], "emid": r["emid"], "bound": r["bound"],
                       "J_v": r["terms"]["J_v"]["value"], "J_t": r["terms"]["J_t"]["value"],
                       "J_Q": r["terms"]["J_Q"]["value"]} for r in ood]}
+    return out
 
 
 # --------------------------------------------------------------------------------------------- real
@@ -209,6 +226,7 @@ def _ablation(embs, cfg: ShiftConfig, est: MIEstimator, released: dict | None, i
            "pearson_emid_bound_by_form": {b: correlation([r["emid"] for r in ood],
                                                          [r["bound_forms"][b] for r in ood])["pearson"]
                                           for b in BOUNDS}}
+    out["emi"] = {r["split"]: r["emi"] for r in res.rows}
     if released:
         names = [r["split"] for r in res.rows if r["split"] in released and "EMI" in released[r["split"]]]
         out["spearman_vs_released_emi"] = correlation([res.row(n)["emi"] for n in names],
@@ -280,6 +298,13 @@ def llava_bench_tier(root: str | Path = SHARED_DATA, seed: int = 0, n_permutatio
         for other_seed in (1, 2):
             s_cfg = replace(small, estimator=replace(cfg.estimator, seed=other_seed))
             abl[f"estimator_seed_{other_seed}"] = _ablation(embs, s_cfg, fit_estimator(embs, s_cfg), released)
+        seeds = [{r["split"]: r["emi"] for r in res.rows}] + [abl[f"estimator_seed_{k}"]["emi"] for k in (1, 2)]
+        spread = [float(np.std([sd[name] for sd in seeds])) for name in seeds[0]]
+        ranges = [r["emi"] for r in res.rows]
+        abl["estimator_seed_variance"] = {
+            "mean_std_of_split_emi_over_3_seeds": float(np.mean(spread)),
+            "std_of_emi_across_splits_seed0": float(np.std(ranges)),
+            "mean_bootstrap_ci_width": float(np.mean([r["emi_ci"][1] - r["emi_ci"][0] for r in res.rows]))}
         el = embed_splits(splits, layer_embedder or EmbeddingLayerTextEmbedder(progress=False))
         abl["embedding_layer_text_features"] = _ablation(el, small, fit_estimator(el, small), released)
         out["ablations"] = abl

@@ -136,6 +136,7 @@ def load_splits(paths: Sequence[str | os.PathLike], references: str | os.PathLik
     """Splits from files or folders (every ``*.jsonl`` in a folder, sorted; a ``references.jsonl`` is skipped)."""
     refs = load_references(references) if references is not None else None
     out: list[ShiftSplit] = []
+    seen: set[Path] = set()  # a file given directly and again through its folder is read once, first position wins
     for p in paths:
         p = Path(p)
         if p.is_dir():
@@ -145,9 +146,13 @@ def load_splits(paths: Sequence[str | os.PathLike], references: str | os.PathLik
             local_refs = refs
             if local_refs is None and (p / "references.jsonl").is_file():
                 local_refs = load_references(p / "references.jsonl")
-            out.extend(load_split(f, local_refs, load_images=load_images) for f in files)
         else:
-            out.append(load_split(p, refs, load_images=load_images))
+            files, local_refs = [p], refs
+        for f in files:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
+            out.append(load_split(f, local_refs, load_images=load_images))
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise InputError(f"duplicate split names: {sorted({n for n in names if names.count(n) > 1})}")

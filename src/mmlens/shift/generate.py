@@ -68,13 +68,58 @@ def _apply(images: Sequence[Any], prompts: Sequence[str], s: Scenario, seed: int
     return imgs, texts
 
 
+def _write_split(tmp: Path, name: str, vlm: Any, imgs: list, texts: list[str], references: list[str],
+                 item_ids: list, meta: dict, config: GenerateConfig, model_id: str,
+                 score: Callable[[str, str], bool] | None) -> dict:
+    import json
+
+    answers = vlm.generate(imgs, texts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    img_dir = tmp / "images" / name
+    img_dir.mkdir(parents=True)
+    meta = dict(meta)
+    if score is not None:
+        meta["accuracy"] = float(np.mean([score(a, r) for a, r in zip(answers, references)]))
+    decoding = {"max_new_tokens": config.max_new_tokens, "do_sample": False, "seed": config.seed}
+    lines = []
+    for i, (im, q, a, r) in enumerate(zip(imgs, texts, answers, references)):
+        im.save(img_dir / f"{i}.png")
+        lines.append(json.dumps({"question_id": item_ids[i], "prompt": q, "text": a, "reference": r,
+                                 "image": f"images/{name}/{i}.png", "model_id": model_id,
+                                 "metadata": {"scenario": name, "decoding": decoding}, "split_meta": meta}) + "\n")
+    (tmp / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+    return {"split": name, **meta}
+
+
+class _AtomicFolder:
+    """Write into a temporary sibling folder; rename it into place on success, remove it on error."""
+
+    def __init__(self, out: Path, overwrite: bool) -> None:
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise InputError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        self.out = out
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}-", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.tmp.rename(self.out)
+
+
 def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], references: Sequence[str],
                        out_dir: str | os.PathLike, config: GenerateConfig = GenerateConfig(), *,
                        model_id: str = "model", item_ids: Sequence[Any] | None = None,
                        score: Callable[[str, str], bool] | None = None, overwrite: bool = False,
                        progress: bool = True) -> list[Path]:
-    """Generate responses of ``vlm`` (a ``VisionLanguageModel``) for every scenario; write the split folder
-    atomically. ``score(response, reference) -> bool`` adds ``accuracy`` to each split's ``split_meta``."""
+    """Generate responses of ``vlm`` (a ``VisionLanguageModel``) for every scenario of ``config`` (shifts applied
+    here); write the split folder atomically. ``score(response, reference) -> bool`` adds ``accuracy`` to each
+    split's ``split_meta``."""
     images, prompts, references = list(images), list(prompts), list(references)
     n = len(prompts)
     if n == 0:
@@ -83,48 +128,51 @@ def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], 
         raise InputError(f"{len(images)} images, {n} prompts and {len(references)} references: need equal counts")
     item_ids = list(item_ids) if item_ids is not None else list(range(n))
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     scenarios = list(config.scenarios)
     if progress:
         from tqdm.auto import tqdm
         scenarios = tqdm(scenarios, desc="shift scenarios")
-    written, summary = [], []
-    try:
-        import json
-
+    summary = []
+    with _AtomicFolder(out, overwrite) as tmp:
         for s in scenarios:
-            name = scenario_name(s)
             imgs, texts = _apply(images, prompts, s, config.seed)
-            answers = vlm.generate(imgs, texts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-            img_dir = tmp / "images" / name
-            img_dir.mkdir(parents=True)
             meta = {"family": scenario_family(s), "visual_shift": s[0], "visual_severity": s[1],
                     "text_shift": s[2], "text_severity": s[3]}
-            if score is not None:
-                meta["accuracy"] = float(np.mean([score(a, r) for a, r in zip(answers, references)]))
-            decoding = {"max_new_tokens": config.max_new_tokens, "do_sample": False, "seed": config.seed}
-            lines = []
-            for i, (im, q, a, r) in enumerate(zip(imgs, texts, answers, references)):
-                im.save(img_dir / f"{i}.png")
-                lines.append(json.dumps({"question_id": item_ids[i], "prompt": q, "text": a, "reference": r,
-                                         "image": f"images/{name}/{i}.png", "model_id": model_id,
-                                         "metadata": {"scenario": name, "decoding": decoding},
-                                         "split_meta": meta}) + "\n")
-            (tmp / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
-            written.append(out / f"{name}.jsonl")
-            summary.append({"split": name, **meta})
+            summary.append(_write_split(tmp, scenario_name(s), vlm, imgs, texts, references, item_ids, meta,
+                                        config, model_id, score))
         write_json_atomic(tmp / "generation.json", {"model_id": model_id, "n_items": n, "config": asdict(config),
                                                     "splits": summary})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return written
+    return [out / f"{row['split']}.jsonl" for row in summary]
+
+
+def generate_for_splits(vlm: Any, split_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                        config: GenerateConfig = GenerateConfig(), *, model_id: str = "model",
+                        overwrite: bool = False, progress: bool = True) -> list[Path]:
+    """User-provided splits (already shifted): each JSONL of ``image``, ``prompt``, ``reference`` (and optional
+    ``question_id``) becomes ``<out_dir>/<stem>.jsonl`` with the model's responses; no shift is applied."""
+    from mmlens.world.export import load_pairs_jsonl
+
+    files = [Path(f) for f in split_files]
+    if not files:
+        raise InputError("no split files given")
+    summary = []
+    iterator = files
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(files, desc="splits")
+    with _AtomicFolder(Path(out_dir), overwrite) as tmp:
+        for f in iterator:
+            records = load_pairs_jsonl(f, require_caption=False)
+            missing = [i for i, r in enumerate(records) if "prompt" not in r or "reference" not in r]
+            if missing:
+                raise InputError(f"{f}: record {missing[0] + 1} needs 'prompt' and 'reference' fields")
+            summary.append(_write_split(tmp, f.stem, vlm, [r["image"] for r in records],
+                                        [r["prompt"] for r in records], [r["reference"] for r in records],
+                                        [r.get("question_id", i) for i, r in enumerate(records)],
+                                        {"family": "user"}, config, model_id, None))
+        write_json_atomic(tmp / "generation.json", {"model_id": model_id, "config": asdict(config),
+                                                    "splits": summary})
+    return [Path(out_dir) / f"{row['split']}.jsonl" for row in summary]
 
 
 def world_eval_set(model_dir: str | os.PathLike, n: int = 200, seed: int = 0) -> dict[str, list]:

@@ -157,5 +157,8 @@ def judge_split(judge: Judge, split: ShiftSplit, contexts: Sequence[str] | None 
                                   contexts[i] if contexts else "")) for i in items]
     pairs = [parse_score_pair(o) for o in outputs]
     n_bad = sum(1 for p in pairs if math.isnan(p[0]))
+    if n_bad == len(pairs):  # nothing parseable: report it instead of failing the whole run
+        return {"outputs": outputs, "scores": pairs, "unparsed": n_bad, "relative_preference": math.nan,
+                "win_rate": math.nan}
     return {"outputs": outputs, "scores": pairs, "unparsed": n_bad,
             "relative_preference": relative_preference(pairs), "win_rate": win_rate(pairs)}

@@ -87,11 +87,13 @@ def write_report(result: ShiftResult, out_dir: str | os.PathLike, *, title: str 
         sec.table(term_rows)
     ood = [r for r in result.rows if "emid" in r]
     if len(ood) >= 2:
-        fig = _scatter(ood, "bound", "emid", f"bound ({cfg.bound})", "EMID", "EMID against the bound")
+        r = (emid_b or {}).get("pearson", math.nan)
+        fig = _scatter(ood, "bound", "emid", f"bound ({cfg.bound})", "EMID", f"EMID against the bound (Pearson r = {r:.2f})")
         report.section("EMID against the bound").figure(fig, "One point per shifted split, coloured by family.")
     acc = [r for r in result.rows if isinstance(r.get("accuracy"), (int, float))]
     if len(acc) >= 2:
-        fig = _scatter(acc, "accuracy", "emi", "accuracy", "EMI", "EMI against accuracy")
+        r = corr.get("emi_accuracy", {}).get("pearson", math.nan)
+        fig = _scatter(acc, "accuracy", "emi", "accuracy", "EMI", f"EMI against accuracy (Pearson r = {r:.2f})")
         report.section("EMI against accuracy").figure(fig, "One point per split.")
     return report.write(out_dir)
 

@@ -44,7 +44,7 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 
 __all__ = [
     "ZOO_MODELS", "DEPENDENCIES", "mmlens_home", "zoo_dir", "model_dir", "is_built", "build", "list_zoo",
-    "evaluate", "zoo_benchmark", "default_configs",
+    "evaluate", "zoo_benchmark", "default_configs", "smoke_configs",
     "DigitsClipConfig", "MiniClipConfig", "MiniLlavaConfig", "ColourFinetuneConfig",
 ]
 
@@ -95,6 +95,25 @@ def default_configs() -> dict[str, Any]:
 
     return {"digits-clip": DigitsClipConfig(), "mini-clip": MiniClipConfig(), "mini-llava": MiniLlavaConfig(),
             "mini-llava-colour": ColourFinetuneConfig()}
+
+
+def smoke_configs() -> dict[str, Any]:
+    """A tiny budget that runs every build step of every model in seconds (tests, smoke runs); not for use."""
+    from mmlens.zoo.colour import ColourFinetuneConfig
+    from mmlens.zoo.digits_clip import DigitsClipConfig
+    from mmlens.zoo.mini_clip import MiniClipConfig
+    from mmlens.zoo.mini_llava import MiniLlavaConfig
+
+    return {
+        "digits-clip": DigitsClipConfig(steps=3, n_train=64, batch_size=32, caption_draws=2, hidden=32, warmup=1),
+        "mini-clip": MiniClipConfig(n_train_scenes=48, steps=3, batch_size=16, vision_hidden=32, text_hidden=32,
+                                    projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10,
+                                    n_eval_scenes_large=0, warmup=1),
+        "mini-llava": MiniLlavaConfig(n_train_scenes=24, vqa_draws=1, steps=3, batch_size=8, text_hidden=32,
+                                      text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1),
+        "mini-llava-colour": ColourFinetuneConfig(n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4,
+                                                  n_eval_scenes=3, warmup=1),
+    }
 
 
 def _resolve(names: Iterable[str]) -> list[str]:

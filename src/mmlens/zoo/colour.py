@@ -10,9 +10,8 @@ shape- and colour-mention rates of descriptions and the VQA accuracy retained.
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,9 @@ class ColourFinetuneConfig:
     seed: int = 0
     n_train_scenes: int = 3000
     steps: int = 120
-    checkpoint_every: int = 30
+    checkpoint_every: int = 20
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-4
     vision_lr: float = 0.0  # vision tower frozen: the drift is in the language side
     freeze_vision: bool = True
     weight_decay: float = 0.0

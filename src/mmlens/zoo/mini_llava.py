@@ -12,7 +12,6 @@ answer (lower case, whitespace collapsed, trailing punctuation dropped) on held-
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 from transformers import CLIPModel, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from mmlens.models.generative import VisionLanguageModel
-from mmlens.models.tokenizers import IMAGE_TOKEN, make_llava_processor, train_word_tokenizer
+from mmlens.models.tokenizers import make_llava_processor, train_word_tokenizer
 from mmlens.world import World, WorldConfig
 from mmlens.zoo.common import (
     METRICS_FILE,
@@ -59,7 +58,7 @@ class MiniLlavaConfig:
     text_heads: int = 4
     freeze_vision: bool = False
     # optimisation
-    steps: int = 2000
+    steps: int = 1800
     batch_size: int = 64
     lr: float = 1e-3
     vision_lr: float = 2e-4

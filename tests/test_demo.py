@@ -1,0 +1,46 @@
+"""`mmlens demo` on a zoo built at the smoke budget: the report is complete and its numbers are the zoo's."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from mmlens.report.demo import ZOO_TARGETS, DemoConfig, run_demo, target_rows
+
+
+def test_target_rows_judge_each_target():
+    metrics = {
+        "digits-clip": {"zero_shot_acc": 0.96},
+        "mini-clip": {"retrieval_top1": 0.5},
+        "mini-llava": {"vqa_acc": {"yes_no": 0.9, "number": 0.84, "other": 0.86},
+                       "pope_random_acc": 0.9, "pope_adversarial_acc": 0.86},
+    }
+    rows = {(r["model"], r["metric"]): r for r in target_rows(metrics)}
+    met = {key[1]: row["met"] for key, row in rows.items()}
+    assert met["zero-shot accuracy (held-out digits)"] is True
+    assert met["image-to-caption retrieval top-1"] is False
+    assert met["VQA accuracy, number"] is False and met["VQA accuracy, yes/no"] is True
+    assert met["language bias: POPE random - adversarial"] is False  # gap 0.04 < 0.05
+    assert abs(rows[("mini-llava", "language bias: POPE random - adversarial")]["measured"] - 0.04) < 1e-9
+    missing = target_rows({})
+    assert len(missing) == len(ZOO_TARGETS) and not any(r["met"] for r in missing)
+
+
+def test_demo_report_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
+    out = tmp_path / "demo"
+    index = run_demo(DemoConfig(out_dir=out, examples=3, seed=1))
+    page = index.read_text()
+    for title in ("The zoo against its targets", "digits-clip", "mini-clip", "mini-llava:", "mini-llava-colour"):
+        assert title in page, title
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert len(sources) >= 1 + 3 * 3  # the plot and three example images per model section
+    for src in sources:
+        assert (out / src).is_file(), src
+    data = json.loads((out / "data.json").read_text())
+    from mmlens import zoo
+
+    built = {name: record["metrics"] for name, built, record in zoo.list_zoo() if built}
+    assert data["metrics"] == json.loads(json.dumps(built))  # the report shows the zoo's own numbers
+    assert len(data["examples"]["digits-clip"]) == 3
+    assert {"question", "answer", "predicted"} <= set(data["examples"]["mini-llava"][0])
