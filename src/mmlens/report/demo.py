@@ -29,6 +29,7 @@ class Target:
 
     model: str
     label: str
+    short: str  # the plot's axis label
     path: tuple[str, ...]
     minimum: float
 
@@ -43,13 +44,13 @@ class Target:
 
 # The targets of the foundation issue. "bias gap" is derived: POPE random minus POPE adversarial accuracy.
 ZOO_TARGETS: tuple[Target, ...] = (
-    Target("digits-clip", "zero-shot accuracy (held-out digits)", ("zero_shot_acc",), 0.95),
-    Target("mini-clip", "image-to-caption retrieval top-1", ("retrieval_top1",), 0.80),
-    Target("mini-llava", "VQA accuracy, yes/no", ("vqa_acc", "yes_no"), 0.85),
-    Target("mini-llava", "VQA accuracy, number", ("vqa_acc", "number"), 0.85),
-    Target("mini-llava", "VQA accuracy, other (colour/shape)", ("vqa_acc", "other"), 0.85),
-    Target("mini-llava", "POPE random accuracy", ("pope_random_acc",), 0.85),
-    Target("mini-llava", "language bias: POPE random - adversarial", ("pope_bias_gap",), 0.05),
+    Target("digits-clip", "zero-shot accuracy (held-out digits)", "zero-shot", ("zero_shot_acc",), 0.95),
+    Target("mini-clip", "image-to-caption retrieval top-1", "retrieval", ("retrieval_top1",), 0.80),
+    Target("mini-llava", "VQA accuracy, yes/no", "VQA yes/no", ("vqa_acc", "yes_no"), 0.85),
+    Target("mini-llava", "VQA accuracy, number", "VQA number", ("vqa_acc", "number"), 0.85),
+    Target("mini-llava", "VQA accuracy, other (colour/shape)", "VQA other", ("vqa_acc", "other"), 0.85),
+    Target("mini-llava", "POPE random accuracy", "POPE random", ("pope_random_acc",), 0.85),
+    Target("mini-llava", "language bias: POPE random - adversarial", "bias gap", ("pope_bias_gap",), 0.05),
 )
 
 
@@ -63,6 +64,7 @@ def target_rows(metrics_by_model: dict[str, dict[str, Any]]) -> list[dict[str, A
         value = target.value(metrics)
         rows.append({
             "model": target.model,
+            "short": target.short,
             "metric": target.label,
             "measured": float("nan") if value is None else value,
             "target": f">= {target.minimum:.2f}",
@@ -91,7 +93,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
         + ", ".join(f"{name} {record.get('seconds', float('nan')):.0f}" for name, record in records.items())
         + "."
     )
-    summary.table(rows)
+    summary.table(rows, columns=["model", "metric", "measured", "target", "met"])
     summary.figure(_targets_plot(rows), "Measured value (bar) against target (line) for every zoo target.")
 
     examples: dict[str, Any] = {}
@@ -112,7 +114,7 @@ def _targets_plot(rows: list[dict[str, Any]]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    labels = [f"{r['model']}\n{r['metric'].split(',')[-1].split(':')[-1].strip()}" for r in rows]
+    labels = [f"{r['model']}\n{r['short']}" for r in rows]
     values = [0.0 if np.isnan(r["measured"]) else r["measured"] for r in rows]
     colours = ["#2e8b57" if r["met"] else "#c0392b" for r in rows]
     xs = np.arange(len(rows))
