@@ -44,7 +44,7 @@ def eval_command(name: Annotated[str, typer.Argument(help="A built zoo model.")]
 
 
 def _headline(metrics: dict | None) -> dict:
-    """The numbers worth a line: every top-level number and the nested dicts of numbers."""
+    """The numbers worth a line: top-level numbers and small nested groups of rates (e.g. VQA accuracy per type)."""
     if not metrics:
         return {}
     keep = {}
@@ -53,6 +53,6 @@ def _headline(metrics: dict | None) -> dict:
             keep[key] = round(value, 4)
         elif isinstance(value, int) and not isinstance(value, bool):
             keep[key] = value
-        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+        elif isinstance(value, dict) and len(value) <= 3 and all(isinstance(v, float) for v in value.values()):
             keep[key] = {k: round(float(v), 4) for k, v in value.items()}
     return keep
