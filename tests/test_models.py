@@ -275,6 +275,15 @@ def test_zoo_spec(monkeypatch, tmp_path):
         load_model("zoo:other")
 
 
+def test_expected_adapter_kind_is_checked_before_loading(tmp_path, monkeypatch):
+    tiny_model("clip").save_pretrained(tmp_path / "clip")
+    assert isinstance(load_model(tmp_path / "clip", expect=ContrastiveModel), ContrastiveModel)
+    with pytest.raises(ModelLoadError, match="is not a vision-language model"):
+        load_model(tmp_path / "clip", expect=VisionLanguageModel)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert isinstance(load_model("~/clip"), ContrastiveModel)  # a quoted "~" path is expanded
+
+
 def test_unknown_tiny_architecture():
     with pytest.raises(ModelLoadError):
         tiny_model("gpt-17")

@@ -84,6 +84,9 @@ def test_estimator_save_load_round_trip(tmp_path):
         MIEstimator.load(tmp_path / "missing.pt")
     with pytest.raises(InputError, match="dimensions"):
         again.estimate(x[:, :3], y)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")  # a torch file, but not an estimator
+    with pytest.raises(InputError, match="not an mmlens estimator file"):
+        MIEstimator.load(tmp_path / "other.pt")
 
 
 def test_estimator_input_errors():
@@ -98,6 +101,19 @@ def test_estimator_input_errors():
         MIEstimator().estimate(x, x)
     with pytest.raises(InputError, match="unknown estimator"):
         EstimatorConfig(kind="ksg")
+    with pytest.raises(InputError, match="diverged"):
+        MIEstimator(EstimatorConfig(max_epochs=2)).fit(x * 1e30, x * 1e30)
+    with pytest.raises(InputError, match="n_bootstrap"):
+        ShiftConfig(n_bootstrap=0)
+    with pytest.raises(InputError, match="excess"):
+        ShiftConfig(term_values="excess", n_permutations=0)
+
+
+def test_fit_leaves_the_global_rng_alone():
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    state = torch.get_rng_state()
+    MIEstimator(EstimatorConfig(max_epochs=1)).fit(x, x)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_training_is_seeded():

@@ -57,9 +57,7 @@ def generate_command(
     from mmlens.world.export import load_pairs_jsonl
 
     records = load_pairs_jsonl(data, require_caption=False)
-    adapter = load_model(model)
-    if not isinstance(adapter, VisionLanguageModel):
-        raise typer.BadParameter(f"{model} is not a vision-language model", param_hint="--model")
+    adapter = load_model(model, expect=VisionLanguageModel)
     prompts = [record.get("prompt") or prompt for record in records]
     responses = adapter.generate([r["image"] for r in records], prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [{k: v for k, v in r.items() if k != "image"} | {"image": r["image_path"], "prompt": p, "response": a}
@@ -83,9 +81,7 @@ def embed_command(
     from mmlens.world.export import load_pairs_jsonl
 
     records = load_pairs_jsonl(data)
-    adapter = load_model(model)
-    if not isinstance(adapter, ContrastiveModel):
-        raise typer.BadParameter(f"{model} is not a contrastive image-text model", param_hint="--model")
+    adapter = load_model(model, expect=ContrastiveModel)
     image_embeds = adapter.embed_images([r["image"] for r in records], batch_size=batch_size)
     text_embeds = adapter.embed_texts([r["caption"] for r in records], batch_size=batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)

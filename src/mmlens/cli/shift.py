@@ -39,10 +39,13 @@ def generate_command(
     files, and write one response JSONL per split."""
     from mmlens.errors import InputError
     from mmlens.models import VisionLanguageModel, load_model
-    from mmlens.shift.generate import (GenerateConfig, default_scenarios, generate_responses,
-                                       generate_world_splits)
+    from mmlens.shift.generate import (GenerateConfig, default_scenarios, generate_for_splits, generate_responses,
+                                       generate_world_splits, load_eval_records)
 
-    sev = [int(s) for s in _csv(severities)]
+    try:
+        sev = [int(s) for s in _csv(severities)]
+    except ValueError:
+        raise InputError(f"--severities must be comma-separated integers 1-5, got {severities!r}") from None
     vs, ts = _csv(visual), _csv(text)
     if vs or ts:
         scenarios = [(None, 0, None, 0)] + [(v, k, None, 0) for v in vs for k in sev] + \
@@ -56,25 +59,14 @@ def generate_command(
     if data is None:
         paths = generate_world_splits(model, out, n=n, config=config, overwrite=overwrite)
     elif data.is_dir():
-        from mmlens.shift.generate import generate_for_splits
-
         files = sorted(data.glob("*.jsonl"))
         if not files:
             raise InputError(f"no .jsonl split files in {data}")
-        vlm = load_model(model)
-        if not isinstance(vlm, VisionLanguageModel):
-            raise InputError(f"{model} is not a vision-language model")
+        vlm = load_model(model, expect=VisionLanguageModel)
         paths = generate_for_splits(vlm, files, out, config, model_id=model, overwrite=overwrite)
     else:
-        from mmlens.world.export import load_pairs_jsonl
-
-        records = load_pairs_jsonl(data, require_caption=False)
-        missing = [i for i, r in enumerate(records) if "prompt" not in r or "reference" not in r]
-        if missing:
-            raise InputError(f"{data}: record {missing[0] + 1} needs 'prompt' and 'reference' fields")
-        vlm = load_model(model)
-        if not isinstance(vlm, VisionLanguageModel):
-            raise InputError(f"{model} is not a vision-language model")
+        records = load_eval_records(data)
+        vlm = load_model(model, expect=VisionLanguageModel)
         paths = generate_responses(vlm, [r["image"] for r in records], [r["prompt"] for r in records],
                                    [r["reference"] for r in records], out, config, model_id=model,
                                    item_ids=[r.get("question_id", i) for i, r in enumerate(records)],

@@ -2,7 +2,7 @@
 
 Public API (imported lazily so that ``mmlens.models.tokenizers`` stays cheap to import)::
 
-    load_model(spec, *, device="cpu", torch_dtype=None)      # "zoo:NAME", a local dir, or a Hugging Face id
+    load_model(spec, *, device="cpu", torch_dtype=None, expect=None)  # "zoo:NAME", a local dir, or a HF id
     ContrastiveModel, VisionLanguageModel, CausalLanguageModel
     contrastive_loss, per_pair_loss, LossKind, ParamGroup
     capture_outputs, add_to_output                          # forward hooks as context managers

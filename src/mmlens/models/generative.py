@@ -33,7 +33,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from mmlens.errors import InputError
+from mmlens.errors import InputError, ModelLoadError
 
 IGNORE_INDEX = -100
 
@@ -81,8 +81,6 @@ def family_for(model: nn.Module) -> FamilySpec:
     for spec in VLM_FAMILIES:
         if isinstance(model, spec.model_class):
             return spec
-    from mmlens.errors import ModelLoadError
-
     names = ", ".join(s.model_class.__name__ for s in VLM_FAMILIES)
     raise ModelLoadError(f"{type(model).__name__} is not a supported vision-language model: use one of {names}")
 
@@ -173,7 +171,7 @@ class _GenerativeBase:
                 return getattr(inner, name)
         if isinstance(getattr(inner, "layers", None), nn.ModuleList):
             return inner
-        raise TypeError(f"cannot find the language model inside {type(base).__name__}")
+        raise ModelLoadError(f"cannot find the language model inside {type(base).__name__}")
 
     @property
     def decoder_layers(self) -> nn.ModuleList:

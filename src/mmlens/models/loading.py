@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +74,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def resolve_spec(spec: str | Path) -> str:
-    """A loadable location for ``spec``: ``zoo:NAME`` -> the zoo model's directory; paths and hub ids as given."""
+    """A loadable location for ``spec``: ``zoo:NAME`` -> the zoo model's directory; paths (``~`` expanded) and hub
+    ids as given."""
     spec = str(spec)
     if not spec.startswith(ZOO_PREFIX):
-        return spec
+        return os.path.expanduser(spec)  # "~/models/clip" is a path the shell did not expand (e.g. quoted)
     name = spec[len(ZOO_PREFIX):]
     from mmlens import zoo  # lazy: the zoo trains models with this package, so it imports us
 
@@ -102,16 +104,27 @@ def _load_config(location: str, spec: str) -> PretrainedConfig:
         ) from err
 
 
-def load_model(spec: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None) -> Adapter:
+_ADAPTER_KINDS: Mapping[type, str] = MappingProxyType({
+    ContrastiveModel: "contrastive image-text model",
+    VisionLanguageModel: "vision-language model",
+    CausalLanguageModel: "causal language model",
+})
+
+
+def load_model(spec: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None,
+               expect: type[Adapter] | None = None) -> Adapter:
     """Load ``spec`` (``zoo:NAME``, a local directory, or a Hugging Face id) and wrap it in its adapter.
 
     Dispatches on the config class: CLIP / SigLIP / dual encoders -> :class:`ContrastiveModel`; LLaVA, LLaVA-NeXT,
     Qwen2-VL, Qwen2.5-VL, Idefics3 (SmolVLM), PaliGemma -> :class:`VisionLanguageModel`; any other config with a
-    causal-LM head -> :class:`CausalLanguageModel`.
+    causal-LM head -> :class:`CausalLanguageModel`. With ``expect`` (one of those classes), any other kind of model
+    is a :class:`ModelLoadError`, raised from the config before any weights are loaded.
     """
     location = resolve_spec(spec)
     config = _load_config(location, str(spec))
     route = next((r for cls, r in _ROUTES.items() if type(config) is cls), None)
+    if expect is not None and (route.adapter if route else CausalLanguageModel) is not expect:
+        raise ModelLoadError(f"{spec} is not a {_ADAPTER_KINDS[expect]} (its config is {type(config).__name__})")
     kwargs: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
     if torch.device(device).type != "cpu":
         kwargs["device_map"] = str(device)  # load straight onto the accelerator instead of via CPU RAM

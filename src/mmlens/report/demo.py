@@ -119,9 +119,8 @@ def _targets_plot(rows: list[dict[str, Any]]):
     colours = ["#2e8b57" if r["met"] else "#c0392b" for r in rows]
     xs = np.arange(len(rows))
     ax.bar(xs, values, color=colours)
-    for x, row in zip(xs, rows):
-        minimum = float(row["target"].split()[-1])
-        ax.hlines(minimum, x - 0.4, x + 0.4, colors="black", linewidth=2)
+    for x, target in zip(xs, ZOO_TARGETS):  # rows come from target_rows: one per target, in order
+        ax.hlines(target.minimum, x - 0.4, x + 0.4, colors="black", linewidth=2)
     ax.set_xticks(xs, labels, fontsize=6.5)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("measured")

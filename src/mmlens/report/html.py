@@ -11,13 +11,13 @@ import html
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from PIL import Image
+
+from mmlens.report.io import atomic_folder
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -161,9 +161,7 @@ class HtmlReport:
         import matplotlib.pyplot as plt
 
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with atomic_folder(out) as tmp:
             for index, sec in enumerate(self.sections):
                 asset_dir = tmp / "assets" / f"s{index}"
                 for name, asset in sec._assets.items():
@@ -175,17 +173,6 @@ class HtmlReport:
                         plt.close(asset)
             (tmp / "index.html").write_text(self.render(), encoding="utf-8")
             (tmp / "data.json").write_text(json.dumps(self.data, indent=2, default=_json_default), encoding="utf-8")
-            if out.exists():
-                backup = out.with_name(f".{out.name}-old")
-                shutil.rmtree(backup, ignore_errors=True)
-                out.rename(backup)
-                tmp.rename(out)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out / "index.html"
 
 

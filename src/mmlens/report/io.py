@@ -1,13 +1,16 @@
-"""Atomic result files: a run interrupted while writing never leaves a truncated file behind."""
+"""Atomic result files and folders: a run interrupted while writing never leaves a truncated result behind."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, TextIO
+
+from mmlens.errors import InputError
 
 
 @contextmanager
@@ -39,3 +42,31 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]])
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces ``path``, on error it vanishes.
+
+    With ``overwrite=False`` an existing non-empty ``path`` is refused before anything is written.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target} exists and is not a folder; choose another output path")
+    if not overwrite and target.is_dir() and any(target.iterdir()):
+        raise InputError(f"{target} exists and is not empty; pass overwrite=True (--overwrite) or choose another path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            # Move the old folder aside first so that the swap itself is a single rename.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from mmlens.errors import InputError
-from mmlens.shift.data import ShiftSplit
+from mmlens.shift.data import ShiftSplit, open_image
 from mmlens.shift.divergence import MIXTURES, rjsd_test
 from mmlens.shift.embed import ImageEmbedder, TextEmbedder, fuse
 from mmlens.shift.estimators import EstimatorConfig, MIEstimator
@@ -58,6 +58,11 @@ class ShiftConfig:
                 raise InputError(f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
         if self.h_hat <= 0:
             raise InputError("h_hat must be positive")
+        if self.n_bootstrap < 1 or self.n_permutations < 0:
+            raise InputError(f"need n_bootstrap >= 1 and n_permutations >= 0, got {self.n_bootstrap} and "
+                             f"{self.n_permutations}")
+        if self.term_values == "excess" and self.n_permutations == 0:
+            raise InputError("term_values='excess' subtracts the permutation null: it needs n_permutations >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,17 +132,7 @@ def embed_splits(splits: Sequence[ShiftSplit], text_embedder: TextEmbedder,
 def _as_images(images: Sequence[Any]) -> list[Any]:
     from PIL import Image
 
-    out = []
-    for im in images:
-        if isinstance(im, Image.Image):
-            out.append(im.convert("RGB"))
-        else:
-            try:
-                with Image.open(im) as opened:
-                    out.append(opened.convert("RGB"))
-            except OSError:
-                raise InputError(f"cannot read image {im}") from None
-    return out
+    return [im.convert("RGB") if isinstance(im, Image.Image) else open_image(im) for im in images]
 
 
 # ------------------------------------------------------------------------------------------- estimator
@@ -263,6 +258,8 @@ def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfi
     names = [e.name for e in embeddings]
     if len(set(names)) != len(names):
         raise InputError("split names must be unique")
+    if not 0 <= id_index < len(embeddings):
+        raise InputError(f"id_index={id_index} is not the index of one of the {len(embeddings)} splits")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if estimator is None:

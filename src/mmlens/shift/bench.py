@@ -318,6 +318,8 @@ def llava_bench_synthetic_only(tier: dict[str, Any]) -> dict[str, Any]:
     rows = [r for r in tier["rows"] if r.get("family") != "natural"]
     ood = [r for r in rows if "emid" in r]
     with_rel = [r for r in rows if "released" in r and "EMI" in r["released"]]
+    # only splits with both released numbers, so that the two lists stay paired
+    with_bound = [r["released"] for r in ood if {"EMID", "EMID_UB"} <= r.get("released", {}).keys()]
     return {"synthetic_only": {
         "n_splits": len(ood),
         "pearson_emid_bound": correlation([r["emid"] for r in ood], [r["bound"] for r in ood])["pearson"],
@@ -327,8 +329,7 @@ def llava_bench_synthetic_only(tier: dict[str, Any]) -> dict[str, Any]:
         "spearman_vs_released_emi": correlation([r["emi"] for r in with_rel],
                                                 [r["released"]["EMI"] for r in with_rel])["spearman"],
         "released_pearson_emid_bound_with_images": correlation(
-            [r["released"]["EMID"] for r in ood if "EMID" in r.get("released", {})],
-            [r["released"]["EMID_UB"] for r in ood if "EMID_UB" in r.get("released", {})])["pearson"]}}
+            [rel["EMID"] for rel in with_bound], [rel["EMID_UB"] for rel in with_bound])["pearson"]}}
 
 
 def mini_world_tier(model: str = "zoo:mini-llava", image_model: str = "zoo:mini-clip", n: int = 200,

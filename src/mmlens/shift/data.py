@@ -52,21 +52,10 @@ class ShiftSplit:
         return len(self.queries)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise InputError(f"file not found: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object")
-            rows.append(row)
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    from mmlens.world.export import read_jsonl
+
+    rows = read_jsonl(path)
     if not rows:
         raise InputError(f"{path} is empty")
     return rows
@@ -76,7 +65,7 @@ def load_references(path: str | os.PathLike) -> dict[Any, str]:
     """``question_id -> text`` from a references JSONL (LLaVA's ``qa90_gpt4_answer.jsonl`` schema)."""
     path = Path(path)
     out = {}
-    for lineno, row in enumerate(_read_jsonl(path), 1):
+    for lineno, row in _read_jsonl(path):
         if "question_id" not in row or "text" not in row:
             raise InputError(f"{path}:{lineno}: a reference needs 'question_id' and 'text'")
         out[row["question_id"]] = row["text"]
@@ -91,11 +80,11 @@ def load_split(path: str | os.PathLike, references: dict[Any, str] | str | os.Pa
     if references is not None and not isinstance(references, dict):
         references = load_references(references)
     queries, responses, refs, images, ids = [], [], [], [], []
-    for lineno, row in enumerate(rows, 1):
+    for index, (lineno, row) in enumerate(rows):
         for key in ("prompt", "text"):
             if key not in row:
                 raise InputError(f"{path}:{lineno}: missing key {key!r} (need question_id, prompt, text)")
-        qid = row.get("question_id", lineno - 1)
+        qid = row.get("question_id", index)
         if "reference" in row:
             ref = row["reference"]
         elif references is not None:
@@ -116,12 +105,14 @@ def load_split(path: str | os.PathLike, references: dict[Any, str] | str | os.Pa
     if images and len(images) != len(rows):
         raise InputError(f"{path}: some records have an 'image' and others do not")
     if images and load_images:
-        images = [_open_image(p) for p in images]
-    meta = rows[0].get("split_meta", {}) if isinstance(rows[0].get("split_meta"), dict) else {}
+        images = [open_image(p) for p in images]
+    first = rows[0][1]
+    meta = first["split_meta"] if isinstance(first.get("split_meta"), dict) else {}
     return ShiftSplit(name or path.stem, queries, responses, refs, images or None, ids, dict(meta))
 
 
-def _open_image(path: Path):
+def open_image(path: str | os.PathLike):
+    """The image at ``path`` as a fully decoded RGB PIL image, or an InputError."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -186,7 +177,7 @@ def load_llava_bench_shift(root: str | os.PathLike, model: str = "llava-v1.5-13b
     for s in splits:
         s.meta.setdefault("family", llava_bench_family(s.name))
     splits.sort(key=lambda s: (s.name != "llava_bench_coco", s.name))
-    if splits[0].name != "llava_bench_coco":
+    if not splits or splits[0].name != "llava_bench_coco":
         raise InputError(f"{folder} has no in-distribution split llava_bench_coco.jsonl")
     return splits
 

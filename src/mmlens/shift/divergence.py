@@ -67,6 +67,12 @@ def von_neumann_entropy(a: Any) -> float:
 
 def rjsd(a: Any, b: Any, *, mixture: str = "sample_size", normalise: bool = True) -> float:
     """RJSD between the samples ``a`` [n_A, d] and ``b`` [n_B, d] (nats). See the module docstring."""
+    a, b = _prepare_pair(a, b, mixture, normalise)
+    return _rjsd_prepared(a, b, mixture)
+
+
+def _prepare_pair(a: Any, b: Any, mixture: str, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 samples of equal dimension, L2-normalised if asked."""
     if mixture not in MIXTURES:
         raise InputError(f"mixture must be one of {list(MIXTURES)}, got {mixture!r}")
     a, b = _matrix(a, "a"), _matrix(b, "b")
@@ -74,7 +80,7 @@ def rjsd(a: Any, b: Any, *, mixture: str = "sample_size", normalise: bool = True
         raise InputError(f"the two samples have different dimensions: {a.shape[1]} and {b.shape[1]}")
     if normalise:
         a, b = l2_normalise(a), l2_normalise(b)
-    return _rjsd_prepared(a, b, mixture)
+    return a, b
 
 
 def _rjsd_prepared(a: np.ndarray, b: np.ndarray, mixture: str) -> float:
@@ -116,13 +122,7 @@ class RJSDResult:
 def rjsd_test(a: Any, b: Any, *, mixture: str = "sample_size", n_permutations: int = 100, seed: int = 0,
               normalise: bool = True) -> RJSDResult:
     """RJSD with its permutation null: the RJSD of random relabellings of the pooled sample (same sizes)."""
-    if mixture not in MIXTURES:
-        raise InputError(f"mixture must be one of {list(MIXTURES)}, got {mixture!r}")
-    a, b = _matrix(a, "a"), _matrix(b, "b")
-    if a.shape[1] != b.shape[1]:
-        raise InputError(f"the two samples have different dimensions: {a.shape[1]} and {b.shape[1]}")
-    if normalise:
-        a, b = l2_normalise(a), l2_normalise(b)
+    a, b = _prepare_pair(a, b, mixture, normalise)
     value = _rjsd_prepared(a, b, mixture)
     if n_permutations <= 0:
         return RJSDResult(value, math.nan, math.nan, math.nan, 0, len(a), len(b))

@@ -187,10 +187,13 @@ class ClipImageEmbedder:
         if self.mode not in ("patch_mean", "projected"):
             raise InputError(f"image embedding mode must be 'patch_mean' or 'projected', got {self.mode!r}")
         spec = self.model
-        self.adapter = spec if isinstance(spec, ContrastiveModel) else load_model(spec)
-        if not isinstance(self.adapter, ContrastiveModel):
-            raise InputError(f"{spec} is not a CLIP-like contrastive model")
-        self.name = f"image-{self.mode}:{spec if isinstance(spec, str) else type(self.adapter.base_model).__name__}"
+        if isinstance(spec, (str, os.PathLike)):
+            self.adapter = load_model(spec, expect=ContrastiveModel)
+        elif isinstance(spec, ContrastiveModel):
+            self.adapter = spec
+        else:
+            raise InputError(f"image model must be a spec or a ContrastiveModel, got {type(spec).__name__}")
+        self.name = f"image-{self.mode}:{spec if isinstance(spec, (str, os.PathLike)) else type(self.adapter.base_model).__name__}"
 
     @torch.no_grad()
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -212,7 +215,9 @@ class ClipImageEmbedder:
 
 def _has_cls(adapter: Any) -> bool:
     """CLIP vision towers prepend a CLS token; SigLIP's do not."""
-    return type(adapter.base_model).__name__ != "SiglipModel"
+    from transformers import SiglipModel
+
+    return not isinstance(adapter.base_model, SiglipModel)
 
 
 def fuse(image: np.ndarray | None, text: np.ndarray, mode: str = "average") -> np.ndarray:
@@ -248,6 +253,8 @@ def text_embedder(spec: str, progress: bool = True) -> TextEmbedder:
     if kind == "embedding-layer":
         return EmbeddingLayerTextEmbedder(arg or MINILM_SPEC, progress=progress)
     if kind == "hashing":
+        if arg and not (arg.isdigit() and int(arg) > 0):
+            raise InputError(f"hashing:N needs a positive integer N, got {arg!r}")
         return HashingTextEmbedder(int(arg) if arg else 256)
     raise InputError(f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH] or "
                      "hashing[:N]")

@@ -70,6 +70,8 @@ class EstimatorConfig:
             raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
         if self.batch_size < 2 or self.eval_batch_size < 2:
             raise InputError("batch sizes must be >= 2")
+        if min(self.hidden, self.embed_dim, self.max_epochs, self.max_steps, self.patience) < 1:
+            raise InputError("hidden, embed_dim, max_epochs, max_steps and patience must be >= 1")
 
 
 def as_matrix(a: Any, name: str) -> torch.Tensor:
@@ -200,12 +202,14 @@ class MIEstimator:
         if n < 8:
             raise InputError(f"need at least 8 pairs to train an MI estimator, got {n}")
         gen = torch.Generator().manual_seed(c.seed)
-        torch.manual_seed(c.seed)
         perm = torch.randperm(n, generator=gen)
         n_val = max(2, int(round(n * c.val_fraction)))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         xt, yt, xv, yv = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
-        net = self._build(x.shape[1], y.shape[1])
+        # fork_rng: the initial weights depend only on the seed, and the caller's global RNG is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            net = self._build(x.shape[1], y.shape[1])
         opt = torch.optim.Adam(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         batch = min(c.batch_size, len(xt))
         best, best_state, best_epoch, bad, step = math.inf, None, -1, 0, 0
@@ -236,8 +240,10 @@ class MIEstimator:
                 bad += 1
             if bad >= c.patience or step >= c.max_steps:
                 break
-        if best_state is not None:
-            net.load_state_dict(best_state)
+        if best_state is None:
+            raise InputError(f"{c.kind} estimator training diverged (held-out objective never finite): "
+                             "standardise x and y, or lower the learning rate")
+        net.load_state_dict(best_state)
         net.eval()
         self.net_, self.dims_ = net, (x.shape[1], y.shape[1])
         self.history_ = {"n_pairs": n, "n_train": len(xt), "n_val": len(xv), "epochs": len(val_curve),
@@ -315,12 +321,16 @@ class MIEstimator:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
             raise InputError(f"cannot read estimator file {path}: {str(err).splitlines()[0]}") from None
-        est = cls(EstimatorConfig(**blob["config"]))
-        est.dims_ = tuple(blob["dims"])
-        est.net_ = est._build(*est.dims_)
-        est.net_.load_state_dict(blob["state_dict"])
+        try:
+            est = cls(EstimatorConfig(**blob["config"]))
+            est.dims_ = tuple(blob["dims"])
+            est.net_ = est._build(*est.dims_)
+            est.net_.load_state_dict(blob["state_dict"])
+            est.history_ = blob["history"]
+        except (KeyError, TypeError, RuntimeError) as err:  # a torch file, but not one MIEstimator.save wrote
+            raise InputError(f"{path} is not an mmlens estimator file ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
         est.net_.eval()
-        est.history_ = blob["history"]
         return est
 
 

@@ -12,8 +12,6 @@ Scenarios are ``(visual shift or None, text shift or None, severity)``; names fo
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mmlens.errors import InputError
-from mmlens.report import write_json_atomic
+from mmlens.report import atomic_folder, write_json_atomic
 
 Scenario = tuple[str | None, int, str | None, int]  # (visual, visual severity, text, text severity)
 
@@ -90,28 +88,6 @@ def _write_split(tmp: Path, name: str, vlm: Any, imgs: list, texts: list[str], r
     return {"split": name, **meta}
 
 
-class _AtomicFolder:
-    """Write into a temporary sibling folder; rename it into place on success, remove it on error."""
-
-    def __init__(self, out: Path, overwrite: bool) -> None:
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise InputError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-        self.out = out
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}-", dir=self.out.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        self.tmp.rename(self.out)
-
-
 def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], references: Sequence[str],
                        out_dir: str | os.PathLike, config: GenerateConfig = GenerateConfig(), *,
                        model_id: str = "model", item_ids: Sequence[Any] | None = None,
@@ -127,13 +103,15 @@ def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], 
     if len(images) != n or len(references) != n:
         raise InputError(f"{len(images)} images, {n} prompts and {len(references)} references: need equal counts")
     item_ids = list(item_ids) if item_ids is not None else list(range(n))
+    if len(item_ids) != n:
+        raise InputError(f"{len(item_ids)} item ids for {n} prompts: need one id per item")
     out = Path(out_dir)
     scenarios = list(config.scenarios)
     if progress:
         from tqdm.auto import tqdm
         scenarios = tqdm(scenarios, desc="shift scenarios")
     summary = []
-    with _AtomicFolder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         for s in scenarios:
             imgs, texts = _apply(images, prompts, s, config.seed)
             meta = {"family": scenario_family(s), "visual_shift": s[0], "visual_severity": s[1],
@@ -145,13 +123,22 @@ def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], 
     return [out / f"{row['split']}.jsonl" for row in summary]
 
 
+def load_eval_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSONL of ``image`` (loaded), ``prompt`` and ``reference``; InputError if one lacks a field."""
+    from mmlens.world.export import load_pairs_jsonl
+
+    records = load_pairs_jsonl(path, require_caption=False)
+    missing = [i for i, r in enumerate(records) if "prompt" not in r or "reference" not in r]
+    if missing:
+        raise InputError(f"{path}: record {missing[0] + 1} needs 'prompt' and 'reference' fields")
+    return records
+
+
 def generate_for_splits(vlm: Any, split_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                         config: GenerateConfig = GenerateConfig(), *, model_id: str = "model",
                         overwrite: bool = False, progress: bool = True) -> list[Path]:
     """User-provided splits (already shifted): each JSONL of ``image``, ``prompt``, ``reference`` (and optional
     ``question_id``) becomes ``<out_dir>/<stem>.jsonl`` with the model's responses; no shift is applied."""
-    from mmlens.world.export import load_pairs_jsonl
-
     files = [Path(f) for f in split_files]
     if not files:
         raise InputError("no split files given")
@@ -160,12 +147,9 @@ def generate_for_splits(vlm: Any, split_files: Sequence[str | os.PathLike], out_
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(files, desc="splits")
-    with _AtomicFolder(Path(out_dir), overwrite) as tmp:
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
         for f in iterator:
-            records = load_pairs_jsonl(f, require_caption=False)
-            missing = [i for i, r in enumerate(records) if "prompt" not in r or "reference" not in r]
-            if missing:
-                raise InputError(f"{f}: record {missing[0] + 1} needs 'prompt' and 'reference' fields")
+            records = load_eval_records(f)
             summary.append(_write_split(tmp, f.stem, vlm, [r["image"] for r in records],
                                         [r["prompt"] for r in records], [r["reference"] for r in records],
                                         [r.get("question_id", i) for i, r in enumerate(records)],
@@ -202,9 +186,7 @@ def generate_world_splits(model: str = "zoo:mini-llava", out_dir: str | os.PathL
     from mmlens.models.loading import resolve_spec
     from mmlens.zoo.mini_llava import normalise
 
-    vlm = load_model(model)
-    if not isinstance(vlm, VisionLanguageModel):
-        raise InputError(f"{model} is not a vision-language model")
+    vlm = load_model(model, expect=VisionLanguageModel)
     data = world_eval_set(resolve_spec(model), n=n, seed=config.seed)
     return generate_responses(vlm, data["images"], data["prompts"], data["references"], out_dir, config,
                               model_id=model, item_ids=data["item_ids"],

@@ -123,7 +123,7 @@ class OpenAICompatibleJudge:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, KeyError, json.JSONDecodeError, TimeoutError) as err:
+        except (urllib.error.URLError, KeyError, IndexError, TypeError, json.JSONDecodeError, TimeoutError) as err:
             raise MMLensError(f"judge endpoint {self.base_url} failed: {err}") from None
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmlens.report import HtmlReport, write_json_atomic
+from mmlens.report import HtmlReport
 from mmlens.shift.analysis import ShiftResult
 
 
@@ -96,7 +96,3 @@ def write_report(result: ShiftResult, out_dir: str | os.PathLike, *, title: str 
         fig = _scatter(acc, "accuracy", "emi", "accuracy", "EMI", f"EMI against accuracy (Pearson r = {r:.2f})")
         report.section("EMI against accuracy").figure(fig, "One point per split.")
     return report.write(out_dir)
-
-
-def write_result_json(result: ShiftResult, path: str | os.PathLike) -> Path:
-    return write_json_atomic(path, result.to_dict())

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -23,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmlens.errors import InputError
+from mmlens.report.io import atomic_folder
 from mmlens.world.core import Scene, WorldConfig
 from mmlens.world.world import CAPTION_STYLES, POPE_KINDS, World
 
@@ -66,38 +65,13 @@ def iter_world(world: World, n: int, split: str = "train", caption_seed: int = 0
         yield world.render(scene), rec
 
 
-def _prepare_target(target: Path, overwrite: bool) -> None:
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{target} exists and is not a folder; choose another output path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"{target} exists and is not empty; pass overwrite=True (--overwrite) or choose another path")
-
-
-def _atomic_dir(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-
-
-def _commit_dir(tmp: Path, target: Path) -> None:
-    if target.exists():
-        # Move the old one aside first so the rename below is the only moment the target is swapped.
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "x")
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 def export_world(directory: str | os.PathLike, world: World, n: int, split: str = "train", caption_seed: int = 0,
                  styles: Sequence[str] = CAPTION_STYLES, overwrite: bool = False) -> Path:
     """Write ``n`` scenes of ``split`` as PNGs + ``data.jsonl`` + ``world.json``; returns the folder."""
     if n < 1:
         raise InputError(f"n={n}: export at least one image")
     target = Path(directory)
-    _prepare_target(target, overwrite)
-    tmp = _atomic_dir(target)
-    try:
+    with atomic_folder(target, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
             for image, rec in iter_world(world, n, split, caption_seed, styles):
@@ -106,10 +80,6 @@ def export_world(directory: str | os.PathLike, world: World, n: int, split: str 
         meta = {"config": world.cfg.to_dict(), "seed": world.seed, "split": split, "n": n,
                 "caption_seed": caption_seed, "styles": list(styles)}
         (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-        _commit_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -153,7 +123,7 @@ def to_hf_dataset(source: World | str | os.PathLike, n: int | None = None, split
         rows = list(iter_world(source, n, split, caption_seed))
     else:
         folder = Path(source)
-        for rec in _read_jsonl(folder / "data.jsonl"):
+        for _, rec in read_jsonl(folder / "data.jsonl"):
             rows.append((str(folder / rec["image"]), rec))
         if not rows:
             raise InputError(f"{folder / 'data.jsonl'} has no records; export some scenes first")
@@ -171,7 +141,9 @@ def to_hf_dataset(source: World | str | os.PathLike, n: int | None = None, split
     return Dataset.from_dict(cols, features=_features())
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSONL file; InputError naming the file and line."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} not found; give the path of an existing JSONL file")
     out = []
@@ -184,9 +156,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
             if not isinstance(rec, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object with 'image' and 'caption'")
-            rec["_line"] = lineno
-            out.append(rec)
+                raise InputError(f"{path}:{lineno}: expected a JSON object")
+            out.append((lineno, rec))
     return out
 
 
@@ -201,13 +172,12 @@ def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True,
     file of images and prompts for generation); it is then ``None``.
     """
     path = Path(path)
-    records = _read_jsonl(path)
+    records = read_jsonl(path)
     if not records:
         raise InputError(f"{path} is empty; it needs one {{\"image\": ..., \"caption\": ...}} object per line")
     base = path.parent
     out = []
-    for rec in records:
-        lineno = rec.pop("_line")
+    for lineno, rec in records:
         for key in ("image", "caption") if require_caption else ("image",):
             if key not in rec:
                 need = "'image' and 'caption'" if require_caption else "'image'"
@@ -233,4 +203,4 @@ def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True,
     return out
 
 
-__all__ = ["export_world", "to_hf_dataset", "load_pairs_jsonl", "scene_record", "iter_world", "load_world_meta"]
+__all__ = ["export_world", "to_hf_dataset", "load_pairs_jsonl", "read_jsonl", "scene_record", "iter_world", "load_world_meta"]
