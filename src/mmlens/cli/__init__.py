@@ -43,9 +43,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except MMLensError as err:
         print(f"mmlens: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("mmlens: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 __all__ = ["app", "main"]

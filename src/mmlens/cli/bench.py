@@ -31,6 +31,8 @@ def bench_shift_command(
     tiers: Annotated[str, typer.Option(help="Comma-separated: ground_truth, llava_bench, mini_world.")]
     = "ground_truth,llava_bench,mini_world",
     seed: Annotated[int, typer.Option()] = 0,
+    llava_bench_dir: Annotated[Path, typer.Option(help="Folder of the real LLaVA-Bench shift responses.")]
+    = Path("../shared/data/llava-bench-shift"),
 ) -> None:
     """EMI/EMID benchmark: Gaussian ground truth, mini-llava under world shifts, real LLaVA-1.5-13B responses, cost."""
     from mmlens.report import write_json_atomic
@@ -40,7 +42,8 @@ def bench_shift_command(
     unknown = set(chosen) - {"ground_truth", "llava_bench", "mini_world"}
     if unknown:
         raise typer.BadParameter(f"unknown tiers {sorted(unknown)}", param_hint="--tiers")
-    result = shift_benchmark(chosen, seed=seed, progress_cb=lambda t: typer.echo(f"running tier {t} ...", err=True))
+    result = shift_benchmark(chosen, seed=seed, llava_bench_dir=llava_bench_dir,
+                             progress_cb=lambda t: typer.echo(f"running tier {t} ...", err=True))
     write_json_atomic(out, result)
     headline = {k: v for k, v in result.items() if not isinstance(v, dict)}
     typer.echo(json.dumps(headline, indent=2))

@@ -108,12 +108,10 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
 
 
 def _targets_plot(rows: list[dict[str, Any]]):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots()
     labels = [f"{r['model']}\n{r['short']}" for r in rows]
     values = [0.0 if np.isnan(r["measured"]) else r["measured"] for r in rows]
     colours = ["#2e8b57" if r["met"] else "#c0392b" for r in rows]

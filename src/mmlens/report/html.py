@@ -11,6 +11,7 @@ import html
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -158,8 +159,6 @@ class HtmlReport:
 
     def write(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write ``index.html``, ``data.json`` and ``assets/`` into ``out_dir`` (replaced atomically)."""
-        import matplotlib.pyplot as plt
-
         out = Path(out_dir)
         with atomic_folder(out) as tmp:
             for index, sec in enumerate(self.sections):
@@ -170,10 +169,17 @@ class HtmlReport:
                         asset.save(asset_dir / name)
                     else:
                         asset.savefig(asset_dir / name, dpi=110, bbox_inches="tight")
-                        plt.close(asset)
+                        _release_figure(asset)
             (tmp / "index.html").write_text(self.render(), encoding="utf-8")
             (tmp / "data.json").write_text(json.dumps(self.data, indent=2, default=_json_default), encoding="utf-8")
         return out / "index.html"
+
+
+def _release_figure(fig: Any) -> None:
+    """Free a figure made through pyplot (which keeps a global registry); plain ``Figure`` objects need nothing."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
 
 
 def _json_default(value: Any) -> Any:

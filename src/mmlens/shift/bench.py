@@ -24,7 +24,8 @@ from mmlens.shift.analysis import (
 from mmlens.shift.divergence import rjsd, rjsd_test
 from mmlens.shift.estimators import ESTIMATORS, EstimatorConfig, GaussianTask, MIEstimator, club_from_conditional
 
-SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "llava-bench-shift"
+# The project's real-response data sits beside the repository (../shared/data/...) when run from its root.
+DEFAULT_LLAVA_BENCH_DIR = Path("../shared/data/llava-bench-shift")
 
 GT_DIMS = (4, 16, 64)
 GT_MIS = (0.5, 1.0, 2.0, 4.0)
@@ -234,7 +235,7 @@ def _ablation(embs, cfg: ShiftConfig, est: MIEstimator, released: dict | None, i
     return out
 
 
-def llava_bench_tier(root: str | Path = SHARED_DATA, seed: int = 0, n_permutations: int = 100,
+def llava_bench_tier(root: str | Path = DEFAULT_LLAVA_BENCH_DIR, seed: int = 0, n_permutations: int = 100,
                      ablations: bool = True, limit: int | None = None, embedder: Any = None,
                      layer_embedder: Any = None) -> dict[str, Any]:
     """Real LLaVA-1.5-13B responses: per-split EMI with the default embedders and a reference CLUB trained on the
@@ -385,13 +386,13 @@ def cost_tier(llava: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def shift_benchmark(tiers: tuple[str, ...] = ("ground_truth", "llava_bench", "mini_world"), seed: int = 0,
-                    progress_cb=None) -> dict[str, Any]:
+                    progress_cb=None, llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR) -> dict[str, Any]:
     """Run the selected tiers; a tier that cannot run (e.g. mini-llava not built) is reported with its error."""
     import torch
 
     out: dict[str, Any] = {"seed": seed, "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter()
-    runners = {"ground_truth": lambda: ground_truth_tier(seed=seed), "llava_bench": lambda: llava_bench_tier(seed=seed),
+    runners = {"ground_truth": lambda: ground_truth_tier(seed=seed), "llava_bench": lambda: llava_bench_tier(llava_bench_dir, seed=seed),
                "mini_world": lambda: mini_world_tier(seed=seed)}
     for tier in tiers:
         if progress_cb:

@@ -16,12 +16,10 @@ def _fmt_ci(ci: list[float] | None) -> str:
 
 
 def _scatter(rows: list[dict[str, Any]], x: str, y: str, xlabel: str, ylabel: str, title: str):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     families = sorted({r.get("family", "all") for r in rows})
     for fam in families:
         pts = [r for r in rows if r.get("family", "all") == fam]
