@@ -160,7 +160,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt  # after the weights were written, before metrics.json
 
-    monkeypatch.setattr(digits_clip, "write_json", boom)
+    monkeypatch.setattr(digits_clip, "write_json_atomic", boom)
     with pytest.raises(KeyboardInterrupt):
         zoo.build(["digits-clip"], configs=TINY, progress=False)
     assert not zoo.is_built("digits-clip")

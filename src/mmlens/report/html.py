@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
-from mmlens.report.io import atomic_folder
+from mmlens.report.io import atomic_folder, json_default
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -171,7 +171,7 @@ class HtmlReport:
                         asset.savefig(asset_dir / name, dpi=110, bbox_inches="tight")
                         _release_figure(asset)
             (tmp / "index.html").write_text(self.render(), encoding="utf-8")
-            (tmp / "data.json").write_text(json.dumps(self.data, indent=2, default=_json_default), encoding="utf-8")
+            (tmp / "data.json").write_text(json.dumps(self.data, indent=2, default=json_default), encoding="utf-8")
         return out / "index.html"
 
 
@@ -180,11 +180,3 @@ def _release_figure(fig: Any) -> None:
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:
         pyplot.close(fig)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,10 +29,23 @@ def atomic_text_file(path: str | os.PathLike[str]) -> Iterator[TextIO]:
         raise
 
 
+def json_default(value: Any) -> Any:
+    """``json.dump``'s ``default=`` for what results hold: dataclasses, numpy/torch values, sets, tuples, paths."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     with atomic_text_file(path) as handle:
-        json.dump(data, handle, indent=2)
+        json.dump(data, handle, indent=2, default=json_default)
         handle.write("\n")
     return Path(path)
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mmlens.errors import ModelLoadError
-from mmlens.zoo.common import METRICS_FILE, atomic_dir, mmlens_home, read_record, zoo_dir
+from mmlens.report.io import atomic_folder
+from mmlens.zoo.common import METRICS_FILE, mmlens_home, read_record, zoo_dir
 
 #: Names of the zoo models, in dependency order.
 ZOO_MODELS: tuple[str, ...] = ("digits-clip", "mini-clip", "mini-llava", "mini-llava-colour")
@@ -171,7 +172,7 @@ def build(names: Iterable[str] | str | None = None, *, force: bool = False,
             continue
         mod = _builder(name)
         deps = {d: model_dir(d) for d in DEPENDENCIES[name]}
-        with atomic_dir(model_dir(name)) as tmp:
+        with atomic_folder(model_dir(name)) as tmp:
             kw: dict[str, Any] = {"deps": deps} if deps else {}
             if on_trained is not None:
                 kw["on_trained"] = lambda m, p, _n=name: on_trained(_n, m, p)

@@ -18,10 +18,24 @@ import numpy as np
 import torch
 
 from mmlens.models.generative import VisionLanguageModel
+from mmlens.report.io import write_json_atomic
 from mmlens.world import World, WorldConfig
-from mmlens.zoo.common import METRICS_FILE, config_from_dict, make_record, pixel_tensor, read_record, seed_everything
-from mmlens.zoo.common import set_threads, write_json
-from mmlens.zoo.mini_llava import CAPTION_PROMPT, _Examples, load, normalise, train_llava
+from mmlens.zoo.common import (
+    METRICS_FILE,
+    config_from_dict,
+    make_record,
+    pixel_tensor,
+    read_record,
+    seed_everything,
+    set_threads,
+)
+from mmlens.zoo.mini_llava import (
+    CAPTION_PROMPT,
+    _Examples,
+    load,
+    normalise,
+    train_llava,
+)
 
 CHECKPOINTS = "checkpoints"
 
@@ -122,7 +136,7 @@ def build(out_dir: Path, cfg: ColourFinetuneConfig, deps: dict, progress=None, o
     metrics["trajectory"] = trajectory
     rec = make_record("mini-llava-colour", metrics, cfg, time.time() - t0, world_config=wcfg,
                       base_model="mini-llava", fine_tune="full (vision tower frozen)")
-    write_json(Path(out_dir) / METRICS_FILE, rec)
+    write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 
 

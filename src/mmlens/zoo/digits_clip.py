@@ -15,6 +15,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from mmlens.models.tokenizers import make_image_processor, train_word_tokenizer
+from mmlens.report.io import write_json_atomic
 from mmlens.world.digits import digit_class_prompts, digits_pairs, digits_vocabulary
 from mmlens.zoo.common import (
     METRICS_FILE,
@@ -27,7 +28,6 @@ from mmlens.zoo.common import (
     seed_everything,
     set_threads,
     train_clip,
-    write_json,
 )
 
 
@@ -113,7 +113,7 @@ def build(out_dir: Path, cfg: DigitsClipConfig, progress=None, on_trained=None) 
     rec = make_record("digits-clip", metrics, cfg, time.time() - t0, world_config=None,
                       train_seconds=round(train_seconds, 2), n_train=len(base),
                       n_parameters=sum(p.numel() for p in model.parameters()))
-    write_json(Path(out_dir) / METRICS_FILE, rec)
+    write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 
 

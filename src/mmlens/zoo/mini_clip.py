@@ -19,19 +19,19 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from mmlens.models.tokenizers import make_image_processor, train_word_tokenizer
+from mmlens.report.io import write_json_atomic
 from mmlens.world import World, WorldConfig
 from mmlens.zoo.common import (
+    METRICS_FILE,
     clip_embed_images,
     clip_embed_texts,
+    config_from_dict,
     make_record,
     pixel_tensor,
+    read_record,
     seed_everything,
     set_threads,
     train_clip,
-    write_json,
-    METRICS_FILE,
-    config_from_dict,
-    read_record,
 )
 
 
@@ -204,7 +204,7 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) ->
     processor.save_pretrained(out_dir)
     rec = make_record("mini-clip", metrics, cfg, time.time() - t0, world_config=cfg.world,
                       train_seconds=round(train_seconds, 2), n_parameters=sum(p.numel() for p in model.parameters()))
-    write_json(Path(out_dir) / METRICS_FILE, rec)
+    write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 
 

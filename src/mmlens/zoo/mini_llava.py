@@ -19,10 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import CLIPModel, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    CLIPModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
 
 from mmlens.models.generative import VisionLanguageModel
 from mmlens.models.tokenizers import make_llava_processor, train_word_tokenizer
+from mmlens.report.io import write_json_atomic
 from mmlens.world import World, WorldConfig
 from mmlens.zoo.common import (
     METRICS_FILE,
@@ -33,7 +39,6 @@ from mmlens.zoo.common import (
     read_record,
     seed_everything,
     set_threads,
-    write_json,
 )
 
 CAPTION_PROMPT = "describe the image ."
@@ -299,7 +304,7 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
                       prep_seconds=round(prep_seconds, 2), train_seconds=round(train_seconds, 2),
                       n_train_examples=len(examples.ids), n_parameters=sum(p.numel() for p in model.parameters()),
                       vision_init="mini-clip")
-    write_json(Path(out_dir) / METRICS_FILE, rec)
+    write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 
 
