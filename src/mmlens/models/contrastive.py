@@ -19,7 +19,7 @@ from torch import nn
 from transformers import BatchFeature, CLIPModel, PreTrainedModel, SiglipModel, VisionTextDualEncoderModel
 
 from mmlens.errors import InputError, ModelLoadError
-from mmlens.models.generative import _unwrap
+from mmlens.models.base import ModelAdapter, unwrap_peft
 
 
 class LossKind(enum.Enum):
@@ -76,12 +76,12 @@ def _longest_layer_list(module: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
-class ContrastiveModel:
+class ContrastiveModel(ModelAdapter):
     """A contrastive image-text model with its processor (or tokenizer + image processor)."""
 
     def __init__(self, model: PreTrainedModel, processor: Any = None, *, tokenizer: Any = None,
                  image_processor: Any = None) -> None:
-        base = _unwrap(model)
+        base = unwrap_peft(model)
         if not isinstance(base, (CLIPModel, SiglipModel, VisionTextDualEncoderModel)):
             raise ModelLoadError(f"{type(base).__name__} is not a supported contrastive model "
                                  "(CLIPModel, SiglipModel, VisionTextDualEncoderModel)")
@@ -95,26 +95,6 @@ class ContrastiveModel:
         self.loss_kind = LossKind.SIGMOID if isinstance(base, SiglipModel) else LossKind.INFONCE
 
     # ----------------------------------------------------------------------------------------- basics
-    @property
-    def base_model(self) -> PreTrainedModel:
-        return _unwrap(self.model)
-
-    @property
-    def config(self):
-        return self.base_model.config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def to(self, device: str | torch.device) -> ContrastiveModel:
-        self.model.to(device)
-        return self
-
     def save_pretrained(self, path: str | Path) -> None:
         self.base_model.save_pretrained(path)
         if self.processor is not None:

@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from mmlens.errors import InputError, ModelLoadError
+from mmlens.models.base import ModelAdapter, unwrap_peft
 
 IGNORE_INDEX = -100
 
@@ -85,12 +86,6 @@ def family_for(model: nn.Module) -> FamilySpec:
     raise ModelLoadError(f"{type(model).__name__} is not a supported vision-language model: use one of {names}")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under a peft wrapper, if any."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 @contextlib.contextmanager
 def _explain_image_token_errors() -> Iterator[None]:
     # transformers reports a placeholder/feature mismatch with an internal message; say what the user can do.
@@ -106,7 +101,7 @@ def _explain_image_token_errors() -> Iterator[None]:
         raise
 
 
-class _GenerativeBase:
+class _GenerativeBase(ModelAdapter):
     """Shared machinery of :class:`VisionLanguageModel` and :class:`CausalLanguageModel`."""
 
     model: PreTrainedModel
@@ -125,25 +120,9 @@ class _GenerativeBase:
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def config(self):
-        return _unwrap(self.model).config
-
-    def to(self, device: str | torch.device):
-        self.model.to(device)
-        return self
-
     def save_pretrained(self, path: str | Path) -> None:
         """Save model and processor so that :func:`mmlens.models.load_model` (path) restores this adapter."""
-        _unwrap(self.model).save_pretrained(path)
+        unwrap_peft(self.model).save_pretrained(path)
         self.processor.save_pretrained(path)
 
     def to_device(self, batch: BatchFeature) -> BatchFeature:
@@ -164,7 +143,7 @@ class _GenerativeBase:
     @property
     def language_model(self) -> nn.Module:
         """The decoder-only transformer body (embeddings, layers, final norm) of the language model."""
-        base = _unwrap(self.model)
+        base = unwrap_peft(self.model)
         inner = getattr(base, "model", base)
         for name in ("language_model", "text_model"):
             if isinstance(getattr(inner, name, None), nn.Module):
@@ -183,7 +162,7 @@ class _GenerativeBase:
 
     @property
     def lm_head(self) -> nn.Module:
-        return _unwrap(self.model).get_output_embeddings()
+        return unwrap_peft(self.model).get_output_embeddings()
 
     @property
     def num_layers(self) -> int:
@@ -256,7 +235,7 @@ class VisionLanguageModel(_GenerativeBase):
     """
 
     def __init__(self, model: PreTrainedModel, processor: Any) -> None:
-        self.family = family_for(_unwrap(model))
+        self.family = family_for(unwrap_peft(model))
         super().__init__(model, processor)
 
     @property
