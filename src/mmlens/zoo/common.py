@@ -41,6 +41,13 @@ def set_threads(n: int) -> None:
     torch.set_flush_denormal(True)  # tiny models on CPU: denormals can slow steps down by orders of magnitude
 
 
+def load_pretrained(path: Path, model_class: type, processor_class: type) -> tuple[Any, Any]:
+    """A built zoo model and its processor from their ``save_pretrained`` folder, in eval mode."""
+    model = model_class.from_pretrained(path)
+    model.eval()
+    return model, processor_class.from_pretrained(path)
+
+
 def read_record(model_dir: Path) -> dict:
     path = Path(model_dir) / METRICS_FILE
     try:

@@ -26,6 +26,7 @@ from mmlens.zoo.common import (
     clip_embed_images,
     clip_embed_texts,
     config_from_dict,
+    load_pretrained,
     make_record,
     pixel_tensor,
     read_record,
@@ -209,10 +210,7 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) ->
 
 
 def load(path: Path):
-    model = CLIPModel.from_pretrained(path)
-    processor = CLIPProcessor.from_pretrained(path)
-    model.eval()
-    return model, processor
+    return load_pretrained(path, CLIPModel, CLIPProcessor)
 
 
 def evaluate_dir(path: Path) -> dict:

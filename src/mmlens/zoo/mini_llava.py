@@ -34,6 +34,7 @@ from mmlens.zoo.common import (
     METRICS_FILE,
     config_from_dict,
     cosine_lr,
+    load_pretrained,
     make_record,
     pixel_tensor,
     read_record,
@@ -309,10 +310,7 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
 
 
 def load(path: Path):
-    model = LlavaForConditionalGeneration.from_pretrained(path)
-    processor = LlavaProcessor.from_pretrained(path)
-    model.eval()
-    return model, processor
+    return load_pretrained(path, LlavaForConditionalGeneration, LlavaProcessor)
 
 
 def evaluate_dir(path: Path) -> dict:
