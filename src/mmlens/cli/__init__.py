@@ -12,10 +12,14 @@ from typing import Sequence
 
 import typer
 
+from mmlens.cli.align import align_app
 from mmlens.cli.bench import bench_app
+from mmlens.cli.concepts import concepts_app
 from mmlens.cli.demo import demo_command
 from mmlens.cli.models import models_app
+from mmlens.cli.influence import influence_app
 from mmlens.cli.shift import shift_app
+from mmlens.cli.steer import steer_app
 from mmlens.cli.world import world_app
 from mmlens.cli.zoo import zoo_app
 from mmlens.errors import MMLensError
@@ -32,6 +36,10 @@ app.add_typer(world_app, name="world")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 app.add_typer(shift_app, name="shift")
+app.add_typer(influence_app, name="influence")
+app.add_typer(concepts_app, name="concepts")
+app.add_typer(steer_app, name="steer")
+app.add_typer(align_app, name="align")
 app.command("demo")(demo_command)
 
 

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from mmlens.cli import align, concepts, influence, steer
+
 bench_app = typer.Typer(help="Run a benchmark and write its JSON result.", no_args_is_help=True)
 
 
@@ -48,3 +50,10 @@ def bench_shift_command(
     headline = {k: v for k, v in result.items() if not isinstance(v, dict)}
     typer.echo(json.dumps(headline, indent=2))
     typer.echo(f"written to {out}")
+
+
+# Each capability's benchmark lives beside its own commands (mmlens/cli/<capability>.py).
+bench_app.command("influence")(influence.bench_command)
+bench_app.command("concepts")(concepts.bench_command)
+bench_app.command("steer")(steer.bench_command)
+bench_app.command("align")(align.bench_command)
