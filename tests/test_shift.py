@@ -479,3 +479,17 @@ def test_generate_world_splits_with_zoo_llava(tmp_path, monkeypatch, smoke_zoo_h
     assert len(clean) == 20 and len(blurred) == 20
     assert 0.0 <= clean.meta["accuracy"] <= 1.0
     assert clean.queries == blurred.queries  # a visual-only shift leaves the text queries untouched
+
+
+def test_options_accept_strings_and_enums_and_save_loads_weights_only(tmp_path):
+    from mmlens.shift.options import BoundKind, EstimatorKind, Fusion
+
+    cfg = ShiftConfig(bound="theorem", fusion=Fusion.CONCAT)
+    assert cfg.bound is BoundKind.THEOREM and cfg.fusion is Fusion.CONCAT
+    with pytest.raises(InputError, match="unknown bound 'tight'"):
+        ShiftConfig(bound="tight")
+    x = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
+    est = MIEstimator(EstimatorConfig(kind="infonce", hidden=8, embed_dim=4, max_epochs=2, batch_size=32)).fit(x, x)
+    assert est.config.kind is EstimatorKind.INFONCE
+    loaded = MIEstimator.load(est.save(tmp_path / "est.pt"))  # weights_only load: the config holds plain strings
+    assert loaded.config.kind is EstimatorKind.INFONCE

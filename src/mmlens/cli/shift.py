@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmlens.shift.options import BoundKind, EstimatorData, EstimatorKind, Fusion, ImageFeatureMode, Mixture
+
 shift_app = typer.Typer(help="Distribution-shift risk of a vision-language model: EMI, EMID and its bound.",
                         no_args_is_help=True)
 
@@ -85,15 +87,18 @@ def emi_command(
     = "minilm",
     image_model: Annotated[Optional[str], typer.Option(help="CLIP-like model for image features (e.g. zoo:mini-clip);"
                                                             " omit for text-only queries.")] = None,
-    image_mode: Annotated[str, typer.Option(help="patch_mean (reference) or projected.")] = "patch_mean",
-    fusion: Annotated[str, typer.Option(help="average (reference) or concat.")] = "average",
-    estimator: Annotated[str, typer.Option(help="club, infonce or nwj.")] = "club",
+    image_mode: Annotated[ImageFeatureMode, typer.Option(help="patch_mean is the reference.")]
+    = ImageFeatureMode.PATCH_MEAN,
+    fusion: Annotated[Fusion, typer.Option(help="average is the reference.")] = Fusion.AVERAGE,
+    estimator: Annotated[EstimatorKind, typer.Option(help="club is the reference.")] = EstimatorKind.CLUB,
     estimator_file: Annotated[Optional[Path], typer.Option(help="Reuse a saved estimator instead of training.")] = None,
     save_estimator: Annotated[Optional[Path], typer.Option(help="Save the trained estimator here.")] = None,
-    estimator_data: Annotated[str, typer.Option(help="pooled (transductive, reference) or held_out.")] = "pooled",
-    bound: Annotated[str, typer.Option(help="scale_adjusted (reference), theorem or compact.")] = "scale_adjusted",
+    estimator_data: Annotated[EstimatorData, typer.Option(help="pooled (transductive) is the reference.")]
+    = EstimatorData.POOLED,
+    bound: Annotated[BoundKind, typer.Option(help="scale_adjusted is the reference.")] = BoundKind.SCALE_ADJUSTED,
     h_hat: Annotated[float, typer.Option(help="Entropy constant of the theorem/compact bounds.")] = 1.0,
-    mixture: Annotated[str, typer.Option(help="RJSD mixture: sample_size (reference) or equal.")] = "sample_size",
+    mixture: Annotated[Mixture, typer.Option(help="RJSD mixture; sample_size is the reference.")]
+    = Mixture.SAMPLE_SIZE,
     permutations: Annotated[int, typer.Option(min=0, help="Permutations for each RJSD null.")] = 100,
     bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for EMI intervals.")] = 200,
     seed: Annotated[int, typer.Option()] = 0,

@@ -45,6 +45,9 @@ _EXPORTS = {
     "GenerateConfig": "generate", "generate_world_splits": "generate", "generate_responses": "generate", "generate_for_splits": "generate",
     "default_scenarios": "generate", "world_eval_set": "generate",
     "write_report": "report",
+    "EstimatorKind": "options", "LogvarActivation": "options", "EstimatorData": "options", "Fusion": "options",
+    "BoundKind": "options", "LogBase": "options", "Mixture": "options", "TermValues": "options",
+    "ImageFeatureMode": "options",
 }
 
 

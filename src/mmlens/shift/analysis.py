@@ -26,11 +26,20 @@ from scipy import stats
 
 from mmlens.errors import InputError
 from mmlens.shift.data import ShiftSplit, open_image
-from mmlens.shift.divergence import MIXTURES, rjsd_test
+from mmlens.shift.divergence import rjsd_test
 from mmlens.shift.embed import ImageEmbedder, TextEmbedder, fuse
 from mmlens.shift.estimators import EstimatorConfig, MIEstimator
+from mmlens.shift.options import (
+    BoundKind,
+    EstimatorData,
+    Fusion,
+    LogBase,
+    Mixture,
+    TermValues,
+    coerce,
+)
 
-BOUNDS = ("scale_adjusted", "theorem", "compact")
+BOUNDS = tuple(BoundKind)
 
 
 @dataclass(frozen=True)
@@ -39,29 +48,28 @@ class ShiftConfig:
     log-variance, pooled transductive estimator data, sample-size mixture in RJSD, scale-adjusted bound)."""
 
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    estimator_data: str = "pooled"  # "pooled": all splits' pairs (transductive); "held_out": half the items
-    fusion: str = "average"  # query = (image + text) / 2, or "concat"
-    bound: str = "scale_adjusted"
+    estimator_data: EstimatorData = EstimatorData.POOLED
+    fusion: Fusion = Fusion.AVERAGE
+    bound: BoundKind = BoundKind.SCALE_ADJUSTED
     h_hat: float = 1.0  # entropy constant of the theorem/compact bounds (user value; unverified in the paper)
-    log_base: str = "e"  # "e" (nats) or "2" (bits: JSD <= 1)
-    mixture: str = "sample_size"  # RJSD mixture: "sample_size" (reference) or "equal"
-    term_values: str = "raw"  # "raw" or "excess" (value - permutation-null mean)
+    log_base: LogBase = LogBase.E
+    mixture: Mixture = Mixture.SAMPLE_SIZE
+    term_values: TermValues = TermValues.RAW
     n_permutations: int = 100
     n_bootstrap: int = 200
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {"estimator_data": ("pooled", "held_out"), "fusion": ("average", "concat"), "bound": BOUNDS,
-                  "log_base": ("e", "2"), "mixture": MIXTURES, "term_values": ("raw", "excess")}
-        for key, allowed in checks.items():
-            if getattr(self, key) not in allowed:
-                raise InputError(f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        options = {"estimator_data": EstimatorData, "fusion": Fusion, "bound": BoundKind, "log_base": LogBase,
+                   "mixture": Mixture, "term_values": TermValues}
+        for key, enum_cls in options.items():  # frozen dataclass: store the coerced members in place of strings
+            object.__setattr__(self, key, coerce(enum_cls, getattr(self, key), key))
         if self.h_hat <= 0:
             raise InputError("h_hat must be positive")
         if self.n_bootstrap < 1 or self.n_permutations < 0:
             raise InputError(f"need n_bootstrap >= 1 and n_permutations >= 0, got {self.n_bootstrap} and "
                              f"{self.n_permutations}")
-        if self.term_values == "excess" and self.n_permutations == 0:
+        if self.term_values is TermValues.EXCESS and self.n_permutations == 0:
             raise InputError("term_values='excess' subtracts the permutation null: it needs n_permutations >= 1")
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,7 +117,7 @@ def _embed_unique(embedder: TextEmbedder, texts: list[str], cache: dict[str, np.
 
 
 def embed_splits(splits: Sequence[ShiftSplit], text_embedder: TextEmbedder,
-                 image_embedder: ImageEmbedder | None = None, fusion: str = "average") -> list[SplitEmbeddings]:
+                 image_embedder: ImageEmbedder | None = None, fusion: Fusion = Fusion.AVERAGE) -> list[SplitEmbeddings]:
     """Embed every split; identical texts are embedded once (references and queries repeat across splits)."""
     if not splits:
         raise InputError("no splits to embed")
@@ -150,14 +158,14 @@ def fit_estimator(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = S
     (``estimator_data="held_out"``: only the items of the training fold)."""
     xs, ys = [], []
     for e in embeddings:
-        keep = _fold_mask(e.item_ids, config.seed) if config.estimator_data == "held_out" else np.ones(len(e), bool)
+        keep = _fold_mask(e.item_ids, config.seed) if config.estimator_data is EstimatorData.HELD_OUT else np.ones(len(e), bool)
         xs += [e.query[keep], e.query[keep]]
         ys += [e.response[keep], e.reference[keep]]
     return MIEstimator(config.estimator).fit(np.concatenate(xs), np.concatenate(ys), progress=progress)
 
 
 def _eval_mask(e: SplitEmbeddings, config: ShiftConfig) -> np.ndarray:
-    if config.estimator_data == "held_out":
+    if config.estimator_data is EstimatorData.HELD_OUT:
         return ~_fold_mask(e.item_ids, config.seed)
     return np.ones(len(e), bool)
 
@@ -178,19 +186,19 @@ def _bootstrap_emi(estimator: MIEstimator, e: SplitEmbeddings, idx: np.ndarray, 
 # ------------------------------------------------------------------------------------------- bound
 def bound_value(terms: dict[str, float | None], config: ShiftConfig = ShiftConfig()) -> float:
     """The EMID bound proxy from the terms ``J_v, J_t, J_P, J_Q`` (natural-log JSD values; None = absent)."""
-    scale = 1.0 / math.log(2) if config.log_base == "2" else 1.0
+    scale = 1.0 / math.log(2) if config.log_base is LogBase.TWO else 1.0
     j = {k: (max(v, 0.0) * scale if v is not None else None) for k, v in terms.items()}
     inputs = sum(math.sqrt(j[k]) for k in ("J_v", "J_t") if j.get(k) is not None)
     outputs = [j[k] for k in ("J_P", "J_Q") if j.get(k) is not None]
-    if config.bound == "scale_adjusted":
+    if config.bound is BoundKind.SCALE_ADJUSTED:
         return inputs + sum(v ** 0.25 for v in outputs)
-    if config.bound == "theorem":
+    if config.bound is BoundKind.THEOREM:
         return config.h_hat * inputs + 4 * sum(v ** 0.25 for v in outputs)
     return math.sqrt(2 / 3) * config.h_hat * inputs + (8 * max(outputs) ** 0.25 if outputs else 0.0)
 
 
 def _term(result, config: ShiftConfig) -> float:
-    if config.term_values == "excess":
+    if config.term_values is TermValues.EXCESS:
         return max(result.value - result.null_mean, 0.0)
     return result.value
 

@@ -22,6 +22,14 @@ from mmlens.shift.analysis import (
     fit_estimator,
 )
 from mmlens.shift.divergence import rjsd, rjsd_test
+from mmlens.shift.options import (
+    EstimatorData,
+    EstimatorKind,
+    Fusion,
+    LogvarActivation,
+    Mixture,
+    TermValues,
+)
 from mmlens.shift.estimators import ESTIMATORS, EstimatorConfig, GaussianTask, MIEstimator, club_from_conditional
 
 # The project's real-response data sits beside the repository (../shared/data/...) when run from its root.
@@ -32,8 +40,8 @@ GT_MIS = (0.5, 1.0, 2.0, 4.0)
 
 
 def _gt_config(kind: str, seed: int) -> EstimatorConfig:
-    if kind == "club":
-        return EstimatorConfig(kind="club", hidden=128, logvar_activation="none", lr=1e-3, batch_size=256,
+    if kind is EstimatorKind.CLUB:
+        return EstimatorConfig(kind=EstimatorKind.CLUB, hidden=128, logvar_activation=LogvarActivation.NONE, lr=1e-3, batch_size=256,
                                max_steps=2000, patience=10, seed=seed)
     return EstimatorConfig(kind=kind, hidden=128, lr=1e-3, batch_size=256, eval_batch_size=2000, max_steps=2000,
                            patience=10, seed=seed)
@@ -56,7 +64,7 @@ def ground_truth_tier(n_train: int = 10000, n_test: int = 10000, seed: int = 0,
                 value = est.estimate(xt, yt)
                 row = {"dim": d, "mi_true": mi, "estimate": value, "abs_error": abs(value - mi),
                        "seconds": time.perf_counter() - t0, "epochs": est.history_["epochs"]}
-                if kind == "club":
+                if kind is EstimatorKind.CLUB:
                     mu, lv = task.true_conditional(xt)
                     import torch
 
@@ -68,7 +76,7 @@ def ground_truth_tier(n_train: int = 10000, n_test: int = 10000, seed: int = 0,
                  "mean_abs_error_mi_le2_dim_le16": float(np.mean([r["abs_error"] for r in rows
                                                                   if r["mi_true"] <= 2 and r["dim"] <= 16])),
                  "rows": rows}
-        if kind == "club":
+        if kind is EstimatorKind.CLUB:
             entry["always_above_true_mi"] = all(r["above_true_mi"] for r in rows)
             entry["increasing_in_mi_for_every_dim"] = all(
                 all(np.diff([r["estimate"] for r in rows if r["dim"] == d]) > 0) for d in dims)
@@ -95,16 +103,16 @@ def rjsd_checks(seed: int = 0, n: int = 200, d: int = 16) -> dict[str, Any]:
     shifts = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
     direction = np.zeros(d)
     direction[:4] = 1.0
-    out: dict[str, Any] = {"identical_sets": {m: rjsd(a, a, mixture=m) for m in ("sample_size", "equal")},
+    out: dict[str, Any] = {"identical_sets": {m: rjsd(a, a, mixture=m) for m in Mixture},
                            "symmetry_abs_diff": abs(rjsd(a, b[:120]) - rjsd(b[:120], a))}
-    by_shift = {m: [rjsd(a, b + s * direction, mixture=m) for s in shifts] for m in ("sample_size", "equal")}
+    by_shift = {m: [rjsd(a, b + s * direction, mixture=m) for s in shifts] for m in Mixture}
     out["by_mean_shift"] = {"shifts": shifts, **by_shift,
                             "increasing": {m: bool(all(np.diff(v) > 0)) for m, v in by_shift.items()},
-                            "max_equal_mixture": max(by_shift["equal"]), "ln2": math.log(2),
-                            "equal_mixture_le_ln2": max(by_shift["equal"]) <= math.log(2) + 1e-9}
+                            "max_equal_mixture": max(by_shift[Mixture.EQUAL]), "ln2": math.log(2),
+                            "equal_mixture_le_ln2": max(by_shift[Mixture.EQUAL]) <= math.log(2) + 1e-9}
     # two samples of one distribution: within the permutation null? (bias at small n, both mixtures, sizes 90/30)
     same = {}
-    for m in ("sample_size", "equal"):
+    for m in Mixture:
         r = rjsd_test(a[:90], b[:30], mixture=m, n_permutations=200, seed=seed)
         same[m] = r.to_dict() | {"within_null": r.p_value > 0.05}
     out["same_distribution_90_vs_30"] = same
@@ -137,8 +145,8 @@ def emi_noise_check(seed: int = 0, n: int = 2000) -> dict[str, Any]:
             else:
                 resp = (y + 2 * p * rng.standard_normal(y.shape)).astype(np.float32)
             embs.append(SplitEmbeddings(f"{kind}_{p}", x, x, resp.astype(np.float32), y))
-        for est_kind in ("club", "infonce"):
-            cfg = ShiftConfig(estimator=_gt_config(est_kind, seed) if est_kind == "club" else
+        for est_kind in (EstimatorKind.CLUB, EstimatorKind.INFONCE):
+            cfg = ShiftConfig(estimator=_gt_config(est_kind, seed) if est_kind is EstimatorKind.CLUB else
                               replace(_gt_config(est_kind, seed), eval_batch_size=500), n_permutations=0)
             est = fit_estimator(embs, cfg)
             values = [emi(est, e)["emi"] for e in embs]
@@ -161,7 +169,7 @@ def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
     Reported: Pearson / Spearman r(EMID, bound) across scenarios for each model and each bound form."""
     rng, a = _gaussian_world(seed, n)
     dv = dt = 8
-    cfg = ShiftConfig(estimator=EstimatorConfig(kind="club", hidden=128, logvar_activation="none", seed=seed,
+    cfg = ShiftConfig(estimator=EstimatorConfig(kind=EstimatorKind.CLUB, hidden=128, logvar_activation=LogvarActivation.NONE, seed=seed,
                                                 max_steps=2000, patience=10),
                       n_permutations=20, n_bootstrap=20)
     levels = [0.0, 0.5, 1.0, 1.5, 2.0]
@@ -291,11 +299,11 @@ def llava_bench_tier(root: str | Path = DEFAULT_LLAVA_BENCH_DIR, seed: int = 0, 
         small = replace(cfg, n_permutations=min(30, n_permutations), n_bootstrap=20)
         abl = {"bound_forms": {b: correlation([r["emid"] for r in ood], [r["bound_forms"][b] for r in ood])["pearson"]
                                for b in BOUNDS},
-               "mixture_equal": _ablation(embs, replace(small, mixture="equal"), est, released),
-               "term_values_excess": _ablation(embs, replace(small, term_values="excess"), est, released)}
-        held = replace(small, estimator_data="held_out")
+               "mixture_equal": _ablation(embs, replace(small, mixture=Mixture.EQUAL), est, released),
+               "term_values_excess": _ablation(embs, replace(small, term_values=TermValues.EXCESS), est, released)}
+        held = replace(small, estimator_data=EstimatorData.HELD_OUT)
         abl["estimator_held_out"] = _ablation(embs, held, fit_estimator(embs, held), released)
-        free = replace(small, estimator=replace(cfg.estimator, logvar_activation="none"))
+        free = replace(small, estimator=replace(cfg.estimator, logvar_activation=LogvarActivation.NONE))
         abl["club_logvar_unbounded"] = _ablation(embs, free, fit_estimator(embs, free), released)
         for other_seed in (1, 2):
             s_cfg = replace(small, estimator=replace(cfg.estimator, seed=other_seed))
@@ -348,9 +356,9 @@ def mini_world_tier(model: str = "zoo:mini-llava", image_model: str = "zoo:mini-
         text = SentenceEmbedder(progress=False)
         image = ClipImageEmbedder(image_model, mode="patch_mean", progress=False)
         t1 = time.perf_counter()
-        embs = embed_splits(splits, text, image, fusion="concat")
+        embs = embed_splits(splits, text, image, fusion=Fusion.CONCAT)
         t_embed = time.perf_counter() - t1
-    cfg = ShiftConfig(fusion="concat", n_permutations=n_permutations, n_bootstrap=100, seed=seed)
+    cfg = ShiftConfig(fusion=Fusion.CONCAT, n_permutations=n_permutations, n_bootstrap=100, seed=seed)
     res = analyse_embeddings(embs, cfg, progress=False)
     acc = res.correlations.get("emi_accuracy", {})
     ood = [r for r in res.rows if "emid" in r]

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from mmlens.errors import InputError
+from mmlens.shift.options import Mixture, coerce
 
-MIXTURES = ("sample_size", "equal")
+MIXTURES = tuple(Mixture)
 
 
 def _matrix(a: Any, name: str) -> np.ndarray:
@@ -65,16 +66,15 @@ def von_neumann_entropy(a: Any) -> float:
     return _entropy_of_rows(_matrix(a, "a"))
 
 
-def rjsd(a: Any, b: Any, *, mixture: str = "sample_size", normalise: bool = True) -> float:
+def rjsd(a: Any, b: Any, *, mixture: Mixture = Mixture.SAMPLE_SIZE, normalise: bool = True) -> float:
     """RJSD between the samples ``a`` [n_A, d] and ``b`` [n_B, d] (nats). See the module docstring."""
-    a, b = _prepare_pair(a, b, mixture, normalise)
+    mixture = coerce(Mixture, mixture, "mixture")
+    a, b = _prepare_pair(a, b, normalise)
     return _rjsd_prepared(a, b, mixture)
 
 
-def _prepare_pair(a: Any, b: Any, mixture: str, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
+def _prepare_pair(a: Any, b: Any, normalise: bool) -> tuple[np.ndarray, np.ndarray]:
     """Validated float64 samples of equal dimension, L2-normalised if asked."""
-    if mixture not in MIXTURES:
-        raise InputError(f"mixture must be one of {list(MIXTURES)}, got {mixture!r}")
     a, b = _matrix(a, "a"), _matrix(b, "b")
     if a.shape[1] != b.shape[1]:
         raise InputError(f"the two samples have different dimensions: {a.shape[1]} and {b.shape[1]}")
@@ -83,10 +83,10 @@ def _prepare_pair(a: Any, b: Any, mixture: str, normalise: bool) -> tuple[np.nda
     return a, b
 
 
-def _rjsd_prepared(a: np.ndarray, b: np.ndarray, mixture: str) -> float:
+def _rjsd_prepared(a: np.ndarray, b: np.ndarray, mixture: Mixture) -> float:
     s_a, s_b = _entropy_of_rows(a), _entropy_of_rows(b)
     both = np.concatenate([a, b])
-    if mixture == "equal":
+    if mixture is Mixture.EQUAL:
         tr_a, tr_b = float((a ** 2).sum()), float((b ** 2).sum())
         w = np.concatenate([np.full(len(a), 1.0 / tr_a), np.full(len(b), 1.0 / tr_b)])
         s_mix = _entropy_of_rows(both, w)
@@ -119,10 +119,11 @@ class RJSDResult:
         return asdict(self) | {"excess": self.excess}
 
 
-def rjsd_test(a: Any, b: Any, *, mixture: str = "sample_size", n_permutations: int = 100, seed: int = 0,
+def rjsd_test(a: Any, b: Any, *, mixture: Mixture = Mixture.SAMPLE_SIZE, n_permutations: int = 100, seed: int = 0,
               normalise: bool = True) -> RJSDResult:
     """RJSD with its permutation null: the RJSD of random relabellings of the pooled sample (same sizes)."""
-    a, b = _prepare_pair(a, b, mixture, normalise)
+    mixture = coerce(Mixture, mixture, "mixture")
+    a, b = _prepare_pair(a, b, normalise)
     value = _rjsd_prepared(a, b, mixture)
     if n_permutations <= 0:
         return RJSDResult(value, math.nan, math.nan, math.nan, 0, len(a), len(b))

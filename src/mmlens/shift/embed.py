@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mmlens.errors import InputError, ModelLoadError
+from mmlens.shift.options import Fusion, ImageFeatureMode, coerce
 
 MINILM_SPEC = "minilm"
 
@@ -177,15 +178,14 @@ class ClipImageEmbedder:
     """
 
     model: Any = "zoo:mini-clip"
-    mode: str = "patch_mean"
+    mode: ImageFeatureMode = ImageFeatureMode.PATCH_MEAN
     batch_size: int = 64
     progress: bool = True
 
     def __post_init__(self) -> None:
         from mmlens.models import ContrastiveModel, load_model
 
-        if self.mode not in ("patch_mean", "projected"):
-            raise InputError(f"image embedding mode must be 'patch_mean' or 'projected', got {self.mode!r}")
+        self.mode = coerce(ImageFeatureMode, self.mode, "image embedding mode")
         spec = self.model
         if isinstance(spec, (str, os.PathLike)):
             self.adapter = load_model(spec, expect=ContrastiveModel)
@@ -200,7 +200,7 @@ class ClipImageEmbedder:
         images = list(images)
         if not images:
             raise InputError("no images to embed")
-        if self.mode == "projected":
+        if self.mode is ImageFeatureMode.PROJECTED:
             return self.adapter.embed_images(images, batch_size=self.batch_size).float().cpu().numpy()
         vision = self.adapter.base_model.vision_model
         chunks = []
@@ -220,23 +220,22 @@ def _has_cls(adapter: Any) -> bool:
     return not isinstance(adapter.base_model, SiglipModel)
 
 
-def fuse(image: np.ndarray | None, text: np.ndarray, mode: str = "average") -> np.ndarray:
+def fuse(image: np.ndarray | None, text: np.ndarray, mode: Fusion = Fusion.AVERAGE) -> np.ndarray:
     """Query embedding from image and text parts: ``average`` (the reference, needs equal dims) or ``concat``.
     Without images the query is the text embedding."""
+    mode = coerce(Fusion, mode, "query fusion")
     text = np.asarray(text, dtype=np.float32)
     if image is None:
         return text
     image = np.asarray(image, dtype=np.float32)
     if len(image) != len(text):
         raise InputError(f"{len(image)} image embeddings but {len(text)} text embeddings")
-    if mode == "average":
+    if mode is Fusion.AVERAGE:
         if image.shape[1] != text.shape[1]:
             raise InputError(f"query fusion 'average' needs equal dimensions (image {image.shape[1]}, text "
                              f"{text.shape[1]}); use fusion='concat'")
         return (image + text) / 2
-    if mode == "concat":
-        return np.concatenate([image, text], axis=1)
-    raise InputError(f"unknown query fusion {mode!r}; use 'average' or 'concat'")
+    return np.concatenate([image, text], axis=1)
 
 
 def default_text_embedder(progress: bool = True) -> TextEmbedder:

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from mmlens.errors import InputError
+from mmlens.shift.options import EstimatorKind, LogvarActivation, coerce
 
-ESTIMATORS = ("club", "infonce", "nwj")
+ESTIMATORS = tuple(EstimatorKind)
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class EstimatorConfig:
     log(eval_batch_size).
     """
 
-    kind: str = "club"
+    kind: EstimatorKind = EstimatorKind.CLUB
     hidden: int = 250
     embed_dim: int = 64  # InfoNCE/NWJ critic feature size
-    logvar_activation: str = "tanh"
+    logvar_activation: LogvarActivation = LogvarActivation.TANH
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256
@@ -62,10 +63,10 @@ class EstimatorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ESTIMATORS:
-            raise InputError(f"unknown estimator {self.kind!r}; use one of {list(ESTIMATORS)}")
-        if self.logvar_activation not in ("tanh", "none"):
-            raise InputError(f"logvar_activation must be 'tanh' or 'none', got {self.logvar_activation!r}")
+        # frozen dataclass: store the coerced enum members in place of user strings
+        object.__setattr__(self, "kind", coerce(EstimatorKind, self.kind, "estimator kind"))
+        object.__setattr__(self, "logvar_activation",
+                           coerce(LogvarActivation, self.logvar_activation, "logvar_activation"))
         if not 0.0 < self.val_fraction < 0.9:
             raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
         if self.batch_size < 2 or self.eval_batch_size < 2:
@@ -109,11 +110,11 @@ def club_from_conditional(mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tenso
 
 
 class _CLUBNet(nn.Module):
-    def __init__(self, dx: int, dy: int, hidden: int, logvar_activation: str) -> None:
+    def __init__(self, dx: int, dy: int, hidden: int, logvar_activation: LogvarActivation) -> None:
         super().__init__()
         self.mu = nn.Sequential(nn.Linear(dx, hidden), nn.Tanh(), nn.Linear(hidden, dy))
         layers: list[nn.Module] = [nn.Linear(dx, hidden), nn.Tanh(), nn.Linear(hidden, dy)]
-        if logvar_activation == "tanh":
+        if logvar_activation is LogvarActivation.TANH:
             layers.append(nn.Tanh())
         self.logvar = nn.Sequential(*layers)
 
@@ -182,16 +183,16 @@ class MIEstimator:
     # ------------------------------------------------------------------------------------------- build
     def _build(self, dx: int, dy: int) -> nn.Module:
         c = self.config
-        if c.kind == "club":
+        if c.kind is EstimatorKind.CLUB:
             return _CLUBNet(dx, dy, c.hidden, c.logvar_activation)
         return _SeparableCritic(dx, dy, c.hidden, c.embed_dim)
 
     def _objective(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Quantity to minimise on one batch."""
-        if self.config.kind == "club":
+        if self.config.kind is EstimatorKind.CLUB:
             return net.loss(x, y)
         scores = net.scores(x, y)
-        return -(_infonce(scores) if self.config.kind == "infonce" else _nwj(scores))
+        return -(_infonce(scores) if self.config.kind is EstimatorKind.INFONCE else _nwj(scores))
 
     # --------------------------------------------------------------------------------------------- fit
     def fit(self, x: Any, y: Any, *, progress: bool = False) -> "MIEstimator":
@@ -254,7 +255,7 @@ class MIEstimator:
     @torch.no_grad()
     def _val_objective(self, net: nn.Module, xv: torch.Tensor, yv: torch.Tensor) -> float:
         net.eval()
-        if self.config.kind == "club":
+        if self.config.kind is EstimatorKind.CLUB:
             return net.loss(xv, yv).item()
         return -self._batched_bound(net, xv, yv)
 
@@ -266,7 +267,7 @@ class MIEstimator:
         for k, s in enumerate(starts):
             e = len(x) if k == len(starts) - 1 else s + b
             scores = net.scores(x[s:e], y[s:e])
-            values.append((_infonce(scores) if self.config.kind == "infonce" else _nwj(scores)).item())
+            values.append((_infonce(scores) if self.config.kind is EstimatorKind.INFONCE else _nwj(scores)).item())
             weights.append(e - s)
         return float(np.average(values, weights=weights))
 
@@ -284,14 +285,14 @@ class MIEstimator:
         self._check_fitted(x, y)
         if len(x) < 2:
             raise InputError("need at least 2 pairs to estimate mutual information")
-        if self.config.kind == "club":
+        if self.config.kind is EstimatorKind.CLUB:
             return float(self.net_.estimate(x, y))
         return self._batched_bound(self.net_, x, y)
 
     @torch.no_grad()
     def conditional(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """CLUB only: (mu, log sigma^2) of q(y|x)."""
-        if self.config.kind != "club":
+        if self.config.kind is not EstimatorKind.CLUB:
             raise InputError("conditional() is defined for CLUB only")
         x = as_matrix(x, "x")
         if self.net_ is None:
@@ -307,7 +308,9 @@ class MIEstimator:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"config": asdict(self.config), "dims": list(self.dims_),
+        # plain strings in the config: a weights_only load refuses enum classes
+        config = {k: str(v) if isinstance(v, str) else v for k, v in asdict(self.config).items()}
+        torch.save({"config": config, "dims": list(self.dims_),
                     "history": json.loads(json.dumps(self.history_)), "state_dict": self.net_.state_dict()}, tmp)
         tmp.replace(path)
         return path
