@@ -1,7 +1,12 @@
-"""``mmlens influence``: Influence of training pairs on a contrastive model (ECIF)."""
+"""``mmlens influence``: Influence of training pairs on a contrastive model (ECIF).
+
+Sign convention of every score: ``delta_val_loss_if_removed`` (``delta_test_loss_if_removed``) is the predicted
+change of the validation (test) loss if the pair were removed from training; negative = harmful pair.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,11 +14,254 @@ import typer
 
 influence_app = typer.Typer(help="Influence of training pairs on a contrastive model (ECIF).", no_args_is_help=True)
 
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")]
+DataOpt = Annotated[Path, typer.Option(help="Training pairs: JSONL of {image, caption} (image path relative to the "
+                                            "file) or a datasets folder with image and caption columns.")]
+OutOpt = Annotated[Path, typer.Option(help="Output folder (ranking, report, and the fit, reused on a rerun).")]
+GroupOpt = Annotated[str, typer.Option(help="Parameter group: projection (fast, cached towers), last_k_layers, all.")]
+KOpt = Annotated[int, typer.Option("--k", min=1, help="Layers per tower for last_k_layers.")]
+FormOpt = Annotated[str, typer.Option(help="Negative-term form: prob, reciprocal or exact.")]
+SolverOpt = Annotated[str, typer.Option(help="Inverse Hessian: cg, explicit, lissa, projected, identity.")]
+L2Opt = Annotated[float, typer.Option(help="L2 weight towards the given model's parameters (summed reduction).")]
+BatchOpt = Annotated[int, typer.Option(min=2, help="Batch size of the recorded partition.")]
+DampOpt = Annotated[float, typer.Option(min=0.0, help="Damping added to the Hessian.")]
+PartOpt = Annotated[Path | None, typer.Option(help="JSON of the recorded batch partition {batches: [[i, ...]]}; "
+                                                     "default: a seeded random partition.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the default partition.")]
+
+
+def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: str, solver: str, l2: float,
+              batch_size: int, damping: float, partition: Path | None, seed: int):
+    """Load the model and pairs, then fit the group (or reuse ``out/fit`` from an earlier run with the same
+    settings: an interrupted or repeated run resumes there)."""
+    from mmlens.errors import InputError
+    from mmlens.influence.analyzer import FitResult, InfluenceAnalyzer
+    from mmlens.influence.config import FitArguments, InfluenceArguments, ParamGroup
+    from mmlens.influence.data import BatchPartition, load_pairs
+    from mmlens.influence.task import HeadTask, ModelTask
+    from mmlens.models import ContrastiveModel, load_model
+
+    args = InfluenceArguments(neg_form=neg_form, solver=solver, damping=damping)  # validate before loading anything
+    fit_args = FitArguments(batch_size=batch_size, l2=l2, seed=seed)
+    pairs = load_pairs(data)
+    adapter = load_model(model, expect=ContrastiveModel)
+    try:
+        group_enum = ParamGroup(group)
+    except ValueError:
+        raise InputError(f"unknown --group {group!r}: use projection, last_k_layers or all") from None
+    if group_enum is ParamGroup.PROJECTION:
+        task = HeadTask(adapter, group_enum, progress=True)
+    elif group_enum is ParamGroup.LORA:
+        raise InputError("--group lora needs a model with LoRA adapters; use the Python API (attach_lora, HeadTask)")
+    else:
+        task = ModelTask(adapter, group_enum, k=k)
+    part = None
+    if partition is not None:
+        if not partition.is_file():
+            raise InputError(f"{partition} not found")
+        part = BatchPartition.from_json(partition.read_text())
+    analyzer = InfluenceAnalyzer(task, pairs, args=args, fit_args=fit_args, partition=part, progress=True)
+    fit_dir = out / "fit"
+    settings = {"model": model, "data": str(data.resolve()), "group": group, "k": k, "l2": l2, "batch_size": batch_size,
+                "seed": seed, "n_pairs": len(pairs)}
+    settings_file = fit_dir / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
+        saved = FitResult.load(fit_dir)
+        if saved.partition.batches == analyzer.partition.batches:
+            analyzer.use_fit(saved)
+            typer.echo(f"reusing the fit in {fit_dir}", err=True)
+    if analyzer.fitted is None:
+        typer.echo(f"fitting the {group} group ({task.space.size} parameters) on {len(pairs)} pairs ...", err=True)
+        from mmlens.report import atomic_folder
+
+        fit = analyzer.fit()
+        with atomic_folder(fit_dir) as tmp:
+            fit.save(tmp)
+            (tmp / "settings.json").write_text(json.dumps(settings))
+    return analyzer, pairs
+
+
+def _write_rows(rows: list[dict], out: Path, fmt: str) -> Path:
+    from mmlens.errors import InputError
+    from mmlens.report import atomic_text_file, write_jsonl_atomic
+
+    if fmt == "jsonl":
+        return write_jsonl_atomic(out / "scores.jsonl", rows)
+    if fmt == "csv":
+        import csv
+
+        with atomic_text_file(out / "scores.csv") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return out / "scores.csv"
+    raise InputError(f"unknown --format {fmt!r}: use jsonl or csv")
+
+
+def _score_rows(analyzer, pairs, scores, neg_form: str) -> list[dict]:
+    from mmlens.influence.config import NegForm
+
+    rows = []
+    for i in range(len(pairs)):
+        row = {"index": i, "id": pairs.ids[i], "caption": pairs.captions[i],
+               "delta_val_loss_if_removed": float(scores.role("both", neg_form)[i]),
+               "pos": float(scores.pos[i])}
+        for form in NegForm:
+            row[f"neg_{form.value}"] = float(scores.neg[form.value][i])
+        row["max_negative_prob"] = float(scores.max_negative_prob[i])
+        rows.append(row)
+    return rows
+
+
+@influence_app.command("detect")
+def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
+                   val: Annotated[Path, typer.Option(help="Clean validation pairs (JSONL or datasets folder).")],
+                   group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
+                   l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
+                   seed: SeedOpt = 0,
+                   top: Annotated[int, typer.Option(min=1, help="Flagged pairs shown in the report.")] = 24,
+                   fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl") -> None:
+    """Rank training pairs from most harmful to most helpful for the validation pairs; writes the ranking and an
+    HTML report with thumbnails of the top flagged pairs."""
+    from mmlens.influence.data import load_pairs
+    from mmlens.report import CardLine, HtmlReport, ImageCard
+
+    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    scores = analyzer.value(load_pairs(val))
+    rows = sorted(_score_rows(analyzer, pairs, scores, neg_form), key=lambda r: r["delta_val_loss_if_removed"])
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    path = _write_rows(rows, out, fmt)
+    report = HtmlReport("Misaligned training pairs (ECIF)",
+                        f"{model} on {data.name}: {len(pairs)} pairs, group {group}, negative form {neg_form}")
+    sec = report.section("Most harmful pairs")
+    sec.text("delta_val_loss_if_removed = predicted change of the validation loss if the pair were removed from "
+             "training. Negative = harmful (removing the pair lowers the validation loss): these are flagged first.",
+             note=True)
+    sec.images([ImageCard(pairs.images[r["index"]], f"#{r['rank']} pair {r['id']}",
+                          (CardLine(r["caption"]), CardLine(f"delta_val_loss_if_removed {r['delta_val_loss_if_removed']:.4g}",
+                                                            ok=r["delta_val_loss_if_removed"] >= 0)))
+                for r in rows[:top]])
+    report.section("Ranking").table(rows[:100], columns=["rank", "id", "caption", "delta_val_loss_if_removed", "pos",
+                                                         f"neg_{neg_form}"])
+    report.data = {"n_pairs": len(pairs), "fit": {"risk": analyzer.fitted.risk, "grad_max": analyzer.fitted.grad_norm},
+                   "solver": {k2: v for k2, v in analyzer.inverse().info.items() if k2 != "solves"}}
+    index = report.write(out / "report")
+    typer.echo(json.dumps({"ranking": str(path), "report": str(index), "most_harmful": rows[0]["id"]}, indent=2))
+
+
+@influence_app.command("value")
+def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
+                  val: Annotated[Path, typer.Option(help="Validation pairs (JSONL or datasets folder).")],
+                  group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
+                  l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
+                  seed: SeedOpt = 0, fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl") -> None:
+    """The value of every training pair for the validation pairs, by role (pos) and negative form, in input order."""
+    from mmlens.influence.data import load_pairs
+
+    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    rows = _score_rows(analyzer, pairs, analyzer.value(load_pairs(val)), neg_form)
+    path = _write_rows(rows, out, fmt)
+    n_harmful = sum(r["delta_val_loss_if_removed"] < 0 for r in rows)
+    typer.echo(json.dumps({"scores": str(path), "n_pairs": len(rows), "n_harmful": n_harmful}, indent=2))
+
+
+@influence_app.command("trace")
+def trace_command(model: ModelOpt, data: DataOpt, out: OutOpt,
+                  test: Annotated[Path, typer.Option(help="Test pairs to explain (JSONL or datasets folder).")],
+                  negatives: Annotated[Path | None, typer.Option(help="Extra pairs that form the test batch "
+                                                                         "(needed if --test holds one pair).")] = None,
+                  relative: Annotated[str, typer.Option(help="none, theta (RelatIF) or l.")] = "theta",
+                  group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
+                  l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
+                  seed: SeedOpt = 0,
+                  top: Annotated[int, typer.Option(min=1, help="Training pairs listed per test pair.")] = 8) -> None:
+    """For each test pair, the training pairs that most raised its loss, with thumbnails."""
+    from mmlens.influence.data import load_pairs
+    from mmlens.report import CardLine, HtmlReport, ImageCard, write_jsonl_atomic
+
+    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    test_pairs = load_pairs(test)
+    result = analyzer.trace(test_pairs, load_pairs(negatives) if negatives else None, relative=relative,
+                            form=neg_form)
+    report = HtmlReport("Trace-back of test pairs (ECIF)", f"{model}: training pairs that raised each test loss")
+    rows = []
+    for t in range(len(test_pairs)):
+        idx = result.top(t, top)
+        sec = report.section(f"Test pair {test_pairs.ids[t]}: {test_pairs.captions[t]}")
+        cards = [ImageCard(test_pairs.images[t], "test pair", (CardLine(test_pairs.captions[t]),))]
+        for rank, i in enumerate(idx, 1):
+            rows.append({"test": test_pairs.ids[t], "rank": rank, "index": int(i), "id": pairs.ids[i],
+                         "caption": pairs.captions[i],
+                         "delta_test_loss_if_removed": float(result.delta_test_loss_if_removed[t, i]),
+                         "relative_influence": float(result.relative_influence[t, i])})
+            cards.append(ImageCard(pairs.images[i], f"#{rank} pair {pairs.ids[i]}",
+                                   (CardLine(pairs.captions[i]),
+                                    CardLine(f"relative {result.relative_influence[t, i]:.3g}", ok=False))))
+        sec.images(cards)
+    path = write_jsonl_atomic(out / "trace.jsonl", rows)
+    index = report.write(out / "report")
+    typer.echo(json.dumps({"trace": str(path), "report": str(index)}, indent=2))
+
+
+@influence_app.command("remove")
+def remove_command(model: ModelOpt, data: DataOpt, out: OutOpt,
+                   save_to: Annotated[Path, typer.Option(help="Folder for the edited model (loadable with "
+                                                              "load_model / from_pretrained).")],
+                   indices: Annotated[Path | None, typer.Option(help="Text/JSON file of pair indices to remove.")]
+                   = None,
+                   ranking: Annotated[Path | None, typer.Option(help="scores.jsonl from `detect`: remove its top "
+                                                                        "--n-remove pairs.")] = None,
+                   n_remove: Annotated[int, typer.Option(min=1, help="How many top-ranked pairs to remove.")] = 10,
+                   group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
+                   l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
+                   seed: SeedOpt = 0) -> None:
+    """Closed-form removal (ECIF edit, no retraining) of chosen pairs; saves the edited model."""
+    from mmlens.errors import InputError
+    from mmlens.influence.analyzer import save_model
+
+    if (indices is None) == (ranking is None):
+        raise InputError("give exactly one of --indices FILE or --ranking scores.jsonl")
+    if indices is not None:
+        if not indices.is_file():
+            raise InputError(f"{indices} not found")
+        text = indices.read_text().replace(",", " ").replace("[", " ").replace("]", " ")
+        try:
+            chosen = [int(tok) for tok in text.split()]
+        except ValueError:
+            raise InputError(f"{indices}: expected integers (pair indices)") from None
+    else:
+        from mmlens.world.export import read_jsonl
+
+        records = [r for _, r in read_jsonl(ranking)]
+        if not records or "index" not in records[0]:
+            raise InputError(f"{ranking} is not a ranking written by `mmlens influence detect`")
+        records.sort(key=lambda r: r.get("rank", 0))
+        chosen = [int(r["index"]) for r in records[:n_remove]]
+    if not chosen:
+        raise InputError("no pair indices to remove")
+    analyzer, _ = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    edited = analyzer.edited_model(chosen, neg_form)
+    save_model(edited, save_to)
+    typer.echo(json.dumps({"removed": len(chosen), "model": str(save_to)}, indent=2))
+
 
 def bench_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/influence.json"),
+    models: Annotated[str, typer.Option(help="Comma-separated zoo models.")] = "digits-clip,mini-clip",
+    peer: Annotated[bool, typer.Option(help="Run the peer library (kronfluence EK-FAC) side by side.")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """The influence benchmark (being built)."""
-    from mmlens.errors import MMLensError
+    """ECIF benchmark: detection (AUROC/AUPRC/P@k), fidelity vs retraining (LOO, subsets, LDS), removal, cost."""
+    from mmlens.influence.bench import BenchConfig, influence_benchmark
+    from mmlens.report import write_json_atomic
 
-    raise MMLensError("the influence benchmark is not built yet")
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = set(chosen) - {"digits-clip", "mini-clip"}
+    if unknown:
+        raise typer.BadParameter(f"unknown models {sorted(unknown)}", param_hint="--models")
+    result = influence_benchmark(BenchConfig(models=chosen, run_peer=peer, seed=seed),
+                                 log=lambda s: typer.echo(s, err=True))
+    write_json_atomic(out, result)
+    typer.echo(json.dumps({"cost": result["cost"], "seconds": result["seconds"]}, indent=2))
+    typer.echo(f"written to {out}")

@@ -1,0 +1,459 @@
+"""The analyzer: fits a parameter group over a recorded batch partition and computes ECIF scores.
+
+Sign convention: ``delta_val_loss_if_removed[n] = grad L'(theta)^T H^-1 grad (Pos_n + Neg_n)`` predicts
+``L'(theta_without_n) - L'(theta)``, the change of the summed validation loss if pair n were removed from training.
+Negative = harmful pair (removing it lowers the validation loss), positive = helpful pair. Trace-back scores use
+the same sign for one test pair's loss.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mmlens.errors import InputError
+from mmlens.influence.config import (
+    FitArguments,
+    HessianSolver,
+    InfluenceArguments,
+    NegForm,
+    Relative,
+    Role,
+)
+from mmlens.influence.data import BatchPartition, PairData
+from mmlens.influence.objective import (
+    PARTS,
+    batch_loss,
+    max_negative_probability,
+    pair_terms,
+    removal_masks,
+    similarity,
+)
+from mmlens.influence.solvers import InverseOperator, build_inverse
+from mmlens.influence.task import ContrastiveTask, Encoded, subset
+from mmlens.models.contrastive import ContrastiveModel
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted group: its parameters, the initialisation and the recorded partition (enough to retrain)."""
+
+    params: torch.Tensor
+    theta0: torch.Tensor
+    partition: BatchPartition
+    args: FitArguments
+    risk: float
+    grad_norm: float
+    seconds: float
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"params": self.params.contiguous(), "theta0": self.theta0.contiguous()},
+                  str(folder / "fit.safetensors"))
+        (folder / "partition.json").write_text(self.partition.to_json())
+        (folder / "fit.json").write_text(json.dumps({"args": asdict(self.args), "risk": self.risk,
+                                                     "grad_norm": self.grad_norm, "seconds": self.seconds}))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> FitResult:
+        folder = Path(folder)
+        try:
+            tensors = load_file(str(folder / "fit.safetensors"))
+            meta = json.loads((folder / "fit.json").read_text())
+            partition = BatchPartition.from_json((folder / "partition.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
+            raise InputError(f"{folder} holds no complete fit (fit.safetensors, fit.json, partition.json): {err}") from None
+        return cls(tensors["params"], tensors["theta0"], partition, FitArguments(**meta["args"]), meta["risk"],
+                   meta["grad_norm"], meta["seconds"])
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Per-pair ``delta_val_loss_if_removed`` split by role: ``pos`` and ``neg[form]`` (see the module docstring)."""
+
+    pos: np.ndarray
+    neg: dict[str, np.ndarray]
+    max_negative_prob: np.ndarray = field(repr=False)
+
+    def role(self, role: Role | str = Role.BOTH, form: NegForm | str = NegForm.EXACT) -> np.ndarray:
+        role, form = Role(role), NegForm(form)
+        if role is Role.POS:
+            return self.pos
+        if role is Role.NEG:
+            return self.neg[form.value]
+        return self.pos + self.neg[form.value]
+
+    def variants(self) -> dict[str, np.ndarray]:
+        """Every role x form combination by name: pos, neg_<form>, both_<form>."""
+        out = {"pos": self.pos}
+        for form in NegForm:
+            out[f"neg_{form.value}"] = self.neg[form.value]
+            out[f"both_{form.value}"] = self.pos + self.neg[form.value]
+        return out
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """Trace-back of test pairs: ``delta_test_loss_if_removed[t, n]`` and its relative (RelatIF) version."""
+
+    delta_test_loss_if_removed: np.ndarray
+    relative_influence: np.ndarray
+    relative: Relative
+
+    def top(self, t: int, k: int = 10) -> np.ndarray:
+        """Indices of the k training pairs that most raised test pair t's loss (most negative relative score)."""
+        return np.argsort(self.relative_influence[t])[:k]
+
+
+def _lbfgs(fun, theta0: torch.Tensor, args: FitArguments) -> tuple[torch.Tensor, float, float]:
+    theta = theta0.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=args.max_iter, max_eval=int(args.max_iter * 1.25),
+                            tolerance_grad=args.tolerance_grad, tolerance_change=1e-15, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = fun(theta)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    loss = fun(theta)
+    (grad,) = torch.autograd.grad(loss, theta)
+    return theta.detach(), float(loss.detach()), float(grad.abs().max())
+
+
+class InfluenceAnalyzer:
+    """ECIF over one task, one training set and its recorded batch partition.
+
+    Typical use::
+
+        task = HeadTask(load_model("zoo:digits-clip"))
+        analyzer = InfluenceAnalyzer(task, train_pairs)
+        analyzer.fit()                                  # or analyzer.use_fit(FitResult.load(...))
+        scores = analyzer.value(val_pairs)              # PairScores, delta_val_loss_if_removed by role and form
+        model = analyzer.edited_model(np.argsort(scores.role())[:50])   # closed-form removal of the 50 worst
+    """
+
+    def __init__(self, task: ContrastiveTask, train: PairData, *, args: InfluenceArguments | None = None,
+                 fit_args: FitArguments | None = None, partition: BatchPartition | None = None,
+                 progress: bool = False) -> None:
+        self.task, self.train = task, train
+        self.args = args or InfluenceArguments()
+        self.fit_args = fit_args or FitArguments()
+        self.progress = progress
+        self.n = len(train)
+        self.partition = partition or BatchPartition.random(self.n, self.fit_args.batch_size, self.fit_args.seed)
+        if sorted(i for b in self.partition.batches for i in b) != list(range(self.n)):
+            raise InputError(f"the batch partition must cover the {self.n} training pairs exactly once")
+        self.encoded = task.encode(train)
+        self.theta0 = task.space.flatten(task.initial_params()).to(self._dtype)
+        self._index = torch.as_tensor(self.partition.index_matrix())
+        self.fitted: FitResult | None = None
+        self._inverse: InverseOperator | None = None
+        self._hvp_state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.task.dtype
+
+    # ------------------------------------------------------------------------------------------------ risk
+    def _flags(self, indices: Sequence[int]) -> torch.Tensor:
+        flags = torch.zeros(self.n, dtype=torch.bool)
+        if len(indices):
+            idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+            if int(idx.min()) < 0 or int(idx.max()) >= self.n:
+                raise InputError(f"pair indices must be in [0, {self.n}), got {int(idx.min())}..{int(idx.max())}")
+            flags[idx] = True
+        return flags
+
+    def loss(self, theta: torch.Tensor, remove: Sequence[int] = (), remove_neg: Sequence[int] = (),
+             remove_pos: Sequence[int] = ()) -> torch.Tensor:
+        """Summed training loss over the recorded batches, with pairs removed (entirely / as negative / as positive)."""
+        masks = removal_masks(self._index, self._flags(remove), self._flags(remove_neg), self._flags(remove_pos))
+        return self._batched_loss(theta, self.encoded, self._index, masks)
+
+    def _batched_loss(self, theta, encoded: Encoded, index: torch.Tensor, masks) -> torch.Tensor:
+        img, txt = self.task.embed(self.task.space.unflatten(theta), encoded)
+        safe = index.clamp_min(0)
+        sim = similarity(txt[safe], img[safe], self.task.logit_scale, self.task.logit_bias)
+        return batch_loss(sim, *masks, kind=self.task.loss_kind)
+
+    def risk(self, theta: torch.Tensor, **removal) -> torch.Tensor:
+        """R(theta) = summed batch losses + (l2 / 2) ||theta - theta_0||^2."""
+        return self.loss(theta, **removal) + 0.5 * self.fit_args.l2 * (theta - self.theta0).pow(2).sum()
+
+    # ------------------------------------------------------------------------------------------- fitting
+    def fit(self) -> FitResult:
+        """Fit the group on all pairs from theta_0 over the recorded partition (L-BFGS to convergence)."""
+        t0 = time.time()
+        theta, risk, grad = _lbfgs(self.risk, self.theta0, self.fit_args)
+        self.use_fit(FitResult(theta, self.theta0.clone(), self.partition, self.fit_args, risk, grad,
+                               time.time() - t0))
+        return self.fitted
+
+    def use_fit(self, fit: FitResult) -> None:
+        """Adopt a saved fit (same pairs, same partition)."""
+        if fit.params.numel() != self.task.space.size:
+            raise InputError(f"the fit has {fit.params.numel()} parameters, the task's group {self.task.space.size}")
+        if fit.partition.batches != self.partition.batches:
+            raise InputError("the fit was made over another batch partition; pass partition=fit.partition")
+        self.fitted = fit
+        self._inverse, self._hvp_state = None, None
+
+    def retrain(self, remove: Sequence[int] = (), remove_neg: Sequence[int] = (), remove_pos: Sequence[int] = (),
+                warm_start: bool = False) -> torch.Tensor:
+        """Parameters refitted without some pairs, from the same theta_0 (or from the fit) and partition."""
+        start = self._theta_hat() if warm_start else self.theta0
+        theta, _, _ = _lbfgs(lambda th: self.risk(th, remove=remove, remove_neg=remove_neg, remove_pos=remove_pos),
+                             start, self.fit_args)
+        return theta
+
+    def _theta_hat(self) -> torch.Tensor:
+        if self.fitted is None:
+            raise InputError("fit the analyzer first (analyzer.fit() or analyzer.use_fit(FitResult.load(...)))")
+        return self.fitted.params
+
+    # ------------------------------------------------------------------------------------------ curvature
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """H v (or a batch [Q, P] -> [Q, P]) at the fitted parameters."""
+        if self._hvp_state is None:
+            theta = self._theta_hat().detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.risk(theta), theta, create_graph=True)
+            self._hvp_state = (theta, grad)
+        theta, grad = self._hvp_state
+        if v.ndim == 1:
+            return torch.autograd.grad(grad, theta, v, retain_graph=True)[0]
+        try:
+            return torch.autograd.grad(grad, theta, v, retain_graph=True, is_grads_batched=True)[0]
+        except RuntimeError:  # an op without a batching rule: one product per row
+            return torch.stack([torch.autograd.grad(grad, theta, row, retain_graph=True)[0] for row in v])
+
+    def inverse(self) -> InverseOperator:
+        """H^-1 (the solver of ``args``), built once per fit."""
+        if self._inverse is None:
+            self._inverse = build_inverse(self.args, self.hvp, self.hvp, self.task.space.size, self._dtype)
+        return self._inverse
+
+    def batched_inverse(self) -> InverseOperator:
+        """An operator that is cheap on many vectors: the chosen one if it is, else a projected approximation."""
+        inv = self.inverse()
+        if inv.batched:
+            return inv
+        from dataclasses import replace
+
+        return build_inverse(replace(self.args, solver=HessianSolver.PROJECTED), self.hvp, self.hvp,
+                             self.task.space.size, self._dtype)
+
+    # -------------------------------------------------------------------------------- per-pair gradients
+    def _terms_gradients(self, theta: torch.Tensor, encoded: Encoded,
+                         parts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Gradients of the chosen per-pair terms of ONE batch (``encoded``), with the whole batch in the graph:
+        one forward, then a vmapped VJP per (term, pair). Returns {part: [B, P]} and max negative probability."""
+        space, task = self.task.space, self.task
+        params = space.unflatten(theta.detach())
+        (img, txt), vjp_fn = torch.func.vjp(lambda p: task.embed(p, encoded), params)
+
+        def terms(img_, txt_):
+            sim = similarity(txt_, img_, task.logit_scale, task.logit_bias)
+            t = pair_terms(sim, task.loss_kind)
+            return torch.stack([t[p] for p in parts])
+
+        jac_img, jac_txt = torch.func.jacrev(terms, argnums=(0, 1))(img, txt)  # [n_parts, B, B, D]
+        b, d = img.shape
+        cotangents = (jac_img.reshape(-1, b, d), jac_txt.reshape(-1, b, d))
+        try:
+            (grads,) = torch.func.vmap(vjp_fn)(cotangents)
+            flat = space.flatten_batched(grads)
+        except RuntimeError:  # a model op without a vmap rule: fall back to one VJP per row
+            flat = torch.stack([space.flatten(vjp_fn((ci, ct))[0]) for ci, ct in zip(*cotangents)])
+        flat = flat.view(len(parts), b, -1)
+        with torch.no_grad():
+            maxp = max_negative_probability(similarity(txt, img, task.logit_scale, task.logit_bias))
+        return {p: flat[i] for i, p in enumerate(parts)}, maxp
+
+    def iter_pair_gradients(self, parts: Sequence[str] = PARTS,
+                            theta: torch.Tensor | None = None) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
+        """Per batch: (pair indices, {part: gradient [B, P]}, max negative probability [B])."""
+        theta = self._theta_hat() if theta is None else theta
+        for batch in tqdm(self.partition.batches, desc="per-pair gradients", disable=not self.progress, leave=False):
+            idx = np.asarray(batch)
+            grads, maxp = self._terms_gradients(theta, subset(self.encoded, torch.as_tensor(idx)), parts)
+            yield idx, grads, maxp
+
+    # ---------------------------------------------------------------------------------------- measurements
+    def measurement_gradients(self, data: PairData, per_batch: bool = False, batch_size: int | None = None,
+                              seed: int = 0) -> tuple[torch.Tensor, float]:
+        """Gradient(s) of the summed contrastive loss on ``data`` (its own seeded batches): [1, P] or one row per
+        batch, and the loss value."""
+        encoded = self.task.encode(data)
+        part = BatchPartition.random(len(data), batch_size or self.fit_args.batch_size, seed)
+        index = torch.as_tensor(part.index_matrix())
+        none = torch.zeros(len(data), dtype=torch.bool)
+        masks = removal_masks(index, none, none, none)
+        theta = self._theta_hat().detach().clone().requires_grad_(True)
+        if not per_batch:
+            loss = self._batched_loss(theta, encoded, index, masks)
+            return torch.autograd.grad(loss, theta)[0].unsqueeze(0), float(loss.detach())
+        rows, total = [], 0.0
+        for m in range(len(index)):
+            sub = tuple(x[m:m + 1] for x in masks)
+            loss = self._batched_loss(theta, encoded, index[m:m + 1], sub)
+            rows.append(torch.autograd.grad(loss, theta)[0])
+            total += float(loss.detach())
+        return torch.stack(rows), total
+
+    def validation_loss(self, theta: torch.Tensor, data: PairData | Encoded, batch_size: int | None = None,
+                        seed: int = 0, per_batch: bool = False) -> float | np.ndarray:
+        """Summed contrastive loss of ``data`` under ``theta`` in its own seeded batches (the measurement L')."""
+        encoded = self.task.encode(data) if isinstance(data, PairData) else data
+        n = len(next(iter(encoded.values())))
+        index = torch.as_tensor(BatchPartition.random(n, batch_size or self.fit_args.batch_size, seed).index_matrix())
+        none = torch.zeros(n, dtype=torch.bool)
+        rm, cm, w = removal_masks(index, none, none, none)
+        with torch.no_grad():
+            img, txt = self.task.embed(self.task.space.unflatten(theta), encoded)
+            safe = index.clamp_min(0)
+            sim = similarity(txt[safe], img[safe], self.task.logit_scale, self.task.logit_bias)
+            per = torch.stack([batch_loss(sim[m], rm[m], cm[m], w[m], self.task.loss_kind) for m in range(len(index))])
+        return per.numpy() if per_batch else float(per.sum())
+
+    # -------------------------------------------------------------------------------------------- scores
+    def _terms_jvp(self, theta: torch.Tensor, encoded: Encoded, directions: torch.Tensor) -> torch.Tensor:
+        """d term_n / d theta . direction for every part, pair of ONE batch and direction: [Q, n_parts, B].
+        Forward mode: one pass per direction gives the dot products of all per-pair gradients with it."""
+        task, space = self.task, self.task.space
+
+        def terms(th):
+            img, txt = task.embed(space.unflatten(th), encoded)
+            t = pair_terms(similarity(txt, img, task.logit_scale, task.logit_bias), task.loss_kind)
+            return torch.stack([t[p] for p in PARTS])
+
+        return torch.stack([torch.func.jvp(terms, (theta,), (d,))[1] for d in directions])
+
+    def query_scores(self, queries: torch.Tensor,
+                     inverse: InverseOperator | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """For measurement gradients ``queries [Q, P]``: {part: [N, Q]} of (H^-1 q)^T grad part_n, and the max
+        negative probability per pair. One inverse solve per query (not per pair), then one forward-mode pass
+        per batch and query."""
+        solved = (inverse or self.inverse()).apply(queries.to(self._dtype)).detach()
+        theta = self._theta_hat().detach()
+        out = {p: np.zeros((self.n, len(queries))) for p in PARTS}
+        maxp = np.zeros(self.n)
+        for batch in tqdm(self.partition.batches, desc="scoring pairs", disable=not self.progress, leave=False):
+            idx = np.asarray(batch)
+            enc = subset(self.encoded, torch.as_tensor(idx))
+            dots = self._terms_jvp(theta, enc, solved)  # [Q, parts, B]
+            for i, p in enumerate(PARTS):
+                out[p][idx] = dots[:, i, :].T.numpy()
+            with torch.no_grad():
+                img, txt = self.task.embed(self.task.space.unflatten(theta), enc)
+                maxp[idx] = max_negative_probability(similarity(txt, img, self.task.logit_scale,
+                                                                self.task.logit_bias)).numpy()
+        return out, maxp
+
+    def value(self, val: PairData, batch_size: int | None = None, seed: int = 0) -> PairScores:
+        """``delta_val_loss_if_removed`` of every training pair for the validation pairs ``val``, by role and form."""
+        grad, _ = self.measurement_gradients(val, batch_size=batch_size, seed=seed)
+        parts, maxp = self.query_scores(grad)
+        return PairScores(parts["pos"][:, 0], {f.value: parts[f"neg_{f.value}"][:, 0] for f in NegForm}, maxp)
+
+    def self_influence(self, form: NegForm | str = NegForm.EXACT, role: Role | str = Role.BOTH) -> np.ndarray:
+        """g_n^T H^-1 g_n with g_n the chosen role's gradient (batched operator; projected if the solver is not)."""
+        form, role = NegForm(form), Role(role)
+        inv = self.batched_inverse()
+        out = np.zeros(self.n)
+        for idx, grads, _ in self.iter_pair_gradients():
+            g = {Role.POS: grads["pos"], Role.NEG: grads[f"neg_{form.value}"],
+                 Role.BOTH: grads["pos"] + grads[f"neg_{form.value}"]}[role]
+            out[idx] = (inv.apply(g) * g).sum(1).detach().numpy()
+        return out
+
+    def tracin_self_influence(self) -> np.ndarray:
+        """TracIn self-influence at the final parameters: ||grad of the pair's own loss (Pos)||^2."""
+        out = np.zeros(self.n)
+        for idx, grads, _ in self.iter_pair_gradients(parts=("pos",)):
+            out[idx] = grads["pos"].pow(2).sum(1).detach().numpy()
+        return out
+
+    def trace(self, test: PairData, negatives: PairData | None = None, relative: Relative | str = Relative.THETA,
+              form: NegForm | str = NegForm.EXACT) -> TraceResult:
+        """Which training pairs raised each test pair's loss. The measurement is the test pair's contrastive loss
+        (Pos) in one batch made of the test pairs and ``negatives``; scores follow the module's sign convention."""
+        relative, form = Relative(relative), NegForm(form)
+        batch = test if negatives is None else PairData(test.images + negatives.images,
+                                                        test.captions + negatives.captions)
+        if len(batch) < 2:
+            raise InputError("trace needs at least 2 pairs in the test batch: give more test pairs or negatives")
+        theta = self._theta_hat()
+        grads, _ = self._terms_gradients(theta, self.task.encode(batch), ("pos",))
+        test_grads = grads["pos"][:len(test)].detach()
+        solved = self.inverse().apply(test_grads)
+        raw = np.zeros((len(test), self.n))
+        norm = np.ones(self.n)
+        norm_inv = self.batched_inverse() if relative is not Relative.NONE else None
+        for idx, g, _ in self.iter_pair_gradients(parts=("pos", f"neg_{form.value}")):
+            total = (g["pos"] + g[f"neg_{form.value}"]).detach()
+            raw[:, idx] = (solved @ total.T).numpy()
+            if norm_inv is not None:
+                step = norm_inv.apply(total)
+                norm[idx] = (step.norm(dim=1) if relative is Relative.THETA
+                             else (step * total).sum(1).clamp_min(0).sqrt()).numpy()
+        return TraceResult(raw, raw / np.maximum(norm, 1e-30), relative)
+
+    # ----------------------------------------------------------------------------------- closed-form edit
+    def removal_gradient(self, indices: Sequence[int], form: NegForm | str | None = None) -> torch.Tensor:
+        """sum_{n in D} grad (Pos_n + Neg_n). With the exact form the set is deleted from its batches at once
+        (grad of L_full - L_without_D), which keeps the interactions of members sharing a batch."""
+        form = NegForm(form or self.args.neg_form)
+        theta = self._theta_hat().detach().clone().requires_grad_(True)
+        if form is NegForm.EXACT:
+            diff = self.loss(theta) - self.loss(theta, remove=indices)
+            return torch.autograd.grad(diff, theta)[0]
+        chosen = self._flags(indices).numpy()
+        total = torch.zeros_like(theta)
+        for idx, grads, _ in self.iter_pair_gradients(parts=("pos", f"neg_{form.value}")):
+            keep = chosen[idx]
+            if keep.any():
+                total += (grads["pos"][keep] + grads[f"neg_{form.value}"][keep]).sum(0)
+        return total.detach()
+
+    def removal_edit(self, indices: Sequence[int], form: NegForm | str | None = None) -> torch.Tensor:
+        """Closed-form parameters without ``indices``: theta + H^-1 sum grad (Pos + Neg) (first order)."""
+        if len(indices) == 0:
+            return self._theta_hat().clone()
+        step = self.inverse().apply(self.removal_gradient(indices, form).unsqueeze(0))[0]
+        return (self._theta_hat() + step).detach()
+
+    def to_model(self, theta: torch.Tensor | None = None) -> ContrastiveModel:
+        """The model with the group set to ``theta`` (default: the fit)."""
+        theta = self._theta_hat() if theta is None else theta
+        return self.task.to_model(self.task.space.unflatten(theta))
+
+    def edited_model(self, indices: Sequence[int], form: NegForm | str | None = None) -> ContrastiveModel:
+        """A loadable model without ``indices`` by the closed-form edit (save it with ``save_model``)."""
+        return self.to_model(self.removal_edit(indices, form))
+
+
+def save_model(model: ContrastiveModel, folder: str | Path) -> Path:
+    """Save an (edited) model as a plain transformers folder, LoRA adapters merged, written atomically."""
+    from mmlens.report import atomic_folder
+
+    inner = model.model
+    merged = inner.merge_and_unload() if hasattr(inner, "merge_and_unload") else inner
+    plain = ContrastiveModel(merged, model.processor, tokenizer=model.tokenizer, image_processor=model.image_processor)
+    with atomic_folder(folder) as tmp:
+        plain.save_pretrained(tmp)
+    return Path(folder)
+
+
+__all__ = ["FitResult", "InfluenceAnalyzer", "PairScores", "TraceResult", "save_model"]

@@ -1,0 +1,305 @@
+"""``mmlens bench influence``: detection, fidelity against retraining, removal utility and cost, in one run.
+
+Models: the zoo's digits-clip and mini-clip. Each is fine-tuned on noisy pairs in the projection-head setting
+(frozen towers, cached features, full-batch L-BFGS over a recorded partition, L2 towards the zoo weights), which
+makes every retraining a few seconds, so the fidelity subsets are retrained for real.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+
+from mmlens.influence.analyzer import InfluenceAnalyzer
+from mmlens.influence.baselines import (
+    KronfluencePeer,
+    clip_score,
+    detection_metrics,
+    lemon,
+    neg_clip_loss,
+)
+from mmlens.influence.config import (
+    FitArguments,
+    HessianSolver,
+    InfluenceArguments,
+    NegForm,
+    NoiseKind,
+)
+from mmlens.influence.data import PairData, inject_noise
+from mmlens.influence.solvers import InverseOperator
+from mmlens.influence.task import HeadTask, attach_lora
+
+# digits that are written alike share a confusable group
+DIGIT_CONFUSABLE = {3: 0, 5: 0, 8: 0, 1: 1, 7: 1, 4: 2, 9: 2, 0: 3, 6: 3, 2: 4}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    seed: int = 0
+    models: tuple[str, ...] = ("digits-clip", "mini-clip")
+    rates: tuple[float, ...] = (0.1, 0.2, 0.4)
+    noise_kinds: tuple[str, ...] = ("random_swap", "confusable_swap")
+    batch_size: int = 64
+    l2: float = 300.0  # summed reduction; keeps the head problem well conditioned (near-convex)
+    n_val: int = 200
+    mini_clip_n_train: int = 1500
+    n_loo: int = 50
+    n_subsets: int = 20
+    subset_fraction: float = 0.1
+    n_lds: int = 20
+    lds_fraction: float = 0.5
+    lora_rank: int = 4
+    fidelity_rate: float = 0.2
+    removal_fraction: float = 0.1
+    n_random_removals: int = 3
+    run_peer: bool = True
+
+
+@dataclass
+class _Setup:
+    train: PairData
+    val: PairData
+    accuracy: Callable[[HeadTask, torch.Tensor], float]
+
+
+def _digits_setup(cfg: BenchConfig) -> _Setup:
+    from mmlens.world.digits import digit_class_prompts, digits_pairs
+
+    tr = digits_pairs("train", seed=cfg.seed + 1, image_size=16)
+    te = digits_pairs("test", seed=cfg.seed + 1, image_size=16)
+    train = PairData(tuple(p.image for p in tr), tuple(p.caption for p in tr),
+                     groups=tuple(DIGIT_CONFUSABLE[p.label] for p in tr), labels=tuple(p.label for p in tr))
+    val = PairData(tuple(p.image for p in te[:cfg.n_val]), tuple(p.caption for p in te[:cfg.n_val]))
+    test = te[cfg.n_val:]
+    test_images, test_labels = [p.image for p in test], np.array([p.label for p in test])
+    prompts = digit_class_prompts()
+    cache: dict[int, tuple] = {}
+
+    def accuracy(task: HeadTask, theta: torch.Tensor) -> float:
+        key = id(task)
+        if key not in cache:
+            cache[key] = (task.encode(PairData(tuple(test_images), tuple(prompts[0] for _ in test_images))),
+                          task.encode(PairData(tuple(test_images[:10]), tuple(prompts))))
+        enc_img, enc_txt = cache[key]
+        with torch.no_grad():
+            params = task.space.unflatten(theta)
+            img, _ = task.embed(params, enc_img)
+            _, txt = task.embed(params, enc_txt)
+        return float(((img @ txt.T).argmax(1).numpy() == test_labels).mean())
+
+    return _Setup(train, val, accuracy)
+
+
+def _mini_clip_setup(cfg: BenchConfig) -> _Setup:
+    from mmlens.models.loading import resolve_spec
+    from mmlens.world import World, WorldConfig
+    from mmlens.zoo.common import read_record
+
+    rec = read_record(resolve_spec("zoo:mini-clip"))
+    world = World(WorldConfig.from_dict(rec["world_config"]), seed=rec["config"].get("world_seed", 0))
+    rng = np.random.default_rng(cfg.seed + 11)
+    scenes = world.sample_scenes(cfg.mini_clip_n_train, "train", start=100_000)
+    shape_sets: dict[frozenset, int] = {}
+    groups = tuple(shape_sets.setdefault(s.object_classes, len(shape_sets)) for s in scenes)
+    train = PairData(tuple(world.render(s) for s in scenes), tuple(world.caption(s, rng, "objects") for s in scenes),
+                     groups=groups)
+    val_scenes = world.sample_scenes(cfg.n_val, "test")
+    val = PairData(tuple(world.render(s) for s in val_scenes),
+                   tuple(world.caption(s, rng, "objects") for s in val_scenes))
+    pool = world.sample_scenes(100, "test", start=5_000)
+    pool_pairs = PairData(tuple(world.render(s) for s in pool),
+                          tuple(world.caption(s, np.random.default_rng(12345 + i), "objects") for i, s in enumerate(pool)))
+    cache: dict[int, dict] = {}
+
+    def accuracy(task: HeadTask, theta: torch.Tensor) -> float:
+        if id(task) not in cache:
+            cache[id(task)] = task.encode(pool_pairs)
+        with torch.no_grad():
+            img, txt = task.embed(task.space.unflatten(theta), cache[id(task)])
+        best = (img @ txt.T).argmax(1).numpy()
+        caps = pool_pairs.captions
+        return float(np.mean([caps[j] == caps[i] for i, j in enumerate(best)]))
+
+    return _Setup(train, val, accuracy)
+
+
+def _corr(pred, actual) -> tuple[float, float]:
+    pred, actual = np.asarray(pred, float), np.asarray(actual, float)
+    if np.std(pred) == 0 or np.std(actual) == 0:
+        return float("nan"), float("nan")
+    return round(float(pearsonr(pred, actual)[0]), 4), round(float(spearmanr(pred, actual)[0]), 4)
+
+
+def _identity() -> InverseOperator:
+    return InverseOperator(lambda x: x, {"solver": "identity"}, True)
+
+
+def _detection_run(setup: _Setup, adapter, cfg: BenchConfig, kind: str, rate: float, log) -> tuple[dict, dict]:
+    noisy = inject_noise(setup.train, rate, kind, seed=cfg.seed)
+    task = HeadTask(adapter)
+    an = InfluenceAnalyzer(task, noisy.data, fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
+                           args=InfluenceArguments(solver=HessianSolver.CG))
+    t0 = time.time()
+    fit = an.fit()
+    fit_s = time.time() - t0
+    t0 = time.time()
+    scores = an.value(setup.val)
+    ecif_s = time.time() - t0
+    methods: dict[str, np.ndarray] = {f"ecif_{k}": -v for k, v in scores.variants().items()}  # harmful first
+    methods["clipscore"] = clip_score(an)
+    methods["neg_clip_loss"] = neg_clip_loss(an)
+    methods["lemon"] = lemon(an)
+    t0 = time.time()
+    methods["tracin_self"] = an.tracin_self_influence()
+    tracin_s = time.time() - t0
+    peer_s, peer_error = None, None
+    if cfg.run_peer:
+        t0 = time.time()
+        try:
+            peer = KronfluencePeer(an).scores(task.encode(setup.val))
+            methods["peer_ekfac_value"] = -peer["value"]
+            methods["peer_ekfac_self"] = peer["self"]
+            peer_s = time.time() - t0
+        except Exception as err:  # noqa: BLE001 - the peer library failing must not sink the benchmark: record why
+            peer_error = f"{type(err).__name__}: {err}"
+    result = {m: detection_metrics(noisy.is_noisy, s) for m, s in methods.items()}
+    log(f"  {kind} {rate}: ecif_both_prob auroc {result['ecif_both_prob']['auroc']}, "
+        f"clipscore {result['clipscore']['auroc']}, lemon {result['lemon']['auroc']}")
+    extra = {"fit_s": fit_s, "ecif_s": ecif_s, "peer_s": peer_s, "tracin_s": tracin_s, "peer_error": peer_error,
+             "n_noisy": int(noisy.is_noisy.sum()), "fit_grad_max": fit.grad_norm,
+             "cg_iterations": an.inverse().info["solves"][0]["iterations"], "analyzer": an, "noisy": noisy}
+    return result, extra
+
+
+def _fidelity(setup: _Setup, adapter, cfg: BenchConfig, lora: bool, log) -> dict:
+    noisy = inject_noise(setup.train, cfg.fidelity_rate, NoiseKind.RANDOM_SWAP, seed=cfg.seed)
+    task = HeadTask(attach_lora(adapter, rank=cfg.lora_rank, seed=cfg.seed), "lora") if lora else HeadTask(adapter)
+    an = InfluenceAnalyzer(task, noisy.data, fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
+                           args=InfluenceArguments(solver=HessianSolver.CG))
+    an.fit()
+    n = an.n
+    val_enc = task.encode(setup.val)
+    base_batches = an.validation_loss(an.fitted.params, val_enc, per_batch=True)
+    queries, _ = an.measurement_gradients(setup.val, per_batch=True)
+    queries = torch.cat([queries.sum(0, keepdim=True), queries])  # row 0: the whole validation loss
+    parts, _ = an.query_scores(queries)
+    ident, _ = an.query_scores(queries, inverse=_identity())
+    preds: dict[str, np.ndarray] = {}  # [N, 1 + n_val_batches] each
+    for form in NegForm:
+        preds[f"ecif_both_{form.value}"] = parts["pos"] + parts[f"neg_{form.value}"]
+        preds[f"ecif_neg_{form.value}"] = parts[f"neg_{form.value}"]
+    preds["ecif_pos"] = parts["pos"]
+    preds["tracin_gradient_dot"] = ident["pos"] + ident["neg_prob"]
+    peer_error = None
+    if cfg.run_peer:
+        try:
+            peer_value = KronfluencePeer(an).scores(val_enc)["value"]
+            preds["peer_ekfac"] = np.stack([peer_value] + [np.full(n, np.nan)] * (queries.shape[0] - 1), 1)
+        except Exception as err:  # noqa: BLE001 - a failing peer is recorded, not fatal
+            peer_error = f"{type(err).__name__}: {err}"
+    rng = np.random.default_rng(cfg.seed + 5)
+    # leave-one-out (warm start from the fit, same partition), plus per-role ground truth by masking
+    loo = rng.choice(n, size=cfg.n_loo, replace=False)
+    actual = {"both": [], "neg": [], "pos": []}
+    t0 = time.time()
+    for i in loo:
+        for role, kw in (("both", {"remove": [i]}), ("neg", {"remove_neg": [i]}), ("pos", {"remove_pos": [i]})):
+            theta = an.retrain(warm_start=True, **kw)
+            actual[role].append(an.validation_loss(theta, val_enc) - base_batches.sum())
+    retrain_s = (time.time() - t0) / (3 * cfg.n_loo)
+    subsets = [rng.choice(n, size=int(cfg.subset_fraction * n), replace=False) for _ in range(cfg.n_subsets)]
+    actual_subset = [an.validation_loss(an.retrain(remove=s, warm_start=True), val_enc) - base_batches.sum()
+                     for s in subsets]
+    lds_sets = [rng.choice(n, size=int(cfg.lds_fraction * n), replace=False) for _ in range(cfg.n_lds)]
+    actual_lds = np.stack([an.validation_loss(an.retrain(remove=s, warm_start=True), val_enc, per_batch=True)
+                           for s in lds_sets])  # [n_lds, n_val_batches]
+    out = {}
+    for name, p in preds.items():
+        lp, ls = _corr(p[loo, 0], actual["both"])
+        sp, ss = _corr([p[s, 0].sum() for s in subsets], actual_subset)
+        if np.isnan(p[:, 1:]).all():
+            lds = float("nan")
+        else:
+            per_batch = [spearmanr([p[s, 1 + b].sum() for s in lds_sets], actual_lds[:, b])[0]
+                         for b in range(actual_lds.shape[1])]
+            lds = round(float(np.nanmean(per_batch)), 4)
+        out[name] = {"loo_pearson": lp, "loo_spearman": ls, "subset_pearson": sp, "subset_spearman": ss, "lds": lds}
+    roles = {"pos_vs_pos_masked": _corr(preds["ecif_pos"][loo, 0], actual["pos"])[1]}
+    for form in NegForm:
+        roles[f"neg_{form.value}_vs_neg_masked"] = _corr(preds[f"ecif_neg_{form.value}"][loo, 0], actual["neg"])[1]
+    log(f"  fidelity {'lora' if lora else 'projection'}: " +
+        ", ".join(f"{k} {v['loo_spearman']}" for k, v in out.items()))
+    return {"methods": out, "role_spearman_vs_masked_retraining": roles, "n_params": task.space.size,
+            "n_loo": cfg.n_loo, "n_subsets": cfg.n_subsets, "subset_fraction": cfg.subset_fraction,
+            "n_lds": cfg.n_lds, "lds_fraction": cfg.lds_fraction, "retrain_s": round(retrain_s, 3),
+            "peer_error": peer_error, "retraining": "warm start from the fit, same partition and initialisation "
+            "of the L2 anchor; L-BFGS to convergence"}
+
+
+def _removal(setup: _Setup, cfg: BenchConfig, run: dict, log) -> dict:
+    an: InfluenceAnalyzer = run["analyzer"]
+    task = an.task
+    clean = InfluenceAnalyzer(task, setup.train, fit_args=an.fit_args, args=an.args, partition=an.partition)
+    clean.fit()
+    k = round(cfg.removal_fraction * an.n)
+    scores = an.value(setup.val)
+    out = {"clean": setup.accuracy(task, clean.fitted.params), "noisy": setup.accuracy(task, an.fitted.params),
+           "n_removed": k}
+    for form in (NegForm.PROB, NegForm.EXACT):
+        top = np.argsort(scores.role("both", form))[:k]
+        out[f"ecif_{form.value}_edit"] = setup.accuracy(task, an.removal_edit(top, form))
+        out[f"ecif_{form.value}_retrain"] = setup.accuracy(task, an.retrain(remove=top))
+        out[f"ecif_{form.value}_precision_of_removed"] = float(run["noisy"].is_noisy[top].mean())
+    rng = np.random.default_rng(cfg.seed + 7)
+    randoms = [setup.accuracy(task, an.retrain(remove=rng.choice(an.n, k, replace=False)))
+               for _ in range(cfg.n_random_removals)]
+    out["random_retrain"] = float(np.mean(randoms))
+    gap = out["clean"] - out["noisy"]
+    for form in (NegForm.PROB, NegForm.EXACT):
+        for how in ("edit", "retrain"):
+            out[f"gap_recovered_ecif_{form.value}_{how}"] = (
+                round((out[f"ecif_{form.value}_{how}"] - out["noisy"]) / gap, 4) if gap > 0 else None)
+    out["gap_recovered_random_retrain"] = round((out["random_retrain"] - out["noisy"]) / gap, 4) if gap > 0 else None
+    log(f"  removal: {out}")
+    return {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in out.items()}
+
+
+def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] = print) -> dict:
+    from mmlens.models import ContrastiveModel, load_model
+
+    torch.manual_seed(cfg.seed)
+    t_start = time.time()
+    result: dict = {"config": asdict(cfg), "detection": {}, "fidelity": {}, "removal": {}, "cost": {}, "notes": {}}
+    setups = {"digits-clip": _digits_setup, "mini-clip": _mini_clip_setup}
+    for name in cfg.models:
+        log(f"{name}: building data")
+        setup = setups[name](cfg)
+        adapter = load_model(f"zoo:{name}", expect=ContrastiveModel)
+        det = result["detection"][name] = {}
+        for kind in cfg.noise_kinds:
+            for rate in cfg.rates:
+                metrics, extra = _detection_run(setup, adapter, cfg, kind, rate, log)
+                det.setdefault(kind, {})[str(rate)] = metrics
+                if kind == "random_swap" and rate == cfg.fidelity_rate:
+                    result["cost"][name] = {"ecif_s": round(extra["ecif_s"], 3),
+                                            "peer_s": None if extra["peer_s"] is None else round(extra["peer_s"], 3),
+                                            "retrain_s": round(extra["fit_s"], 3), "n_pairs": len(setup.train),
+                                            "tracin_s": round(extra["tracin_s"], 3),
+                                            "n_params": extra["analyzer"].task.space.size,
+                                            "cg_iterations": extra["cg_iterations"], "peer_error": extra["peer_error"]}
+                    result["removal"][name] = _removal(setup, cfg, extra, log)
+        if name == cfg.models[0]:
+            result["fidelity"]["projection"] = _fidelity(setup, adapter, cfg, lora=False, log=log)
+            result["fidelity"]["lora"] = _fidelity(setup, adapter, cfg, lora=True, log=log)
+            result["fidelity"]["model"] = name
+    result["cost"] = {**result["cost"].get(cfg.models[0], {}), "per_model": result["cost"]}
+    result["seconds"] = round(time.time() - t_start, 1)
+    return result
+
+
+__all__ = ["DIGIT_CONFUSABLE", "BenchConfig", "influence_benchmark"]

@@ -1,0 +1,119 @@
+"""Choices (enums) and arguments (frozen dataclasses) of the influence analysis.
+
+Sign convention, used everywhere in :mod:`mmlens.influence`: a score named ``delta_val_loss_if_removed`` is the
+predicted change of the validation loss when the pair is removed from training, ``L'(theta_without) - L'(theta)``.
+Negative = the pair is harmful (removing it lowers the validation loss), positive = the pair helps.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from mmlens.errors import InputError
+from mmlens.models.contrastive import ParamGroup
+
+
+class NegForm(enum.Enum):
+    """Form of the negative-role term Neg(n) (the pair as a negative for the others in its batch)."""
+
+    PROB = "prob"  # sum_k p_kn + q_nk: first-order effect of down-weighting n's entries (derivation)
+    RECIPROCAL = "reciprocal"  # sum_k 1/p_kn + 1/q_nk: the form printed in the paper's secondary summary
+    EXACT = "exact"  # -sum_k log(1-p_kn) + log(1-q_nk): the exact loss change when n is deleted as a negative
+
+
+class Role(enum.Enum):
+    """Which roles of a pair enter a score."""
+
+    POS = "pos"
+    NEG = "neg"
+    BOTH = "both"
+
+
+class HessianSolver(enum.Enum):
+    """How H^-1 v is computed."""
+
+    EXPLICIT = "explicit"  # materialise H (small groups) and solve by eigendecomposition
+    CG = "cg"  # conjugate gradient on Hessian-vector products
+    LISSA = "lissa"  # stochastic Neumann series over the recorded batches
+    PROJECTED = "projected"  # random subspace of dimension proj_dim: Pi^T (Pi H Pi^T + lambda)^-1 Pi
+    IDENTITY = "identity"  # H = I: plain gradient dot products (TracIn-like)
+
+
+class Relative(enum.Enum):
+    """Normalisation of trace-back scores (RelatIF)."""
+
+    NONE = "none"
+    THETA = "theta"  # divide by ||H^-1 g_n||
+    L = "l"  # divide by sqrt(g_n^T H^-1 g_n)
+
+
+class NoiseKind(enum.Enum):
+    """Injected misalignment."""
+
+    RANDOM_SWAP = "random_swap"  # a caption moved to a random other image
+    CONFUSABLE_SWAP = "confusable_swap"  # a caption swapped within a confusable category (digits 3/5/8, same shapes)
+
+
+def _enum(cls, value, name):
+    try:
+        return cls(value)
+    except ValueError:
+        raise InputError(f"unknown {name} {value!r}: use one of {', '.join(v.value for v in cls)}") from None
+
+
+@dataclass(frozen=True)
+class FitArguments:
+    """How the parameter group is fitted on the pairs (the risk ECIF differentiates).
+
+    Risk R(theta) = sum over the recorded batches of the summed batch loss + (l2 / 2) ||theta - theta_0||^2, minimised
+    full-batch by L-BFGS over a fixed partition (the recorded batch order), so the optimum is well defined and a
+    retraining without some pairs is reproducible from the same initialisation and partition.
+    """
+
+    batch_size: int = 64
+    l2: float = 1.0
+    max_iter: int = 1000
+    tolerance_grad: float = 1e-9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise InputError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
+        if self.l2 < 0:
+            raise InputError(f"l2 must be >= 0, got {self.l2}")
+
+
+@dataclass(frozen=True)
+class InfluenceArguments:
+    """How influence is computed. ``damping`` is added to H (in the summed reduction of the risk)."""
+
+    neg_form: NegForm = NegForm.EXACT  # settled by leave-one-out retraining (docs/influence.md)
+    solver: HessianSolver = HessianSolver.CG
+    damping: float = 0.0
+    cg_max_iter: int = 300
+    cg_tol: float = 1e-8
+    lissa_depth: int = 500
+    lissa_scale: float | None = None  # None: 1.2 x the largest Hessian eigenvalue (power iteration)
+    proj_dim: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "neg_form", _enum(NegForm, self.neg_form, "neg_form"))
+        object.__setattr__(self, "solver", _enum(HessianSolver, self.solver, "solver"))
+        if self.damping < 0:
+            raise InputError(f"damping must be >= 0, got {self.damping}")
+        if self.proj_dim < 1:
+            raise InputError(f"proj_dim must be >= 1, got {self.proj_dim}")
+
+
+__all__ = [
+    "FitArguments",
+    "HessianSolver",
+    "InfluenceArguments",
+    "NegForm",
+    "NoiseKind",
+    "ParamGroup",
+    "Relative",
+    "Role",
+]

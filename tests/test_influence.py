@@ -1,0 +1,360 @@
+"""mmlens.influence: ECIF terms, solvers, closed-form removal vs retraining, every contrastive architecture, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmlens.cli import main
+from mmlens.errors import InputError
+from mmlens.influence import (
+    BatchPartition,
+    FitArguments,
+    HeadTask,
+    InfluenceAnalyzer,
+    InfluenceArguments,
+    ModelTask,
+    NoiseKind,
+    PairData,
+    attach_lora,
+    detection_metrics,
+    inject_noise,
+    lemon_score,
+    load_pairs,
+)
+from mmlens.influence.objective import batch_loss, pair_terms, removal_masks
+from mmlens.models import LossKind, load_model, tiny_model
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40), (200, 60, 200), (250, 250, 250)]
+WORDS = ["red", "green", "blue", "yellow", "purple", "white"]
+
+
+def _pairs(n: int = 24, size: int = 16, seed: int = 0) -> PairData:
+    """Two-colour squares with captions "a red and blue square": distinct content, few exact duplicates."""
+    rng = np.random.default_rng(seed)
+    images, captions, labels = [], [], []
+    combos = [(a, b) for a in range(6) for b in range(6) if a != b]
+    order = rng.permutation(len(combos))
+    for i in range(n):
+        a, b = combos[order[i % len(combos)]]
+        arr = np.zeros((size, size, 3), dtype=np.uint8)
+        arr[:, : size // 2] = COLOURS[a]
+        arr[:, size // 2:] = COLOURS[b]
+        arr[rng.integers(size), :, :] = 0  # a random dark stripe: every image differs
+        images.append(Image.fromarray(arr))
+        captions.append(f"a {WORDS[a]} and {WORDS[b]} square")
+        labels.append(a * 6 + b)
+    return PairData(tuple(images), tuple(captions), groups=tuple(l // 12 for l in labels), labels=tuple(labels))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return tiny_model("clip")
+
+
+# ------------------------------------------------------------------------------------------ the ECIF terms
+def _sim(b: int = 6, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return 3 * torch.randn(b, b, generator=gen, dtype=torch.float64)
+
+
+def _relaxed_loss(sim: torch.Tensor, n: int, zeta: torch.Tensor) -> torch.Tensor:
+    """L_Batch with image n's entries in the other rows and text n's entries in the other columns scaled by zeta."""
+    b = sim.shape[0]
+    other = torch.ones(b, dtype=torch.bool)
+    other[n] = False
+    row_logits = sim.clone()
+    row_logits[other, n] = row_logits[other, n] + torch.log(zeta)
+    col_logits = sim.clone()
+    col_logits[n, other] = col_logits[n, other] + torch.log(zeta)
+    diag = sim.diagonal()
+    return (-2 * diag + torch.logsumexp(row_logits, 1) + torch.logsumexp(col_logits, 0)).sum()
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_neg_prob_is_the_zeta_derivative(n):
+    sim = _sim()
+    zeta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    (dz,) = torch.autograd.grad(_relaxed_loss(sim, n, zeta), zeta)
+    assert float(dz) == pytest.approx(float(pair_terms(sim, LossKind.INFONCE)["neg_prob"][n]), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", [LossKind.INFONCE, LossKind.SIGMOID])
+def test_pos_plus_neg_exact_is_the_batch_loss_difference(kind):
+    sim = _sim(7, seed=1)
+    terms = pair_terms(sim, kind)
+    none = torch.zeros(7, dtype=torch.bool)
+    index = torch.arange(7)
+    full = batch_loss(sim, *removal_masks(index, none, none, none), kind=kind)
+    for n in range(7):
+        keep = [i for i in range(7) if i != n]
+        without = batch_loss(sim[keep][:, keep], *removal_masks(torch.arange(6), none[:6], none[:6], none[:6]),
+                             kind=kind)
+        assert float(terms["pos"][n] + terms["neg_exact"][n]) == pytest.approx(float(full - without), rel=1e-9)
+        # the removal masks express the same deletion inside the batch
+        flags = none.clone()
+        flags[n] = True
+        masked = batch_loss(sim, *removal_masks(index, flags, none, none), kind=kind)
+        assert float(masked) == pytest.approx(float(without), rel=1e-9)
+    assert (terms["neg_exact"] >= terms["neg_prob"] - 1e-12).all() or kind is LossKind.SIGMOID
+
+
+def test_reciprocal_is_not_a_rescaling_of_prob():
+    terms = pair_terms(_sim(8, seed=2), LossKind.INFONCE)
+    ratio = terms["neg_reciprocal"] / terms["neg_prob"]
+    assert float(ratio.std()) > 0.1 * float(ratio.mean())
+
+
+# ---------------------------------------------------------------------------------- solvers and gradients
+@pytest.fixture(scope="module")
+def fitted(clip):
+    """A near-convex head: random tiny CLIP with its projections scaled up (a random init's small projections make
+    the normalised embedding strongly curved) and a strong L2 anchor."""
+    import copy
+
+    model = copy.deepcopy(clip)
+    with torch.no_grad():
+        model.base_model.visual_projection.weight.mul_(10)
+        model.base_model.text_projection.weight.mul_(10)
+    data = _pairs(24)
+    analyzer = InfluenceAnalyzer(HeadTask(model), data, fit_args=FitArguments(batch_size=8, l2=50.0),
+                                 args=InfluenceArguments(solver="explicit"))
+    analyzer.fit()
+    return analyzer
+
+
+def test_fit_converges_and_records_its_partition(fitted, tmp_path):
+    assert fitted.fitted.grad_norm < 1e-5
+    fitted.fitted.save(tmp_path / "fit")
+    from mmlens.influence import FitResult
+
+    again = FitResult.load(tmp_path / "fit")
+    assert again.partition == fitted.partition and torch.equal(again.params, fitted.fitted.params)
+
+
+def test_explicit_and_cg_inverses_agree(fitted):
+    from mmlens.influence.solvers import build_inverse
+
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(2, fitted.task.space.size, generator=gen, dtype=torch.float64)
+    exact = fitted.inverse().apply(v)
+    assert torch.allclose(fitted.hvp(exact[0]), v[0], rtol=1e-6, atol=1e-8)
+    def error(**kw):
+        approx = build_inverse(InfluenceArguments(**kw), fitted.hvp, fitted.hvp, fitted.task.space.size,
+                               torch.float64).apply(v)
+        return float((approx - exact).norm() / exact.norm())
+
+    assert error(solver="cg", cg_tol=1e-12, cg_max_iter=2000) < 1e-6
+    # LiSSA is a Neumann series: its error shrinks geometrically with depth
+    shallow, deep = error(solver="lissa", lissa_depth=5), error(solver="lissa", lissa_depth=300)
+    assert deep < 1e-6 < shallow
+    assert error(solver="projected", proj_dim=fitted.task.space.size) < 1e-6  # a full-rank projection is exact
+
+
+def test_per_pair_gradients_match_forward_mode_and_autograd(fitted):
+    idx, grads, _ = next(fitted.iter_pair_gradients())
+    theta = fitted.fitted.params
+    direction = torch.randn(theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    enc = {k: v[torch.as_tensor(idx)] for k, v in fitted.encoded.items()}
+    dots = fitted._terms_jvp(theta, enc, direction[None])[0]  # [parts, B]
+    assert torch.allclose(dots[0], grads["pos"] @ direction, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(dots[3], grads["neg_exact"] @ direction, rtol=1e-8, atol=1e-10)
+    # one pair's exact term gradient by plain autograd
+    th = theta.clone().requires_grad_(True)
+    img, txt = fitted.task.embed(fitted.task.space.unflatten(th), enc)
+    from mmlens.influence.objective import similarity
+
+    term = pair_terms(similarity(txt, img, fitted.task.logit_scale), LossKind.INFONCE)["neg_exact"][2]
+    (g,) = torch.autograd.grad(term, th)
+    assert torch.allclose(g, grads["neg_exact"][2], rtol=1e-8, atol=1e-10)
+
+
+def test_closed_form_removal_matches_retraining_on_a_convex_head(fitted):
+    val = _pairs(16, seed=5)
+    scores = fitted.value(val)
+    base = fitted.validation_loss(fitted.fitted.params, val)
+    for n in (0, 5):
+        retrained = fitted.retrain(remove=[n])
+        edit = fitted.removal_edit([n], "exact")
+        # the edit moves the parameters the way retraining does
+        step_true = retrained - fitted.fitted.params
+        rel = float((edit - retrained).norm() / step_true.norm())
+        assert rel < 0.05
+        actual = fitted.validation_loss(retrained, val) - base
+        predicted = scores.role("both", "exact")[n]
+        assert predicted == pytest.approx(actual, rel=0.15, abs=1e-6)
+
+
+def test_trace_and_self_influence(fitted):
+    test = _pairs(4, seed=9)
+    result = fitted.trace(test)
+    assert result.delta_test_loss_if_removed.shape == (4, 24)
+    assert np.isfinite(result.relative_influence).all()
+    assert len(result.top(0, 5)) == 5
+    assert np.isfinite(fitted.self_influence()).all() and (fitted.tracin_self_influence() >= 0).all()
+
+
+# ------------------------------------------------------------------------------ architectures and groups
+@pytest.mark.parametrize("arch", ["clip", "siglip", "vision-text-dual-encoder"])
+def test_every_contrastive_architecture(arch):
+    model = tiny_model(arch)
+    data, val = _pairs(12), _pairs(6, seed=3)
+    for task in (HeadTask(model), ModelTask(model, "last_k_layers", k=1)):
+        analyzer = InfluenceAnalyzer(task, data, fit_args=FitArguments(batch_size=6, l2=5.0, max_iter=50),
+                                     args=InfluenceArguments(solver="cg", cg_max_iter=50))
+        analyzer.fit()
+        scores = analyzer.value(val)
+        for name, v in scores.variants().items():
+            assert v.shape == (12,) and np.isfinite(v).all(), name
+        edited = analyzer.edited_model([0, 1])
+        assert torch.isfinite(edited.embed_images(list(val.images[:2]))).all()
+
+
+def test_lora_group_and_kronfluence_peer(clip):
+    import copy
+
+    from mmlens.influence import KronfluencePeer
+
+    model = copy.deepcopy(clip)
+    with torch.no_grad():  # the near-convex head of the `fitted` fixture
+        model.base_model.visual_projection.weight.mul_(10)
+        model.base_model.text_projection.weight.mul_(10)
+    task = HeadTask(attach_lora(model, rank=2), "lora")
+    assert all("lora_" in n for n in task.space.names)
+    analyzer = InfluenceAnalyzer(task, _pairs(16), fit_args=FitArguments(batch_size=8, l2=50.0))
+    analyzer.fit()
+    val = _pairs(8, seed=4)
+    ours = analyzer.value(val).role("both")
+    assert np.isfinite(ours).all()
+    pytest.importorskip("kronfluence", reason="the peer extra (pip install --no-deps kronfluence) is not installed")
+    peer = KronfluencePeer(analyzer).scores(task.encode(val))
+    assert peer["value"].shape == (16,) and np.isfinite(peer["self"]).all()
+    # same measurement on a near-convex head: the peer's value scores correlate with ECIF's (0.70 measured)
+    assert np.corrcoef(peer["value"], ours)[0, 1] > 0.3
+
+
+# ------------------------------------------------------------------------------------- data and metrics
+def test_noise_injection_and_detection_metrics():
+    data = _pairs(60)
+    noisy = inject_noise(data, 0.2, NoiseKind.RANDOM_SWAP, seed=0)
+    assert 0 < noisy.is_noisy.sum() <= 12
+    conf = inject_noise(data, 0.4, "confusable_swap", seed=0)
+    changed = [i for i in range(60) if conf.data.captions[i] != data.captions[i]]
+    source_groups = {data.captions.index(conf.data.captions[i]) for i in changed}
+    assert all(data.groups[i] in {0, 1, 2} for i in source_groups)
+    # a confusable swap keeps each caption within its group: the noisy pair's caption comes from its own group
+    for i in changed:
+        donors = [j for j in range(60) if data.captions[j] == conf.data.captions[i]]
+        assert any(data.groups[j] == data.groups[i] for j in donors)
+    m = detection_metrics(noisy.is_noisy, noisy.is_noisy.astype(float))
+    assert m == {"auroc": 1.0, "auprc": 1.0, "precision_at_k": 1.0}
+    scores = lemon_score(torch.randn(30, 8), torch.randn(30, 8))
+    assert scores.shape == (30,)
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="empty"):
+        PairData((), ())
+    with pytest.raises(InputError, match="must match"):
+        PairData((Image.new("RGB", (8, 8)),), ("a", "b"))
+    with pytest.raises(InputError, match="not found"):
+        load_pairs(tmp_path / "missing.jsonl")
+    with pytest.raises(InputError, match="neg_form"):
+        InfluenceArguments(neg_form="cubic")
+    with pytest.raises(InputError, match="twice"):
+        BatchPartition(((0, 1), (1, 2)))
+    with pytest.raises(InputError, match="NaN"):
+        detection_metrics(np.array([True, False]), np.array([np.nan, 1.0]))
+    with pytest.raises(InputError, match="groups"):
+        inject_noise(PairData((Image.new("RGB", (8, 8)),) * 4, ("a", "b", "c", "d")), 0.5, "confusable_swap")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+INFLUENCE_COMMANDS = [["influence"], ["influence", "detect"], ["influence", "value"], ["influence", "trace"],
+                      ["influence", "remove"], ["bench", "influence"]]
+
+
+@pytest.mark.parametrize("words", INFLUENCE_COMMANDS, ids=" ".join)
+def test_help(words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*words, "--help"])
+    assert info.value.code == 0 and "Usage" in capsys.readouterr().out
+
+
+def _export(folder, data: PairData) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "data.jsonl", "w") as f:
+        for i, (im, cap) in enumerate(zip(data.images, data.captions)):
+            im.save(folder / f"{i}.png")
+            f.write(json.dumps({"image": f"{i}.png", "caption": cap}) + "\n")
+    return str(folder / "data.jsonl")
+
+
+def _run(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code
+
+
+def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    clip.save_pretrained(model_dir)
+    train = _export(tmp_path / "train", _pairs(16))
+    val = _export(tmp_path / "val", _pairs(8, seed=2))
+    test = _export(tmp_path / "test", _pairs(3, seed=7))
+    out = tmp_path / "out"
+    common = ["--model", str(model_dir), "--data", train, "--out", str(out), "--batch-size", "8", "--l2", "5"]
+    assert _run(["influence", "detect", *common, "--val", val, "--top", "4"]) in (0, None)
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and rows[0]["rank"] == 1
+    assert rows[0]["delta_val_loss_if_removed"] <= rows[-1]["delta_val_loss_if_removed"]
+    assert (out / "report" / "index.html").is_file() and list((out / "report" / "assets").rglob("*.png"))
+    capsys.readouterr()
+    assert _run(["influence", "value", *common, "--val", val, "--format", "csv"]) in (0, None)
+    assert "reusing the fit" in capsys.readouterr().err  # the second run resumes from the saved fit
+    assert (out / "scores.csv").read_text().count("\n") == 17
+    assert _run(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
+    assert len((out / "trace.jsonl").read_text().splitlines()) == 9
+    edited = tmp_path / "edited"
+    assert _run(["influence", "remove", *common, "--ranking", str(out / "scores.jsonl"), "--n-remove", "2",
+                 "--save-to", str(edited)]) in (0, None)
+    reloaded = load_model(str(edited))
+    assert not torch.equal(reloaded.base_model.visual_projection.weight, clip.base_model.visual_projection.weight)
+
+
+def test_cli_errors_are_one_line(clip, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    clip.save_pretrained(model_dir)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for argv in (["--data", str(tmp_path / "nope.jsonl"), "--val", str(empty)],
+                 ["--data", str(empty), "--val", str(empty)],
+                 ["--data", _export(tmp_path / "t", _pairs(4)), "--val", str(empty), "--neg-form", "cubic"]):
+        code = _run(["influence", "detect", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "Traceback" not in err
+        assert err.splitlines()[-1].startswith("mmlens: error:")
+
+
+def test_detect_on_a_smoke_zoo_model(smoke_zoo_home, monkeypatch, tmp_path):
+    """The zoo path end to end: zoo:digits-clip (smoke budget), digits pairs with injected swaps, CLI detect."""
+    from mmlens.world.digits import digits_pairs
+
+    monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
+    digits = digits_pairs("train", seed=1, image_size=16, n=48)
+    data = PairData(tuple(p.image for p in digits), tuple(p.caption for p in digits),
+                    labels=tuple(p.label for p in digits))
+    noisy = inject_noise(data, 0.25, "random_swap", seed=0)
+    train = _export(tmp_path / "train", noisy.data)
+    val = _export(tmp_path / "val", PairData(tuple(p.image for p in digits_pairs("test", n=16, image_size=16)),
+                                             tuple(p.caption for p in digits_pairs("test", n=16, image_size=16))))
+    out = tmp_path / "out"
+    assert _run(["influence", "detect", "--model", "zoo:digits-clip", "--data", train, "--val", val,
+                 "--out", str(out), "--batch-size", "16"]) in (0, None)
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in rows) == list(range(48))
+    assert all(np.isfinite(r["delta_val_loss_if_removed"]) for r in rows)
