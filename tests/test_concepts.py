@@ -279,6 +279,10 @@ def test_decomposer_input_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(InputError, match="cannot read"):
         ConceptDictionary.load(tmp_path / "bad.safetensors")
+    with pytest.raises(InputError, match="decomposer kind"):
+        DecomposerConfig(kind="nmf")
+    with pytest.raises(InputError, match="shift statistic"):
+        CompareConfig(statistic="mode")
 
 
 # ---------------------------------------------------------------------------------- grounding, metrics
@@ -468,6 +472,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     code, _, err = _cli(["concepts", "learn", "--capture", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")],
                         capsys)
     assert code == 2 and "manifest.json" in err
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    (tmp_path / "corrupt.jsonl").write_text(json.dumps({"image": "corrupt.png", "prompt": "describe it."}) + "\n")
+    code, _, err = _cli(["concepts", "extract", "-m", str(tmp_path / "model"), "--out", str(tmp_path / "ex2"),
+                         "--data", str(tmp_path / "corrupt.jsonl"), "--position", "last_prompt"], capsys)
+    assert code == 2 and "Traceback" not in err and "cannot read image" in err.strip().splitlines()[-1]
 
 
 def test_world_shape_questions_have_exact_answers():

@@ -195,6 +195,9 @@ def test_trace_and_self_influence(fitted):
     assert result.delta_test_loss_if_removed.shape == (4, 24)
     assert np.isfinite(result.relative_influence).all()
     assert len(result.top(0, 5)) == 5
+    # the test pairs' Pos losses sum to their batch's loss: summed over t, trace-back is the value for that batch
+    np.testing.assert_allclose(result.delta_test_loss_if_removed.sum(0),
+                               fitted.value(test, batch_size=8).role("both", "exact"), rtol=1e-6, atol=1e-9)
     assert np.isfinite(fitted.self_influence()).all() and (fitted.tracin_self_influence() >= 0).all()
 
 
@@ -242,10 +245,12 @@ def test_noise_injection_and_detection_metrics():
     data = _pairs(60)
     noisy = inject_noise(data, 0.2, NoiseKind.RANDOM_SWAP, seed=0)
     assert 0 < noisy.is_noisy.sum() <= 12
+    # with labels, noisy = the caption came from a pair of another label (here: another caption text)
+    assert all(noisy.data.captions[i] != data.captions[i] for i in np.flatnonzero(noisy.is_noisy))
+    assert not any(noisy.data.captions[i] != data.captions[i] for i in np.flatnonzero(~noisy.is_noisy))
     conf = inject_noise(data, 0.4, "confusable_swap", seed=0)
     changed = [i for i in range(60) if conf.data.captions[i] != data.captions[i]]
-    source_groups = {data.captions.index(conf.data.captions[i]) for i in changed}
-    assert all(data.groups[i] in {0, 1, 2} for i in source_groups)
+    assert changed and conf.is_noisy.sum() == len(changed)
     # a confusable swap keeps each caption within its group: the noisy pair's caption comes from its own group
     for i in changed:
         donors = [j for j in range(60) if data.captions[j] == conf.data.captions[i]]
@@ -271,6 +276,16 @@ def test_bad_input_is_a_clear_error(tmp_path):
         detection_metrics(np.array([True, False]), np.array([np.nan, 1.0]))
     with pytest.raises(InputError, match="groups"):
         inject_noise(PairData((Image.new("RGB", (8, 8)),) * 4, ("a", "b", "c", "d")), 0.5, "confusable_swap")
+    with pytest.raises(InputError, match="noise kind"):
+        inject_noise(PairData((Image.new("RGB", (8, 8)),) * 4, ("a", "b", "c", "d")), 0.5, "noun_swap")
+    from mmlens.influence import FitResult, PairScores
+
+    with pytest.raises(InputError, match="role"):
+        PairScores(np.zeros(2), {"exact": np.zeros(2)}, np.zeros(2)).role("positive")
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "fit" / "fit.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="no complete fit"):
+        FitResult.load(tmp_path / "fit")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -333,7 +348,8 @@ def test_cli_errors_are_one_line(clip, tmp_path, capsys):
     empty.write_text("")
     for argv in (["--data", str(tmp_path / "nope.jsonl"), "--val", str(empty)],
                  ["--data", str(empty), "--val", str(empty)],
-                 ["--data", _export(tmp_path / "t", _pairs(4)), "--val", str(empty), "--neg-form", "cubic"]):
+                 ["--data", _export(tmp_path / "t", _pairs(4)), "--val", str(empty), "--neg-form", "cubic"],
+                 ["--data", str(tmp_path / "t" / "data.jsonl"), "--val", str(empty), "--format", "xml"]):
         code = _run(["influence", "detect", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv])
         err = capsys.readouterr().err.strip()
         assert code == 2 and "Traceback" not in err

@@ -6,6 +6,7 @@ change of the validation (test) loss if the pair were removed from training; neg
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Annotated
@@ -28,27 +29,45 @@ DampOpt = Annotated[float, typer.Option(min=0.0, help="Damping added to the Hess
 PartOpt = Annotated[Path | None, typer.Option(help="JSON of the recorded batch partition {batches: [[i, ...]]}; "
                                                      "default: a seeded random partition.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the default partition.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="jsonl or csv.")]
+
+
+class ScoreFormat(enum.Enum):
+    """File format of the per-pair scores."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+def _format(fmt: str) -> ScoreFormat:
+    from mmlens.influence.config import as_enum
+
+    return as_enum(ScoreFormat, fmt, "--format")
 
 
 def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: str, solver: str, l2: float,
               batch_size: int, damping: float, partition: Path | None, seed: int):
     """Load the model and pairs, then fit the group (or reuse ``out/fit`` from an earlier run with the same
     settings: an interrupted or repeated run resumes there)."""
+    import torch
+
     from mmlens.errors import InputError
     from mmlens.influence.analyzer import FitResult, InfluenceAnalyzer
-    from mmlens.influence.config import FitArguments, InfluenceArguments, ParamGroup
+    from mmlens.influence.config import (
+        FitArguments,
+        InfluenceArguments,
+        ParamGroup,
+        as_enum,
+    )
     from mmlens.influence.data import BatchPartition, load_pairs
     from mmlens.influence.task import HeadTask, ModelTask
     from mmlens.models import ContrastiveModel, load_model
 
     args = InfluenceArguments(neg_form=neg_form, solver=solver, damping=damping)  # validate before loading anything
     fit_args = FitArguments(batch_size=batch_size, l2=l2, seed=seed)
+    group_enum = as_enum(ParamGroup, group, "--group")
     pairs = load_pairs(data)
     adapter = load_model(model, expect=ContrastiveModel)
-    try:
-        group_enum = ParamGroup(group)
-    except ValueError:
-        raise InputError(f"unknown --group {group!r}: use projection, last_k_layers or all") from None
     if group_enum is ParamGroup.PROJECTION:
         task = HeadTask(adapter, group_enum, progress=True)
     elif group_enum is ParamGroup.LORA:
@@ -67,7 +86,8 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
     settings_file = fit_dir / "settings.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
         saved = FitResult.load(fit_dir)
-        if saved.partition.batches == analyzer.partition.batches:
+        # same partition and same starting weights (a model folder may have been overwritten since)
+        if saved.partition.batches == analyzer.partition.batches and torch.equal(saved.theta0, analyzer.theta0):
             analyzer.use_fit(saved)
             typer.echo(f"reusing the fit in {fit_dir}", err=True)
     if analyzer.fitted is None:
@@ -81,30 +101,28 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
     return analyzer, pairs
 
 
-def _write_rows(rows: list[dict], out: Path, fmt: str) -> Path:
-    from mmlens.errors import InputError
+def _write_rows(rows: list[dict], out: Path, fmt: ScoreFormat) -> Path:
     from mmlens.report import atomic_text_file, write_jsonl_atomic
 
-    if fmt == "jsonl":
+    if fmt is ScoreFormat.JSONL:
         return write_jsonl_atomic(out / "scores.jsonl", rows)
-    if fmt == "csv":
-        import csv
+    import csv
 
-        with atomic_text_file(out / "scores.csv") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return out / "scores.csv"
-    raise InputError(f"unknown --format {fmt!r}: use jsonl or csv")
+    with atomic_text_file(out / "scores.csv") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "scores.csv"
 
 
-def _score_rows(analyzer, pairs, scores, neg_form: str) -> list[dict]:
-    from mmlens.influence.config import NegForm
+def _score_rows(pairs, scores, neg_form: str) -> list[dict]:
+    from mmlens.influence.config import NegForm, Role
 
+    total = scores.role(Role.BOTH, neg_form)  # once, not once per pair
     rows = []
     for i in range(len(pairs)):
         row = {"index": i, "id": pairs.ids[i], "caption": pairs.captions[i],
-               "delta_val_loss_if_removed": float(scores.role("both", neg_form)[i]),
+               "delta_val_loss_if_removed": float(total[i]),
                "pos": float(scores.pos[i])}
         for form in NegForm:
             row[f"neg_{form.value}"] = float(scores.neg[form.value][i])
@@ -120,18 +138,19 @@ def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
                    l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
                    seed: SeedOpt = 0,
                    top: Annotated[int, typer.Option(min=1, help="Flagged pairs shown in the report.")] = 24,
-                   fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl") -> None:
+                   fmt: FormatOpt = "jsonl") -> None:
     """Rank training pairs from most harmful to most helpful for the validation pairs; writes the ranking and an
     HTML report with thumbnails of the top flagged pairs."""
     from mmlens.influence.data import load_pairs
     from mmlens.report import CardLine, HtmlReport, ImageCard
 
+    out_format = _format(fmt)  # checked before the fit
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     scores = analyzer.value(load_pairs(val))
-    rows = sorted(_score_rows(analyzer, pairs, scores, neg_form), key=lambda r: r["delta_val_loss_if_removed"])
+    rows = sorted(_score_rows(pairs, scores, neg_form), key=lambda r: r["delta_val_loss_if_removed"])
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
-    path = _write_rows(rows, out, fmt)
+    path = _write_rows(rows, out, out_format)
     report = HtmlReport("Misaligned training pairs (ECIF)",
                         f"{model} on {data.name}: {len(pairs)} pairs, group {group}, negative form {neg_form}")
     sec = report.section("Most harmful pairs")
@@ -155,13 +174,14 @@ def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
                   val: Annotated[Path, typer.Option(help="Validation pairs (JSONL or datasets folder).")],
                   group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
                   l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
-                  seed: SeedOpt = 0, fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl") -> None:
+                  seed: SeedOpt = 0, fmt: FormatOpt = "jsonl") -> None:
     """The value of every training pair for the validation pairs, by role (pos) and negative form, in input order."""
     from mmlens.influence.data import load_pairs
 
+    out_format = _format(fmt)  # checked before the fit
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
-    rows = _score_rows(analyzer, pairs, analyzer.value(load_pairs(val)), neg_form)
-    path = _write_rows(rows, out, fmt)
+    rows = _score_rows(pairs, analyzer.value(load_pairs(val)), neg_form)
+    path = _write_rows(rows, out, out_format)
     n_harmful = sum(r["delta_val_loss_if_removed"] < 0 for r in rows)
     typer.echo(json.dumps({"scores": str(path), "n_pairs": len(rows), "n_harmful": n_harmful}, indent=2))
 
@@ -177,13 +197,15 @@ def trace_command(model: ModelOpt, data: DataOpt, out: OutOpt,
                   seed: SeedOpt = 0,
                   top: Annotated[int, typer.Option(min=1, help="Training pairs listed per test pair.")] = 8) -> None:
     """For each test pair, the training pairs that most raised its loss, with thumbnails."""
+    from mmlens.influence.config import Relative, as_enum
     from mmlens.influence.data import load_pairs
     from mmlens.report import CardLine, HtmlReport, ImageCard, write_jsonl_atomic
 
-    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    relative_enum = as_enum(Relative, relative, "--relative")  # checked before the fit
     test_pairs = load_pairs(test)
-    result = analyzer.trace(test_pairs, load_pairs(negatives) if negatives else None, relative=relative,
-                            form=neg_form)
+    negative_pairs = load_pairs(negatives) if negatives else None
+    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    result = analyzer.trace(test_pairs, negative_pairs, relative=relative_enum, form=neg_form)
     report = HtmlReport("Trace-back of test pairs (ECIF)", f"{model}: training pairs that raised each test loss")
     rows = []
     for t in range(len(test_pairs)):
@@ -234,9 +256,11 @@ def remove_command(model: ModelOpt, data: DataOpt, out: OutOpt,
         from mmlens.world.export import read_jsonl
 
         records = [r for _, r in read_jsonl(ranking)]
-        if not records or "index" not in records[0]:
-            raise InputError(f"{ranking} is not a ranking written by `mmlens influence detect`")
-        records.sort(key=lambda r: r.get("rank", 0))
+        # `value` writes the same file name in input order, without ranks: removing its first rows would be wrong
+        if not records or not all("index" in r and "rank" in r for r in records):
+            raise InputError(f"{ranking} is not a ranking written by `mmlens influence detect` (every row needs "
+                             "'index' and 'rank')")
+        records.sort(key=lambda r: r["rank"])
         chosen = [int(r["index"]) for r in records[:n_remove]]
     if not chosen:
         raise InputError("no pair indices to remove")

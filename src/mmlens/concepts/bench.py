@@ -10,8 +10,9 @@ plain generation without capture.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,18 @@ from mmlens.concepts.capture import (
     capture_activations,
 )
 from mmlens.concepts.compare import CompareConfig, compare_models, concept_drift
-from mmlens.concepts.decompose import ConceptDictionary, DecomposerConfig, DecomposerKind
-from mmlens.concepts.grounding import TextGrounder, TextGroundingConfig, attribute_purity, random_purity, top_samples
+from mmlens.concepts.decompose import (
+    ConceptDictionary,
+    DecomposerConfig,
+    DecomposerKind,
+)
+from mmlens.concepts.grounding import (
+    TextGrounder,
+    TextGroundingConfig,
+    attribute_purity,
+    random_sets,
+    top_samples,
+)
 from mmlens.concepts.metrics import disentanglement
 from mmlens.concepts.world_data import ATTRIBUTES, ShapeItem, shape_question_items
 from mmlens.errors import ModelLoadError
@@ -108,11 +119,10 @@ def _purity(dictionary: ConceptDictionary, feats: np.ndarray, attrs: dict[str, l
             seed: int) -> dict[str, Any]:
     top = top_samples(dictionary.transform(feats), n_top)
     per = attribute_purity(top, attrs)
-    rand = random_purity(len(feats), n_top, attrs, seed=seed)
     best = np.max(np.stack([per[a] for a in attrs]), axis=0)  # each concept's purest attribute
-    rng = np.random.default_rng(seed)
-    rand_rows = np.stack([rng.choice(len(feats), size=min(n_top, len(feats)), replace=False) for _ in range(200)])
-    rand_per = attribute_purity(rand_rows, attrs)
+    # the random sets of random_purity (same seed, same draws), kept per set for the best-attribute baseline
+    rand_per = attribute_purity(random_sets(len(feats), n_top, seed=seed), attrs)
+    rand = {a: float(v.mean()) for a, v in rand_per.items()}
     rand_best = float(np.max(np.stack([rand_per[a] for a in attrs]), axis=0).mean())
     return {"mean_best_purity": float(best.mean()), "random_best_purity": rand_best,
             "per_attribute": {a: float(per[a].mean()) for a in attrs}, "random_per_attribute": rand,

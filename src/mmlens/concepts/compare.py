@@ -18,7 +18,12 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import pearsonr, trim_mean
 
-from mmlens.concepts.decompose import ConceptDictionary, DecomposerConfig, as_matrix
+from mmlens.concepts.decompose import (
+    ConceptDictionary,
+    DecomposerConfig,
+    as_enum,
+    as_matrix,
+)
 from mmlens.concepts.grounding import top_samples
 from mmlens.concepts.metrics import mas_overlap, mean_t_overlap, t_overlap
 from mmlens.errors import InputError
@@ -48,7 +53,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.statistic, ShiftStatistic):
-            object.__setattr__(self, "statistic", ShiftStatistic(self.statistic))
+            object.__setattr__(self, "statistic", as_enum(ShiftStatistic, self.statistic, "shift statistic"))
         if not 0 <= self.trim < 0.5:
             raise InputError(f"trim must be in [0, 0.5), got {self.trim}")
         if not self.alphas:

@@ -29,6 +29,14 @@ from mmlens.errors import InputError
 _FORMAT = "mmlens.concepts.dictionary/1"
 
 
+def as_enum(cls: type[enum.Enum], value: Any, name: str) -> Any:
+    """``cls(value)``, or an :class:`InputError` that names the choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise InputError(f"unknown {name} {value!r}: use one of {', '.join(v.value for v in cls)}") from None
+
+
 class DecomposerKind(enum.Enum):
     """How concepts are learnt from the samples."""
 
@@ -51,7 +59,7 @@ class DecomposerConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, DecomposerKind):
-            object.__setattr__(self, "kind", DecomposerKind(self.kind))
+            object.__setattr__(self, "kind", as_enum(DecomposerKind, self.kind, "decomposer kind"))
         if self.n_concepts < 1:
             raise InputError(f"n_concepts must be >= 1, got {self.n_concepts}")
         if self.sparsity < 0 or self.max_iter < 1:
@@ -235,8 +243,11 @@ class ConceptDictionary:
             raise InputError(f"cannot read concept dictionary {source}: {err}") from err
         if meta.get("format") != _FORMAT:
             raise InputError(f"{source} is not an mmlens concept dictionary")
-        out = cls(DecomposerConfig(**json.loads(meta["config"])))
-        out.components_, out.mean_ = arrays["components"], arrays["mean"]
+        try:
+            out = cls(DecomposerConfig(**json.loads(meta["config"])))
+            out.components_, out.mean_ = arrays["components"], arrays["mean"]
+        except (KeyError, TypeError, json.JSONDecodeError) as err:
+            raise InputError(f"concept dictionary {source} is incomplete: {err}") from None
         return out
 
 

@@ -122,9 +122,14 @@ def attribute_purity(top_rows: np.ndarray, attributes: Mapping[str, Sequence[str
     return out
 
 
+def random_sets(n_samples: int, n_top: int, *, n_draws: int = 200, seed: int = 0) -> np.ndarray:
+    """(n_draws, n_top) rows of ``n_top`` distinct samples drawn at random (the sets of :func:`random_purity`)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(n_samples, size=min(n_top, n_samples), replace=False) for _ in range(n_draws)])
+
+
 def random_purity(n_samples: int, n_top: int, attributes: Mapping[str, Sequence[str]], *, n_draws: int = 200,
                   seed: int = 0) -> dict[str, float]:
     """The baseline of :func:`attribute_purity`: expected purity of ``n_top`` samples drawn at random."""
-    rng = np.random.default_rng(seed)
-    rows = np.stack([rng.choice(n_samples, size=min(n_top, n_samples), replace=False) for _ in range(n_draws)])
+    rows = random_sets(n_samples, n_top, n_draws=n_draws, seed=seed)
     return {k: float(v.mean()) for k, v in attribute_purity(rows, attributes).items()}

@@ -35,11 +35,12 @@ def dictionary_summary(dictionary: ConceptDictionary, features: np.ndarray, word
     activations = dictionary.transform(features)
     top = top_samples(activations, n_top)
     ids = np.asarray(sample_ids) if sample_ids is not None else np.arange(len(features))
+    n_assigned = np.bincount(np.abs(activations).argmax(1), minlength=dictionary.n_concepts)
     concepts = []
     purity = attribute_purity(top, attributes) if attributes else {}
     for k in range(dictionary.n_concepts):
         row: dict[str, Any] = {"concept": k, "top_samples": ids[top[k]].tolist(),
-                               "n_assigned": int((np.abs(activations).argmax(1) == k).sum()),
+                               "n_assigned": int(n_assigned[k]),
                                "norm": float(np.linalg.norm(dictionary.components_[k]))}
         if words is not None:
             row["words"] = words[k]

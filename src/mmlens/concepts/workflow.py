@@ -128,9 +128,11 @@ def extract(model_spec: str, out_dir: str | os.PathLike[str], config: CaptureCon
         inputs = world_inputs(root, n_scenes, word)
     else:
         inputs = read_inputs(Path(data), need_images=not text_only)
+    # ImageFiles turns an unreadable image into an InputError (a clear one-line error, not a traceback); read
+    # them before anything is written
+    images = None if text_only else list(ImageFiles([r["image"] for r in inputs]))
     write_jsonl_atomic(root / INPUTS, inputs)
     write_json_atomic(root / SOURCE, {"model": model_spec})
-    images = None if text_only else [Image.open(r["image"]).convert("RGB") for r in inputs]
     references = [r.get("reference") or "" for r in inputs]
     if config.require_in_ground_truth and not any(r.get("reference") for r in inputs):
         raise InputError("the ground-truth filter needs a 'reference' in the input records")

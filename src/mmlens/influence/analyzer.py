@@ -9,13 +9,15 @@ the same sign for one test pair's loss.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -27,6 +29,7 @@ from mmlens.influence.config import (
     NegForm,
     Relative,
     Role,
+    as_enum,
 )
 from mmlens.influence.data import BatchPartition, PairData
 from mmlens.influence.objective import (
@@ -55,13 +58,23 @@ class FitResult:
     seconds: float
 
     def save(self, folder: str | Path) -> None:
+        """Write fit.safetensors, partition.json and fit.json into ``folder``, each file atomically."""
+        from mmlens.report import atomic_text_file
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"params": self.params.contiguous(), "theta0": self.theta0.contiguous()},
-                  str(folder / "fit.safetensors"))
-        (folder / "partition.json").write_text(self.partition.to_json())
-        (folder / "fit.json").write_text(json.dumps({"args": asdict(self.args), "risk": self.risk,
-                                                     "grad_norm": self.grad_norm, "seconds": self.seconds}))
+        target = folder / "fit.safetensors"
+        tmp = folder / f".fit.safetensors.tmp-{os.getpid()}"
+        try:
+            save_file({"params": self.params.contiguous(), "theta0": self.theta0.contiguous()}, str(tmp))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        with atomic_text_file(folder / "partition.json") as handle:
+            handle.write(self.partition.to_json())
+        with atomic_text_file(folder / "fit.json") as handle:
+            handle.write(json.dumps({"args": asdict(self.args), "risk": self.risk, "grad_norm": self.grad_norm,
+                                     "seconds": self.seconds}))
 
     @classmethod
     def load(cls, folder: str | Path) -> FitResult:
@@ -70,10 +83,10 @@ class FitResult:
             tensors = load_file(str(folder / "fit.safetensors"))
             meta = json.loads((folder / "fit.json").read_text())
             partition = BatchPartition.from_json((folder / "partition.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
+            return cls(tensors["params"], tensors["theta0"], partition, FitArguments(**meta["args"]), meta["risk"],
+                       meta["grad_norm"], meta["seconds"])
+        except (OSError, SafetensorError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise InputError(f"{folder} holds no complete fit (fit.safetensors, fit.json, partition.json): {err}") from None
-        return cls(tensors["params"], tensors["theta0"], partition, FitArguments(**meta["args"]), meta["risk"],
-                   meta["grad_norm"], meta["seconds"])
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ class PairScores:
     max_negative_prob: np.ndarray = field(repr=False)
 
     def role(self, role: Role | str = Role.BOTH, form: NegForm | str = NegForm.EXACT) -> np.ndarray:
-        role, form = Role(role), NegForm(form)
+        role, form = as_enum(Role, role, "role"), as_enum(NegForm, form, "neg_form")
         if role is Role.POS:
             return self.pos
         if role is Role.NEG:
@@ -249,8 +262,6 @@ class InfluenceAnalyzer:
         inv = self.inverse()
         if inv.batched:
             return inv
-        from dataclasses import replace
-
         return build_inverse(replace(self.args, solver=HessianSolver.PROJECTED), self.hvp, self.hvp,
                              self.task.space.size, self._dtype)
 
@@ -291,13 +302,17 @@ class InfluenceAnalyzer:
             yield idx, grads, maxp
 
     # ---------------------------------------------------------------------------------------- measurements
+    def measurement_partition(self, n: int, batch_size: int | None = None, seed: int = 0) -> BatchPartition:
+        """The seeded batches of the measurement L' over ``n`` validation pairs (the contrastive loss depends on
+        them): shared by :meth:`measurement_gradients`, :meth:`validation_loss` and the peer library."""
+        return BatchPartition.random(n, batch_size or self.fit_args.batch_size, seed)
+
     def measurement_gradients(self, data: PairData, per_batch: bool = False, batch_size: int | None = None,
                               seed: int = 0) -> tuple[torch.Tensor, float]:
         """Gradient(s) of the summed contrastive loss on ``data`` (its own seeded batches): [1, P] or one row per
         batch, and the loss value."""
         encoded = self.task.encode(data)
-        part = BatchPartition.random(len(data), batch_size or self.fit_args.batch_size, seed)
-        index = torch.as_tensor(part.index_matrix())
+        index = torch.as_tensor(self.measurement_partition(len(data), batch_size, seed).index_matrix())
         none = torch.zeros(len(data), dtype=torch.bool)
         masks = removal_masks(index, none, none, none)
         theta = self._theta_hat().detach().clone().requires_grad_(True)
@@ -317,7 +332,7 @@ class InfluenceAnalyzer:
         """Summed contrastive loss of ``data`` under ``theta`` in its own seeded batches (the measurement L')."""
         encoded = self.task.encode(data) if isinstance(data, PairData) else data
         n = len(next(iter(encoded.values())))
-        index = torch.as_tensor(BatchPartition.random(n, batch_size or self.fit_args.batch_size, seed).index_matrix())
+        index = torch.as_tensor(self.measurement_partition(n, batch_size, seed).index_matrix())
         none = torch.zeros(n, dtype=torch.bool)
         rm, cm, w = removal_masks(index, none, none, none)
         with torch.no_grad():
@@ -369,7 +384,7 @@ class InfluenceAnalyzer:
 
     def self_influence(self, form: NegForm | str = NegForm.EXACT, role: Role | str = Role.BOTH) -> np.ndarray:
         """g_n^T H^-1 g_n with g_n the chosen role's gradient (batched operator; projected if the solver is not)."""
-        form, role = NegForm(form), Role(role)
+        form, role = as_enum(NegForm, form, "neg_form"), as_enum(Role, role, "role")
         inv = self.batched_inverse()
         out = np.zeros(self.n)
         for idx, grads, _ in self.iter_pair_gradients():
@@ -389,7 +404,7 @@ class InfluenceAnalyzer:
               form: NegForm | str = NegForm.EXACT) -> TraceResult:
         """Which training pairs raised each test pair's loss. The measurement is the test pair's contrastive loss
         (Pos) in one batch made of the test pairs and ``negatives``; scores follow the module's sign convention."""
-        relative, form = Relative(relative), NegForm(form)
+        relative, form = as_enum(Relative, relative, "relative"), as_enum(NegForm, form, "neg_form")
         batch = test if negatives is None else PairData(test.images + negatives.images,
                                                         test.captions + negatives.captions)
         if len(batch) < 2:
@@ -414,7 +429,7 @@ class InfluenceAnalyzer:
     def removal_gradient(self, indices: Sequence[int], form: NegForm | str | None = None) -> torch.Tensor:
         """sum_{n in D} grad (Pos_n + Neg_n). With the exact form the set is deleted from its batches at once
         (grad of L_full - L_without_D), which keeps the interactions of members sharing a batch."""
-        form = NegForm(form or self.args.neg_form)
+        form = as_enum(NegForm, form or self.args.neg_form, "neg_form")
         theta = self._theta_hat().detach().clone().requires_grad_(True)
         if form is NegForm.EXACT:
             diff = self.loss(theta) - self.loss(theta, remove=indices)

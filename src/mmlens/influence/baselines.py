@@ -98,7 +98,8 @@ def detection_metrics(is_noisy: np.ndarray, score: np.ndarray) -> dict[str, floa
 
 
 class KronfluencePeer:
-    """kronfluence's EK-FAC influence run on the same fitted heads, batches and validation pairs.
+    """kronfluence's EK-FAC influence run on the same fitted heads, batches and validation pairs (training pairs
+    in the recorded partition, validation pairs in the measurement's seeded batches).
 
     kronfluence's per-sample gradients come from hooks on the summed batch loss, so they mix a pair's positive and
     negative roles (ECIF spec, section 6); that is the method as shipped. Works with :class:`HeadTask` only.
@@ -188,7 +189,12 @@ class KronfluencePeer:
             out["self"] = np.empty(an.n)
             out["self"][order] = self_scores
             if val_encoded is not None:
-                val = torch.utils.data.TensorDataset(val_encoded["image"].float(), val_encoded["text"].float())
+                # the validation pairs in the batches of ECIF's measurement L' (kronfluence's loader cuts its
+                # batches in order): the contrastive loss depends on the batches, so both score the same L'
+                n_val = len(val_encoded["image"])
+                val_order = np.concatenate([np.asarray(b) for b in an.measurement_partition(n_val).batches])
+                val = torch.utils.data.TensorDataset(val_encoded["image"][val_order].float(),
+                                                     val_encoded["text"][val_order].float())
                 kf.compute_pairwise_scores("pairwise", "ekfac", val, train, per_device_query_batch_size=bsz,
                                            per_device_train_batch_size=bsz, score_args=score_args,
                                            overwrite_output_dir=True)

@@ -8,8 +8,10 @@ makes every retraining a few seconds, so the fidelity subsets are retrained for 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -29,13 +31,14 @@ from mmlens.influence.config import (
     InfluenceArguments,
     NegForm,
     NoiseKind,
+    Role,
 )
 from mmlens.influence.data import PairData, inject_noise
 from mmlens.influence.solvers import InverseOperator
 from mmlens.influence.task import HeadTask, attach_lora
 
 # digits that are written alike share a confusable group
-DIGIT_CONFUSABLE = {3: 0, 5: 0, 8: 0, 1: 1, 7: 1, 4: 2, 9: 2, 0: 3, 6: 3, 2: 4}
+DIGIT_CONFUSABLE = MappingProxyType({3: 0, 5: 0, 8: 0, 1: 1, 7: 1, 4: 2, 9: 2, 0: 3, 6: 3, 2: 4})
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class BenchConfig:
     seed: int = 0
     models: tuple[str, ...] = ("digits-clip", "mini-clip")
     rates: tuple[float, ...] = (0.1, 0.2, 0.4)
-    noise_kinds: tuple[str, ...] = ("random_swap", "confusable_swap")
+    noise_kinds: tuple[NoiseKind, ...] = (NoiseKind.RANDOM_SWAP, NoiseKind.CONFUSABLE_SWAP)
     batch_size: int = 64
     l2: float = 300.0  # summed reduction; keeps the head problem well conditioned (near-convex)
     n_val: int = 200
@@ -78,10 +81,10 @@ def _digits_setup(cfg: BenchConfig) -> _Setup:
     test = te[cfg.n_val:]
     test_images, test_labels = [p.image for p in test], np.array([p.label for p in test])
     prompts = digit_class_prompts()
-    cache: dict[int, tuple] = {}
+    cache: weakref.WeakKeyDictionary[HeadTask, tuple] = weakref.WeakKeyDictionary()  # id() could be reused
 
     def accuracy(task: HeadTask, theta: torch.Tensor) -> float:
-        key = id(task)
+        key = task
         if key not in cache:
             cache[key] = (task.encode(PairData(tuple(test_images), tuple(prompts[0] for _ in test_images))),
                           task.encode(PairData(tuple(test_images[:10]), tuple(prompts))))
@@ -114,13 +117,13 @@ def _mini_clip_setup(cfg: BenchConfig) -> _Setup:
     pool = world.sample_scenes(100, "test", start=5_000)
     pool_pairs = PairData(tuple(world.render(s) for s in pool),
                           tuple(world.caption(s, np.random.default_rng(12345 + i), "objects") for i, s in enumerate(pool)))
-    cache: dict[int, dict] = {}
+    cache: weakref.WeakKeyDictionary[HeadTask, dict] = weakref.WeakKeyDictionary()  # id() could be reused
 
     def accuracy(task: HeadTask, theta: torch.Tensor) -> float:
-        if id(task) not in cache:
-            cache[id(task)] = task.encode(pool_pairs)
+        if task not in cache:
+            cache[task] = task.encode(pool_pairs)
         with torch.no_grad():
-            img, txt = task.embed(task.space.unflatten(theta), cache[id(task)])
+            img, txt = task.embed(task.space.unflatten(theta), cache[task])
         best = (img @ txt.T).argmax(1).numpy()
         caps = pool_pairs.captions
         return float(np.mean([caps[j] == caps[i] for i, j in enumerate(best)]))
@@ -139,7 +142,8 @@ def _identity() -> InverseOperator:
     return InverseOperator(lambda x: x, {"solver": "identity"}, True)
 
 
-def _detection_run(setup: _Setup, adapter, cfg: BenchConfig, kind: str, rate: float, log) -> tuple[dict, dict]:
+def _detection_run(setup: _Setup, adapter, cfg: BenchConfig, kind: NoiseKind, rate: float,
+                   log) -> tuple[dict, dict]:
     noisy = inject_noise(setup.train, rate, kind, seed=cfg.seed)
     task = HeadTask(adapter)
     an = InfluenceAnalyzer(task, noisy.data, fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
@@ -168,11 +172,12 @@ def _detection_run(setup: _Setup, adapter, cfg: BenchConfig, kind: str, rate: fl
         except Exception as err:  # noqa: BLE001 - the peer library failing must not sink the benchmark: record why
             peer_error = f"{type(err).__name__}: {err}"
     result = {m: detection_metrics(noisy.is_noisy, s) for m, s in methods.items()}
-    log(f"  {kind} {rate}: ecif_both_prob auroc {result['ecif_both_prob']['auroc']}, "
+    log(f"  {kind.value} {rate}: ecif_both_exact auroc {result['ecif_both_exact']['auroc']}, "
         f"clipscore {result['clipscore']['auroc']}, lemon {result['lemon']['auroc']}")
     extra = {"fit_s": fit_s, "ecif_s": ecif_s, "peer_s": peer_s, "tracin_s": tracin_s, "peer_error": peer_error,
              "n_noisy": int(noisy.is_noisy.sum()), "fit_grad_max": fit.grad_norm,
-             "cg_iterations": an.inverse().info["solves"][0]["iterations"], "analyzer": an, "noisy": noisy}
+             "cg_iterations": an.inverse().info["solves"][0]["iterations"], "analyzer": an, "noisy": noisy,
+             "scores": scores}
     return result, extra
 
 
@@ -247,11 +252,11 @@ def _removal(setup: _Setup, cfg: BenchConfig, run: dict, log) -> dict:
     clean = InfluenceAnalyzer(task, setup.train, fit_args=an.fit_args, args=an.args, partition=an.partition)
     clean.fit()
     k = round(cfg.removal_fraction * an.n)
-    scores = an.value(setup.val)
+    scores = run["scores"]  # the detection run's delta_val_loss_if_removed on the same validation pairs
     out = {"clean": setup.accuracy(task, clean.fitted.params), "noisy": setup.accuracy(task, an.fitted.params),
            "n_removed": k}
     for form in (NegForm.PROB, NegForm.EXACT):
-        top = np.argsort(scores.role("both", form))[:k]
+        top = np.argsort(scores.role(Role.BOTH, form))[:k]
         out[f"ecif_{form.value}_edit"] = setup.accuracy(task, an.removal_edit(top, form))
         out[f"ecif_{form.value}_retrain"] = setup.accuracy(task, an.retrain(remove=top))
         out[f"ecif_{form.value}_precision_of_removed"] = float(run["noisy"].is_noisy[top].mean())
@@ -274,7 +279,8 @@ def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], N
 
     torch.manual_seed(cfg.seed)
     t_start = time.time()
-    result: dict = {"config": asdict(cfg), "detection": {}, "fidelity": {}, "removal": {}, "cost": {}, "notes": {}}
+    config = {**asdict(cfg), "noise_kinds": [k.value for k in cfg.noise_kinds]}
+    result: dict = {"config": config, "detection": {}, "fidelity": {}, "removal": {}, "cost": {}, "notes": {}}
     setups = {"digits-clip": _digits_setup, "mini-clip": _mini_clip_setup}
     for name in cfg.models:
         log(f"{name}: building data")
@@ -284,8 +290,8 @@ def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], N
         for kind in cfg.noise_kinds:
             for rate in cfg.rates:
                 metrics, extra = _detection_run(setup, adapter, cfg, kind, rate, log)
-                det.setdefault(kind, {})[str(rate)] = metrics
-                if kind == "random_swap" and rate == cfg.fidelity_rate:
+                det.setdefault(kind.value, {})[str(rate)] = metrics
+                if kind is NoiseKind.RANDOM_SWAP and rate == cfg.fidelity_rate:
                     result["cost"][name] = {"ecif_s": round(extra["ecif_s"], 3),
                                             "peer_s": None if extra["peer_s"] is None else round(extra["peer_s"], 3),
                                             "retrain_s": round(extra["fit_s"], 3), "n_pairs": len(setup.train),

@@ -55,7 +55,9 @@ class NoiseKind(enum.Enum):
     CONFUSABLE_SWAP = "confusable_swap"  # a caption swapped within a confusable category (digits 3/5/8, same shapes)
 
 
-def _enum(cls, value, name):
+def as_enum(cls, value, name):
+    """``cls(value)``, or an :class:`InputError` naming the choices (a user-given string must not end in a
+    traceback)."""
     try:
         return cls(value)
     except ValueError:
@@ -99,8 +101,8 @@ class InfluenceArguments:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "neg_form", _enum(NegForm, self.neg_form, "neg_form"))
-        object.__setattr__(self, "solver", _enum(HessianSolver, self.solver, "solver"))
+        object.__setattr__(self, "neg_form", as_enum(NegForm, self.neg_form, "neg_form"))
+        object.__setattr__(self, "solver", as_enum(HessianSolver, self.solver, "solver"))
         if self.damping < 0:
             raise InputError(f"damping must be >= 0, got {self.damping}")
         if self.proj_dim < 1:
@@ -116,4 +118,5 @@ __all__ = [
     "ParamGroup",
     "Relative",
     "Role",
+    "as_enum",
 ]

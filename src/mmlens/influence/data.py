@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from mmlens.errors import InputError
-from mmlens.influence.config import NoiseKind
+from mmlens.influence.config import NoiseKind, as_enum
 
 
 @dataclass(frozen=True)
@@ -169,14 +169,14 @@ def inject_noise(data: PairData, rate: float, kind: NoiseKind | str, seed: int =
 
     RANDOM_SWAP: the chosen pairs' captions are deranged among themselves (any category). CONFUSABLE_SWAP: within
     each group of ``data.groups`` the chosen pairs' captions are deranged (a 3 gets a 5's or 8's caption when the
-    groups are {3,5,8}). A pair counts as noisy only if its caption text actually changed.
+    groups are {3,5,8}). A pair counts as noisy only if its caption text actually changed (with ``data.labels``: only
+    if its new caption comes from a pair of another label).
     """
-    kind = NoiseKind(kind)
+    kind = as_enum(NoiseKind, kind, "noise kind")
     if not 0.0 <= rate < 1.0:
         raise InputError(f"noise rate must be in [0, 1), got {rate}")
     n = len(data)
     rng = np.random.default_rng(seed)
-    captions = list(data.captions)
     chosen = rng.choice(n, size=round(rate * n), replace=False)
     if kind is NoiseKind.RANDOM_SWAP:
         pools = [chosen]
@@ -191,14 +191,13 @@ def inject_noise(data: PairData, rate: float, kind: NoiseKind | str, seed: int =
             continue
         # a cyclic shift of a random order is a derangement: no chosen pair keeps its own caption
         order = rng.permutation(pool)
-        for a, b in zip(order, np.roll(order, 1)):
-            captions[a] = data.captions[b]
-            source[a] = b
+        source[order] = np.roll(order, 1)
+    captions = [data.captions[s] for s in source]
     if data.labels is not None:
         labels = np.asarray(data.labels)
         is_noisy = labels[source] != labels
     else:
-        is_noisy = np.array([captions[i] != data.captions[i] for i in range(n)])
+        is_noisy = np.array([a != b for a, b in zip(captions, data.captions)])
     return NoisyPairs(data.with_captions(captions), is_noisy, rate, kind)
 
 

@@ -25,6 +25,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from mmlens.errors import InputError
+from mmlens.influence.config import as_enum
 from mmlens.influence.data import PairData
 from mmlens.models.contrastive import ContrastiveModel, LossKind, ParamGroup
 
@@ -87,10 +88,6 @@ class ContrastiveTask(ABC):
     def to_model(self, params: Params) -> ContrastiveModel:
         """A copy of the model with the group set to ``params`` (a loadable, evaluable model)."""
 
-    def embed_texts(self, params: Params, texts: list[str]) -> torch.Tensor:
-        """Normalised text embeddings of captions alone (zero-shot prompts)."""
-        raise NotImplementedError
-
 
 def _dtype(name: str) -> torch.dtype:
     """float64 for small heads keeps leave-one-out effects above round-off; float32 for full models."""
@@ -137,7 +134,7 @@ class HeadTask(ContrastiveTask):
 
     def __init__(self, adapter: ContrastiveModel, group: ParamGroup | str = ParamGroup.PROJECTION,
                  dtype: str = "float64", batch_size: int = 256, progress: bool = False) -> None:
-        group = ParamGroup(group)
+        group = as_enum(ParamGroup, group, "parameter group")
         if group not in (ParamGroup.PROJECTION, ParamGroup.LORA):
             raise InputError(f"HeadTask handles the projection and lora groups; use ModelTask for {group.value!r}")
         self.adapter, self.group, self.batch_size, self.progress = adapter, group, batch_size, progress
@@ -205,16 +202,6 @@ class HeadTask(ContrastiveTask):
     def embed(self, params: Params, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         return self._head(params, "image", encoded["image"]), self._head(params, "text", encoded["text"])
 
-    def embed_texts(self, params: Params, texts: list[str]) -> torch.Tensor:
-        with torch.no_grad(), _capture_inputs({"text": self.heads["text"][1]}) as store:
-            self.adapter.model.get_text_features(**self.adapter.text_inputs(texts))
-        return self._head(params, "text", store["text"][0].to(self.dtype))
-
-    def embed_images(self, params: Params, images: list) -> torch.Tensor:
-        with torch.no_grad(), _capture_inputs({"image": self.heads["image"][1]}) as store:
-            self.adapter.model.get_image_features(pixel_values=self.adapter.image_inputs(images)["pixel_values"])
-        return self._head(params, "image", store["image"][0].to(self.dtype))
-
     def to_model(self, params: Params) -> ContrastiveModel:
         model = copy.deepcopy(self.adapter.model)
         named = dict(model.named_parameters())
@@ -232,7 +219,7 @@ class ModelTask(ContrastiveTask):
 
     def __init__(self, adapter: ContrastiveModel, group: ParamGroup | str = ParamGroup.LAST_K_LAYERS, k: int = 1,
                  dtype: str = "float32") -> None:
-        self.group = ParamGroup(group)
+        self.group = as_enum(ParamGroup, group, "parameter group")
         self.dtype = _dtype(dtype)
         self.adapter = adapter
         self.loss_kind = adapter.loss_kind
@@ -266,17 +253,6 @@ class ModelTask(ContrastiveTask):
         out = self._forward(params, encoded)
         return F.normalize(out.image_embeds, dim=-1), F.normalize(out.text_embeds, dim=-1)
 
-    def embed_texts(self, params: Params, texts: list[str]) -> torch.Tensor:
-        batch = dict(self.adapter.text_inputs(texts))
-        emb = functional_call(_TextOnly(self._model), {f"inner.{k}": v for k, v in params.items()}, (), batch)
-        return F.normalize(emb, dim=-1)
-
-    def embed_images(self, params: Params, images: list) -> torch.Tensor:
-        pixels = self.adapter.image_inputs(images)["pixel_values"].to(self.dtype)
-        emb = functional_call(_ImageOnly(self._model), {f"inner.{k}": v for k, v in params.items()}, (),
-                              {"pixel_values": pixels})
-        return F.normalize(emb, dim=-1)
-
     def to_model(self, params: Params) -> ContrastiveModel:
         model = copy.deepcopy(self.adapter.model)
         base = ContrastiveModel(model, self.adapter.processor, tokenizer=self.adapter.tokenizer,
@@ -286,24 +262,6 @@ class ModelTask(ContrastiveTask):
             for n, v in params.items():
                 named[n].copy_(v.to(named[n].dtype))
         return base
-
-
-class _TextOnly(nn.Module):
-    """Calls ``get_text_features`` as ``forward`` so functional_call can swap parameters (names unchanged)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.inner = model
-
-    def forward(self, **batch):
-        out = self.inner.get_text_features(**batch)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-class _ImageOnly(_TextOnly):
-    def forward(self, **batch):
-        out = self.inner.get_image_features(**batch)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def attach_lora(adapter: ContrastiveModel, rank: int = 4, alpha: float | None = None,
