@@ -1,19 +1,243 @@
-"""``mmlens steer``: Steering vision-language models with concept and shift vectors."""
+"""``mmlens steer``: steering vision-language models (and causal LMs) with concept and shift vectors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 steer_app = typer.Typer(help="Steering vision-language models with concept and shift vectors.", no_args_is_help=True)
 
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")]
+DataOption = Annotated[Path, typer.Option(help="JSONL of questions: image (path relative to the file; omit for a "
+                                               "text-only LM), question, answer, answer_type per line, or the "
+                                               "data.jsonl of `mmlens world export`.")]
+PositionsOption = Annotated[str, typer.Option(help="all | prompt_only | generated_only (never steers the first "
+                                                   "answer token) | from_last_prompt | text_only.")]
+ConditionOption = Annotated[str, typer.Option(help="always | source_concept (only samples nearer the vector's source "
+                                                   "than its contrasts, at the last prompt position).")]
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _floats(value: str, name: str) -> list[float]:
+    from mmlens.errors import InputError
+
+    try:
+        out = [float(v) for v in _csv(value)]
+    except ValueError:
+        raise InputError(f"{name} must be comma-separated numbers, got {value!r}") from None
+    if not out:
+        raise InputError(f"{name} is empty")
+    return out
+
+
+def _ints(value: str | None, name: str) -> list[int] | None:
+    from mmlens.errors import InputError
+
+    if not value:
+        return None
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise InputError(f"{name} must be comma-separated integers, got {value!r}") from None
+
+
+def _generative(spec: str):
+    from mmlens.errors import ModelLoadError
+    from mmlens.models import CausalLanguageModel, VisionLanguageModel, load_model
+
+    model = load_model(spec)
+    if not isinstance(model, (VisionLanguageModel, CausalLanguageModel)):
+        raise ModelLoadError(f"{spec} is a {type(model).__name__}: steering needs a vision-language model or a "
+                             "causal LM")
+    return model
+
+
+def _examples(model, data: Path, answer_type: str | None = None):
+    from mmlens.errors import InputError
+    from mmlens.models import CausalLanguageModel
+    from mmlens.steer import load_vqa_jsonl
+
+    items = load_vqa_jsonl(data)
+    has_images = items[0].image is not None
+    if isinstance(model, CausalLanguageModel) and has_images:
+        raise InputError(f"{data} has images but the model is a text-only causal LM: drop the 'image' fields")
+    if not isinstance(model, CausalLanguageModel) and not has_images:
+        raise InputError(f"{data} has no images but the model is a vision-language model")
+    if answer_type:
+        items = [e for e in items if e.answer_type == answer_type]
+        if not items:
+            raise InputError(f"{data} has no question of answer_type {answer_type!r}")
+    return items
+
+
+def _config(alpha: float, positions: str, condition: str):
+    from mmlens.steer import SteerConfig
+
+    return SteerConfig(alpha, positions, condition)  # validates with a clear error
+
+
+@steer_app.command("build")
+def build_command(
+    model: ModelOption,
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="safetensors file to write (vectors + provenance metadata).")],
+    source: Annotated[Optional[str], typer.Option(help="Source answer, e.g. yes (coarse vectors).")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Target answer, e.g. no (coarse vectors).")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated decoder layers (default: all).")] = None,
+    answer_type: Annotated[Optional[str], typer.Option(help="Use only questions of this answer_type.")] = None,
+    finetuned: Annotated[Optional[str], typer.Option(help="A fine-tuned model: build fine-tuning shift vectors "
+                                                           "(finetuned - model, same questions) instead.")] = None,
+    dictionary: Annotated[Optional[Path], typer.Option(help="Concept dictionary (a safetensors (k, hidden) matrix "
+                                                             "or a saved mmlens.concepts decomposer): all concept "
+                                                             "differences at the first of --layers.")] = None,
+    use_truth: Annotated[bool, typer.Option(help="Label samples by the model's answer only where it matches "
+                                                 "the ground truth (reference filter).")] = True,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffled-label control saved beside each vector.")] = 0,
+) -> None:
+    """Build steering vectors from the model's own activations at the last prompt position (the one that emits the
+    first answer token): coarse source -> target mean differences (with a shuffled-label control per layer),
+    fine-tuning shift vectors, or concept differences of a dictionary."""
+    from mmlens.errors import InputError
+    from mmlens.steer import (
+        answer_labels,
+        capture_examples,
+        concept_vectors,
+        save_vectors,
+        shift_vectors,
+        shuffled_vector,
+        vectors_from_capture,
+    )
+
+    vlm = _generative(model)
+    items = _examples(vlm, data, answer_type)
+    chosen = _ints(layers, "--layers") or list(range(vlm.num_layers))
+    if dictionary is not None:
+        vectors = concept_vectors(dictionary, layer=chosen[0] % vlm.num_layers, model=model)
+    elif finetuned is not None:
+        tuned = _generative(finetuned)
+        cap_a = capture_examples(vlm, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        cap_b = capture_examples(tuned, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        vectors = [shift_vectors(cap_a.layer(i), cap_b.layer(i), layer=i % vlm.num_layers, model=model,
+                                 position="last_prompt", finetuned=finetuned)[0] for i in chosen]
+    else:
+        if not source or not target:
+            raise InputError("coarse vectors need --source and --target answers (or use --finetuned/--dictionary)")
+        cap = capture_examples(vlm, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        labels = answer_labels(cap.generated, items, require_correct=use_truth)
+        by_layer = vectors_from_capture(cap, labels, source, target, layers=chosen, model=model)
+        vectors = []
+        rows = [labels[i] for i in cap.sample_index.tolist()]
+        for layer, vec in by_layer.items():
+            vectors.append(vec)
+            vectors.append(shuffled_vector(cap.layer(layer), rows, vec.source, vec.target, layer=layer, seed=seed,
+                                           model=model, position=vec.position))
+    path = save_vectors(out, vectors)
+    typer.echo(json.dumps({"written": str(path), "vectors": [v.describe() for v in vectors]}, indent=2))
+
+
+@steer_app.command("apply")
+def apply_command(
+    model: ModelOption,
+    vectors: Annotated[Path, typer.Option(help="safetensors file written by `mmlens steer build`.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="JSONL to write: question, answer, plain answer, steered answer.")],
+    alpha: Annotated[float, typer.Option(help="Strength (0 = the plain model).")] = 1.0,
+    positions: PositionsOption = "all",
+    condition: ConditionOption = "always",
+    layers: Annotated[Optional[str], typer.Option(help="Apply only the file's vectors for these layers.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+) -> None:
+    """Generate with steering vectors (every non-control vector of the file, summed per layer) and without, and
+    write both answers per question."""
+    from mmlens.errors import InputError
+    from mmlens.report import write_jsonl_atomic
+    from mmlens.steer import Steering, VectorKind, generate_answers, load_vectors
+
+    vlm = _generative(model)
+    items = _examples(vlm, data)
+    chosen = _ints(layers, "--layers")
+    vecs = [v for v in load_vectors(vectors) if v.kind not in (VectorKind.RANDOM, VectorKind.SHUFFLED)
+            and (chosen is None or v.layer in {i % vlm.num_layers for i in chosen})]
+    if not vecs:
+        raise InputError(f"{vectors} holds no steering vector for the chosen layers")
+    config = _config(alpha, positions, condition)
+    plain = generate_answers(vlm, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    steered = generate_answers(vlm, items, Steering(tuple(vecs), config), max_new_tokens=max_new_tokens,
+                               batch_size=batch_size)
+    rows = [{"question": e.question, "answer": e.answer, "answer_type": e.answer_type, "plain": p, "steered": s}
+            for e, p, s in zip(items, plain, steered)]
+    write_jsonl_atomic(out, rows)
+    changed = sum(p != s for p, s in zip(plain, steered))
+    typer.echo(json.dumps({"written": str(out), "n": len(rows), "changed": changed, "alpha": alpha,
+                           "positions": config.positions.value, "vectors": [v.name for v in vecs]}, indent=2))
+
+
+@steer_app.command("eval")
+def eval_command(
+    model: ModelOption,
+    vectors: Annotated[Path, typer.Option(help="safetensors file written by `mmlens steer build`.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json.")],
+    source: Annotated[str, typer.Option(help="Answer that should change, e.g. yes.")],
+    target: Annotated[str, typer.Option(help="Answer it should become, e.g. no.")],
+    answer_type: Annotated[Optional[str], typer.Option(help="Answer type of the targeted questions (the others "
+                                                            "measure the accuracy kept).")] = None,
+    alphas: Annotated[str, typer.Option(help="Comma-separated strengths to sweep.")] = "0.5,1,2,4",
+    positions: PositionsOption = "all",
+    condition: ConditionOption = "always",
+    max_drop: Annotated[float, typer.Option(help="Largest other-type accuracy drop allowed when choosing alpha.")]
+    = 0.02,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the random-direction baseline.")] = 0,
+) -> None:
+    """Flip rate toward the target, accuracy kept on the other answer types and changed predictions, over an alpha
+    sweep and per layer, against a random direction, shuffled labels and a logit bias, with an HTML report."""
+    from mmlens.steer import FlipTarget, evaluate_vectors, load_vectors, write_report
+
+    config = _config(1.0, positions, condition)
+    vlm = _generative(model)
+    items = _examples(vlm, data)
+    result = evaluate_vectors(vlm, items, load_vectors(vectors), FlipTarget(source, target, answer_type),
+                              alphas=_floats(alphas, "--alphas"), positions=config.positions,
+                              condition=config.condition, max_drop=max_drop,
+                              random_seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    result["model"] = model
+    index = write_report(result, out, items)
+    summary = [{"vector": r["vector"]["name"], "alpha": r["best_alpha"],
+                "flip_rate": r["at_best"]["steer"]["flip_rate"],
+                "other_types_acc_drop": r["at_best"]["steer"]["other_types_acc_drop"],
+                "random_flip_rate": r["at_best"]["random"]["flip_rate"],
+                "logit_bias_flip_rate": r["at_best"]["logit_bias"]["flip_rate"]} for r in result["vectors"]]
+    typer.echo(json.dumps({"report": str(index), "vectors": summary}, indent=2))
+
 
 def bench_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/steer.json"),
+    seed: Annotated[int, typer.Option()] = 0,
+    n_test: Annotated[int, typer.Option(min=10, help="Test scenes (every reported number).")] = 150,
 ) -> None:
-    """The steer benchmark (being built)."""
-    from mmlens.errors import MMLensError
+    """Steering mini-llava: yes -> no per layer, colour -> colour and number -> number by the selection score, caption
+    style at a middle layer, overhead; every number against its baselines in the same run."""
+    from mmlens.report import write_json_atomic
+    from mmlens.steer.bench import SteerBenchConfig, steer_benchmark
 
-    raise MMLensError("the steer benchmark is not built yet")
+    result = steer_benchmark(SteerBenchConfig(seed=seed, n_test=n_test),
+                             progress_cb=lambda m: typer.echo(f"steer bench: {m}", err=True))
+    write_json_atomic(out, result)
+    headline = {"yes_to_no": result["yes_to_no"], "caption_style": {k: result["caption_style"][k] for k in
+                                                                     ("layer", "alpha", "before", "after",
+                                                                      "steering_beats_logit_bias")},
+                "overhead": {k: result["overhead"][k] for k in ("steered_s", "plain_s", "overhead_fraction")},
+                "met": result["met"]}
+    typer.echo(json.dumps(headline, indent=2))
+    typer.echo(f"written to {out}")
