@@ -1,7 +1,8 @@
 """The ``mmlens`` command: a thin layer over the public API of each package.
 
 User-caused problems (:class:`mmlens.errors.MMLensError`) are printed as one line on stderr with exit code 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Every command accepts ``--config FILE`` (YAML or TOML) and writes
+the options it used beside its results (:mod:`mmlens.cli.config`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 from mmlens.cli.align import align_app
 from mmlens.cli.bench import bench_app
 from mmlens.cli.concepts import concepts_app
+from mmlens.cli.config import add_config_support
 from mmlens.cli.demo import demo_command
 from mmlens.cli.models import models_app
 from mmlens.cli.influence import influence_app
@@ -43,14 +45,20 @@ app.add_typer(align_app, name="align")
 app.command("demo")(demo_command)
 
 
+def command():
+    """The click command tree of :data:`app` with ``--config FILE`` on every command (see
+    :mod:`mmlens.cli.config`): what ``mmlens`` and ``python -m mmlens`` run."""
+    return add_config_support(typer.main.get_command(app))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     # Spinning OpenMP waits make torch 5-20x slower when another process shares the cores; must precede torch's import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="mmlens")
+        command().main(args=list(argv) if argv is not None else None, prog_name="mmlens")
     except MMLensError as err:
         print(f"mmlens: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "command", "main"]

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmlens.errors import InputError
+from mmlens.models.distributed import DistributedWork
 from mmlens.models.generative import CausalLanguageModel, VisionLanguageModel
 from mmlens.report.io import write_json_atomic
 
@@ -457,12 +458,18 @@ def _merge(parts: list[tuple[int, dict[str, Any]]], keys: list[str], hidden: int
 
 def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, prompts: Sequence[str],
                         config: CaptureConfig, *, ground_truths: Sequence[str] | None = None,
-                        out_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> CaptureResult:
+                        out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                        work: DistributedWork | None = None) -> CaptureResult:
     """Capture activations of ``model`` (a :class:`VisionLanguageModel`, or a :class:`CausalLanguageModel` with
     ``images=None``) on ``prompts`` according to ``config``; see :class:`CaptureResult`.
 
     With ``out_dir``: shards + ``manifest.json`` are written there; rerunning with the same model, inputs and
     config resumes (finished shards are read back, not recomputed); a folder holding a different capture is refused.
+
+    Under ``accelerate launch`` (``work``: default :meth:`DistributedWork.from_environment`) the batches of each
+    shard are split across the processes and gathered; every process returns the full result, the main process
+    writes the shards and the manifest, so the folder is the one a single process writes. The batches are the
+    single-process ones, so the result equals the single-process result.
     """
     prompts = list(prompts)
     _validate(model, images, prompts, ground_truths)
@@ -502,25 +509,36 @@ def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, pr
                 raise InputError(f"{root} holds a capture of another model, inputs or config: choose another "
                                  "folder or delete it")
             done = {int(s["shard"]): s for s in old.get("shards", []) if (root / s["file"]).is_file()}
+    work = work if work is not None else DistributedWork.from_environment()
+    metadata["num_processes"] = work.num_processes
     n_batches = sum(math.ceil((stop - start) / config.batch_size) for k, start, stop in shards if k not in done)
-    bar = tqdm(total=n_batches, desc="capture", disable=not progress or n_batches <= 1, leave=False)
+    bar = tqdm(total=n_batches, desc="capture", leave=False,
+               disable=not progress or n_batches <= 1 or not work.is_main_process)
     parts: list[tuple[int, dict[str, Any]]] = []
     t0 = time.perf_counter()
     computed = 0
+
+    def run_batch(lo: int, stop: int) -> dict[str, Any]:
+        hi = min(lo + config.batch_size, stop)
+        part = _capture_batch(model, images[lo:hi] if images is not None else None, prompts[lo:hi],
+                              ground_truths[lo:hi] if ground_truths is not None else None, config,
+                              modules, variants, eos)
+        if not work.is_distributed:
+            bar.update(1)
+        return part
+
     try:
         for k, start, stop in shards:
             if k in done:
                 parts.append((start, _read_shard(root / done[k]["file"])))
                 continue
-            batches = []
-            for lo in range(start, stop, config.batch_size):
-                hi = min(lo + config.batch_size, stop)
-                part = _capture_batch(model, images[lo:hi] if images is not None else None, prompts[lo:hi],
-                                      ground_truths[lo:hi] if ground_truths is not None else None, config,
-                                      modules, variants, eos)
-                batches.append((lo - start, part))
-                computed += hi - lo
-                bar.update(1)
+            starts = list(range(start, stop, config.batch_size))
+            # Batches (not samples) are split across processes: each batch is the single-process one.
+            batch_parts = work.map(lambda lo, stop=stop: run_batch(lo, stop), starts)
+            if work.is_distributed:
+                bar.update(len(starts))
+            batches = [(lo - start, p) for lo, p in zip(starts, batch_parts)]
+            computed += stop - start
             shard = {"kept": [off + r for off, p in batches for r in p["kept"]],
                      "steps": [s for _, p in batches for s in p["steps"]],
                      "matched": [m for _, p in batches for m in p["matched"]],
@@ -528,13 +546,16 @@ def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, pr
                      "vectors": {key: torch.cat([p["vectors"][key] for _, p in batches]) for key in keys}}
             parts.append((start, shard))
             if root is not None:
-                _write_shard(root / _shard_name(k), shard)
                 done[k] = {"shard": k, "file": _shard_name(k), "start": start, "stop": stop,
                            "n_kept": len(shard["kept"])}
-                write_json_atomic(root / MANIFEST, {**metadata, "shards": [done[j] for j in sorted(done)],
-                                                    "complete": len(done) == len(shards)})
+                if work.is_main_process:
+                    _write_shard(root / _shard_name(k), shard)
+                    write_json_atomic(root / MANIFEST, {**metadata, "shards": [done[j] for j in sorted(done)],
+                                                        "complete": len(done) == len(shards)})
     finally:
         bar.close()
+    # The other processes return once the main one has written everything.
+    work.wait_for_everyone()
     seconds = time.perf_counter() - t0
     metadata.update(computed_inputs=computed, seconds=round(seconds, 3),
                     samples_per_s=round(computed / seconds, 3) if computed and seconds > 0 else None)

@@ -11,6 +11,7 @@ Scenarios are ``(visual shift or None, text shift or None, severity)``; names fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mmlens.errors import InputError
+from mmlens.models.distributed import DistributedWork
 from mmlens.report import atomic_folder, write_json_atomic
 
 Scenario = tuple[str | None, int, str | None, int]  # (visual, visual severity, text, text severity)
@@ -66,17 +68,23 @@ def _apply(images: Sequence[Any], prompts: Sequence[str], s: Scenario, seed: int
     return imgs, texts
 
 
-def _write_split(tmp: Path, name: str, vlm: Any, imgs: list, texts: list[str], references: list[str],
+def _write_split(tmp: Path | None, name: str, vlm: Any, imgs: list, texts: list[str], references: list[str],
                  item_ids: list, meta: dict, config: GenerateConfig, model_id: str,
-                 score: Callable[[str, str], bool] | None) -> dict:
+                 score: Callable[[str, str], bool] | None, work: DistributedWork) -> dict:
+    """Generate one split (its batches split across processes) and, with ``tmp`` (the main process), write it."""
     import json
 
-    answers = vlm.generate(imgs, texts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-    img_dir = tmp / "images" / name
-    img_dir.mkdir(parents=True)
+    answers = work.map_batches(lambda lo, hi: vlm.generate(imgs[lo:hi], texts[lo:hi],
+                                                           max_new_tokens=config.max_new_tokens,
+                                                           batch_size=config.batch_size),
+                               len(texts), config.batch_size)
     meta = dict(meta)
     if score is not None:
         meta["accuracy"] = float(np.mean([score(a, r) for a, r in zip(answers, references)]))
+    if tmp is None:
+        return {"split": name, **meta}
+    img_dir = tmp / "images" / name
+    img_dir.mkdir(parents=True)
     decoding = {"max_new_tokens": config.max_new_tokens, "do_sample": False, "seed": config.seed}
     lines = []
     for i, (im, q, a, r) in enumerate(zip(imgs, texts, answers, references)):
@@ -92,10 +100,14 @@ def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], 
                        out_dir: str | os.PathLike, config: GenerateConfig = GenerateConfig(), *,
                        model_id: str = "model", item_ids: Sequence[Any] | None = None,
                        score: Callable[[str, str], bool] | None = None, overwrite: bool = False,
-                       progress: bool = True) -> list[Path]:
+                       progress: bool = True, work: DistributedWork | None = None) -> list[Path]:
     """Generate responses of ``vlm`` (a ``VisionLanguageModel``) for every scenario of ``config`` (shifts applied
     here); write the split folder atomically. ``score(response, reference) -> bool`` adds ``accuracy`` to each
-    split's ``split_meta``."""
+    split's ``split_meta``.
+
+    Under ``accelerate launch`` (``work``: default :meth:`DistributedWork.from_environment`) each split's batches
+    are split across the processes and gathered; the main process writes the folder, the texts are the
+    single-process ones."""
     images, prompts, references = list(images), list(prompts), list(references)
     n = len(prompts)
     if n == 0:
@@ -106,21 +118,39 @@ def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], 
     if len(item_ids) != n:
         raise InputError(f"{len(item_ids)} item ids for {n} prompts: need one id per item")
     out = Path(out_dir)
+    work = work if work is not None else DistributedWork.from_environment()
     scenarios = list(config.scenarios)
-    if progress:
+    if progress and work.is_main_process:
         from tqdm.auto import tqdm
         scenarios = tqdm(scenarios, desc="shift scenarios")
     summary = []
-    with atomic_folder(out, overwrite=overwrite) as tmp:
+    with _output_folder(out, overwrite, work) as tmp:
         for s in scenarios:
             imgs, texts = _apply(images, prompts, s, config.seed)
             meta = {"family": scenario_family(s), "visual_shift": s[0], "visual_severity": s[1],
                     "text_shift": s[2], "text_severity": s[3]}
             summary.append(_write_split(tmp, scenario_name(s), vlm, imgs, texts, references, item_ids, meta,
-                                        config, model_id, score))
-        write_json_atomic(tmp / "generation.json", {"model_id": model_id, "n_items": n, "config": asdict(config),
-                                                    "splits": summary})
+                                        config, model_id, score, work))
+        if tmp is not None:
+            write_json_atomic(tmp / "generation.json", {"model_id": model_id, "n_items": n,
+                                                        "config": asdict(config), "splits": summary})
+    work.wait_for_everyone()
     return [out / f"{row['split']}.jsonl" for row in summary]
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path, overwrite: bool, work: DistributedWork):
+    """The main process's atomic folder (``None`` on the others). Every process checks ``out`` first, so that a
+    refused folder stops all of them instead of leaving the others waiting at the next gather."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder; choose another output path")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) or choose another path")
+    if not work.is_main_process:
+        yield None
+        return
+    with atomic_folder(out, overwrite=overwrite) as tmp:
+        yield tmp
 
 
 def load_eval_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -136,26 +166,31 @@ def load_eval_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def generate_for_splits(vlm: Any, split_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                         config: GenerateConfig = GenerateConfig(), *, model_id: str = "model",
-                        overwrite: bool = False, progress: bool = True) -> list[Path]:
+                        overwrite: bool = False, progress: bool = True,
+                        work: DistributedWork | None = None) -> list[Path]:
     """User-provided splits (already shifted): each JSONL of ``image``, ``prompt``, ``reference`` (and optional
-    ``question_id``) becomes ``<out_dir>/<stem>.jsonl`` with the model's responses; no shift is applied."""
+    ``question_id``) becomes ``<out_dir>/<stem>.jsonl`` with the model's responses; no shift is applied.
+    Split across processes under ``accelerate launch`` as :func:`generate_responses`."""
     files = [Path(f) for f in split_files]
     if not files:
         raise InputError("no split files given")
+    work = work if work is not None else DistributedWork.from_environment()
     summary = []
     iterator = files
-    if progress:
+    if progress and work.is_main_process:
         from tqdm.auto import tqdm
         iterator = tqdm(files, desc="splits")
-    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
+    with _output_folder(Path(out_dir), overwrite, work) as tmp:
         for f in iterator:
             records = load_eval_records(f)
             summary.append(_write_split(tmp, f.stem, vlm, [r["image"] for r in records],
                                         [r["prompt"] for r in records], [r["reference"] for r in records],
                                         [r.get("question_id", i) for i, r in enumerate(records)],
-                                        {"family": "user"}, config, model_id, None))
-        write_json_atomic(tmp / "generation.json", {"model_id": model_id, "config": asdict(config),
-                                                    "splits": summary})
+                                        {"family": "user"}, config, model_id, None, work))
+        if tmp is not None:
+            write_json_atomic(tmp / "generation.json", {"model_id": model_id, "config": asdict(config),
+                                                        "splits": summary})
+    work.wait_for_everyone()
     return [Path(out_dir) / f"{row['split']}.jsonl" for row in summary]
 
 
@@ -179,7 +214,7 @@ def world_eval_set(model_dir: str | os.PathLike, n: int = 200, seed: int = 0) ->
 
 def generate_world_splits(model: str = "zoo:mini-llava", out_dir: str | os.PathLike = "shift-splits",
                           n: int = 200, config: GenerateConfig = GenerateConfig(), *, overwrite: bool = False,
-                          progress: bool = True) -> list[Path]:
+                          progress: bool = True, work: DistributedWork | None = None) -> list[Path]:
     """Responses of a world-trained zoo VLM on held-out world VQA under the shift grid; accuracy = exact match of
     the normalised answer (``mmlens.zoo.mini_llava.normalise``), the judge's stand-in."""
     from mmlens.models import VisionLanguageModel, load_model
@@ -191,4 +226,4 @@ def generate_world_splits(model: str = "zoo:mini-llava", out_dir: str | os.PathL
     return generate_responses(vlm, data["images"], data["prompts"], data["references"], out_dir, config,
                               model_id=model, item_ids=data["item_ids"],
                               score=lambda a, r: normalise(a) == normalise(r), overwrite=overwrite,
-                              progress=progress)
+                              progress=progress, work=work)
