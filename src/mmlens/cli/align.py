@@ -2,18 +2,220 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-align_app = typer.Typer(help="Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.", no_args_is_help=True)
+from mmlens.align.train import FineTune, LossType
+
+align_app = typer.Typer(help="Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.",
+                        no_args_is_help=True)
+
+_MODES = ("offline", "online", "mixed", "online-bdhs")
+
+
+def _examples(model: str, data: Path | None, n_scenes: int, seed: int):
+    from mmlens.align.data import load_sft_jsonl
+    from mmlens.align.world_data import world_for_model, world_sft_examples
+
+    if data is not None:
+        return load_sft_jsonl(data), None
+    world = world_for_model(model)
+    return world_sft_examples(world, n_scenes, seed=seed), world
+
+
+@align_app.command("bdhs")
+def bdhs_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
+    out: Annotated[Path, typer.Option(help="Folder to write: pairs.jsonl, images/, dataset/, stats.json, "
+                                           "report/index.html.")],
+    data: Annotated[Path | None, typer.Option(help="Your SFT data: a JSONL of {image (path relative to the "
+                                                      "file), prompt, answer}. Default: world SFT turns of a "
+                                                      "world-trained zoo model.")] = None,
+    n_scenes: Annotated[int, typer.Option(min=1, help="World scenes (without --data).")] = 100,
+    rho: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of hiding each image token.")] = 0.99,
+    visible_tokens: Annotated[int | None, typer.Option(min=0, help="Keep exactly this many image tokens "
+                                                                       "visible (overrides --rho).")] = None,
+    eps: Annotated[float, typer.Option(help="Accept a rejected answer when its similarity to the chosen one is "
+                                            "below this.")] = 0.97,
+    max_tries: Annotated[int, typer.Option(min=1, help="Tries per example; the last one unguided.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Build BDHS preference pairs (chosen = your SFT answer, rejected = the model's biased completion with the
+    image hidden) in TRL's format, with statistics per try and an HTML report of example pairs."""
+    from mmlens.align.bdhs import BDHSConfig, bdhs_pairs
+    from mmlens.align.data import write_pairs
+    from mmlens.align.report import pairs_report
+    from mmlens.models import VisionLanguageModel, load_model
+
+    config = BDHSConfig(rho=rho, visible_tokens=visible_tokens, eps_s=eps, max_tries=max_tries,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed)
+    examples, _ = _examples(model, data, n_scenes, seed)
+    vlm = load_model(model, expect=VisionLanguageModel)
+    pairs, stats = bdhs_pairs(vlm, examples, config, on_try=lambda t, n: typer.echo(f"try {t}: {n} examples",
+                                                                                     err=True))
+    if not pairs:
+        from mmlens.errors import InputError
+
+        raise InputError("BDHS produced no usable pair (every rejected answer was empty or equal to the chosen)")
+    path = write_pairs(pairs, out, overwrite=overwrite, extra_files={"stats.json": stats.to_dict()})
+    pairs_report(pairs, stats.to_dict(), title=f"BDHS pairs of {model}").write(out / "report")
+    typer.echo(json.dumps(stats.to_dict(), indent=2))
+    typer.echo(f"wrote {len(pairs)} pairs to {path} (report: {out / 'report' / 'index.html'})")
+
+
+@align_app.command("dpo")
+def dpo_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="The SFT model: zoo:NAME, a folder or a HF id.")],
+    out: Annotated[Path, typer.Option(help="Folder for the aligned model (save_pretrained), train_log.json and "
+                                           "report/.")],
+    pairs: Annotated[Path | None, typer.Option(help="Preference pairs (a folder from `align bdhs` or its "
+                                                       "pairs.jsonl); offline and mixed modes.")] = None,
+    mode: Annotated[str, typer.Option(help="offline | online | mixed | online-bdhs.")] = "offline",
+    data: Annotated[Path | None, typer.Option(help="SFT JSONL for the online modes (default: world SFT turns "
+                                                      "of a world zoo model).")] = None,
+    judge: Annotated[str, typer.Option(help="Online judge: 'oracle' (ground truth: the world's, or the 'objects' "
+                                            "of your --data lines) or 'vlm:MODEL' (a vision-language judge).")]
+    = "oracle",
+    loss: Annotated[LossType, typer.Option(help="TRL loss type.")] = LossType.SIGMOID,
+    finetune: Annotated[FineTune, typer.Option(help="LoRA adapters (merged after training) or full.")]
+    = FineTune.LORA,
+    beta: Annotated[float, typer.Option()] = 0.1,
+    lr: Annotated[float, typer.Option()] = 2e-4,
+    steps: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    refresh_every: Annotated[int, typer.Option(min=1, help="Online modes: steps between fresh pairs.")] = 8,
+    mix_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Mixed mode: probability of an offline pair.")]
+    = 0.5,
+    n_scenes: Annotated[int, typer.Option(min=1)] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Align a model with DPO through TRL: offline on pairs, online (two samples ranked by a judge), mixed, or
+    online BDHS."""
+    from mmlens.align.bdhs import BDHSConfig
+    from mmlens.align.data import load_pairs
+    from mmlens.align.eval import vocabulary_parser
+    from mmlens.align.judges import OracleJudge, VLMJudge, WorldOracleJudge
+    from mmlens.align.report import pairs_report
+    from mmlens.align.train import DPOSettings, OnlineMode, train_dpo, train_online
+    from mmlens.errors import InputError
+    from mmlens.models import VisionLanguageModel, load_model
+    from mmlens.report import atomic_folder, write_json_atomic
+
+    if mode not in _MODES:
+        raise InputError(f"unknown --mode {mode!r}; use one of {', '.join(_MODES)}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
+    if mode in ("offline", "mixed") and pairs is None:
+        raise InputError(f"--mode {mode} needs --pairs (make them with `mmlens align bdhs`)")
+    settings = DPOSettings(loss_type=loss, beta=beta, learning_rate=lr, steps=steps, batch_size=batch_size,
+                           finetune=finetune, seed=seed, refresh_every=refresh_every, mix_probability=mix_p)
+    offline = load_pairs(pairs) if pairs is not None else None
+    vlm = load_model(model, expect=VisionLanguageModel)
+    if mode == "offline":
+        trained, log = train_dpo(vlm, offline, settings)
+    else:
+        examples, world = _examples(model, data, n_scenes, seed)
+        judge_obj = None
+        if mode in ("online", "mixed"):
+            if judge == "oracle" and world is not None:
+                judge_obj = WorldOracleJudge(world)
+            elif judge == "oracle":
+                vocabulary = sorted({o for e in examples for o in (e.objects or ())})
+                if not vocabulary:
+                    raise InputError("--judge oracle needs 'objects' (the objects in each image) in the --data lines")
+                judge_obj = OracleJudge(vocabulary_parser(vocabulary))
+            elif judge.startswith("vlm:"):
+                judge_obj = VLMJudge(load_model(judge[4:], expect=VisionLanguageModel))
+            else:
+                raise InputError(f"unknown --judge {judge!r}; use 'oracle' or 'vlm:MODEL'")
+        trained, log = train_online(vlm, examples, OnlineMode(mode.replace("-", "_")), settings, judge=judge_obj,
+                                    offline_pairs=offline, bdhs=BDHSConfig(seed=seed),
+                                    progress=lambda d, t: typer.echo(f"step {d}/{t}", err=True))
+    with atomic_folder(out) as tmp:
+        trained.save_pretrained(tmp)
+        write_json_atomic(tmp / "train_log.json", log)
+        if offline:
+            pairs_report(offline, {"mode": mode, "steps": steps, "loss_type": loss.value},
+                         title=f"DPO ({mode}) of {model}").write(tmp / "report")
+    last = log["steps"][-1] if log.get("steps") else {}
+    typer.echo(json.dumps({"mode": mode, "final": last}, indent=2))
+    typer.echo(f"aligned model written to {out}")
+
+
+@align_app.command("eval")
+def eval_command(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model(s) to compare (repeat the option); "
+                                                                    "NAME=SPEC to name a column.")],
+    out: Annotated[Path, typer.Option(help="Folder for the report (index.html, data.json).")],
+    pope: Annotated[Path | None, typer.Option(help="Your POPE probes: JSONL of {image, question, label}.")]
+    = None,
+    chair: Annotated[Path | None, typer.Option(help="Your CHAIR images: JSONL of {image, objects, [prompt, "
+                                                       "answer]}.")] = None,
+    world_model: Annotated[str | None, typer.Option(help="Without --pope/--chair: the world-trained model whose "
+                                                            "world gives the probes (default: the first model).")]
+    = None,
+    n_scenes: Annotated[int, typer.Option(min=1, help="World test scenes for POPE and CHAIR.")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """POPE (accuracy, precision, recall, F1, yes-ratio), CHAIR_i / CHAIR_s with object recall, and the
+    image-dependence gap of one or more models, side by side in an HTML report."""
+    from mmlens.align.eval import WorldEvalConfig, evaluate_files, evaluate_on_world
+    from mmlens.align.report import metrics_report
+    from mmlens.align.world_data import world_for_model
+    from mmlens.models import VisionLanguageModel, load_model
+
+    named = [(m.split("=", 1) if "=" in m else (m, m)) for m in model]
+    results = {}
+    world = None
+    if pope is None and chair is None:
+        world = world_for_model(world_model or named[0][1])
+    for name, spec in named:
+        vlm = load_model(spec, expect=VisionLanguageModel)
+        if world is not None:
+            cfg = WorldEvalConfig(n_pope_scenes=n_scenes, n_caption_scenes=n_scenes, n_gap_examples=n_scenes,
+                                  batch_size=batch_size)
+            metrics = evaluate_on_world(vlm, world, cfg)
+            metrics.pop("examples", None)
+        else:
+            metrics = evaluate_files(vlm, pope=str(pope) if pope else None, chair=str(chair) if chair else None,
+                                     batch_size=batch_size)
+        results[name] = metrics
+        typer.echo(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                                            if isinstance(v, float) and not k.endswith("_n")))
+    path = metrics_report(results).write(out)
+    typer.echo(f"report: {path}")
 
 
 def bench_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/align.json"),
+    seeds: Annotated[str, typer.Option(help="Comma-separated training seeds.")] = "0,1,2",
+    report: Annotated[Path | None, typer.Option(help="Also write an HTML report to this folder.")] = None,
 ) -> None:
-    """The align benchmark (being built)."""
-    from mmlens.errors import MMLensError
+    """Alignment arms (SFT, DPO on substitution / noisy-image / BDHS pairs, online, mixed, online BDHS) on
+    mini-llava with one data budget, over seeds; BDHS statistics and batched vs sequential cost."""
+    from mmlens.align.bench import AlignBenchConfig, align_benchmark
+    from mmlens.align.report import bench_report
+    from mmlens.errors import InputError
+    from mmlens.report import write_json_atomic
 
-    raise MMLensError("the align benchmark is not built yet")
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    if not seed_list:
+        raise InputError("--seeds is empty")
+    # After each seed the record so far is written (``"complete": false``), so a long run is never lost.
+    result = align_benchmark(AlignBenchConfig(seeds=seed_list), progress=lambda m: typer.echo(m, err=True),
+                             on_partial=lambda partial: write_json_atomic(out, partial))
+    write_json_atomic(out, result)
+    if report is not None:
+        bench_report(result).write(report)
+    typer.echo(json.dumps({"arms": result["arms"], "targets": result["targets"], "cost": result["cost"]}, indent=2))
+    typer.echo(f"written to {out}")

@@ -1,0 +1,349 @@
+"""Bias-Driven Hallucination Sampling (BDHS): rejected answers from the model's own language prior.
+
+For each SFT example (image, prompt, chosen answer): split the answer into sentences; per sentence optionally swap a
+leading yes/no, keep a random prefix and let the model complete it while most image tokens are hidden from attention
+(:mod:`mmlens.align.masking`), conditioned on the ground-truth earlier sentences, so every sentence of every example
+is completed in one batched ``generate`` call. The joined result is accepted as the rejected answer when its
+sentence-embedding cosine similarity to the chosen one is below ``eps_s``; otherwise mask and pivots are redrawn, up to
+``max_tries`` times, the last try generating the whole answer unguided (and accepted regardless).
+Spec: ``docs/methods/preference-alignment.md`` section 3 (arXiv 2407.02477, Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import BatchFeature
+
+from mmlens.align.data import PreferencePair, SFTExample, check_examples
+from mmlens.align.masking import block_image_tokens, draw_hidden_image_tokens
+from mmlens.errors import InputError
+from mmlens.models.generative import PromptStyle, VisionLanguageModel
+
+
+class PivotUnit(enum.Enum):
+    """Where a sentence may be cut before its completion."""
+
+    WORD = "word"
+    CHAR = "char"
+    TOKEN = "token"
+
+
+class TextEmbedder(Protocol):
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class BDHSConfig:
+    """BDHS options (spec section 5). ``rho``: each image token is hidden with probability ``rho`` (the paper's
+    rho_th = 0.99); ``visible_tokens`` instead keeps exactly that many visible (for models with few image tokens).
+    ``mask_layers``: decoder layers to mask (None = all). ``eps_s``: accept when similarity < eps_s (the paper's
+    0.97 with mpnet; recalibrate per embedder). ``max_tries``: N_BDHS, the last try unguided when > 1."""
+
+    rho: float = 0.99
+    visible_tokens: int | None = None
+    mask_layers: tuple[int, ...] | None = None
+    pivot_unit: PivotUnit = PivotUnit.WORD
+    flip_probability: float = 0.5
+    yes_no_word_boundary: bool = True
+    eps_s: float = 0.97
+    max_tries: int = 5
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    temperature: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rho <= 1.0:
+            raise InputError(f"rho={self.rho} must be in [0, 1]")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise InputError(f"flip_probability={self.flip_probability} must be in [0, 1]")
+        if self.max_tries < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise InputError("max_tries, batch_size and max_new_tokens must be >= 1")
+
+
+@dataclass
+class BDHSStats:
+    """What the generator did: ``accepted_by_try[i]`` pairs accepted at try i+1 (the last try is unguided)."""
+
+    accepted_by_try: list[int]
+    n_examples: int
+    n_pairs: int
+    n_dropped: int  # rejected answer empty or the same tokens as the chosen one: no preference signal
+    seconds: float
+    mean_similarity: float
+    mean_visible_tokens: float
+    mean_length_ratio: float  # words(rejected) / words(chosen)
+    similarity_by_try: list[float] = field(default_factory=list)
+    generation_seconds: float = 0.0  # the masked generate calls alone (no embedding, no bookkeeping)
+
+    @property
+    def seconds_per_pair(self) -> float:
+        return self.seconds / max(1, self.n_examples)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accepted_by_try": self.accepted_by_try, "n_examples": self.n_examples, "n_pairs": self.n_pairs,
+                "n_dropped": self.n_dropped, "seconds": round(self.seconds, 3),
+                "seconds_per_pair": round(self.seconds_per_pair, 5),
+                "mean_similarity": round(self.mean_similarity, 4),
+                "mean_visible_tokens": round(self.mean_visible_tokens, 3),
+                "mean_length_ratio": round(self.mean_length_ratio, 4),
+                "similarity_by_try": [round(s, 4) for s in self.similarity_by_try],
+                "generation_seconds": round(self.generation_seconds, 3)}
+
+
+# ------------------------------------------------------------------------------------------------ text helpers
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "no.", "fig.")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``: cut after . ! ? followed by whitespace, except after common abbreviations and single
+    letters ("e.g. a", "J. Smith"); decimals ("3.5") are never cut since no whitespace follows the dot."""
+    text = text.strip()
+    if not text:
+        return []
+    parts, current = [], ""
+    for piece in _SENTENCE_END.split(text):
+        current = f"{current} {piece}" if current else piece
+        last = current.split()[-1].lower()
+        if last in _ABBREVIATIONS or re.fullmatch(r"[a-z]\.", last):
+            continue
+        parts.append(current)
+        current = ""
+    if current:
+        parts.append(current)
+    return parts
+
+
+def flip_yes_no(sentence: str, *, word_boundary: bool = True) -> str | None:
+    """The sentence with a leading yes/no swapped (case kept), or None when it does not start with one. Without
+    ``word_boundary`` this is the published pattern, which also turns "Not" into "Yest"."""
+    pattern = r"^(\s*)(Yes|yes|No|no)" + (r"\b" if word_boundary else "")
+    m = re.match(pattern, sentence)
+    if m is None:
+        return None
+    swap = {"Yes": "No", "yes": "no", "No": "Yes", "no": "yes"}[m.group(2)]
+    return m.group(1) + swap + sentence[m.end():]
+
+
+def first_sentence(text: str) -> str:
+    """``text`` up to and including its first sentence end (the completion stops at the first full stop)."""
+    m = re.search(r"[.!?](\s|$)", text)
+    return text[: m.start() + 1].strip() if m else text.strip()
+
+
+# ----------------------------------------------------------------------------------- batched continuation
+def continuation_batch(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
+                       partials: Sequence[str]) -> BatchFeature:
+    """A left-padded generation batch whose rows end with the start of the assistant's answer (``partials``).
+
+    The prompt is built by the adapter as for any generation; the partial answer's tokens are appended to each row
+    (so the same code serves chat templates and PaliGemma's prefix format), and every per-token field is re-padded.
+    """
+    base = vlm.prepare(list(images), list(prompts))
+    tok = vlm.tokenizer
+    extra = [tok(p, add_special_tokens=False)["input_ids"] if p else [] for p in partials]
+    ids, attn = base["input_ids"], base["attention_mask"]
+    shape = tuple(ids.shape)
+    per_token = [k for k, v in base.items() if isinstance(v, torch.Tensor) and tuple(v.shape) == shape
+                 and not k.startswith("pixel") and not k.startswith("image")]
+    lengths = attn.sum(1).tolist()
+    new_len = max(int(n) + len(e) for n, e in zip(lengths, extra))
+    # PaliGemma: token type 1 marks answer (causal) tokens, 0 the bidirectional prefix.
+    answer_type = 1 if vlm.family.prompt_style is PromptStyle.PREFIX else 0
+    out = dict(base)
+    for key in per_token:
+        pad_value = tok.pad_token_id if key == "input_ids" else 0
+        fill = {"input_ids": None, "attention_mask": 1, "token_type_ids": answer_type}.get(key, 0)
+        old = base[key]
+        new = torch.full((shape[0], new_len), pad_value, dtype=old.dtype)
+        for row, (n, e) in enumerate(zip(lengths, extra)):
+            n = int(n)
+            tail = torch.tensor(e, dtype=old.dtype) if fill is None else torch.full((len(e),), fill, dtype=old.dtype)
+            content = torch.cat([old[row, shape[1] - n:], tail])
+            new[row, new_len - len(content):] = content
+        out[key] = new
+    return BatchFeature(out)
+
+
+def generate_continuations(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
+                           partials: Sequence[str], *, groups: Sequence[int] | None = None, rho: float | None = None,
+                           visible_tokens: int | None = None, mask_layers: Sequence[int] | None = None,
+                           rng: np.random.Generator | None = None, max_new_tokens: int = 48, do_sample: bool = False,
+                           temperature: float = 1.0, batch_size: int = 64,
+                           progress: bool = False) -> tuple[list[str], list[int]]:
+    """Complete each partial answer, batched; with ``rho`` (or ``visible_tokens``) image tokens are hidden, rows of
+    one ``group`` sharing a mask. Returns the new texts and the number of visible image tokens per row."""
+    n = len(prompts)
+    if not (len(images) == len(partials) == n):
+        raise InputError("images, prompts and partial answers must have the same length")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    groups = list(range(n)) if groups is None else list(groups)
+    masked = rho is not None or visible_tokens is not None
+    tok = vlm.tokenizer
+    texts: list[str] = []
+    visible: list[int] = []
+    draws: dict = {}
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    starts = range(0, n, batch_size)
+    for lo in tqdm(starts, desc="complete", disable=not progress or len(starts) <= 1, leave=False):
+        hi = min(lo + batch_size, n)
+        batch = vlm.to_device(continuation_batch(vlm, images[lo:hi], prompts[lo:hi], partials[lo:hi]))
+        image_mask = vlm.image_token_mask(batch)
+        if masked:
+            hidden = draw_hidden_image_tokens(image_mask.cpu(), groups[lo:hi], rho=rho if rho is not None else 1.0,
+                                              visible_tokens=visible_tokens, rng=rng, draws=draws)
+        else:
+            hidden = torch.zeros_like(image_mask, device="cpu")
+        visible.extend((image_mask.cpu() & ~hidden).sum(1).tolist())
+        with torch.no_grad(), block_image_tokens(vlm.decoder_layers, hidden.to(vlm.device), layers=mask_layers):
+            generated = vlm.model.generate(**batch, **gen_kwargs)
+        new = generated[:, batch["input_ids"].shape[1]:]
+        texts.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
+    return texts, visible
+
+
+# -------------------------------------------------------------------------------------------------- BDHS
+def _cut(sentence: str, unit: PivotUnit, keep_whole: bool, rng: np.random.Generator, tok) -> str:
+    """A random prefix of ``sentence`` (never the whole of it unless ``keep_whole`` may be drawn)."""
+    if unit is PivotUnit.WORD:
+        pieces = sentence.split()
+        j = int(rng.integers(0, len(pieces) + (1 if keep_whole else 0)))
+        return " ".join(pieces[:j])
+    if unit is PivotUnit.CHAR:
+        j = int(rng.integers(0, len(sentence) + (1 if keep_whole else 0)))
+        return sentence[:j]
+    ids = tok(sentence, add_special_tokens=False)["input_ids"]
+    j = int(rng.integers(0, len(ids) + (1 if keep_whole else 0)))
+    return tok.decode(ids[:j], skip_special_tokens=True) if j else ""
+
+
+def _join(prefix: str, completion: str) -> str:
+    return f"{prefix} {completion}".strip() if prefix else completion.strip()
+
+
+def same_tokens(tokenizer, a: str, b: str) -> bool:
+    """Whether two answers are the same token sequence (a pair of them carries no preference signal); decoding may
+    change spacing around punctuation ("diamond ," -> "diamond,") without changing the tokens."""
+    ids = tokenizer([a.strip(), b.strip()], add_special_tokens=False)["input_ids"]
+    return ids[0] == ids[1]
+
+
+def default_embedder() -> TextEmbedder:
+    """The offline MiniLM sentence encoder (``mmlens.shift.embed.SentenceEmbedder``)."""
+    from mmlens.shift.embed import SentenceEmbedder
+
+    return SentenceEmbedder(progress=False)
+
+
+def similarity(embedder: TextEmbedder, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """Cosine similarity row by row (empty texts count as identical: they carry no preference signal)."""
+    a, b = list(a), list(b)
+    sims = np.ones(len(a), dtype=np.float64)
+    ok = [i for i in range(len(a)) if a[i].strip() and b[i].strip()]
+    if ok:
+        ea = np.asarray(embedder.embed([a[i] for i in ok]), dtype=np.float64)
+        eb = np.asarray(embedder.embed([b[i] for i in ok]), dtype=np.float64)
+        ea /= np.linalg.norm(ea, axis=1, keepdims=True).clip(1e-12)
+        eb /= np.linalg.norm(eb, axis=1, keepdims=True).clip(1e-12)
+        sims[ok] = (ea * eb).sum(1)
+    return sims
+
+
+def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config: BDHSConfig = BDHSConfig(), *,
+               embedder: TextEmbedder | None = None, progress: bool = True,
+               on_try: Callable[[int, int], None] | None = None) -> tuple[list[PreferencePair], BDHSStats]:
+    """BDHS preference pairs (chosen = the SFT answer) and statistics per try."""
+    examples = check_examples(examples)
+    embedder = embedder if embedder is not None else default_embedder()
+    rng = np.random.default_rng(config.seed)
+    tok = vlm.tokenizer
+    t0 = time.perf_counter()
+    sentences = [split_sentences(ex.answer) for ex in examples]
+    rejected: list[str | None] = [None] * len(examples)
+    sim_of = np.ones(len(examples))
+    tries_of = np.zeros(len(examples), dtype=int)
+    visible_of = np.zeros(len(examples))
+    accepted_by_try = [0] * config.max_tries
+    similarity_by_try: list[float] = []
+    pending = list(range(len(examples)))
+    generation_seconds = 0.0
+    for attempt in range(1, config.max_tries + 1):
+        if not pending:
+            break
+        if on_try is not None:
+            on_try(attempt, len(pending))
+        unguided = config.max_tries > 1 and attempt == config.max_tries
+        rows: list[tuple[int, str, str]] = []  # (example, kept prefix of the sentence, whole partial answer)
+        for i in pending:
+            if unguided:
+                rows.append((i, "", ""))
+                continue
+            for k, sent in enumerate(sentences[i]):
+                swap = rng.random() < config.flip_probability
+                flipped = flip_yes_no(sent, word_boundary=config.yes_no_word_boundary) if swap else None
+                prefix = _cut(flipped if flipped is not None else sent, config.pivot_unit, flipped is not None, rng,
+                              tok)
+                rows.append((i, prefix, _join(" ".join(sentences[i][:k]), prefix)))
+        rows_example = [r[0] for r in rows]
+        rows_prefix = [r[1] for r in rows]
+        rows_partial = [r[2] for r in rows]
+        t_gen = time.perf_counter()
+        completions, visible = generate_continuations(
+            vlm, [examples[i].image for i in rows_example], [examples[i].prompt for i in rows_example], rows_partial,
+            groups=rows_example, rho=config.rho, visible_tokens=config.visible_tokens,
+            mask_layers=config.mask_layers, rng=rng, max_new_tokens=config.max_new_tokens,
+            do_sample=config.do_sample, temperature=config.temperature, batch_size=config.batch_size,
+            progress=progress)
+        generation_seconds += time.perf_counter() - t_gen
+        candidate: dict[int, list[str]] = {i: [] for i in pending}
+        for i, prefix, completion, vis in zip(rows_example, rows_prefix, completions, visible):
+            completion = completion if unguided else first_sentence(completion)
+            candidate[i].append(_join(prefix, completion))
+            visible_of[i] = vis
+        texts = [" ".join(candidate[i]) for i in pending]
+        sims = similarity(embedder, texts, [examples[i].answer for i in pending])
+        similarity_by_try.append(float(np.mean(sims)))
+        still = []
+        for i, text, s in zip(pending, texts, sims):
+            if s < config.eps_s or attempt == config.max_tries:
+                rejected[i], sim_of[i], tries_of[i] = text, float(s), attempt
+                accepted_by_try[attempt - 1] += 1
+            else:
+                still.append(i)
+        pending = still
+    pairs, dropped = [], 0
+    for i, ex in enumerate(examples):
+        text = rejected[i] or ""
+        if not text.strip() or same_tokens(tok, text, ex.answer):
+            dropped += 1
+            continue
+        pairs.append(PreferencePair(ex.image, ex.prompt, ex.answer, text,
+                                    {"source": "bdhs", "try": int(tries_of[i]),
+                                     "similarity": round(float(sim_of[i]), 4),
+                                     "visible_image_tokens": int(visible_of[i]), "id": ex.example_id}))
+    ratio = [len(p.rejected.split()) / max(1, len(p.chosen.split())) for p in pairs]
+    stats = BDHSStats(accepted_by_try, len(examples), len(pairs), dropped, time.perf_counter() - t0,
+                      float(np.mean(sim_of)), float(np.mean(visible_of)), float(np.mean(ratio)) if ratio else 0.0,
+                      similarity_by_try, generation_seconds)
+    return pairs, stats
+
+
+__all__ = ["BDHSConfig", "BDHSStats", "PivotUnit", "TextEmbedder", "bdhs_pairs", "continuation_batch",
+           "default_embedder", "first_sentence", "flip_yes_no", "generate_continuations", "same_tokens", "similarity",
+           "split_sentences"]

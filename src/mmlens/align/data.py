@@ -1,0 +1,170 @@
+"""SFT examples in, preference pairs out: TRL's conversational preference format as JSONL + images, or a dataset.
+
+An SFT example is (image, prompt, answer); a preference pair adds a rejected answer. On disk a pair set is a folder
+with ``pairs.jsonl`` (one ``{"images": [path], "prompt": [...], "chosen": [...], "rejected": [...], "meta": {...}}``
+per line, paths relative to the folder) and ``images/``; :func:`pairs_to_dataset` gives the same records as a
+``datasets.Dataset`` with decoded images, which ``trl.DPOTrainer`` takes as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from mmlens.errors import InputError
+from mmlens.report.io import atomic_folder, write_json_atomic, write_jsonl_atomic
+
+PAIRS_FILE = "pairs.jsonl"
+DATASET_DIR = "dataset"
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised example. ``objects``: the object classes truly in the image, when known (oracle judge,
+    CHAIR); ``reference``: the gold short answer when it differs from ``answer`` (else ``answer`` is the gold)."""
+
+    image: Image.Image
+    prompt: str
+    answer: str
+    objects: frozenset[str] | None = None
+    example_id: str = ""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    image: Image.Image
+    prompt: str
+    chosen: str
+    rejected: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def check_examples(examples: Sequence[SFTExample]) -> list[SFTExample]:
+    examples = list(examples)
+    if not examples:
+        raise InputError("no SFT examples: give at least one (image, prompt, answer)")
+    for i, ex in enumerate(examples):
+        if not isinstance(ex.image, Image.Image):
+            raise InputError(f"example {i}: image must be a PIL image")
+        if not ex.prompt.strip() or not ex.answer.strip():
+            raise InputError(f"example {i}: prompt and answer must be non-empty text")
+    return examples
+
+
+def _open_image(path: Path, where: str) -> Image.Image:
+    from PIL import UnidentifiedImageError
+
+    if not path.is_file():
+        raise InputError(f"{where}: image {path} not found (paths are relative to the JSONL's folder)")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # convert() decodes fully: a truncated file fails here, not mid-training
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InputError(f"{where}: cannot read image {path}") from None
+
+
+def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:
+    """SFT examples from a JSONL of ``{"image": <relative path>, "prompt": ..., "answer": ...}`` (optional
+    ``objects``: list of classes in the image, ``id``)."""
+    from mmlens.world.export import read_jsonl
+
+    path = Path(path)
+    rows = read_jsonl(path)
+    if not rows:
+        raise InputError(f"{path} is empty; it needs one {{\"image\", \"prompt\", \"answer\"}} object per line")
+    out = []
+    for lineno, rec in rows:
+        where = f"{path}:{lineno}"
+        for key in ("image", "prompt", "answer"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise InputError(f"{where}: missing or empty {key!r}; each line needs image, prompt and answer")
+        objects = rec.get("objects")
+        out.append(SFTExample(_open_image(path.parent / rec["image"], where), rec["prompt"], rec["answer"],
+                              frozenset(objects) if objects is not None else None, str(rec.get("id", lineno))))
+    return out
+
+
+def _conversation(pair: PreferencePair) -> dict[str, Any]:
+    return {"prompt": [{"role": "user", "content": pair.prompt}],
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}]}
+
+
+def pairs_to_dataset(pairs: Sequence[PreferencePair]):
+    """A ``datasets.Dataset`` in TRL's conversational vision preference format (images, prompt, chosen,
+    rejected)."""
+    from datasets import Dataset
+
+    if not pairs:
+        raise InputError("no preference pairs")
+    return Dataset.from_list([{"images": [p.image], **_conversation(p)} for p in pairs])
+
+
+def write_pairs(pairs: Sequence[PreferencePair], out_dir: str | os.PathLike, *, overwrite: bool = False,
+                with_dataset: bool = True, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write ``pairs.jsonl`` and ``images/`` (and ``dataset/``, the ``datasets`` copy for
+    ``datasets.load_from_disk``; and ``extra_files`` as JSON) into ``out_dir`` atomically; returns the JSONL path."""
+    out = Path(out_dir)
+    if not pairs:
+        raise InputError("no preference pairs to write")
+    with atomic_folder(out, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        rows = []
+        for i, p in enumerate(pairs):
+            name = f"images/{i:06d}.png"
+            p.image.save(tmp / name)
+            rows.append({"images": [name], **_conversation(p), "meta": p.meta})
+        write_jsonl_atomic(tmp / PAIRS_FILE, rows)
+        if with_dataset:
+            pairs_to_dataset(pairs).save_to_disk(str(tmp / DATASET_DIR))
+        for name, data in (extra_files or {}).items():
+            write_json_atomic(tmp / name, data)
+    return out / PAIRS_FILE
+
+
+def _text(messages: Any, where: str, key: str) -> str:
+    if isinstance(messages, str):
+        return messages
+    try:
+        content = messages[0]["content"]
+    except (TypeError, IndexError, KeyError):
+        raise InputError(f"{where}: {key!r} must be text or a list of chat messages") from None
+    if isinstance(content, list):  # multimodal content items
+        content = " ".join(c.get("text", "") for c in content if isinstance(c, dict))
+    return str(content)
+
+
+def load_pairs(path: str | os.PathLike) -> list[PreferencePair]:
+    """Pairs written by :func:`write_pairs` (a folder or its ``pairs.jsonl``); plain-string prompt/chosen/rejected
+    and an ``image`` key are accepted too."""
+    from mmlens.world.export import read_jsonl
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / PAIRS_FILE
+    rows = read_jsonl(path)
+    if not rows:
+        raise InputError(f"{path} has no pairs")
+    out = []
+    for lineno, rec in rows:
+        where = f"{path}:{lineno}"
+        images = rec.get("images", [rec["image"]] if "image" in rec else None)
+        if not images or len(images) != 1:
+            raise InputError(f"{where}: each pair needs exactly one image ('images': [path])")
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in rec:
+                raise InputError(f"{where}: missing {key!r}")
+        out.append(PreferencePair(_open_image(path.parent / images[0], where), _text(rec["prompt"], where, "prompt"),
+                                  _text(rec["chosen"], where, "chosen"), _text(rec["rejected"], where, "rejected"),
+                                  dict(rec.get("meta") or {})))
+    return out
+
+
+__all__ = ["DATASET_DIR", "PAIRS_FILE", "PreferencePair", "SFTExample", "check_examples", "load_pairs",
+           "load_sft_jsonl",
+           "pairs_to_dataset", "write_pairs"]

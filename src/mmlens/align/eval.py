@@ -1,0 +1,221 @@
+"""Hallucination metrics usable on any vision-language model: POPE, CHAIR with object recall, image dependence.
+
+- :func:`pope_metrics`: yes/no probes (image, question, label) -> accuracy, precision, recall, F1 and yes-ratio
+  (answers parsed by their first word; anything else counts as neither yes nor no, hence wrong).
+- :func:`chair_metrics`: free descriptions vs the true object set: CHAIR_i (hallucinated mentions / mentions), CHAIR_s
+  (descriptions with at least one hallucination / descriptions) and object recall, so "say less" cannot pass.
+- :func:`image_dependence_gap`: mean of log p(answer | image) - log p(answer | image tokens hidden from attention),
+  sums over answer tokens (mDPO's image-conditional margin).
+- :func:`evaluate_on_world`: all of them on held-out scenes of the miniature world with fixed probes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmlens.align.masking import block_image_tokens
+from mmlens.errors import InputError
+from mmlens.models.generative import IGNORE_INDEX, VisionLanguageModel
+
+DESCRIBE_PROMPT = "describe the image ."
+
+
+def parse_yes_no(answer: str) -> str | None:
+    m = re.match(r"\s*(yes|no)\b", answer.lower())
+    return m.group(1) if m else None
+
+
+def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """POPE scores with "yes" as the positive class."""
+    if len(answers) != len(labels) or not answers:
+        raise InputError(f"need as many answers as labels (got {len(answers)} and {len(labels)}), at least one")
+    if any(lab not in ("yes", "no") for lab in labels):
+        raise InputError("POPE labels must be 'yes' or 'no'")
+    pred = [parse_yes_no(a) for a in answers]
+    tp = sum(p == "yes" and lab == "yes" for p, lab in zip(pred, labels))
+    fp = sum(p == "yes" and lab == "no" for p, lab in zip(pred, labels))
+    fn = sum(p != "yes" and lab == "yes" for p, lab in zip(pred, labels))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"acc": float(np.mean([p == lab for p, lab in zip(pred, labels)])), "precision": precision,
+            "recall": recall, "f1": f1, "yes_ratio": float(np.mean([p == "yes" for p in pred])),
+            "unparsed_ratio": float(np.mean([p is None for p in pred])), "n": len(labels)}
+
+
+def chair_metrics(descriptions: Sequence[str], true_objects: Sequence[frozenset[str] | set[str]],
+                  mentioned: Callable[[str], set[str]]) -> dict[str, float]:
+    """CHAIR_i, CHAIR_s and object recall; ``mentioned`` maps a text to the canonical objects it names (e.g.
+    ``World.mentioned_objects``)."""
+    if len(descriptions) != len(true_objects) or not descriptions:
+        raise InputError("need one set of true objects per description, and at least one description")
+    found = [set(mentioned(d)) for d in descriptions]
+    n_mentions = sum(len(m) for m in found)
+    halluc = [len(m - set(t)) for m, t in zip(found, true_objects)]
+    recall = [len(m & set(t)) / len(t) for m, t in zip(found, true_objects) if t]
+    return {"chair_i": sum(halluc) / n_mentions if n_mentions else 0.0,
+            "chair_s": float(np.mean([h > 0 for h in halluc])),
+            "recall": float(np.mean(recall)) if recall else 0.0,
+            "mean_objects_mentioned": n_mentions / len(descriptions), "n": len(descriptions)}
+
+
+@torch.no_grad()
+def answer_logprobs(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
+                    answers: Sequence[str], *, hide_image: bool = False, batch_size: int = 32) -> np.ndarray:
+    """Sum of answer-token log-probabilities per example (prompt, image and padding positions excluded); with
+    ``hide_image`` every image token is hidden from attention (positions unchanged)."""
+    if not (len(images) == len(prompts) == len(answers)) or not prompts:
+        raise InputError("need equally many (and at least one) images, prompts and answers")
+    out = []
+    for lo in range(0, len(prompts), batch_size):
+        hi = min(lo + batch_size, len(prompts))
+        batch = vlm.to_device(vlm.prepare(list(images[lo:hi]), list(prompts[lo:hi]), answers=list(answers[lo:hi])))
+        labels = batch.pop("labels")
+        hidden = vlm.image_token_mask(batch) if hide_image else torch.zeros_like(labels, dtype=torch.bool)
+        with block_image_tokens(vlm.decoder_layers, hidden):
+            logits = vlm.forward(batch).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = labels[:, 1:]
+        keep = target != IGNORE_INDEX
+        tok_lp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out.extend((tok_lp * keep).sum(1).tolist())
+    return np.asarray(out)
+
+
+def image_dependence_gap(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
+                         answers: Sequence[str], *, batch_size: int = 32) -> float:
+    """Mean log p(answer | image) - log p(answer | image hidden): how much the answer relies on the image."""
+    with_image = answer_logprobs(vlm, images, prompts, answers, batch_size=batch_size)
+    without = answer_logprobs(vlm, images, prompts, answers, hide_image=True, batch_size=batch_size)
+    return float(np.mean(with_image - without))
+
+
+@dataclass(frozen=True)
+class WorldEvalConfig:
+    """Held-out world evaluation; the probes depend only on these fields, so they are fixed across models."""
+
+    n_pope_scenes: int = 100
+    pope_per_image: int = 3
+    n_caption_scenes: int = 100
+    n_gap_examples: int = 100
+    split: str = "test"
+    probe_seed: int = 1000
+    batch_size: int = 100
+    max_new_tokens: int = 24
+
+
+def evaluate_on_world(vlm: VisionLanguageModel, world, config: WorldEvalConfig = WorldEvalConfig()) -> dict:
+    """POPE (random, popular, adversarial), CHAIR/recall on descriptions and the image gap on ground-truth
+    captions, on held-out scenes of ``world`` (a :class:`mmlens.world.World`)."""
+    n = max(config.n_pope_scenes, config.n_caption_scenes, config.n_gap_examples)
+    scenes = world.sample_scenes(n, config.split)
+    images = {s.scene_id: world.render(s) for s in scenes}
+    out: dict = {}
+    pope_scenes = scenes[: config.n_pope_scenes]
+    for kind in ("random", "popular", "adversarial"):
+        probes = world.pope_probes(pope_scenes, kind=kind, per_image=config.pope_per_image,
+                                   rng=np.random.default_rng(config.probe_seed))
+        answers = vlm.generate([images[p.scene_id] for p in probes], [p.question for p in probes], max_new_tokens=2,
+                               batch_size=config.batch_size)
+        for key, value in pope_metrics(answers, [p.label for p in probes]).items():
+            out[f"pope_{kind}_{key}"] = value
+        out[f"pope_{kind}_top_answers"] = Counter(" ".join(a.lower().split()) for a in answers).most_common(5)
+    cap_scenes = scenes[: config.n_caption_scenes]
+    descriptions = vlm.generate([images[s.scene_id] for s in cap_scenes], [DESCRIBE_PROMPT] * len(cap_scenes),
+                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    out.update(chair_metrics(descriptions, [s.object_classes for s in cap_scenes], world.mentioned_objects))
+    out.pop("n", None)
+    gap_scenes = scenes[: config.n_gap_examples]
+    captions = [world.caption(s, np.random.default_rng(config.probe_seed + i)) for i, s in enumerate(gap_scenes)]
+    out["image_gap"] = image_dependence_gap(vlm, [images[s.scene_id] for s in gap_scenes],
+                                            [DESCRIBE_PROMPT] * len(gap_scenes), captions)
+    out["examples"] = [{"scene_id": s.scene_id, "description": d, "objects": sorted(s.object_classes)}
+                       for s, d in zip(cap_scenes[:6], descriptions[:6])]
+    return out
+
+
+def vocabulary_parser(objects: Sequence[str]) -> Callable[[str], set[str]]:
+    """A ``mentioned`` function for :func:`chair_metrics` over your own object vocabulary: whole-word matches of each
+    object name or its plural (+s / +es), case-insensitive; multi-word names are matched as phrases."""
+    names = sorted({o.lower().strip() for o in objects if o.strip()}, key=len, reverse=True)
+    if not names:
+        raise InputError("the object vocabulary is empty")
+    patterns = [(n, re.compile(rf"\b{re.escape(n)}(s|es)?\b")) for n in names]
+
+    def mentioned(text: str) -> set[str]:
+        low = text.lower()
+        return {n for n, pat in patterns if pat.search(low)}
+
+    return mentioned
+
+
+def evaluate_files(vlm: VisionLanguageModel, *, pope: str | None = None, chair: str | None = None,
+                   batch_size: int = 32, max_new_tokens: int = 64) -> dict:
+    """The metrics on your own data: ``pope`` a JSONL of ``{"image", "question", "label": "yes"|"no"}`` (optional
+    ``kind``: random/popular/adversarial); ``chair`` a JSONL of ``{"image", "objects": [...]}`` (optional
+    ``prompt``, default "describe the image ."; optional ``answer``, the reference description for the image gap).
+    Image paths are relative to the JSONL."""
+    from pathlib import Path
+
+    from mmlens.align.data import _open_image
+    from mmlens.world.export import read_jsonl
+
+    if pope is None and chair is None:
+        raise InputError("give a POPE file, a CHAIR file, or both")
+    out: dict = {}
+    if pope is not None:
+        rows = read_jsonl(pope)
+        if not rows:
+            raise InputError(f"{pope} has no probes")
+        by_kind: dict[str, list] = {}
+        for lineno, rec in rows:
+            if rec.get("label") not in ("yes", "no") or not isinstance(rec.get("question"), str):
+                raise InputError(f"{pope}:{lineno}: each probe needs a question and a label 'yes' or 'no'")
+            image = _open_image(Path(pope).parent / str(rec.get("image", "")), f"{pope}:{lineno}")
+            by_kind.setdefault(str(rec.get("kind", "all")), []).append((image, rec["question"], rec["label"]))
+        for kind, probes in by_kind.items():
+            answers = vlm.generate([p[0] for p in probes], [p[1] for p in probes], max_new_tokens=2,
+                                   batch_size=batch_size)
+            for key, value in pope_metrics(answers, [p[2] for p in probes]).items():
+                out[f"pope_{kind}_{key}"] = value
+    if chair is not None:
+        rows = read_jsonl(chair)
+        if not rows:
+            raise InputError(f"{chair} has no images")
+        items = []
+        for lineno, rec in rows:
+            if not isinstance(rec.get("objects"), list):
+                raise InputError(f"{chair}:{lineno}: each line needs 'objects', the list of objects in the image")
+            items.append((_open_image(Path(chair).parent / str(rec.get("image", "")), f"{chair}:{lineno}"),
+                          str(rec.get("prompt", DESCRIBE_PROMPT)), [str(o).lower() for o in rec["objects"]],
+                          rec.get("answer")))
+        descriptions = vlm.generate([i[0] for i in items], [i[1] for i in items], max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size)
+        parser = vocabulary_parser([o for i in items for o in i[2]])
+        out.update(chair_metrics(descriptions, [frozenset(i[2]) for i in items], parser))
+        with_ref = [i for i in items if isinstance(i[3], str) and i[3].strip()]
+        if with_ref:
+            out["image_gap"] = image_dependence_gap(vlm, [i[0] for i in with_ref], [i[1] for i in with_ref],
+                                                    [i[3] for i in with_ref], batch_size=batch_size)
+    return out
+
+
+__all__ = [
+    "DESCRIBE_PROMPT",
+    "WorldEvalConfig",
+    "answer_logprobs",
+    "chair_metrics",
+    "evaluate_files",
+    "evaluate_on_world",
+    "image_dependence_gap",
+    "parse_yes_no",
+    "pope_metrics",
+    "vocabulary_parser",
+]

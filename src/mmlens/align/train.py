@@ -1,0 +1,279 @@
+"""DPO through TRL's ``DPOTrainer`` (no hand-written loss): offline, online, mixed and online-BDHS.
+
+- :func:`train_dpo`: offline DPO on fixed preference pairs (LoRA through peft, or full fine-tuning).
+- :func:`train_online`: TRL 1.16 has no online DPO trainer for vision-language models (its experimental
+  ``OnlineDPOTrainer`` needs pointwise rewards and has neither mixing nor masked generation), so the online modes
+  are a loop around ``DPOTrainer``: every ``refresh_every`` steps fresh pairs are made with the *current* policy
+  (two samples ranked by a pairwise judge, or BDHS rejects), then TRL trains on them for those steps. One optimizer
+  (and its Adam state) and one frozen reference (the initial SFT model) serve all rounds.
+
+Mixed DPO (the paper's Eq. 4) draws, per example, the offline pair with probability ``mix_probability`` and an
+online judged pair otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+import math
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmlens.align.bdhs import BDHSConfig, TextEmbedder, bdhs_pairs, generate_continuations
+from mmlens.align.data import PreferencePair, SFTExample, check_examples, pairs_to_dataset
+from mmlens.align.judges import PairwiseJudge
+from mmlens.errors import InputError
+from mmlens.models.base import unwrap_peft
+from mmlens.models.generative import VisionLanguageModel
+
+
+class LossType(enum.Enum):
+    """TRL's pairwise DPO losses (``DPOConfig.loss_type``): sigmoid = DPO, ipo = IPO, hinge = SLiC's hinge."""
+
+    SIGMOID = "sigmoid"
+    IPO = "ipo"
+    HINGE = "hinge"
+    ROBUST = "robust"
+    EXO_PAIR = "exo_pair"
+    NCA_PAIR = "nca_pair"
+    BCO_PAIR = "bco_pair"
+    SPPO_HARD = "sppo_hard"
+    APO_ZERO = "apo_zero"
+    APO_DOWN = "apo_down"
+    DISCOPOP = "discopop"
+    SIGMOID_NORM = "sigmoid_norm"
+
+
+class FineTune(enum.Enum):
+    LORA = "lora"  # peft LoRA on the language model's linear layers; reference = adapters disabled / initial model
+    FULL = "full"  # every parameter; reference = a frozen copy of the initial model
+
+
+class OnlineMode(enum.Enum):
+    ONLINE = "online"  # two policy samples per prompt, ranked by a judge
+    MIXED = "mixed"  # per example: the offline pair with probability p, else an online judged pair
+    ONLINE_BDHS = "online_bdhs"  # BDHS rejects regenerated from the current policy
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """Training settings. The spec's tiny-model range: beta 0.1, lr 1e-4..5e-4 (7B-scale rates do not move a tiny
+    model)."""
+
+    loss_type: LossType = LossType.SIGMOID
+    beta: float = 0.1
+    learning_rate: float = 2e-4
+    steps: int = 64
+    batch_size: int = 8
+    finetune: FineTune = FineTune.LORA
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    seed: int = 0
+    # online modes
+    refresh_every: int = 8
+    mix_probability: float = 0.5
+    sample_temperature: float = 1.0
+    max_new_tokens: int = 32
+    max_judge_rounds: int = 3  # extra sampling rounds to replace ties before training on fewer pairs
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.refresh_every < 1:
+            raise InputError("steps, batch_size and refresh_every must be >= 1")
+        if self.beta <= 0 or self.learning_rate <= 0:
+            raise InputError("beta and learning_rate must be > 0")
+        if not 0.0 <= self.mix_probability <= 1.0:
+            raise InputError(f"mix_probability={self.mix_probability} must be in [0, 1]")
+
+
+LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def _lora_config(settings: DPOSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+                      target_modules=LORA_TARGETS, bias="none")
+
+
+def _dpo_config(settings: DPOSettings, steps: int, out_dir: str):
+    from trl import DPOConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return DPOConfig(output_dir=out_dir, use_cpu=True, bf16=False, max_length=None,
+                         per_device_train_batch_size=settings.batch_size, max_steps=steps,
+                         learning_rate=settings.learning_rate, lr_scheduler_type="constant", beta=settings.beta,
+                         loss_type=[settings.loss_type.value], seed=settings.seed, report_to=[], logging_steps=1,
+                         save_strategy="no", gradient_checkpointing=False, disable_tqdm=True,
+                         dataloader_num_workers=0)
+
+
+def _quiet_trainer_logs():
+    # transformers' trainer logs a line per step at INFO; keep the console for our own progress.
+    logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
+
+
+def _silence(trainer) -> None:
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints every step's log dict; the history is returned instead
+
+
+def _frozen_copy(model):
+    ref = copy.deepcopy(unwrap_peft(model))
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _steps_log(history: list[dict]) -> list[dict]:
+    keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
+            "logps/rejected")
+    return [{k: float(h[k]) for k in keys if k in h} | {"step": int(h.get("step", 0))}
+            for h in history if "loss" in h]
+
+
+def train_dpo(vlm: VisionLanguageModel, pairs: Sequence[PreferencePair], settings: DPOSettings = DPOSettings(),
+              ) -> tuple[VisionLanguageModel, dict[str, Any]]:
+    """Offline DPO on ``pairs`` through TRL; trains ``vlm.model`` in place (copy it first to keep the SFT model) and
+    returns the trained adapter (LoRA merged into the weights) and the per-step log (loss, reward margin and
+    accuracy, chosen/rejected log-probs)."""
+    from trl import DPOTrainer
+
+    if not pairs:
+        raise InputError("no preference pairs to train on")
+    _quiet_trainer_logs()
+    dataset = pairs_to_dataset(pairs)
+    model = vlm.model
+    model.train()
+    lora = settings.finetune is FineTune.LORA
+    with tempfile.TemporaryDirectory(prefix="mmlens-dpo-") as tmp:
+        trainer = DPOTrainer(model=model, ref_model=None if lora else _frozen_copy(model),
+                             args=_dpo_config(settings, settings.steps, tmp), train_dataset=dataset,
+                             processing_class=vlm.processor, peft_config=_lora_config(settings) if lora else None)
+        _silence(trainer)
+        trainer.train()
+        trained = trainer.model
+    if lora:
+        trained = trained.merge_and_unload()
+    trained.eval()
+    return VisionLanguageModel(trained, vlm.processor), {"steps": _steps_log(trainer.state.log_history),
+                                                         "n_pairs": len(pairs)}
+
+
+def _online_pairs(policy: VisionLanguageModel, examples: list[SFTExample], judge: PairwiseJudge,
+                  settings: DPOSettings, rng: np.random.Generator, tally: dict[str, int]) -> list[PreferencePair]:
+    """Two samples per example from the current policy, ranked by the judge; ties are resampled up to
+    ``max_judge_rounds`` times and then dropped."""
+    pairs: list[PreferencePair] = []
+    todo = list(examples)
+    for _ in range(settings.max_judge_rounds):
+        if not todo:
+            break
+        rows = [e for e in todo for _ in range(2)]
+        texts, _ = generate_continuations(policy, [e.image for e in rows], [e.prompt for e in rows], [""] * len(rows),
+                                          rng=rng, max_new_tokens=settings.max_new_tokens, do_sample=True,
+                                          temperature=settings.sample_temperature, batch_size=64)
+        first, second = texts[0::2], texts[1::2]
+        verdicts = judge.judge(todo, first, second)
+        tally["judged"] += len(todo)
+        again = []
+        for ex, a, b, v in zip(todo, first, second, verdicts):
+            if v == -1 or not a.strip() or not b.strip():
+                tally["ties"] += 1
+                again.append(ex)
+                continue
+            chosen, rejected = (a, b) if v == 0 else (b, a)
+            pairs.append(PreferencePair(ex.image, ex.prompt, chosen, rejected, {"source": "online",
+                                                                                "id": ex.example_id}))
+        todo = again
+    return pairs
+
+
+def train_online(vlm: VisionLanguageModel, examples: Sequence[SFTExample], mode: OnlineMode,
+                 settings: DPOSettings = DPOSettings(), *, judge: PairwiseJudge | None = None,
+                 offline_pairs: Sequence[PreferencePair] | None = None, bdhs: BDHSConfig | None = None,
+                 embedder: TextEmbedder | None = None, progress=None) -> tuple[VisionLanguageModel, dict[str, Any]]:
+    """Online DPO (``ONLINE``), mixed DPO (``MIXED``, needs ``offline_pairs``) or online BDHS (``ONLINE_BDHS``) for
+    ``settings.steps`` optimizer steps; pairs are refreshed from the current policy every ``refresh_every`` steps.
+    Trains ``vlm.model`` in place; returns the trained adapter and a log (steps, pairs used, judge ties)."""
+    from transformers.optimization import get_constant_schedule
+    from trl import DPOTrainer
+
+    examples = check_examples(examples)
+    if mode in (OnlineMode.ONLINE, OnlineMode.MIXED) and judge is None:
+        raise InputError(f"{mode.value} DPO needs a pairwise judge")
+    if mode is OnlineMode.MIXED and not offline_pairs:
+        raise InputError("mixed DPO needs offline pairs")
+    _quiet_trainer_logs()
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    base = vlm.model
+    ref = _frozen_copy(base)
+    if settings.finetune is FineTune.LORA:
+        from peft import get_peft_model
+
+        model = get_peft_model(base, _lora_config(settings))
+    else:
+        model = base
+    policy = VisionLanguageModel(model, vlm.processor)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
+    order = rng.permutation(len(examples))
+    cursor, offline_cursor, done = 0, 0, 0
+    tally = {"judged": 0, "ties": 0, "online_pairs": 0, "offline_pairs": 0, "bdhs_pairs": 0}
+    steps_log: list[dict] = []
+    n_rounds = math.ceil(settings.steps / settings.refresh_every)
+    bdhs_cfg = bdhs if bdhs is not None else BDHSConfig()
+    with tempfile.TemporaryDirectory(prefix="mmlens-online-dpo-") as tmp:
+        for round_index in range(n_rounds):
+            n_steps = min(settings.refresh_every, settings.steps - done)
+            need = n_steps * settings.batch_size
+            chunk = [examples[order[(cursor + i) % len(examples)]] for i in range(need)]
+            cursor += need
+            model.eval()
+            pairs: list[PreferencePair] = []
+            if mode is OnlineMode.ONLINE_BDHS:
+                fresh = replace(bdhs_cfg, seed=bdhs_cfg.seed + 1000 * round_index + settings.seed)
+                pairs, _ = bdhs_pairs(policy, chunk, fresh, embedder=embedder, progress=False)
+                tally["bdhs_pairs"] += len(pairs)
+            else:
+                online_slots = chunk
+                if mode is OnlineMode.MIXED:
+                    use_offline = rng.random(len(chunk)) < settings.mix_probability
+                    online_slots = [e for e, off in zip(chunk, use_offline) if not off]
+                    for _ in range(int(use_offline.sum())):
+                        pairs.append(offline_pairs[offline_cursor % len(offline_pairs)])
+                        offline_cursor += 1
+                    tally["offline_pairs"] += int(use_offline.sum())
+                if online_slots:
+                    online = _online_pairs(policy, online_slots, judge, settings, rng, tally)
+                    tally["online_pairs"] += len(online)
+                    pairs.extend(online)
+            done += n_steps
+            if not pairs:
+                continue  # every sample tied: nothing to learn from this round
+            order_pairs = rng.permutation(len(pairs))
+            dataset = pairs_to_dataset([pairs[i] for i in order_pairs])
+            model.train()
+            trainer = DPOTrainer(model=model, ref_model=ref, args=_dpo_config(settings, n_steps, tmp),
+                                 train_dataset=dataset, processing_class=vlm.processor,
+                                 optimizers=(optimizer, get_constant_schedule(optimizer)))
+            _silence(trainer)
+            trainer.train()
+            steps_log.extend(dict(s, step=s["step"] + done - n_steps) for s in _steps_log(trainer.state.log_history))
+            if progress is not None:
+                progress(done, settings.steps)
+    trained = model.merge_and_unload() if settings.finetune is FineTune.LORA else model
+    trained.eval()
+    return VisionLanguageModel(trained, vlm.processor), {"steps": steps_log, **tally}
+
+
+__all__ = ["LORA_TARGETS", "DPOSettings", "FineTune", "LossType", "OnlineMode", "train_dpo", "train_online"]
