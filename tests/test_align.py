@@ -297,14 +297,21 @@ def test_world_evaluation_runs_on_every_architecture(tiny_vlms, arch):
     assert 0.0 <= out["chair_i"] <= 1.0 and 0.0 <= out["recall"] <= 1.0 and np.isfinite(out["image_gap"])
 
 
-def test_answer_logprobs_ignore_padding_and_image_gap_is_zero_without_image_use(tiny_vlms):
+def test_answer_logprobs_ignore_padding_and_the_hidden_image_term_ignores_the_image(tiny_vlms):
     vlm = tiny_vlms["llava"]
     ims = _images(2)
     alone = answer_logprobs(vlm, ims[:1], PROMPTS[:1], ["red"])
     padded = answer_logprobs(vlm, ims, [PROMPTS[0], PROMPTS[1] + " a b c"], ["red", "yes it is"])
     assert alone[0] == pytest.approx(padded[0], abs=1e-4)
-    # With every image key hidden both terms are the same model: a control for the gap's sign convention.
-    assert image_dependence_gap(vlm, ims, PROMPTS, ["red", "yes"]) != 0.0
+    # The "image hidden" term cannot depend on the image; the "with image" term does, so the gap is not zero.
+    other = _images(2, seed=1)
+    answers = ["red", "yes"]
+    blind = answer_logprobs(vlm, ims, PROMPTS, answers, hide_image=True)
+    assert np.allclose(blind, answer_logprobs(vlm, other, PROMPTS, answers, hide_image=True), atol=1e-4)
+    assert not np.allclose(answer_logprobs(vlm, ims, PROMPTS, answers), answer_logprobs(vlm, other, PROMPTS, answers),
+                           atol=1e-4)
+    assert image_dependence_gap(vlm, ims, PROMPTS, answers) == pytest.approx(
+        float(np.mean(answer_logprobs(vlm, ims, PROMPTS, answers) - blind)), abs=1e-5)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -352,6 +359,25 @@ def test_online_and_mixed_dpo_through_trl():
     assert oracle.judge([_examples(1)[0]], ["yes"], ["Yes."]) == [-1]
     with pytest.raises(InputError):
         train_online(tiny_model("llava"), examples, OnlineMode.MIXED, settings, judge=judge)
+
+
+def test_mixed_dpo_takes_the_offline_pair_of_the_drawn_example(monkeypatch):
+    """Eq. 4: an example drawn offline contributes its own offline pair (matched by id), not any pair."""
+    from mmlens.align import train
+    from mmlens.align.judges import CallableJudge
+
+    examples = _examples(4)
+    offline = [PreferencePair(e.image, e.prompt, e.answer, f"wrong {e.example_id}", {"id": e.example_id})
+               for e in examples]
+    seen: list[list[PreferencePair]] = []
+    real = train.pairs_to_dataset
+    monkeypatch.setattr(train, "pairs_to_dataset", lambda pairs: seen.append(list(pairs)) or real(pairs))
+    settings = train.DPOSettings(steps=1, batch_size=2, refresh_every=1, mix_probability=1.0, learning_rate=1e-3)
+    _, log = train.train_online(tiny_model("llava"), examples, train.OnlineMode.MIXED, settings,
+                                judge=CallableJudge(lambda ex, a, b: -1), offline_pairs=offline[::-1])
+    drawn = np.random.default_rng(settings.seed).permutation(len(examples))[:2]  # train_online's first draw
+    assert log["offline_pairs"] == 2 and log["online_pairs"] == 0
+    assert sorted(p.rejected for p in seen[0]) == sorted(f"wrong {examples[i].example_id}" for i in drawn)
 
 
 def test_online_bdhs_regenerates_rejects():

@@ -84,6 +84,8 @@ def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:
             if not isinstance(rec.get(key), str) or not rec[key].strip():
                 raise InputError(f"{where}: missing or empty {key!r}; each line needs image, prompt and answer")
         objects = rec.get("objects")
+        if objects is not None and (not isinstance(objects, list) or not all(isinstance(o, str) for o in objects)):
+            raise InputError(f"{where}: 'objects' must be a list of object names, got {objects!r}")
         out.append(SFTExample(_open_image(path.parent / rec["image"], where), rec["prompt"], rec["answer"],
                               frozenset(objects) if objects is not None else None, str(rec.get("id", lineno))))
     return out

@@ -8,7 +8,8 @@
   (and its Adam state) and one frozen reference (the initial SFT model) serve all rounds.
 
 Mixed DPO (the paper's Eq. 4) draws, per example, the offline pair with probability ``mix_probability`` and an
-online judged pair otherwise.
+online judged pair otherwise. The offline pair of an example is found by its ``meta["id"]`` (== ``example_id``, as
+BDHS and the baselines write it); examples without one (e.g. dropped by BDHS) take the next offline pair in order.
 """
 
 from __future__ import annotations
@@ -232,6 +233,10 @@ def train_online(vlm: VisionLanguageModel, examples: Sequence[SFTExample], mode:
     steps_log: list[dict] = []
     n_rounds = math.ceil(settings.steps / settings.refresh_every)
     bdhs_cfg = bdhs if bdhs is not None else BDHSConfig()
+    offline_of: dict[str, list[PreferencePair]] = {}
+    for pair in offline_pairs or ():
+        if pair.meta.get("id"):
+            offline_of.setdefault(str(pair.meta["id"]), []).append(pair)
     with tempfile.TemporaryDirectory(prefix="mmlens-online-dpo-") as tmp:
         for round_index in range(n_rounds):
             n_steps = min(settings.refresh_every, settings.steps - done)
@@ -249,9 +254,13 @@ def train_online(vlm: VisionLanguageModel, examples: Sequence[SFTExample], mode:
                 if mode is OnlineMode.MIXED:
                     use_offline = rng.random(len(chunk)) < settings.mix_probability
                     online_slots = [e for e, off in zip(chunk, use_offline) if not off]
-                    for _ in range(int(use_offline.sum())):
-                        pairs.append(offline_pairs[offline_cursor % len(offline_pairs)])
-                        offline_cursor += 1
+                    for e in (e for e, off in zip(chunk, use_offline) if off):
+                        own = offline_of.get(e.example_id) if e.example_id else None
+                        if own:  # Eq. 4: the offline pair of this very example
+                            pairs.append(own[int(rng.integers(len(own)))])
+                        else:  # pairs without a matching meta["id"] (or dropped by BDHS): the next one in order
+                            pairs.append(offline_pairs[offline_cursor % len(offline_pairs)])
+                            offline_cursor += 1
                     tally["offline_pairs"] += int(use_offline.sum())
                 if online_slots:
                     online = _online_pairs(policy, online_slots, judge, settings, rng, tally)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,15 @@ from mmlens.align.train import FineTune, LossType
 align_app = typer.Typer(help="Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.",
                         no_args_is_help=True)
 
-_MODES = ("offline", "online", "mixed", "online-bdhs")
+
+
+class DPOMode(enum.Enum):
+    """``mmlens align dpo --mode``: offline pairs, or one of the online modes of :class:`OnlineMode`."""
+
+    OFFLINE = "offline"
+    ONLINE = "online"
+    MIXED = "mixed"
+    ONLINE_BDHS = "online-bdhs"
 
 
 def _examples(model: str, data: Path | None, n_scenes: int, seed: int):
@@ -76,7 +85,7 @@ def dpo_command(
                                            "report/.")],
     pairs: Annotated[Path | None, typer.Option(help="Preference pairs (a folder from `align bdhs` or its "
                                                        "pairs.jsonl); offline and mixed modes.")] = None,
-    mode: Annotated[str, typer.Option(help="offline | online | mixed | online-bdhs.")] = "offline",
+    mode: Annotated[DPOMode, typer.Option(help="offline | online | mixed | online-bdhs.")] = DPOMode.OFFLINE,
     data: Annotated[Path | None, typer.Option(help="SFT JSONL for the online modes (default: world SFT turns "
                                                       "of a world zoo model).")] = None,
     judge: Annotated[str, typer.Option(help="Online judge: 'oracle' (ground truth: the world's, or the 'objects' "
@@ -108,22 +117,24 @@ def dpo_command(
     from mmlens.models import VisionLanguageModel, load_model
     from mmlens.report import atomic_folder, write_json_atomic
 
-    if mode not in _MODES:
-        raise InputError(f"unknown --mode {mode!r}; use one of {', '.join(_MODES)}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    try:
+        mode = DPOMode(mode)  # also accepts the plain value (from Python or a --config file)
+    except ValueError:
+        raise InputError(f"unknown --mode {mode!r}; use one of {', '.join(m.value for m in DPOMode)}") from None
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
-    if mode in ("offline", "mixed") and pairs is None:
-        raise InputError(f"--mode {mode} needs --pairs (make them with `mmlens align bdhs`)")
+    if mode in (DPOMode.OFFLINE, DPOMode.MIXED) and pairs is None:
+        raise InputError(f"--mode {mode.value} needs --pairs (make them with `mmlens align bdhs`)")
     settings = DPOSettings(loss_type=loss, beta=beta, learning_rate=lr, steps=steps, batch_size=batch_size,
                            finetune=finetune, seed=seed, refresh_every=refresh_every, mix_probability=mix_p)
     offline = load_pairs(pairs) if pairs is not None else None
     vlm = load_model(model, expect=VisionLanguageModel)
-    if mode == "offline":
+    if mode is DPOMode.OFFLINE:
         trained, log = train_dpo(vlm, offline, settings)
     else:
         examples, world = _examples(model, data, n_scenes, seed)
         judge_obj = None
-        if mode in ("online", "mixed"):
+        if mode in (DPOMode.ONLINE, DPOMode.MIXED):
             if judge == "oracle" and world is not None:
                 judge_obj = WorldOracleJudge(world)
             elif judge == "oracle":
@@ -135,17 +146,18 @@ def dpo_command(
                 judge_obj = VLMJudge(load_model(judge[4:], expect=VisionLanguageModel))
             else:
                 raise InputError(f"unknown --judge {judge!r}; use 'oracle' or 'vlm:MODEL'")
-        trained, log = train_online(vlm, examples, OnlineMode(mode.replace("-", "_")), settings, judge=judge_obj,
+        online_mode = OnlineMode(mode.value.replace("-", "_"))
+        trained, log = train_online(vlm, examples, online_mode, settings, judge=judge_obj,
                                     offline_pairs=offline, bdhs=BDHSConfig(seed=seed),
                                     progress=lambda d, t: typer.echo(f"step {d}/{t}", err=True))
     with atomic_folder(out) as tmp:
         trained.save_pretrained(tmp)
         write_json_atomic(tmp / "train_log.json", log)
         if offline:
-            pairs_report(offline, {"mode": mode, "steps": steps, "loss_type": loss.value},
-                         title=f"DPO ({mode}) of {model}").write(tmp / "report")
+            pairs_report(offline, {"mode": mode.value, "steps": steps, "loss_type": loss.value},
+                         title=f"DPO ({mode.value}) of {model}").write(tmp / "report")
     last = log["steps"][-1] if log.get("steps") else {}
-    typer.echo(json.dumps({"mode": mode, "final": last}, indent=2))
+    typer.echo(json.dumps({"mode": mode.value, "final": last}, indent=2))
     typer.echo(f"aligned model written to {out}")
 
 

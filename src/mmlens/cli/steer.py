@@ -234,9 +234,10 @@ def bench_command(
     result = steer_benchmark(SteerBenchConfig(seed=seed, n_test=n_test),
                              progress_cb=lambda m: typer.echo(f"steer bench: {m}", err=True))
     write_json_atomic(out, result)
-    headline = {"yes_to_no": result["yes_to_no"], "caption_style": {k: result["caption_style"][k] for k in
+    headline = {"yes_to_no": result["yes_to_no"], "caption_style": {k: result["caption_style"].get(k) for k in
                                                                      ("layer", "alpha", "before", "after",
-                                                                      "steering_beats_logit_bias")},
+                                                                      "steering_beats_logit_bias", "error")
+                                                                     if k in result["caption_style"]},
                 "overhead": {k: result["overhead"][k] for k in ("steered_s", "plain_s", "overhead_fraction")},
                 "met": result["met"]}
     typer.echo(json.dumps(headline, indent=2))

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mmlens.errors import InputError
+from mmlens.models.hooks import _hidden, _with_hidden
 from mmlens.steer.vectors import SteeringVector
 
 
@@ -167,7 +168,8 @@ class _PositionTracker:
         ids, shape, cache, attention = _call_inputs(args, kwargs)
         batch, length = shape
         offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-        device = ids.device if ids is not None else torch.device("cpu")
+        embeds = kwargs.get("inputs_embeds")
+        device = ids.device if ids is not None else embeds.device  # _call_inputs ensured one of them
         if isinstance(attention, torch.Tensor) and attention.ndim == 2 and attention.shape[-1] >= length:
             valid = attention[:, -length:].to(device=device).bool()
         else:
@@ -189,14 +191,6 @@ class _PositionTracker:
 
     def after_call(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.mask = None  # a layer run outside the model's forward must not reuse a stale mask
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 class _SampleGate:

@@ -373,12 +373,17 @@ def load_vectors(path: str | os.PathLike[str]) -> list[SteeringVector]:
         metadata = handle.metadata() or {}
     if METADATA_KEY not in metadata:
         raise InputError(f"{source} has no mmlens steering metadata: write it with mmlens.steer.save_vectors")
-    entries = json.loads(metadata[METADATA_KEY])["vectors"]
     out = []
-    for entry in entries:
-        index = entry["index"]
-        out.append(SteeringVector(tensors[f"{index}.vector"], entry["layer"], VectorKind(entry["kind"]),
-                                  entry["source"], entry["target"], entry.get("model", ""), entry.get("position", ""),
-                                  reference=tensors.get(f"{index}.reference"), info=entry.get("info", {}),
-                                  contrasts=tensors.get(f"{index}.contrasts")))
+    try:
+        entries = json.loads(metadata[METADATA_KEY])["vectors"]
+        for entry in entries:
+            index = entry["index"]
+            out.append(SteeringVector(tensors[f"{index}.vector"], entry["layer"], VectorKind(entry["kind"]),
+                                      entry["source"], entry["target"], entry.get("model", ""),
+                                      entry.get("position", ""), reference=tensors.get(f"{index}.reference"),
+                                      info=entry.get("info", {}), contrasts=tensors.get(f"{index}.contrasts")))
+    except InputError:  # e.g. a NaN in a stored vector: already a clear message
+        raise
+    except (ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        raise InputError(f"{source} has corrupt mmlens steering metadata ({type(err).__name__}: {err})") from None
     return out
