@@ -172,3 +172,32 @@ def test_evaluate_unbuilt_raises(tmp_path, monkeypatch):
     monkeypatch.setenv("MMLENS_HOME", str(tmp_path))
     with pytest.raises(ModelLoadError, match="not built"):
         zoo.evaluate("mini-clip")
+
+
+def test_mini_llava_focus_phase_weights_its_templates_and_builds(zoo_home, tmp_path):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from mmlens.models import load_model
+    from mmlens.zoo import mini_llava
+    from mmlens.zoo.common import config_from_dict
+
+    cfg = replace(TINY["mini-llava"], focus_steps=2, focus_batch_size=8)
+    vlm = load_model("zoo:mini-llava")
+    world = mini_llava.build_world(cfg)
+    scenes = world.sample_scenes(12, "train")
+    weights = {t: cfg.focus_weight for t in cfg.focus_templates}
+    focused = mini_llava.training_examples(world, scenes, vlm, 1, cfg, caption_fraction=0.1, template_weights=weights)
+    templates = np.array([t or "caption" for t in focused.templates])
+    assert np.isclose(focused.weights[templates == "caption"].sum(), 0.1)
+    vqa = templates != "caption"
+    is_focus = np.isin(templates, cfg.focus_templates)
+    expected = 0.9 * cfg.focus_weight * is_focus.sum() / (cfg.focus_weight * is_focus.sum() + (vqa & ~is_focus).sum())
+    assert np.isclose(focused.weights[is_focus].sum(), expected)
+    plain = mini_llava.training_examples(world, scenes, vlm, 1, cfg)
+    assert focused.weights[is_focus].sum() > plain.weights[is_focus].sum()
+
+    record = mini_llava.build(tmp_path / "m", cfg, {"mini-clip": zoo.model_dir("mini-clip")})
+    assert record["config"]["focus_steps"] == 2
+    assert config_from_dict(mini_llava.MiniLlavaConfig, {**record["config"], "world": cfg.world}) == cfg
