@@ -458,3 +458,15 @@ def test_several_images_per_prompt(gen):
     assert two[0] == 2 * one[0] and two[1] == one[1]
     with torch.no_grad():
         assert torch.isfinite(model.forward(batch).logits).all()
+
+
+def test_hook_scope_removes_kept_hooks_also_when_a_later_registration_fails():
+    from mmlens.models.hooks import hook_scope
+
+    layer = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="second registration"):
+        with hook_scope() as keep:
+            keep(layer.register_forward_hook(lambda m, a, o: o * 0))
+            assert len(layer._forward_hooks) == 1
+            raise RuntimeError("second registration failed")
+    assert len(layer._forward_hooks) == 0

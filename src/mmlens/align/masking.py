@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mmlens.errors import InputError
+from mmlens.models.hooks import hook_scope
 
 
 def draw_hidden_image_tokens(image_mask: torch.Tensor, group: Sequence[int] | None, *, rho: float,
@@ -125,13 +126,10 @@ def block_image_tokens(decoder_layers: nn.ModuleList, hidden: torch.Tensor, *,
         kwargs["attention_mask"] = _combine(mask, hidden.to(states.device), q_len, k_len, states.dtype)
         return args, kwargs
 
-    handles = [m.register_forward_pre_hook(pre_hook, with_kwargs=True)
-               for m in _attention_modules(decoder_layers, layers)]
-    try:
+    with hook_scope() as keep:
+        for m in _attention_modules(decoder_layers, layers):
+            keep(m.register_forward_pre_hook(pre_hook, with_kwargs=True))
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 __all__ = ["block_image_tokens", "draw_hidden_image_tokens"]

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from mmlens.errors import InputError
 from mmlens.models.distributed import DistributedWork
 from mmlens.models.generative import CausalLanguageModel, VisionLanguageModel
+from mmlens.models.hooks import _hidden, hook_scope
 from mmlens.report.io import write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -228,11 +229,6 @@ def _first_match(ids: Sequence[int], variants: Mapping[str, list[tuple[int, ...]
 
 
 # -------------------------------------------------------------------------------------------------- hooks
-def _hidden(output: Any) -> torch.Tensor:
-    # Decoder layers return a tensor or a tuple whose first element is the hidden state (as in models.hooks).
-    return output[0] if isinstance(output, tuple) else output
-
-
 @contextlib.contextmanager
 def record_emitters(modules: Mapping[str, nn.Module], prompt_positions: torch.Tensor
                     ) -> Iterator[dict[str, list[torch.Tensor]]]:
@@ -254,12 +250,10 @@ def record_emitters(modules: Mapping[str, nn.Module], prompt_positions: torch.Te
 
         return hook
 
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
-    try:
+    with hook_scope() as keep:
+        for name, module in modules.items():
+            keep(module.register_forward_hook(make_hook(name)))
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # ------------------------------------------------------------------------------------------------ capture

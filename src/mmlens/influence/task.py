@@ -28,6 +28,7 @@ from mmlens.errors import InputError
 from mmlens.influence.config import as_enum
 from mmlens.influence.data import PairData
 from mmlens.models.contrastive import ContrastiveModel, LossKind, ParamGroup
+from mmlens.models.hooks import hook_scope
 
 Params = dict[str, torch.Tensor]
 Encoded = dict[str, torch.Tensor]
@@ -101,15 +102,10 @@ def _dtype(name: str) -> torch.dtype:
 def _capture_inputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record the first positional input of each module; the hooks are removed on exit, also on error."""
     store: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
-    handles = []
-    try:
+    with hook_scope() as keep:
         for key, module in modules.items():
-            handles.append(module.register_forward_pre_hook(
-                lambda mod, args, key=key: store[key].append(args[0].detach())))
+            keep(module.register_forward_pre_hook(lambda mod, args, key=key: store[key].append(args[0].detach())))
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _head_modules(adapter: ContrastiveModel) -> dict[str, tuple[str, nn.Module]]:

@@ -13,6 +13,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+@contextlib.contextmanager
+def hook_scope() -> Iterator[Callable[[RemovableHandle], RemovableHandle]]:
+    """Yield ``keep``: every handle passed to it (``keep(module.register_forward_hook(...))``) is removed when the
+    block exits, also on error and also when a later registration fails. The one place hooks are cleaned up."""
+    with contextlib.ExitStack() as stack:
+
+        def keep(handle: RemovableHandle) -> RemovableHandle:
+            stack.callback(handle.remove)
+            return handle
+
+        yield keep
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -41,12 +55,10 @@ def capture_outputs(modules: Mapping[str, nn.Module], *, detach: bool = True,
 
         return hook
 
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
-    try:
+    with hook_scope() as keep:
+        for name, module in modules.items():
+            keep(module.register_forward_hook(make_hook(name)))
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextlib.contextmanager
@@ -66,8 +78,6 @@ def add_to_output(module: nn.Module, vector: torch.Tensor, *, scale: float = 1.0
             delta = positions.to(h.device).unsqueeze(-1).to(h.dtype) * delta
         return _with_hidden(output, h + delta)
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with hook_scope() as keep:
+        keep(module.register_forward_hook(hook))
         yield
-    finally:
-        handle.remove()

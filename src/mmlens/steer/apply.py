@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mmlens.errors import InputError
-from mmlens.models.hooks import _hidden, _with_hidden
+from mmlens.models.hooks import _hidden, _with_hidden, hook_scope
 from mmlens.steer.vectors import SteeringVector
 
 
@@ -296,16 +296,12 @@ def steer(model: Any, vectors: SteeringVector | Sequence[SteeringVector], config
         return hook
 
     root = model.base_model
-    handles = []
-    try:
-        handles.append(root.register_forward_pre_hook(tracker.before_call, with_kwargs=True))
-        handles.append(root.register_forward_hook(tracker.after_call, with_kwargs=True))
+    with hook_scope() as keep:
+        keep(root.register_forward_pre_hook(tracker.before_call, with_kwargs=True))
+        keep(root.register_forward_hook(tracker.after_call, with_kwargs=True))
         for layer, direction in per_layer.items():
-            handles.append(layers[layer].register_forward_hook(make_hook(layer, direction)))
+            keep(layers[layer].register_forward_hook(make_hook(layer, direction)))
         yield trace
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def logit_bias_direction(model: Any, vector: SteeringVector) -> torch.Tensor:
@@ -342,18 +338,14 @@ def logit_bias(model: Any, vector: SteeringVector, alpha: float = 1.0,
             add = state["gate"].to(output.device, output.dtype).view(-1, *([1] * (output.ndim - 1))) * add
         return output + add
 
-    handles = []
-    try:
+    with hook_scope() as keep:
         if gate is not None:
             root = model.base_model
-            handles.append(root.register_forward_pre_hook(tracker.before_call, with_kwargs=True))
-            handles.append(root.register_forward_hook(tracker.after_call, with_kwargs=True))
-            handles.append(model.decoder_layers[vector.layer].register_forward_hook(read_gate))
-        handles.append(model.lm_head.register_forward_hook(hook))
+            keep(root.register_forward_pre_hook(tracker.before_call, with_kwargs=True))
+            keep(root.register_forward_hook(tracker.after_call, with_kwargs=True))
+            keep(model.decoder_layers[vector.layer].register_forward_hook(read_gate))
+        keep(model.lm_head.register_forward_hook(hook))
         yield bias
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @dataclass(frozen=True, eq=False)
