@@ -1,7 +1,9 @@
 """Scale-out through accelerate: two CPU processes (gloo) give exactly the single-process results.
 
-The worker (tests/distributed_worker.py) captures activations into a sharded folder and generates shift responses
-on a tiny random LLaVA; it runs once in this process and once under ``accelerate launch`` with two processes.
+The worker (tests/distributed_worker.py) captures activations into a sharded folder, generates shift responses and
+BDHS pairs on a tiny random LLaVA, computes influence scores on a tiny random CLIP (API and CLI), and trains the
+LLaVA with ``mmlens align dpo`` (TRL); it runs once in this process and once under ``accelerate launch`` with two
+processes.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def test_two_cpu_processes_equal_one(tmp_path):
         torch.set_num_threads(threads)
     output, _ = launch.communicate(timeout=300)
     assert launch.returncode == 0, output[-3000:]
+    # the CLI commands run on both processes but print (and write) on the main one only
+    assert output.count('"n_pairs": 30') == 1 and output.count("aligned model written") == 1, output[-3000:]
 
     texts_one = json.loads((one / "texts.json").read_text())
     texts_two = json.loads((two / "texts.json").read_text())
@@ -97,3 +101,36 @@ def test_two_cpu_processes_equal_one(tmp_path):
     assert manifest_two["shards"] == manifest_one["shards"] and len(manifest_two["shards"]) == 2
     assert manifest_two["complete"] and manifest_two["num_processes"] == 2
     assert sorted(p.name for p in (two / "shift").iterdir()) == sorted(p.name for p in (one / "shift").iterdir())
+
+    # BDHS: the same random decisions per example and the same batches, hence the same pairs (greedy and sampled).
+    assert texts_two["bdhs"] == texts_one["bdhs"]
+    greedy, sampled = texts_one["bdhs"]
+    assert len(greedy["pairs"]) + greedy["n_dropped"] == 7 and len(greedy["accepted_by_try"]) == 3
+    assert len(sampled["pairs"]) + sampled["n_dropped"] == 7 and greedy["pairs"]
+
+    # Influence: whole batches of the partition per process, so every per-pair number is bit-identical.
+    infl_one = load_file(str(one / "influence.safetensors"))
+    infl_two = load_file(str(two / "influence.safetensors"))
+    assert set(infl_one) == set(infl_two) and {"value.both_exact", "self_influence", "trace.relative"} <= set(infl_one)
+    for key, value in infl_one.items():
+        assert torch.equal(infl_two[key], value), key
+    assert infl_one["value.both_exact"].std() > 0 and infl_one["removal_gradient_prob"].abs().sum() > 0
+    assert infl_one["value.both_exact"].shape == (30,) and infl_one["trace.delta"].shape == (3, 30)
+    # ... and `mmlens influence value` under the launcher wrote one scores file, equal to the single-process one.
+    assert (two / "influence" / "scores.jsonl").read_text() == (one / "influence" / "scores.jsonl").read_text()
+    assert not list((two / "influence").glob(".*tmp*")) and (two / "influence" / "mmlens-config.yaml").is_file()
+
+    # DPO: two processes with 2 pairs each train as one process with 4 (TRL's data-parallel steps, gradients
+    # averaged by DDP): equal up to float32 summation order. The weights move by ~1e-3, 100x the tolerance.
+    log_one = json.loads((one / "dpo" / "train_log.json").read_text())["steps"]
+    log_two = json.loads((two / "dpo" / "train_log.json").read_text())["steps"]
+    assert [s["step"] for s in log_two] == [s["step"] for s in log_one] == [1, 2]
+    for a, b in zip(log_one, log_two):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["logps/chosen"] == pytest.approx(a["logps/chosen"])
+    weights_one = load_file(str(one / "dpo" / "model.safetensors"))
+    weights_two = load_file(str(two / "dpo" / "model.safetensors"))
+    initial = load_file(str(one / "inputs" / "llava" / "model.safetensors"))
+    moved = max(float((weights_one[k] - initial[k]).abs().max()) for k in initial)
+    assert moved > 1e-4
+    for key, value in weights_one.items():
+        torch.testing.assert_close(weights_two[key], value, rtol=0, atol=1e-6)

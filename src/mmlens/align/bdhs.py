@@ -6,6 +6,11 @@ leading yes/no, keep a random prefix and let the model complete it while most im
 is completed in one batched ``generate`` call. The joined result is accepted as the rejected answer when its
 sentence-embedding cosine similarity to the chosen one is below ``eps_s``; otherwise mask and pivots are redrawn, up to
 ``max_tries`` times, the last try generating the whole answer unguided (and accepted regardless).
+
+Every random decision of an example (yes/no flip, prefix cut, image-token mask) comes from a generator seeded by
+``(seed, example index, try)``, so it does not depend on batching or on which process handles the example: under
+``accelerate launch`` the generation batches of each try are split across the processes and gathered in order, and
+every process returns the single-process pairs.
 Spec: ``docs/methods/preference-alignment.md`` section 3 (arXiv 2407.02477, Algorithm 1).
 """
 
@@ -27,6 +32,7 @@ from transformers import BatchFeature
 from mmlens.align.data import PreferencePair, SFTExample, check_examples
 from mmlens.align.masking import block_image_tokens, draw_hidden_image_tokens
 from mmlens.errors import InputError
+from mmlens.models.distributed import DistributedWork
 from mmlens.models.generative import PromptStyle, VisionLanguageModel
 
 
@@ -181,10 +187,14 @@ def generate_continuations(vlm: VisionLanguageModel, images: Sequence[Image.Imag
                            partials: Sequence[str], *, groups: Sequence[int] | None = None, rho: float | None = None,
                            visible_tokens: int | None = None, mask_layers: Sequence[int] | None = None,
                            rng: np.random.Generator | None = None, max_new_tokens: int = 48, do_sample: bool = False,
-                           temperature: float = 1.0, batch_size: int = 64,
-                           progress: bool = False) -> tuple[list[str], list[int]]:
+                           temperature: float = 1.0, batch_size: int = 64, progress: bool = False,
+                           group_rng: Callable[[int], np.random.Generator] | None = None,
+                           ) -> tuple[list[str], list[int]]:
     """Complete each partial answer, batched; with ``rho`` (or ``visible_tokens``) image tokens are hidden, rows of
-    one ``group`` sharing a mask. Returns the new texts and the number of visible image tokens per row."""
+    one ``group`` sharing a mask. Returns the new texts and the number of visible image tokens per row.
+
+    ``group_rng(group)``, when given, returns a fresh generator for a group's mask (instead of drawing from ``rng``
+    in row order), so a group's mask does not depend on the batches or on which rows this call receives."""
     n = len(prompts)
     if not (len(images) == len(partials) == n):
         raise InputError("images, prompts and partial answers must have the same length")
@@ -195,7 +205,8 @@ def generate_continuations(vlm: VisionLanguageModel, images: Sequence[Image.Imag
     texts: list[str] = []
     visible: list[int] = []
     draws: dict = {}
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                                  "pad_token_id": tok.pad_token_id}
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
     else:
@@ -206,6 +217,12 @@ def generate_continuations(vlm: VisionLanguageModel, images: Sequence[Image.Imag
         batch = vlm.to_device(continuation_batch(vlm, images[lo:hi], prompts[lo:hi], partials[lo:hi]))
         image_mask = vlm.image_token_mask(batch)
         if masked:
+            if group_rng is not None:
+                for row, g in enumerate(groups[lo:hi]):
+                    if g not in draws:
+                        draw_hidden_image_tokens(image_mask[row:row + 1].cpu(), [g],
+                                                 rho=rho if rho is not None else 1.0, visible_tokens=visible_tokens,
+                                                 rng=group_rng(g), draws=draws)
             hidden = draw_hidden_image_tokens(image_mask.cpu(), groups[lo:hi], rho=rho if rho is not None else 1.0,
                                               visible_tokens=visible_tokens, rng=rng, draws=draws)
         else:
@@ -265,13 +282,57 @@ def similarity(embedder: TextEmbedder, a: Sequence[str], b: Sequence[str]) -> np
     return sims
 
 
+def _row_generator(vlm: VisionLanguageModel, examples: Sequence[SFTExample], rows_example: list[int],
+                   rows_partial: list[str], config: BDHSConfig, attempt: int,
+                   progress: bool) -> Callable[[int, int], list[tuple[str, int]]]:
+    """``(lo, hi) -> [(completion, visible image tokens)]`` of the rows ``lo:hi`` of one try, one
+    ``generate_continuations`` call per batch; sampling draws from a torch generator seeded by (seed, try, batch
+    start), so sampled completions do not depend on which process runs the batch either."""
+
+    def one_batch(lo: int, hi: int) -> tuple[list[str], list[int]]:
+        return generate_continuations(
+            vlm, [examples[i].image for i in rows_example[lo:hi]], [examples[i].prompt for i in rows_example[lo:hi]],
+            rows_partial[lo:hi], groups=rows_example[lo:hi], rho=config.rho, visible_tokens=config.visible_tokens,
+            mask_layers=config.mask_layers, group_rng=lambda g: example_rng(config.seed, g, attempt, 1),
+            max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, temperature=config.temperature,
+            batch_size=config.batch_size)
+
+    def generate_rows(lo: int, hi: int) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        starts = range(lo, hi, config.batch_size)
+        for start in tqdm(starts, desc="complete", disable=not progress or len(starts) <= 1, leave=False):
+            stop = min(start + config.batch_size, hi)
+            if config.do_sample:
+                devices = [vlm.device] if vlm.device.type != "cpu" else []
+                with torch.random.fork_rng(devices=devices, device_type=vlm.device.type):
+                    seed = np.random.SeedSequence([config.seed % 2**64, attempt, start, 2]).generate_state(1)[0]
+                    torch.manual_seed(int(seed))
+                    texts, visible = one_batch(start, stop)
+            else:
+                texts, visible = one_batch(start, stop)
+            out.extend(zip(texts, visible))
+        return out
+
+    return generate_rows
+
+
+def example_rng(seed: int, example: int, attempt: int, stream: int) -> np.random.Generator:
+    """The generator of one example's random decisions at one try (``stream`` 0: flips and cuts, 1: its mask)."""
+    return np.random.default_rng([seed % 2**64, example, attempt, stream])
+
+
 def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config: BDHSConfig = BDHSConfig(), *,
                embedder: TextEmbedder | None = None, progress: bool = True,
-               on_try: Callable[[int, int], None] | None = None) -> tuple[list[PreferencePair], BDHSStats]:
-    """BDHS preference pairs (chosen = the SFT answer) and statistics per try."""
+               on_try: Callable[[int, int], None] | None = None,
+               work: DistributedWork | None = None) -> tuple[list[PreferencePair], BDHSStats]:
+    """BDHS preference pairs (chosen = the SFT answer) and statistics per try.
+
+    ``work`` (default: the current ``accelerate launch``, else one process) splits each try's generation batches
+    across processes; every process returns all pairs (only the main one should write them) and ``on_try`` is called
+    on the main process only."""
     examples = check_examples(examples)
+    work = work if work is not None else DistributedWork.from_environment()
     embedder = embedder if embedder is not None else default_embedder()
-    rng = np.random.default_rng(config.seed)
     tok = vlm.tokenizer
     t0 = time.perf_counter()
     sentences = [split_sentences(ex.answer) for ex in examples]
@@ -286,7 +347,7 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
     for attempt in range(1, config.max_tries + 1):
         if not pending:
             break
-        if on_try is not None:
+        if on_try is not None and work.is_main_process:
             on_try(attempt, len(pending))
         unguided = config.max_tries > 1 and attempt == config.max_tries
         rows: list[tuple[int, str, str]] = []  # (example, kept prefix of the sentence, whole partial answer)
@@ -294,6 +355,7 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
             if unguided:
                 rows.append((i, "", ""))
                 continue
+            rng = example_rng(config.seed, i, attempt, 0)
             for k, sent in enumerate(sentences[i]):
                 swap = rng.random() < config.flip_probability
                 flipped = flip_yes_no(sent, word_boundary=config.yes_no_word_boundary) if swap else None
@@ -304,12 +366,11 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
         rows_prefix = [r[1] for r in rows]
         rows_partial = [r[2] for r in rows]
         t_gen = time.perf_counter()
-        completions, visible = generate_continuations(
-            vlm, [examples[i].image for i in rows_example], [examples[i].prompt for i in rows_example], rows_partial,
-            groups=rows_example, rho=config.rho, visible_tokens=config.visible_tokens,
-            mask_layers=config.mask_layers, rng=rng, max_new_tokens=config.max_new_tokens,
-            do_sample=config.do_sample, temperature=config.temperature, batch_size=config.batch_size,
-            progress=progress)
+        # whole generation batches per process (each padded as in one process), gathered in row order
+        generated = work.map_batches(
+            _row_generator(vlm, examples, rows_example, rows_partial, config, attempt,
+                           progress and work.is_main_process), len(rows), config.batch_size)
+        completions, visible = [g[0] for g in generated], [g[1] for g in generated]
         generation_seconds += time.perf_counter() - t_gen
         candidate: dict[int, list[str]] = {i: [] for i in pending}
         for i, prefix, completion, vis in zip(rows_example, rows_prefix, completions, visible):
@@ -345,5 +406,5 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
 
 
 __all__ = ["BDHSConfig", "BDHSStats", "PivotUnit", "TextEmbedder", "bdhs_pairs", "continuation_batch",
-           "default_embedder", "first_sentence", "flip_yes_no", "generate_continuations", "same_tokens", "similarity",
-           "split_sentences"]
+           "default_embedder", "example_rng", "first_sentence", "flip_yes_no", "generate_continuations", "same_tokens",
+           "similarity", "split_sentences"]

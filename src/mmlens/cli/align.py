@@ -25,6 +25,13 @@ class DPOMode(enum.Enum):
     ONLINE_BDHS = "online-bdhs"
 
 
+def _on_main_process() -> bool:
+    """False on the other processes of an ``accelerate launch`` (which neither print progress nor write)."""
+    from mmlens.models.distributed import DistributedWork
+
+    return DistributedWork.from_environment().is_main_process
+
+
 def _examples(model: str, data: Path | None, n_scenes: int, seed: int):
     from mmlens.align.data import load_sft_jsonl
     from mmlens.align.world_data import world_for_model, world_sft_examples
@@ -60,18 +67,24 @@ def bdhs_command(
     from mmlens.align.bdhs import BDHSConfig, bdhs_pairs
     from mmlens.align.data import write_pairs
     from mmlens.align.report import pairs_report
+    from mmlens.errors import InputError
     from mmlens.models import VisionLanguageModel, load_model
+    from mmlens.models.distributed import DistributedWork
 
     config = BDHSConfig(rho=rho, visible_tokens=visible_tokens, eps_s=eps, max_tries=max_tries,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:  # before the generation, on every process
+        raise InputError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
     examples, _ = _examples(model, data, n_scenes, seed)
     vlm = load_model(model, expect=VisionLanguageModel)
-    pairs, stats = bdhs_pairs(vlm, examples, config, on_try=lambda t, n: typer.echo(f"try {t}: {n} examples",
-                                                                                     err=True))
+    # under accelerate launch every process generates its share of the batches; the main one writes
+    work = DistributedWork.from_environment()
+    pairs, stats = bdhs_pairs(vlm, examples, config, work=work,
+                              on_try=lambda t, n: typer.echo(f"try {t}: {n} examples", err=True))
     if not pairs:
-        from mmlens.errors import InputError
-
         raise InputError("BDHS produced no usable pair (every rejected answer was empty or equal to the chosen)")
+    if not work.is_main_process:
+        return
     path = write_pairs(pairs, out, overwrite=overwrite, extra_files={"stats.json": stats.to_dict()})
     pairs_report(pairs, stats.to_dict(), title=f"BDHS pairs of {model}").write(out / "report")
     typer.echo(json.dumps(stats.to_dict(), indent=2))
@@ -149,7 +162,11 @@ def dpo_command(
         online_mode = OnlineMode(mode.value.replace("-", "_"))
         trained, log = train_online(vlm, examples, online_mode, settings, judge=judge_obj,
                                     offline_pairs=offline, bdhs=BDHSConfig(seed=seed),
-                                    progress=lambda d, t: typer.echo(f"step {d}/{t}", err=True))
+                                    progress=lambda d, t: _on_main_process() and typer.echo(f"step {d}/{t}",
+                                                                                            err=True))
+    # Under accelerate launch TRL trains data-parallel on every process; the main one writes the model once.
+    if not _on_main_process():
+        return
     with atomic_folder(out) as tmp:
         trained.save_pretrained(tmp)
         write_json_atomic(tmp / "train_log.json", log)

@@ -2,6 +2,9 @@
 
 Sign convention of every score: ``delta_val_loss_if_removed`` (``delta_test_loss_if_removed``) is the predicted
 change of the validation (test) loss if the pair were removed from training; negative = harmful pair.
+
+Under ``accelerate launch`` every process runs the command (the per-pair work is split across them inside
+:class:`~mmlens.influence.analyzer.InfluenceAnalyzer`); only the main process writes files and prints.
 """
 
 from __future__ import annotations
@@ -84,20 +87,27 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
     settings = {"model": model, "data": str(data.resolve()), "group": group, "k": k, "l2": l2, "batch_size": batch_size,
                 "seed": seed, "n_pairs": len(pairs)}
     settings_file = fit_dir / "settings.json"
+    main = analyzer.work.is_main_process
     if settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
         saved = FitResult.load(fit_dir)
         # same partition and same starting weights (a model folder may have been overwritten since)
         if saved.partition.batches == analyzer.partition.batches and torch.equal(saved.theta0, analyzer.theta0):
             analyzer.use_fit(saved)
-            typer.echo(f"reusing the fit in {fit_dir}", err=True)
+            if main:
+                typer.echo(f"reusing the fit in {fit_dir}", err=True)
+    # Under a launcher: every process has decided before the main one can write a fit the others would reuse.
+    analyzer.work.wait_for_everyone()
     if analyzer.fitted is None:
-        typer.echo(f"fitting the {group} group ({task.space.size} parameters) on {len(pairs)} pairs ...", err=True)
+        if main:
+            typer.echo(f"fitting the {group} group ({task.space.size} parameters) on {len(pairs)} pairs ...",
+                       err=True)
         from mmlens.report import atomic_folder
 
-        fit = analyzer.fit()
-        with atomic_folder(fit_dir) as tmp:
-            fit.save(tmp)
-            (tmp / "settings.json").write_text(json.dumps(settings))
+        fit = analyzer.fit()  # on every process: the same deterministic fit
+        if main:
+            with atomic_folder(fit_dir) as tmp:
+                fit.save(tmp)
+                (tmp / "settings.json").write_text(json.dumps(settings))
     return analyzer, pairs
 
 
@@ -147,6 +157,8 @@ def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     out_format = _format(fmt)  # checked before the fit
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     scores = analyzer.value(load_pairs(val))
+    if not analyzer.work.is_main_process:
+        return  # the main process writes
     rows = sorted(_score_rows(pairs, scores, neg_form), key=lambda r: r["delta_val_loss_if_removed"])
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -181,6 +193,8 @@ def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     out_format = _format(fmt)  # checked before the fit
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     rows = _score_rows(pairs, analyzer.value(load_pairs(val)), neg_form)
+    if not analyzer.work.is_main_process:
+        return  # the main process writes
     path = _write_rows(rows, out, out_format)
     n_harmful = sum(r["delta_val_loss_if_removed"] < 0 for r in rows)
     typer.echo(json.dumps({"scores": str(path), "n_pairs": len(rows), "n_harmful": n_harmful}, indent=2))
@@ -206,6 +220,8 @@ def trace_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     negative_pairs = load_pairs(negatives) if negatives else None
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     result = analyzer.trace(test_pairs, negative_pairs, relative=relative_enum, form=neg_form)
+    if not analyzer.work.is_main_process:
+        return  # the main process writes
     report = HtmlReport("Trace-back of test pairs (ECIF)", f"{model}: training pairs that raised each test loss")
     rows = []
     for t in range(len(test_pairs)):
@@ -266,6 +282,8 @@ def remove_command(model: ModelOpt, data: DataOpt, out: OutOpt,
         raise InputError("no pair indices to remove")
     analyzer, _ = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     edited = analyzer.edited_model(chosen, neg_form)
+    if not analyzer.work.is_main_process:
+        return  # the main process writes
     save_model(edited, save_to)
     typer.echo(json.dumps({"removed": len(chosen), "model": str(save_to)}, indent=2))
 

@@ -4,6 +4,12 @@ Sign convention: ``delta_val_loss_if_removed[n] = grad L'(theta)^T H^-1 grad (Po
 ``L'(theta_without_n) - L'(theta)``, the change of the summed validation loss if pair n were removed from training.
 Negative = harmful pair (removing it lowers the validation loss), positive = helpful pair. Trace-back scores use
 the same sign for one test pair's loss.
+
+Under ``accelerate launch`` (several processes) the per-pair work (gradients, forward-mode scores, self-influence,
+TracIn, trace-back) is split across the processes by whole batches of the recorded partition and gathered in batch
+order on every process, so every process returns the single-process result. The fit and the inverse-Hessian
+operator are computed on every process (deterministic functions of the same data and parameters). Every process
+must make the same calls.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +50,9 @@ from mmlens.influence.objective import (
 from mmlens.influence.solvers import InverseOperator, build_inverse
 from mmlens.influence.task import ContrastiveTask, Encoded, subset
 from mmlens.models.contrastive import ContrastiveModel
+from mmlens.models.distributed import DistributedWork
+
+BatchResult = TypeVar("BatchResult")
 
 
 @dataclass(frozen=True)
@@ -159,8 +169,10 @@ class InfluenceAnalyzer:
 
     def __init__(self, task: ContrastiveTask, train: PairData, *, args: InfluenceArguments | None = None,
                  fit_args: FitArguments | None = None, partition: BatchPartition | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, work: DistributedWork | None = None) -> None:
         self.task, self.train = task, train
+        # the processes the per-pair work is split across (default: the current launch; one process without one)
+        self.work = work if work is not None else DistributedWork.from_environment()
         self.args = args or InfluenceArguments()
         self.fit_args = fit_args or FitArguments()
         self.progress = progress
@@ -294,12 +306,34 @@ class InfluenceAnalyzer:
 
     def iter_pair_gradients(self, parts: Sequence[str] = PARTS,
                             theta: torch.Tensor | None = None) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
-        """Per batch: (pair indices, {part: gradient [B, P]}, max negative probability [B])."""
+        """Per batch: (pair indices, {part: gradient [B, P]}, max negative probability [B]), every batch in this
+        process (not split across processes; the analyzer's own loops split them)."""
         theta = self._theta_hat() if theta is None else theta
-        for batch in tqdm(self.partition.batches, desc="per-pair gradients", disable=not self.progress, leave=False):
+        for batch in tqdm(self.partition.batches, desc="per-pair gradients", leave=False,
+                          disable=not self.progress or not self.work.is_main_process):
             idx = np.asarray(batch)
             grads, maxp = self._terms_gradients(theta, subset(self.encoded, torch.as_tensor(idx)), parts)
             yield idx, grads, maxp
+
+    def _map_partition(self, fn: Callable[[np.ndarray], BatchResult], desc: str) -> list[BatchResult]:
+        """``fn(pair indices of the batch)`` for every batch of the partition, the batches split across processes
+        (whole batches: each one is computed exactly as in a single process); the results in batch order, on every
+        process. ``fn`` should return CPU arrays/tensors (they are pickled between processes)."""
+        local = self.work.local_items(self.partition.batches)
+        bar = tqdm(local, desc=desc, leave=False, disable=not self.progress or not self.work.is_main_process)
+        return self.work.gather([fn(np.asarray(batch)) for batch in bar])
+
+    def _map_pair_gradients(self, fn: Callable[[np.ndarray, dict[str, torch.Tensor], torch.Tensor], BatchResult],
+                            parts: Sequence[str] = PARTS, theta: torch.Tensor | None = None) -> list[BatchResult]:
+        """``fn(indices, {part: gradient [B, P]}, max negative probability [B])`` per batch, split as
+        :meth:`_map_partition` (the distributed form of :meth:`iter_pair_gradients`)."""
+        theta = self._theta_hat() if theta is None else theta
+
+        def one_batch(idx: np.ndarray) -> BatchResult:
+            grads, maxp = self._terms_gradients(theta, subset(self.encoded, torch.as_tensor(idx)), parts)
+            return fn(idx, grads, maxp)
+
+        return self._map_partition(one_batch, "per-pair gradients")
 
     # ---------------------------------------------------------------------------------------- measurements
     def measurement_partition(self, n: int, batch_size: int | None = None, seed: int = 0) -> BatchPartition:
@@ -362,18 +396,22 @@ class InfluenceAnalyzer:
         per batch and query."""
         solved = (inverse or self.inverse()).apply(queries.to(self._dtype)).detach()
         theta = self._theta_hat().detach()
-        out = {p: np.zeros((self.n, len(queries))) for p in PARTS}
-        maxp = np.zeros(self.n)
-        for batch in tqdm(self.partition.batches, desc="scoring pairs", disable=not self.progress, leave=False):
-            idx = np.asarray(batch)
+
+        def one_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             enc = subset(self.encoded, torch.as_tensor(idx))
             dots = self._terms_jvp(theta, enc, solved)  # [Q, parts, B]
-            for i, p in enumerate(PARTS):
-                out[p][idx] = dots[:, i, :].T.numpy()
             with torch.no_grad():
                 img, txt = self.task.embed(self.task.space.unflatten(theta), enc)
-                maxp[idx] = max_negative_probability(similarity(txt, img, self.task.logit_scale,
-                                                                self.task.logit_bias)).numpy()
+                maxp_b = max_negative_probability(similarity(txt, img, self.task.logit_scale, self.task.logit_bias))
+            return dots.detach().cpu().numpy(), maxp_b.cpu().numpy()
+
+        out = {p: np.zeros((self.n, len(queries))) for p in PARTS}
+        maxp = np.zeros(self.n)
+        for batch, (dots, maxp_b) in zip(self.partition.batches, self._map_partition(one_batch, "scoring pairs")):
+            idx = np.asarray(batch)
+            for i, p in enumerate(PARTS):
+                out[p][idx] = dots[:, i, :].T
+            maxp[idx] = maxp_b
         return out, maxp
 
     def value(self, val: PairData, batch_size: int | None = None, seed: int = 0) -> PairScores:
@@ -386,18 +424,24 @@ class InfluenceAnalyzer:
         """g_n^T H^-1 g_n with g_n the chosen role's gradient (batched operator; projected if the solver is not)."""
         form, role = as_enum(NegForm, form, "neg_form"), as_enum(Role, role, "role")
         inv = self.batched_inverse()
-        out = np.zeros(self.n)
-        for idx, grads, _ in self.iter_pair_gradients():
+
+        def one_batch(idx, grads, _) -> np.ndarray:
             g = {Role.POS: grads["pos"], Role.NEG: grads[f"neg_{form.value}"],
                  Role.BOTH: grads["pos"] + grads[f"neg_{form.value}"]}[role]
-            out[idx] = (inv.apply(g) * g).sum(1).detach().numpy()
-        return out
+            return (inv.apply(g) * g).sum(1).detach().cpu().numpy()
+
+        return self._assemble(self._map_pair_gradients(one_batch))
 
     def tracin_self_influence(self) -> np.ndarray:
         """TracIn self-influence at the final parameters: ||grad of the pair's own loss (Pos)||^2."""
+        return self._assemble(self._map_pair_gradients(
+            lambda idx, grads, _: grads["pos"].pow(2).sum(1).detach().cpu().numpy(), parts=("pos",)))
+
+    def _assemble(self, per_batch: Sequence[np.ndarray]) -> np.ndarray:
+        """One value per pair from one array per batch of the partition (in batch order)."""
         out = np.zeros(self.n)
-        for idx, grads, _ in self.iter_pair_gradients(parts=("pos",)):
-            out[idx] = grads["pos"].pow(2).sum(1).detach().numpy()
+        for batch, values in zip(self.partition.batches, per_batch):
+            out[np.asarray(batch)] = values
         return out
 
     def trace(self, test: PairData, negatives: PairData | None = None, relative: Relative | str = Relative.THETA,
@@ -413,16 +457,25 @@ class InfluenceAnalyzer:
         grads, _ = self._terms_gradients(theta, self.task.encode(batch), ("pos",))
         test_grads = grads["pos"][:len(test)].detach()
         solved = self.inverse().apply(test_grads)
-        raw = np.zeros((len(test), self.n))
-        norm = np.ones(self.n)
         norm_inv = self.batched_inverse() if relative is not Relative.NONE else None
-        for idx, g, _ in self.iter_pair_gradients(parts=("pos", f"neg_{form.value}")):
+
+        def one_batch(idx, g, _) -> tuple[np.ndarray, np.ndarray | None]:
             total = (g["pos"] + g[f"neg_{form.value}"]).detach()
-            raw[:, idx] = (solved @ total.T).numpy()
+            norm_b = None
             if norm_inv is not None:
                 step = norm_inv.apply(total)
-                norm[idx] = (step.norm(dim=1) if relative is Relative.THETA
-                             else (step * total).sum(1).clamp_min(0).sqrt()).numpy()
+                norm_b = (step.norm(dim=1) if relative is Relative.THETA
+                          else (step * total).sum(1).clamp_min(0).sqrt()).detach().cpu().numpy()
+            return (solved @ total.T).detach().cpu().numpy(), norm_b
+
+        raw = np.zeros((len(test), self.n))
+        norm = np.ones(self.n)
+        per_batch = self._map_pair_gradients(one_batch, parts=("pos", f"neg_{form.value}"))
+        for batch, (raw_b, norm_b) in zip(self.partition.batches, per_batch):
+            idx = np.asarray(batch)
+            raw[:, idx] = raw_b
+            if norm_b is not None:
+                norm[idx] = norm_b
         return TraceResult(raw, raw / np.maximum(norm, 1e-30), relative)
 
     # ----------------------------------------------------------------------------------- closed-form edit
@@ -435,12 +488,19 @@ class InfluenceAnalyzer:
             diff = self.loss(theta) - self.loss(theta, remove=indices)
             return torch.autograd.grad(diff, theta)[0]
         chosen = self._flags(indices).numpy()
-        total = torch.zeros_like(theta)
-        for idx, grads, _ in self.iter_pair_gradients(parts=("pos", f"neg_{form.value}")):
+
+        def one_batch(idx, grads, _) -> torch.Tensor | None:
             keep = chosen[idx]
-            if keep.any():
-                total += (grads["pos"][keep] + grads[f"neg_{form.value}"][keep]).sum(0)
-        return total.detach()
+            if not keep.any():
+                return None
+            return (grads["pos"][keep] + grads[f"neg_{form.value}"][keep]).sum(0).detach().cpu()
+
+        total = torch.zeros_like(theta).detach()
+        # summed in batch order, as one process does: the same floating-point result under a launcher
+        for part_sum in self._map_pair_gradients(one_batch, parts=("pos", f"neg_{form.value}")):
+            if part_sum is not None:
+                total += part_sum.to(total.device)
+        return total
 
     def removal_edit(self, indices: Sequence[int], form: NegForm | str | None = None) -> torch.Tensor:
         """Closed-form parameters without ``indices``: theta + H^-1 sum grad (Pos + Neg) (first order)."""

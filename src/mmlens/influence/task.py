@@ -28,6 +28,7 @@ from mmlens.errors import InputError
 from mmlens.influence.config import as_enum
 from mmlens.influence.data import PairData
 from mmlens.models.contrastive import ContrastiveModel, LossKind, ParamGroup
+from mmlens.models.distributed import DistributedWork
 from mmlens.models.hooks import hook_scope
 
 Params = dict[str, torch.Tensor]
@@ -125,15 +126,18 @@ class HeadTask(ContrastiveTask):
     """Group = parameters of the towers' last modules (projection heads, or LoRA adapters on them).
 
     ``group`` is ``projection`` (all head parameters) or ``lora`` (only ``lora_`` parameters inside the heads; attach
-    them with :func:`attach_lora`). The towers are frozen and run once per distinct image / caption.
+    them with :func:`attach_lora`). The towers are frozen and run once per distinct image / caption; under
+    ``accelerate launch`` their chunks are split across the processes (``work``, default: the current launch).
     """
 
     def __init__(self, adapter: ContrastiveModel, group: ParamGroup | str = ParamGroup.PROJECTION,
-                 dtype: str = "float64", batch_size: int = 256, progress: bool = False) -> None:
+                 dtype: str = "float64", batch_size: int = 256, progress: bool = False, *,
+                 work: DistributedWork | None = None) -> None:
         group = as_enum(ParamGroup, group, "parameter group")
         if group not in (ParamGroup.PROJECTION, ParamGroup.LORA):
             raise InputError(f"HeadTask handles the projection and lora groups; use ModelTask for {group.value!r}")
         self.adapter, self.group, self.batch_size, self.progress = adapter, group, batch_size, progress
+        self.work = work if work is not None else DistributedWork.from_environment()
         self.dtype = _dtype(dtype)
         self.loss_kind = adapter.loss_kind
         self.logit_scale = float(adapter.logit_scale.detach())
@@ -174,14 +178,21 @@ class HeadTask(ContrastiveTask):
         feats = {}
         chunks = [("image", uniq_images[i:i + self.batch_size]) for i in range(0, len(uniq_images), self.batch_size)]
         chunks += [("text", uniq_texts[i:i + self.batch_size]) for i in range(0, len(uniq_texts), self.batch_size)]
-        out: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
-        for tower, chunk in tqdm(chunks, desc="encoding pairs", disable=not self.progress, leave=False):
+        # Whole chunks are split across processes (each is encoded exactly as in one process) and gathered in
+        # order; gathered on the CPU since the pickled tensors cross processes.
+        local: list[tuple[str, torch.Tensor]] = []
+        for tower, chunk in tqdm(self.work.local_items(chunks), desc="encoding pairs", leave=False,
+                                 disable=not self.progress or not self.work.is_main_process):
             with _capture_inputs({tower: self.heads[tower][1]}) as store:
                 if tower == "image":
                     adapter.model.get_image_features(pixel_values=adapter.image_inputs(chunk)["pixel_values"])
                 else:
                     adapter.model.get_text_features(**adapter.text_inputs(chunk))
-            out[tower].append(store[tower][0].to(self.dtype))
+            local.append((tower, store[tower][0].to(self.dtype).cpu()))
+        device = next(self._modules["image"].parameters()).device  # the heads' copies sit beside the towers
+        out: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
+        for tower, feats_chunk in self.work.gather(local):
+            out[tower].append(feats_chunk.to(device))
         for tower in ("image", "text"):
             cat = torch.cat(out[tower])  # images share one size, captions are pooled: shapes agree
             index = ([image_pos[id(im)] for im in data.images] if tower == "image"
