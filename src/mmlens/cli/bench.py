@@ -16,12 +16,14 @@ bench_app = typer.Typer(help="Run a benchmark and write its JSON result.", no_ar
 @bench_app.command("zoo")
 def bench_zoo_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/zoo.json"),
+    home: Annotated[Path | None, typer.Option(help="Build into this MMLENS_HOME and keep the models (default: a "
+                                                   "temporary folder, deleted afterwards).")] = None,
 ) -> None:
     """Build the whole zoo from scratch in a fresh folder, time it and evaluate every model."""
     from mmlens import zoo
     from mmlens.report import write_json_atomic
 
-    result = zoo.zoo_benchmark()
+    result = zoo.zoo_benchmark(home=home)
     write_json_atomic(out, result)
     typer.echo(json.dumps(result, indent=2))
     typer.echo(f"written to {out}")

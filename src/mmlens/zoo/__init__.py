@@ -111,7 +111,8 @@ def smoke_configs() -> dict[str, Any]:
                                     projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10,
                                     n_eval_scenes_large=0, warmup=1),
         "mini-llava": MiniLlavaConfig(n_train_scenes=24, vqa_draws=1, steps=3, batch_size=8, text_hidden=32,
-                                      text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1),
+                                      text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1,
+                                      focus_steps=2, focus_batch_size=8, focus_warmup=1),
         "mini-llava-colour": ColourFinetuneConfig(n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4,
                                                   n_eval_scenes=3, warmup=1),
     }

@@ -74,9 +74,9 @@ class MiniLlavaConfig:
     # Focused second phase (0 = off): after the main run, `focus_steps` more steps at `focus_batch_size` where the
     # questions that name a shape and ask whether / how many (`focus_templates`) are drawn `focus_weight` times as
     # often, captions `focus_caption_fraction`. From scratch the same weighting does not start these skills; after
-    # the main run it lifts presence questions from 0.55 to 0.96 in 800 steps (docs/zoo.md). Off until the zoo and
-    # its benchmarks are rebuilt on it.
-    focus_steps: int = 0
+    # the main run it lifts presence questions from 0.55 to 0.96 in 800 steps (docs/zoo.md). Shortening either
+    # phase (1,500 + 700 steps) cost presence 0.25 and POPE 0.1 (measured), so the zoo pays ~+280 s for it.
+    focus_steps: int = 800
     focus_batch_size: int = 128
     focus_weight: float = 4.0
     focus_templates: tuple[str, ...] = ("presence_shape", "presence_colour_shape", "count_shape")
@@ -281,6 +281,8 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
         out[f"pope_{kind}_acc"] = round(acc, 4)
         out[f"pope_{kind}_yes_rate"] = round(float(np.mean([a == "yes" for a in norm])), 4)
         out[f"pope_{kind}_n"] = len(probes)
+        if kind == "adversarial":
+            out.update(_partner_false_yes(world, pope_scenes, probes, norm))
     out["pope_gap_random_minus_adversarial"] = round(out["pope_random_acc"] - out["pope_adversarial_acc"], 4)
     # caption quality: object-class precision/recall (CHAIR-style) of generated descriptions
     cap_scenes = scenes[: min(100, len(scenes))]
@@ -293,6 +295,23 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
     out["caption_chair_i"] = round(halluc / max(1, n_m), 4)
     out["caption_object_recall"] = round(float(recall), 4)
     return out
+
+
+def _partner_false_yes(world: World, scenes, probes, answers: list[str]) -> dict:
+    """The language bias where it acts: the false-"yes" rate on absent bias partners of a present anchor ("is there a
+    star?" beside a triangle) against that on every other absent class. The POPE gap dilutes it, since only a few
+    adversarial negatives are partners (reported as ``pope_partner_probe_share``)."""
+    partner_of = world.cfg.partner_of
+    present = {s.scene_id: s.object_classes for s in scenes}
+    partner, other = [], []
+    for probe, answer in zip(probes, answers):
+        if probe.label != "no":
+            continue
+        is_partner = any(partner_of.get(c) == probe.object_class for c in present[probe.scene_id])
+        (partner if is_partner else other).append(answer == "yes")
+    rate = lambda xs: round(float(np.mean(xs)), 4) if xs else float("nan")  # noqa: E731
+    return {"pope_partner_false_yes_rate": rate(partner), "pope_other_false_yes_rate": rate(other),
+            "pope_partner_probes": len(partner), "pope_partner_probe_share": round(len(partner) / len(probes), 4)}
 
 
 def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_trained=None) -> dict:
