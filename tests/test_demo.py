@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from mmlens.report.audit import ShiftStage
 from mmlens.report.demo import ZOO_TARGETS, DemoConfig, run_demo, target_rows
 
 
@@ -26,21 +27,47 @@ def test_target_rows_judge_each_target():
     assert len(missing) == len(ZOO_TARGETS) and not any(r["met"] for r in missing)
 
 
-def test_demo_report_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
+def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
     monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
     out = tmp_path / "demo"
-    index = run_demo(DemoConfig(out_dir=out, examples=3, seed=1))
+    config = DemoConfig(out_dir=out, examples=3, seed=1, clip_scenes=40, llava_scenes=24,
+                        shift=ShiftStage(n_items=16, image_model="zoo:mini-clip", text_embedder="hashing",
+                                         n_permutations=5, n_bootstrap=5, max_epochs=5))
+    index = run_demo(config, progress=False)
     page = index.read_text()
+    links = re.findall(r'href="([^"]+)"', page)
+    for target in ("mini-clip/index.html", "mini-llava/index.html", "zoo/index.html",
+                   "mini-clip/influence/index.html", "mini-llava/hallucination/index.html"):
+        assert target in links, target
+        assert (out / target).is_file(), target
+    assert "What was found: zoo:mini-clip" in page and "What was found: zoo:mini-llava" in page
+    assert "injected caption swaps" in page and "not a contrastive model" in page
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["audit_seconds"] > 0 and summary["audit_budget_seconds"] == 900.0
+    clip = summary["audits"]["mini-clip"]["stages"]
+    assert clip["influence"]["status"] == "done" and 0.0 <= clip["influence"]["summary"]["auroc_self_influence"] <= 1
+    assert clip["influence"]["summary"]["n_injected"] == 3  # 10% of the 30 training pairs
+    llava = summary["audits"]["mini-llava"]["stages"]
+    assert llava["influence"]["status"] == "skipped"
+    assert {llava[s]["status"] for s in ("shift", "concepts", "hallucination")} == {"done"}
+
+    zoo_page = (out / "zoo" / "index.html").read_text()
     for title in ("The zoo against its targets", "digits-clip", "mini-clip", "mini-llava:", "mini-llava-colour"):
-        assert title in page, title
-    sources = re.findall(r'src="([^"]+)"', page)
+        assert title in zoo_page, title
+    sources = re.findall(r'src="([^"]+)"', zoo_page)
     assert len(sources) >= 1 + 3 * 3  # the plot and three example images per model section
     for src in sources:
-        assert (out / src).is_file(), src
-    data = json.loads((out / "data.json").read_text())
+        assert (out / "zoo" / src).is_file(), src
+    data = json.loads((out / "zoo" / "data.json").read_text())
     from mmlens import zoo
 
     built = {name: record["metrics"] for name, built, record in zoo.list_zoo() if built}
     assert data["metrics"] == json.loads(json.dumps(built))  # the report shows the zoo's own numbers
     assert len(data["examples"]["digits-clip"]) == 3
     assert {"question", "answer", "predicted"} <= set(data["examples"]["mini-llava"][0])
+
+    again = run_demo(config, progress=False)  # a rerun reuses every finished stage
+    assert again == index
+    rerun = json.loads((out / "audit.json").read_text())["audits"]
+    assert rerun["mini-clip"]["stages"]["influence"]["status"] == "cached"
+    assert rerun["mini-llava"]["stages"]["shift"]["status"] == "cached"

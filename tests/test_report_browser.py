@@ -303,3 +303,32 @@ def test_demo_report_loads_cleanly(browser, smoke_zoo_home, monkeypatch, tmp_pat
         assert check.errors == [], (page, check.errors)
         assert check.broken_images == [], (page, check.broken_images)
         assert check.images, page
+
+
+def test_audit_site_loads_cleanly(browser, tmp_path):
+    """A small audit site (a tiny random VLM against a second one as its "fine-tuned" version, on 24 exported world
+    scenes): the summary and every page its links reach load without errors, with every image decoded."""
+    from mmlens.models.tiny import tiny_model
+    from mmlens.report.audit import (AuditConfig, ConceptsStage, HallucinationStage, ShiftStage, SteeringStage,
+                                     parse_shift_grid, run_audit)
+    from mmlens.world import World, WorldConfig, export_world
+
+    tiny_model("llava", seed=2).save_pretrained(tmp_path / "vlm")
+    tiny_model("llava", seed=3).save_pretrained(tmp_path / "vlm-tuned")
+    export_world(tmp_path / "data", World(WorldConfig(), seed=0), 24, split="test")
+    out = tmp_path / "site"
+    result = run_audit(AuditConfig(
+        model=str(tmp_path / "vlm"), finetuned=str(tmp_path / "vlm-tuned"), data=str(tmp_path / "data"), out_dir=out,
+        shift=ShiftStage(grid=parse_shift_grid("fog:5,keyboard:5"), n_items=12, text_embedder="hashing",
+                         n_permutations=5, n_bootstrap=5, max_epochs=5, batch_size=16),
+        concepts=ConceptsStage(n_items=32, n_concepts=4, batch_size=16),
+        steering=SteeringStage(n_items=40, alphas=(1.0,), batch_size=32),
+        hallucination=HallucinationStage(n_images=8, max_new_tokens=8, batch_size=16)), progress=False)
+    checks = check_site(browser, result.index)
+    pages = {page.relative_to(out.resolve()).as_posix() for page in checks}
+    assert pages >= {"index.html", "shift/index.html", "concepts/index.html", "concepts/compare/index.html",
+                     "hallucination/index.html"}, pages
+    for page, check in checks.items():
+        assert check.errors == [], (page, check.errors)
+        assert check.broken_images == [], (page, check.broken_images)
+        assert check.images and check.text_length > 100, page

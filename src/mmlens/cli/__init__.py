@@ -14,6 +14,7 @@ from typing import Sequence
 import typer
 
 from mmlens.cli.align import align_app
+from mmlens.cli.audit import audit_command
 from mmlens.cli.bench import bench_app
 from mmlens.cli.concepts import concepts_app
 from mmlens.cli.config import add_config_support
@@ -43,6 +44,7 @@ app.add_typer(concepts_app, name="concepts")
 app.add_typer(steer_app, name="steer")
 app.add_typer(align_app, name="align")
 app.command("demo")(demo_command)
+app.command("audit")(audit_command)
 
 
 def command():

@@ -1,26 +1,60 @@
-"""``mmlens demo``: build the zoo if missing, evaluate it, and write a readable HTML report.
+"""``mmlens demo``: the audit of the built-in zoo on the miniature world, as one static site.
 
-The page shows each built-in model at work on held-out data (images with what the model says about them, right or
-wrong), the measured metrics against the targets of the zoo, and a plot. Later analyses add their sections here.
+Builds the zoo if missing, then audits ``zoo:mini-clip`` (influence, on world pairs with some captions swapped so
+that detection has something to find: its AUROC against the injected truth is reported) and ``zoo:mini-llava``
+against its fine-tuned ``zoo:mini-llava-colour`` (shift, concepts, steering, hallucination). Site::
+
+    DIR/index.html          the findings of both audits in plain words, the zoo against its targets, the time
+    DIR/audit.json          the time of each audit and of the whole demo; each audit's own audit.json below
+    DIR/zoo/index.html      every zoo model at work on held-out data, its metrics against the zoo's targets
+    DIR/mini-clip/...       the audit of mini-clip (summary page, one page per analysis)
+    DIR/mini-llava/...      the audit of mini-llava with --finetuned mini-llava-colour
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmlens.report.audit.config import (
+    AuditConfig,
+    ConceptsStage,
+    HallucinationStage,
+    InfluenceStage,
+    ShiftStage,
+    SteeringStage,
+)
 from mmlens.report.html import CardLine, HtmlReport, ImageCard
+
+#: Budget of the audit part of the demo on 2 CPU cores with the zoo already built (seconds).
+AUDIT_BUDGET_S = 900.0
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     out_dir: Path = Path("mmlens-demo")
-    examples: int = 8  # example images per model
-    seed: int = 0  # which held-out examples are shown
+    examples: int = 8  # example images per model on the zoo page
+    seed: int = 0  # which held-out examples are shown; the audits' seed
+    clip_scenes: int = 400  # world pairs of the mini-clip audit (a quarter held out)
+    swap_rate: float = 0.1  # share of mini-clip's training captions swapped (the detection's ground truth)
+    llava_scenes: int = 300  # world scenes of the mini-llava audit
+    shift: ShiftStage = field(default_factory=lambda: ShiftStage(image_model="zoo:mini-clip"))
+
+    def audits(self) -> list[tuple[str, AuditConfig]]:
+        """(folder name, plan) of each audit of the demo. Every stage is considered: those that do not apply to a
+        model show on its summary page with the reason."""
+        out = Path(self.out_dir)
+        clip = AuditConfig(model="zoo:mini-clip", data=f"world:{self.clip_scenes}", out_dir=out / "mini-clip",
+                           influence=InfluenceStage(inject_swap_rate=self.swap_rate), seed=self.seed)
+        llava = AuditConfig(model="zoo:mini-llava", finetuned="zoo:mini-llava-colour",
+                            data=f"world:{self.llava_scenes}", out_dir=out / "mini-llava", shift=self.shift,
+                            concepts=ConceptsStage(n_items=1000), steering=SteeringStage(n_items=1500),
+                            hallucination=HallucinationStage(n_images=self.llava_scenes), seed=self.seed)
+        return [("mini-clip", clip), ("mini-llava", llava)]
 
 
 @dataclass(frozen=True)
@@ -73,17 +107,60 @@ def target_rows(metrics_by_model: dict[str, dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
-def run_demo(config: DemoConfig = DemoConfig()) -> Path:
-    """Build what is missing, evaluate on held-out data, write ``config.out_dir/index.html``; returns its path."""
+def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Path:
+    """Build what is missing, write the zoo page, run both audits (reusing finished stages), write the summary;
+    returns the path of ``config.out_dir/index.html``."""
     from mmlens import zoo
+    from mmlens.report.audit import run_audit
+    from mmlens.report.audit.runner import findings_section, timing_figure
+    from mmlens.report.io import write_json_atomic
 
     started = time.perf_counter()
+    out = Path(config.out_dir)
     records = zoo.build()
     metrics = {name: record["metrics"] for name, record in records.items()}
-    rng = np.random.default_rng(config.seed)
+    zoo_report(records, config).write(out / "zoo")
+    zoo_seconds = time.perf_counter() - started
 
+    audit_started = time.perf_counter()
+    audits = [(name, run_audit(plan, progress=progress)) for name, plan in config.audits()]
+    audit_seconds = round(time.perf_counter() - audit_started, 1)
+
+    rows = target_rows(metrics)
     report = HtmlReport(
-        "mmlens demo: the built-in zoo on the miniature world",
+        "mmlens demo: an audit of the built-in zoo",
+        subtitle=f"Every model was trained on this machine from mmlens.world; all data is held out. The audits took "
+                 f"{audit_seconds:.0f} s (budget {AUDIT_BUDGET_S:.0f} s on 2 cores).")
+    findings_section(report, [(f"{name}/", audit) for name, audit in audits], stage_table=False)
+    sec = report.section("Pages")
+    sec.bullets([(f"the audit of {audit.config.model}: its summary page", f"{name}/index.html")
+                 for name, audit in audits] + [("the zoo at work on held-out data, against its targets",
+                                                "zoo/index.html")], link_text="open")
+    sec = report.section("The zoo against its targets")
+    sec.text(f"{sum(r['met'] for r in rows)} of {len(rows)} targets met.")
+    sec.table(rows, columns=["model", "metric", "measured", "target", "met"])
+    report.section("Time").figure(timing_figure([(name, audit) for name, audit in audits]),
+                                  f"Seconds per stage of each audit; all audits: {audit_seconds:.0f} s.")
+    summary = {"audit_seconds": audit_seconds, "audit_budget_seconds": AUDIT_BUDGET_S,
+               "audit_within_budget": audit_seconds <= AUDIT_BUDGET_S,
+               "zoo_build_and_page_seconds": round(zoo_seconds, 1),
+               "seconds": round(time.perf_counter() - started, 1),
+               "audits": {name: {"model": audit.config.model, "seconds": audit.seconds,
+                                 "stages": {r.stage.value: {"status": r.status.value, "seconds": r.seconds,
+                                                            "compute_seconds": r.compute_seconds, "summary": r.summary}
+                                            for r in audit.stages}}
+                          for name, audit in audits}}
+    report.data = {"metrics": metrics, "targets": rows, **summary}
+    write_json_atomic(out / "audit.json", summary)
+    return report.write_page(out)
+
+
+def zoo_report(records: dict[str, Any], config: DemoConfig = DemoConfig()) -> HtmlReport:
+    """The zoo page: every model at work on held-out data, its metrics against the targets, and a plot."""
+    metrics = {name: record["metrics"] for name, record in records.items()}
+    rng = np.random.default_rng(config.seed)
+    report = HtmlReport(
+        "The built-in zoo on the miniature world",
         subtitle="Every model here was trained on this machine from mmlens.world; all examples are held-out data.",
     )
     rows = target_rows(metrics)
@@ -101,14 +178,14 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
     examples["mini-clip"] = _mini_clip_section(report, records["mini-clip"], config, rng)
     examples["mini-llava"] = _mini_llava_section(report, records["mini-llava"], config, rng)
     examples["mini-llava-colour"] = _colour_section(report, records, config, rng)
-
-    report.data = {"metrics": metrics, "targets": rows, "examples": examples,
-                   "seconds": round(time.perf_counter() - started, 1)}
-    return report.write(config.out_dir)
+    report.data = {"metrics": metrics, "targets": rows, "examples": examples}
+    return report
 
 
 def _targets_plot(rows: list[dict[str, Any]]):
-    from matplotlib.figure import Figure  # no pyplot: no global figure registry, no backend switch
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no global figure registry, no backend switch
+    )
 
     fig = Figure(figsize=(8, 3.2))
     ax = fig.subplots()

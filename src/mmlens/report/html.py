@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
-from mmlens.report.io import atomic_folder, json_default
+from mmlens.report.io import atomic_folder, atomic_text_file, json_default
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -107,6 +107,15 @@ class Section:
         self._blocks.append(_Block('<div class="grid">' + "".join(parts) + "</div>"))
         return self
 
+    def bullets(self, items: Sequence[tuple[str, str | None]], *, link_text: str = "details") -> "Section":
+        """A bulleted list of sentences, each followed by a link to ``href`` (a path relative to the page) if given."""
+        parts = []
+        for text, href in items:
+            link = f' <a href="{html.escape(href)}">{html.escape(link_text)}</a>' if href else ""
+            parts.append(f"<li>{html.escape(text)}{link}</li>")
+        self._blocks.append(_Block("<ul>" + "".join(parts) + "</ul>"))
+        return self
+
     def figure(self, fig: Any, caption: str) -> "Section":
         """A matplotlib figure, saved as PNG when the report is written (and closed then)."""
         name = f"fig-{len(self._assets):04d}.png"
@@ -161,18 +170,34 @@ class HtmlReport:
         """Write ``index.html``, ``data.json`` and ``assets/`` into ``out_dir`` (replaced atomically)."""
         out = Path(out_dir)
         with atomic_folder(out) as tmp:
-            for index, sec in enumerate(self.sections):
-                asset_dir = tmp / "assets" / f"s{index}"
-                for name, asset in sec._assets.items():
-                    asset_dir.mkdir(parents=True, exist_ok=True)
-                    if isinstance(asset, Image.Image):
-                        asset.save(asset_dir / name)
-                    else:
-                        asset.savefig(asset_dir / name, dpi=110, bbox_inches="tight")
-                        _release_figure(asset)
+            self._save_assets(tmp / "assets")
             (tmp / "index.html").write_text(self.render(), encoding="utf-8")
             (tmp / "data.json").write_text(json.dumps(self.data, indent=2, default=json_default), encoding="utf-8")
         return out / "index.html"
+
+    def write_page(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``index.html``, ``data.json`` and ``assets/`` into ``folder`` (each replaced atomically) and leave
+        the rest of the folder in place: the top page of a site whose sub-pages live in sub-folders."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(folder / "assets") as tmp:
+            self._save_assets(tmp)
+        with atomic_text_file(folder / "data.json") as handle:
+            handle.write(json.dumps(self.data, indent=2, default=json_default))
+        with atomic_text_file(folder / "index.html") as handle:
+            handle.write(self.render())
+        return folder / "index.html"
+
+    def _save_assets(self, assets_dir: Path) -> None:
+        for index, sec in enumerate(self.sections):
+            asset_dir = assets_dir / f"s{index}"
+            for name, asset in sec._assets.items():
+                asset_dir.mkdir(parents=True, exist_ok=True)
+                if isinstance(asset, Image.Image):
+                    asset.save(asset_dir / name)
+                else:
+                    asset.savefig(asset_dir / name, dpi=110, bbox_inches="tight")
+                    _release_figure(asset)
 
 
 def _release_figure(fig: Any) -> None:

@@ -1,0 +1,225 @@
+"""`mmlens audit` on tiny random models and a tiny exported world: the site, which stages apply, caching and
+reruns, failures reported while the other stages complete, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmlens.errors import InputError
+from mmlens.report.audit import (
+    AuditConfig,
+    ConceptsStage,
+    HallucinationStage,
+    InfluenceStage,
+    ShiftStage,
+    Stage,
+    StageStatus,
+    SteeringStage,
+    parse_shift_grid,
+    run_audit,
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Tiny random models saved as folders (a CLIP and two LLaVAs) and 24 exported world scenes."""
+    from mmlens.models.tiny import tiny_model
+    from mmlens.world import World, WorldConfig, export_world
+
+    root = tmp_path_factory.mktemp("audit-assets")
+    tiny_model("clip").save_pretrained(root / "clip")
+    tiny_model("llava", seed=2).save_pretrained(root / "vlm")
+    tiny_model("llava", seed=3).save_pretrained(root / "vlm-tuned")
+    export_world(root / "data", World(WorldConfig(), seed=0), 24, split="test")
+    return root
+
+
+def _vlm_config(assets: Path, out: Path, **overrides) -> AuditConfig:
+    """Sizes for seconds: a hashing text embedder, few permutations and estimator epochs."""
+    settings = {
+        "model": str(assets / "vlm"), "data": str(assets / "data"), "out_dir": out,
+        "shift": ShiftStage(grid=parse_shift_grid("fog:5,keyboard:5,contrast:5"), n_items=16, text_embedder="hashing",
+                         n_permutations=5, n_bootstrap=5, max_epochs=5, batch_size=16),
+        "concepts": ConceptsStage(n_items=40, n_concepts=4, batch_size=16),
+        "steering": SteeringStage(n_items=60, alphas=(1.0, 4.0), batch_size=32),
+        "hallucination": HallucinationStage(n_images=12, max_new_tokens=8, batch_size=16)}
+    settings.update(overrides)
+    return AuditConfig(**settings)
+
+
+def _audit_json(out: Path) -> dict:
+    return json.loads((out / "audit.json").read_text())
+
+
+def _links(page: Path) -> list[str]:
+    return re.findall(r'href="([^"]+)"', page.read_text())
+
+
+def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
+    out = tmp_path / "clip-audit"
+    config = AuditConfig(model=str(assets / "clip"), data=str(assets / "data"), out_dir=out,
+                         influence=InfluenceStage(inject_swap_rate=0.25, batch_size=8))
+    result = run_audit(config, progress=False)
+    status = {s.stage: s.status for s in result.stages}
+    assert status[Stage.INFLUENCE] is StageStatus.DONE
+    for stage in (Stage.SHIFT, Stage.CONCEPTS, Stage.STEERING, Stage.HALLUCINATION):
+        assert status[stage] is StageStatus.SKIPPED
+        assert "not a vision-language model" in result.stage(stage).reason
+    page = (out / "index.html").read_text()
+    assert "look mislabelled" in page and "injected caption swaps" in page and "AUROC" in page
+    assert "influence/index.html" in _links(out / "index.html")
+    assert "not a vision-language model" in page  # the skipped stages, with their reasons
+    for name in ("index.html", "data.json", "stage.json"):
+        assert (out / "influence" / name).is_file(), name
+    data = json.loads((out / "influence" / "data.json").read_text())
+    assert len(data["rows"]) == 18 and sum(r["injected_swap"] for r in data["rows"]) == data["summary"]["n_injected"]
+    audit = _audit_json(out)
+    first = audit["stages"]["influence"]
+    assert first["status"] == "done" and 0.0 <= first["summary"]["auroc_self_influence"] <= 1.0
+    assert audit["kind"] == "contrastive" and audit["seconds"] > 0
+
+    again = run_audit(config, progress=False)  # same settings: reused, not recomputed
+    cached = _audit_json(out)["stages"]["influence"]
+    assert again.stage(Stage.INFLUENCE).status is StageStatus.CACHED
+    assert cached["status"] == "cached" and cached["seconds"] == 0.0
+    assert cached["computed_at"] == first["computed_at"] and cached["summary"] == first["summary"]
+
+    changed = AuditConfig(model=config.model, data=config.data, out_dir=out,
+                          influence=InfluenceStage(inject_swap_rate=0.25, batch_size=8, flag_fraction=0.2))
+    run_audit(changed, progress=False)
+    recomputed = _audit_json(out)["stages"]["influence"]
+    assert recomputed["status"] == "done" and recomputed["computed_at"] != first["computed_at"]
+    assert recomputed["summary"]["n_flagged"] == 4 != first["summary"]["n_flagged"]
+    assert len(list((out / "_work").glob("influence-*"))) == 1  # the old settings' work folder is gone
+
+
+def test_vlm_audit_with_finetuned_model(assets, tmp_path):
+    out = tmp_path / "vlm-audit"
+    result = run_audit(_vlm_config(assets, out, finetuned=str(assets / "vlm-tuned")), progress=False)
+    status = {s.stage: s.status for s in result.stages}
+    assert status[Stage.INFLUENCE] is StageStatus.SKIPPED
+    assert "not a contrastive model" in result.stage(Stage.INFLUENCE).reason
+    for stage in (Stage.SHIFT, Stage.CONCEPTS, Stage.HALLUCINATION):
+        assert status[stage] is StageStatus.DONE, (stage, result.stage(stage).error)
+    # A random model never answers yes or no: found while running, the steering stage is skipped with that reason.
+    assert status[Stage.STEERING] is StageStatus.SKIPPED
+    assert "does not answer both 'yes' and 'no'" in result.stage(Stage.STEERING).reason
+    page = (out / "index.html").read_text()
+    assert "does not answer both" in page
+    links = _links(out / "index.html")
+    for target in ("shift/index.html", "concepts/index.html", "concepts/compare/index.html",
+                   "hallucination/index.html"):
+        assert target in links, target
+        assert (out / target).is_file() and (out / target).with_name("data.json").is_file()
+    assert not any(link.startswith("steering/") for link in links)
+    audit = _audit_json(out)
+    shift = audit["stages"]["shift"]["summary"]
+    assert set(shift["splits"]) == {"fog_5", "keyboard_5", "contrast_5"}
+    assert audit["stages"]["concepts"]["summary"]["finetuning"]["frac_improved"] is not None
+    halluc = audit["stages"]["hallucination"]["summary"]
+    assert set(halluc) == {str(assets / "vlm"), str(assets / "vlm-tuned")}
+    assert {"pope_adversarial_acc", "pope_random_acc", "chair_i", "recall"} <= set(halluc[str(assets / "vlm")])
+    # every image a page shows is on disk
+    for html in out.rglob("index.html"):
+        for src in re.findall(r'src="([^"]+)"', html.read_text()):
+            assert (html.parent / src).is_file(), (html, src)
+
+
+def test_a_failing_stage_is_reported_and_the_others_complete(assets, tmp_path, monkeypatch):
+    from mmlens.report.audit import stages
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the capture ran out of memory")
+
+    monkeypatch.setattr(stages, "run_concepts", broken)
+    out = tmp_path / "failing"
+    result = run_audit(_vlm_config(assets, out, stages=(Stage.CONCEPTS, Stage.HALLUCINATION)), progress=False)
+    assert result.stage(Stage.CONCEPTS).status is StageStatus.FAILED
+    assert result.stage(Stage.CONCEPTS).error == "RuntimeError: the capture ran out of memory"
+    assert result.stage(Stage.HALLUCINATION).status is StageStatus.DONE
+    assert result.stage(Stage.SHIFT).reason == "not requested (--stages)"
+    page = (out / "index.html").read_text()
+    assert "the capture ran out of memory" in page
+    assert not (out / "concepts").exists()
+    assert _audit_json(out)["stages"]["concepts"]["status"] == "failed"
+
+
+def test_stages_are_skipped_when_the_records_lack_their_fields(assets, tmp_path):
+    data = tmp_path / "bare"
+    shutil.copytree(assets / "data", data)
+    lines = [json.loads(line) for line in (data / "data.jsonl").read_text().splitlines()]
+    bare = [{"image": rec["image"], "caption": rec["caption"]} for rec in lines]  # no vqa, objects or pope
+    (data / "data.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in bare))
+    result = run_audit(_vlm_config(assets, tmp_path / "out", data=str(data)), progress=False)
+    reasons = {s.stage: s.reason for s in result.stages}
+    assert all(s.status is StageStatus.SKIPPED for s in result.stages)
+    assert "no VQA questions" in reasons[Stage.SHIFT] and "no VQA questions" in reasons[Stage.CONCEPTS]
+    assert "no yes/no questions" in reasons[Stage.STEERING]
+    assert "no object lists" in reasons[Stage.HALLUCINATION]
+    assert "no object lists" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_bad_input_fails_before_any_work(assets, tmp_path):
+    clip = str(assets / "clip")
+    with pytest.raises(InputError, match="not found"):
+        run_audit(AuditConfig(model=clip, data=str(tmp_path / "missing"), out_dir=tmp_path / "o1"), progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "data.jsonl").write_text("")
+    with pytest.raises(InputError, match="empty"):
+        run_audit(AuditConfig(model=clip, data=str(empty), out_dir=tmp_path / "o2"), progress=False)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(assets / "data", corrupt)
+    first = json.loads((corrupt / "data.jsonl").read_text().splitlines()[0])
+    (corrupt / first["image"]).write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot read image"):
+        run_audit(AuditConfig(model=clip, data=str(corrupt), out_dir=tmp_path / "o3"), progress=False)
+    with pytest.raises(InputError, match="unknown shift"):
+        parse_shift_grid("fog:3,snow:5")
+    with pytest.raises(InputError, match="severity"):
+        parse_shift_grid("fog:9")
+    assert parse_shift_grid("fog:3+keyboard:3") == ((None, 0, None, 0), ("fog", 3, "keyboard", 3))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3" / "index.html").exists()
+
+
+def test_cli_audit_writes_site_and_resolved_config(assets, tmp_path, capsys):
+    from mmlens.cli import main
+
+    out = tmp_path / "cli"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "--model", str(assets / "clip"), "--data", str(assets / "data"), "--out", str(out),
+              "--inject-swaps", "0.25", "--stages", "influence"])
+    assert exit_info.value.code in (0, None)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stages"]["influence"] == "done" and printed["stages"]["shift"] == "skipped"
+    resolved = out / "mmlens-config.yaml"
+    assert resolved.is_file() and "inject_swaps: 0.25" in resolved.read_text()
+    with pytest.raises(SystemExit) as exit_info:  # bad input: one line, exit 2
+        main(["audit", "--model", str(assets / "clip"), "--data", str(tmp_path / "nope"), "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmlens: error:") and "\n" not in err
+
+
+def test_cli_config_file_and_repeat_from_the_resolved_config(assets, tmp_path):
+    from mmlens.cli import main
+
+    out = tmp_path / "from-config"
+    config = tmp_path / "audit.yaml"
+    config.write_text(f"model: {assets / 'clip'}\ndata: {assets / 'data'}\nout: {out}\nstages: [influence]\n"
+                      "inject-swaps: 0.25\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "--config", str(config)])
+    assert exit_info.value.code in (0, None)
+    first = _audit_json(out)["stages"]["influence"]
+    assert first["status"] == "done" and first["summary"]["injected_swap_rate"] == 0.25
+    with pytest.raises(SystemExit) as exit_info:  # the resolved config repeats the run: nothing to recompute
+        main(["audit", "--config", str(out / "mmlens-config.yaml")])
+    assert exit_info.value.code in (0, None)
+    again = _audit_json(out)["stages"]["influence"]
+    assert again["status"] == "cached" and again["computed_at"] == first["computed_at"]
