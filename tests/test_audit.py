@@ -21,6 +21,7 @@ from mmlens.report.audit import (
     StageStatus,
     SteeringStage,
     parse_shift_grid,
+    parse_stages,
     run_audit,
 )
 
@@ -71,7 +72,10 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
         assert status[stage] is StageStatus.SKIPPED
         assert "not a vision-language model" in result.stage(stage).reason
     page = (out / "index.html").read_text()
-    assert "look mislabelled" in page and "injected caption swaps" in page and "AUROC" in page
+    assert "with the highest self-influence" in page and "injected caption swaps" in page and "AUROC" in page
+    numbers = result.stage(Stage.INFLUENCE).summary
+    before, after = numbers["val_loss"], numbers["val_loss_without_flagged"]
+    assert f"from {before:.2f} to {after:.2f} ({after - before:+.2f};" in result.stage(Stage.INFLUENCE).findings[0].text
     assert "influence/index.html" in _links(out / "index.html")
     assert "not a vision-language model" in page  # the skipped stages, with their reasons
     for name in ("index.html", "data.json", "stage.json"):
@@ -120,10 +124,25 @@ def test_vlm_audit_with_finetuned_model(assets, tmp_path):
     audit = _audit_json(out)
     shift = audit["stages"]["shift"]["summary"]
     assert set(shift["splits"]) == {"fog_5", "keyboard_5", "contrast_5"}
-    assert audit["stages"]["concepts"]["summary"]["finetuning"]["frac_improved"] is not None
+    # the words follow the intervals: a shift is called distinguishable from clean only if its interval excludes 0
+    shift_findings = [f.text for f in result.stage(Stage.SHIFT).findings]
+    for split, numbers in shift["splits"].items():
+        lo, hi = numbers["emid_ci"]
+        text = next(t for t in shift_findings if t.startswith(f"Under {split.replace('_', ' severity ')} "))
+        assert ("includes 0, not distinguishable" in text) == (lo <= 0 <= hi), (text, lo, hi)
+        assert f"[{lo:.3f}, {hi:.3f}]" in text
+    n_above = sum(s["emid_ci"][0] > 0 for s in shift["splits"].values())
+    assert shift_findings[0].startswith(f"Of 3 shifts, {n_above} lower" if n_above else "None of the 3 shifts")
+    concepts = audit["stages"]["concepts"]["summary"]["finetuning"]
+    assert concepts["frac_improved"] is not None
+    compare_text = result.stage(Stage.CONCEPTS).findings[1].text
+    assert ("not more than every baseline" in compare_text) == (not concepts["beats_every_baseline"])
     halluc = audit["stages"]["hallucination"]["summary"]
     assert set(halluc) == {str(assets / "vlm"), str(assets / "vlm-tuned")}
     assert {"pope_adversarial_acc", "pope_random_acc", "chair_i", "recall"} <= set(halluc[str(assets / "vlm")])
+    gap_lo, gap_hi = halluc[str(assets / "vlm")]["pope_gap_ci"]
+    pope_text = result.stage(Stage.HALLUCINATION).findings[0].text
+    assert ("no sign that co-occurring objects" in pope_text) == (gap_lo <= 0 <= gap_hi), pope_text
     # every image a page shows is on disk
     for html in out.rglob("index.html"):
         for src in re.findall(r'src="([^"]+)"', html.read_text()):
@@ -147,6 +166,80 @@ def test_a_failing_stage_is_reported_and_the_others_complete(assets, tmp_path, m
     assert "the capture ran out of memory" in page
     assert not (out / "concepts").exists()
     assert _audit_json(out)["stages"]["concepts"]["status"] == "failed"
+
+
+def test_steering_findings_follow_their_measurements(assets, tmp_path, monkeypatch):
+    """A random model answers neither yes nor no; label the build half by the truth (as if it answered correctly)
+    so the steering stage runs end to end, then check that its sentences say what its numbers say."""
+    import mmlens.steer
+
+    def truth_labels(generated, examples, **kwargs):
+        return [mmlens.steer.normalise_answer(e.answer) for e in examples]
+
+    monkeypatch.setattr(mmlens.steer, "answer_labels", truth_labels)
+    out = tmp_path / "steer"
+    config = _vlm_config(assets, out, finetuned=str(assets / "vlm-tuned"), stages=(Stage.STEERING,),
+                         steering=SteeringStage(n_items=60, alphas=(1.0, 4.0), shift_alphas=(1.0, 4.0), n_describe=12,
+                                                describe_tokens=6, batch_size=32))
+    result = run_audit(config, progress=False).stage(Stage.STEERING)
+    assert result.status is StageStatus.DONE, result.error
+    summary = result.summary
+    steer_text, finetune_text = (f.text for f in result.findings)
+    if summary["n_source"]:
+        assert f"of the {summary['n_source']} held-out 'yes' answers" in steer_text
+        assert "nan" not in steer_text
+    else:
+        assert "answers 'yes' to none of the held-out yes/no questions" in steer_text
+    extra = summary["finetuning"]
+    (p_lo, p_hi), (r_lo, r_hi) = extra["gain_over_plain_ci"], extra["gain_over_random_ci"]
+    assert p_lo <= p_hi and r_lo <= r_hi
+    moved = p_lo > 0 and r_lo > 0
+    assert ("does not measurably move" in finetune_text) == (not moved), finetune_text
+    assert f"[{p_lo:+.3f}, {p_hi:+.3f}]" in finetune_text
+    assert (out / "steering" / "finetune" / "index.html").is_file()
+
+
+def test_fingerprint_follows_models_embedders_and_settings(assets, tmp_path):
+    import os
+
+    from mmlens.report.audit.data import load_audit_data
+    from mmlens.report.audit.runner import model_fingerprint, stage_fingerprint
+
+    data = load_audit_data(assets / "data")
+    base = _vlm_config(assets, tmp_path / "o")
+    model_fp = model_fingerprint(base.model)
+
+    def shift_fp(config: AuditConfig, fp: str = model_fp) -> str:
+        return stage_fingerprint(Stage.SHIFT, config, fp, None, data)
+
+    first = shift_fp(base)
+    assert shift_fp(base) == first
+    assert shift_fp(_vlm_config(assets, tmp_path / "o", seed=1)) != first
+    with_image = _vlm_config(assets, tmp_path / "o", shift=ShiftStage(image_model=str(assets / "clip")))
+    image_fp = shift_fp(with_image)
+    clip_weights = next((assets / "clip").glob("*.safetensors"))
+    stat = clip_weights.stat()
+    os.utime(clip_weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rebuilt image model
+    assert shift_fp(with_image) != image_fp
+    # a local sentence encoder counts like a model; a spec without a path does not read the working directory
+    from mmlens.report.audit.runner import text_embedder_fingerprint
+
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "model.safetensors").write_bytes(b"1")
+    encoder_fp = text_embedder_fingerprint(f"sentence:{encoder}")
+    (encoder / "model.safetensors").write_bytes(b"22")
+    assert text_embedder_fingerprint(f"sentence:{encoder}") != encoder_fp
+    assert text_embedder_fingerprint("minilm") != text_embedder_fingerprint("hashing")
+    weights = next((assets / "vlm").glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rebuilt audited model
+    assert model_fingerprint(base.model) != model_fp
+    # the fine-tuned model counts only for the stages that use it
+    assert stage_fingerprint(Stage.SHIFT, base, model_fp, "a", data) == stage_fingerprint(Stage.SHIFT, base, model_fp,
+                                                                                           "b", data)
+    assert stage_fingerprint(Stage.CONCEPTS, base, model_fp, "a", data) != stage_fingerprint(
+        Stage.CONCEPTS, base, model_fp, "b", data)
 
 
 def test_stages_are_skipped_when_the_records_lack_their_fields(assets, tmp_path):
@@ -185,6 +278,19 @@ def test_bad_input_fails_before_any_work(assets, tmp_path):
         parse_shift_grid("fog:9")
     assert parse_shift_grid("fog:3+keyboard:3") == ((None, 0, None, 0), ("fog", 3, "keyboard", 3))
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3" / "index.html").exists()
+    with pytest.raises(InputError, match="names no stage"):
+        parse_stages(" , ")
+    with pytest.raises(InputError, match="no stage requested"):
+        AuditConfig(model=clip, data=str(assets / "data"), out_dir=tmp_path / "o4", stages=())
+    with pytest.raises(InputError, match="fusion"):
+        AuditConfig(model=clip, data=str(assets / "data"), out_dir=tmp_path / "o4", shift=ShiftStage(fusion="sum"))
+    with pytest.raises(InputError, match="flag_fraction"):
+        AuditConfig(model=clip, data=str(assets / "data"), out_dir=tmp_path / "o4",
+                    influence=InfluenceStage(flag_fraction=0.0))
+    # a steering layer the model does not have: refused after loading the model, before any stage runs
+    with pytest.raises(InputError, match="steering layer 99 is out of range"):
+        run_audit(_vlm_config(assets, tmp_path / "o5", steering=SteeringStage(layer=99)), progress=False)
+    assert not any(p.name in {s.value for s in Stage} for p in (tmp_path / "o5").glob("*"))
 
 
 def test_cli_audit_writes_site_and_resolved_config(assets, tmp_path, capsys):

@@ -44,6 +44,7 @@ def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
     assert "injected caption swaps" in page and "not a contrastive model" in page
     summary = json.loads((out / "audit.json").read_text())
     assert summary["audit_seconds"] > 0 and summary["audit_budget_seconds"] == 900.0
+    assert summary["stages_reused"] == 0 and "reused from an earlier run" not in page
     clip = summary["audits"]["mini-clip"]["stages"]
     assert clip["influence"]["status"] == "done" and 0.0 <= clip["influence"]["summary"]["auroc_self_influence"] <= 1
     assert clip["influence"]["summary"]["n_injected"] == 3  # 10% of the 30 training pairs
@@ -68,6 +69,11 @@ def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
 
     again = run_demo(config, progress=False)  # a rerun reuses every finished stage
     assert again == index
-    rerun = json.loads((out / "audit.json").read_text())["audits"]
+    rerun_summary = json.loads((out / "audit.json").read_text())
+    rerun = rerun_summary["audits"]
     assert rerun["mini-clip"]["stages"]["influence"]["status"] == "cached"
     assert rerun["mini-llava"]["stages"]["shift"]["status"] == "cached"
+    # the page says the stages were reused and how long they took when computed
+    assert rerun_summary["stages_reused"] == rerun_summary["stages_run_or_reused"] > 0
+    assert rerun_summary["audit_compute_seconds"] == summary["audit_compute_seconds"]
+    assert "reused from an earlier run" in again.read_text()

@@ -309,8 +309,15 @@ def test_audit_site_loads_cleanly(browser, tmp_path):
     """A small audit site (a tiny random VLM against a second one as its "fine-tuned" version, on 24 exported world
     scenes): the summary and every page its links reach load without errors, with every image decoded."""
     from mmlens.models.tiny import tiny_model
-    from mmlens.report.audit import (AuditConfig, ConceptsStage, HallucinationStage, ShiftStage, SteeringStage,
-                                     parse_shift_grid, run_audit)
+    from mmlens.report.audit import (
+        AuditConfig,
+        ConceptsStage,
+        HallucinationStage,
+        ShiftStage,
+        SteeringStage,
+        parse_shift_grid,
+        run_audit,
+    )
     from mmlens.world import World, WorldConfig, export_world
 
     tiny_model("llava", seed=2).save_pretrained(tmp_path / "vlm")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mmlens.errors import InputError
+from mmlens.shift.options import Fusion, coerce
 
 #: (visual shift or None, visual severity, text shift or None, text severity): the scenario of mmlens.shift.
 Scenario = tuple[str | None, int, str | None, int]
@@ -57,7 +58,7 @@ class ShiftStage:
     n_items: int = 200
     image_model: str | None = None  # CLIP-like image features for the queries (None: text-only queries)
     text_embedder: str = "minilm"
-    fusion: str = "concat"  # query = [image; text] embeddings (their sizes differ); "average" needs equal sizes
+    fusion: Fusion = Fusion.CONCAT  # query = [image; text] embeddings (their sizes differ); AVERAGE needs equal sizes
     n_permutations: int = 30  # per bound term; the RJSD permutations dominate the stage's time
     n_bootstrap: int = 100
     max_epochs: int = 300
@@ -118,7 +119,22 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        object.__setattr__(self, "stages", tuple(Stage(s) for s in self.stages))
+        try:
+            object.__setattr__(self, "stages", tuple(Stage(s) for s in self.stages))
+        except ValueError:
+            raise InputError(f"stages {self.stages!r}: choose among {', '.join(s.value for s in Stage)}") from None
+        if not self.stages:
+            raise InputError("no stage requested: choose among " + ", ".join(s.value for s in Stage))
+        object.__setattr__(self, "shift", replace(self.shift, fusion=coerce(Fusion, self.shift.fusion, "fusion")))
+        if not 0.0 < self.influence.flag_fraction <= 1.0:
+            raise InputError(f"influence flag_fraction must be in (0, 1], got {self.influence.flag_fraction}")
+        sizes = {"influence max_pairs": self.influence.max_pairs, "shift n_items": self.shift.n_items,
+                 "concepts n_items": self.concepts.n_items, "concepts n_concepts": self.concepts.n_concepts,
+                 "steering n_items": self.steering.n_items, "steering n_describe": self.steering.n_describe,
+                 "hallucination n_images": self.hallucination.n_images}
+        for name, value in sizes.items():
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
         if not 0.0 < self.influence.val_fraction < 1.0:
             raise InputError(f"influence val_fraction must be in (0, 1), got {self.influence.val_fraction}")
         if not 0.0 <= self.influence.inject_swap_rate < 1.0:
@@ -177,6 +193,8 @@ def parse_shift_grid(spec: str) -> tuple[Scenario, ...]:
 
 def parse_stages(spec: str) -> tuple[Stage, ...]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise InputError(f"--stages {spec!r} names no stage: choose among {', '.join(s.value for s in Stage)}")
     try:
         return tuple(Stage(n) for n in names)
     except ValueError:

@@ -127,12 +127,4 @@ def export_world_data(model: str, n_scenes: int, root: Path) -> Path:
     return folder
 
 
-def resolve_audit_data(spec: str, model: str, out_dir: Path, default_scenes: int) -> AuditData:
-    n = parse_world_spec(spec, default_scenes)
-    if n is None:
-        return load_audit_data(spec)
-    return load_audit_data(export_world_data(model, n, out_dir / "_data"))
-
-
-__all__ = ["AuditData", "export_world_data", "load_audit_data", "parse_world_spec", "resolve_audit_data",
-           "world_of_model"]
+__all__ = ["AuditData", "export_world_data", "load_audit_data", "parse_world_spec", "world_of_model"]

@@ -32,18 +32,30 @@ from typing import Any
 from mmlens.errors import InputError, ModelLoadError
 from mmlens.report.audit import stages as stage_functions
 from mmlens.report.audit.config import AuditConfig, ModelKind, Stage, StageStatus
-from mmlens.report.audit.data import AuditData, resolve_audit_data
+from mmlens.report.audit.data import (
+    AuditData,
+    export_world_data,
+    load_audit_data,
+    parse_world_spec,
+)
 from mmlens.report.audit.stages import Finding, StageContext, StageOutcome
 from mmlens.report.html import HtmlReport
 from mmlens.report.io import atomic_folder, json_default, write_json_atomic
 
 STAGE_FILE = "stage.json"
 AUDIT_FILE = "audit.json"
-#: The function of each stage, by name in :mod:`mmlens.report.audit.stages` (looked up at call time).
-STAGE_FUNCTIONS: Mapping[Stage, str] = MappingProxyType({
-    Stage.INFLUENCE: "run_influence", Stage.SHIFT: "run_shift", Stage.CONCEPTS: "run_concepts",
-    Stage.STEERING: "run_steering", Stage.HALLUCINATION: "run_hallucination",
-})
+#: Bump when a stage's computation changes in a way its settings do not show (invalidates every cached stage).
+FINGERPRINT_VERSION = 2
+
+
+def stage_function(stage: Stage) -> Callable[[StageContext, Path, Path], StageOutcome]:
+    """The function of ``stage`` in :mod:`mmlens.report.audit.stages` (looked up at call time, so a test can
+    replace one)."""
+    return {Stage.INFLUENCE: stage_functions.run_influence, Stage.SHIFT: stage_functions.run_shift,
+            Stage.CONCEPTS: stage_functions.run_concepts, Stage.STEERING: stage_functions.run_steering,
+            Stage.HALLUCINATION: stage_functions.run_hallucination}[stage]
+
+
 STAGE_TITLES: Mapping[Stage, str] = MappingProxyType({
     Stage.INFLUENCE: "Training pairs (influence, ECIF)", Stage.SHIFT: "Distribution shift (EMI / EMID)",
     Stage.CONCEPTS: "Concepts in the hidden states", Stage.STEERING: "Steering (yes -> no)",
@@ -95,17 +107,47 @@ class AuditResult:
 
 
 def model_fingerprint(spec: str) -> str:
-    """Identifies the weights behind a spec: for a local folder its config and the size and time of its files
-    (a rebuilt zoo model gets a new fingerprint); for a hub id the id."""
+    """Identifies the weights behind a spec: for a local folder the names, sizes and modification times of all its
+    files (a rebuilt zoo model gets a new fingerprint); for a hub id the id."""
     from mmlens.models.loading import resolve_spec
 
-    location = Path(resolve_spec(spec))
-    digest = hashlib.sha256(str(spec).encode())
+    return _location_fingerprint(str(spec), Path(resolve_spec(spec)))
+
+
+def _location_fingerprint(spec: str, location: Path) -> str:
+    digest = hashlib.sha256(spec.encode())
     if location.is_dir():
-        for path in sorted(p for p in location.iterdir() if p.is_file()):
+        for path in sorted(p for p in location.rglob("*") if p.is_file()):
             stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(f"{path.relative_to(location)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    elif location.is_file():
+        stat = location.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def text_embedder_fingerprint(spec: str) -> str:
+    """The text embedder of the shift stage: ``sentence:PATH`` / ``embedding-layer:PATH`` name a local model whose
+    files count like the audited model's; the others are fixed by their spec."""
+    _, _, arg = spec.partition(":")
+    if not arg:  # "minilm", "hashing", "embedding-layer": fixed by the spec (never the working directory)
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return _location_fingerprint(spec, Path(arg).expanduser())
+
+
+def _check_stage_inputs(config: AuditConfig, model: Any, applies: set[Stage]) -> None:
+    """Settings that name something the stages will use, checked before any stage runs."""
+    from mmlens.models.loading import resolve_spec
+
+    if Stage.STEERING in applies and config.steering.layer is not None:
+        n = model.num_layers
+        if not -n <= config.steering.layer < n:
+            raise InputError(f"steering layer {config.steering.layer} is out of range: {config.model} has {n} "
+                             f"decoder layers (0..{n - 1}, or -{n}..-1 from the top)")
+    if Stage.SHIFT in applies and config.shift.image_model is not None:
+        location = resolve_spec(config.shift.image_model)  # an unbuilt zoo model: ModelLoadError here
+        if location.startswith((".", "/", "~")) and not Path(location).exists():
+            raise InputError(f"image model {config.shift.image_model}: {location} does not exist")
 
 
 def _kind_of(model: Any) -> ModelKind:
@@ -121,10 +163,17 @@ def _kind_of(model: Any) -> ModelKind:
 
 def stage_fingerprint(stage: Stage, config: AuditConfig, model_fp: str, finetuned_fp: str | None,
                       data: AuditData) -> str:
+    """A hash of everything a stage's result depends on: its settings, the model (and the fine-tuned one for the
+    stages that use it), the shift stage's embedders, the data and the seed."""
     uses_finetuned = stage in (Stage.CONCEPTS, Stage.STEERING, Stage.HALLUCINATION)
+    embedders = None
+    if stage is Stage.SHIFT:
+        image = config.shift.image_model
+        embedders = {"image": model_fingerprint(image) if image else None,
+                     "text": text_embedder_fingerprint(config.shift.text_embedder)}
     key = {"stage": stage.value, "config": dataclasses.asdict(config.stage_config(stage)), "model": model_fp,
-           "finetuned": finetuned_fp if uses_finetuned else None, "data": data.fingerprint, "seed": config.seed,
-           "version": 1}
+           "finetuned": finetuned_fp if uses_finetuned else None, "embedders": embedders,
+           "data": data.fingerprint, "seed": config.seed, "version": FINGERPRINT_VERSION}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=json_default).encode()).hexdigest()[:16]
 
 
@@ -147,7 +196,7 @@ def _run_stage(stage: Stage, ctx: StageContext, fingerprint: str) -> StageResult
     out = ctx.config.out_dir
     scratch = out / "_work" / f"{stage.value}-{fingerprint}"
     scratch.mkdir(parents=True, exist_ok=True)
-    function: Callable[..., StageOutcome] = getattr(stage_functions, STAGE_FUNCTIONS[stage])
+    function = stage_function(stage)
     started = time.perf_counter()
     with atomic_folder(out / stage.value) as tmp:
         outcome = function(ctx, tmp, scratch)
@@ -175,7 +224,9 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
     out = config.out_dir
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder; choose another --out")
-    data = resolve_audit_data(config.data, config.model, out, config.world_scenes)
+    # cheap checks first: a user's data folder is read before the models load, the world is exported after
+    world_scenes = parse_world_spec(config.data, config.world_scenes)
+    data = load_audit_data(config.data) if world_scenes is None else None
     model = load_model(config.model)
     kind = _kind_of(model)
     finetuned = None
@@ -183,6 +234,10 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
         finetuned = load_model(config.finetuned)
         if _kind_of(finetuned) is not kind:
             raise ModelLoadError(f"{config.finetuned} is not the same kind of model as {config.model}")
+    if data is None:
+        data = load_audit_data(export_world_data(config.model, world_scenes, out / "_data"))
+    reasons = {stage: stage_functions.skip_reason(stage, kind, data, config) for stage in Stage}
+    _check_stage_inputs(config, model, {stage for stage, reason in reasons.items() if reason is None})
     ctx = StageContext(config, data, model, kind, finetuned)
     model_fp = model_fingerprint(config.model)
     finetuned_fp = model_fingerprint(config.finetuned) if config.finetuned else None
@@ -191,7 +246,7 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
     bar = tqdm(list(Stage), desc="audit", unit="stage", disable=not progress)
     for stage in bar:
         bar.set_postfix_str(stage.value)
-        reason = stage_functions.skip_reason(stage, kind, data, config)
+        reason = reasons[stage]
         if reason is not None:
             result = StageResult(stage, StageStatus.SKIPPED, reason=reason)
         else:
@@ -295,7 +350,7 @@ def summary_report(audit: AuditResult, data: AuditData) -> HtmlReport:
 
 __all__ = [
     "AUDIT_FILE",
-    "STAGE_FUNCTIONS",
+    "FINGERPRINT_VERSION",
     "AuditResult",
     "StageResult",
     "audit_json",
@@ -303,5 +358,7 @@ __all__ = [
     "model_fingerprint",
     "run_audit",
     "stage_fingerprint",
+    "stage_function",
     "summary_report",
+    "text_embedder_fingerprint",
 ]

@@ -20,9 +20,13 @@ from mmlens.report.audit.data import AuditData
 from mmlens.report.html import CardLine, HtmlReport, ImageCard
 from mmlens.report.io import write_jsonl_atomic
 
-#: Word-overlap gain over both the unsteered model and a random direction below which a fine-tuning shift vector is
-#: not said to move descriptions (differences this small are within the noise of 100 descriptions).
-MIN_OVERLAP_GAIN = 0.02
+#: Level of the intervals behind the summary's words: a difference is called a difference only when its interval at
+#: this level excludes 0.
+INTERVAL_LEVEL = 0.95
+#: Resamples of the paired bootstrap intervals.
+N_BOOTSTRAP = 1000
+#: Fewest images (one question each) the shift stage scores: below this the EMI estimates are meaningless.
+MIN_SHIFT_IMAGES = 4
 
 
 class NotApplicable(MMLensError):
@@ -89,6 +93,8 @@ def skip_reason(stage: Stage, ctx_kind: ModelKind, data: AuditData, config: Audi
         return f"not a vision-language model: {what}"
     if stage in (Stage.SHIFT, Stage.CONCEPTS) and not data.questions():
         return "the records have no VQA questions ('vqa' lists)"
+    if stage is Stage.SHIFT and len({q["record"] for q in data.questions()}) < MIN_SHIFT_IMAGES:
+        return f"shift needs VQA questions on at least {MIN_SHIFT_IMAGES} different images"
     if stage is Stage.STEERING and not data.has_yes_no:
         return "the records have no yes/no questions (answers 'yes' and 'no'): no yes->no vector to build"
     if stage is Stage.HALLUCINATION and not (data.has_pope or data.has_objects):
@@ -102,6 +108,7 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
         FitArguments,
         HeadTask,
         InfluenceAnalyzer,
+        NoiseKind,
         PairData,
         detection_metrics,
         inject_noise,
@@ -116,26 +123,30 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
     val, train = pairs.subset(sorted(order[:n_val])), pairs.subset(sorted(order[n_val:]))
     truth = None
     if cfg.inject_swap_rate > 0:
-        noisy = inject_noise(train, cfg.inject_swap_rate, "random_swap", seed=ctx.config.seed)
+        noisy = inject_noise(train, cfg.inject_swap_rate, NoiseKind.RANDOM_SWAP, seed=ctx.config.seed)
         train, truth = noisy.data, noisy.is_noisy
+        if not truth.any():  # too few pairs to swap (or swapped captions that were equal): nothing to detect
+            truth = None
     analyzer = InfluenceAnalyzer(HeadTask(ctx.model), train,
                                  fit_args=FitArguments(batch_size=min(cfg.batch_size, len(train)), l2=cfg.l2,
                                                        seed=ctx.config.seed))
     fit = analyzer.fit()
-    value = analyzer.value(val).role()  # delta_val_loss_if_removed (both roles, exact form); < 0 = harmful
+    value = analyzer.value(val, seed=ctx.config.seed).role()  # delta_val_loss_if_removed (both roles, exact form)
     self_influence = analyzer.self_influence()
     k = max(1, round(cfg.flag_fraction * len(train)))
     flagged = np.argsort(-self_influence, kind="stable")[:k]
-    loss_before = analyzer.validation_loss(fit.params, val)
-    loss_after = analyzer.validation_loss(analyzer.retrain(remove=flagged.tolist()), val)
+    # the same seeded measurement batches as the value, so the first-order prediction and the refit are comparable
+    loss_before = analyzer.validation_loss(fit.params, val, seed=ctx.config.seed)
+    loss_after = analyzer.validation_loss(analyzer.retrain(remove=flagged.tolist()), val, seed=ctx.config.seed)
     summary: dict[str, Any] = {
         "n_train": len(train), "n_val": len(val), "n_flagged": int(k), "n_harmful": int((value < 0).sum()),
         "val_loss": loss_before, "val_loss_without_flagged": loss_after,
         "predicted_val_loss_change": float(value[flagged].sum()),
         "fit_seconds": fit.seconds, "injected_swap_rate": cfg.inject_swap_rate,
     }
+    if cfg.inject_swap_rate > 0:
+        summary["n_injected"] = 0 if truth is None else int(truth.sum())
     if truth is not None:
-        summary["n_injected"] = int(truth.sum())
         summary["flagged_precision"] = float(truth[flagged].mean())
         summary["auroc_self_influence"] = detection_metrics(truth, self_influence)["auroc"]
         summary["auroc_value"] = detection_metrics(truth, -value)["auroc"]
@@ -170,10 +181,14 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
     report.write(page_dir)
 
     findings = [Finding(
-        f"{k} of {len(train)} training pairs look mislabelled (highest self-influence); refitting the projection "
-        f"heads without them changes the held-out loss from {loss_before:.2f} to {loss_after:.2f} "
-        f"(first-order prediction {summary['predicted_val_loss_change']:+.2f}). "
-        f"{summary['n_harmful']} pairs are harmful for the held-out split (delta_val_loss_if_removed < 0).")]
+        f"The {k} of {len(train)} training pairs with the highest self-influence (the pairs the model had to bend "
+        f"most to fit, where mislabelled captions tend to rank) are flagged; refitting the projection heads without "
+        f"them changes the summed held-out loss from {loss_before:.2f} to {loss_after:.2f} ({loss_after - loss_before:+.2f}; "
+        f"first-order prediction {summary['predicted_val_loss_change']:+.2f}). To first order, removing any one of "
+        f"{summary['n_harmful']} pairs alone would lower the held-out loss (delta_val_loss_if_removed < 0).")]
+    if cfg.inject_swap_rate > 0 and truth is None:
+        findings.append(Finding(f"No caption was swapped at rate {cfg.inject_swap_rate:g} on {len(train)} training "
+                                "pairs (a swap needs two chosen pairs with different captions): no detection check."))
     if truth is not None:
         findings.append(Finding(
             f"Against the {summary['n_injected']} injected caption swaps: self-influence AUROC "
@@ -221,8 +236,9 @@ def run_shift(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutcome:
 
     cfg = ctx.config.shift
     items = _one_question_per_record(ctx, cfg.n_items)
-    if len(items) < 4:
-        raise InputError(f"shift needs at least 4 questions on different images, the data has {len(items)}")
+    if len(items) < MIN_SHIFT_IMAGES:
+        raise InputError(f"shift needs at least {MIN_SHIFT_IMAGES} questions on different images, got {len(items)} "
+                         f"(n_items {cfg.n_items})")
     generation = GenerateConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=ctx.config.seed,
                                 scenarios=tuple(cfg.grid))
     paths = generate_responses(ctx.model, [ctx.image(q["record"]) for q in items], [q["question"] for q in items],
@@ -247,22 +263,58 @@ def run_shift(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutcome:
                               "emid_ci": r.get("emid_ci"), "bound": r["bound"]} for r in shifted}
     summary: dict[str, Any] = {"n_items": len(items), "clean_accuracy": clean.get("accuracy"), "clean_emi": clean["emi"],
                                "splits": per_split,
-                               "pearson_emid_bound": result.correlations.get("emid_bound", {}).get("pearson")}
-    worst = max(shifted, key=lambda r: r["emid"])
+                               "pearson_emid_bound": _finite(result.correlations.get("emid_bound", {}).get("pearson"))}
+    ranked = sorted(shifted, key=lambda r: -r["emid"])
     findings = []
-    for r in sorted(shifted, key=lambda r: -r["emid"])[:3]:
+    for r in ranked[:3]:
         before, after = clean.get("accuracy", float("nan")), r.get("accuracy", float("nan"))
         lo, hi = r.get("emid_ci") or (float("nan"), float("nan"))
         findings.append(Finding(
             f"Under {_split_words(r['split'])} accuracy goes from {before:.2f} to {after:.2f} ({after - before:+.2f} "
-            f"on {len(items)} questions); EMID {r['emid']:+.3f} (bootstrap interval [{lo:.3f}, {hi:.3f}]; positive "
-            f"= worse than clean), bound {r['bound']:.3f}."))
-    findings.insert(0, Finding(
-        f"Of {len(shifted)} shifts, {_split_words(worst['split'])} is the riskiest by EMID ({worst['emid']:+.3f}); clean EMI "
-        f"{clean['emi']:.3f}."
-        + (f" Across the grid r(EMID, bound) = {summary['pearson_emid_bound']:.2f}."
-           if summary["pearson_emid_bound"] is not None else "")))
+            f"on {len(items)} questions); EMID {r['emid']:+.3f} (positive = EMI lower than clean), bootstrap "
+            f"interval [{lo:.3f}, {hi:.3f}]: {_interval_words(lo, hi)}; bound {r['bound']:.3f}."))
+    worst = ranked[0]
+    above = [r for r in shifted if (r.get("emid_ci") or (float("nan"),))[0] > 0]
+    if above:
+        lead = (f"Of {len(shifted)} shifts, {len(above)} lower the EMI with an EMID interval above 0; the largest "
+                f"EMID is under {_split_words(worst['split'])} ({worst['emid']:+.3f}).")
+    else:
+        lead = (f"None of the {len(shifted)} shifts has an EMID interval above 0 (the largest: "
+                f"{_split_words(worst['split'])}, {worst['emid']:+.3f}).")
+    lead += f" Clean EMI {clean['emi']:.3f}."
+    corr = result.correlations.get("emid_bound", {})
+    if corr.get("pearson") is not None and np.isfinite(corr["pearson"]):
+        c_lo, c_hi = corr.get("pearson_ci", [float("nan")] * 2)
+        lead += (f" Across the grid r(EMID, bound) = {corr['pearson']:.2f} over {corr.get('n', len(shifted))} shifts "
+                 f"(bootstrap interval [{c_lo:.2f}, {c_hi:.2f}]).")
+    findings.insert(0, Finding(lead))
     return StageOutcome(summary, tuple(findings))
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+def _interval_words(lo: float, hi: float) -> str:
+    """What an interval of a difference says, in words: only an interval that excludes 0 shows a difference."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "no interval"
+    if lo > 0:
+        return "above 0"
+    if hi < 0:
+        return "below 0"
+    return "includes 0, not distinguishable from no change"
+
+
+def _paired_interval(diff: np.ndarray, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of paired differences."""
+    diff = np.asarray(diff, dtype=float)
+    if len(diff) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (N_BOOTSTRAP, len(diff)))].mean(1)
+    tail = (1 - INTERVAL_LEVEL) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def _split_words(split: str) -> str:
@@ -286,6 +338,14 @@ def _purity_value(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "n/a"
 
 
+def _purity_verdict(value: float, random: Any) -> str:
+    if isinstance(random, dict):
+        random = random.get("mean")
+    if not isinstance(random, (int, float)):
+        return "no random baseline"
+    return "above random" if value > random else "no purer than random"
+
+
 def run_concepts(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutcome:
     from mmlens.concepts.capture import CaptureConfig, PositionKind, PositionRule
     from mmlens.concepts.compare import CompareConfig
@@ -297,7 +357,7 @@ def run_concepts(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutco
     layer = ctx.model.num_layers // 2
     capture = CaptureConfig(layers=(layer,), position=PositionRule(PositionKind.LAST_PROMPT), final_norm=True,
                             max_new_tokens=1, batch_size=cfg.batch_size)
-    n_items = sum(1 for _ in inputs.open())
+    n_items = len(inputs.read_text(encoding="utf-8").splitlines())
     n_concepts = max(2, min(cfg.n_concepts, n_items // 4))
     decomposer = DecomposerConfig(DecomposerKind.KMEANS, n_concepts=n_concepts, seed=ctx.config.seed)
     # captures resume from their shards when a run was interrupted (same fingerprint = same scratch folder)
@@ -310,8 +370,9 @@ def run_concepts(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutco
     text = (f"A {n_concepts}-concept dictionary over the {cfg.layer} hidden state at the last prompt token of "
             f"{n_items} questions")
     if purity:
-        text += ": the top samples of a concept share " + " and ".join(
-            f"one {name.replace('_', ' ')} at purity {value:.2f} (random sets {_purity_value(random.get(name))})"
+        text += ": the most-activating samples of a concept share their " + " and their ".join(
+            f"{name.replace('_', ' ')} at mean purity {value:.2f} against {_purity_value(random.get(name))} for "
+            f"random sets of the same size ({_purity_verdict(value, random.get(name))})"
             for name, value in purity.items())
     findings = [Finding(text + ".")]
     pages = ["index.html"]
@@ -324,12 +385,15 @@ def run_concepts(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutco
                 "baseline_permuted_gain", "alpha_peak")
         summary["finetuning"] = {k: shift.get(k) for k in keys}
         pages.append("compare/index.html")
+        summary["finetuning"]["beats_every_baseline"] = shift.get("beats_every_baseline")
+        verdict = ("more than every baseline" if shift.get("beats_every_baseline") else
+                   "not more than every baseline, so no concept-specific change is shown")
         findings.append(Finding(
-            f"Fine-tuning ({ctx.config.finetuned}) moved the concepts: per-concept shift vectors recover "
-            f"{shift['frac_improved']:.0%} of the fine-tuned concepts, mean cosine gain {shift['mean_gain']:.3f} "
-            f"against {shift['baseline_global_gain']:.3f} for one global shift, "
-            f"{shift['baseline_permuted_gain']:.3f} for permuted shifts and {shift['baseline_random_gain']:.3f} for "
-            f"random vectors.", "compare/index.html"))
+            f"Fine-tuning ({ctx.config.finetuned}): per-concept shift vectors bring {shift['frac_improved']:.0%} of the "
+            f"original concepts closer to their fine-tuned match, mean cosine gain {shift['mean_gain']:.3f} against "
+            f"{shift['baseline_global_gain']:.3f} for one global shift, {shift['baseline_permuted_gain']:.3f} for "
+            f"permuted shifts and {shift['baseline_random_gain']:.3f} for random vectors: {verdict}.",
+            "compare/index.html"))
     return StageOutcome(summary, tuple(findings), tuple(pages))
 
 
@@ -356,6 +420,9 @@ def run_steering(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutco
     half = len(examples) // 2
     build, held_out = examples[:half], examples[half:]
     yes_no_types = Counter(e.answer_type for e in examples if e.answer.strip().lower() in ("yes", "no"))
+    if not yes_no_types:
+        raise NotApplicable(f"none of the {len(examples)} questions drawn for steering (n_items) is a yes/no "
+                            "question: no yes->no vector to build")
     answer_type = yes_no_types.most_common(1)[0][0] or None
     layer = (cfg.layer if cfg.layer is not None else ctx.model.num_layers // 2) % ctx.model.num_layers
     cap = capture_examples(ctx.model, build, [layer], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
@@ -382,24 +449,39 @@ def run_steering(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutco
                                "n_source": at["steer"].get("n_source"),
                                "other_types_acc_drop": at["steer"].get("other_types_acc_drop")}
     pct = _percent
-    findings = [Finding(
-        f"A yes->no steering vector at layer {layer} (alpha {best['best_alpha']:g}) flips {pct(flip['steer'])} of "
-        f"the {at['steer'].get('n_source', 0)} held-out 'yes' answers, against {pct(flip['random'])} for a random "
-        f"direction, {pct(flip['shuffled'])} for shuffled labels and {pct(flip['logit_bias'])} for a logit bias; "
-        f"other answer types lose {at['steer'].get('other_types_acc_drop', float('nan')):+.2f} accuracy.")]
+    n_source = int(at["steer"].get("n_source") or 0)
+    if n_source == 0:
+        findings = [Finding(f"A yes->no steering vector was built at layer {layer}, but the model answers 'yes' to "
+                            "none of the held-out yes/no questions: no answer to flip, no measurement.")]
+    else:
+        drop = at["steer"].get("other_types_acc_drop")
+        findings = [Finding(
+            f"A yes->no steering vector at layer {layer} (alpha {best['best_alpha']:g}, chosen on the same held-out "
+            f"questions) flips {pct(flip['steer'])} of the {n_source} held-out 'yes' answers, against "
+            f"{pct(flip['random'])} for a random direction, {pct(flip['shuffled'])} for shuffled labels and "
+            f"{pct(flip['logit_bias'])} for a logit bias"
+            + (f"; accuracy on the other answer types changes by {-drop:+.2f}." if _finite(drop) is not None
+               else "."))]
     pages = ["index.html"]
     if ctx.finetuned is not None:
         extra = _finetune_steering(ctx, layer, page_dir / "finetune")
         summary["finetuning"] = extra
         pages.append("finetune/index.html")
-        moved = extra["overlap_steered"] > max(extra["overlap_plain"], extra["overlap_random"]) + MIN_OVERLAP_GAIN
+        (p_lo, p_hi), (r_lo, r_hi) = extra["gain_over_plain_ci"], extra["gain_over_random_ci"]
+        moved = p_lo > 0 and r_lo > 0
         findings.append(Finding(
-            f"The fine-tuning shift vector as steering (layer {layer}, best alpha {extra['best_alpha']:g}) "
+            f"The fine-tuning shift vector as steering (layer {layer}, best alpha {extra['best_alpha']:g}, chosen on "
+            "the same images) "
             + ("moves the original model's descriptions toward the fine-tuned model's" if moved else
                "does not measurably move the original model's descriptions toward the fine-tuned model's")
-            + f": word overlap {extra['overlap_steered']:.2f} against {extra['overlap_plain']:.2f} unsteered and "
-            f"{extra['overlap_random']:.2f} with a random direction of the same norm.", "finetune/index.html"))
+            + f": word overlap {extra['overlap_steered']:.2f} against {extra['overlap_plain']:.2f} unsteered "
+            f"(gain interval [{p_lo:+.3f}, {p_hi:+.3f}]) and {extra['overlap_random']:.2f} with a random direction of "
+            f"the same norm (gain interval [{r_lo:+.3f}, {r_hi:+.3f}]).", "finetune/index.html"))
     return StageOutcome(summary, tuple(findings), tuple(pages))
+
+
+def _format_interval(interval: tuple[float, float]) -> str:
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
 def _word_overlap(a: str, b: str) -> float:
@@ -409,7 +491,7 @@ def _word_overlap(a: str, b: str) -> float:
 
 
 def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
+    return "n/a" if _finite(value) is None else f"{value:.0%}"
 
 
 def _finetune_steering(ctx: StageContext, layer: int, page_dir: Path) -> dict[str, Any]:
@@ -447,19 +529,27 @@ def _finetune_steering(ctx: StageContext, layer: int, page_dir: Path) -> dict[st
     plain = generate_answers(ctx.model, held_out, **kw)
     tuned = generate_answers(ctx.finetuned, held_out, **kw)
 
-    def overlap(texts: list[str]) -> float:
-        return float(np.mean([_word_overlap(t, f) for t, f in zip(texts, tuned)]))
+    def overlaps(texts: list[str]) -> np.ndarray:
+        return np.array([_word_overlap(t, f) for t, f in zip(texts, tuned)])
 
-    rows, steered_by_alpha = [], {}
+    rows, steered_by_alpha, per_image = [], {}, {}
     for alpha in cfg.shift_alphas:
         steered = generate_answers(ctx.model, held_out, Steering((shift,), SteerConfig(alpha)), **kw)
         randomised = generate_answers(ctx.model, held_out, Steering((random,), SteerConfig(alpha)), **kw)
         steered_by_alpha[alpha] = steered
-        rows.append({"alpha": float(alpha), "overlap_steered": overlap(steered), "overlap_random": overlap(randomised)})
+        per_image[float(alpha)] = (overlaps(steered), overlaps(randomised))
+        rows.append({"alpha": float(alpha), "overlap_steered": float(per_image[float(alpha)][0].mean()),
+                     "overlap_random": float(per_image[float(alpha)][1].mean())})
     best = max(rows, key=lambda r: r["overlap_steered"])
-    out = {"layer": layer, "n_build": len(build), "n_eval": len(held_out), "overlap_plain": overlap(plain),
+    plain_overlap = overlaps(plain)
+    best_steered, best_random = per_image[best["alpha"]]
+    # paired over the held-out images: steered minus unsteered, steered minus random direction
+    out = {"layer": layer, "n_build": len(build), "n_eval": len(held_out), "overlap_plain": float(plain_overlap.mean()),
            "best_alpha": best["alpha"], "overlap_steered": best["overlap_steered"],
-           "overlap_random": best["overlap_random"], "sweep": rows, "norm": float(shift.norm)}
+           "overlap_random": best["overlap_random"],
+           "gain_over_plain_ci": _paired_interval(best_steered - plain_overlap, ctx.config.seed),
+           "gain_over_random_ci": _paired_interval(best_steered - best_random, ctx.config.seed),
+           "sweep": rows, "norm": float(shift.norm)}
     report = HtmlReport("Fine-tuning shift vector as steering",
                         subtitle=f"{ctx.config.model} steered toward {ctx.config.finetuned} at layer {layer}, on "
                                  f"descriptions of {len(held_out)} held-out images")
@@ -524,11 +614,16 @@ def run_hallucination(ctx: StageContext, page_dir: Path, scratch: Path) -> Stage
     findings = []
     if "pope_random_acc" in metrics and "pope_adversarial_acc" in metrics:
         gap = metrics["pope_random_acc"] - metrics["pope_adversarial_acc"]
-        verdict = ("the model hallucinates co-occurring objects" if gap >= 0.05 else
-                   "no sign that co-occurring objects are hallucinated more than random ones")
+        lo, hi = _accuracy_gap_interval(metrics["pope_random_acc"], _count(pope_rows, "random"),
+                                        metrics["pope_adversarial_acc"], _count(pope_rows, "adversarial"))
+        summary[ctx.config.model]["pope_gap_ci"] = [lo, hi]
+        verdict = ("it is less accurate on probes about co-occurring objects than on random ones" if lo > 0 else
+                   "no sign that co-occurring objects are hallucinated more than random ones" if hi >= 0 else
+                   "it is more accurate on probes about co-occurring objects than on random ones")
         findings.append(Finding(
             f"POPE adversarial accuracy {metrics['pope_adversarial_acc']:.2f} vs random "
-            f"{metrics['pope_random_acc']:.2f} (gap {gap:+.2f}): {verdict}; it answers 'yes' to "
+            f"{metrics['pope_random_acc']:.2f} (gap {gap:+.2f}, {INTERVAL_LEVEL:.0%} interval [{lo:+.2f}, {hi:+.2f}]): "
+            f"{verdict}; it answers 'yes' to "
             f"{metrics.get('pope_adversarial_yes_ratio', float('nan')):.0%} of the adversarial probes "
             f"({_share_present(pope_rows, 'adversarial'):.0%} of their objects are present)."))
     elif kinds:
@@ -549,6 +644,21 @@ def run_hallucination(ctx: StageContext, page_dir: Path, scratch: Path) -> Stage
         if parts:
             findings.append(Finding(f"After fine-tuning ({ctx.config.finetuned}): " + ", ".join(parts) + "."))
     return StageOutcome(summary, tuple(findings))
+
+
+def _count(probes: list[dict[str, Any]], kind: str) -> int:
+    return sum(p["kind"] == kind for p in probes)
+
+
+def _accuracy_gap_interval(acc_a: float, n_a: int, acc_b: float, n_b: int) -> tuple[float, float]:
+    """Normal-approximation interval of the difference of two accuracies on independent probe sets."""
+    from scipy.stats import norm
+
+    if n_a == 0 or n_b == 0:
+        return float("nan"), float("nan")
+    se = np.sqrt(acc_a * (1 - acc_a) / n_a + acc_b * (1 - acc_b) / n_b)
+    z = float(norm.ppf(0.5 + INTERVAL_LEVEL / 2))
+    return float(acc_a - acc_b - z * se), float(acc_a - acc_b + z * se)
 
 
 def _share_present(probes: list[dict[str, Any]], kind: str) -> float:
