@@ -48,6 +48,7 @@ from mmlens.steer.apply import (
 from mmlens.steer.build import WRONG, answer_labels, capture_examples
 from mmlens.steer.evaluate import (
     FlipTarget,
+    SweepKind,
     VQAExample,
     choose_alpha,
     evaluate_interventions,
@@ -186,10 +187,10 @@ def _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg: Stee
                     for s in cfg.control_seeds}
         randoms = {s: random_like(vec, seed=cfg.seed + s) for s in cfg.control_seeds}
         common = {"positions": cfg.positions, "condition": condition, "max_new_tokens": cfg.vqa_tokens,
-                  "batch_size": cfg.batch_size, "kinds": ("steer", "logit_bias")}
+                  "batch_size": cfg.batch_size, "kinds": (SweepKind.STEER, SweepKind.LOGIT_BIAS)}
         select_rows = sweep_with_baselines(vlm, select, vec, cfg.alphas, flip, baseline=base_select, **common)
         alpha = choose_alpha(select_rows, max_drop=cfg.max_drop)
-        lb_alpha = choose_alpha(select_rows, max_drop=cfg.max_drop, kind="logit_bias")
+        lb_alpha = choose_alpha(select_rows, max_drop=cfg.max_drop, kind=SweepKind.LOGIT_BIAS)
         # test: the sweep of steering and logit bias (plots); the controls at the chosen alpha, one pass per seed
         test_rows = sweep_with_baselines(vlm, test, vec, cfg.alphas, flip, baseline=base_test, **common)
         at = next(r for r in test_rows if r["alpha"] == alpha)

@@ -9,6 +9,7 @@ candidate vectors by how cleanly they push a few answers up.
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import re
 from collections import Counter
@@ -265,10 +266,19 @@ def _summary(effect: Mapping[str, Any]) -> dict[str, Any]:
     return {k: effect[k] for k in SUMMARY_KEYS if k in effect}
 
 
+class SweepKind(enum.StrEnum):
+    """What :func:`sweep_with_baselines` applies at each alpha; the value is the key of its effect in a row."""
+
+    STEER = "steer"  # the vector itself
+    RANDOM = "random"  # a random direction of the vector's norm
+    SHUFFLED = "shuffled"  # a mean difference with shuffled labels (given by the caller)
+    LOGIT_BIAS = "logit_bias"  # the vector through the final norm and the unembedding
+
+
 def sweep_with_baselines(model: Any, examples: Sequence[VQAExample], vector: SteeringVector,
                          alphas: Sequence[float], flip: FlipTarget, *, positions: Any = None,
                          condition: Any = None, shuffled: SteeringVector | None = None, random_seed: int = 0,
-                         kinds: Sequence[str] = ("steer", "random", "shuffled", "logit_bias"),
+                         kinds: Sequence[SweepKind] = tuple(SweepKind),
                          baseline: Sequence[str] | None = None, max_new_tokens: int = 4, batch_size: int = 64,
                          progress: bool = False) -> list[dict[str, Any]]:
     """One row per alpha: ``{"alpha", "steer": effect, "random": ..., "shuffled": ..., "logit_bias": ...}``, every
@@ -282,21 +292,25 @@ def sweep_with_baselines(model: Any, examples: Sequence[VQAExample], vector: Ste
     rule = positions if positions is not None else SteerPositions.ALL
     cond = condition if condition is not None else SteerCondition.ALWAYS
     control = random_like(vector, seed=random_seed)
-    makers: dict[str, Callable[[float], Intervention]] = {
-        "steer": lambda a: Steering((vector,), SteerConfig(a, rule, cond)),
-        "random": lambda a: Steering((control,), SteerConfig(a, rule, cond)),
-        "logit_bias": lambda a: LogitBias(vector, a, cond),
+    makers: dict[SweepKind, Callable[[float], Intervention]] = {
+        SweepKind.STEER: lambda a: Steering((vector,), SteerConfig(a, rule, cond)),
+        SweepKind.RANDOM: lambda a: Steering((control,), SteerConfig(a, rule, cond)),
+        SweepKind.LOGIT_BIAS: lambda a: LogitBias(vector, a, cond),
     }
     if shuffled is not None:
-        makers["shuffled"] = lambda a: Steering((shuffled,), SteerConfig(a, rule, cond))
-    chosen = [k for k in kinds if k in makers]
+        makers[SweepKind.SHUFFLED] = lambda a: Steering((shuffled,), SteerConfig(a, rule, cond))
+    try:
+        requested = [SweepKind(k) for k in kinds]
+    except ValueError:
+        raise InputError(f"unknown sweep kinds in {list(kinds)}; use {[k.value for k in SweepKind]}") from None
+    chosen = [k for k in requested if k in makers]  # "shuffled" only when its vector is given
     interventions = {f"{k}@{a:g}": makers[k](float(a)) for a in alphas for k in chosen}
     res = evaluate_interventions(model, examples, interventions, flip, baseline=baseline,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     return [{"alpha": float(a), **{k: _summary(res[f"{k}@{a:g}"]) for k in chosen}} for a in alphas]
 
 
-def choose_alpha(rows: Sequence[Mapping[str, Any]], *, max_drop: float = 0.02, kind: str = "steer",
+def choose_alpha(rows: Sequence[Mapping[str, Any]], *, max_drop: float = 0.02, kind: SweepKind = SweepKind.STEER,
                  key: str = "flip_rate") -> float:
     """The alpha rule used throughout: among rows whose ``kind`` effect drops other-type accuracy by at most
     ``max_drop``, the highest ``key`` (ties: the smaller alpha); if none qualifies, the smallest alpha. Choose it on
