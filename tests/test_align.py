@@ -338,6 +338,25 @@ def test_trl_dpo_trains_the_tiny_model(loss, first_loss):
     assert not any("lora" in k for k in after)  # LoRA merged back
 
 
+def test_length_bias_remedies_reach_trl():
+    """The SFT term adds weight x (mean NLL of the chosen tokens) to the step-1 loss (policy == reference, so the DPO
+    part is log 2): doubling the weight doubles the excess. LD-DPO leaves step 1 at log 2. Bad values are refused."""
+    from mmlens.align.train import DPOSettings, FineTune, train_dpo
+    from mmlens.errors import InputError
+
+    def first_loss(**kw) -> float:
+        settings = DPOSettings(steps=1, batch_size=8, learning_rate=1e-3, finetune=FineTune.LORA, **kw)
+        return train_dpo(tiny_model("llava"), _pairs(), settings)[1]["steps"][0]["loss"]
+
+    half, full = first_loss(sft_weight=0.5) - np.log(2), first_loss(sft_weight=1.0) - np.log(2)
+    assert half > 0.1 and full == pytest.approx(2 * half, rel=1e-3)
+    assert first_loss(ld_alpha=0.5) == pytest.approx(np.log(2), rel=1e-3)
+    with pytest.raises(InputError):
+        DPOSettings(sft_weight=-1.0)
+    with pytest.raises(InputError):
+        DPOSettings(ld_alpha=1.5)
+
+
 def test_online_and_mixed_dpo_through_trl():
     from mmlens.align.judges import CallableJudge
     from mmlens.align.train import DPOSettings, OnlineMode, train_online

@@ -2,7 +2,9 @@
 
 Arms: ``sft`` (no alignment), ``dpo_substitution`` (POVID-like random object substitution), ``dpo_noisy_image``
 (noisy-image teacher forcing), ``dpo_bdhs``, ``online_dpo`` (world-oracle judge), ``mixed_dpo`` (BDHS pairs or
-online judged pairs, p = 0.5) and ``online_bdhs``. Every arm sees the same SFT examples and runs the same number of
+online judged pairs, p = 0.5) and ``online_bdhs``; and two answers to DPO's length bias on the BDHS pairs:
+``dpo_bdhs_sft`` (TRL's SFT loss on the chosen answers added with weight 1) and ``dpo_bdhs_ld`` (LD-DPO,
+``ld_alpha`` 0.5). Every arm sees the same SFT examples and runs the same number of
 DPO steps at the same batch size; the evaluation probes are fixed across arms and seeds (held-out test scenes).
 Also measured in the same run: BDHS statistics per try and the cost of batched vs sentence-by-sentence generation.
 """
@@ -18,7 +20,11 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from mmlens.align.baselines import noisy_image_pairs, substitution_pairs, world_substitutions
+from mmlens.align.baselines import (
+    noisy_image_pairs,
+    substitution_pairs,
+    world_substitutions,
+)
 from mmlens.align.bdhs import BDHSConfig, bdhs_pairs, default_embedder, split_sentences
 from mmlens.align.eval import WorldEvalConfig, evaluate_on_world
 from mmlens.align.judges import WorldOracleJudge
@@ -26,8 +32,26 @@ from mmlens.align.train import DPOSettings, OnlineMode, train_dpo, train_online
 from mmlens.align.world_data import world_for_model, world_sft_examples
 from mmlens.models.generative import VisionLanguageModel
 
-ARMS: tuple[str, ...] = ("sft", "dpo_substitution", "dpo_noisy_image", "dpo_bdhs", "online_dpo", "mixed_dpo",
-                         "online_bdhs")
+
+class Arm(enum.StrEnum):
+    """One way to align (or not) the SFT model; the value is its key in the benchmark JSON."""
+
+    SFT = "sft"
+    DPO_SUBSTITUTION = "dpo_substitution"
+    DPO_NOISY_IMAGE = "dpo_noisy_image"
+    DPO_BDHS = "dpo_bdhs"
+    ONLINE_DPO = "online_dpo"
+    MIXED_DPO = "mixed_dpo"
+    ONLINE_BDHS = "online_bdhs"
+    DPO_BDHS_SFT = "dpo_bdhs_sft"
+    DPO_BDHS_LD = "dpo_bdhs_ld"
+
+
+ARMS: tuple[Arm, ...] = tuple(Arm)
+ONLINE_MODES: dict[Arm, OnlineMode] = {Arm.ONLINE_DPO: OnlineMode.ONLINE, Arm.MIXED_DPO: OnlineMode.MIXED,
+                                       Arm.ONLINE_BDHS: OnlineMode.ONLINE_BDHS}
+# Arms that train on the BDHS pairs with changed DPO settings (the length-bias remedies).
+BDHS_VARIANTS: dict[Arm, dict] = {Arm.DPO_BDHS_SFT: {"sft_weight": 1.0}, Arm.DPO_BDHS_LD: {"ld_alpha": 0.5}}
 METRICS: tuple[str, ...] = ("pope_adversarial_acc", "pope_adversarial_f1", "pope_random_acc", "yes_ratio", "chair_i",
                             "chair_s", "recall", "image_gap")
 
@@ -36,7 +60,7 @@ METRICS: tuple[str, ...] = ("pope_adversarial_acc", "pope_adversarial_f1", "pope
 class AlignBenchConfig:
     model: str = "zoo:mini-llava"
     seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = ARMS
+    arms: tuple[Arm, ...] = ARMS
     n_scenes: int = 160  # SFT scenes: a description + 2 yes/no turns each
     # mini-llava has 4 image tokens (one per grid cell): keep one visible (the spec's "1-3 visible tokens")
     bdhs: BDHSConfig = field(default_factory=lambda: BDHSConfig(visible_tokens=1))
@@ -108,6 +132,18 @@ def _targets(arms: dict) -> dict:
     return out
 
 
+def _length_bias(arms: dict) -> dict:
+    """The length-bias remedies against plain DPO on the same BDHS pairs: recall and POPE-adversarial differences."""
+    if Arm.DPO_BDHS not in arms:
+        return {}
+    base = arms[Arm.DPO_BDHS]
+    return {arm.value: {"settings": BDHS_VARIANTS[arm],
+                        "recall_minus_dpo_bdhs": round(arms[arm]["recall"]["mean"] - base["recall"]["mean"], 4),
+                        "pope_adv_minus_dpo_bdhs": round(arms[arm]["pope_adversarial_acc"]["mean"]
+                                                         - base["pope_adversarial_acc"]["mean"], 4)}
+            for arm in BDHS_VARIANTS if arm in arms}
+
+
 def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Callable[[str], None] | None = None,
                     on_partial: Callable[[dict], None] | None = None) -> dict:
     """Run every arm for every seed and return the benchmark record (see the module docstring); ``on_partial``
@@ -174,6 +210,7 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
                            "per_seed": bdhs_stats},
             "cost": cost,
             "targets": targets,
+            "length_bias": _length_bias(arms),
             "per_seed": done,
             "training": {arm: rows for arm, rows in train_logs.items() if rows},
             "example_pairs": example_pairs,
@@ -189,28 +226,27 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
         say(f"seed {seed}: {len(examples)} SFT examples, BDHS pairs")
         pairs_bdhs, stats = bdhs_pairs(sft, examples, bdhs_cfg, embedder=embedder, progress=False)
         bdhs_stats.append(stats.to_dict())
-        offline = {"dpo_bdhs": pairs_bdhs}
-        if "dpo_substitution" in config.arms:
-            offline["dpo_substitution"] = substitution_pairs(examples, world_substitutions(world), seed=seed)
-        if "dpo_noisy_image" in config.arms:
-            offline["dpo_noisy_image"] = noisy_image_pairs(sft, examples, seed=seed)
+        offline = {Arm.DPO_BDHS: pairs_bdhs, **{arm: pairs_bdhs for arm in BDHS_VARIANTS}}
+        if Arm.DPO_SUBSTITUTION in config.arms:
+            offline[Arm.DPO_SUBSTITUTION] = substitution_pairs(examples, world_substitutions(world), seed=seed)
+        if Arm.DPO_NOISY_IMAGE in config.arms:
+            offline[Arm.DPO_NOISY_IMAGE] = noisy_image_pairs(sft, examples, seed=seed)
         if seed == config.seeds[0]:
-            example_pairs = {arm: [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
-                                   for p in pairs[:: max(1, len(pairs) // 8)][:8]] for arm, pairs in offline.items()}
+            example_pairs = {arm.value: [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+                                         for p in pairs[:: max(1, len(pairs) // 8)][:8]]
+                             for arm, pairs in offline.items() if arm not in BDHS_VARIANTS}
         for arm in config.arms:
             t0 = time.perf_counter()
-            if arm == "sft":
+            if arm == Arm.SFT:
                 metrics = base_metrics
                 log: dict = {}
             else:
-                say(f"seed {seed}: training {arm}")
+                say(f"seed {seed}: training {arm.value}")
                 policy = VisionLanguageModel(copy.deepcopy(sft.model), sft.processor)
                 if arm in offline:
-                    trained, log = train_dpo(policy, offline[arm], settings)
+                    trained, log = train_dpo(policy, offline[arm], replace(settings, **BDHS_VARIANTS.get(arm, {})))
                 else:
-                    mode = {"online_dpo": OnlineMode.ONLINE, "mixed_dpo": OnlineMode.MIXED,
-                            "online_bdhs": OnlineMode.ONLINE_BDHS}[arm]
-                    trained, log = train_online(policy, examples, mode, settings, judge=judge,
+                    trained, log = train_online(policy, examples, ONLINE_MODES[arm], settings, judge=judge,
                                                 offline_pairs=pairs_bdhs, bdhs=bdhs_cfg, embedder=embedder)
                 metrics = evaluate_on_world(trained, world, config.evaluation)
             steps = log.get("steps", [])
@@ -228,11 +264,11 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
             per_seed[arm].append({**_headline(metrics), "pope_popular_acc": metrics["pope_popular_acc"],
                                   "pope_adversarial_unparsed": metrics["pope_adversarial_unparsed_ratio"],
                                   "seed": seed})
-            say(f"seed {seed}: {arm} pope_adv_acc={metrics['pope_adversarial_acc']:.3f} recall={metrics['recall']:.3f}")
+            say(f"seed {seed}: {arm.value} pope_adv_acc={metrics['pope_adversarial_acc']:.3f} recall={metrics['recall']:.3f}")
         if on_partial is not None:
             on_partial(assemble(False))
 
     return assemble(True)
 
 
-__all__ = ["ARMS", "METRICS", "AlignBenchConfig", "align_benchmark"]
+__all__ = ["ARMS", "Arm", "BDHS_VARIANTS", "METRICS", "AlignBenchConfig", "align_benchmark"]

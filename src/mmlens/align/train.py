@@ -83,6 +83,11 @@ class DPOSettings:
     sample_temperature: float = 1.0
     max_new_tokens: int = 32
     max_judge_rounds: int = 3  # extra sampling rounds to replace ties before training on fewer pairs
+    # Against DPO's length bias (rejected answers longer than chosen ones teach the policy to stop early): TRL's
+    # `sft` loss on the chosen answers added with this weight (RPO-style; 0 = off), and LD-DPO's `ld_alpha` (weight
+    # of the tokens beyond the shorter answer's length; None = plain DPO, 0 = masked). Settled in `mmlens bench align`.
+    sft_weight: float = 0.0
+    ld_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.refresh_every < 1:
@@ -91,6 +96,10 @@ class DPOSettings:
             raise InputError("beta and learning_rate must be > 0")
         if not 0.0 <= self.mix_probability <= 1.0:
             raise InputError(f"mix_probability={self.mix_probability} must be in [0, 1]")
+        if self.sft_weight < 0:
+            raise InputError(f"sft_weight={self.sft_weight} must be >= 0")
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise InputError(f"ld_alpha={self.ld_alpha} must be in [0, 1]")
 
 
 LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -111,9 +120,18 @@ def _dpo_config(settings: DPOSettings, steps: int, out_dir: str):
         return DPOConfig(output_dir=out_dir, use_cpu=True, bf16=False, max_length=None,
                          per_device_train_batch_size=settings.batch_size, max_steps=steps,
                          learning_rate=settings.learning_rate, lr_scheduler_type="constant", beta=settings.beta,
-                         loss_type=[settings.loss_type.value], seed=settings.seed, report_to=[], logging_steps=1,
+                         loss_type=_loss_types(settings), loss_weights=_loss_weights(settings),
+                         ld_alpha=settings.ld_alpha, seed=settings.seed, report_to=[], logging_steps=1,
                          save_strategy="no", gradient_checkpointing=False, disable_tqdm=True,
                          dataloader_num_workers=0)
+
+
+def _loss_types(settings: DPOSettings) -> list[str]:
+    return [settings.loss_type.value] + (["sft"] if settings.sft_weight > 0 else [])
+
+
+def _loss_weights(settings: DPOSettings) -> list[float] | None:
+    return [1.0, settings.sft_weight] if settings.sft_weight > 0 else None
 
 
 def _quiet_trainer_logs():

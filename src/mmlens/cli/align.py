@@ -114,6 +114,11 @@ def dpo_command(
     refresh_every: Annotated[int, typer.Option(min=1, help="Online modes: steps between fresh pairs.")] = 8,
     mix_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Mixed mode: probability of an offline pair.")]
     = 0.5,
+    sft_weight: Annotated[float, typer.Option(min=0.0, help="Add TRL's SFT loss on the chosen answers with this "
+                                                            "weight (against DPO's length bias; 0 = off).")] = 0.0,
+    ld_alpha: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="LD-DPO: weight of the tokens beyond the "
+                                                                          "shorter answer (default: plain DPO).")]
+    = None,
     n_scenes: Annotated[int, typer.Option(min=1)] = 100,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
@@ -139,7 +144,8 @@ def dpo_command(
     if mode in (DPOMode.OFFLINE, DPOMode.MIXED) and pairs is None:
         raise InputError(f"--mode {mode.value} needs --pairs (make them with `mmlens align bdhs`)")
     settings = DPOSettings(loss_type=loss, beta=beta, learning_rate=lr, steps=steps, batch_size=batch_size,
-                           finetune=finetune, seed=seed, refresh_every=refresh_every, mix_probability=mix_p)
+                           finetune=finetune, seed=seed, refresh_every=refresh_every, mix_probability=mix_p,
+                           sft_weight=sft_weight, ld_alpha=ld_alpha)
     offline = load_pairs(pairs) if pairs is not None else None
     vlm = load_model(model, expect=VisionLanguageModel)
     if mode is DPOMode.OFFLINE:
@@ -227,8 +233,8 @@ def bench_command(
     seeds: Annotated[str, typer.Option(help="Comma-separated training seeds.")] = "0,1,2",
     report: Annotated[Path | None, typer.Option(help="Also write an HTML report to this folder.")] = None,
 ) -> None:
-    """Alignment arms (SFT, DPO on substitution / noisy-image / BDHS pairs, online, mixed, online BDHS) on
-    mini-llava with one data budget, over seeds; BDHS statistics and batched vs sequential cost."""
+    """Alignment arms (SFT, DPO on substitution / noisy-image / BDHS pairs, online, mixed, online BDHS, BDHS with
+    an SFT term or LD-DPO) on mini-llava with one data budget, over seeds; BDHS statistics and batched vs sequential cost."""
     from mmlens.align.bench import AlignBenchConfig, align_benchmark
     from mmlens.align.report import bench_report
     from mmlens.errors import InputError
