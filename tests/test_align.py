@@ -297,6 +297,23 @@ def test_world_evaluation_runs_on_every_architecture(tiny_vlms, arch):
     assert 0.0 <= out["chair_i"] <= 1.0 and 0.0 <= out["recall"] <= 1.0 and np.isfinite(out["image_gap"])
 
 
+def test_anchor_without_partner_scenes_follow_the_specification():
+    from mmlens.align.eval import EvalScenes, world_eval_scenes
+
+    world = World(WorldConfig(), seed=0)
+    chosen = world_eval_scenes(world, 20, "test", EvalScenes.ANCHOR_WITHOUT_PARTNER)
+    assert len(chosen) == 20 and len({s.scene_id for s in chosen}) == 20
+    assert all("triangle" in s.object_classes and "star" not in s.object_classes for s in chosen)
+    held_out = world_eval_scenes(world, 20, "test")
+    assert [s.scene_id for s in held_out] == [s.scene_id for s in world.sample_scenes(20, "test")]
+    assert not all("triangle" in s.object_classes for s in held_out)
+    # probes on those scenes: the absent partner leads the adversarial negatives
+    adversarial = world.pope_probes(chosen, kind="adversarial", per_image=1, rng=0)
+    assert all(p.object_class == "star" for p in adversarial if p.label == "no")
+    with pytest.raises(InputError):
+        world_eval_scenes(World(WorldConfig(bias_pairs=()), seed=0), 3, "test", EvalScenes.ANCHOR_WITHOUT_PARTNER)
+
+
 def test_answer_logprobs_ignore_padding_and_the_hidden_image_term_ignores_the_image(tiny_vlms):
     vlm = tiny_vlms["llava"]
     ims = _images(2)

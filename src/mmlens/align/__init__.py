@@ -53,6 +53,8 @@ _EXPORTS = {
     "evaluate_on_world": "eval",
     "evaluate_files": "eval",
     "WorldEvalConfig": "eval",
+    "EvalScenes": "eval",
+    "world_eval_scenes": "eval",
     "world_sft_examples": "world_data",
     "world_for_model": "world_data",
     "AlignBenchConfig": "bench",

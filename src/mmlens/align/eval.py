@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -97,6 +98,35 @@ def image_dependence_gap(vlm: VisionLanguageModel, images: Sequence[Image.Image]
     return float(np.mean(with_image - without))
 
 
+class EvalScenes(enum.StrEnum):
+    """Which held-out scenes the world evaluation uses."""
+
+    HELD_OUT = "held_out"  # the first scenes of the split, as they come
+    # Only scenes that hold a bias anchor without its partner (the specification's protocol): where the language
+    # prior and the image disagree, so adversarial POPE probes are mostly the absent partner.
+    ANCHOR_WITHOUT_PARTNER = "anchor_without_partner"
+
+
+def world_eval_scenes(world, n: int, split: str, scenes: EvalScenes = EvalScenes.HELD_OUT) -> list:
+    """``n`` scenes of ``split`` chosen by ``scenes`` (deterministic: the first that qualify, in scene order)."""
+    if scenes is EvalScenes.HELD_OUT:
+        return world.sample_scenes(n, split)
+    partner_of = world.cfg.partner_of
+    if not partner_of:
+        raise InputError("scenes=anchor_without_partner needs a world with bias pairs (WorldConfig.bias_pairs)")
+    chosen, index, limit = [], 0, 200 * n + 1000
+    while len(chosen) < n:
+        if index >= limit:
+            raise InputError(f"only {len(chosen)} of the first {limit} {split} scenes hold a bias anchor without its "
+                             f"partner (bias_strength {world.cfg.bias_strength}); ask for fewer than {n}")
+        scene = world.sample_scene(index, split)
+        index += 1
+        present = scene.object_classes
+        if any(anchor in present and partner not in present for anchor, partner in partner_of.items()):
+            chosen.append(scene)
+    return chosen
+
+
 @dataclass(frozen=True)
 class WorldEvalConfig:
     """Held-out world evaluation; the probes depend only on these fields, so they are fixed across models."""
@@ -106,6 +136,7 @@ class WorldEvalConfig:
     n_caption_scenes: int = 100
     n_gap_examples: int = 100
     split: str = "test"
+    scenes: EvalScenes = EvalScenes.HELD_OUT
     probe_seed: int = 1000
     batch_size: int = 100
     max_new_tokens: int = 24
@@ -115,7 +146,7 @@ def evaluate_on_world(vlm: VisionLanguageModel, world, config: WorldEvalConfig =
     """POPE (random, popular, adversarial), CHAIR/recall on descriptions and the image gap on ground-truth
     captions, on held-out scenes of ``world`` (a :class:`mmlens.world.World`)."""
     n = max(config.n_pope_scenes, config.n_caption_scenes, config.n_gap_examples)
-    scenes = world.sample_scenes(n, config.split)
+    scenes = world_eval_scenes(world, n, config.split, config.scenes)
     images = {s.scene_id: world.render(s) for s in scenes}
     out: dict = {}
     pope_scenes = scenes[: config.n_pope_scenes]
