@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+from cli_helpers import run_error, run_ok
 from mmlens.cli import main
 
 SUBCOMMANDS = [
@@ -25,39 +26,24 @@ def test_every_command_has_help(words, capsys):
     assert "Usage" in out and ("--help" in out)
 
 
-def _run_ok(argv) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code in (0, None)
-
-
-def _run_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    return err
-
-
 def test_unknown_model_id_offline_is_one_line(capsys):
-    err = _run_error(["models", "info", "no-such-org/no-such-model-xyz"], capsys)
+    err = run_error(["models", "info", "no-such-org/no-such-model-xyz"], capsys)
     assert err.startswith("mmlens: error:") and len(err.splitlines()) == 1
     assert "no-such-org/no-such-model-xyz" in err
 
 
 def test_missing_zoo_model_says_how_to_build_it(capsys):
-    err = _run_error(["models", "info", "zoo:mini-llava"], capsys)
+    err = run_error(["models", "info", "zoo:mini-llava"], capsys)
     assert "mmlens zoo build" in err
 
 
 def test_unknown_zoo_name_lists_valid_names(capsys):
-    err = _run_error(["zoo", "eval", "no-such-model"], capsys)
+    err = run_error(["zoo", "eval", "no-such-model"], capsys)
     assert "digits-clip" in err and len(err.splitlines()) == 1
 
 
 def test_missing_data_file(tmp_path, capsys):
-    err = _run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(tmp_path / "nope.jsonl"),
+    err = run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(tmp_path / "nope.jsonl"),
                       "--out", str(tmp_path / "e.safetensors")], capsys)
     assert "nope.jsonl" in err
 
@@ -65,7 +51,7 @@ def test_missing_data_file(tmp_path, capsys):
 def test_empty_dataset(tmp_path, capsys):
     data = tmp_path / "empty.jsonl"
     data.write_text("")
-    err = _run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(data),
+    err = run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(data),
                       "--out", str(tmp_path / "e.safetensors")], capsys)
     assert "empty" in err.lower()
 
@@ -75,27 +61,27 @@ def test_unreadable_image(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"image": "ok.png", "caption": "a"}) + "\n" + json.dumps({"image": "broken.png", "caption": "b"}) + "\n")
-    err = _run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(data),
+    err = run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(data),
                       "--out", str(tmp_path / "e.safetensors")], capsys)
     assert "broken.png" in err
 
 
 def test_world_export_writes_jsonl_and_images(tmp_path, capsys):
     out = tmp_path / "world"
-    _run_ok(["world", "export", str(out), "--n", "5", "--split", "val"])
+    run_ok(["world", "export", str(out), "--n", "5", "--split", "val"])
     rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
     assert len(rows) == 5
     for row in rows:
         assert Image.open(out / row["image"]).size[0] > 0
     # exporting again into the same non-empty folder is refused, and the folder is untouched
     before = sorted(p.name for p in out.iterdir())
-    err = _run_error(["world", "export", str(out), "--n", "3"], capsys)
+    err = run_error(["world", "export", str(out), "--n", "3"], capsys)
     assert "overwrite" in err.lower()
     assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_zoo_list_on_empty_home(capsys):
-    _run_ok(["zoo", "list"])
+    run_ok(["zoo", "list"])
     out = capsys.readouterr().out
     assert out.count("missing") == 4
 
@@ -107,14 +93,14 @@ def test_embed_and_info_with_a_local_tiny_clip(tmp_path, capsys):
 
     model_dir = tmp_path / "tiny-clip"
     tiny_model("clip").save_pretrained(model_dir)
-    _run_ok(["models", "info", str(model_dir)])
+    run_ok(["models", "info", str(model_dir)])
     info = json.loads(capsys.readouterr().out)
     assert info["model_class"] == "CLIPModel" and info["parameters"] > 0
     for i, colour in enumerate(["red", "blue", "green"]):
         Image.new("RGB", (16, 16), colour).save(tmp_path / f"{i}.png")
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n" for i, c in enumerate(["red", "blue", "green"])))
-    _run_ok(["models", "embed", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "e.safetensors")])
+    run_ok(["models", "embed", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "e.safetensors")])
     tensors = load_file(str(tmp_path / "e.safetensors"))
     assert tensors["image_embeds"].shape[0] == 3 and tensors["text_embeds"].shape == tensors["image_embeds"].shape
     assert tensors["pair_similarity"].abs().max() <= 1.0 + 1e-5

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from cli_helpers import run_error, run_ok
 from mmlens.cli import command, main
 from mmlens.cli.config import (FILE_CONFIG_SUFFIX, FOLDER_CONFIG_NAME, command_defaults, read_config_file,
                                resolved_config_path)
@@ -22,18 +23,9 @@ def _leaves(cmd, path=()):
     return [leaf for name, sub in subcommands.items() for leaf in _leaves(sub, (*path, name))]
 
 
-def _run(argv) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code in (0, None)
-
-
 def _run_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mmlens: error:") and len(err.splitlines()) == 1, err
+    err = run_error(argv, capsys)
+    assert len(err.splitlines()) == 1, err  # config errors come before any work: nothing else is printed
     return err
 
 
@@ -50,7 +42,7 @@ def test_every_command_accepts_config(capsys):
 def test_yaml_config_runs_the_command_and_writes_the_resolved_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "export.yaml").write_text("out-dir: world\nn: 3\nsplit: val\nseed: 5\n")
-    _run(["world", "export", "--config", "export.yaml"])
+    run_ok(["world", "export", "--config", "export.yaml"])
     records = (tmp_path / "world" / "data.jsonl").read_text().splitlines()
     assert len(records) == 3
     resolved = yaml.safe_load((tmp_path / "world" / FOLDER_CONFIG_NAME).read_text())
@@ -61,7 +53,7 @@ def test_yaml_config_runs_the_command_and_writes_the_resolved_config(tmp_path, m
 
     # The resolved config is a config file of the same command: the rerun is identical.
     (tmp_path / "world").rename(tmp_path / "first")
-    _run(["world", "export", "--config", str(tmp_path / "first" / FOLDER_CONFIG_NAME)])
+    run_ok(["world", "export", "--config", str(tmp_path / "first" / FOLDER_CONFIG_NAME)])
     assert (tmp_path / "world" / "data.jsonl").read_text().splitlines() == records
     assert yaml.safe_load((tmp_path / "world" / FOLDER_CONFIG_NAME).read_text()) == resolved
 
@@ -69,7 +61,7 @@ def test_yaml_config_runs_the_command_and_writes_the_resolved_config(tmp_path, m
 def test_toml_config_and_the_command_line_wins(tmp_path):
     out = tmp_path / "w"
     (tmp_path / "export.toml").write_text(f'out_dir = "{out}"\nn = 5\nsplit = "test"\n')
-    _run(["world", "export", "--config", str(tmp_path / "export.toml"), "--n", "2"])
+    run_ok(["world", "export", "--config", str(tmp_path / "export.toml"), "--n", "2"])
     assert len((out / "data.jsonl").read_text().splitlines()) == 2
     resolved = yaml.safe_load((out / FOLDER_CONFIG_NAME).read_text())
     assert resolved["n"] == 2 and resolved["split"] == "test"
@@ -123,7 +115,7 @@ def test_file_outputs_get_a_sibling_config(tmp_path):
     (tmp_path / "gen.yaml").write_text(yaml.safe_dump({
         "model": str(tmp_path / "vlm"), "data": str(tmp_path / "data.jsonl"), "out": str(tmp_path / "r.jsonl"),
         "max_new_tokens": 3, "batch_size": 2}))
-    _run(["models", "generate", "--config", str(tmp_path / "gen.yaml")])
+    run_ok(["models", "generate", "--config", str(tmp_path / "gen.yaml")])
     first = (tmp_path / "r.jsonl").read_text()
     assert len(first.splitlines()) == 3
     sibling = tmp_path / ("r.jsonl" + FILE_CONFIG_SUFFIX)
@@ -131,14 +123,14 @@ def test_file_outputs_get_a_sibling_config(tmp_path):
     resolved = yaml.safe_load(sibling.read_text())
     assert resolved["max_new_tokens"] == 3 and resolved["batch_size"] == 2 and "prompt" in resolved
     (tmp_path / "r.jsonl").unlink()
-    _run(["models", "generate", "--config", str(sibling)])
+    run_ok(["models", "generate", "--config", str(sibling)])
     assert (tmp_path / "r.jsonl").read_text() == first
 
 
 def test_commands_without_an_output_write_no_config(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.toml").write_text("")
-    _run(["zoo", "list", "--config", "empty.toml"])
+    run_ok(["zoo", "list", "--config", "empty.toml"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.toml"]
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_helpers import run_cli, run_error
 from mmlens.cli import main
 from mmlens.errors import InputError
 from mmlens.influence import (
@@ -309,12 +310,6 @@ def _export(folder, data: PairData) -> str:
     return str(folder / "data.jsonl")
 
 
-def _run(argv):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return info.value.code
-
-
 def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     model_dir = tmp_path / "model"
     clip.save_pretrained(model_dir)
@@ -323,19 +318,19 @@ def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     test = _export(tmp_path / "test", _pairs(3, seed=7))
     out = tmp_path / "out"
     common = ["--model", str(model_dir), "--data", train, "--out", str(out), "--batch-size", "8", "--l2", "5"]
-    assert _run(["influence", "detect", *common, "--val", val, "--top", "4"]) in (0, None)
+    assert run_cli(["influence", "detect", *common, "--val", val, "--top", "4"]) in (0, None)
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and rows[0]["rank"] == 1
     assert rows[0]["delta_val_loss_if_removed"] <= rows[-1]["delta_val_loss_if_removed"]
     assert (out / "report" / "index.html").is_file() and list((out / "report" / "assets").rglob("*.png"))
     capsys.readouterr()
-    assert _run(["influence", "value", *common, "--val", val, "--format", "csv"]) in (0, None)
+    assert run_cli(["influence", "value", *common, "--val", val, "--format", "csv"]) in (0, None)
     assert "reusing the fit" in capsys.readouterr().err  # the second run resumes from the saved fit
     assert (out / "scores.csv").read_text().count("\n") == 17
-    assert _run(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
+    assert run_cli(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
     assert len((out / "trace.jsonl").read_text().splitlines()) == 9
     edited = tmp_path / "edited"
-    assert _run(["influence", "remove", *common, "--ranking", str(out / "scores.jsonl"), "--n-remove", "2",
+    assert run_cli(["influence", "remove", *common, "--ranking", str(out / "scores.jsonl"), "--n-remove", "2",
                  "--save-to", str(edited)]) in (0, None)
     reloaded = load_model(str(edited))
     assert not torch.equal(reloaded.base_model.visual_projection.weight, clip.base_model.visual_projection.weight)
@@ -350,10 +345,7 @@ def test_cli_errors_are_one_line(clip, tmp_path, capsys):
                  ["--data", str(empty), "--val", str(empty)],
                  ["--data", _export(tmp_path / "t", _pairs(4)), "--val", str(empty), "--neg-form", "cubic"],
                  ["--data", str(tmp_path / "t" / "data.jsonl"), "--val", str(empty), "--format", "xml"]):
-        code = _run(["influence", "detect", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and "Traceback" not in err
-        assert err.splitlines()[-1].startswith("mmlens: error:")
+        run_error(["influence", "detect", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv], capsys)
 
 
 def test_detect_on_a_smoke_zoo_model(smoke_zoo_home, monkeypatch, tmp_path):
@@ -369,7 +361,7 @@ def test_detect_on_a_smoke_zoo_model(smoke_zoo_home, monkeypatch, tmp_path):
     val = _export(tmp_path / "val", PairData(tuple(p.image for p in digits_pairs("test", n=16, image_size=16)),
                                              tuple(p.caption for p in digits_pairs("test", n=16, image_size=16))))
     out = tmp_path / "out"
-    assert _run(["influence", "detect", "--model", "zoo:digits-clip", "--data", train, "--val", val,
+    assert run_cli(["influence", "detect", "--model", "zoo:digits-clip", "--data", train, "--val", val,
                  "--out", str(out), "--batch-size", "16"]) in (0, None)
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in rows) == list(range(48))
