@@ -185,6 +185,7 @@ def test_pope_probes(scenes: list[Scene], world: World) -> None:
     adv = world.pope_probes(scenes, kind="adversarial", per_image=1, rng=0)
     checked = 0
     for sc in scenes:
+        assert world.absent_partners(sc) == ({"star"} if sc.count("triangle") and not sc.count("star") else set())
         if sc.count("triangle") and not sc.count("star"):
             negs = [p.object_class for p in adv if p.scene_id == sc.scene_id and p.label == "no"]
             assert negs == ["star"]

@@ -111,8 +111,7 @@ def world_eval_scenes(world, n: int, split: str, scenes: EvalScenes = EvalScenes
     """``n`` scenes of ``split`` chosen by ``scenes`` (deterministic: the first that qualify, in scene order)."""
     if scenes is EvalScenes.HELD_OUT:
         return world.sample_scenes(n, split)
-    partner_of = world.cfg.partner_of
-    if not partner_of:
+    if not world.cfg.bias_pairs:
         raise InputError("scenes=anchor_without_partner needs a world with bias pairs (WorldConfig.bias_pairs)")
     chosen, index, limit = [], 0, 200 * n + 1000
     while len(chosen) < n:
@@ -121,8 +120,7 @@ def world_eval_scenes(world, n: int, split: str, scenes: EvalScenes = EvalScenes
                              f"partner (bias_strength {world.cfg.bias_strength}); ask for fewer than {n}")
         scene = world.sample_scene(index, split)
         index += 1
-        present = scene.object_classes
-        if any(anchor in present and partner not in present for anchor, partner in partner_of.items()):
+        if world.absent_partners(scene):
             chosen.append(scene)
     return chosen
 

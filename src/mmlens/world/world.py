@@ -265,6 +265,12 @@ class World:
         return items
 
     # ------------------------------------------------------------------ POPE and CHAIR helpers
+    def absent_partners(self, scene: Scene) -> set[str]:
+        """Bias partners missing from ``scene`` although their anchor is in it: where the language prior and the
+        image disagree (the adversarial POPE negatives that probe the bias)."""
+        present = scene.object_classes
+        return {partner for anchor, partner in self.cfg.bias_pairs if anchor in present and partner not in present}
+
     def pope_probes(self, scenes: Sequence[Scene], kind: str = "random", per_image: int = 3,
                     rng: np.random.Generator | int | None = None) -> list[PopeProbe]:
         """POPE probes (Li et al. 2023): per image, up to ``per_image`` present classes ("yes") and as many absent
@@ -285,7 +291,6 @@ class World:
                 for b in sc.object_classes:
                     if a != b:
                         cooc[(a, b)] += 1
-        partner_of = self.cfg.partner_of
         out: list[PopeProbe] = []
         for sc in scenes:
             present = sorted(sc.object_classes)
@@ -298,7 +303,7 @@ class World:
             elif kind == "popular":
                 neg = [absent[i] for i in sorted(range(len(absent)), key=lambda i: (-freq[absent[i]], noise[i]))][:k]
             else:
-                partners = {partner_of[p] for p in present if p in partner_of}
+                partners = self.absent_partners(sc)
                 score = [sum(cooc[(p, a)] for p in present) for a in absent]
                 neg = [absent[i] for i in sorted(range(len(absent)),
                                                  key=lambda i: (absent[i] not in partners, -score[i], noise[i]))][:k]

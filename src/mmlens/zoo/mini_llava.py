@@ -301,14 +301,12 @@ def _partner_false_yes(world: World, scenes, probes, answers: list[str]) -> dict
     """The language bias where it acts: the false-"yes" rate on absent bias partners of a present anchor ("is there a
     star?" beside a triangle) against that on every other absent class. The POPE gap dilutes it, since only a few
     adversarial negatives are partners (reported as ``pope_partner_probe_share``)."""
-    partner_of = world.cfg.partner_of
-    present = {s.scene_id: s.object_classes for s in scenes}
+    absent_partners = {s.scene_id: world.absent_partners(s) for s in scenes}
     partner, other = [], []
     for probe, answer in zip(probes, answers):
         if probe.label != "no":
             continue
-        is_partner = any(partner_of.get(c) == probe.object_class for c in present[probe.scene_id])
-        (partner if is_partner else other).append(answer == "yes")
+        (partner if probe.object_class in absent_partners[probe.scene_id] else other).append(answer == "yes")
     rate = lambda xs: round(float(np.mean(xs)), 4) if xs else float("nan")  # noqa: E731
     return {"pope_partner_false_yes_rate": rate(partner), "pope_other_false_yes_rate": rate(other),
             "pope_partner_probes": len(partner), "pope_partner_probe_share": round(len(partner) / len(probes), 4)}
