@@ -2,23 +2,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Re-install whenever pyproject.toml changes.
+# Re-install whenever the package metadata or the tested set changes.
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Spinning OpenMP waits make torch 5-20x slower when another process shares the cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test bench-zoo bench-influence clean-venv
+.PHONY: demo test lint bench-zoo bench-influence constraints clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PIP) -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/mmlens demo
 
-test: $(STAMP)
+# Lint of src/ and tests/ runs before the suite (fast: seconds).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests tools
+
+test: $(STAMP) lint
 	$(OFFLINE) $(BIN)/pytest -q
 
 bench-zoo: $(STAMP)
@@ -28,12 +33,17 @@ bench-zoo: $(STAMP)
 # torch build, so it is installed without dependencies, plus the ones it really needs (the `peer` extra).
 PEER_STAMP := $(VENV)/.peer-installed
 $(PEER_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps kronfluence==1.0.1
-	$(BIN)/pip install --quiet --disable-pip-version-check einconv==0.1.0 einops==0.8.2 opt-einsum==3.4.0
+	$(PIP) --no-deps kronfluence
+	$(PIP) einconv einops opt-einsum
 	touch $(PEER_STAMP)
 
 bench-influence: $(PEER_STAMP)
 	$(OFFLINE) $(BIN)/mmlens bench influence --out benchmarks/results/influence.json
+
+# After a deliberate upgrade of the environment: write the tested set back to constraints.txt.
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//' | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean-venv:
 	rm -rf $(VENV)

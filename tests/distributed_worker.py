@@ -20,17 +20,17 @@ from safetensors.torch import save_file
 
 from mmlens.align.bdhs import BDHSConfig, bdhs_pairs
 from mmlens.align.data import PreferencePair, SFTExample, write_pairs
-from mmlens.concepts.capture import (
+from mmlens.influence import FitArguments, HeadTask, InfluenceAnalyzer, PairData
+from mmlens.models.capture import (
     CaptureConfig,
     PositionKind,
     PositionRule,
     capture_activations,
     load_capture,
 )
-from mmlens.influence import FitArguments, HeadTask, InfluenceAnalyzer, PairData
 from mmlens.models.distributed import DistributedWork
+from mmlens.models.embed import HashingTextEmbedder
 from mmlens.models.tiny import tiny_model
-from mmlens.shift.embed import HashingTextEmbedder
 from mmlens.shift.generate import GenerateConfig, generate_responses
 
 N = 11  # odd, not a multiple of the batch size: the processes get unequal blocks and one partial batch

@@ -18,7 +18,14 @@ from mmlens.align.bdhs import (
     same_tokens,
     split_sentences,
 )
-from mmlens.align.data import PreferencePair, SFTExample, load_pairs, load_sft_jsonl, pairs_to_dataset, write_pairs
+from mmlens.align.data import (
+    PreferencePair,
+    SFTExample,
+    load_preference_pairs,
+    load_sft_jsonl,
+    pairs_to_dataset,
+    write_pairs,
+)
 from mmlens.align.eval import (
     WorldEvalConfig,
     answer_logprobs,
@@ -30,8 +37,8 @@ from mmlens.align.eval import (
 )
 from mmlens.align.masking import block_image_tokens, draw_hidden_image_tokens
 from mmlens.errors import InputError
+from mmlens.models.embed import HashingTextEmbedder
 from mmlens.models.tiny import VISION_LANGUAGE_ARCHITECTURES, tiny_model
-from mmlens.shift.embed import HashingTextEmbedder
 from mmlens.world import World, WorldConfig
 
 PROMPTS = ["what colour is the shape ?", "is there a yellow star in the image ?"]
@@ -191,7 +198,7 @@ def test_bdhs_runs_on_every_architecture(tiny_vlms, arch, tmp_path):
         assert p.rejected.strip() and p.rejected != p.chosen and p.meta["try"] in (1, 2, 3)
     if arch == "llava" and pairs:
         path = write_pairs(pairs, tmp_path / "pairs", extra_files={"stats.json": stats.to_dict()})
-        back = load_pairs(tmp_path / "pairs")
+        back = load_preference_pairs(tmp_path / "pairs")
         assert [(p.prompt, p.chosen, p.rejected) for p in back] == [(p.prompt, p.chosen, p.rejected) for p in pairs]
         assert json.loads(path.read_text().splitlines()[0])["images"][0].startswith("images/")
         from datasets import load_from_disk
@@ -375,12 +382,12 @@ def test_length_bias_remedies_reach_trl():
 
 
 def test_online_and_mixed_dpo_through_trl():
-    from mmlens.align.judges import CallableJudge
+    from mmlens.align.judges import CallablePairwiseJudge
     from mmlens.align.train import DPOSettings, OnlineMode, train_online
 
     vlm = tiny_model("llava")
     examples = _examples(4)
-    judge = CallableJudge(lambda ex, a, b: 0 if len(a) < len(b) else 1 if len(b) < len(a) else -1)
+    judge = CallablePairwiseJudge(lambda ex, a, b: 0 if len(a) < len(b) else 1 if len(b) < len(a) else -1)
     settings = DPOSettings(steps=2, batch_size=2, refresh_every=1, max_new_tokens=4, learning_rate=1e-3)
     _, log = train_online(vlm, examples, OnlineMode.ONLINE, settings, judge=judge)
     assert log["judged"] >= 4 and log["online_pairs"] + log["ties"] >= 4
@@ -400,7 +407,7 @@ def test_online_and_mixed_dpo_through_trl():
 def test_mixed_dpo_takes_the_offline_pair_of_the_drawn_example(monkeypatch):
     """Eq. 4: an example drawn offline contributes its own offline pair (matched by id), not any pair."""
     from mmlens.align import train
-    from mmlens.align.judges import CallableJudge
+    from mmlens.align.judges import CallablePairwiseJudge
 
     examples = _examples(4)
     offline = [PreferencePair(e.image, e.prompt, e.answer, f"wrong {e.example_id}", {"id": e.example_id})
@@ -410,7 +417,7 @@ def test_mixed_dpo_takes_the_offline_pair_of_the_drawn_example(monkeypatch):
     monkeypatch.setattr(train, "pairs_to_dataset", lambda pairs: seen.append(list(pairs)) or real(pairs))
     settings = train.DPOSettings(steps=1, batch_size=2, refresh_every=1, mix_probability=1.0, learning_rate=1e-3)
     _, log = train.train_online(tiny_model("llava"), examples, train.OnlineMode.MIXED, settings,
-                                judge=CallableJudge(lambda ex, a, b: -1), offline_pairs=offline[::-1])
+                                judge=CallablePairwiseJudge(lambda ex, a, b: -1), offline_pairs=offline[::-1])
     drawn = np.random.default_rng(settings.seed).permutation(len(examples))[:2]  # train_online's first draw
     assert log["offline_pairs"] == 2 and log["online_pairs"] == 0
     assert sorted(p.rejected for p in seen[0]) == sorted(f"wrong {examples[i].example_id}" for i in drawn)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmlens.errors import InputError
-from mmlens.report.audit import (
+from mmlens.audit import (
     AuditConfig,
     ConceptsStage,
     HallucinationStage,
@@ -24,6 +23,7 @@ from mmlens.report.audit import (
     parse_stages,
     run_audit,
 )
+from mmlens.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_vlm_audit_with_finetuned_model(assets, tmp_path):
 
 
 def test_a_failing_stage_is_reported_and_the_others_complete(assets, tmp_path, monkeypatch):
-    from mmlens.report.audit import stages
+    from mmlens.audit import stages
 
     def broken(*args, **kwargs):
         raise RuntimeError("the capture ran out of memory")
@@ -202,12 +202,12 @@ def test_steering_findings_follow_their_measurements(assets, tmp_path, monkeypat
 def test_fingerprint_follows_models_embedders_and_settings(assets, tmp_path):
     import os
 
-    from mmlens.report.audit.data import load_audit_data
-    from mmlens.report.audit.runner import model_fingerprint, stage_fingerprint
+    from mmlens.audit.data import load_audit_data
+    from mmlens.audit.runner import location_fingerprint, stage_fingerprint
 
     data = load_audit_data(assets / "data")
     base = _vlm_config(assets, tmp_path / "o")
-    model_fp = model_fingerprint(base.model)
+    model_fp = location_fingerprint(base.model)
 
     def shift_fp(config: AuditConfig, fp: str = model_fp) -> str:
         return stage_fingerprint(Stage.SHIFT, config, fp, None, data)
@@ -222,7 +222,7 @@ def test_fingerprint_follows_models_embedders_and_settings(assets, tmp_path):
     os.utime(clip_weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rebuilt image model
     assert shift_fp(with_image) != image_fp
     # a local sentence encoder counts like a model; a spec without a path does not read the working directory
-    from mmlens.report.audit.runner import text_embedder_fingerprint
+    from mmlens.audit.runner import text_embedder_fingerprint
 
     encoder = tmp_path / "encoder"
     encoder.mkdir()
@@ -234,7 +234,7 @@ def test_fingerprint_follows_models_embedders_and_settings(assets, tmp_path):
     weights = next((assets / "vlm").glob("*.safetensors"))
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rebuilt audited model
-    assert model_fingerprint(base.model) != model_fp
+    assert location_fingerprint(base.model) != model_fp
     # the fine-tuned model counts only for the stages that use it
     assert stage_fingerprint(Stage.SHIFT, base, model_fp, "a", data) == stage_fingerprint(Stage.SHIFT, base, model_fp,
                                                                                            "b", data)

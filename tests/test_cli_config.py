@@ -11,8 +11,13 @@ from PIL import Image
 
 from cli_helpers import run_error, run_ok
 from mmlens.cli import command, main
-from mmlens.cli.config import (FILE_CONFIG_SUFFIX, FOLDER_CONFIG_NAME, command_defaults, read_config_file,
-                               resolved_config_path)
+from mmlens.cli.config import (
+    FILE_CONFIG_SUFFIX,
+    FOLDER_CONFIG_NAME,
+    command_defaults,
+    read_config_file,
+    resolved_config_path,
+)
 from mmlens.errors import InputError
 
 

@@ -22,10 +22,10 @@ from mmlens.concepts import (
     common_samples,
     load_capture,
 )
-from mmlens.concepts import capture as capture_module
 from mmlens.concepts import compare as compare_module
 from mmlens.errors import InputError
 from mmlens.models import VisionLanguageModel, capture_outputs, tiny_model
+from mmlens.models import capture as capture_module
 from mmlens.models.tiny import VISION_LANGUAGE_ARCHITECTURES
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -231,11 +231,11 @@ from mmlens.concepts import (  # noqa: E402
     attribute_purity,
     compare_models,
     concept_drift,
+    concept_shift_vectors,
     disentanglement,
     mas_overlap,
     match_concepts,
     random_purity,
-    shift_vectors,
     t_overlap,
     top_samples,
 )
@@ -334,7 +334,7 @@ def test_kmeans_shifted_concept_is_the_mean_of_b_over_the_cluster():
     b = np.random.default_rng(1).normal(size=a.shape)  # unrelated to A
     dictionary = ConceptDictionary(DecomposerConfig(DecomposerKind.KMEANS, n_concepts=5)).fit(a)
     assign = dictionary.assign(a)
-    shifts = shift_vectors(a, b, assign, 5)
+    shifts = concept_shift_vectors(a, b, assign, 5)
     shifted = dictionary.components_ + shifts.vectors
     expected = np.stack([b[assign == k].mean(0) for k in range(5)])
     np.testing.assert_allclose(shifted, expected, atol=1e-8)
@@ -386,9 +386,9 @@ def test_shift_statistics_and_input_errors():
     assign = np.arange(len(a)) % 5
     b_outlier = b.copy()
     b_outlier[0] += 1000.0
-    mean = shift_vectors(a, b_outlier, assign, 5)
-    median = shift_vectors(a, b_outlier, assign, 5, statistic=compare_module.ShiftStatistic.MEDIAN)
-    trimmed = shift_vectors(a, b_outlier, assign, 5, statistic=compare_module.ShiftStatistic.TRIMMED_MEAN)
+    mean = concept_shift_vectors(a, b_outlier, assign, 5)
+    median = concept_shift_vectors(a, b_outlier, assign, 5, statistic=compare_module.ShiftStatistic.MEDIAN)
+    trimmed = concept_shift_vectors(a, b_outlier, assign, 5, statistic=compare_module.ShiftStatistic.TRIMMED_MEAN)
     assert mean.magnitude[0] > 5 * median.magnitude[0] and trimmed.magnitude[0] < 2 * median.magnitude[0]
     assert np.all(mean.consistency <= 1.0)
     with pytest.raises(InputError, match="same samples"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from mmlens.report.audit import ShiftStage
-from mmlens.report.demo import ZOO_TARGETS, DemoConfig, run_demo, target_rows
+from mmlens.audit import ShiftStage
+from mmlens.audit.demo import ZOO_TARGETS, DemoConfig, run_demo, target_rows
 
 
 def test_target_rows_judge_each_target():

@@ -25,7 +25,7 @@ from mmlens.influence import (
     detection_metrics,
     inject_noise,
     lemon_score,
-    load_pairs,
+    load_pair_data,
 )
 from mmlens.influence.objective import batch_loss, pair_terms, removal_masks
 from mmlens.models import LossKind, load_model, tiny_model
@@ -49,7 +49,7 @@ def _pairs(n: int = 24, size: int = 16, seed: int = 0) -> PairData:
         images.append(Image.fromarray(arr))
         captions.append(f"a {WORDS[a]} and {WORDS[b]} square")
         labels.append(a * 6 + b)
-    return PairData(tuple(images), tuple(captions), groups=tuple(l // 12 for l in labels), labels=tuple(labels))
+    return PairData(tuple(images), tuple(captions), groups=tuple(label // 12 for label in labels), labels=tuple(labels))
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +268,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="must match"):
         PairData((Image.new("RGB", (8, 8)),), ("a", "b"))
     with pytest.raises(InputError, match="not found"):
-        load_pairs(tmp_path / "missing.jsonl")
+        load_pair_data(tmp_path / "missing.jsonl")
     with pytest.raises(InputError, match="neg_form"):
         InfluenceArguments(neg_form="cubic")
     with pytest.raises(InputError, match="twice"):

@@ -264,12 +264,12 @@ def test_missing_local_path_is_a_model_load_error(tmp_path):
 
 
 def test_zoo_spec(monkeypatch, tmp_path):
-    import mmlens.zoo as zoo
+    import mmlens.zoo.registry as registry  # the `zoo` model source (an entry point) resolves through it
 
     built = tmp_path / "tiny-llama"
     tiny_model("llama").save_pretrained(built)
-    monkeypatch.setattr(zoo, "is_built", lambda name: name == "tiny-llama", raising=False)
-    monkeypatch.setattr(zoo, "model_dir", lambda name: tmp_path / name, raising=False)
+    monkeypatch.setattr(registry, "is_built", lambda name: name == "tiny-llama")
+    monkeypatch.setattr(registry, "model_dir", lambda name: tmp_path / name)
     assert isinstance(load_model("zoo:tiny-llama"), CausalLanguageModel)
     with pytest.raises(ModelLoadError, match="mmlens zoo build other"):
         load_model("zoo:other")

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 
-from mmlens.report import CardLine, HtmlReport, ImageCard, write_json_atomic, write_jsonl_atomic
+from mmlens.html import CardLine, HtmlReport, ImageCard
+from mmlens.io import write_json_atomic, write_jsonl_atomic
 
 
 def _report() -> HtmlReport:

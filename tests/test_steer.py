@@ -26,6 +26,7 @@ from mmlens.steer import (
     coarse_vector,
     concept_vectors,
     evaluate_vectors,
+    finetuning_shift_vectors,
     generate_answers,
     load_vectors,
     logit_bias,
@@ -33,7 +34,6 @@ from mmlens.steer import (
     random_like,
     save_vectors,
     selection_score,
-    shift_vectors,
     shuffled_vector,
     steer,
     steering_effect,
@@ -284,7 +284,7 @@ def test_coarse_concept_shift_and_control_vectors():
     # shift vectors: global mean of b - a, and per concept over the samples assigned to it
     a = torch.randn(20, 8, generator=gen)
     b = a + torch.cat([torch.full((10, 8), 1.0), torch.full((10, 8), -2.0)])
-    shifts = shift_vectors(a, b, layer=2, assignments=[0] * 10 + [1] * 10)
+    shifts = finetuning_shift_vectors(a, b, layer=2, assignments=[0] * 10 + [1] * 10)
     assert torch.allclose(shifts[0].vector, torch.full((8,), -0.5), atol=1e-6)
     assert torch.allclose(shifts[1].vector, torch.ones(8)) and torch.allclose(shifts[2].vector, torch.full((8,), -2.0))
     with pytest.raises(InputError, match="empty"):
@@ -294,7 +294,7 @@ def test_coarse_concept_shift_and_control_vectors():
     with pytest.raises(InputError, match="no activation is labelled"):
         vector_from_labels(acts, labels, "yes", "maybe", layer=0)
     with pytest.raises(InputError, match="same samples"):
-        shift_vectors(a, b[:5], layer=0)
+        finetuning_shift_vectors(a, b[:5], layer=0)
 
 
 def test_vectors_round_trip_through_safetensors_with_metadata(tmp_path):
@@ -468,7 +468,7 @@ def test_cli_build_apply_eval_on_a_tiny_model(tmp_path, capsys):
 def test_benchmark_runs_on_the_smoke_zoo_and_records_what_it_cannot_measure(smoke_zoo_home, monkeypatch):
     """The smoke zoo's one-layer mini-llava answers nothing correctly: every part that needs correct answers must
     say so in the result instead of failing the run; the overhead is still measured."""
-    from mmlens.steer.bench import SteerBenchConfig, steer_benchmark
+    from mmlens.bench.steer import SteerBenchConfig, steer_benchmark
 
     monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
     cfg = SteerBenchConfig(n_train=16, n_select=6, n_test=6, alphas=(1.0,), caption_alphas=(1.0,),

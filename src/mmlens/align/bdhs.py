@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from mmlens.align.data import PreferencePair, SFTExample, check_examples
 from mmlens.align.masking import block_image_tokens, draw_hidden_image_tokens
 from mmlens.errors import InputError
 from mmlens.models.distributed import DistributedWork
+from mmlens.models.embed import TextEmbedder
 from mmlens.models.generative import PromptStyle, VisionLanguageModel
 
 
@@ -42,10 +43,6 @@ class PivotUnit(enum.Enum):
     WORD = "word"
     CHAR = "char"
     TOKEN = "token"
-
-
-class TextEmbedder(Protocol):
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -262,13 +259,13 @@ def same_tokens(tokenizer, a: str, b: str) -> bool:
 
 
 def default_embedder() -> TextEmbedder:
-    """The offline MiniLM sentence encoder (``mmlens.shift.embed.SentenceEmbedder``)."""
-    from mmlens.shift.embed import SentenceEmbedder
+    """The offline MiniLM sentence encoder (``mmlens.models.embed.SentenceEmbedder``)."""
+    from mmlens.models.embed import SentenceEmbedder
 
     return SentenceEmbedder(progress=False)
 
 
-def similarity(embedder: TextEmbedder, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+def answer_similarity(embedder: TextEmbedder, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     """Cosine similarity row by row (empty texts count as identical: they carry no preference signal)."""
     a, b = list(a), list(b)
     sims = np.ones(len(a), dtype=np.float64)
@@ -378,7 +375,7 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
             candidate[i].append(_join(prefix, completion))
             visible_of[i] = vis
         texts = [" ".join(candidate[i]) for i in pending]
-        sims = similarity(embedder, texts, [examples[i].answer for i in pending])
+        sims = answer_similarity(embedder, texts, [examples[i].answer for i in pending])
         similarity_by_try.append(float(np.mean(sims)))
         still = []
         for i, text, s in zip(pending, texts, sims):
@@ -405,6 +402,6 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
     return pairs, stats
 
 
-__all__ = ["BDHSConfig", "BDHSStats", "PivotUnit", "TextEmbedder", "bdhs_pairs", "continuation_batch",
+__all__ = ["BDHSConfig", "BDHSStats", "PivotUnit", "bdhs_pairs", "continuation_batch",
            "default_embedder", "example_rng", "first_sentence", "flip_yes_no", "generate_continuations", "same_tokens",
-           "similarity", "split_sentences"]
+           "answer_similarity", "split_sentences"]

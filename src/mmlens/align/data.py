@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from mmlens.errors import InputError
-from mmlens.report.io import atomic_folder, write_json_atomic, write_jsonl_atomic
+from mmlens.io import atomic_folder, write_json_atomic, write_jsonl_atomic
 
 PAIRS_FILE = "pairs.jsonl"
 DATASET_DIR = "dataset"
@@ -141,7 +141,7 @@ def _text(messages: Any, where: str, key: str) -> str:
     return str(content)
 
 
-def load_pairs(path: str | os.PathLike) -> list[PreferencePair]:
+def load_preference_pairs(path: str | os.PathLike) -> list[PreferencePair]:
     """Pairs written by :func:`write_pairs` (a folder or its ``pairs.jsonl``); plain-string prompt/chosen/rejected
     and an ``image`` key are accepted too."""
     from mmlens.world.export import read_jsonl
@@ -167,6 +167,6 @@ def load_pairs(path: str | os.PathLike) -> list[PreferencePair]:
     return out
 
 
-__all__ = ["DATASET_DIR", "PAIRS_FILE", "PreferencePair", "SFTExample", "check_examples", "load_pairs",
+__all__ = ["DATASET_DIR", "PAIRS_FILE", "PreferencePair", "SFTExample", "check_examples", "load_preference_pairs",
            "load_sft_jsonl",
            "pairs_to_dataset", "write_pairs"]

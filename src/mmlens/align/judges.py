@@ -2,7 +2,7 @@
 
 ``judge(examples, first, second) -> list[int]``: 0 when ``first`` wins, 1 when ``second`` wins, -1 for a tie (the pair
 is not used). Three kinds: the world's ground truth (:class:`WorldOracleJudge`), a vision-language model
-(:class:`VLMJudge`) and any function (:class:`CallableJudge`).
+(:class:`VLMJudge`) and any function (:class:`CallablePairwiseJudge`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class VLMJudge:
 
 
 @dataclass(frozen=True)
-class CallableJudge:
+class CallablePairwiseJudge:
     """Wrap ``fn(example, first, second) -> 0 | 1 | -1``."""
 
     fn: Callable[[SFTExample, str, str], int]
@@ -105,4 +105,4 @@ class CallableJudge:
         return out
 
 
-__all__ = ["CallableJudge", "OracleJudge", "PairwiseJudge", "VLMJudge", "VLMJudgeMode", "WorldOracleJudge"]
+__all__ = ["CallablePairwiseJudge", "OracleJudge", "PairwiseJudge", "VLMJudge", "VLMJudgeMode", "WorldOracleJudge"]

@@ -6,8 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from mmlens.align.data import PreferencePair
-from mmlens.report import CardLine, HtmlReport, ImageCard
+from mmlens.align.eval import DESCRIBE_PROMPT, vocabulary_parser
+from mmlens.html import CardLine, HtmlReport, ImageCard
 
 HEADLINE = ("pope_adversarial_acc", "pope_adversarial_f1", "pope_random_acc", "pope_popular_acc",
             "pope_adversarial_yes_ratio", "yes_ratio", "chair_i", "chair_s", "recall", "image_gap")
@@ -60,6 +64,51 @@ def metrics_report(results: Mapping[str, Mapping[str, Any]], *, title: str = "Ha
     return report
 
 
+def hallucination_report(vlm: Any, results: Mapping[str, Mapping[str, Any]], *, title: str,
+                         described: Sequence[tuple[Image.Image, Sequence[str]]] = (), vocabulary: Sequence[str] = (),
+                         max_new_tokens: int = 32) -> HtmlReport:
+    """The hallucination page of a model (and others side by side in ``results``): the metrics table, POPE accuracy
+    per probe kind, and ``vlm``'s descriptions of the ``described`` (image, objects) examples with the objects it
+    names that are absent (parsed over ``vocabulary``) in red."""
+    report = metrics_report(results, title=title)
+    first = next(iter(results.values()), {})
+    kinds = [k for k in ("random", "popular", "adversarial", "all") if f"pope_{k}_acc" in first]
+    if kinds:
+        report.section("POPE accuracy by probe kind").figure(
+            pope_figure(results, kinds), "POPE accuracy per probe kind (adversarial = absent co-occurring objects).")
+    if described:
+        said = vlm.generate([image for image, _ in described], [DESCRIBE_PROMPT] * len(described),
+                            max_new_tokens=max_new_tokens)
+        parser = vocabulary_parser(list(vocabulary))
+        cards = []
+        for (image, objects), text in zip(described, said):
+            extra = parser(text) - {o.lower() for o in objects}
+            cards.append(ImageCard(image, "objects: " + ", ".join(objects), (
+                CardLine(f"says: {text}", ok=not extra),
+                CardLine("hallucinated: " + (", ".join(sorted(extra)) or "none"), ok=not extra))))
+        report.section("Descriptions (red: mentions an absent object)").images(cards)
+    return report
+
+
+def pope_figure(results: Mapping[str, Mapping[str, Any]], kinds: Sequence[str]) -> Any:
+    """Grouped bars: POPE accuracy per probe kind, one bar per model."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.2))
+    ax = fig.subplots()
+    width = 0.8 / len(results)
+    xs = np.arange(len(kinds))
+    for j, (name, metrics) in enumerate(results.items()):
+        ax.bar(xs + j * width, [metrics.get(f"pope_{k}_acc", 0.0) for k in kinds], width, label=name)
+    ax.set_xticks(xs + width * (len(results) - 1) / 2, kinds)
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="grey", linewidth=1, linestyle=":")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def bench_report(result: Mapping[str, Any]) -> HtmlReport:
     report = metrics_report(result["arms"], title="Alignment benchmark")
     report.data = dict(result)
@@ -73,4 +122,4 @@ def bench_report(result: Mapping[str, Any]) -> HtmlReport:
     return report
 
 
-__all__ = ["bench_report", "metrics_report", "pairs_report"]
+__all__ = ["bench_report", "hallucination_report", "metrics_report", "pairs_report", "pope_figure"]

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from mmlens.align.data import SFTExample
@@ -15,16 +13,6 @@ from mmlens.errors import InputError
 YES_NO_TEMPLATES: tuple[str, ...] = ("presence_shape", "presence_colour_shape")
 
 
-def world_for_model(spec: str):
-    """The :class:`mmlens.world.World` a zoo model (or a folder with its ``metrics.json``) was trained on."""
-    from mmlens.models.loading import resolve_spec
-    from mmlens.world import World, WorldConfig
-    from mmlens.zoo.common import read_record
-
-    rec = read_record(Path(resolve_spec(spec)))
-    if not rec.get("world_config"):
-        raise InputError(f"{spec} was not trained on the miniature world (no world_config in its metrics.json)")
-    return World(WorldConfig.from_dict(rec["world_config"]), seed=rec["config"].get("world_seed", 0))
 
 
 def world_sft_examples(world, n_scenes: int, *, split: str = "train", start: int = 20000, seed: int = 0,
@@ -46,4 +34,4 @@ def world_sft_examples(world, n_scenes: int, *, split: str = "train", start: int
     return out
 
 
-__all__ = ["YES_NO_TEMPLATES", "world_for_model", "world_sft_examples"]
+__all__ = ["YES_NO_TEMPLATES", "world_sft_examples"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import typer
 
@@ -19,8 +19,8 @@ from mmlens.cli.bench import bench_app
 from mmlens.cli.concepts import concepts_app
 from mmlens.cli.config import add_config_support
 from mmlens.cli.demo import demo_command
-from mmlens.cli.models import models_app
 from mmlens.cli.influence import influence_app
+from mmlens.cli.models import models_app
 from mmlens.cli.shift import shift_app
 from mmlens.cli.steer import steer_app
 from mmlens.cli.world import world_app

@@ -34,11 +34,12 @@ def _on_main_process() -> bool:
 
 def _examples(model: str, data: Path | None, n_scenes: int, seed: int):
     from mmlens.align.data import load_sft_jsonl
-    from mmlens.align.world_data import world_for_model, world_sft_examples
+    from mmlens.align.world_data import world_sft_examples
+    from mmlens.zoo import world_of
 
     if data is not None:
         return load_sft_jsonl(data), None
-    world = world_for_model(model)
+    world = world_of(model)
     return world_sft_examples(world, n_scenes, seed=seed), world
 
 
@@ -126,14 +127,14 @@ def dpo_command(
     """Align a model with DPO through TRL: offline on pairs, online (two samples ranked by a judge), mixed, or
     online BDHS."""
     from mmlens.align.bdhs import BDHSConfig
-    from mmlens.align.data import load_pairs
+    from mmlens.align.data import load_preference_pairs
     from mmlens.align.eval import vocabulary_parser
     from mmlens.align.judges import OracleJudge, VLMJudge, WorldOracleJudge
     from mmlens.align.report import pairs_report
     from mmlens.align.train import DPOSettings, OnlineMode, train_dpo, train_online
     from mmlens.errors import InputError
+    from mmlens.io import atomic_folder, write_json_atomic
     from mmlens.models import VisionLanguageModel, load_model
-    from mmlens.report import atomic_folder, write_json_atomic
 
     try:
         mode = DPOMode(mode)  # also accepts the plain value (from Python or a --config file)
@@ -146,7 +147,7 @@ def dpo_command(
     settings = DPOSettings(loss_type=loss, beta=beta, learning_rate=lr, steps=steps, batch_size=batch_size,
                            finetune=finetune, seed=seed, refresh_every=refresh_every, mix_probability=mix_p,
                            sft_weight=sft_weight, ld_alpha=ld_alpha)
-    offline = load_pairs(pairs) if pairs is not None else None
+    offline = load_preference_pairs(pairs) if pairs is not None else None
     vlm = load_model(model, expect=VisionLanguageModel)
     if mode is DPOMode.OFFLINE:
         trained, log = train_dpo(vlm, offline, settings)
@@ -203,14 +204,14 @@ def eval_command(
     image-dependence gap of one or more models, side by side in an HTML report."""
     from mmlens.align.eval import WorldEvalConfig, evaluate_files, evaluate_on_world
     from mmlens.align.report import metrics_report
-    from mmlens.align.world_data import world_for_model
     from mmlens.models import VisionLanguageModel, load_model
+    from mmlens.zoo import world_of
 
     named = [(m.split("=", 1) if "=" in m else (m, m)) for m in model]
     results = {}
     world = None
     if pope is None and chair is None:
-        world = world_for_model(world_model or named[0][1])
+        world = world_of(world_model or named[0][1])
     for name, spec in named:
         vlm = load_model(spec, expect=VisionLanguageModel)
         if world is not None:
@@ -235,10 +236,10 @@ def bench_command(
 ) -> None:
     """Alignment arms (SFT, DPO on substitution / noisy-image / BDHS pairs, online, mixed, online BDHS, BDHS with
     an SFT term or LD-DPO) on mini-llava with one data budget, over seeds; BDHS statistics and batched vs sequential cost."""
-    from mmlens.align.bench import AlignBenchConfig, align_benchmark
     from mmlens.align.report import bench_report
+    from mmlens.bench.align import AlignBenchConfig, align_benchmark
     from mmlens.errors import InputError
-    from mmlens.report import write_json_atomic
+    from mmlens.io import write_json_atomic
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())

@@ -21,7 +21,7 @@ def audit_command(
                                            "analysis. A rerun reuses the stages whose settings did not change.")],
     finetuned: Annotated[str | None, typer.Option(help="A fine-tuned version of --model: what fine-tuning "
                                                            "moved (concepts, steering, hallucination).")] = None,
-    shift_grid: Annotated[str, typer.Option(help="Comma-separated shifts NAME:SEVERITY (visual: fog, "
+    corruption_grid: Annotated[str, typer.Option(help="Comma-separated shifts NAME:SEVERITY (visual: fog, "
                                                  "defocus_blur, gaussian_noise, contrast, jpeg, pixelate; text: "
                                                  "keyboard, synonym, paraphrase; joint: fog:3+keyboard:3).")]
     = DEFAULT_GRID,
@@ -52,7 +52,7 @@ def audit_command(
 ) -> None:
     """Run the analyses that apply to MODEL and DATA (influence for contrastive models; shift, concepts, steering
     and hallucination probes for vision-language models) and write one static HTML site (OUT/index.html)."""
-    from mmlens.report.audit import (
+    from mmlens.audit import (
         AuditConfig,
         ConceptsStage,
         HallucinationStage,
@@ -67,7 +67,7 @@ def audit_command(
     config = AuditConfig(
         model=model, data=data, out_dir=out, finetuned=finetuned, stages=parse_stages(stages),
         influence=InfluenceStage(val_fraction=val_fraction, inject_swap_rate=inject_swaps),
-        shift=ShiftStage(grid=parse_shift_grid(shift_grid), n_items=shift_items, image_model=image_model,
+        shift=ShiftStage(grid=parse_shift_grid(corruption_grid), n_items=shift_items, image_model=image_model,
                          text_embedder=text_embedder, batch_size=batch_size),
         concepts=ConceptsStage(n_items=concept_items, n_concepts=n_concepts, batch_size=batch_size),
         steering=SteeringStage(layer=steer_layer, n_items=steer_items, batch_size=batch_size),

@@ -20,10 +20,10 @@ def bench_zoo_command(
                                                    "temporary folder, deleted afterwards).")] = None,
 ) -> None:
     """Build the whole zoo from scratch in a fresh folder, time it and evaluate every model."""
-    from mmlens import zoo
-    from mmlens.report import write_json_atomic
+    from mmlens.bench.zoo import zoo_benchmark
+    from mmlens.io import write_json_atomic
 
-    result = zoo.zoo_benchmark(home=home)
+    result = zoo_benchmark(home=home)
     write_json_atomic(out, result)
     typer.echo(json.dumps(result, indent=2))
     typer.echo(f"written to {out}")
@@ -39,8 +39,8 @@ def bench_shift_command(
     = Path("../shared/data/llava-bench-shift"),
 ) -> None:
     """EMI/EMID benchmark: Gaussian ground truth, mini-llava under world shifts, real LLaVA-1.5-13B responses, cost."""
-    from mmlens.report import write_json_atomic
-    from mmlens.shift.bench import shift_benchmark
+    from mmlens.bench.shift import shift_benchmark
+    from mmlens.io import write_json_atomic
 
     chosen = tuple(t.strip() for t in tiers.split(",") if t.strip())
     unknown = set(chosen) - {"ground_truth", "llava_bench", "mini_world"}

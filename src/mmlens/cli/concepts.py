@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from mmlens.enums import as_enum
 
 concepts_app = typer.Typer(help="Concept dictionaries over hidden states and what fine-tuning shifted.", no_args_is_help=True)
 
@@ -15,12 +17,6 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-def _enum(enum_cls, value: str, option: str):
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(e.value for e in enum_cls)
-        raise typer.BadParameter(f"{value!r} is not one of: {choices}", param_hint=option) from None
 
 
 def _text_config(top_tokens: int, keep: int, apply_final_norm: bool):
@@ -42,10 +38,10 @@ def extract_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
     out: Annotated[Path, typer.Option(help="Extraction folder (resumable: rerun the same command after an "
                                            "interruption).")],
-    data: Annotated[Optional[Path], typer.Option(help="JSONL of image (relative path), prompt, optional reference "
+    data: Annotated[Path | None, typer.Option(help="JSONL of image (relative path), prompt, optional reference "
                                                       "and attributes. Default: world shape questions.")] = None,
-    word: Annotated[Optional[str], typer.Option(help="Token of interest (position token_of_interest).")] = None,
-    words: Annotated[Optional[str], typer.Option(help="Comma-separated class of words (position token_class).")]
+    word: Annotated[str | None, typer.Option(help="Token of interest (position token_of_interest).")] = None,
+    words: Annotated[str | None, typer.Option(help="Comma-separated class of words (position token_class).")]
     = None,
     position: Annotated[str, typer.Option(help="token_of_interest, token_class, generated_mean, last_prompt or "
                                                "fixed_index.")] = "token_of_interest",
@@ -58,10 +54,10 @@ def extract_command(
     n_scenes: Annotated[int, typer.Option(min=1, help="World scenes without --data.")] = 2000,
 ) -> None:
     """Capture hidden states at a token position through generation, for every input; write safetensors shards."""
-    from mmlens.concepts.capture import CaptureConfig, PositionKind, PositionRule
     from mmlens.concepts.workflow import extract
+    from mmlens.models.capture import CaptureConfig, PositionKind, PositionRule
 
-    kind = _enum(PositionKind, position, "--position")
+    kind = as_enum(PositionKind, position, "--position")
     rule_words: tuple[str, ...] = ()
     if kind is PositionKind.TOKEN_OF_INTEREST:
         rule_words = (word or "circle",)
@@ -94,7 +90,7 @@ def learn_command(
     n_concepts: Annotated[int, typer.Option(min=1)] = 20,
     sparsity: Annotated[float, typer.Option(min=0.0, help="L1 weight on codes (snmf, dictionary).")] = 1.0,
     top_samples: Annotated[int, typer.Option(min=1, help="Most-activating samples shown per concept.")] = 5,
-    model: Annotated[Optional[str], typer.Option(help="Model for text grounding (default: the extraction's).")]
+    model: Annotated[str | None, typer.Option(help="Model for text grounding (default: the extraction's).")]
     = None,
     top_tokens: TopTokens = 50,
     keep: Keep = 10,
@@ -105,7 +101,7 @@ def learn_command(
     from mmlens.concepts.decompose import DecomposerConfig, DecomposerKind
     from mmlens.concepts.workflow import learn
 
-    dec = DecomposerConfig(_enum(DecomposerKind, method, "--method"), n_concepts=n_concepts, seed=seed,
+    dec = DecomposerConfig(as_enum(DecomposerKind, method, "--method"), n_concepts=n_concepts, seed=seed,
                            sparsity=sparsity)
     summary = learn(capture, out, dec, layer=layer, text=_text_config(top_tokens, keep, apply_final_norm),
                     model_spec=model, n_top=top_samples)
@@ -118,7 +114,7 @@ def compare_command(
     a: Annotated[Path, typer.Option("--a", help="Extraction folder of the original model.")],
     b: Annotated[Path, typer.Option("--b", help="Extraction folder of the fine-tuned model (same inputs).")],
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json.")],
-    drift: Annotated[Optional[list[Path]], typer.Option(help="Extraction folder of a fine-tuning checkpoint, in "
+    drift: Annotated[list[Path] | None, typer.Option(help="Extraction folder of a fine-tuning checkpoint, in "
                                                              "step order; repeat for each (drift curve).")] = None,
     layer: Layer = "final_norm",
     method: Method = "kmeans",
@@ -135,9 +131,9 @@ def compare_command(
     from mmlens.concepts.decompose import DecomposerConfig, DecomposerKind
     from mmlens.concepts.workflow import compare
 
-    config = CompareConfig(decomposer=DecomposerConfig(_enum(DecomposerKind, method, "--method"),
+    config = CompareConfig(decomposer=DecomposerConfig(as_enum(DecomposerKind, method, "--method"),
                                                        n_concepts=n_concepts, seed=seed),
-                           statistic=_enum(ShiftStatistic, statistic, "--statistic"), alpha=alpha, seed=seed)
+                           statistic=as_enum(ShiftStatistic, statistic, "--statistic"), alpha=alpha, seed=seed)
     analysis, drift_result, index = compare(a, b, out, config, layer=layer,
                                             text=_text_config(top_tokens, keep, apply_final_norm),
                                             drift_folders=drift or ())
@@ -158,8 +154,8 @@ def bench_command(
 ) -> None:
     """Concepts of mini-llava vs mini-llava-colour and its checkpoints: recovery vs baselines, drift, grounding
     purity, capture throughput."""
-    from mmlens.concepts.bench import ConceptsBenchConfig, concepts_benchmark
-    from mmlens.report import write_json_atomic
+    from mmlens.bench.concepts import ConceptsBenchConfig, concepts_benchmark
+    from mmlens.io import write_json_atomic
 
     result = concepts_benchmark(ConceptsBenchConfig(word=word, n_scenes=n_scenes, seed=seed),
                                 log=lambda m: typer.echo(m, err=True))

@@ -21,13 +21,13 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
 
 from mmlens.errors import InputError
-from mmlens.report.io import atomic_text_file
+from mmlens.io import atomic_text_file
 
 CONFIG_OPTION = "config"
 #: The parameters that name a command's output, in order of preference.
@@ -105,7 +105,7 @@ def _config_option_prototype() -> Any:
     """The click parameter of ``--config``, built by typer from a one-option command."""
 
     def prototype(
-        config: Annotated[Optional[Path], typer.Option(
+        config: Annotated[Path | None, typer.Option(
             "--config", is_eager=True, expose_value=False, metavar="FILE",
             help="YAML or TOML file of this command's options (names as below, e.g. max_new_tokens: 8); "
                  "options given on the command line win. The resolved options are written beside the results.")]

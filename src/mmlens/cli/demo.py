@@ -22,7 +22,7 @@ def demo_command(
 ) -> None:
     """Build the zoo if missing, then audit it on the miniature world (mini-clip: influence; mini-llava against
     mini-llava-colour: shift, concepts, steering, hallucination) into one HTML site (OUT/index.html)."""
-    from mmlens.report.demo import DemoConfig, run_demo
+    from mmlens.audit.demo import DemoConfig, run_demo
 
     index = run_demo(DemoConfig(out_dir=out, examples=examples, seed=seed, clip_scenes=clip_scenes,
                                 swap_rate=swap_rate, llava_scenes=llava_scenes))

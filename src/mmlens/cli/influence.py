@@ -43,7 +43,7 @@ class ScoreFormat(enum.Enum):
 
 
 def _format(fmt: str) -> ScoreFormat:
-    from mmlens.influence.config import as_enum
+    from mmlens.enums import as_enum
 
     return as_enum(ScoreFormat, fmt, "--format")
 
@@ -62,14 +62,14 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
         ParamGroup,
         as_enum,
     )
-    from mmlens.influence.data import BatchPartition, load_pairs
+    from mmlens.influence.data import BatchPartition, load_pair_data
     from mmlens.influence.task import HeadTask, ModelTask
     from mmlens.models import ContrastiveModel, load_model
 
     args = InfluenceArguments(neg_form=neg_form, solver=solver, damping=damping)  # validate before loading anything
     fit_args = FitArguments(batch_size=batch_size, l2=l2, seed=seed)
     group_enum = as_enum(ParamGroup, group, "--group")
-    pairs = load_pairs(data)
+    pairs = load_pair_data(data)
     adapter = load_model(model, expect=ContrastiveModel)
     if group_enum is ParamGroup.PROJECTION:
         task = HeadTask(adapter, group_enum, progress=True)
@@ -101,7 +101,7 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
         if main:
             typer.echo(f"fitting the {group} group ({task.space.size} parameters) on {len(pairs)} pairs ...",
                        err=True)
-        from mmlens.report import atomic_folder
+        from mmlens.io import atomic_folder
 
         fit = analyzer.fit()  # on every process: the same deterministic fit
         if main:
@@ -112,7 +112,7 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
 
 
 def _write_rows(rows: list[dict], out: Path, fmt: ScoreFormat) -> Path:
-    from mmlens.report import atomic_text_file, write_jsonl_atomic
+    from mmlens.io import atomic_text_file, write_jsonl_atomic
 
     if fmt is ScoreFormat.JSONL:
         return write_jsonl_atomic(out / "scores.jsonl", rows)
@@ -151,32 +151,26 @@ def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
                    fmt: FormatOpt = "jsonl") -> None:
     """Rank training pairs from most harmful to most helpful for the validation pairs; writes the ranking and an
     HTML report with thumbnails of the top flagged pairs."""
-    from mmlens.influence.data import load_pairs
-    from mmlens.report import CardLine, HtmlReport, ImageCard
+    from mmlens.influence.data import load_pair_data
+    from mmlens.influence.report import REMOVAL_SCORE_NOTE, ranking_report
 
     out_format = _format(fmt)  # checked before the fit
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
-    scores = analyzer.value(load_pairs(val))
+    scores = analyzer.value(load_pair_data(val))
     if not analyzer.work.is_main_process:
         return  # the main process writes
     rows = sorted(_score_rows(pairs, scores, neg_form), key=lambda r: r["delta_val_loss_if_removed"])
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     path = _write_rows(rows, out, out_format)
-    report = HtmlReport("Misaligned training pairs (ECIF)",
-                        f"{model} on {data.name}: {len(pairs)} pairs, group {group}, negative form {neg_form}")
-    sec = report.section("Most harmful pairs")
-    sec.text("delta_val_loss_if_removed = predicted change of the validation loss if the pair were removed from "
-             "training. Negative = harmful (removing the pair lowers the validation loss): these are flagged first.",
-             note=True)
-    sec.images([ImageCard(pairs.images[r["index"]], f"#{r['rank']} pair {r['id']}",
-                          (CardLine(r["caption"]), CardLine(f"delta_val_loss_if_removed {r['delta_val_loss_if_removed']:.4g}",
-                                                            ok=r["delta_val_loss_if_removed"] >= 0)))
-                for r in rows[:top]])
-    report.section("Ranking").table(rows[:100], columns=["rank", "id", "caption", "delta_val_loss_if_removed", "pos",
-                                                         f"neg_{neg_form}"])
-    report.data = {"n_pairs": len(pairs), "fit": {"risk": analyzer.fitted.risk, "grad_max": analyzer.fitted.grad_norm},
-                   "solver": {k2: v for k2, v in analyzer.inverse().info.items() if k2 != "solves"}}
+    report = ranking_report(
+        pairs, rows, title="Misaligned training pairs (ECIF)",
+        subtitle=f"{model} on {data.name}: {len(pairs)} pairs, group {group}, negative form {neg_form}",
+        explanation=REMOVAL_SCORE_NOTE + " Harmful pairs are flagged first.",
+        card_scores=("delta_val_loss_if_removed",), cards=top, cards_title="Most harmful pairs",
+        ranking_title="Ranking", columns=["rank", "id", "caption", "delta_val_loss_if_removed", "pos", f"neg_{neg_form}"],
+        data={"n_pairs": len(pairs), "fit": {"risk": analyzer.fitted.risk, "grad_max": analyzer.fitted.grad_norm},
+              "solver": {k2: v for k2, v in analyzer.inverse().info.items() if k2 != "solves"}})
     index = report.write(out / "report")
     typer.echo(json.dumps({"ranking": str(path), "report": str(index), "most_harmful": rows[0]["id"]}, indent=2))
 
@@ -188,11 +182,11 @@ def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
                   l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
                   seed: SeedOpt = 0, fmt: FormatOpt = "jsonl") -> None:
     """The value of every training pair for the validation pairs, by role (pos) and negative form, in input order."""
-    from mmlens.influence.data import load_pairs
+    from mmlens.influence.data import load_pair_data
 
     out_format = _format(fmt)  # checked before the fit
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
-    rows = _score_rows(pairs, analyzer.value(load_pairs(val)), neg_form)
+    rows = _score_rows(pairs, analyzer.value(load_pair_data(val)), neg_form)
     if not analyzer.work.is_main_process:
         return  # the main process writes
     path = _write_rows(rows, out, out_format)
@@ -211,34 +205,22 @@ def trace_command(model: ModelOpt, data: DataOpt, out: OutOpt,
                   seed: SeedOpt = 0,
                   top: Annotated[int, typer.Option(min=1, help="Training pairs listed per test pair.")] = 8) -> None:
     """For each test pair, the training pairs that most raised its loss, with thumbnails."""
-    from mmlens.influence.config import Relative, as_enum
-    from mmlens.influence.data import load_pairs
-    from mmlens.report import CardLine, HtmlReport, ImageCard, write_jsonl_atomic
+    from mmlens.enums import as_enum
+    from mmlens.influence.config import Relative
+    from mmlens.influence.data import load_pair_data
+    from mmlens.influence.report import trace_rows, write_trace_report
+    from mmlens.io import write_jsonl_atomic
 
     relative_enum = as_enum(Relative, relative, "--relative")  # checked before the fit
-    test_pairs = load_pairs(test)
-    negative_pairs = load_pairs(negatives) if negatives else None
+    test_pairs = load_pair_data(test)
+    negative_pairs = load_pair_data(negatives) if negatives else None
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     result = analyzer.trace(test_pairs, negative_pairs, relative=relative_enum, form=neg_form)
     if not analyzer.work.is_main_process:
         return  # the main process writes
-    report = HtmlReport("Trace-back of test pairs (ECIF)", f"{model}: training pairs that raised each test loss")
-    rows = []
-    for t in range(len(test_pairs)):
-        idx = result.top(t, top)
-        sec = report.section(f"Test pair {test_pairs.ids[t]}: {test_pairs.captions[t]}")
-        cards = [ImageCard(test_pairs.images[t], "test pair", (CardLine(test_pairs.captions[t]),))]
-        for rank, i in enumerate(idx, 1):
-            rows.append({"test": test_pairs.ids[t], "rank": rank, "index": int(i), "id": pairs.ids[i],
-                         "caption": pairs.captions[i],
-                         "delta_test_loss_if_removed": float(result.delta_test_loss_if_removed[t, i]),
-                         "relative_influence": float(result.relative_influence[t, i])})
-            cards.append(ImageCard(pairs.images[i], f"#{rank} pair {pairs.ids[i]}",
-                                   (CardLine(pairs.captions[i]),
-                                    CardLine(f"relative {result.relative_influence[t, i]:.3g}", ok=False))))
-        sec.images(cards)
+    rows = trace_rows(test_pairs, pairs, result, top)
     path = write_jsonl_atomic(out / "trace.jsonl", rows)
-    index = report.write(out / "report")
+    index = write_trace_report(test_pairs, pairs, rows, out / "report", model=model)
     typer.echo(json.dumps({"trace": str(path), "report": str(index)}, indent=2))
 
 
@@ -295,8 +277,8 @@ def bench_command(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """ECIF benchmark: detection (AUROC/AUPRC/P@k), fidelity vs retraining (LOO, subsets, LDS), removal, cost."""
-    from mmlens.influence.bench import BenchConfig, influence_benchmark
-    from mmlens.report import write_json_atomic
+    from mmlens.bench.influence import BenchConfig, influence_benchmark
+    from mmlens.io import write_json_atomic
 
     chosen = tuple(m.strip() for m in models.split(",") if m.strip())
     unknown = set(chosen) - {"digits-clip", "mini-clip"}

@@ -52,8 +52,8 @@ def generate_command(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
 ) -> None:
     """Run a vision-language model over the images of a JSONL file (batched, greedy)."""
+    from mmlens.io import write_jsonl_atomic
     from mmlens.models import VisionLanguageModel, load_model
-    from mmlens.report import write_jsonl_atomic
     from mmlens.world.export import load_pairs_jsonl
 
     records = load_pairs_jsonl(data, require_caption=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,14 +22,14 @@ def _csv(value: str | None) -> list[str]:
 def generate_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
     out: Annotated[Path, typer.Option(help="Folder to write: one <split>.jsonl per shift scenario + images.")],
-    data: Annotated[Optional[Path], typer.Option(help="JSONL with image, prompt and reference per line (image path "
+    data: Annotated[Path | None, typer.Option(help="JSONL with image, prompt and reference per line (image path "
                                                       "relative to the file), shifted here by the grid; or a folder "
                                                       "of such JSONL files = your own splits, used as they are. "
                                                       "Default: held-out world VQA of a world-trained zoo model.")]
     = None,
     n: Annotated[int, typer.Option("--n", min=2, help="World items (without --data).")] = 200,
-    visual: Annotated[Optional[str], typer.Option(help="Comma-separated visual shifts, e.g. defocus_blur,fog.")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Comma-separated text shifts, e.g. keyboard,synonym.")] = None,
+    visual: Annotated[str | None, typer.Option(help="Comma-separated visual shifts, e.g. defocus_blur,fog.")] = None,
+    text: Annotated[str | None, typer.Option(help="Comma-separated text shifts, e.g. keyboard,synonym.")] = None,
     severities: Annotated[str, typer.Option(help="Comma-separated severities 1-5.")] = "1,3,5",
     joint: Annotated[bool, typer.Option(help="Also every visual x text pair at equal severity.")] = False,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 8,
@@ -39,10 +39,16 @@ def generate_command(
 ) -> None:
     """Run a vision-language model under a grid of shifts (default grid: 27 world shifts), or over your own split
     files, and write one response JSONL per split."""
+    from mmlens.bench.world_sets import generate_world_splits
     from mmlens.errors import InputError
     from mmlens.models import VisionLanguageModel, load_model
-    from mmlens.shift.generate import (GenerateConfig, default_scenarios, generate_for_splits, generate_responses,
-                                       generate_world_splits, load_eval_records)
+    from mmlens.shift.generate import (
+        GenerateConfig,
+        default_scenarios,
+        generate_for_splits,
+        generate_responses,
+        load_eval_records,
+    )
 
     try:
         sev = [int(s) for s in _csv(severities)]
@@ -82,17 +88,17 @@ def emi_command(
                                                         "reference or --references).")],
     ood: Annotated[list[Path], typer.Option(help="OOD split JSONL or folder of them; repeat for more.")],
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json (the result).")],
-    references: Annotated[Optional[Path], typer.Option(help="JSONL of question_id -> reference text.")] = None,
+    references: Annotated[Path | None, typer.Option(help="JSONL of question_id -> reference text.")] = None,
     text_embedder: Annotated[str, typer.Option(help="minilm | sentence:PATH | embedding-layer[:PATH] | hashing[:N]")]
     = "minilm",
-    image_model: Annotated[Optional[str], typer.Option(help="CLIP-like model for image features (e.g. zoo:mini-clip);"
+    image_model: Annotated[str | None, typer.Option(help="CLIP-like model for image features (e.g. zoo:mini-clip);"
                                                             " omit for text-only queries.")] = None,
     image_mode: Annotated[ImageFeatureMode, typer.Option(help="patch_mean is the reference.")]
     = ImageFeatureMode.PATCH_MEAN,
     fusion: Annotated[Fusion, typer.Option(help="average is the reference.")] = Fusion.AVERAGE,
     estimator: Annotated[EstimatorKind, typer.Option(help="club is the reference.")] = EstimatorKind.CLUB,
-    estimator_file: Annotated[Optional[Path], typer.Option(help="Reuse a saved estimator instead of training.")] = None,
-    save_estimator: Annotated[Optional[Path], typer.Option(help="Save the trained estimator here.")] = None,
+    estimator_file: Annotated[Path | None, typer.Option(help="Reuse a saved estimator instead of training.")] = None,
+    save_estimator: Annotated[Path | None, typer.Option(help="Save the trained estimator here.")] = None,
     estimator_data: Annotated[EstimatorData, typer.Option(help="pooled (transductive) is the reference.")]
     = EstimatorData.POOLED,
     bound: Annotated[BoundKind, typer.Option(help="scale_adjusted is the reference.")] = BoundKind.SCALE_ADJUSTED,
@@ -104,11 +110,12 @@ def emi_command(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """EMI per split, EMID of every OOD split against the ID split, the bound's terms, correlations, HTML report."""
+    from mmlens.models.embed import ClipImageEmbedder
+    from mmlens.models.embed import text_embedder as make_text_embedder
     from mmlens.shift.analysis import ShiftConfig, analyse
     from mmlens.shift.data import load_splits
-    from mmlens.shift.embed import ClipImageEmbedder, text_embedder as make_text_embedder
     from mmlens.shift.estimators import EstimatorConfig, MIEstimator
-    from mmlens.shift.report import write_report
+    from mmlens.shift.report import write_shift_report
 
     splits = load_splits([id_split, *ood], references, load_images=image_model is not None)
     config = ShiftConfig(estimator=EstimatorConfig(kind=estimator, seed=seed), estimator_data=estimator_data,
@@ -118,7 +125,7 @@ def emi_command(
     image = ClipImageEmbedder(image_model, mode=image_mode) if image_model else None
     result = analyse(splits, config, text_embedder=make_text_embedder(text_embedder), image_embedder=image,
                      estimator=est, id_split=splits[0].name)
-    index = write_report(result, out)
+    index = write_shift_report(result, out)
     if save_estimator:
         result.estimator.save(save_estimator)
         typer.echo(f"saved estimator to {save_estimator}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -87,13 +87,13 @@ def build_command(
     model: ModelOption,
     data: DataOption,
     out: Annotated[Path, typer.Option(help="safetensors file to write (vectors + provenance metadata).")],
-    source: Annotated[Optional[str], typer.Option(help="Source answer, e.g. yes (coarse vectors).")] = None,
-    target: Annotated[Optional[str], typer.Option(help="Target answer, e.g. no (coarse vectors).")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Comma-separated decoder layers (default: all).")] = None,
-    answer_type: Annotated[Optional[str], typer.Option(help="Use only questions of this answer_type.")] = None,
-    finetuned: Annotated[Optional[str], typer.Option(help="A fine-tuned model: build fine-tuning shift vectors "
+    source: Annotated[str | None, typer.Option(help="Source answer, e.g. yes (coarse vectors).")] = None,
+    target: Annotated[str | None, typer.Option(help="Target answer, e.g. no (coarse vectors).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated decoder layers (default: all).")] = None,
+    answer_type: Annotated[str | None, typer.Option(help="Use only questions of this answer_type.")] = None,
+    finetuned: Annotated[str | None, typer.Option(help="A fine-tuned model: build fine-tuning shift vectors "
                                                            "(finetuned - model, same questions) instead.")] = None,
-    dictionary: Annotated[Optional[Path], typer.Option(help="Concept dictionary (a safetensors (k, hidden) matrix "
+    dictionary: Annotated[Path | None, typer.Option(help="Concept dictionary (a safetensors (k, hidden) matrix "
                                                              "or a saved mmlens.concepts decomposer): all concept "
                                                              "differences at the first of --layers.")] = None,
     use_truth: Annotated[bool, typer.Option(help="Label samples by the model's answer only where it matches "
@@ -110,8 +110,8 @@ def build_command(
         answer_labels,
         capture_examples,
         concept_vectors,
+        finetuning_shift_vectors,
         save_vectors,
-        shift_vectors,
         shuffled_vector,
         vectors_from_capture,
     )
@@ -125,7 +125,7 @@ def build_command(
         tuned = _generative(finetuned)
         cap_a = capture_examples(vlm, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
         cap_b = capture_examples(tuned, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        vectors = [shift_vectors(cap_a.layer(i), cap_b.layer(i), layer=i % vlm.num_layers, model=model,
+        vectors = [finetuning_shift_vectors(cap_a.layer(i), cap_b.layer(i), layer=i % vlm.num_layers, model=model,
                                  position="last_prompt", finetuned=finetuned)[0] for i in chosen]
     else:
         if not source or not target:
@@ -152,14 +152,14 @@ def apply_command(
     alpha: Annotated[float, typer.Option(help="Strength (0 = the plain model).")] = 1.0,
     positions: PositionsOption = "all",
     condition: ConditionOption = "always",
-    layers: Annotated[Optional[str], typer.Option(help="Apply only the file's vectors for these layers.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Apply only the file's vectors for these layers.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
 ) -> None:
     """Generate with steering vectors (every non-control vector of the file, summed per layer) and without, and
     write both answers per question."""
     from mmlens.errors import InputError
-    from mmlens.report import write_jsonl_atomic
+    from mmlens.io import write_jsonl_atomic
     from mmlens.steer import Steering, VectorKind, generate_answers, load_vectors
 
     vlm = _generative(model)
@@ -189,7 +189,7 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json.")],
     source: Annotated[str, typer.Option(help="Answer that should change, e.g. yes.")],
     target: Annotated[str, typer.Option(help="Answer it should become, e.g. no.")],
-    answer_type: Annotated[Optional[str], typer.Option(help="Answer type of the targeted questions (the others "
+    answer_type: Annotated[str | None, typer.Option(help="Answer type of the targeted questions (the others "
                                                             "measure the accuracy kept).")] = None,
     alphas: Annotated[str, typer.Option(help="Comma-separated strengths to sweep.")] = "0.5,1,2,4",
     positions: PositionsOption = "all",
@@ -202,7 +202,7 @@ def eval_command(
 ) -> None:
     """Flip rate toward the target, accuracy kept on the other answer types and changed predictions, over an alpha
     sweep and per layer, against a random direction, shuffled labels and a logit bias, with an HTML report."""
-    from mmlens.steer import FlipTarget, evaluate_vectors, load_vectors, write_report
+    from mmlens.steer import FlipTarget, evaluate_vectors, load_vectors, write_steering_report
 
     config = _config(1.0, positions, condition)
     vlm = _generative(model)
@@ -212,7 +212,7 @@ def eval_command(
                               condition=config.condition, max_drop=max_drop,
                               random_seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
     result["model"] = model
-    index = write_report(result, out, items)
+    index = write_steering_report(result, out, items)
     summary = [{"vector": r["vector"]["name"], "alpha": r["best_alpha"],
                 "flip_rate": r["at_best"]["steer"]["flip_rate"],
                 "other_types_acc_drop": r["at_best"]["steer"]["other_types_acc_drop"],
@@ -228,8 +228,8 @@ def bench_command(
 ) -> None:
     """Steering mini-llava: yes -> no per layer, colour -> colour and number -> number by the selection score, caption
     style at a middle layer, overhead; every number against its baselines in the same run."""
-    from mmlens.report import write_json_atomic
-    from mmlens.steer.bench import SteerBenchConfig, steer_benchmark
+    from mmlens.bench.steer import SteerBenchConfig, steer_benchmark
+    from mmlens.io import write_json_atomic
 
     result = steer_benchmark(SteerBenchConfig(seed=seed, n_test=n_test),
                              progress_cb=lambda m: typer.echo(f"steer bench: {m}", err=True))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ def export_command(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 200,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
-    bias_strength: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Co-occurrence of the biased object pairs (default: the world's, 0.75).")] = None,
+    bias_strength: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Co-occurrence of the biased object pairs (default: the world's, 0.75).")] = None,
     hf_dataset: Annotated[bool, typer.Option("--hf-dataset", help="Also save a Hugging Face `datasets` copy in OUT_DIR/hf.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,7 +12,7 @@ zoo_app = typer.Typer(help="The built-in model zoo, trained on this machine from
 
 @zoo_app.command("build")
 def build_command(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Models to build (default: all). Dependencies are built first.")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Models to build (default: all). Dependencies are built first.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if already built.")] = False,
 ) -> None:
     """Train the zoo models that are missing and cache them (in $MMLENS_HOME/zoo, default ~/.cache/mmlens/zoo)."""

@@ -7,48 +7,8 @@ compare two models (:func:`compare_models`: matching, shift vectors, recovery ag
 :func:`concept_drift` over fine-tuning checkpoints).
 """
 
-from mmlens.concepts.capture import (
-    CaptureConfig,
-    CaptureResult,
-    PositionKind,
-    PositionRule,
-    capture_activations,
-    common_samples,
-    layer_key,
-    load_capture,
-    record_emitters,
-)
-from mmlens.concepts.compare import (
-    CompareConfig,
-    Drift,
-    Recovery,
-    ShiftAnalysis,
-    Shifts,
-    ShiftStatistic,
-    compare_models,
-    concept_drift,
-    match_concepts,
-    recovery,
-    shift_vectors,
-    split_half_recovery,
-)
-from mmlens.concepts.decompose import ConceptDictionary, DecomposerConfig, DecomposerKind, load_decomposer
-from mmlens.concepts.grounding import (
-    DEFAULT_STOP_WORDS,
-    TextGrounder,
-    TextGroundingConfig,
-    attribute_purity,
-    random_purity,
-    top_samples,
-)
-from mmlens.concepts.metrics import disentanglement, mas_overlap, mean_t_overlap, t_overlap
+# The public names are listed in __init__.pyi; each submodule is imported on first use, so that importing the
+# package (the CLI does) does not import torch and transformers.
+import lazy_loader as _lazy
 
-__all__ = [
-    "CaptureConfig", "CaptureResult", "PositionKind", "PositionRule", "capture_activations", "common_samples",
-    "layer_key", "load_capture", "record_emitters",
-    "CompareConfig", "Drift", "Recovery", "ShiftAnalysis", "Shifts", "ShiftStatistic", "compare_models",
-    "concept_drift", "match_concepts", "recovery", "shift_vectors", "split_half_recovery",
-    "ConceptDictionary", "DecomposerConfig", "DecomposerKind", "load_decomposer",
-    "DEFAULT_STOP_WORDS", "TextGrounder", "TextGroundingConfig", "attribute_purity", "random_purity", "top_samples",
-    "disentanglement", "mas_overlap", "mean_t_overlap", "t_overlap",
-]
+__getattr__, __dir__, __all__ = _lazy.attach_stub(__name__, __file__)

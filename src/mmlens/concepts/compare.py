@@ -18,14 +18,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import pearsonr, trim_mean
 
-from mmlens.concepts.decompose import (
-    ConceptDictionary,
-    DecomposerConfig,
-    as_enum,
-    as_matrix,
-)
+from mmlens.concepts.decompose import ConceptDictionary, DecomposerConfig, as_matrix
 from mmlens.concepts.grounding import top_samples
 from mmlens.concepts.metrics import mas_overlap, mean_t_overlap, t_overlap
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
 
 Grounder = Callable[[np.ndarray], list[list[str]]]
@@ -95,7 +91,7 @@ class Shifts:
     magnitude: np.ndarray  # (K,) ||shift_k||
 
 
-def shift_vectors(a: Any, b: Any, assignment: np.ndarray, n_concepts: int,
+def concept_shift_vectors(a: Any, b: Any, assignment: np.ndarray, n_concepts: int,
                   statistic: ShiftStatistic = ShiftStatistic.MEAN, trim: float = 0.1) -> Shifts:
     """Delta_k = statistic of {b_m - a_m : m assigned to concept k} (zero for a concept with no sample)."""
     a, b = as_matrix(a, name="features of A"), as_matrix(b, name="features of B")
@@ -254,7 +250,7 @@ def _analyse(a: np.ndarray, b: np.ndarray, dict_a: ConceptDictionary, dict_b: Co
     u_a, u_b_all = dict_a.components_, dict_b.components_
     match, match_cos = match_concepts(u_a, u_b_all)
     u_b = u_b_all[match]
-    shifts = shift_vectors(shift_a, shift_b, dict_a.assign(shift_a), k, config.statistic, config.trim)
+    shifts = concept_shift_vectors(shift_a, shift_b, dict_a.assign(shift_a), k, config.statistic, config.trim)
     words_b = ground_b(u_b) if ground_b is not None else None
     mas_b = top_samples(dict_b.transform(b), config.n_top_samples)[match]
     common = dict(words_b=words_b, ground_s=ground_b, dictionary_a=dict_a, b=b, mas_b=mas_b,

@@ -24,17 +24,12 @@ from safetensors.numpy import load_file, save_file
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, DictionaryLearning, sparse_encode
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
 
 _FORMAT = "mmlens.concepts.dictionary/1"
 
 
-def as_enum(cls: type[enum.Enum], value: Any, name: str) -> Any:
-    """``cls(value)``, or an :class:`InputError` that names the choices."""
-    try:
-        return cls(value)
-    except ValueError:
-        raise InputError(f"unknown {name} {value!r}: use one of {', '.join(v.value for v in cls)}") from None
 
 
 class DecomposerKind(enum.Enum):
@@ -152,7 +147,7 @@ class ConceptDictionary:
             raise InputError("the concept dictionary is not fitted: call fit() or load() first")
         return self.components_
 
-    def fit(self, z: Any) -> "ConceptDictionary":
+    def fit(self, z: Any) -> ConceptDictionary:
         x = as_matrix(z)
         cfg = self.config
         k = cfg.n_concepts
@@ -207,7 +202,7 @@ class ConceptDictionary:
         """Each sample's concept: argmax_k |v_k(x)| (the nearest centroid for k-means)."""
         return np.abs(self.transform(z)).argmax(axis=1)
 
-    def with_components(self, components: Any) -> "ConceptDictionary":
+    def with_components(self, components: Any) -> ConceptDictionary:
         """A copy with other concepts (K x D), e.g. shifted ones, encoding samples by the same rule."""
         u = as_matrix(components, name="components")
         if u.shape[1] != self._fitted().shape[1]:
@@ -231,7 +226,7 @@ class ConceptDictionary:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "ConceptDictionary":
+    def load(cls, path: str | os.PathLike[str]) -> ConceptDictionary:
         source = Path(path)
         if not source.is_file():
             raise InputError(f"no concept dictionary at {source}")

@@ -63,7 +63,7 @@ class TextGrounder:
         ])
 
     @classmethod
-    def from_model(cls, model: Any, config: TextGroundingConfig | None = None) -> "TextGrounder":
+    def from_model(cls, model: Any, config: TextGroundingConfig | None = None) -> TextGrounder:
         """From a :class:`~mmlens.models.VisionLanguageModel` or :class:`~mmlens.models.CausalLanguageModel`."""
         tok = model.tokenizer
         weight = model.lm_head.weight

@@ -16,7 +16,7 @@ from mmlens.concepts.compare import Drift, ShiftAnalysis
 from mmlens.concepts.decompose import ConceptDictionary
 from mmlens.concepts.grounding import attribute_purity, random_purity, top_samples
 from mmlens.concepts.metrics import disentanglement
-from mmlens.report import CardLine, HtmlReport, ImageCard
+from mmlens.html import CardLine, HtmlReport, ImageCard
 
 
 def _strip(image: Sequence[Image.Image], size: int = 32) -> Image.Image:

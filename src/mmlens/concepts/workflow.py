@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmlens.concepts.capture import CaptureConfig, CaptureResult, capture_activations, common_samples, load_capture
 from mmlens.concepts.compare import CompareConfig, Drift, ShiftAnalysis, compare_models, concept_drift
 from mmlens.concepts.decompose import ConceptDictionary, DecomposerConfig
 from mmlens.concepts.grounding import TextGrounder, TextGroundingConfig
 from mmlens.concepts.report import dictionary_summary, write_comparison_report, write_dictionary_report
 from mmlens.errors import InputError
-from mmlens.report import write_json_atomic, write_jsonl_atomic
+from mmlens.io import write_json_atomic, write_jsonl_atomic
+from mmlens.models.capture import CaptureConfig, CaptureResult, capture_activations, common_samples, load_capture
 
 INPUTS = "inputs.jsonl"
 SOURCE = "source.json"
@@ -57,7 +57,7 @@ class Extraction:
     inputs: list[dict[str, Any]]
     model: str
 
-    def images(self) -> "ImageFiles | None":
+    def images(self) -> ImageFiles | None:
         paths = [r.get("image") for r in self.inputs]
         return ImageFiles(paths) if all(paths) else None
 
@@ -80,7 +80,7 @@ def world_inputs(out_dir: Path, n_scenes: int, word: str | None, seed: int = 0) 
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for i, it in enumerate(items):
+    for it in items:
         path = image_dir / f"scene-{it.scene_index:06d}.png"
         if not path.is_file():
             it.image.save(path)

@@ -28,16 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
-from mmlens.influence.config import (
-    FitArguments,
-    HessianSolver,
-    InfluenceArguments,
-    NegForm,
-    Relative,
-    Role,
-    as_enum,
-)
+from mmlens.influence.config import FitArguments, HessianSolver, InfluenceArguments, NegForm, Relative, Role
 from mmlens.influence.data import BatchPartition, PairData
 from mmlens.influence.objective import (
     PARTS,
@@ -69,7 +62,7 @@ class FitResult:
 
     def save(self, folder: str | Path) -> None:
         """Write fit.safetensors, partition.json and fit.json into ``folder``, each file atomically."""
-        from mmlens.report import atomic_text_file
+        from mmlens.io import atomic_text_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -521,7 +514,7 @@ class InfluenceAnalyzer:
 
 def save_model(model: ContrastiveModel, folder: str | Path) -> Path:
     """Save an (edited) model as a plain transformers folder, LoRA adapters merged, written atomically."""
-    from mmlens.report import atomic_folder
+    from mmlens.io import atomic_folder
 
     inner = model.model
     merged = inner.merge_and_unload() if hasattr(inner, "merge_and_unload") else inner

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
 from mmlens.models.contrastive import ParamGroup
 
@@ -55,13 +56,6 @@ class NoiseKind(enum.Enum):
     CONFUSABLE_SWAP = "confusable_swap"  # a caption swapped within a confusable category (digits 3/5/8, same shapes)
 
 
-def as_enum(cls, value, name):
-    """``cls(value)``, or an :class:`InputError` naming the choices (a user-given string must not end in a
-    traceback)."""
-    try:
-        return cls(value)
-    except ValueError:
-        raise InputError(f"unknown {name} {value!r}: use one of {', '.join(v.value for v in cls)}") from None
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
-from mmlens.influence.config import NoiseKind, as_enum
+from mmlens.influence.config import NoiseKind
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class PairData:
         return PairData(self.images, tuple(captions), self.groups, self.ids, self.labels)
 
 
-def load_pairs(path: str | os.PathLike) -> PairData:
+def load_pair_data(path: str | os.PathLike) -> PairData:
     """Pairs from a JSONL of ``{"image": path relative to the file, "caption": text}`` or a ``datasets`` folder
     (``save_to_disk``) with ``image`` and ``caption`` columns. An optional integer ``group`` field/column marks
     confusable categories."""
@@ -201,4 +202,4 @@ def inject_noise(data: PairData, rate: float, kind: NoiseKind | str, seed: int =
     return NoisyPairs(data.with_captions(captions), is_noisy, rate, kind)
 
 
-__all__ = ["BatchPartition", "NoisyPairs", "PairData", "inject_noise", "load_pairs"]
+__all__ = ["BatchPartition", "NoisyPairs", "PairData", "inject_noise", "load_pair_data"]

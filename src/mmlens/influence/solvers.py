@@ -40,7 +40,7 @@ def conjugate_gradient(hvp: HVP, b: torch.Tensor, damping: float = 0.0, max_iter
     rs = r @ r
     b_norm = b.norm().clamp_min(1e-300)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (the count is reported after the loop)
         hp = hvp(p) + damping * p
         curvature = p @ hp
         if curvature <= 0:  # indefinite direction: stop rather than diverge

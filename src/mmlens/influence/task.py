@@ -24,8 +24,8 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
-from mmlens.influence.config import as_enum
 from mmlens.influence.data import PairData
 from mmlens.models.contrastive import ContrastiveModel, LossKind, ParamGroup
 from mmlens.models.distributed import DistributedWork
@@ -148,7 +148,7 @@ class HeadTask(ContrastiveTask):
                          for k, (_, m) in self.heads.items()}
         self._names: dict[str, tuple[str, str]] = {}  # flat name -> (tower, local name)
         for tower, module in self._modules.items():
-            for local, p in module.named_parameters():
+            for local, _ in module.named_parameters():
                 if group is ParamGroup.LORA and "lora_" not in local:
                     continue
                 self._names[f"{tower}.{local}"] = (tower, local)

@@ -50,11 +50,11 @@ class DistributedWork:
     state: Any = None
 
     @classmethod
-    def single(cls) -> "DistributedWork":
+    def single(cls) -> DistributedWork:
         return cls()
 
     @classmethod
-    def from_environment(cls) -> "DistributedWork":
+    def from_environment(cls) -> DistributedWork:
         """The processes of the current launch: accelerate's ``PartialState`` (which initialises the process group,
         gloo on CPU, nccl on GPUs) if launched with several processes, else a single process."""
         if not launched_distributed():

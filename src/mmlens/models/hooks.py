@@ -29,11 +29,13 @@ def hook_scope() -> Iterator[Callable[[RemovableHandle], RemovableHandle]]:
         yield keep
 
 
-def _hidden(output: Any) -> torch.Tensor:
+def hidden_state(output: Any) -> torch.Tensor:
+    """The hidden states of a module output (decoder layers return a tuple whose first item they are)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+def with_hidden_state(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden states replaced by ``hidden`` (same tuple structure)."""
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
@@ -49,7 +51,7 @@ def capture_outputs(modules: Mapping[str, nn.Module], *, detach: bool = True,
 
     def make_hook(name: str) -> Callable:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            h = _hidden(output)
+            h = hidden_state(output)
             h = h.detach() if detach else h
             store[name].append(h.cpu() if to_cpu else h)
 
@@ -72,11 +74,11 @@ def add_to_output(module: nn.Module, vector: torch.Tensor, *, scale: float = 1.0
     """
 
     def hook(mod: nn.Module, args: Any, output: Any) -> Any:
-        h = _hidden(output)
+        h = hidden_state(output)
         delta = (scale * vector).to(device=h.device, dtype=h.dtype)
         if positions is not None and positions.shape == h.shape[:2]:
             delta = positions.to(h.device).unsqueeze(-1).to(h.dtype) * delta
-        return _with_hidden(output, h + delta)
+        return with_hidden_state(output, h + delta)
 
     with hook_scope() as keep:
         keep(module.register_forward_hook(hook))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,6 +43,8 @@ from mmlens.models.generative import CausalLanguageModel, VisionLanguageModel
 from mmlens.models.processors import Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
 
 ZOO_PREFIX = "zoo:"
+#: Entry-point group of model sources: ``NAME = "package.module:function"`` resolves ``NAME:...`` specs.
+MODEL_SOURCES_GROUP = "mmlens.model_sources"
 
 Adapter = ContrastiveModel | VisionLanguageModel | CausalLanguageModel
 
@@ -74,19 +77,27 @@ def _first_line(err: BaseException) -> str:
 
 
 def resolve_spec(spec: str | Path) -> str:
-    """A loadable location for ``spec``: ``zoo:NAME`` -> the zoo model's directory; paths (``~`` expanded) and hub
-    ids as given."""
-    spec = str(spec)
-    if not spec.startswith(ZOO_PREFIX):
-        return os.path.expanduser(spec)  # "~/models/clip" is a path the shell did not expand (e.g. quoted)
-    name = spec[len(ZOO_PREFIX):]
-    from mmlens import zoo  # lazy: the zoo trains models with this package, so it imports us
+    """A loadable location for ``spec``: ``SOURCE:NAME`` for a registered model source (``zoo:NAME`` -> the zoo
+    model's directory) -> that source's answer; paths (``~`` expanded) and hub ids as given.
 
-    if not (hasattr(zoo, "is_built") and hasattr(zoo, "model_dir")):
-        raise ModelLoadError("this mmlens installation has no model zoo (mmlens.zoo.is_built/model_dir missing)")
-    if not zoo.is_built(name):
-        raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}`")
-    return str(zoo.model_dir(name))
+    Model sources register through the ``mmlens.model_sources`` entry-point group (a function ``name -> location``),
+    so this layer never imports the packages above it that provide them (the zoo).
+    """
+    spec = str(spec)
+    prefix, sep, name = spec.partition(":")
+    if sep and prefix:
+        source = _model_source(prefix)
+        if source is not None:
+            return str(source(name))
+        if prefix == ZOO_PREFIX.rstrip(":"):
+            raise ModelLoadError("this mmlens installation has no model zoo (no 'zoo' entry in the "
+                                 "mmlens.model_sources entry points: reinstall mmlens)")
+    return os.path.expanduser(spec)  # "~/models/clip" is a path the shell did not expand (e.g. quoted)
+
+
+def _model_source(prefix: str) -> Callable[[str], str | os.PathLike[str]] | None:
+    found = entry_points(group=MODEL_SOURCES_GROUP, name=prefix)
+    return next(iter(found)).load() if found else None
 
 
 def _load_config(location: str, spec: str) -> PretrainedConfig:

@@ -4,9 +4,9 @@ Public API::
 
     # data
     ShiftSplit, load_split, load_splits, load_references, load_llava_bench_shift, load_released_results
-    # embedders
-    SentenceEmbedder (default: offline MiniLM), EmbeddingLayerTextEmbedder, HashingTextEmbedder,
-    ClipImageEmbedder, fuse, text_embedder
+    # query fusion (the embedders themselves are shared plumbing: mmlens.models.embed -- SentenceEmbedder
+    # (default: offline MiniLM), EmbeddingLayerTextEmbedder, HashingTextEmbedder, ClipImageEmbedder, text_embedder)
+    fuse
     # estimators
     EstimatorConfig, MIEstimator, estimate_mi, club_from_conditional, GaussianTask
     # divergences
@@ -16,45 +16,13 @@ Public API::
     ShiftResult, SplitEmbeddings
     # judge
     relative_preference, win_rate, parse_score_pair, judge_prompt, judge_split,
-    CallableJudge, OpenAICompatibleJudge, LocalModelJudge
+    CallableChatJudge, OpenAICompatibleJudge, LocalModelJudge
     # responses and report
-    GenerateConfig, generate_world_splits, generate_responses, generate_for_splits, write_report
+    GenerateConfig, generate_responses, generate_for_splits, write_shift_report
 """
 
-from __future__ import annotations
+# The public names are listed in __init__.pyi; each submodule is imported on first use, so that importing the
+# package (the CLI does) does not import torch and transformers.
+import lazy_loader as _lazy
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "ShiftSplit": "data", "load_split": "data", "load_splits": "data", "load_references": "data",
-    "load_llava_bench_shift": "data", "load_released_results": "data", "llava_bench_family": "data",
-    "SentenceEmbedder": "embed", "EmbeddingLayerTextEmbedder": "embed", "HashingTextEmbedder": "embed",
-    "ClipImageEmbedder": "embed", "fuse": "embed", "text_embedder": "embed", "default_text_embedder": "embed",
-    "minilm_path": "embed",
-    "EstimatorConfig": "estimators", "MIEstimator": "estimators", "estimate_mi": "estimators",
-    "club_from_conditional": "estimators", "GaussianTask": "estimators", "ESTIMATORS": "estimators",
-    "rjsd": "divergence", "rjsd_test": "divergence", "RJSDResult": "divergence",
-    "von_neumann_entropy": "divergence",
-    "ShiftConfig": "analysis", "analyse": "analysis", "analyse_embeddings": "analysis",
-    "embed_splits": "analysis", "fit_estimator": "analysis", "emi": "analysis", "bound_value": "analysis",
-    "correlation": "analysis", "ShiftResult": "analysis", "SplitEmbeddings": "analysis", "BOUNDS": "analysis",
-    "relative_preference": "judge", "win_rate": "judge", "parse_score_pair": "judge", "judge_prompt": "judge",
-    "judge_split": "judge", "CallableJudge": "judge", "OpenAICompatibleJudge": "judge",
-    "LocalModelJudge": "judge",
-    "GenerateConfig": "generate", "generate_world_splits": "generate", "generate_responses": "generate", "generate_for_splits": "generate",
-    "default_scenarios": "generate", "world_eval_set": "generate",
-    "write_report": "report",
-    "EstimatorKind": "options", "LogvarActivation": "options", "EstimatorData": "options", "Fusion": "options",
-    "BoundKind": "options", "LogBase": "options", "Mixture": "options", "TermValues": "options",
-    "ImageFeatureMode": "options",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"mmlens.shift.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'mmlens.shift' has no attribute {name!r}")
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = _lazy.attach_stub(__name__, __file__)

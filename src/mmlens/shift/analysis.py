@@ -18,26 +18,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
+from mmlens.models.embed import ImageEmbedder, TextEmbedder
 from mmlens.shift.data import ShiftSplit, open_image
 from mmlens.shift.divergence import rjsd_test
-from mmlens.shift.embed import ImageEmbedder, TextEmbedder, fuse
 from mmlens.shift.estimators import EstimatorConfig, MIEstimator
-from mmlens.shift.options import (
-    BoundKind,
-    EstimatorData,
-    Fusion,
-    LogBase,
-    Mixture,
-    TermValues,
-    coerce,
-)
+from mmlens.shift.options import BoundKind, EstimatorData, Fusion, LogBase, Mixture, TermValues
 
 BOUNDS = tuple(BoundKind)
 
@@ -63,7 +57,7 @@ class ShiftConfig:
         options = {"estimator_data": EstimatorData, "fusion": Fusion, "bound": BoundKind, "log_base": LogBase,
                    "mixture": Mixture, "term_values": TermValues}
         for key, enum_cls in options.items():  # frozen dataclass: store the coerced members in place of strings
-            object.__setattr__(self, key, coerce(enum_cls, getattr(self, key), key))
+            object.__setattr__(self, key, as_enum(enum_cls, getattr(self, key), key))
         if self.h_hat <= 0:
             raise InputError("h_hat must be positive")
         if self.n_bootstrap < 1 or self.n_permutations < 0:
@@ -106,6 +100,23 @@ class SplitEmbeddings:
 
     def __len__(self) -> int:
         return len(self.query)
+
+def fuse(image: np.ndarray | None, text: np.ndarray, mode: Fusion = Fusion.AVERAGE) -> np.ndarray:
+    """Query embedding from image and text parts: ``average`` (the reference, needs equal dims) or ``concat``.
+    Without images the query is the text embedding."""
+    mode = as_enum(Fusion, mode, "query fusion")
+    text = np.asarray(text, dtype=np.float32)
+    if image is None:
+        return text
+    image = np.asarray(image, dtype=np.float32)
+    if len(image) != len(text):
+        raise InputError(f"{len(image)} image embeddings but {len(text)} text embeddings")
+    if mode is Fusion.AVERAGE:
+        if image.shape[1] != text.shape[1]:
+            raise InputError(f"query fusion 'average' needs equal dimensions (image {image.shape[1]}, text "
+                             f"{text.shape[1]}); use fusion='concat'")
+        return (image + text) / 2
+    return np.concatenate([image, text], axis=1)
 
 
 def _embed_unique(embedder: TextEmbedder, texts: list[str], cache: dict[str, np.ndarray]) -> np.ndarray:
@@ -226,7 +237,9 @@ def correlation(x: Sequence[float], y: Sequence[float], *, n_bootstrap: int = 10
         boots_p.append(np.corrcoef(x[i], y[i])[0, 1])
         boots_s.append(stats.spearmanr(x[i], y[i]).statistic)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    ci = lambda b: [float(np.nanpercentile(b, lo)), float(np.nanpercentile(b, hi))] if b else [math.nan] * 2
+    def ci(b: list[float]) -> list[float]:
+        return [float(np.nanpercentile(b, lo)), float(np.nanpercentile(b, hi))] if b else [math.nan] * 2
+
     return out | {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue), "pearson_ci": ci(boots_p),
                   "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue), "spearman_ci": ci(boots_s)}
 
@@ -335,7 +348,7 @@ def analyse(splits: Sequence[ShiftSplit], config: ShiftConfig = ShiftConfig(), *
             progress: bool = True) -> ShiftResult:
     """The whole analysis on raw splits: embed, train (or reuse) the estimator, score. The ID split is
     ``id_split`` (by name) or the first split."""
-    from mmlens.shift.embed import default_text_embedder
+    from mmlens.models.embed import default_text_embedder
 
     if not splits:
         raise InputError("no splits given")

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
-from mmlens.shift.options import Mixture, coerce
+from mmlens.shift.options import Mixture
 
 MIXTURES = tuple(Mixture)
 
@@ -68,7 +69,7 @@ def von_neumann_entropy(a: Any) -> float:
 
 def rjsd(a: Any, b: Any, *, mixture: Mixture = Mixture.SAMPLE_SIZE, normalise: bool = True) -> float:
     """RJSD between the samples ``a`` [n_A, d] and ``b`` [n_B, d] (nats). See the module docstring."""
-    mixture = coerce(Mixture, mixture, "mixture")
+    mixture = as_enum(Mixture, mixture, "mixture")
     a, b = _prepare_pair(a, b, normalise)
     return _rjsd_prepared(a, b, mixture)
 
@@ -122,7 +123,7 @@ class RJSDResult:
 def rjsd_test(a: Any, b: Any, *, mixture: Mixture = Mixture.SAMPLE_SIZE, n_permutations: int = 100, seed: int = 0,
               normalise: bool = True) -> RJSDResult:
     """RJSD with its permutation null: the RJSD of random relabellings of the pooled sample (same sizes)."""
-    mixture = coerce(Mixture, mixture, "mixture")
+    mixture = as_enum(Mixture, mixture, "mixture")
     a, b = _prepare_pair(a, b, normalise)
     value = _rjsd_prepared(a, b, mixture)
     if n_permutations <= 0:

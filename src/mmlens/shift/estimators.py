@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmlens.enums import as_enum
 from mmlens.errors import InputError
-from mmlens.shift.options import EstimatorKind, LogvarActivation, coerce
+from mmlens.shift.options import EstimatorKind, LogvarActivation
 
 ESTIMATORS = tuple(EstimatorKind)
 
@@ -64,9 +65,9 @@ class EstimatorConfig:
 
     def __post_init__(self) -> None:
         # frozen dataclass: store the coerced enum members in place of user strings
-        object.__setattr__(self, "kind", coerce(EstimatorKind, self.kind, "estimator kind"))
+        object.__setattr__(self, "kind", as_enum(EstimatorKind, self.kind, "estimator kind"))
         object.__setattr__(self, "logvar_activation",
-                           coerce(LogvarActivation, self.logvar_activation, "logvar_activation"))
+                           as_enum(LogvarActivation, self.logvar_activation, "logvar_activation"))
         if not 0.0 < self.val_fraction < 0.9:
             raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
         if self.batch_size < 2 or self.eval_batch_size < 2:
@@ -195,7 +196,7 @@ class MIEstimator:
         return -(_infonce(scores) if self.config.kind is EstimatorKind.INFONCE else _nwj(scores))
 
     # --------------------------------------------------------------------------------------------- fit
-    def fit(self, x: Any, y: Any, *, progress: bool = False) -> "MIEstimator":
+    def fit(self, x: Any, y: Any, *, progress: bool = False) -> MIEstimator:
         """Train on the pairs (x_i, y_i); a ``val_fraction`` of them is held out for early stopping."""
         x, y = _pair(x, y)
         c = self.config
@@ -316,7 +317,7 @@ class MIEstimator:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "MIEstimator":
+    def load(cls, path: str | os.PathLike) -> MIEstimator:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"estimator file not found: {path}")

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from mmlens.errors import InputError
+from mmlens.io import atomic_folder, write_json_atomic
 from mmlens.models.distributed import DistributedWork
-from mmlens.report import atomic_folder, write_json_atomic
 
 Scenario = tuple[str | None, int, str | None, int]  # (visual, visual severity, text, text severity)
 
@@ -60,11 +61,11 @@ class GenerateConfig:
 
 
 def _apply(images: Sequence[Any], prompts: Sequence[str], s: Scenario, seed: int) -> tuple[list, list[str]]:
-    from mmlens.world.shifts import apply_text_shift, apply_visual_shift
+    from mmlens.world.corruptions import corrupt_image, corrupt_text
 
     v, vs, t, ts = s
-    imgs = [apply_visual_shift(im, v, vs, seed=seed + i) if v else im for i, im in enumerate(images)]
-    texts = [apply_text_shift(p, t, ts, seed=seed + i) if t else p for i, p in enumerate(prompts)]
+    imgs = [corrupt_image(im, v, vs, seed=seed + i) if v else im for i, im in enumerate(images)]
+    texts = [corrupt_text(p, t, ts, seed=seed + i) if t else p for i, p in enumerate(prompts)]
     return imgs, texts
 
 
@@ -192,38 +193,3 @@ def generate_for_splits(vlm: Any, split_files: Sequence[str | os.PathLike], out_
                                                         "splits": summary})
     work.wait_for_everyone()
     return [Path(out_dir) / f"{row['split']}.jsonl" for row in summary]
-
-
-def world_eval_set(model_dir: str | os.PathLike, n: int = 200, seed: int = 0) -> dict[str, list]:
-    """Held-out (test split) world VQA items for a zoo model trained on the world: one question per scene."""
-    from mmlens.world import World, WorldConfig
-    from mmlens.zoo.common import read_record
-
-    rec = read_record(Path(model_dir))
-    if not rec.get("world_config"):
-        raise InputError(f"{model_dir} was not trained on the world (no world_config in its metrics.json)")
-    world = World(WorldConfig.from_dict(rec["world_config"]), seed=rec["config"].get("world_seed", 0))
-    rng = np.random.default_rng(seed)
-    scenes = world.sample_scenes(n, "test")
-    items = [world.vqa(s, rng) for s in scenes]
-    picks = [it[int(rng.integers(len(it)))] for it in items]
-    return {"images": [world.render(s) for s in scenes], "prompts": [q.question for q in picks],
-            "references": [q.answer for q in picks], "item_ids": [s.scene_id for s in scenes],
-            "answer_types": [q.answer_type for q in picks]}
-
-
-def generate_world_splits(model: str = "zoo:mini-llava", out_dir: str | os.PathLike = "shift-splits",
-                          n: int = 200, config: GenerateConfig = GenerateConfig(), *, overwrite: bool = False,
-                          progress: bool = True, work: DistributedWork | None = None) -> list[Path]:
-    """Responses of a world-trained zoo VLM on held-out world VQA under the shift grid; accuracy = exact match of
-    the normalised answer (``mmlens.zoo.mini_llava.normalise``), the judge's stand-in."""
-    from mmlens.models import VisionLanguageModel, load_model
-    from mmlens.models.loading import resolve_spec
-    from mmlens.zoo.mini_llava import normalise
-
-    vlm = load_model(model, expect=VisionLanguageModel)
-    data = world_eval_set(resolve_spec(model), n=n, seed=config.seed)
-    return generate_responses(vlm, data["images"], data["prompts"], data["references"], out_dir, config,
-                              model_id=model, item_ids=data["item_ids"],
-                              score=lambda a, r: normalise(a) == normalise(r), overwrite=overwrite,
-                              progress=progress, work=work)

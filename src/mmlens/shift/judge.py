@@ -5,10 +5,10 @@ and the model's answer (assistant 2), and replies with two scores on 1-10 on its
 (s_ref, s_model): relative preference RP = 100 mean(s_model) / mean(s_ref), win rate = P(s_model > s_ref) (ties
 count half by default).
 
-A judge is anything with ``__call__(prompt: str) -> str``: :class:`CallableJudge` (any function),
+A judge is anything with ``__call__(prompt: str) -> str``: :class:`CallableChatJudge` (any function),
 :class:`OpenAICompatibleJudge` (a chat-completions endpoint, e.g. a local vLLM/llama.cpp server), or
 :class:`LocalModelJudge` (an ``mmlens.models`` causal LM). Recorded judge outputs can be replayed with
-``CallableJudge(dict.__getitem__)``-style functions (the tests do this).
+``CallableChatJudge(dict.__getitem__)``-style functions (the tests do this).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def win_rate(scores: Sequence[tuple[float, float]], ties: str = "half") -> float
 
 
 @dataclass
-class CallableJudge:
+class CallableChatJudge:
     fn: Callable[[str], str]
 
     def __call__(self, prompt: str) -> str:

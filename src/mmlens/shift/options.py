@@ -1,17 +1,14 @@
 """The choices of the shift analysis as enums (string-valued, so configs and JSON stay readable).
 
-Each option accepts the enum member or its string value; :func:`coerce` turns a user value into the member and
-raises a clear :class:`~mmlens.errors.InputError` listing the allowed values otherwise.
+Each option accepts the enum member or its string value; :func:`mmlens.enums.as_enum` turns a user value into the
+member and raises a clear :class:`~mmlens.errors.InputError` listing the allowed values otherwise.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
 
-from mmlens.errors import InputError
-
-E = TypeVar("E", bound=enum.Enum)
+from mmlens.models.options import ImageFeatureMode as ImageFeatureMode  # an option of the shift analysis too
 
 
 class EstimatorKind(enum.StrEnum):
@@ -72,17 +69,5 @@ class TermValues(enum.StrEnum):
     EXCESS = "excess"
 
 
-class ImageFeatureMode(enum.StrEnum):
-    """Image features: mean of the vision tower's patch tokens (the reference) or the projected embedding."""
-
-    PATCH_MEAN = "patch_mean"
-    PROJECTED = "projected"
 
 
-def coerce(enum_cls: type[E], value: E | str, what: str) -> E:
-    """``value`` as a member of ``enum_cls``; a clear error naming ``what`` and the allowed values otherwise."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        allowed = [m.value for m in enum_cls]
-        raise InputError(f"unknown {what} {value!r}; use one of {allowed}") from None

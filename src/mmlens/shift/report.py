@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmlens.report import HtmlReport
+from mmlens.html import HtmlReport
 from mmlens.shift.analysis import ShiftResult
 
 
@@ -33,7 +33,7 @@ def _scatter(rows: list[dict[str, Any]], x: str, y: str, xlabel: str, ylabel: st
     return fig
 
 
-def write_report(result: ShiftResult, out_dir: str | os.PathLike, *, title: str = "Distribution-shift risk (EMI)") -> Path:
+def write_shift_report(result: ShiftResult, out_dir: str | os.PathLike, *, title: str = "Distribution-shift risk (EMI)") -> Path:
     """Write ``index.html`` + ``data.json`` (the result's JSON) into ``out_dir`` (atomic); returns index.html."""
     data = result.to_dict()
     cfg = result.config

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mmlens.errors import InputError
-from mmlens.models.hooks import _hidden, _with_hidden, hook_scope
+from mmlens.models.hooks import hidden_state, hook_scope, with_hidden_state
 from mmlens.steer.vectors import SteeringVector
 
 
@@ -272,7 +272,7 @@ def steer(model: Any, vectors: SteeringVector | Sequence[SteeringVector], config
         cache: dict[tuple, torch.Tensor] = {}
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            h = _hidden(output)
+            h = hidden_state(output)
             key = (h.device, h.dtype)
             if key not in cache:  # the scaled vector once per device/dtype, not per call
                 cache[key] = (alpha * direction).to(device=h.device, dtype=h.dtype)
@@ -290,8 +290,8 @@ def steer(model: Any, vectors: SteeringVector | Sequence[SteeringVector], config
             if record:
                 trace.calls.append((layer, mask.detach().cpu().clone()))
             if mask.all() and not conditional:
-                return _with_hidden(output, h + delta)
-            return _with_hidden(output, h + mask.unsqueeze(-1).to(h.dtype) * delta)
+                return with_hidden_state(output, h + delta)
+            return with_hidden_state(output, h + mask.unsqueeze(-1).to(h.dtype) * delta)
 
         return hook
 
@@ -330,7 +330,7 @@ def logit_bias(model: Any, vector: SteeringVector, alpha: float = 1.0,
     state: dict[str, torch.Tensor] = {}
 
     def read_gate(module: nn.Module, args: Any, output: Any) -> None:
-        state["gate"] = gate(_hidden(output))[0]
+        state["gate"] = gate(hidden_state(output))[0]
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         add = bias.to(device=output.device, dtype=output.dtype)

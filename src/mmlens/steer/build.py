@@ -22,7 +22,7 @@ def capture_examples(model: Any, examples: Sequence[VQAExample], layers: Sequenc
                      max_new_tokens: int = 4, batch_size: int = 64, progress: bool = True):
     """Activations of ``layers`` (and the generated answers) on ``examples``: a ``CaptureResult`` whose row i is
     example i (LAST_PROMPT keeps every sample)."""
-    from mmlens.concepts.capture import (
+    from mmlens.models.capture import (
         CaptureConfig,
         PositionKind,
         PositionRule,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmlens.report import CardLine, HtmlReport, ImageCard
+from mmlens.html import CardLine, HtmlReport, ImageCard
 from mmlens.steer.evaluate import VQAExample
 
 KIND_LABELS = {"steer": "steering", "random": "random direction (same norm)", "shuffled": "shuffled labels",
@@ -54,7 +54,7 @@ def _layer_figure(results: Sequence[dict[str, Any]]):
     return fig
 
 
-def write_report(result: dict[str, Any], out_dir: str | os.PathLike[str], examples: Sequence[VQAExample] = (), *,
+def write_steering_report(result: dict[str, Any], out_dir: str | os.PathLike[str], examples: Sequence[VQAExample] = (), *,
                  title: str = "Steering evaluation") -> Path:
     """Write ``index.html`` + ``data.json`` (``result``) into ``out_dir`` atomically; ``examples`` are the evaluated
     examples (for the images of the before/after cards). Returns the path of index.html."""

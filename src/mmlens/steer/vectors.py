@@ -218,21 +218,11 @@ def dictionary_matrix(dictionary: Any) -> torch.Tensor:
 
 
 def _load_decomposer(path: Path) -> Any:
-    """A dictionary file: a ``mmlens.concepts`` ``ConceptDictionary`` (its ``components_``) or any safetensors
-    file holding one (k, hidden) matrix (key ``concepts``/``components``, or the only tensor)."""
+    """A dictionary file: any safetensors file holding one (k, hidden) matrix (key ``concepts``/``components``, or
+    the only tensor). A saved ``mmlens.concepts`` ``ConceptDictionary`` keeps its concepts under ``components``, so
+    it is read here without importing that package."""
     if not path.is_file():
         raise InputError(f"concept dictionary not found: {path}")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputError(f"{path} is not a readable safetensors file ({err})") from None
-    if metadata.get("format", "").startswith("mmlens.concepts"):
-        from mmlens.concepts import load_decomposer
-
-        return load_decomposer(path)
     tensors = _read_safetensors(path)
     for key in ("concepts", "components", "components_", "cluster_centers_"):
         if key in tensors:
@@ -277,7 +267,7 @@ def _reduce(deltas: torch.Tensor, reducer: ShiftReducer) -> torch.Tensor:
     return torch.from_numpy(np.asarray(trim_mean(deltas.numpy(), 0.1, axis=0), dtype=np.float32))
 
 
-def shift_vectors(original_acts: Any, finetuned_acts: Any, *, layer: int, dictionary: Any = None,
+def finetuning_shift_vectors(original_acts: Any, finetuned_acts: Any, *, layer: int, dictionary: Any = None,
                   assignments: Sequence[int] | None = None, reducer: ShiftReducer = ShiftReducer.MEAN,
                   names: Sequence[str] | None = None, model: str = "", position: str = "",
                   original: str = "original", finetuned: str = "finetuned") -> list[SteeringVector]:

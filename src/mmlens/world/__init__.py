@@ -22,25 +22,25 @@ from mmlens.world.core import (
     WorldConfig,
     WorldObject,
 )
+from mmlens.world.corruptions import (
+    SEVERITIES,
+    CorruptedSplit,
+    TextCorruption,
+    VisualCorruption,
+    corrupt_image,
+    corrupt_text,
+    corruption_grid,
+)
+from mmlens.world.digits import DigitPair, digit_class_prompts, digits_pairs
+from mmlens.world.export import export_world, load_pairs_jsonl, to_hf_dataset
 from mmlens.world.render import render_scene
 from mmlens.world.world import CAPTION_STYLES, POPE_KINDS, World, pope_question
-from mmlens.world.shifts import (
-    SEVERITIES,
-    ShiftedSplit,
-    TextShift,
-    VisualShift,
-    apply_text_shift,
-    apply_visual_shift,
-    shift_grid,
-)
-from mmlens.world.export import export_world, load_pairs_jsonl, to_hf_dataset
-from mmlens.world.digits import DigitPair, digit_class_prompts, digits_pairs
 
 __all__ = [
     "ALL_BACKGROUNDS", "ALL_COLOURS", "ALL_SHAPES", "CAPTION_STYLES", "NUMBER_WORDS", "PALETTE", "POPE_KINDS",
     "SHAPE_SYNONYMS", "SIZES", "SPLITS", "PopeProbe", "Scene", "VQAItem", "World", "WorldConfig", "WorldObject",
     "pope_question", "render_scene",
-    "SEVERITIES", "ShiftedSplit", "TextShift", "VisualShift", "apply_text_shift", "apply_visual_shift", "shift_grid",
+    "SEVERITIES", "CorruptedSplit", "TextCorruption", "VisualCorruption", "corrupt_text", "corrupt_image", "corruption_grid",
     "export_world", "load_pairs_jsonl", "to_hf_dataset",
     "DigitPair", "digit_class_prompts", "digits_pairs",
 ]

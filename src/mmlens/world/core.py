@@ -7,9 +7,10 @@ drift apart; the ground truth is the scene itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from mmlens.errors import InputError
 
@@ -157,7 +158,7 @@ class WorldConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorldConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorldConfig:
         kw = dict(d)
         for k in ("shapes", "colours", "backgrounds", "split_fractions"):
             if k in kw:
@@ -191,7 +192,7 @@ class WorldObject:
                 "dx": self.dx, "dy": self.dy}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorldObject":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorldObject:
         return cls(shape=d["shape"], colour=d["colour"], size=d["size"], row=int(d["row"]), col=int(d["col"]),
                    dx=float(d.get("dx", 0.0)), dy=float(d.get("dy", 0.0)))
 
@@ -239,7 +240,7 @@ class Scene:
                 "split": self.split, "objects": [o.to_dict() for o in self.objects]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Scene":
+    def from_dict(cls, d: Mapping[str, Any]) -> Scene:
         return cls(scene_id=str(d["scene_id"]), objects=tuple(WorldObject.from_dict(o) for o in d["objects"]),
                    background=d["background"], grid_size=int(d.get("grid_size", 2)), split=d.get("split", ""))
 

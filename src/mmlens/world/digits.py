@@ -8,9 +8,9 @@ same image never changes side when only the caption randomness changes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
 
 import numpy as np
 from PIL import Image

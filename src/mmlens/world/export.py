@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmlens.errors import InputError
-from mmlens.report.io import atomic_folder
+from mmlens.io import atomic_folder
 from mmlens.world.core import Scene, WorldConfig
 from mmlens.world.world import CAPTION_STYLES, POPE_KINDS, World
 
@@ -93,7 +94,8 @@ def load_world_meta(directory: str | os.PathLike) -> tuple[World, dict[str, Any]
 
 
 def _features() -> Any:
-    from datasets import Features, Image as HFImage, List, Value
+    from datasets import Features, List, Value
+    from datasets import Image as HFImage
 
     return Features({
         "image": HFImage(),
@@ -110,7 +112,7 @@ def _features() -> Any:
 
 
 def to_hf_dataset(source: World | str | os.PathLike, n: int | None = None, split: str = "train",
-                  caption_seed: int = 0) -> "datasets.Dataset":  # noqa: F821
+                  caption_seed: int = 0) -> datasets.Dataset:  # noqa: F821
     """A ``datasets.Dataset`` with an ``Image`` feature, from a :class:`World` (``n`` scenes of ``split``) or from
     a folder written by :func:`export_world`. Columns: image, scene_id, caption, caption_<style> for every style,
     vqa, objects, scene (JSON)."""

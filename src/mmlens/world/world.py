@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -333,9 +333,9 @@ class World:
         for p in cfg.positions:
             words |= set(p.split())
         if include_synonyms:
-            from mmlens.world.shifts import text_shift_vocabulary
+            from mmlens.world.corruptions import text_corruption_vocabulary
 
-            words |= set(self._lexicon) | text_shift_vocabulary()
+            words |= set(self._lexicon) | text_corruption_vocabulary()
         return sorted(words)
 
     def corpus(self, scenes: Iterable[Scene], rng: np.random.Generator | int | None = None) -> list[str]:

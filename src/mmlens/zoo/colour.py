@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmlens.io import write_json_atomic
 from mmlens.models.generative import VisionLanguageModel
-from mmlens.report.io import write_json_atomic
 from mmlens.world import World, WorldConfig
 from mmlens.zoo.common import (
     METRICS_FILE,

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from mmlens.io import write_json_atomic
 from mmlens.models.tokenizers import make_image_processor, train_word_tokenizer
-from mmlens.report.io import write_json_atomic
 from mmlens.world.digits import digit_class_prompts, digits_pairs, digits_vocabulary
 from mmlens.zoo.common import (
     METRICS_FILE,

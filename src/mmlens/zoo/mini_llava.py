@@ -26,9 +26,9 @@ from transformers import (
     LlavaProcessor,
 )
 
+from mmlens.io import write_json_atomic
 from mmlens.models.generative import VisionLanguageModel
 from mmlens.models.tokenizers import make_llava_processor, train_word_tokenizer
-from mmlens.report.io import write_json_atomic
 from mmlens.world import World, WorldConfig
 from mmlens.zoo.common import (
     METRICS_FILE,
@@ -259,7 +259,7 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
                          max_new_tokens=4, batch_size=cfg.eval_batch_size)
     by_type: dict[str, list[bool]] = {}
     by_template: dict[str, list[bool]] = {}
-    for (s, q), p in zip(items, preds):
+    for (_, q), p in zip(items, preds):
         ok = normalise(p) == normalise(q.answer)
         by_type.setdefault(q.answer_type, []).append(ok)
         by_template.setdefault(q.template, []).append(ok)

@@ -1,0 +1,285 @@
+"""``mmlens bench concepts``: mini-llava against mini-llava-colour and its checkpoints, with a shape word as the
+token of interest ("what shape is the <colour> object ?" -> "circle").
+
+Measured in one run: recovery of the fine-tuned concepts by the shifted ones against the three baselines (and a
+split half), the alpha sweep, consistency; concept drift over the fine-tuning checkpoints; attribute purity of
+the concepts' most-activating samples against random sets; capture throughput batched, with batch size 1 and
+plain generation without capture.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from mmlens.concepts.compare import CompareConfig, compare_models, concept_drift
+from mmlens.concepts.decompose import (
+    ConceptDictionary,
+    DecomposerConfig,
+    DecomposerKind,
+)
+from mmlens.concepts.grounding import (
+    TextGrounder,
+    TextGroundingConfig,
+    attribute_purity,
+    random_sets,
+    top_samples,
+)
+from mmlens.concepts.metrics import disentanglement
+from mmlens.concepts.world_data import ATTRIBUTES, ShapeItem, shape_question_items
+from mmlens.errors import ModelLoadError
+from mmlens.models.capture import (
+    CaptureConfig,
+    CaptureResult,
+    PositionKind,
+    PositionRule,
+    capture_activations,
+)
+
+
+@dataclass(frozen=True)
+class ConceptsBenchConfig:
+    word: str = "circle"  # the token of interest: a shape word
+    n_scenes: int = 4000  # test-split scenes; about one circle question per 4 scenes
+    layers: tuple[int, ...] = (1, 2, 3)
+    headline_key: str = "final_norm"  # the method's layer for concept and shift analysis
+    n_concepts: int = 20
+    max_new_tokens: int = 3
+    batch_size: int = 64
+    n_top: int = 10
+    # The zoo's vocabulary has 68 tokens: 20 candidates, 10 kept (the reference: 50 of ~32k, 10 kept).
+    text: TextGroundingConfig = field(default_factory=lambda: TextGroundingConfig(top_tokens=20, keep=10))
+    throughput_items: int = 512
+    batch1_items: int = 64
+    throughput_repeats: int = 7
+    seed: int = 0
+    threads: int = 2
+
+
+def _load(spec: str):
+    from mmlens.models import VisionLanguageModel, load_model
+
+    return load_model(spec, expect=VisionLanguageModel)
+
+
+def _capture(model, items: list[ShapeItem], config: CaptureConfig) -> CaptureResult:
+    return capture_activations(model, [it.image for it in items], [it.prompt for it in items], config,
+                               ground_truths=[it.answer for it in items], progress=False)
+
+
+def _intersect(results: list[CaptureResult]) -> list[CaptureResult]:
+    shared = sorted(set.intersection(*(set(r.sample_index.tolist()) for r in results)))
+    return [r.select(shared) for r in results]
+
+
+def _throughput(model, items: list[ShapeItem], config: CaptureConfig, cfg: ConceptsBenchConfig) -> dict[str, Any]:
+    """Samples per second: capture batched, capture with batch size 1 (the reference code's way), and plain
+    batched generation without hooks; repeats interleaved, median kept (the cores are shared)."""
+    many = items[: cfg.throughput_items]
+    few = items[: cfg.batch1_items]
+    images, prompts = [it.image for it in many], [it.prompt for it in many]
+
+    def timed(fn: Callable[[], Any], n: int) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return n / (time.perf_counter() - t0)
+
+    batched, plain, single = [], [], []
+    one = replace(config, batch_size=1)
+
+    def run_plain() -> None:
+        plain.append(timed(lambda: model.generate(images, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                  batch_size=cfg.batch_size), len(many)))
+
+    def run_capture() -> None:
+        batched.append(timed(lambda: _capture(model, many, config), len(many)))
+
+    for repeat in range(cfg.throughput_repeats):
+        # Alternate the order so neither side always runs on a warmer (or busier) machine.
+        for run in (run_plain, run_capture) if repeat % 2 == 0 else (run_capture, run_plain):
+            run()
+        single.append(timed(lambda: _capture(model, few, one), len(few)))
+    out = {"batched_per_s": float(np.median(batched)), "batch1_per_s": float(np.median(single)),
+           "plain_per_s": float(np.median(plain))}
+    out["speedup_vs_batch1"] = out["batched_per_s"] / out["batch1_per_s"]
+    # Paired ratios: each capture run against the plain run beside it (the shared cores' load drifts).
+    out["ratio_to_plain"] = float(np.median(np.array(batched) / np.array(plain)))
+    out.update(n_batched=len(many), n_batch1=len(few), batch_size=cfg.batch_size, repeats=cfg.throughput_repeats,
+               raw={"batched": batched, "batch1": single, "plain": plain})
+    return out
+
+
+def _purity(dictionary: ConceptDictionary, feats: np.ndarray, attrs: dict[str, list[str]], n_top: int,
+            seed: int) -> dict[str, Any]:
+    top = top_samples(dictionary.transform(feats), n_top)
+    per = attribute_purity(top, attrs)
+    best = np.max(np.stack([per[a] for a in attrs]), axis=0)  # each concept's purest attribute
+    # the random sets of random_purity (same seed, same draws), kept per set for the best-attribute baseline
+    rand_per = attribute_purity(random_sets(len(feats), n_top, seed=seed), attrs)
+    rand = {a: float(v.mean()) for a, v in rand_per.items()}
+    rand_best = float(np.max(np.stack([rand_per[a] for a in attrs]), axis=0).mean())
+    return {"mean_best_purity": float(best.mean()), "random_best_purity": rand_best,
+            "per_attribute": {a: float(per[a].mean()) for a in attrs}, "random_per_attribute": rand,
+            "mean_purity": float(np.mean([per[a].mean() for a in attrs])),
+            "random_mean_purity": float(np.mean(list(rand.values()))),
+            "top_rows": top}
+
+
+def _colour_mass(grounder: TextGrounder, concepts: np.ndarray, colours: set[str]) -> np.ndarray:
+    """Per concept, the softmax probability of W_U u on colour words."""
+    logits = grounder.logits(concepts)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    is_colour = np.array([t in colours for t in grounder.token_strings])
+    return probs[:, is_colour].sum(1)
+
+
+def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[[str], None] = print
+                       ) -> dict[str, Any]:
+    """Run the whole benchmark; returns the JSON-ready result (layout of issue 5)."""
+    from mmlens import zoo
+    from mmlens.zoo.colour import checkpoint_dirs
+
+    cfg = cfg or ConceptsBenchConfig()
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    for name in ("mini-llava", "mini-llava-colour"):
+        if not zoo.is_built(name):
+            raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}` first")
+    base_dir, tuned_dir = zoo.model_dir("mini-llava"), zoo.model_dir("mini-llava-colour")
+    world = zoo.world_of(base_dir)
+    items = shape_question_items(world, cfg.n_scenes, split="test", shape=cfg.word)
+    log(f"{len(items)} '{cfg.word}' questions from {cfg.n_scenes} test scenes")
+    capture_cfg = CaptureConfig(layers=cfg.layers, final_norm=True,
+                                position=PositionRule(PositionKind.TOKEN_OF_INTEREST, words=(cfg.word,)),
+                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                require_in_ground_truth=True)
+    ckpts = checkpoint_dirs(tuned_dir)
+    steps = [int(d.name.split("-")[1]) for d in ckpts]
+    specs = {"base": str(base_dir), "tuned": str(tuned_dir), **{f"step-{s}": str(d) for s, d in zip(steps, ckpts)}}
+    captures: dict[str, CaptureResult] = {}
+    grounders: dict[str, TextGrounder] = {}
+    accuracy: dict[str, float] = {}
+    throughput = None
+    for name, spec in specs.items():
+        model = _load(spec)
+        captures[name] = _capture(model, items, capture_cfg)
+        grounders[name] = TextGrounder.from_model(model, cfg.text)
+        accuracy[name] = len(captures[name]) / len(items)
+        log(f"captured {name}: {len(captures[name])}/{len(items)} samples emit '{cfg.word}'")
+        if name == "base":
+            throughput = _throughput(model, items, capture_cfg, cfg)
+            log(f"throughput: {throughput['batched_per_s']:.0f}/s batched, {throughput['batch1_per_s']:.0f}/s "
+                f"batch 1, {throughput['plain_per_s']:.0f}/s plain generation")
+        del model
+
+    # ---- recovery: base vs final fine-tune, common samples
+    a_res, b_res = _intersect([captures["base"], captures["tuned"]])
+    n_common = len(a_res)
+    attrs_all = {a: [it.attributes[a] for it in items] for a in ATTRIBUTES}
+    rows_common = a_res.sample_index.tolist()
+    attrs = {a: [v[i] for i in rows_common] for a, v in attrs_all.items()}
+    kmeans = DecomposerConfig(DecomposerKind.KMEANS, n_concepts=cfg.n_concepts, seed=cfg.seed)
+    snmf = DecomposerConfig(DecomposerKind.SNMF, n_concepts=cfg.n_concepts, seed=cfg.seed)
+    per_setting: dict[str, Any] = {}
+    headline = None
+    keys = [cfg.headline_key] + [k for k in a_res.keys if k != cfg.headline_key]
+    for key in keys:
+        for dec in (kmeans, snmf) if key == cfg.headline_key else (kmeans,):
+            analysis = compare_models(a_res.activations[key], b_res.activations[key],
+                                      CompareConfig(decomposer=dec, n_top_samples=cfg.n_top, seed=cfg.seed),
+                                      ground_a=grounders["base"], ground_b=grounders["tuned"])
+            summary = analysis.summary()
+            per_setting[f"{key}/{dec.kind.value}"] = summary
+            log(f"recovery {key}/{dec.kind.value}: frac_improved {summary['frac_improved']:.2f}, gain "
+                f"{summary['mean_gain']:.3f} vs global {summary['baseline_global_gain']:.3f}, permuted "
+                f"{summary['baseline_permuted_gain']:.3f}, random {summary['baseline_random_gain']:.3f}")
+            if key == cfg.headline_key and dec is kmeans:
+                headline = analysis
+    head = headline.summary()
+    recovery = {k: head[k] for k in ("frac_improved", "mean_gain", "baseline_global_gain", "baseline_random_gain",
+                                     "baseline_permuted_gain", "alpha_peak", "consistency_pearson")}
+
+    # ---- grounding quality: purity of the base concepts' top samples
+    feats_a = a_res.activations[cfg.headline_key].double().numpy()
+    grounding = _purity(headline.dictionary_a, feats_a, attrs, cfg.n_top, cfg.seed)
+    words_a = headline.words_a
+    grounding["disentanglement"] = disentanglement(words_a)
+    grounding["words"] = words_a
+
+    # ---- drift over checkpoints, common samples of all of them
+    step_names = [f"step-{s}" for s in steps]
+    aligned = _intersect([captures[n] for n in step_names])
+    base_feats = aligned[0].activations[cfg.headline_key].double().numpy()
+    base_dict = ConceptDictionary(kmeans).fit(base_feats)
+    rows_drift = aligned[0].sample_index.tolist()
+    # Colour-related = the half of the original concepts that put the most unembedding probability on colour
+    # words (ground-truth purity cannot tell: the question names the colour, so every concept's top samples
+    # share one colour).
+    colour_mass = _colour_mass(grounders[step_names[0]], base_dict.components_,
+                               set(world.cfg.colours) | set(world.cfg.backgrounds))
+    colour_mask = colour_mass > np.median(colour_mass)
+    drift = concept_drift(base_feats, [r.activations[cfg.headline_key].double().numpy() for r in aligned], steps,
+                          grounders[step_names[0]], [grounders[n] for n in step_names], kmeans,
+                          base_dictionary=base_dict, groups={"colour": colour_mask, "other": ~colour_mask})
+    rho = float(spearmanr(steps, drift.t_overlap)[0]) if len(set(drift.t_overlap)) > 1 else float("nan")
+    drift_out = {"steps": steps, "t_overlap": drift.t_overlap,
+                 "colour_vs_other": [[c, o] for c, o in zip(drift.groups["colour"], drift.groups["other"])],
+                 "colour_vs_other_columns": ["colour-related concepts", "other concepts"],
+                 "colour_vs_other_mean_after_step_0": [float(np.mean(drift.groups[g][1:])) if len(steps) > 1
+                                                       else float("nan") for g in ("colour", "other")],
+                 "n_colour_concepts": int(colour_mask.sum()), "colour_mass": colour_mass.tolist(),
+                 "n_samples": len(rows_drift),
+                 "spearman_step_t_overlap": rho, "match_cos": drift.match_cos}
+
+    colour_final, other_final = drift.groups["colour"][-1], drift.groups["other"][-1]
+    split = head["split_half"]
+    best_baseline = max(recovery["baseline_global_gain"], recovery["baseline_random_gain"],
+                        recovery["baseline_permuted_gain"])
+    checks = [  # (target, measured, met)
+        ("per-concept shifts beat every baseline in mean cosine gain",
+         {"per_concept": recovery["mean_gain"], "best_baseline": best_baseline}, head["beats_every_baseline"]),
+        ("frac_improved >= 0.75", recovery["frac_improved"], recovery["frac_improved"] >= 0.75),
+        ("alpha peak in [0.75, 1.25]", recovery["alpha_peak"], 0.75 <= recovery["alpha_peak"] <= 1.25),
+        ("consistency correlation > 0", recovery["consistency_pearson"], recovery["consistency_pearson"] > 0),
+        ("T-overlap falls with fine-tuning steps (Spearman < 0 and last < first)",
+         {"spearman": rho, "first": drift.t_overlap[0], "last": drift.t_overlap[-1]},
+         rho < 0 and drift.t_overlap[-1] < drift.t_overlap[0]),
+        ("colour-related concepts drift more (lower T-overlap at the last step than the other half)",
+         {"colour": colour_final, "other": other_final}, colour_final < other_final),
+        ("split half: per-concept shifts still beat every baseline",
+         {"per_concept": split["mean_gain"], "best_baseline": max(split["baseline_global_gain"],
+                                                                  split["baseline_random_gain"],
+                                                                  split["baseline_permuted_gain"])},
+         split["beats_every_baseline"]),
+        ("purity of the concepts' top samples above random sets",
+         {"concepts": grounding["mean_best_purity"], "random": grounding["random_best_purity"]},
+         grounding["mean_best_purity"] > grounding["random_best_purity"]),
+        ("batched capture >= 5x batch size 1", throughput["speedup_vs_batch1"], throughput["speedup_vs_batch1"] >= 5),
+        ("batched capture within 15% of plain generation (ratio >= 0.85)", throughput["ratio_to_plain"],
+         throughput["ratio_to_plain"] >= 0.85),
+    ]
+    grounding.pop("top_rows")
+    return {
+        "benchmark": "concepts", "seconds": round(time.perf_counter() - t_start, 1),
+        "setup": {"token_of_interest": cfg.word, "prompt": "what shape is the <colour> object ?",
+                  "n_scenes": cfg.n_scenes, "n_items": len(items), "n_common_base_tuned": n_common,
+                  "kept_fraction": accuracy, "layer": cfg.headline_key, "decomposer": "kmeans",
+                  "n_concepts": cfg.n_concepts, "n_top_samples": cfg.n_top, "text_grounding": {
+                      "top_tokens": cfg.text.top_tokens, "keep": cfg.text.keep,
+                      "apply_final_norm": cfg.text.apply_final_norm},
+                  "models": specs,
+                  "model_fingerprints": {n: c.metadata["model_fingerprint"] for n, c in captures.items()}},
+        "recovery": recovery,
+        "recovery_detail": per_setting,
+        "drift": drift_out,
+        "grounding": grounding,
+        "throughput": throughput,
+        "targets": [{"target": name, "measured": measured, "met": bool(ok)} for name, measured, ok in checks],
+    }

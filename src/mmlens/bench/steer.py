@@ -1,0 +1,550 @@
+"""``mmlens bench steer``: steering mini-llava on the miniature world, every number against its baselines.
+
+Data: vectors come from the world's ``val`` split (scenes ``0..n_train``), alphas and the selection score are
+chosen on the next ``n_select`` val scenes, and every reported number is measured on ``test`` scenes (content
+disjoint from both). The pre-registered alpha rule (:func:`mmlens.steer.choose_alpha`): among the swept alphas
+whose other-type accuracy drop on the selection set is at most ``max_drop``, the one with the highest flip rate
+(ties: the smaller alpha); if none, the smallest alpha. Baselines use the same alpha; the logit bias is also
+reported at its own alpha chosen by the same rule.
+
+1. yes -> no per layer: coarse vector (mean "no" - mean "yes" at the last prompt position, correct answers only),
+   against a random direction of the same norm, the mean difference of shuffled labels (3 seeds each) and the logit
+   bias of the same vector through the final norm and unembedding; applied to every sample (``yes_to_no``, the
+   reference) and only to samples that activate the "yes" concept (``yes_to_no_conditional``).
+2. colour -> colour and number -> number: candidates are answer-pair mean differences and k-means concept
+   differences at the last layer; the selection score picks the vectors that push an answer up; each is measured
+   on test under both conditions.
+3. caption style at a middle layer: the fine-tuning shift vector mini-llava -> mini-llava-colour at the position
+   emitting the first object noun (a shape word for mini-llava, "object(s)" for mini-llava-colour), against the
+   logit bias and a random direction; colour-only captions (colours named, all correct, no shape word: the
+   fine-tune's defining change), colour recall and loops against the scenes' ground truth.
+4. overhead: steered against plain batched generation of the same number of tokens, interleaved repeats.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmlens.errors import InputError
+from mmlens.steer.apply import (
+    LogitBias,
+    SteerCondition,
+    SteerConfig,
+    Steering,
+    SteerPositions,
+    steer,
+)
+from mmlens.steer.build import WRONG, answer_labels, capture_examples
+from mmlens.steer.evaluate import (
+    FlipTarget,
+    SweepKind,
+    VQAExample,
+    choose_alpha,
+    evaluate_interventions,
+    generate_answers,
+    normalise_answer,
+    select_vectors,
+    sweep_with_baselines,
+)
+from mmlens.steer.vectors import (
+    SteeringVector,
+    VectorKind,
+    concept_vectors,
+    finetuning_shift_vectors,
+    random_like,
+    shuffled_vector,
+    vector_from_labels,
+)
+from mmlens.zoo import world_of
+
+CAPTION_PROMPT = "describe the image ."
+
+
+@dataclass(frozen=True)
+class SteerBenchConfig:
+    """The benchmark's recipe (defaults = the committed run)."""
+
+    model: str = "zoo:mini-llava"
+    finetuned: str = "zoo:mini-llava-colour"
+    seed: int = 0
+    n_train: int = 400  # val scenes the vectors are built from
+    n_select: int = 100  # further val scenes: alpha choice and selection score
+    n_test: int = 150  # test scenes: every reported number
+    alphas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    caption_alphas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    select_alphas: tuple[float, ...] = (1.0,)  # concept and answer differences at their natural scale
+    positions: SteerPositions = SteerPositions.ALL  # the reference adds the vector at every position
+    max_drop: float = 0.02
+    control_seeds: tuple[int, ...] = (0, 1, 2)
+    n_concepts: int = 8
+    n_selected: int = 5
+    vqa_tokens: int = 3
+    caption_tokens: int = 24
+    batch_size: int = 128
+    overhead_repeats: int = 9
+    overhead_copies: int = 3  # the test images repeated: enough work per timing to rise above timer noise
+    threads: int = 2
+
+
+# ------------------------------------------------------------------------------------------------ the world
+
+
+def _vqa(world, scenes, seed: int) -> list[VQAExample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for scene in scenes:
+        image = world.render(scene)
+        out.extend(VQAExample(image, q.question, q.answer, q.answer_type, q.template) for q in world.vqa(scene, rng))
+    return out
+
+
+def caption_metrics(world, scenes, captions: Sequence[str]) -> dict[str, float]:
+    """Caption style against the scenes' ground truth.
+
+    - ``colour_mention_rate`` / ``shape_mention_rate``: captions naming a colour / a shape (any synonym);
+    - ``colours_correct_rate``: of the captions naming colours, those whose colours are all in the scene;
+    - ``colour_recall``: mean share of the scene's colours a caption names;
+    - ``colour_only_rate``: the fine-tune's defining change (mini-llava-colour: "two red objects on a black
+      background"): names colours, all correct, and no shape word;
+    - ``colour_style_rate``: the same with the word "object(s)" (the fine-tune's exact template);
+    - ``repetition_rate``: a word repeated 4 times in a row (degenerate text); ``mean_words``.
+    """
+    colours = set(world.cfg.colours)
+    words = [re.findall(r"[a-z]+", c.lower()) for c in captions]
+    named = [colours & set(w) for w in words]
+    shapes = [bool(world.mentioned_objects(c)) for c in captions]
+    correct = [bool(n) and n <= sc.colours for n, sc in zip(named, scenes)]
+    style = [("object" in w or "objects" in w) and not s for w, s in zip(words, shapes)]
+    loops = [any(len(set(w[i:i + 4])) == 1 for i in range(max(0, len(w) - 3))) for w in words]
+
+    def rate(values: list[bool]) -> float:
+        return round(float(np.mean(values)), 4) if values else float("nan")
+
+    return {
+        "colour_mention_rate": rate([bool(n) for n in named]),
+        "shape_mention_rate": rate(shapes),
+        "colours_correct_rate": rate([c for c, n in zip(correct, named) if n]),
+        "colour_recall": rate([len(n & sc.colours) / len(sc.colours) for n, sc in zip(named, scenes)]),
+        "colour_only_rate": rate([c and not s for c, s in zip(correct, shapes)]),
+        "colour_style_rate": rate([st and c for st, c in zip(style, correct)]),
+        "repetition_rate": rate(loops),
+        "mean_words": round(float(np.mean([len(w) for w in words])), 2) if words else float("nan"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------- 1. yes -> no
+def _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg: SteerBenchConfig, log,
+               condition: SteerCondition = SteerCondition.ALWAYS) -> dict:
+    flip = FlipTarget("yes", "no", "yes/no")
+    n_layers = vlm.num_layers
+    rows = cap.sample_index.tolist()
+    row_labels = [labels[i] for i in rows]
+    out: dict[str, Any] = {}
+    sweeps: dict[str, Any] = {}
+    vectors = {}
+    for layer in range(n_layers):
+        log(f"yes_to_no ({condition.value}): layer {layer}")
+        acts = cap.layer(layer)
+        try:
+            vec = vector_from_labels(acts, row_labels, "yes", "no", layer=layer, model=cfg.model,
+                                     position="last_prompt")
+        except InputError as err:  # e.g. a model that never answers "yes" correctly: nothing to steer from
+            out[str(layer)] = {"error": str(err)}
+            continue
+        vectors[layer] = vec
+        shuffled = {s: shuffled_vector(acts, row_labels, "yes", "no", layer=layer, seed=cfg.seed + s)
+                    for s in cfg.control_seeds}
+        randoms = {s: random_like(vec, seed=cfg.seed + s) for s in cfg.control_seeds}
+        common = {"positions": cfg.positions, "condition": condition, "max_new_tokens": cfg.vqa_tokens,
+                  "batch_size": cfg.batch_size, "kinds": (SweepKind.STEER, SweepKind.LOGIT_BIAS)}
+        select_rows = sweep_with_baselines(vlm, select, vec, cfg.alphas, flip, baseline=base_select, **common)
+        alpha = choose_alpha(select_rows, max_drop=cfg.max_drop)
+        lb_alpha = choose_alpha(select_rows, max_drop=cfg.max_drop, kind=SweepKind.LOGIT_BIAS)
+        # test: the sweep of steering and logit bias (plots); the controls at the chosen alpha, one pass per seed
+        test_rows = sweep_with_baselines(vlm, test, vec, cfg.alphas, flip, baseline=base_test, **common)
+        at = next(r for r in test_rows if r["alpha"] == alpha)
+        lb_at = next(r for r in test_rows if r["alpha"] == lb_alpha)
+        at_alpha = SteerConfig(alpha, cfg.positions, condition)
+        controls = {f"random_{s}": Steering((v,), at_alpha) for s, v in randoms.items()}
+        controls |= {f"shuffled_{s}": Steering((v,), at_alpha) for s, v in shuffled.items()}
+        ctrl = evaluate_interventions(vlm, test, controls, flip, baseline=base_test, max_new_tokens=cfg.vqa_tokens,
+                                      batch_size=cfg.batch_size, progress=False)
+        random_rates = [ctrl[f"random_{s}"]["flip_rate"] for s in cfg.control_seeds]
+        shuffled_rates = [ctrl[f"shuffled_{s}"]["flip_rate"] for s in cfg.control_seeds]
+        out[str(layer)] = _round({
+            "flip_rate": at["steer"]["flip_rate"],
+            "other_types_acc_drop": at["steer"]["other_types_acc_drop"],
+            "random_flip_rate": float(np.mean(random_rates)),
+            "shuffled_flip_rate": float(np.mean(shuffled_rates)),
+            "logit_bias_flip_rate": at["logit_bias"]["flip_rate"],
+            "logit_bias_other_types_acc_drop": at["logit_bias"]["other_types_acc_drop"],
+            "alpha": alpha,
+            "n_source": at["steer"]["n_source"],
+            "changed_rate": at["steer"]["changed_rate"],
+            "acc_baseline": at["steer"]["acc_baseline"],
+            "acc_steered": at["steer"]["acc_steered"],
+            "random_flip_rate_per_seed": random_rates,
+            "shuffled_flip_rate_per_seed": shuffled_rates,
+            "random_other_types_acc_drop": float(np.mean([ctrl[f"random_{s}"]["other_types_acc_drop"]
+                                                          for s in cfg.control_seeds])),
+            "logit_bias_own_alpha": {"alpha": lb_alpha, "flip_rate": lb_at["logit_bias"]["flip_rate"],
+                                     "other_types_acc_drop": lb_at["logit_bias"]["other_types_acc_drop"]},
+            "vector_norm": vec.norm,
+            "n_yes_vectors": vec.info["n_source"], "n_no_vectors": vec.info["n_target"],
+            "condition": condition.value,
+        })
+        sweeps[str(layer)] = {"selection": select_rows, "test": test_rows}
+    return {"per_layer": out, "sweeps": sweeps, "vectors": vectors}
+
+
+# -------------------------------------------------------------------------- 2. colour -> colour, number -> number
+def _dominant(labels: Sequence[str]) -> str:
+    counts = Counter(lab for lab in labels if lab != WRONG)
+    return counts.most_common(1)[0][0] if counts else "?"
+
+
+def _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg: SteerBenchConfig, *,
+                      scope: FlipTarget, log) -> dict:
+    """Candidates at the last layer, selection score on the selection set, the best ones measured on test."""
+    from sklearn.cluster import KMeans
+
+    layer = vlm.num_layers - 1
+    rows = cap.sample_index.tolist()
+    in_scope_rows = [r for r, i in enumerate(rows) if scope.in_scope(train[i]) and labels[i] != WRONG]
+    acts = cap.layer(layer)[in_scope_rows]
+    row_labels = [labels[rows[r]] for r in in_scope_rows]
+    counts = Counter(row_labels)
+    answers = sorted(a for a, n in counts.items() if n >= 5)  # too few samples make a noisy mean
+    if len(row_labels) < 2 or len(counts) < 2:
+        raise InputError(f"fewer than two correctly answered {scope.template or scope.answer_type} answers to "
+                         "build candidates from")
+    candidates: list[SteeringVector] = []
+    for s in answers:
+        for t in answers:
+            if s != t:
+                candidates.append(vector_from_labels(acts, row_labels, s, t, layer=layer, model=cfg.model,
+                                                     position="last_prompt"))
+    k = min(cfg.n_concepts, len(row_labels))
+    km = KMeans(n_clusters=k, n_init=10, random_state=cfg.seed).fit(acts.numpy())
+    dominant = [_dominant([row_labels[i] for i in np.flatnonzero(km.labels_ == c)]) for c in range(k)]
+    names = [f"k{c}:{answer}" for c, answer in enumerate(dominant)]  # several clusters can share an answer
+    candidates += concept_vectors(torch.from_numpy(km.cluster_centers_).float(), layer=layer, names=names,
+                                  model=cfg.model, position="last_prompt")
+    select_scope = [e for e in select if scope.in_scope(e)]
+    log(f"{scope.answer_type}: {len(candidates)} candidates x {len(cfg.select_alphas)} alphas on "
+        f"{len(select_scope)} selection questions")
+    selected = []
+    for alpha in cfg.select_alphas:
+        for s in select_vectors(vlm, candidates, select_scope, SteerConfig(alpha, cfg.positions),
+                                max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size, progress=False):
+            selected.append((alpha, s))
+    selected.sort(key=lambda pair: -pair[1].selection.score)
+    seen: set[tuple[str, ...]] = set()
+    top = []
+    for alpha, s in selected:  # de-duplicate targets across alphas too
+        key = tuple(sorted(s.selection.primary))
+        if key not in seen:
+            seen.add(key)
+            top.append((alpha, s))
+    top = top[:cfg.n_selected]
+    results = []
+    for alpha, s in top:
+        target = s.selection.primary[0]
+        source = s.vector.source.split(":", 1)[-1]  # a concept's name is "k<index>:<its dominant answer>"
+        flip = FlipTarget(source, target, scope.answer_type, scope.template)
+        measured = {}
+        for condition in SteerCondition:
+            config = SteerConfig(alpha, cfg.positions, condition)
+            interventions = {"steer": Steering((s.vector,), config),
+                             "random": Steering((random_like(s.vector, seed=cfg.seed),), config),
+                             "logit_bias": LogitBias(s.vector, alpha, condition)}
+            res = evaluate_interventions(vlm, test, interventions, flip, baseline=base_test,
+                                         max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size, progress=False)
+            measured[condition] = {
+                "flip_rate": res["steer"]["flip_rate"], "n_source": res["steer"]["n_source"],
+                "target_rate": res["steer"]["target_rate"],
+                "other_types_acc_drop": res["steer"]["other_types_acc_drop"],
+                "random_target_rate": res["random"]["target_rate"],
+                "logit_bias_target_rate": res["logit_bias"]["target_rate"],
+                "logit_bias_flip_rate": res["logit_bias"]["flip_rate"],
+                "target_count_delta": res["steer"]["target_count_delta"],
+            }
+        results.append(_round({
+            "vector": s.vector.name, "kind": s.vector.kind.value, "alpha": alpha, "score": s.selection.score,
+            "primary": list(s.selection.primary), "source": source, "target": target,
+            **measured[SteerCondition.ALWAYS],
+            "conditional": measured[SteerCondition.SOURCE_CONCEPT],
+        }))
+    return {"layer": layer, "n_candidates": len(candidates), "n_answer_pairs": len(candidates) - k * (k - 1),
+            "n_concepts": k, "concept_names": names, "alphas": list(cfg.select_alphas), "selected": results,
+            "best": results[0] if results else None}
+
+
+# ---------------------------------------------------------------------------------------- 3. caption style
+def _captions(vlm, images, intervention=None, *, cfg: SteerBenchConfig) -> list[str]:
+    import contextlib
+
+    context = intervention.apply(vlm) if intervention is not None else contextlib.nullcontext()
+    with context:
+        return vlm.generate(images, [CAPTION_PROMPT] * len(images), max_new_tokens=cfg.caption_tokens,
+                            batch_size=cfg.batch_size)
+
+
+def _caption_style(vlm, tuned, world, train_scenes, select_scenes, test_scenes, cfg: SteerBenchConfig, log) -> dict:
+    from mmlens.models.capture import (
+        CaptureConfig,
+        PositionKind,
+        PositionRule,
+        capture_activations,
+        common_samples,
+    )
+    from mmlens.world.core import plural
+
+    n_layers = vlm.num_layers
+    middle = n_layers // 2 - 1  # the output of the first half of the decoder
+    layers = tuple(range(n_layers))
+    shapes = tuple(world.cfg.shapes) + tuple(plural(s) for s in world.cfg.shapes)
+    train_images = [world.render(s) for s in train_scenes]
+    prompts = [CAPTION_PROMPT] * len(train_images)
+    log("caption style: capturing both models at the first object noun")
+    base_rule = PositionRule(PositionKind.TOKEN_CLASS, words=shapes)
+    tuned_rule = PositionRule(PositionKind.TOKEN_CLASS, words=("object", "objects"))
+    cap_a = capture_activations(vlm, train_images, prompts, CaptureConfig(layers=layers, position=base_rule,
+                                max_new_tokens=cfg.caption_tokens, batch_size=cfg.batch_size), progress=False)
+    cap_b = capture_activations(tuned, train_images, prompts, CaptureConfig(layers=layers, position=tuned_rule,
+                                max_new_tokens=cfg.caption_tokens, batch_size=cfg.batch_size), progress=False)
+    cap_a, cap_b = common_samples(cap_a, cap_b)
+    vectors = {layer: finetuning_shift_vectors(cap_a.layer(layer), cap_b.layer(layer), layer=layer, model=cfg.model,
+                                    position="first object noun")[0] for layer in layers}
+    select_images = [world.render(s) for s in select_scenes]
+    test_images = [world.render(s) for s in test_scenes]
+
+    def metrics(images, scenes, intervention=None):
+        return caption_metrics(world, scenes, _captions(vlm, images, intervention, cfg=cfg))
+
+    def best_alpha(make) -> tuple[float, list[dict]]:
+        rows = [{"alpha": float(a), **metrics(select_images, select_scenes, make(a))} for a in cfg.caption_alphas]
+        best = max(rows, key=lambda r: (r["colour_only_rate"], -r["alpha"]))
+        return best["alpha"], rows
+
+    vec = vectors[middle]
+    log(f"caption style: alpha selection at layer {middle}")
+    alpha, select_rows = best_alpha(lambda a: Steering((vec,), SteerConfig(a, cfg.positions)))
+    lb_alpha, lb_rows = best_alpha(lambda a: LogitBias(vec, a))
+    before_caps = _captions(vlm, test_images, cfg=cfg)
+    steered_caps = _captions(vlm, test_images, Steering((vec,), SteerConfig(alpha, cfg.positions)), cfg=cfg)
+    result = {
+        "layer": middle,
+        "n_layers": n_layers,
+        "vector": vec.describe(),
+        "n_vector_samples": len(cap_a),
+        "alpha": alpha,
+        "before": caption_metrics(world, test_scenes, before_caps),
+        "after": caption_metrics(world, test_scenes, steered_caps),
+        "logit_bias_same_alpha": metrics(test_images, test_scenes, LogitBias(vec, alpha)),
+        "logit_bias_own_alpha": {"alpha": lb_alpha, **metrics(test_images, test_scenes, LogitBias(vec, lb_alpha))},
+        "random_same_alpha": metrics(test_images, test_scenes,
+                                     Steering((random_like(vec, seed=cfg.seed),), SteerConfig(alpha, cfg.positions))),
+        "finetuned_model": caption_metrics(world, test_scenes, tuned.generate(
+            test_images, [CAPTION_PROMPT] * len(test_images), max_new_tokens=cfg.caption_tokens,
+            batch_size=cfg.batch_size)),
+        "selection_sweep": {"steer": select_rows, "logit_bias": lb_rows},
+    }
+    log("caption style: layer sweep on test")
+    result["layer_sweep"] = [
+        {"layer": layer, "alpha": float(a),
+         **metrics(test_images, test_scenes, Steering((vectors[layer],), SteerConfig(a, cfg.positions)))}
+        for layer in layers for a in cfg.caption_alphas]
+    steer_score = result["after"]["colour_only_rate"]
+    lb_score = max(result["logit_bias_same_alpha"]["colour_only_rate"],
+                   result["logit_bias_own_alpha"]["colour_only_rate"])
+    result["steering_beats_logit_bias"] = bool(steer_score > lb_score)
+    result["examples"] = [{"scene": s.scene_id, "before": b, "after": a}
+                          for s, b, a in zip(test_scenes[:8], before_caps[:8], steered_caps[:8])]
+    return _round(result)
+
+
+# -------------------------------------------------------------------------------------------- 4. overhead
+def _overhead(vlm, images, prompts, vector: SteeringVector, alpha: float, cfg: SteerBenchConfig) -> dict:
+    """Batched caption generation, plain and steered, interleaved repeats in the same process. Every run generates
+    exactly ``caption_tokens`` tokens per sequence (min = max new tokens): steering changes the text, and answers
+    that end earlier would make the steered run look cheaper than it is. The headline is the minimum wall time
+    over the repeats (the least disturbed run: the cores are shared with other jobs); medians and this process's
+    CPU time are reported beside it."""
+    import contextlib
+
+    images, prompts = list(images) * cfg.overhead_copies, list(prompts) * cfg.overhead_copies
+
+    def run(context=None) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        with context or contextlib.nullcontext():
+            vlm.generate(images, prompts, max_new_tokens=cfg.caption_tokens, min_new_tokens=cfg.caption_tokens,
+                         batch_size=cfg.batch_size)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    run()  # warm-up
+    timings: dict[str, list[tuple[float, float]]] = {"plain": [], "steered": [], "text_only": []}
+    for _ in range(cfg.overhead_repeats):  # interleaved, so load changes hit all three alike
+        timings["plain"].append(run())
+        timings["steered"].append(run(steer(vlm, vector, SteerConfig(alpha, SteerPositions.ALL))))
+        timings["text_only"].append(run(steer(vlm, vector, SteerConfig(alpha, SteerPositions.TEXT_ONLY))))
+    wall = {k: [w for w, _ in v] for k, v in timings.items()}
+    cpu = {k: [c for _, c in v] for k, v in timings.items()}
+    plain, steered, text_only = min(wall["plain"]), min(wall["steered"]), min(wall["text_only"])
+    return _round({
+        "steered_s": steered, "plain_s": plain, "overhead_fraction": steered / plain - 1,
+        "statistic": "min wall time over interleaved repeats",
+        "steered_text_only_s": text_only, "text_only_overhead_fraction": text_only / plain - 1,
+        "median_overhead_fraction": statistics.median(wall["steered"]) / statistics.median(wall["plain"]) - 1,
+        "cpu_overhead_fraction": min(cpu["steered"]) / min(cpu["plain"]) - 1,
+        "n_sequences": len(prompts), "new_tokens_per_sequence": cfg.caption_tokens, "batch_size": cfg.batch_size,
+        "repeats": cfg.overhead_repeats, "positions": "all (text_only also timed)",
+        "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
+        "wall_s": wall, "cpu_s": cpu,
+    })
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def _guarded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A part that cannot run on this model (e.g. no sample of an answer) records why instead of failing the run."""
+    try:
+        return part()
+    except InputError as err:
+        return {"error": str(err)}
+
+
+def steer_benchmark(config: SteerBenchConfig = SteerBenchConfig(), *,
+                    progress_cb: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the four parts and return the JSON-ready result (see the module docstring)."""
+    from mmlens.models import VisionLanguageModel, load_model
+
+    log = progress_cb or (lambda message: None)
+    cfg = config
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    vlm = load_model(cfg.model, expect=VisionLanguageModel)
+    vlm.model.eval()
+    world = world_of(cfg.model)
+    train_scenes = world.sample_scenes(cfg.n_train, "val")
+    select_scenes = world.sample_scenes(cfg.n_select, "val", start=cfg.n_train)
+    test_scenes = world.sample_scenes(cfg.n_test, "test")
+    train = _vqa(world, train_scenes, cfg.seed + 1)
+    select = _vqa(world, select_scenes, cfg.seed + 2)
+    test = _vqa(world, test_scenes, cfg.seed + 3)
+    if not train or not test:
+        raise InputError("the benchmark world produced no questions")
+    log(f"capturing {len(train)} training questions at every layer")
+    cap = capture_examples(vlm, train, range(vlm.num_layers), max_new_tokens=cfg.vqa_tokens,
+                           batch_size=cfg.batch_size, progress=False)
+    labels = answer_labels(cap.generated, train)
+    base_select = generate_answers(vlm, select, max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size)
+    base_test = generate_answers(vlm, test, max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size)
+
+    yes_no = _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg, log)
+    yes_no_conditional = _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg, log,
+                                    SteerCondition.SOURCE_CONCEPT)
+    last, middle = vlm.num_layers - 1, vlm.num_layers // 2 - 1
+    colour = _guarded(lambda: _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg,
+                                                scope=FlipTarget("", "", "other", "colour_of_shape"), log=log))
+    number = _guarded(lambda: _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg,
+                                                scope=FlipTarget("", "", "number"), log=log))
+    tuned = load_model(cfg.finetuned, expect=VisionLanguageModel)
+    tuned.model.eval()
+    caption = _guarded(lambda: _caption_style(vlm, tuned, world, train_scenes[:300], select_scenes[:100],
+                                              test_scenes, cfg, log))
+    log("overhead")
+    last_vec = yes_no["vectors"].get(last)
+    if last_vec is not None:
+        overhead_vec, overhead_alpha = last_vec, yes_no["per_layer"][str(last)]["alpha"]
+    else:  # the cost of the hooks does not depend on the direction
+        overhead_vec = SteeringVector(torch.randn(vlm.lm_head.weight.shape[1]), last, VectorKind.CUSTOM)
+        overhead_alpha = 1.0
+    overhead = _overhead(vlm, [world.render(s) for s in test_scenes], [CAPTION_PROMPT] * len(test_scenes),
+                         overhead_vec, overhead_alpha, cfg)
+
+    examples: dict[str, list] = {}
+    yn_test = [i for i, e in enumerate(test) if e.answer_type == "yes/no" and base_test[i] == "yes"][:8]
+    for key, part, condition in (("yes_to_no_last_layer", yes_no, SteerCondition.ALWAYS),
+                                 ("yes_to_no_conditional_last_layer", yes_no_conditional,
+                                  SteerCondition.SOURCE_CONCEPT)):
+        row = part["per_layer"].get(str(last), {})
+        if not yn_test or last_vec is None or "alpha" not in row:
+            continue
+        chosen = [test[i] for i in yn_test]
+        after = generate_answers(vlm, chosen, Steering((last_vec,), SteerConfig(row["alpha"], cfg.positions,
+                                                                               condition)),
+                                 max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size)
+        examples[key] = [{"question": e.question, "truth": e.answer, "before": base_test[i], "after": a,
+                          "alpha": row["alpha"], "condition": condition.value}
+                         for i, e, a in zip(yn_test, chosen, after)]
+
+    per_layer = yes_no["per_layer"]
+    targets = {
+        "yes_to_no_flip_rate_min": 0.9, "other_types_acc_drop_max": cfg.max_drop,
+        "random_and_shuffled_flip_rate_max": 0.05, "overhead_fraction_max": 0.05,
+        "caption_style_middle_layer": "steering beats the logit bias (colour_only_rate, both at their best alpha)",
+    }
+    met = {
+        f"yes_to_no_layer_{layer}": bool(r["flip_rate"] >= 0.9 and r["other_types_acc_drop"] <= cfg.max_drop
+                                         and r["random_flip_rate"] <= 0.05 and r["shuffled_flip_rate"] <= 0.05)
+        for layer, r in per_layer.items() if int(layer) in (last, middle) and "error" not in r
+    }
+    met |= {
+        f"yes_to_no_conditional_layer_{layer}": bool(
+            r["flip_rate"] >= 0.9 and r["other_types_acc_drop"] <= cfg.max_drop and r["random_flip_rate"] <= 0.05
+            and r["shuffled_flip_rate"] <= 0.05)
+        for layer, r in yes_no_conditional["per_layer"].items() if int(layer) in (last, middle) and "error" not in r
+    }
+    met["caption_style_beats_logit_bias"] = bool(caption.get("steering_beats_logit_bias", False))
+    met["overhead"] = bool(overhead["overhead_fraction"] <= 0.05)
+    acc = {t: round(float(np.mean([b == normalise_answer(e.answer) for e, b in zip(test, base_test)
+                                   if e.answer_type == t])), 4) for t in sorted({e.answer_type for e in test})}
+    return _round({
+        "benchmark": "steer",
+        "model": cfg.model,
+        "finetuned": cfg.finetuned,
+        "layers": {"last": last, "middle": middle, "n_layers": vlm.num_layers},
+        "data": {"train_questions": len(train), "select_questions": len(select), "test_questions": len(test),
+                 "train_scenes": cfg.n_train, "select_scenes": cfg.n_select, "test_scenes": cfg.n_test,
+                 "splits": "vectors: val[0:n_train]; selection: val[n_train:n_train+n_select]; reported: test",
+                 "baseline_test_accuracy": acc,
+                 "train_answer_counts": dict(Counter(lab for lab in labels if lab in ("yes", "no")))},
+        "positions": cfg.positions.value,
+        "yes_to_no": per_layer,
+        "yes_to_no_conditional": yes_no_conditional["per_layer"],
+        "colour_to_colour": colour,
+        "number_to_number": number,
+        "caption_style": caption,
+        "overhead": overhead,
+        "targets": targets,
+        "met": met,
+        "examples": {**examples, "caption_style": caption.get("examples", [])},
+        "sweeps": {"yes_to_no": yes_no["sweeps"], "yes_to_no_conditional": yes_no_conditional["sweeps"]},
+        "config": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(cfg).items()},
+        "seconds": time.perf_counter() - t0,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+    })

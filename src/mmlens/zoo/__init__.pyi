@@ -1,0 +1,45 @@
+"""Type stub of the lazy front door of ``mmlens.zoo``."""
+
+from .colour import ColourFinetuneConfig as ColourFinetuneConfig
+from .common import (
+    mmlens_home as mmlens_home,
+)
+from .common import (
+    zoo_dir as zoo_dir,
+)
+from .digits_clip import DigitsClipConfig as DigitsClipConfig
+from .mini_clip import MiniClipConfig as MiniClipConfig
+from .mini_llava import MiniLlavaConfig as MiniLlavaConfig
+from .registry import (
+    DEPENDENCIES as DEPENDENCIES,
+)
+from .registry import (
+    ZOO_MODELS as ZOO_MODELS,
+)
+from .registry import (
+    build as build,
+)
+from .registry import (
+    default_configs as default_configs,
+)
+from .registry import (
+    evaluate as evaluate,
+)
+from .registry import (
+    is_built as is_built,
+)
+from .registry import (
+    list_zoo as list_zoo,
+)
+from .registry import (
+    model_dir as model_dir,
+)
+from .registry import (
+    resolve_model as resolve_model,
+)
+from .registry import (
+    smoke_configs as smoke_configs,
+)
+from .registry import (
+    world_of as world_of,
+)

@@ -1,0 +1,183 @@
+"""The zoo's registry: names, where built models live, building, listing, re-evaluating."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from mmlens.errors import InputError, ModelLoadError
+from mmlens.io import atomic_folder
+from mmlens.zoo.common import METRICS_FILE, mmlens_home, read_record, zoo_dir
+
+#: Names of the zoo models, in dependency order.
+ZOO_MODELS: tuple[str, ...] = ("digits-clip", "mini-clip", "mini-llava", "mini-llava-colour")
+
+#: name -> names it needs to be built first.
+DEPENDENCIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "digits-clip": (),
+    "mini-clip": (),
+    "mini-llava": ("mini-clip",),
+    "mini-llava-colour": ("mini-llava",),
+})
+
+__all__ = ["ZOO_MODELS", "DEPENDENCIES", "mmlens_home", "zoo_dir", "model_dir", "resolve_model", "world_of", "is_built", "build", "list_zoo", "evaluate", "default_configs", "smoke_configs"]
+
+
+
+
+def _check(name: str) -> str:
+    if name not in ZOO_MODELS:
+        raise ModelLoadError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO_MODELS)}")
+    return name
+
+
+def model_dir(name: str) -> Path:
+    """Directory of zoo model ``name`` (whether built or not)."""
+    return zoo_dir() / _check(name)
+
+
+def resolve_model(name: str) -> Path:
+    """The directory of the built zoo model ``name``: what ``load_model("zoo:NAME")`` loads (registered as the
+    ``zoo`` model source in the package's entry points)."""
+    if not is_built(name):
+        raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}`")
+    return model_dir(name)
+
+
+def world_of(model: str | os.PathLike[str]):
+    """The :class:`mmlens.world.World` a model was trained on: a ``zoo:NAME`` spec or a model folder with the
+    zoo's ``metrics.json`` (its recorded world config and world seed). An :class:`InputError` for a model that was
+    not trained on the world."""
+    from mmlens.models.loading import resolve_spec
+    from mmlens.world import World, WorldConfig
+    from mmlens.zoo.common import read_record
+
+    record = read_record(Path(resolve_spec(model)))
+    if not record.get("world_config"):
+        raise InputError(f"{model} was not trained on the miniature world (no world_config in its metrics.json)")
+    return World(WorldConfig.from_dict(record["world_config"]), seed=int(record["config"].get("world_seed", 0)))
+
+
+def is_built(name: str) -> bool:
+    """True if ``name`` has a complete directory (weights, config and metrics.json)."""
+    d = model_dir(name)
+    return (d / METRICS_FILE).is_file() and (d / "config.json").is_file()
+
+
+def default_configs() -> dict[str, Any]:
+    """The measured full-budget recipe of every model (one config dataclass per model)."""
+    from mmlens.zoo.colour import ColourFinetuneConfig
+    from mmlens.zoo.digits_clip import DigitsClipConfig
+    from mmlens.zoo.mini_clip import MiniClipConfig
+    from mmlens.zoo.mini_llava import MiniLlavaConfig
+
+    return {"digits-clip": DigitsClipConfig(), "mini-clip": MiniClipConfig(), "mini-llava": MiniLlavaConfig(),
+            "mini-llava-colour": ColourFinetuneConfig()}
+
+
+def smoke_configs() -> dict[str, Any]:
+    """A tiny budget that runs every build step of every model in seconds (tests, smoke runs); not for use."""
+    from mmlens.zoo.colour import ColourFinetuneConfig
+    from mmlens.zoo.digits_clip import DigitsClipConfig
+    from mmlens.zoo.mini_clip import MiniClipConfig
+    from mmlens.zoo.mini_llava import MiniLlavaConfig
+
+    return {
+        "digits-clip": DigitsClipConfig(steps=3, n_train=64, batch_size=32, caption_draws=2, hidden=32, warmup=1),
+        "mini-clip": MiniClipConfig(n_train_scenes=48, steps=3, batch_size=16, vision_hidden=32, text_hidden=32,
+                                    projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10,
+                                    n_eval_scenes_large=0, warmup=1),
+        "mini-llava": MiniLlavaConfig(n_train_scenes=24, vqa_draws=1, steps=3, batch_size=8, text_hidden=32,
+                                      text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1,
+                                      focus_steps=2, focus_batch_size=8, focus_warmup=1),
+        "mini-llava-colour": ColourFinetuneConfig(n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4,
+                                                  n_eval_scenes=3, warmup=1),
+    }
+
+
+def _resolve(names: Iterable[str]) -> list[str]:
+    wanted: set[str] = set()
+
+    def add(n: str) -> None:
+        _check(n)
+        if n not in wanted:
+            wanted.add(n)
+            for d in DEPENDENCIES[n]:
+                add(d)
+
+    for n in names:
+        add(n)
+    return [n for n in ZOO_MODELS if n in wanted]
+
+
+def _builder(name: str):
+    if name == "digits-clip":
+        from mmlens.zoo import digits_clip as m
+    elif name == "mini-clip":
+        from mmlens.zoo import mini_clip as m
+    elif name == "mini-llava":
+        from mmlens.zoo import mini_llava as m
+    else:
+        from mmlens.zoo import colour as m
+    return m
+
+
+def build(names: Iterable[str] | str | None = None, *, force: bool = False,
+          configs: Mapping[str, Any] | None = None, progress: bool = True,
+          on_trained: Any = None) -> dict[str, dict]:
+    """Build the missing models among ``names`` (default: all) and their dependencies, in dependency order.
+
+    ``force=True`` rebuilds the requested models and their dependencies even if built. ``configs`` maps a name to
+    its config dataclass (e.g. a tiny budget for tests); missing names use :func:`default_configs`.
+    ``on_trained(name, model, processor)`` is called with each freshly trained model just before it is saved. Returns
+    ``{name: metrics record}`` (the content of each model's ``metrics.json``) for every model in the resolved list.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(names, str):
+        names = [names]
+    order = _resolve(ZOO_MODELS if names is None else list(names))
+    cfgs = dict(default_configs())
+    if configs:
+        for k, v in configs.items():
+            cfgs[_check(k)] = v
+    out: dict[str, dict] = {}
+    bar = tqdm(order, desc="zoo build", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        if is_built(name) and not force:
+            out[name] = read_record(model_dir(name))
+            continue
+        mod = _builder(name)
+        deps = {d: model_dir(d) for d in DEPENDENCIES[name]}
+        with atomic_folder(model_dir(name)) as tmp:
+            kw: dict[str, Any] = {"deps": deps} if deps else {}
+            if on_trained is not None:
+                kw["on_trained"] = lambda m, p, _n=name: on_trained(_n, m, p)
+            out[name] = mod.build(tmp, cfgs[name], **kw)
+    return out
+
+
+def list_zoo() -> list[tuple[str, bool, dict | None]]:
+    """``[(name, built, metrics record or None)]`` for every zoo model, in dependency order."""
+    rows = []
+    for name in ZOO_MODELS:
+        built = is_built(name)
+        rec = None
+        if built:
+            with contextlib.suppress(ModelLoadError):
+                rec = read_record(model_dir(name))
+        rows.append((name, built, rec))
+    return rows
+
+
+def evaluate(name: str) -> dict:
+    """Re-evaluate built model ``name`` from disk with the evaluation of its recipe; returns its metrics."""
+    _check(name)
+    if not is_built(name):
+        raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}`")
+    return _builder(name).evaluate_dir(model_dir(name))
