@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,7 +114,8 @@ def world_eval_scenes(world, n: int, split: str, scenes: EvalScenes = EvalScenes
         return world.sample_scenes(n, split)
     if not world.cfg.bias_pairs:
         raise InputError("scenes=anchor_without_partner needs a world with bias pairs (WorldConfig.bias_pairs)")
-    chosen, index, limit = [], 0, 200 * n + 1000
+    chosen: list[Any] = []
+    index, limit = 0, 200 * n + 1000
     while len(chosen) < n:
         if index >= limit:
             raise InputError(f"only {len(chosen)} of the first {limit} {split} scenes hold a bias anchor without its "
@@ -232,7 +234,7 @@ def evaluate_files(vlm: VisionLanguageModel, *, pope: str | None = None, chair: 
         with_ref = [i for i in items if isinstance(i[3], str) and i[3].strip()]
         if with_ref:
             out["image_gap"] = image_dependence_gap(vlm, [i[0] for i in with_ref], [i[1] for i in with_ref],
-                                                    [i[3] for i in with_ref], batch_size=batch_size)
+                                                    [str(i[3]) for i in with_ref], batch_size=batch_size)
     return out
 
 

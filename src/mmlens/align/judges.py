@@ -11,7 +11,7 @@ import enum
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class VLMJudgeMode(enum.Enum):
 class VLMJudge:
     """A vision-language model as the annotator (the paper used LLaVA-1.6-34B with ``ASK``)."""
 
-    vlm: object
+    vlm: Any  # a VisionLanguageModel
     mode: VLMJudgeMode = VLMJudgeMode.GROUNDING
     margin: float = 0.0
     batch_size: int = 32

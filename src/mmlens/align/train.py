@@ -270,6 +270,7 @@ def train_online(vlm: VisionLanguageModel, examples: Sequence[SFTExample], mode:
             else:
                 online_slots = chunk
                 if mode is OnlineMode.MIXED:
+                    assert offline_pairs is not None  # checked on entry
                     use_offline = rng.random(len(chunk)) < settings.mix_probability
                     online_slots = [e for e, off in zip(chunk, use_offline) if not off]
                     for e in (e for e, off in zip(chunk, use_offline) if off):
@@ -281,6 +282,7 @@ def train_online(vlm: VisionLanguageModel, examples: Sequence[SFTExample], mode:
                             offline_cursor += 1
                     tally["offline_pairs"] += int(use_offline.sum())
                 if online_slots:
+                    assert judge is not None  # checked on entry
                     online = _online_pairs(policy, online_slots, judge, settings, rng, tally)
                     tally["online_pairs"] += len(online)
                     pairs.extend(online)

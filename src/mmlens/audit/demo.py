@@ -219,10 +219,10 @@ def _pick(n_available: int, n: int, rng: np.random.Generator) -> list[int]:
 
 
 def _digits_section(report: HtmlReport, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
-    from mmlens.models import load_model
+    from mmlens.models import ContrastiveModel, load_model
     from mmlens.world.digits import digit_class_prompts, digits_pairs
 
-    clip = load_model("zoo:digits-clip")
+    clip = load_model("zoo:digits-clip", expect=ContrastiveModel)
     pairs = digits_pairs("test")
     chosen = [pairs[i] for i in _pick(len(pairs), config.examples, rng)]
     prompts = digit_class_prompts()
@@ -244,10 +244,10 @@ def _digits_section(report: HtmlReport, config: DemoConfig, rng: np.random.Gener
 
 
 def _mini_clip_section(report: HtmlReport, record: dict, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
-    from mmlens.models import load_model
+    from mmlens.models import ContrastiveModel, load_model
 
     world = world_of("zoo:mini-clip")
-    clip = load_model("zoo:mini-clip")
+    clip = load_model("zoo:mini-clip", expect=ContrastiveModel)
     pool = world.sample_scenes(50, "test")
     caption_rng = np.random.default_rng(config.seed)
     captions = [world.caption(scene, caption_rng, style="objects") for scene in pool]
@@ -268,15 +268,15 @@ def _mini_clip_section(report: HtmlReport, record: dict, config: DemoConfig, rng
 
 
 def _mini_llava_section(report: HtmlReport, record: dict, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
-    from mmlens.models import load_model
+    from mmlens.models import VisionLanguageModel, load_model
     from mmlens.zoo.mini_llava import CAPTION_PROMPT, normalise
 
     world = world_of("zoo:mini-llava")
-    vlm = load_model("zoo:mini-llava")
+    vlm = load_model("zoo:mini-llava", expect=VisionLanguageModel)
     scenes = world.sample_scenes(config.examples, "test", start=int(rng.integers(0, 1000)))
     images = [world.render(scene) for scene in scenes]
     question_rng = np.random.default_rng(config.seed)
-    asked = []
+    asked: list[tuple[int, Any]] = []
     for image_index, scene in enumerate(scenes):
         items = world.vqa(scene, question_rng)
         picks = question_rng.choice(len(items), size=min(3, len(items)), replace=False)
@@ -308,12 +308,12 @@ def _mini_llava_section(report: HtmlReport, record: dict, config: DemoConfig, rn
 
 
 def _colour_section(report: HtmlReport, records: dict, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
-    from mmlens.models import load_model
+    from mmlens.models import VisionLanguageModel, load_model
     from mmlens.zoo.mini_llava import CAPTION_PROMPT
 
     world = world_of("zoo:mini-llava")
-    before = load_model("zoo:mini-llava")
-    after = load_model("zoo:mini-llava-colour")
+    before = load_model("zoo:mini-llava", expect=VisionLanguageModel)
+    after = load_model("zoo:mini-llava-colour", expect=VisionLanguageModel)
     scenes = world.sample_scenes(min(config.examples, 6), "test", start=int(rng.integers(1000, 2000)))
     images = [world.render(scene) for scene in scenes]
     prompts = [CAPTION_PROMPT] * len(images)

@@ -235,6 +235,7 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
         if _kind_of(finetuned) is not kind:
             raise ModelLoadError(f"{config.finetuned} is not the same kind of model as {config.model}")
     if data is None:
+        assert world_scenes is not None  # a world spec when no data folder was given
         data = load_audit_data(export_world_data(config.model, world_scenes, out / "_data"))
     reasons = {stage: stage_functions.skip_reason(stage, kind, data, config) for stage in Stage}
     _check_stage_inputs(config, model, {stage for stage, reason in reasons.items() if reason is None})
@@ -251,8 +252,10 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
             result = StageResult(stage, StageStatus.SKIPPED, reason=reason)
         else:
             fingerprint = stage_fingerprint(stage, config, model_fp, finetuned_fp, data)
-            result = None if config.force else _cached(out / stage.value, fingerprint)
-            if result is None:
+            cached = None if config.force else _cached(out / stage.value, fingerprint)
+            if cached is not None:
+                result = cached
+            else:
                 try:
                     result = _run_stage(stage, ctx, fingerprint)
                 except stage_functions.NotApplicable as err:

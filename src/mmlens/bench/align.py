@@ -109,8 +109,8 @@ def _model_record(spec: str) -> dict:
 
 
 def _targets(arms: dict) -> dict:
-    def m(arm: str, key: str) -> float | None:
-        return arms.get(arm, {}).get(key, {}).get("mean")
+    def m(arm: str, key: str) -> float:
+        return float(arms.get(arm, {}).get(key, {}).get("mean", float("nan")))
 
     out: dict = {}
     if "sft" in arms and "dpo_bdhs" in arms:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from mmlens.concepts.compare import CompareConfig, compare_models, concept_drift
+from mmlens.concepts.compare import CompareConfig, ShiftAnalysis, compare_models, concept_drift
 from mmlens.concepts.decompose import (
     ConceptDictionary,
     DecomposerConfig,
@@ -33,7 +33,7 @@ from mmlens.concepts.grounding import (
 )
 from mmlens.concepts.metrics import disentanglement
 from mmlens.concepts.world_data import ATTRIBUTES, ShapeItem, shape_question_items
-from mmlens.errors import ModelLoadError
+from mmlens.errors import InputError, ModelLoadError
 from mmlens.models.capture import (
     CaptureConfig,
     CaptureResult,
@@ -105,7 +105,7 @@ def _throughput(model, items: list[ShapeItem], config: CaptureConfig, cfg: Conce
         for run in (run_plain, run_capture) if repeat % 2 == 0 else (run_capture, run_plain):
             run()
         single.append(timed(lambda: _capture(model, few, one), len(few)))
-    out = {"batched_per_s": float(np.median(batched)), "batch1_per_s": float(np.median(single)),
+    out: dict[str, Any] = {"batched_per_s": float(np.median(batched)), "batch1_per_s": float(np.median(single)),
            "plain_per_s": float(np.median(plain))}
     out["speedup_vs_batch1"] = out["batched_per_s"] / out["batch1_per_s"]
     # Paired ratios: each capture run against the plain run beside it (the shared cores' load drifts).
@@ -166,7 +166,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     captures: dict[str, CaptureResult] = {}
     grounders: dict[str, TextGrounder] = {}
     accuracy: dict[str, float] = {}
-    throughput = None
+    throughput: dict[str, Any] = {}
     for name, spec in specs.items():
         model = _load(spec)
         captures[name] = _capture(model, items, capture_cfg)
@@ -188,7 +188,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     kmeans = DecomposerConfig(DecomposerKind.KMEANS, n_concepts=cfg.n_concepts, seed=cfg.seed)
     snmf = DecomposerConfig(DecomposerKind.SNMF, n_concepts=cfg.n_concepts, seed=cfg.seed)
     per_setting: dict[str, Any] = {}
-    headline = None
+    headline: ShiftAnalysis | None = None
     keys = [cfg.headline_key] + [k for k in a_res.keys if k != cfg.headline_key]
     for key in keys:
         for dec in (kmeans, snmf) if key == cfg.headline_key else (kmeans,):
@@ -202,6 +202,8 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
                 f"{summary['baseline_permuted_gain']:.3f}, random {summary['baseline_random_gain']:.3f}")
             if key == cfg.headline_key and dec is kmeans:
                 headline = analysis
+    if headline is None:
+        raise InputError(f"headline_key {cfg.headline_key!r} is not among the captured layers")
     head = headline.summary()
     recovery = {k: head[k] for k in ("frac_improved", "mean_gain", "baseline_global_gain", "baseline_random_gain",
                                      "baseline_permuted_gain", "alpha_peak", "consistency_pearson")}
@@ -210,7 +212,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     feats_a = a_res.activations[cfg.headline_key].double().numpy()
     grounding = _purity(headline.dictionary_a, feats_a, attrs, cfg.n_top, cfg.seed)
     words_a = headline.words_a
-    grounding["disentanglement"] = disentanglement(words_a)
+    grounding["disentanglement"] = disentanglement(words_a or [])
     grounding["words"] = words_a
 
     # ---- drift over checkpoints, common samples of all of them
@@ -222,7 +224,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     # Colour-related = the half of the original concepts that put the most unembedding probability on colour
     # words (ground-truth purity cannot tell: the question names the colour, so every concept's top samples
     # share one colour).
-    colour_mass = _colour_mass(grounders[step_names[0]], base_dict.components_,
+    colour_mass = _colour_mass(grounders[step_names[0]], base_dict.concepts,
                                set(world.cfg.colours) | set(world.cfg.backgrounds))
     colour_mask = colour_mass > np.median(colour_mass)
     drift = concept_drift(base_feats, [r.activations[cfg.headline_key].double().numpy() for r in aligned], steps,
@@ -239,7 +241,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
                  "spearman_step_t_overlap": rho, "match_cos": drift.match_cos}
 
     colour_final, other_final = drift.groups["colour"][-1], drift.groups["other"][-1]
-    split = head["split_half"]
+    split: dict[str, Any] = head["split_half"]
     best_baseline = max(recovery["baseline_global_gain"], recovery["baseline_random_gain"],
                         recovery["baseline_permuted_gain"])
     checks = [  # (target, measured, met)

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from mmlens.influence.config import (
 )
 from mmlens.influence.data import PairData, inject_noise
 from mmlens.influence.solvers import InverseOperator
-from mmlens.influence.task import HeadTask, attach_lora
+from mmlens.influence.task import ContrastiveTask, HeadTask, attach_lora
 
 # digits that are written alike share a confusable group
 DIGIT_CONFUSABLE = MappingProxyType({3: 0, 5: 0, 8: 0, 1: 1, 7: 1, 4: 2, 9: 2, 0: 3, 6: 3, 2: 4})
@@ -67,7 +68,7 @@ class BenchConfig:
 class _Setup:
     train: PairData
     val: PairData
-    accuracy: Callable[[HeadTask, torch.Tensor], float]
+    accuracy: Callable[[ContrastiveTask, torch.Tensor], float]
 
 
 def _digits_setup(cfg: BenchConfig) -> _Setup:
@@ -81,9 +82,9 @@ def _digits_setup(cfg: BenchConfig) -> _Setup:
     test = te[cfg.n_val:]
     test_images, test_labels = [p.image for p in test], np.array([p.label for p in test])
     prompts = digit_class_prompts()
-    cache: weakref.WeakKeyDictionary[HeadTask, tuple] = weakref.WeakKeyDictionary()  # id() could be reused
+    cache: weakref.WeakKeyDictionary[ContrastiveTask, tuple] = weakref.WeakKeyDictionary()  # id() could be reused
 
-    def accuracy(task: HeadTask, theta: torch.Tensor) -> float:
+    def accuracy(task: ContrastiveTask, theta: torch.Tensor) -> float:
         key = task
         if key not in cache:
             cache[key] = (task.encode(PairData(tuple(test_images), tuple(prompts[0] for _ in test_images))),
@@ -99,12 +100,9 @@ def _digits_setup(cfg: BenchConfig) -> _Setup:
 
 
 def _mini_clip_setup(cfg: BenchConfig) -> _Setup:
-    from mmlens.models.loading import resolve_spec
-    from mmlens.world import World, WorldConfig
-    from mmlens.zoo.common import read_record
+    from mmlens.zoo import world_of
 
-    rec = read_record(resolve_spec("zoo:mini-clip"))
-    world = World(WorldConfig.from_dict(rec["world_config"]), seed=rec["config"].get("world_seed", 0))
+    world = world_of("zoo:mini-clip")
     rng = np.random.default_rng(cfg.seed + 11)
     scenes = world.sample_scenes(cfg.mini_clip_n_train, "train", start=100_000)
     shape_sets: dict[frozenset, int] = {}
@@ -117,9 +115,9 @@ def _mini_clip_setup(cfg: BenchConfig) -> _Setup:
     pool = world.sample_scenes(100, "test", start=5_000)
     pool_pairs = PairData(tuple(world.render(s) for s in pool),
                           tuple(world.caption(s, np.random.default_rng(12345 + i), "objects") for i, s in enumerate(pool)))
-    cache: weakref.WeakKeyDictionary[HeadTask, dict] = weakref.WeakKeyDictionary()  # id() could be reused
+    cache: weakref.WeakKeyDictionary[ContrastiveTask, dict] = weakref.WeakKeyDictionary()  # id() could be reused
 
-    def accuracy(task: HeadTask, theta: torch.Tensor) -> float:
+    def accuracy(task: ContrastiveTask, theta: torch.Tensor) -> float:
         if task not in cache:
             cache[task] = task.encode(pool_pairs)
         with torch.no_grad():
@@ -186,10 +184,10 @@ def _fidelity(setup: _Setup, adapter, cfg: BenchConfig, lora: bool, log) -> dict
     task = HeadTask(attach_lora(adapter, rank=cfg.lora_rank, seed=cfg.seed), "lora") if lora else HeadTask(adapter)
     an = InfluenceAnalyzer(task, noisy.data, fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
                            args=InfluenceArguments(solver=HessianSolver.CG))
-    an.fit()
+    fit = an.fit()
     n = an.n
     val_enc = task.encode(setup.val)
-    base_batches = an.validation_loss(an.fitted.params, val_enc, per_batch=True)
+    base_batches = np.asarray(an.validation_loss(fit.params, val_enc, per_batch=True))
     queries, _ = an.measurement_gradients(setup.val, per_batch=True)
     queries = torch.cat([queries.sum(0, keepdim=True), queries])  # row 0: the whole validation loss
     parts, _ = an.query_scores(queries)
@@ -210,7 +208,7 @@ def _fidelity(setup: _Setup, adapter, cfg: BenchConfig, lora: bool, log) -> dict
     rng = np.random.default_rng(cfg.seed + 5)
     # leave-one-out (warm start from the fit, same partition), plus per-role ground truth by masking
     loo = rng.choice(n, size=cfg.n_loo, replace=False)
-    actual = {"both": [], "neg": [], "pos": []}
+    actual: dict[str, list[Any]] = {"both": [], "neg": [], "pos": []}
     t0 = time.time()
     for i in loo:
         for role, kw in (("both", {"remove": [i]}), ("neg", {"remove_neg": [i]}), ("pos", {"remove_pos": [i]})):
@@ -250,11 +248,12 @@ def _removal(setup: _Setup, cfg: BenchConfig, run: dict, log) -> dict:
     an: InfluenceAnalyzer = run["analyzer"]
     task = an.task
     clean = InfluenceAnalyzer(task, setup.train, fit_args=an.fit_args, args=an.args, partition=an.partition)
-    clean.fit()
+    clean_fit = clean.fit()
     k = round(cfg.removal_fraction * an.n)
     scores = run["scores"]  # the detection run's delta_val_loss_if_removed on the same validation pairs
-    out = {"clean": setup.accuracy(task, clean.fitted.params), "noisy": setup.accuracy(task, an.fitted.params),
-           "n_removed": k}
+    noisy_fit = an.fitted if an.fitted is not None else an.fit()
+    out: dict[str, Any] = {"clean": setup.accuracy(task, clean_fit.params),
+                           "noisy": setup.accuracy(task, noisy_fit.params), "n_removed": k}
     for form in (NegForm.PROB, NegForm.EXACT):
         top = np.argsort(scores.role(Role.BOTH, form))[:k]
         out[f"ecif_{form.value}_edit"] = setup.accuracy(task, an.removal_edit(top, form))
@@ -286,7 +285,8 @@ def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], N
         log(f"{name}: building data")
         setup = setups[name](cfg)
         adapter = load_model(f"zoo:{name}", expect=ContrastiveModel)
-        det = result["detection"][name] = {}
+        det: dict[str, Any] = {}
+        result["detection"][name] = det
         for kind in cfg.noise_kinds:
             for rate in cfg.rates:
                 metrics, extra = _detection_run(setup, adapter, cfg, kind, rate, log)

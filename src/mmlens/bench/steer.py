@@ -102,7 +102,7 @@ class SteerBenchConfig:
 
 def _vqa(world, scenes, seed: int) -> list[VQAExample]:
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[VQAExample] = []
     for scene in scenes:
         image = world.render(scene)
         out.extend(VQAExample(image, q.question, q.answer, q.answer_type, q.template) for q in world.vqa(scene, rng))
@@ -128,7 +128,7 @@ def caption_metrics(world, scenes, captions: Sequence[str]) -> dict[str, float]:
     style = [("object" in w or "objects" in w) and not s for w, s in zip(words, shapes)]
     loops = [any(len(set(w[i:i + 4])) == 1 for i in range(max(0, len(w) - 3))) for w in words]
 
-    def rate(values: list[bool]) -> float:
+    def rate(values: Sequence[float]) -> float:
         return round(float(np.mean(values)), 4) if values else float("nan")
 
     return {
@@ -177,7 +177,7 @@ def _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg: Stee
         shuffled = {s: shuffled_vector(acts, row_labels, "yes", "no", layer=layer, seed=cfg.seed + s)
                     for s in cfg.control_seeds}
         randoms = {s: random_like(vec, seed=cfg.seed + s) for s in cfg.control_seeds}
-        common = {"positions": cfg.positions, "condition": condition, "max_new_tokens": cfg.vqa_tokens,
+        common: dict[str, Any] = {"positions": cfg.positions, "condition": condition, "max_new_tokens": cfg.vqa_tokens,
                   "batch_size": cfg.batch_size, "kinds": (SweepKind.STEER, SweepKind.LOGIT_BIAS)}
         select_rows = sweep_with_baselines(vlm, select, vec, cfg.alphas, flip, baseline=base_select, **common)
         alpha = choose_alpha(select_rows, max_drop=cfg.max_drop)
@@ -277,7 +277,7 @@ def _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg: Ste
         measured = {}
         for condition in SteerCondition:
             config = SteerConfig(alpha, cfg.positions, condition)
-            interventions = {"steer": Steering((s.vector,), config),
+            interventions: dict[str, Any] = {"steer": Steering((s.vector,), config),
                              "random": Steering((random_like(s.vector, seed=cfg.seed),), config),
                              "logit_bias": LogitBias(s.vector, alpha, condition)}
             res = evaluate_interventions(vlm, test, interventions, flip, baseline=base_test,

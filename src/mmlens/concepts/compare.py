@@ -229,11 +229,11 @@ class ShiftAnalysis:
         """One row per concept of A: match, shift statistics and recovery (the report's table)."""
         rows = []
         for k in range(len(self.match)):
-            row = {"concept": k, "matched_b": int(self.match[k]), "match_cos": float(self.match_cos[k]),
+            row: dict[str, Any] = {"concept": k, "matched_b": int(self.match[k]), "match_cos": float(self.match_cos[k]),
                    "n_samples": int(self.shifts.counts[k]), "consistency": float(self.shifts.consistency[k]),
                    "shift_norm": float(self.shifts.magnitude[k]), "cos_gain": float(self.recovery.cos_gain[k]),
                    "normalised_gain": float(self.recovery.normalised_gain[k])}
-            if self.words_a is not None:
+            if self.words_a is not None and self.words_b is not None and self.words_shifted is not None:
                 row.update(words_a=" ".join(self.words_a[k][:5]), words_b=" ".join(self.words_b[k][:5]),
                            words_shifted=" ".join(self.words_shifted[k][:5]))
             if self.recovery.t_overlap is not None:
@@ -247,7 +247,7 @@ def _analyse(a: np.ndarray, b: np.ndarray, dict_a: ConceptDictionary, dict_b: Co
              ground_b: Grounder | None, with_sweep: bool) -> dict[str, Any]:
     """Match the two dictionaries, compute shifts on (shift_a, shift_b) and recovery with its baselines."""
     k = dict_a.n_concepts
-    u_a, u_b_all = dict_a.components_, dict_b.components_
+    u_a, u_b_all = dict_a.concepts, dict_b.concepts
     match, match_cos = match_concepts(u_a, u_b_all)
     u_b = u_b_all[match]
     shifts = concept_shift_vectors(shift_a, shift_b, dict_a.assign(shift_a), k, config.statistic, config.trim)
@@ -277,7 +277,7 @@ def _analyse(a: np.ndarray, b: np.ndarray, dict_a: ConceptDictionary, dict_b: Co
             row = {"alpha": float(alpha), "mean_cos_to_b": float(np.mean(row_cosine(u_b, cand))),
                    "frac_improved": float(np.mean(r.cos_gain > 0)), "mean_gain": float(np.mean(r.cos_gain))}
             if ground_b is not None:
-                row["mean_t_overlap"] = mean_t_overlap(ground_b(cand), words_b)
+                row["mean_t_overlap"] = mean_t_overlap(ground_b(cand), words_b or [])
             sweep.append(row)
     return dict(match=match, match_cos=match_cos, shifts=shifts, u_s=u_s, recovery=rec, baselines=baselines,
                 sweep=sweep, words_b=words_b, mas_b=mas_b)
@@ -301,7 +301,7 @@ def compare_models(a: Any, b: Any, config: CompareConfig | None = None, *, groun
     return ShiftAnalysis(
         dictionary_a=dict_a, dictionary_b=dict_b, match=main["match"], match_cos=main["match_cos"],
         shifts=main["shifts"], shifted=main["u_s"], recovery=main["recovery"], baselines=main["baselines"],
-        alpha_sweep=main["sweep"], words_a=ground_a(dict_a.components_) if ground_a is not None else None,
+        alpha_sweep=main["sweep"], words_a=ground_a(dict_a.concepts) if ground_a is not None else None,
         words_b=main["words_b"], words_shifted=ground_b(main["u_s"]) if ground_b is not None else None,
         mas_a=top_samples(dict_a.transform(a), config.n_top_samples), mas_b=main["mas_b"], split_half=split,
         config=config)
@@ -354,13 +354,13 @@ def concept_drift(base: Any, checkpoints: Sequence[Any], steps: Sequence[int], g
         raise InputError("checkpoints, steps and ground_checkpoints must have the same length")
     config = config or DecomposerConfig()
     base_dictionary = base_dictionary or ConceptDictionary(config).fit(base)
-    u_a = base_dictionary.components_
+    u_a = base_dictionary.concepts
     words_a = ground_base(u_a)
     drift = Drift(list(map(int, steps)), [], [], {name: [] for name in (groups or {})})
     for feats, ground in zip(checkpoints, ground_checkpoints):
         d = ConceptDictionary(config).fit(feats)
-        match, cos = match_concepts(u_a, d.components_)
-        words = ground(d.components_[match])
+        match, cos = match_concepts(u_a, d.concepts)
+        words = ground(d.concepts[match])
         per = [t_overlap(wa, wb) for wa, wb in zip(words_a, words)]
         drift.per_concept.append(per)
         drift.t_overlap.append(float(np.mean(per)))

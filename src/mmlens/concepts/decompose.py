@@ -142,6 +142,11 @@ class ConceptDictionary:
     def n_concepts(self) -> int:
         return int(self._fitted().shape[0])
 
+    @property
+    def concepts(self) -> np.ndarray:
+        """The fitted concepts (K x D): ``components_`` once fitted, an :class:`InputError` before."""
+        return self._fitted()
+
     def _fitted(self) -> np.ndarray:
         if self.components_ is None:
             raise InputError("the concept dictionary is not fitted: call fit() or load() first")
@@ -206,9 +211,9 @@ class ConceptDictionary:
         """A copy with other concepts (K x D), e.g. shifted ones, encoding samples by the same rule."""
         u = as_matrix(components, name="components")
         if u.shape[1] != self._fitted().shape[1]:
-            raise InputError(f"components have {u.shape[1]} features, the dictionary {self.components_.shape[1]}")
+            raise InputError(f"components have {u.shape[1]} features, the dictionary {self._fitted().shape[1]}")
         other = ConceptDictionary(replace(self.config, n_concepts=len(u)))
-        other.components_, other.mean_ = u.copy(), self.mean_.copy()
+        other.components_, other.mean_ = u.copy(), None if self.mean_ is None else self.mean_.copy()
         return other
 
     # ------------------------------------------------------------------------------------- persistence

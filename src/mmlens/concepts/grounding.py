@@ -76,7 +76,7 @@ class TextGrounder:
         u = torch.from_numpy(as_matrix(concepts, name="concepts")).float()
         if u.shape[1] != self.unembedding.shape[1]:
             raise InputError(f"concepts have {u.shape[1]} features, the unembedding {self.unembedding.shape[1]}")
-        if self.config.apply_final_norm:
+        if self.final_norm is not None and self.config.apply_final_norm:
             u = self.final_norm(u)
         return (u @ self.unembedding.T).numpy()
 

@@ -41,7 +41,7 @@ def dictionary_summary(dictionary: ConceptDictionary, features: np.ndarray, word
     for k in range(dictionary.n_concepts):
         row: dict[str, Any] = {"concept": k, "top_samples": ids[top[k]].tolist(),
                                "n_assigned": int(n_assigned[k]),
-                               "norm": float(np.linalg.norm(dictionary.components_[k]))}
+                               "norm": float(np.linalg.norm(dictionary.concepts[k]))}
         if words is not None:
             row["words"] = words[k]
         if purity:

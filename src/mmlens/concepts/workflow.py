@@ -59,7 +59,7 @@ class Extraction:
 
     def images(self) -> ImageFiles | None:
         paths = [r.get("image") for r in self.inputs]
-        return ImageFiles(paths) if all(paths) else None
+        return ImageFiles([str(p) for p in paths]) if all(paths) else None
 
     def attributes(self, rows: Sequence[int]) -> dict[str, list[str]] | None:
         """Ground-truth attributes of the given inputs, for the attributes every input has."""
@@ -111,12 +111,12 @@ def read_inputs(path: Path, *, need_images: bool) -> list[dict[str, Any]]:
 def extract(model_spec: str, out_dir: str | os.PathLike[str], config: CaptureConfig, *,
             data: str | os.PathLike[str] | None = None, n_scenes: int = 2000, progress: bool = True) -> Extraction:
     """Capture ``model_spec``'s activations on ``data`` (or world shape questions) into ``out_dir`` (resumable)."""
-    from mmlens.models import CausalLanguageModel, load_model
+    from mmlens.models import CausalLanguageModel, VisionLanguageModel, load_model
 
     if data is not None and not Path(data).is_file():  # before the (possibly slow) model load
         raise InputError(f"{data} not found; give the path of an existing JSONL file")
     model = load_model(model_spec)
-    if not hasattr(model, "decoder_layers"):
+    if not isinstance(model, (VisionLanguageModel, CausalLanguageModel)):
         raise InputError(f"{model_spec} is not a generative model: concepts need a vision-language model or causal LM")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,10 @@ from mmlens.models.distributed import DistributedWork
 BatchResult = TypeVar("BatchResult")
 
 
+#: Pair indices: any sequence of ints or an integer numpy array.
+Indices = Sequence[int] | np.ndarray
+
+
 @dataclass(frozen=True)
 class FitResult:
     """A fitted group: its parameters, the initialisation and the recorded partition (enough to retrain)."""
@@ -185,7 +189,7 @@ class InfluenceAnalyzer:
         return self.task.dtype
 
     # ------------------------------------------------------------------------------------------------ risk
-    def _flags(self, indices: Sequence[int]) -> torch.Tensor:
+    def _flags(self, indices: Indices) -> torch.Tensor:
         flags = torch.zeros(self.n, dtype=torch.bool)
         if len(indices):
             idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -194,13 +198,14 @@ class InfluenceAnalyzer:
             flags[idx] = True
         return flags
 
-    def loss(self, theta: torch.Tensor, remove: Sequence[int] = (), remove_neg: Sequence[int] = (),
-             remove_pos: Sequence[int] = ()) -> torch.Tensor:
+    def loss(self, theta: torch.Tensor, remove: Indices = (), remove_neg: Indices = (),
+             remove_pos: Indices = ()) -> torch.Tensor:
         """Summed training loss over the recorded batches, with pairs removed (entirely / as negative / as positive)."""
         masks = removal_masks(self._index, self._flags(remove), self._flags(remove_neg), self._flags(remove_pos))
         return self._batched_loss(theta, self.encoded, self._index, masks)
 
-    def _batched_loss(self, theta, encoded: Encoded, index: torch.Tensor, masks) -> torch.Tensor:
+    def _batched_loss(self, theta: torch.Tensor, encoded: Encoded, index: torch.Tensor,
+                      masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         img, txt = self.task.embed(self.task.space.unflatten(theta), encoded)
         safe = index.clamp_min(0)
         sim = similarity(txt[safe], img[safe], self.task.logit_scale, self.task.logit_bias)
@@ -215,9 +220,9 @@ class InfluenceAnalyzer:
         """Fit the group on all pairs from theta_0 over the recorded partition (L-BFGS to convergence)."""
         t0 = time.time()
         theta, risk, grad = _lbfgs(self.risk, self.theta0, self.fit_args)
-        self.use_fit(FitResult(theta, self.theta0.clone(), self.partition, self.fit_args, risk, grad,
-                               time.time() - t0))
-        return self.fitted
+        fit = FitResult(theta, self.theta0.clone(), self.partition, self.fit_args, risk, grad, time.time() - t0)
+        self.use_fit(fit)
+        return fit
 
     def use_fit(self, fit: FitResult) -> None:
         """Adopt a saved fit (same pairs, same partition)."""
@@ -228,7 +233,7 @@ class InfluenceAnalyzer:
         self.fitted = fit
         self._inverse, self._hvp_state = None, None
 
-    def retrain(self, remove: Sequence[int] = (), remove_neg: Sequence[int] = (), remove_pos: Sequence[int] = (),
+    def retrain(self, remove: Indices = (), remove_neg: Indices = (), remove_pos: Indices = (),
                 warm_start: bool = False) -> torch.Tensor:
         """Parameters refitted without some pairs, from the same theta_0 (or from the fit) and partition."""
         start = self._theta_hat() if warm_start else self.theta0
@@ -464,15 +469,15 @@ class InfluenceAnalyzer:
         raw = np.zeros((len(test), self.n))
         norm = np.ones(self.n)
         per_batch = self._map_pair_gradients(one_batch, parts=("pos", f"neg_{form.value}"))
-        for batch, (raw_b, norm_b) in zip(self.partition.batches, per_batch):
-            idx = np.asarray(batch)
+        for pairs_b, (raw_b, norm_b) in zip(self.partition.batches, per_batch):
+            idx = np.asarray(pairs_b)
             raw[:, idx] = raw_b
             if norm_b is not None:
                 norm[idx] = norm_b
         return TraceResult(raw, raw / np.maximum(norm, 1e-30), relative)
 
     # ----------------------------------------------------------------------------------- closed-form edit
-    def removal_gradient(self, indices: Sequence[int], form: NegForm | str | None = None) -> torch.Tensor:
+    def removal_gradient(self, indices: Indices, form: NegForm | str | None = None) -> torch.Tensor:
         """sum_{n in D} grad (Pos_n + Neg_n). With the exact form the set is deleted from its batches at once
         (grad of L_full - L_without_D), which keeps the interactions of members sharing a batch."""
         form = as_enum(NegForm, form or self.args.neg_form, "neg_form")
@@ -495,7 +500,7 @@ class InfluenceAnalyzer:
                 total += part_sum.to(total.device)
         return total
 
-    def removal_edit(self, indices: Sequence[int], form: NegForm | str | None = None) -> torch.Tensor:
+    def removal_edit(self, indices: Indices, form: NegForm | str | None = None) -> torch.Tensor:
         """Closed-form parameters without ``indices``: theta + H^-1 sum grad (Pos + Neg) (first order)."""
         if len(indices) == 0:
             return self._theta_hat().clone()
@@ -507,7 +512,7 @@ class InfluenceAnalyzer:
         theta = self._theta_hat() if theta is None else theta
         return self.task.to_model(self.task.space.unflatten(theta))
 
-    def edited_model(self, indices: Sequence[int], form: NegForm | str | None = None) -> ContrastiveModel:
+    def edited_model(self, indices: Indices, form: NegForm | str | None = None) -> ContrastiveModel:
         """A loadable model without ``indices`` by the closed-form edit (save it with ``save_model``)."""
         return self.to_model(self.removal_edit(indices, form))
 

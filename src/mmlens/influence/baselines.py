@@ -19,8 +19,9 @@ from mmlens.influence.objective import pair_terms, similarity
 
 
 def _embeddings(analyzer: InfluenceAnalyzer) -> tuple[torch.Tensor, torch.Tensor]:
+    fit = analyzer.fitted if analyzer.fitted is not None else analyzer.fit()
     with torch.no_grad():
-        return analyzer.task.embed(analyzer.task.space.unflatten(analyzer.fitted.params), analyzer.encoded)
+        return analyzer.task.embed(analyzer.task.space.unflatten(fit.params), analyzer.encoded)
 
 
 def clip_score(analyzer: InfluenceAnalyzer) -> np.ndarray:

@@ -25,7 +25,7 @@ class PairData:
     images: tuple[Image.Image, ...]
     captions: tuple[str, ...]
     groups: tuple[int, ...] | None = None
-    ids: tuple[str, ...] | None = None
+    ids: tuple[str, ...] = ()  # empty: "0", "1", ... (filled in on construction)
     labels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -40,8 +40,10 @@ class PairData:
         for name in ("groups", "labels"):
             if getattr(self, name) is not None and len(getattr(self, name)) != len(self.images):
                 raise InputError(f"{name} must have one entry per pair")
-        if self.ids is None:
+        if not self.ids:  # None (older callers) or empty: positional names
             object.__setattr__(self, "ids", tuple(str(i) for i in range(len(self.images))))
+        elif len(self.ids) != len(self.images):
+            raise InputError("ids must have one entry per pair")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,7 +73,8 @@ def load_pair_data(path: str | os.PathLike) -> PairData:
     records = load_pairs_jsonl(path)
     groups = [r.get("group") for r in records]
     return PairData(tuple(r["image"] for r in records), tuple(r["caption"] for r in records),
-                    tuple(int(g) for g in groups) if all(isinstance(g, int) for g in groups) else None,
+                    tuple(int(g) for g in groups if isinstance(g, int)) if all(isinstance(g, int) for g in groups)
+                    else None,
                     tuple(str(r.get("id", i)) for i, r in enumerate(records)))
 
 

@@ -73,6 +73,7 @@ class ContrastiveTask(ABC):
     logit_scale: float
     logit_bias: float | None
     space: ParamSpace
+    dtype: torch.dtype
 
     @abstractmethod
     def encode(self, data: PairData) -> Encoded:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -130,7 +131,8 @@ class CaptureConfig:
         d = dict(d)
         p = d.pop("position")
         rule = PositionRule(PositionKind(p["kind"]), tuple(p.get("words", ())), int(p.get("index", -1)))
-        return cls(position=rule, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(position=rule, **fields)
 
 
 def layer_key(index: int) -> str:
@@ -360,7 +362,7 @@ def _capture_batch(model: GenerativeModel, images: Sequence[Any] | None, prompts
     words = config.words_for_filters
     kept, steps, matched = [], [], []
     for r in range(len(prompts)):
-        if config.require_in_ground_truth and not contains_word(ground_truths[r], words):
+        if config.require_in_ground_truth and not contains_word((ground_truths or [])[r], words):
             continue
         if config.require_in_prediction and not contains_word(texts[r], words):
             continue
@@ -436,7 +438,9 @@ def _read_shard(path: Path) -> dict[str, Any]:
 def _merge(parts: list[tuple[int, dict[str, Any]]], keys: list[str], hidden: int, n_inputs: int,
            metadata: dict[str, Any]) -> CaptureResult:
     generated = [""] * n_inputs
-    index, steps, matched = [], [], []
+    index: list[int] = []
+    steps: list[int] = []
+    matched: list[str] = []
     vectors: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for start, part in parts:
         generated[start:start + len(part["texts"])] = part["texts"]
@@ -528,7 +532,7 @@ def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, pr
                 continue
             starts = list(range(start, stop, config.batch_size))
             # Batches (not samples) are split across processes: each batch is the single-process one.
-            batch_parts = work.map(lambda lo, stop=stop: run_batch(lo, stop), starts)
+            batch_parts = work.map(functools.partial(run_batch, stop=stop), starts)
             if work.is_distributed:
                 bar.update(len(starts))
             batches = [(lo - start, p) for lo, p in zip(starts, batch_parts)]

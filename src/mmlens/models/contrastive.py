@@ -87,9 +87,9 @@ class ContrastiveModel(ModelAdapter):
                                  "(CLIPModel, SiglipModel, VisionTextDualEncoderModel)")
         self.model = model
         self.processor = processor
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
-        self.image_processor = (image_processor if image_processor is not None
-                                else getattr(processor, "image_processor", None))
+        self.tokenizer: Any = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
+        self.image_processor: Any = (image_processor if image_processor is not None
+                                     else getattr(processor, "image_processor", None))
         if self.tokenizer is None or self.image_processor is None:
             raise ModelLoadError("a contrastive model needs a processor, or both tokenizer= and image_processor=")
         self.loss_kind = LossKind.SIGMOID if isinstance(base, SiglipModel) else LossKind.INFONCE

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from PIL import Image
@@ -38,7 +38,7 @@ from mmlens.models.base import ModelAdapter, unwrap_peft
 
 IGNORE_INDEX = -100
 
-ImageInput = Image.Image | Sequence[Image.Image]
+ImageInput: TypeAlias = Image.Image | Sequence[Image.Image]
 
 
 class PromptStyle(enum.Enum):
@@ -260,7 +260,7 @@ class VisionLanguageModel(_GenerativeBase):
             raise InputError(f"got {len(images)} images for {n} prompts: pass one image (or list, or None) per prompt")
         per_sample = []
         for entry in images:
-            group = [] if entry is None else [entry] if isinstance(entry, Image.Image) else list(entry)
+            group: list[Any] = [] if entry is None else [entry] if isinstance(entry, Image.Image) else list(entry)
             if not all(isinstance(im, Image.Image) for im in group):
                 raise InputError("images must be PIL images (load files with PIL.Image.open(path).convert('RGB'))")
             per_sample.append(group)

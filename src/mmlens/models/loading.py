@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 from transformers import (
@@ -76,7 +76,7 @@ def _first_line(err: BaseException) -> str:
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
-def resolve_spec(spec: str | Path) -> str:
+def resolve_spec(spec: str | os.PathLike[str]) -> str:
     """A loadable location for ``spec``: ``SOURCE:NAME`` for a registered model source (``zoo:NAME`` -> the zoo
     model's directory) -> that source's answer; paths (``~`` expanded) and hub ids as given.
 
@@ -122,8 +122,17 @@ _ADAPTER_KINDS: Mapping[type, str] = MappingProxyType({
 })
 
 
-def load_model(spec: str | Path, *, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None,
-               expect: type[Adapter] | None = None) -> Adapter:
+AdapterT = TypeVar("AdapterT", ContrastiveModel, VisionLanguageModel, CausalLanguageModel)
+
+
+@overload
+def load_model(spec: str | os.PathLike[str], *, device: str | torch.device = ..., torch_dtype: torch.dtype | None = ...,
+               expect: type[AdapterT]) -> AdapterT: ...
+@overload
+def load_model(spec: str | os.PathLike[str], *, device: str | torch.device = ..., torch_dtype: torch.dtype | None = ...,
+               expect: None = ...) -> Adapter: ...
+def load_model(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+               torch_dtype: torch.dtype | None = None, expect: type[Any] | None = None) -> Adapter:
     """Load ``spec`` (``zoo:NAME``, a local directory, or a Hugging Face id) and wrap it in its adapter.
 
     Dispatches on the config class: CLIP / SigLIP / dual encoders -> :class:`ContrastiveModel`; LLaVA, LLaVA-NeXT,

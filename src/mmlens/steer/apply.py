@@ -168,8 +168,7 @@ class _PositionTracker:
         ids, shape, cache, attention = _call_inputs(args, kwargs)
         batch, length = shape
         offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-        embeds = kwargs.get("inputs_embeds")
-        device = ids.device if ids is not None else embeds.device  # _call_inputs ensured one of them
+        device = ids.device if ids is not None else kwargs["inputs_embeds"].device  # _call_inputs ensured one
         if isinstance(attention, torch.Tensor) and attention.ndim == 2 and attention.shape[-1] >= length:
             valid = attention[:, -length:].to(device=device).bool()
         else:
@@ -202,7 +201,8 @@ class _SampleGate:
             if vec.reference is None or vec.contrasts is None:
                 raise InputError(f"vector {vec.name} has no reference/contrasts: the source_concept condition needs "
                                  "vectors built from labelled activations or a dictionary")
-        self.centres = [torch.cat([vec.reference[None], vec.contrasts]) for vec in vectors]
+        self.centres = [torch.cat([vec.reference[None], vec.contrasts]) for vec in vectors  # type: ignore[index]
+                        ]  # both checked above
         self.tracker = tracker
         self.generation = -1
         self.gates: torch.Tensor | None = None  # [n_vectors, B]
@@ -330,6 +330,7 @@ def logit_bias(model: Any, vector: SteeringVector, alpha: float = 1.0,
     state: dict[str, torch.Tensor] = {}
 
     def read_gate(module: nn.Module, args: Any, output: Any) -> None:
+        assert gate is not None  # registered only with a gate
         state["gate"] = gate(hidden_state(output))[0]
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:

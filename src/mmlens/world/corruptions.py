@@ -97,7 +97,7 @@ def _gaussian_kernel_1d(ksize: int, sigma: float) -> np.ndarray:
 def _disk(radius: float, alias_blur: float) -> np.ndarray:
     """ImageNet-C's anti-aliased disk kernel (a normalised disk smoothed by a small gaussian)."""
     if radius <= 8:
-        L = np.arange(-8, 8 + 1)
+        L = np.arange(-8, 8 + 1, dtype=np.float64)
         ksize = 3
     else:
         L = np.arange(-radius, radius + 1)
@@ -376,11 +376,11 @@ def corruption_grid(images: Sequence[Image.Image] = (), texts: Sequence[str] = (
                 shifted = tuple(corrupt_image(im, s, k, seed=seed + i) for i, im in enumerate(images))
                 out[name] = CorruptedSplit(name, "visual", s.value, k, shifted, texts)
     if texts:
-        for s in ts:
+        for ts_kind in ts:
             for k in sev:
-                name = corruption_name(s, k)
-                shifted_t = tuple(corrupt_text(t, s, k, seed=seed + i) for i, t in enumerate(texts))
-                out[name] = CorruptedSplit(name, "text", s.value, k, images, shifted_t)
+                name = corruption_name(ts_kind, k)
+                shifted_t = tuple(corrupt_text(t, ts_kind, k, seed=seed + i) for i, t in enumerate(texts))
+                out[name] = CorruptedSplit(name, "text", ts_kind.value, k, images, shifted_t)
     return out
 
 

@@ -64,13 +64,13 @@ def digit_split_indices(split: str, split_seed: int = 0, test_fraction: float = 
         raise InputError(f"test_fraction={test_fraction} must be in (0, 1)")
     _, y = _digits()
     rng = np.random.default_rng([int(split_seed), 8])
-    test = []
+    test: list[int] = []
     for c in range(10):
         idx = np.flatnonzero(y == c)
         idx = idx[rng.permutation(len(idx))]
         test.extend(idx[: int(round(len(idx) * test_fraction))])
     is_test = np.zeros(len(y), dtype=bool)
-    is_test[np.asarray(test, dtype=int)] = True
+    is_test[np.asarray(test, dtype=np.int64)] = True
     return np.flatnonzero(is_test if split == "test" else ~is_test)
 
 

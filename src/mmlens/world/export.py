@@ -16,13 +16,16 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmlens.errors import InputError
 from mmlens.io import atomic_folder
+
+if TYPE_CHECKING:
+    import datasets
 from mmlens.world.core import Scene, WorldConfig
 from mmlens.world.world import CAPTION_STYLES, POPE_KINDS, World
 
@@ -112,7 +115,7 @@ def _features() -> Any:
 
 
 def to_hf_dataset(source: World | str | os.PathLike, n: int | None = None, split: str = "train",
-                  caption_seed: int = 0) -> datasets.Dataset:  # noqa: F821
+                  caption_seed: int = 0) -> datasets.Dataset:
     """A ``datasets.Dataset`` with an ``Image`` feature, from a :class:`World` (``n`` scenes of ``split``) or from
     a folder written by :func:`export_world`. Columns: image, scene_id, caption, caption_<style> for every style,
     vqa, objects, scene (JSON)."""

@@ -182,10 +182,10 @@ class World:
             phrases = [self._np(groups[keys[i]], f"{keys[i][0]}", keys[i][1]) for i in order]
             return _join(phrases)
         if style == "count":
-            groups = Counter(o.shape for o in objs)
-            keys = list(groups)
-            order = rng.permutation(len(keys))
-            phrases = [self._np(groups[keys[i]], "", keys[i]) for i in order]
+            shapes = Counter(o.shape for o in objs)
+            shape_keys = list(shapes)
+            order = rng.permutation(len(shape_keys))
+            phrases = [self._np(shapes[shape_keys[i]], "", shape_keys[i]) for i in order]
             n = len(objs)
             head = "there is one object" if n == 1 else f"there are {number_word(n)} objects"
             return f"{head} : {_join(phrases)}"
@@ -194,10 +194,10 @@ class World:
             phrases = [f"a {o.size} {o.colour} {o.shape} at the {o.position(g)}" for o in ordered]
             return f"{_join(phrases)} on {article(scene.background)} {scene.background} background"
         if style == "colour":
-            groups = Counter(o.colour for o in objs)
-            keys = list(groups)
-            order = rng.permutation(len(keys))
-            phrases = [self._np(groups[keys[i]], keys[i], "object") for i in order]
+            colours = Counter(o.colour for o in objs)
+            colour_keys = list(colours)
+            order = rng.permutation(len(colour_keys))
+            phrases = [self._np(colours[colour_keys[i]], colour_keys[i], "object") for i in order]
             return f"{_join(phrases)} on {article(scene.background)} {scene.background} background"
         raise InputError(f"unknown caption style {style!r}; use one of {CAPTION_STYLES}")
 

@@ -41,7 +41,7 @@ def set_threads(n: int) -> None:
     torch.set_flush_denormal(True)  # tiny models on CPU: denormals can slow steps down by orders of magnitude
 
 
-def load_pretrained(path: Path, model_class: type, processor_class: type) -> tuple[Any, Any]:
+def load_pretrained(path: Path, model_class: Any, processor_class: Any) -> tuple[Any, Any]:
     """A built zoo model and its processor from their ``save_pretrained`` folder, in eval mode."""
     model = model_class.from_pretrained(path)
     model.eval()
@@ -58,6 +58,13 @@ def read_record(model_dir: Path) -> dict:
         raise ModelLoadError(f"{path} is corrupt ({e}); rebuild it with `mmlens zoo build --force`") from None
 
 
+def _as_dict(value: Any) -> Any:
+    """A dataclass instance as its ``asdict`` form; anything else as it is."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
 def make_record(name: str, metrics: dict, config: Any, seconds: float, world_config: Any = None, **extra: Any) -> dict:
     import transformers
 
@@ -65,8 +72,8 @@ def make_record(name: str, metrics: dict, config: Any, seconds: float, world_con
         "model": name,
         "metrics": metrics,
         "seconds": round(float(seconds), 2),
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
-        "world_config": dataclasses.asdict(world_config) if dataclasses.is_dataclass(world_config) else world_config,
+        "config": _as_dict(config),
+        "world_config": _as_dict(world_config),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
     rec.update(extra)

@@ -133,6 +133,7 @@ class _Examples:
         self.image_id = vlm.image_token_id
         self.n_img = n_image_tokens
         self.scene: list[int] = []
+        self.weights: np.ndarray | None = None  # sampling weights of the turns, set by the builder
         self.templates: list[str | None] = []  # VQA template of each turn; None for captions
         self.ids: list[list[int]] = []
         self.n_answer: list[int] = []
@@ -302,7 +303,8 @@ def _partner_false_yes(world: World, scenes, probes, answers: list[str]) -> dict
     star?" beside a triangle) against that on every other absent class. The POPE gap dilutes it, since only a few
     adversarial negatives are partners (reported as ``pope_partner_probe_share``)."""
     absent_partners = {s.scene_id: world.absent_partners(s) for s in scenes}
-    partner, other = [], []
+    partner: list[bool] = []
+    other: list[bool] = []
     for probe, answer in zip(probes, answers):
         if probe.label != "no":
             continue

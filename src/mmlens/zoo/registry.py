@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -114,16 +115,13 @@ def _resolve(names: Iterable[str]) -> list[str]:
     return [n for n in ZOO_MODELS if n in wanted]
 
 
-def _builder(name: str):
-    if name == "digits-clip":
-        from mmlens.zoo import digits_clip as m
-    elif name == "mini-clip":
-        from mmlens.zoo import mini_clip as m
-    elif name == "mini-llava":
-        from mmlens.zoo import mini_llava as m
-    else:
-        from mmlens.zoo import colour as m
-    return m
+#: zoo model -> the module of its recipe (``build``, ``evaluate_dir``), imported on first use.
+_RECIPES: Mapping[str, str] = MappingProxyType({"digits-clip": "digits_clip", "mini-clip": "mini_clip",
+                                                "mini-llava": "mini_llava", "mini-llava-colour": "colour"})
+
+
+def _builder(name: str) -> Any:
+    return importlib.import_module(f"mmlens.zoo.{_RECIPES[name]}")
 
 
 def build(names: Iterable[str] | str | None = None, *, force: bool = False,

@@ -30,8 +30,8 @@ def run_hallucination(ctx: StageContext, page_dir: Path, scratch: Path) -> Stage
                   for r in records if isinstance(r.get("objects"), list) and r["objects"]]
     pope = write_jsonl_atomic(scratch / "pope.jsonl", pope_rows) if pope_rows else None
     chair = write_jsonl_atomic(scratch / "chair.jsonl", chair_rows) if chair_rows else None
-    kw = {"pope": str(pope) if pope else None, "chair": str(chair) if chair else None, "batch_size": cfg.batch_size,
-              "max_new_tokens": cfg.max_new_tokens}
+    kw: dict[str, Any] = {"pope": str(pope) if pope else None, "chair": str(chair) if chair else None,
+                          "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens}
     results = {ctx.config.model: evaluate_files(ctx.model, **kw)}
     if ctx.finetuned is not None:
         results[str(ctx.config.finetuned)] = evaluate_files(ctx.finetuned, **kw)
@@ -44,7 +44,8 @@ def run_hallucination(ctx: StageContext, page_dir: Path, scratch: Path) -> Stage
     kinds = [k for k in ("random", "popular", "adversarial", "all") if f"pope_{k}_acc" in metrics]
     report.write(page_dir)
 
-    summary = {name: {k: v for k, v in m.items() if isinstance(v, (int, float))} for name, m in results.items()}
+    summary: dict[str, dict[str, Any]] = {name: {k: v for k, v in m.items() if isinstance(v, (int, float))}
+                                          for name, m in results.items()}
     findings = []
     if "pope_random_acc" in metrics and "pope_adversarial_acc" in metrics:
         gap = metrics["pope_random_acc"] - metrics["pope_adversarial_acc"]

@@ -142,7 +142,7 @@ def _finetune_steering(ctx: StageContext, layer: int, page_dir: Path) -> dict[st
     shift = finetuning_shift_vectors(cap_a.layer(layer), cap_b.layer(layer), layer=layer, model=ctx.config.model,
                           position="generated_mean", finetuned=str(ctx.config.finetuned))[0]
     random = random_like(shift, seed=ctx.config.seed)
-    kw = {"max_new_tokens": cfg.describe_tokens, "batch_size": cfg.batch_size}
+    kw: dict[str, Any] = {"max_new_tokens": cfg.describe_tokens, "batch_size": cfg.batch_size}
     plain = generate_answers(ctx.model, held_out, **kw)
     tuned = generate_answers(ctx.finetuned, held_out, **kw)
 
