@@ -266,7 +266,9 @@ class VisionLanguageModel(_GenerativeBase):
             per_sample.append(group)
         return per_sample
 
-    def _chat_text(self, n_images: int, prompt: str, answer: str | None) -> str:
+    def chat_text(self, n_images: int, prompt: str, answer: str | None) -> str:
+        """One turn in the model's chat template: ``n_images`` image placeholders, the prompt, and the answer if
+        given (training text) or the generation prompt if not."""
         content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
         messages: list[dict] = [{"role": "user", "content": content}]
         if answer is not None:
@@ -279,7 +281,7 @@ class VisionLanguageModel(_GenerativeBase):
             image_token = self.processor.image_token
             return [image_token * len(g) + p for g, p in zip(per_sample, prompts)]
         answers_or_none = answers if answers is not None else [None] * len(prompts)
-        return [self._chat_text(len(g), p, a) for g, p, a in zip(per_sample, prompts, answers_or_none)]
+        return [self.chat_text(len(g), p, a) for g, p, a in zip(per_sample, prompts, answers_or_none)]
 
     def _processor_images(self, per_sample: list[list[Image.Image]]) -> list | None:
         if self.family.prompt_style is PromptStyle.PREFIX and not all(per_sample):

@@ -141,8 +141,8 @@ class _Examples:
     def add_many(self, scene_indices, prompts, answers) -> None:
         """Add turns; the chat text is the adapter's own template (rendered once with placeholders)."""
         qmark, amark = "\x00Q\x00", "\x00A\x00"
-        full_t = self.vlm._chat_text(1, qmark, amark)
-        prefix_t = self.vlm._chat_text(1, qmark, None)
+        full_t = self.vlm.chat_text(1, qmark, amark)
+        prefix_t = self.vlm.chat_text(1, qmark, None)
         fulls = [full_t.replace(qmark, q).replace(amark, a) for q, a in zip(prompts, answers)]
         prefixes = [prefix_t.replace(qmark, q) for q in prompts]
         ids = self.tok(fulls, add_special_tokens=False)["input_ids"]
