@@ -42,8 +42,9 @@ def world_substitutions(world) -> Substitutions:
     return Substitutions(objects, attributes)
 
 
-def substitution_pairs(examples: Sequence[SFTExample], substitutions: Substitutions, *,
-                       seed: int = 0) -> list[PreferencePair]:
+def substitution_pairs(
+    examples: Sequence[SFTExample], substitutions: Substitutions, *, seed: int = 0
+) -> list[PreferencePair]:
     """Rejected = the chosen answer with each object word replaced by a random other object (POVID's random
     substitution); answers without objects get a leading yes/no flipped, else one attribute word replaced; answers
     with none of these are skipped."""
@@ -68,8 +69,9 @@ def substitution_pairs(examples: Sequence[SFTExample], substitutions: Substituti
             options = substitutions.attributes[words[i].lower()]
             words[i] = str(options[int(rng.integers(len(options)))])
             rejected = " ".join(words)
-        pairs.append(PreferencePair(ex.image, ex.prompt, ex.answer, rejected, {"source": "substitution",
-                                                                               "id": ex.example_id}))
+        pairs.append(
+            PreferencePair(ex.image, ex.prompt, ex.answer, rejected, {"source": "substitution", "id": ex.example_id})
+        )
     return pairs
 
 
@@ -80,8 +82,14 @@ def povid_noise_schedule(steps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-def noisy_image_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], *, noise_step: int = 500,
-                      seed: int = 0, batch_size: int = 32) -> list[PreferencePair]:
+def noisy_image_pairs(
+    vlm: VisionLanguageModel,
+    examples: Sequence[SFTExample],
+    *,
+    noise_step: int = 500,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[PreferencePair]:
     """Rejected = argmax tokens of the model teacher-forced on the chosen answer with the image diffused to step
     ``noise_step`` (x~ = sqrt(a) x + sqrt(1 - a) eps on the processed pixels); pairs whose argmax is the chosen
     answer's token sequence are dropped."""
@@ -91,7 +99,7 @@ def noisy_image_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], 
     tok = vlm.tokenizer
     pairs = []
     for lo in range(0, len(examples), batch_size):
-        chunk = examples[lo:lo + batch_size]
+        chunk = examples[lo : lo + batch_size]
         batch = vlm.prepare([e.image for e in chunk], [e.prompt for e in chunk], answers=[e.answer for e in chunk])
         if "pixel_values" not in batch:
             raise InputError("noisy-image pairs need a model whose processor returns pixel_values")
@@ -108,8 +116,9 @@ def noisy_image_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], 
             ids = pred[row][keep].tolist()
             text = tok.decode(ids, skip_special_tokens=True).strip()
             if text and not same_tokens(tok, text, ex.answer):
-                pairs.append(PreferencePair(ex.image, ex.prompt, ex.answer, text,
-                                            {"source": "noisy_image", "id": ex.example_id}))
+                pairs.append(
+                    PreferencePair(ex.image, ex.prompt, ex.answer, text, {"source": "noisy_image", "id": ex.example_id})
+                )
     return pairs
 
 

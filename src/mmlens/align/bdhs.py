@@ -95,14 +95,19 @@ class BDHSStats:
         return self.seconds / max(1, self.n_examples)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accepted_by_try": self.accepted_by_try, "n_examples": self.n_examples, "n_pairs": self.n_pairs,
-                "n_dropped": self.n_dropped, "seconds": round(self.seconds, 3),
-                "seconds_per_pair": round(self.seconds_per_pair, 5),
-                "mean_similarity": round(self.mean_similarity, 4),
-                "mean_visible_tokens": round(self.mean_visible_tokens, 3),
-                "mean_length_ratio": round(self.mean_length_ratio, 4),
-                "similarity_by_try": [round(s, 4) for s in self.similarity_by_try],
-                "generation_seconds": round(self.generation_seconds, 3)}
+        return {
+            "accepted_by_try": self.accepted_by_try,
+            "n_examples": self.n_examples,
+            "n_pairs": self.n_pairs,
+            "n_dropped": self.n_dropped,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_pair": round(self.seconds_per_pair, 5),
+            "mean_similarity": round(self.mean_similarity, 4),
+            "mean_visible_tokens": round(self.mean_visible_tokens, 3),
+            "mean_length_ratio": round(self.mean_length_ratio, 4),
+            "similarity_by_try": [round(s, 4) for s in self.similarity_by_try],
+            "generation_seconds": round(self.generation_seconds, 3),
+        }
 
 
 # ------------------------------------------------------------------------------------------------ text helpers
@@ -137,7 +142,7 @@ def flip_yes_no(sentence: str, *, word_boundary: bool = True) -> str | None:
     if m is None:
         return None
     swap = {"Yes": "No", "yes": "no", "No": "Yes", "no": "yes"}[m.group(2)]
-    return m.group(1) + swap + sentence[m.end():]
+    return m.group(1) + swap + sentence[m.end() :]
 
 
 def first_sentence(text: str) -> str:
@@ -147,8 +152,9 @@ def first_sentence(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- batched continuation
-def continuation_batch(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
-                       partials: Sequence[str]) -> BatchFeature:
+def continuation_batch(
+    vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str], partials: Sequence[str]
+) -> BatchFeature:
     """A left-padded generation batch whose rows end with the start of the assistant's answer (``partials``).
 
     The prompt is built by the adapter as for any generation; the partial answer's tokens are appended to each row
@@ -159,8 +165,14 @@ def continuation_batch(vlm: VisionLanguageModel, images: Sequence[Image.Image], 
     extra = [tok(p, add_special_tokens=False)["input_ids"] if p else [] for p in partials]
     ids, attn = base["input_ids"], base["attention_mask"]
     shape = tuple(ids.shape)
-    per_token = [k for k, v in base.items() if isinstance(v, torch.Tensor) and tuple(v.shape) == shape
-                 and not k.startswith("pixel") and not k.startswith("image")]
+    per_token = [
+        k
+        for k, v in base.items()
+        if isinstance(v, torch.Tensor)
+        and tuple(v.shape) == shape
+        and not k.startswith("pixel")
+        and not k.startswith("image")
+    ]
     lengths = attn.sum(1).tolist()
     new_len = max(int(n) + len(e) for n, e in zip(lengths, extra))
     # PaliGemma: token type 1 marks answer (causal) tokens, 0 the bidirectional prefix.
@@ -174,19 +186,30 @@ def continuation_batch(vlm: VisionLanguageModel, images: Sequence[Image.Image], 
         for row, (n, e) in enumerate(zip(lengths, extra)):
             n = int(n)
             tail = torch.tensor(e, dtype=old.dtype) if fill is None else torch.full((len(e),), fill, dtype=old.dtype)
-            content = torch.cat([old[row, shape[1] - n:], tail])
-            new[row, new_len - len(content):] = content
+            content = torch.cat([old[row, shape[1] - n :], tail])
+            new[row, new_len - len(content) :] = content
         out[key] = new
     return BatchFeature(out)
 
 
-def generate_continuations(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
-                           partials: Sequence[str], *, groups: Sequence[int] | None = None, rho: float | None = None,
-                           visible_tokens: int | None = None, mask_layers: Sequence[int] | None = None,
-                           rng: np.random.Generator | None = None, max_new_tokens: int = 48, do_sample: bool = False,
-                           temperature: float = 1.0, batch_size: int = 64, progress: bool = False,
-                           group_rng: Callable[[int], np.random.Generator] | None = None,
-                           ) -> tuple[list[str], list[int]]:
+def generate_continuations(
+    vlm: VisionLanguageModel,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    partials: Sequence[str],
+    *,
+    groups: Sequence[int] | None = None,
+    rho: float | None = None,
+    visible_tokens: int | None = None,
+    mask_layers: Sequence[int] | None = None,
+    rng: np.random.Generator | None = None,
+    max_new_tokens: int = 48,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    progress: bool = False,
+    group_rng: Callable[[int], np.random.Generator] | None = None,
+) -> tuple[list[str], list[int]]:
     """Complete each partial answer, batched; with ``rho`` (or ``visible_tokens``) image tokens are hidden, rows of
     one ``group`` sharing a mask. Returns the new texts and the number of visible image tokens per row.
 
@@ -202,8 +225,11 @@ def generate_continuations(vlm: VisionLanguageModel, images: Sequence[Image.Imag
     texts: list[str] = []
     visible: list[int] = []
     draws: dict = {}
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                                  "pad_token_id": tok.pad_token_id}
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "pad_token_id": tok.pad_token_id,
+    }
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
     else:
@@ -217,17 +243,28 @@ def generate_continuations(vlm: VisionLanguageModel, images: Sequence[Image.Imag
             if group_rng is not None:
                 for row, g in enumerate(groups[lo:hi]):
                     if g not in draws:
-                        draw_hidden_image_tokens(image_mask[row:row + 1].cpu(), [g],
-                                                 rho=rho if rho is not None else 1.0, visible_tokens=visible_tokens,
-                                                 rng=group_rng(g), draws=draws)
-            hidden = draw_hidden_image_tokens(image_mask.cpu(), groups[lo:hi], rho=rho if rho is not None else 1.0,
-                                              visible_tokens=visible_tokens, rng=rng, draws=draws)
+                        draw_hidden_image_tokens(
+                            image_mask[row : row + 1].cpu(),
+                            [g],
+                            rho=rho if rho is not None else 1.0,
+                            visible_tokens=visible_tokens,
+                            rng=group_rng(g),
+                            draws=draws,
+                        )
+            hidden = draw_hidden_image_tokens(
+                image_mask.cpu(),
+                groups[lo:hi],
+                rho=rho if rho is not None else 1.0,
+                visible_tokens=visible_tokens,
+                rng=rng,
+                draws=draws,
+            )
         else:
             hidden = torch.zeros_like(image_mask, device="cpu")
         visible.extend((image_mask.cpu() & ~hidden).sum(1).tolist())
         with torch.no_grad(), block_image_tokens(vlm.decoder_layers, hidden.to(vlm.device), layers=mask_layers):
             generated = vlm.model.generate(**batch, **gen_kwargs)
-        new = generated[:, batch["input_ids"].shape[1]:]
+        new = generated[:, batch["input_ids"].shape[1] :]
         texts.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
     return texts, visible
 
@@ -279,20 +316,35 @@ def answer_similarity(embedder: TextEmbedder, a: Sequence[str], b: Sequence[str]
     return sims
 
 
-def _row_generator(vlm: VisionLanguageModel, examples: Sequence[SFTExample], rows_example: list[int],
-                   rows_partial: list[str], config: BDHSConfig, attempt: int,
-                   progress: bool) -> Callable[[int, int], list[tuple[str, int]]]:
+def _row_generator(
+    vlm: VisionLanguageModel,
+    examples: Sequence[SFTExample],
+    rows_example: list[int],
+    rows_partial: list[str],
+    config: BDHSConfig,
+    attempt: int,
+    progress: bool,
+) -> Callable[[int, int], list[tuple[str, int]]]:
     """``(lo, hi) -> [(completion, visible image tokens)]`` of the rows ``lo:hi`` of one try, one
     ``generate_continuations`` call per batch; sampling draws from a torch generator seeded by (seed, try, batch
     start), so sampled completions do not depend on which process runs the batch either."""
 
     def one_batch(lo: int, hi: int) -> tuple[list[str], list[int]]:
         return generate_continuations(
-            vlm, [examples[i].image for i in rows_example[lo:hi]], [examples[i].prompt for i in rows_example[lo:hi]],
-            rows_partial[lo:hi], groups=rows_example[lo:hi], rho=config.rho, visible_tokens=config.visible_tokens,
-            mask_layers=config.mask_layers, group_rng=lambda g: example_rng(config.seed, g, attempt, 1),
-            max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, temperature=config.temperature,
-            batch_size=config.batch_size)
+            vlm,
+            [examples[i].image for i in rows_example[lo:hi]],
+            [examples[i].prompt for i in rows_example[lo:hi]],
+            rows_partial[lo:hi],
+            groups=rows_example[lo:hi],
+            rho=config.rho,
+            visible_tokens=config.visible_tokens,
+            mask_layers=config.mask_layers,
+            group_rng=lambda g: example_rng(config.seed, g, attempt, 1),
+            max_new_tokens=config.max_new_tokens,
+            do_sample=config.do_sample,
+            temperature=config.temperature,
+            batch_size=config.batch_size,
+        )
 
     def generate_rows(lo: int, hi: int) -> list[tuple[str, int]]:
         out: list[tuple[str, int]] = []
@@ -318,10 +370,16 @@ def example_rng(seed: int, example: int, attempt: int, stream: int) -> np.random
     return np.random.default_rng([seed % 2**64, example, attempt, stream])
 
 
-def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config: BDHSConfig = BDHSConfig(), *,
-               embedder: TextEmbedder | None = None, progress: bool = True,
-               on_try: Callable[[int, int], None] | None = None,
-               work: DistributedWork | None = None) -> tuple[list[PreferencePair], BDHSStats]:
+def bdhs_pairs(
+    vlm: VisionLanguageModel,
+    examples: Sequence[SFTExample],
+    config: BDHSConfig = BDHSConfig(),
+    *,
+    embedder: TextEmbedder | None = None,
+    progress: bool = True,
+    on_try: Callable[[int, int], None] | None = None,
+    work: DistributedWork | None = None,
+) -> tuple[list[PreferencePair], BDHSStats]:
     """BDHS preference pairs (chosen = the SFT answer) and statistics per try.
 
     ``work`` (default: the current ``accelerate launch``, else one process) splits each try's generation batches
@@ -356,8 +414,9 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
             for k, sent in enumerate(sentences[i]):
                 swap = rng.random() < config.flip_probability
                 flipped = flip_yes_no(sent, word_boundary=config.yes_no_word_boundary) if swap else None
-                prefix = _cut(flipped if flipped is not None else sent, config.pivot_unit, flipped is not None, rng,
-                              tok)
+                prefix = _cut(
+                    flipped if flipped is not None else sent, config.pivot_unit, flipped is not None, rng, tok
+                )
                 rows.append((i, prefix, _join(" ".join(sentences[i][:k]), prefix)))
         rows_example = [r[0] for r in rows]
         rows_prefix = [r[1] for r in rows]
@@ -365,8 +424,12 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
         t_gen = time.perf_counter()
         # whole generation batches per process (each padded as in one process), gathered in row order
         generated = work.map_batches(
-            _row_generator(vlm, examples, rows_example, rows_partial, config, attempt,
-                           progress and work.is_main_process), len(rows), config.batch_size)
+            _row_generator(
+                vlm, examples, rows_example, rows_partial, config, attempt, progress and work.is_main_process
+            ),
+            len(rows),
+            config.batch_size,
+        )
         completions, visible = [g[0] for g in generated], [g[1] for g in generated]
         generation_seconds += time.perf_counter() - t_gen
         candidate: dict[int, list[str]] = {i: [] for i in pending}
@@ -391,17 +454,49 @@ def bdhs_pairs(vlm: VisionLanguageModel, examples: Sequence[SFTExample], config:
         if not text.strip() or same_tokens(tok, text, ex.answer):
             dropped += 1
             continue
-        pairs.append(PreferencePair(ex.image, ex.prompt, ex.answer, text,
-                                    {"source": "bdhs", "try": int(tries_of[i]),
-                                     "similarity": round(float(sim_of[i]), 4),
-                                     "visible_image_tokens": int(visible_of[i]), "id": ex.example_id}))
+        pairs.append(
+            PreferencePair(
+                ex.image,
+                ex.prompt,
+                ex.answer,
+                text,
+                {
+                    "source": "bdhs",
+                    "try": int(tries_of[i]),
+                    "similarity": round(float(sim_of[i]), 4),
+                    "visible_image_tokens": int(visible_of[i]),
+                    "id": ex.example_id,
+                },
+            )
+        )
     ratio = [len(p.rejected.split()) / max(1, len(p.chosen.split())) for p in pairs]
-    stats = BDHSStats(accepted_by_try, len(examples), len(pairs), dropped, time.perf_counter() - t0,
-                      float(np.mean(sim_of)), float(np.mean(visible_of)), float(np.mean(ratio)) if ratio else 0.0,
-                      similarity_by_try, generation_seconds)
+    stats = BDHSStats(
+        accepted_by_try,
+        len(examples),
+        len(pairs),
+        dropped,
+        time.perf_counter() - t0,
+        float(np.mean(sim_of)),
+        float(np.mean(visible_of)),
+        float(np.mean(ratio)) if ratio else 0.0,
+        similarity_by_try,
+        generation_seconds,
+    )
     return pairs, stats
 
 
-__all__ = ["BDHSConfig", "BDHSStats", "PivotUnit", "bdhs_pairs", "continuation_batch",
-           "default_embedder", "example_rng", "first_sentence", "flip_yes_no", "generate_continuations", "same_tokens",
-           "answer_similarity", "split_sentences"]
+__all__ = [
+    "BDHSConfig",
+    "BDHSStats",
+    "PivotUnit",
+    "bdhs_pairs",
+    "continuation_batch",
+    "default_embedder",
+    "example_rng",
+    "first_sentence",
+    "flip_yes_no",
+    "generate_continuations",
+    "same_tokens",
+    "answer_similarity",
+    "split_sentences",
+]

@@ -76,7 +76,7 @@ def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:
     path = Path(path)
     rows = read_jsonl(path)
     if not rows:
-        raise InputError(f"{path} is empty; it needs one {{\"image\", \"prompt\", \"answer\"}} object per line")
+        raise InputError(f'{path} is empty; it needs one {{"image", "prompt", "answer"}} object per line')
     out = []
     for lineno, rec in rows:
         where = f"{path}:{lineno}"
@@ -86,15 +86,24 @@ def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:
         objects = rec.get("objects")
         if objects is not None and (not isinstance(objects, list) or not all(isinstance(o, str) for o in objects)):
             raise InputError(f"{where}: 'objects' must be a list of object names, got {objects!r}")
-        out.append(SFTExample(_open_image(path.parent / rec["image"], where), rec["prompt"], rec["answer"],
-                              frozenset(objects) if objects is not None else None, str(rec.get("id", lineno))))
+        out.append(
+            SFTExample(
+                _open_image(path.parent / rec["image"], where),
+                rec["prompt"],
+                rec["answer"],
+                frozenset(objects) if objects is not None else None,
+                str(rec.get("id", lineno)),
+            )
+        )
     return out
 
 
 def _conversation(pair: PreferencePair) -> dict[str, Any]:
-    return {"prompt": [{"role": "user", "content": pair.prompt}],
-            "chosen": [{"role": "assistant", "content": pair.chosen}],
-            "rejected": [{"role": "assistant", "content": pair.rejected}]}
+    return {
+        "prompt": [{"role": "user", "content": pair.prompt}],
+        "chosen": [{"role": "assistant", "content": pair.chosen}],
+        "rejected": [{"role": "assistant", "content": pair.rejected}],
+    }
 
 
 def pairs_to_dataset(pairs: Sequence[PreferencePair]):
@@ -107,8 +116,14 @@ def pairs_to_dataset(pairs: Sequence[PreferencePair]):
     return Dataset.from_list([{"images": [p.image], **_conversation(p)} for p in pairs])
 
 
-def write_pairs(pairs: Sequence[PreferencePair], out_dir: str | os.PathLike, *, overwrite: bool = False,
-                with_dataset: bool = True, extra_files: dict[str, Any] | None = None) -> Path:
+def write_pairs(
+    pairs: Sequence[PreferencePair],
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    with_dataset: bool = True,
+    extra_files: dict[str, Any] | None = None,
+) -> Path:
     """Write ``pairs.jsonl`` and ``images/`` (and ``dataset/``, the ``datasets`` copy for
     ``datasets.load_from_disk``; and ``extra_files`` as JSON) into ``out_dir`` atomically; returns the JSONL path."""
     out = Path(out_dir)
@@ -161,12 +176,26 @@ def load_preference_pairs(path: str | os.PathLike) -> list[PreferencePair]:
         for key in ("prompt", "chosen", "rejected"):
             if key not in rec:
                 raise InputError(f"{where}: missing {key!r}")
-        out.append(PreferencePair(_open_image(path.parent / images[0], where), _text(rec["prompt"], where, "prompt"),
-                                  _text(rec["chosen"], where, "chosen"), _text(rec["rejected"], where, "rejected"),
-                                  dict(rec.get("meta") or {})))
+        out.append(
+            PreferencePair(
+                _open_image(path.parent / images[0], where),
+                _text(rec["prompt"], where, "prompt"),
+                _text(rec["chosen"], where, "chosen"),
+                _text(rec["rejected"], where, "rejected"),
+                dict(rec.get("meta") or {}),
+            )
+        )
     return out
 
 
-__all__ = ["DATASET_DIR", "PAIRS_FILE", "PreferencePair", "SFTExample", "check_examples", "load_preference_pairs",
-           "load_sft_jsonl",
-           "pairs_to_dataset", "write_pairs"]
+__all__ = [
+    "DATASET_DIR",
+    "PAIRS_FILE",
+    "PreferencePair",
+    "SFTExample",
+    "check_examples",
+    "load_preference_pairs",
+    "load_sft_jsonl",
+    "pairs_to_dataset",
+    "write_pairs",
+]

@@ -47,13 +47,20 @@ def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, flo
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"acc": float(np.mean([p == lab for p, lab in zip(pred, labels)])), "precision": precision,
-            "recall": recall, "f1": f1, "yes_ratio": float(np.mean([p == "yes" for p in pred])),
-            "unparsed_ratio": float(np.mean([p is None for p in pred])), "n": len(labels)}
+    return {
+        "acc": float(np.mean([p == lab for p, lab in zip(pred, labels)])),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": float(np.mean([p == "yes" for p in pred])),
+        "unparsed_ratio": float(np.mean([p is None for p in pred])),
+        "n": len(labels),
+    }
 
 
-def chair_metrics(descriptions: Sequence[str], true_objects: Sequence[frozenset[str] | set[str]],
-                  mentioned: Callable[[str], set[str]]) -> dict[str, float]:
+def chair_metrics(
+    descriptions: Sequence[str], true_objects: Sequence[frozenset[str] | set[str]], mentioned: Callable[[str], set[str]]
+) -> dict[str, float]:
     """CHAIR_i, CHAIR_s and object recall; ``mentioned`` maps a text to the canonical objects it names (e.g.
     ``World.mentioned_objects``)."""
     if len(descriptions) != len(true_objects) or not descriptions:
@@ -62,15 +69,25 @@ def chair_metrics(descriptions: Sequence[str], true_objects: Sequence[frozenset[
     n_mentions = sum(len(m) for m in found)
     halluc = [len(m - set(t)) for m, t in zip(found, true_objects)]
     recall = [len(m & set(t)) / len(t) for m, t in zip(found, true_objects) if t]
-    return {"chair_i": sum(halluc) / n_mentions if n_mentions else 0.0,
-            "chair_s": float(np.mean([h > 0 for h in halluc])),
-            "recall": float(np.mean(recall)) if recall else 0.0,
-            "mean_objects_mentioned": n_mentions / len(descriptions), "n": len(descriptions)}
+    return {
+        "chair_i": sum(halluc) / n_mentions if n_mentions else 0.0,
+        "chair_s": float(np.mean([h > 0 for h in halluc])),
+        "recall": float(np.mean(recall)) if recall else 0.0,
+        "mean_objects_mentioned": n_mentions / len(descriptions),
+        "n": len(descriptions),
+    }
 
 
 @torch.no_grad()
-def answer_logprobs(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
-                    answers: Sequence[str], *, hide_image: bool = False, batch_size: int = 32) -> np.ndarray:
+def answer_logprobs(
+    vlm: VisionLanguageModel,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    hide_image: bool = False,
+    batch_size: int = 32,
+) -> np.ndarray:
     """Sum of answer-token log-probabilities per example (prompt, image and padding positions excluded); with
     ``hide_image`` every image token is hidden from attention (positions unchanged)."""
     if not (len(images) == len(prompts) == len(answers)) or not prompts:
@@ -91,8 +108,14 @@ def answer_logprobs(vlm: VisionLanguageModel, images: Sequence[Image.Image], pro
     return np.asarray(out)
 
 
-def image_dependence_gap(vlm: VisionLanguageModel, images: Sequence[Image.Image], prompts: Sequence[str],
-                         answers: Sequence[str], *, batch_size: int = 32) -> float:
+def image_dependence_gap(
+    vlm: VisionLanguageModel,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 32,
+) -> float:
     """Mean log p(answer | image) - log p(answer | image hidden): how much the answer relies on the image."""
     with_image = answer_logprobs(vlm, images, prompts, answers, batch_size=batch_size)
     without = answer_logprobs(vlm, images, prompts, answers, hide_image=True, batch_size=batch_size)
@@ -118,8 +141,10 @@ def world_eval_scenes(world, n: int, split: str, scenes: EvalScenes = EvalScenes
     index, limit = 0, 200 * n + 1000
     while len(chosen) < n:
         if index >= limit:
-            raise InputError(f"only {len(chosen)} of the first {limit} {split} scenes hold a bias anchor without its "
-                             f"partner (bias_strength {world.cfg.bias_strength}); ask for fewer than {n}")
+            raise InputError(
+                f"only {len(chosen)} of the first {limit} {split} scenes hold a bias anchor without its "
+                f"partner (bias_strength {world.cfg.bias_strength}); ask for fewer than {n}"
+            )
         scene = world.sample_scene(index, split)
         index += 1
         if world.absent_partners(scene):
@@ -151,24 +176,36 @@ def evaluate_on_world(vlm: VisionLanguageModel, world, config: WorldEvalConfig =
     out: dict = {}
     pope_scenes = scenes[: config.n_pope_scenes]
     for kind in ("random", "popular", "adversarial"):
-        probes = world.pope_probes(pope_scenes, kind=kind, per_image=config.pope_per_image,
-                                   rng=np.random.default_rng(config.probe_seed))
-        answers = vlm.generate([images[p.scene_id] for p in probes], [p.question for p in probes], max_new_tokens=2,
-                               batch_size=config.batch_size)
+        probes = world.pope_probes(
+            pope_scenes, kind=kind, per_image=config.pope_per_image, rng=np.random.default_rng(config.probe_seed)
+        )
+        answers = vlm.generate(
+            [images[p.scene_id] for p in probes],
+            [p.question for p in probes],
+            max_new_tokens=2,
+            batch_size=config.batch_size,
+        )
         for key, value in pope_metrics(answers, [p.label for p in probes]).items():
             out[f"pope_{kind}_{key}"] = value
         out[f"pope_{kind}_top_answers"] = Counter(" ".join(a.lower().split()) for a in answers).most_common(5)
     cap_scenes = scenes[: config.n_caption_scenes]
-    descriptions = vlm.generate([images[s.scene_id] for s in cap_scenes], [DESCRIBE_PROMPT] * len(cap_scenes),
-                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    descriptions = vlm.generate(
+        [images[s.scene_id] for s in cap_scenes],
+        [DESCRIBE_PROMPT] * len(cap_scenes),
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+    )
     out.update(chair_metrics(descriptions, [s.object_classes for s in cap_scenes], world.mentioned_objects))
     out.pop("n", None)
     gap_scenes = scenes[: config.n_gap_examples]
     captions = [world.caption(s, np.random.default_rng(config.probe_seed + i)) for i, s in enumerate(gap_scenes)]
-    out["image_gap"] = image_dependence_gap(vlm, [images[s.scene_id] for s in gap_scenes],
-                                            [DESCRIBE_PROMPT] * len(gap_scenes), captions)
-    out["examples"] = [{"scene_id": s.scene_id, "description": d, "objects": sorted(s.object_classes)}
-                       for s, d in zip(cap_scenes[:6], descriptions[:6])]
+    out["image_gap"] = image_dependence_gap(
+        vlm, [images[s.scene_id] for s in gap_scenes], [DESCRIBE_PROMPT] * len(gap_scenes), captions
+    )
+    out["examples"] = [
+        {"scene_id": s.scene_id, "description": d, "objects": sorted(s.object_classes)}
+        for s, d in zip(cap_scenes[:6], descriptions[:6])
+    ]
     return out
 
 
@@ -187,8 +224,14 @@ def vocabulary_parser(objects: Sequence[str]) -> Callable[[str], set[str]]:
     return mentioned
 
 
-def evaluate_files(vlm: VisionLanguageModel, *, pope: str | None = None, chair: str | None = None,
-                   batch_size: int = 32, max_new_tokens: int = 64) -> dict:
+def evaluate_files(
+    vlm: VisionLanguageModel,
+    *,
+    pope: str | None = None,
+    chair: str | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+) -> dict:
     """The metrics on your own data: ``pope`` a JSONL of ``{"image", "question", "label": "yes"|"no"}`` (optional
     ``kind``: random/popular/adversarial); ``chair`` a JSONL of ``{"image", "objects": [...]}`` (optional
     ``prompt``, default "describe the image ."; optional ``answer``, the reference description for the image gap).
@@ -212,8 +255,9 @@ def evaluate_files(vlm: VisionLanguageModel, *, pope: str | None = None, chair: 
             image = _open_image(Path(pope).parent / str(rec.get("image", "")), f"{pope}:{lineno}")
             by_kind.setdefault(str(rec.get("kind", "all")), []).append((image, rec["question"], rec["label"]))
         for kind, probes in by_kind.items():
-            answers = vlm.generate([p[0] for p in probes], [p[1] for p in probes], max_new_tokens=2,
-                                   batch_size=batch_size)
+            answers = vlm.generate(
+                [p[0] for p in probes], [p[1] for p in probes], max_new_tokens=2, batch_size=batch_size
+            )
             for key, value in pope_metrics(answers, [p[2] for p in probes]).items():
                 out[f"pope_{kind}_{key}"] = value
     if chair is not None:
@@ -224,17 +268,28 @@ def evaluate_files(vlm: VisionLanguageModel, *, pope: str | None = None, chair: 
         for lineno, rec in rows:
             if not isinstance(rec.get("objects"), list):
                 raise InputError(f"{chair}:{lineno}: each line needs 'objects', the list of objects in the image")
-            items.append((_open_image(Path(chair).parent / str(rec.get("image", "")), f"{chair}:{lineno}"),
-                          str(rec.get("prompt", DESCRIBE_PROMPT)), [str(o).lower() for o in rec["objects"]],
-                          rec.get("answer")))
-        descriptions = vlm.generate([i[0] for i in items], [i[1] for i in items], max_new_tokens=max_new_tokens,
-                                    batch_size=batch_size)
+            items.append(
+                (
+                    _open_image(Path(chair).parent / str(rec.get("image", "")), f"{chair}:{lineno}"),
+                    str(rec.get("prompt", DESCRIBE_PROMPT)),
+                    [str(o).lower() for o in rec["objects"]],
+                    rec.get("answer"),
+                )
+            )
+        descriptions = vlm.generate(
+            [i[0] for i in items], [i[1] for i in items], max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
         parser = vocabulary_parser([o for i in items for o in i[2]])
         out.update(chair_metrics(descriptions, [frozenset(i[2]) for i in items], parser))
         with_ref = [i for i in items if isinstance(i[3], str) and i[3].strip()]
         if with_ref:
-            out["image_gap"] = image_dependence_gap(vlm, [i[0] for i in with_ref], [i[1] for i in with_ref],
-                                                    [str(i[3]) for i in with_ref], batch_size=batch_size)
+            out["image_gap"] = image_dependence_gap(
+                vlm,
+                [i[0] for i in with_ref],
+                [i[1] for i in with_ref],
+                [str(i[3]) for i in with_ref],
+                batch_size=batch_size,
+            )
     return out
 
 

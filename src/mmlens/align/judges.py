@@ -70,8 +70,10 @@ class VLMJudge:
     mode: VLMJudgeMode = VLMJudgeMode.GROUNDING
     margin: float = 0.0
     batch_size: int = 32
-    question: str = ("Question: {prompt}\nAnswer 1: {a}\nAnswer 2: {b}\nWhich answer has less hallucination and "
-                     "more helpful content grounded in the image? Reply with 1 or 2.")
+    question: str = (
+        "Question: {prompt}\nAnswer 1: {a}\nAnswer 2: {b}\nWhich answer has less hallucination and "
+        "more helpful content grounded in the image? Reply with 1 or 2."
+    )
 
     def judge(self, examples: Sequence[SFTExample], first: Sequence[str], second: Sequence[str]) -> list[int]:
         from mmlens.align.eval import answer_logprobs
@@ -85,8 +87,9 @@ class VLMJudge:
         for answers in (first, second):
             ok = [bool(a.strip()) for a in answers]
             safe = [a if a.strip() else "." for a in answers]
-            gap = (answer_logprobs(self.vlm, images, prompts, safe, batch_size=self.batch_size)
-                   - answer_logprobs(self.vlm, images, prompts, safe, hide_image=True, batch_size=self.batch_size))
+            gap = answer_logprobs(self.vlm, images, prompts, safe, batch_size=self.batch_size) - answer_logprobs(
+                self.vlm, images, prompts, safe, hide_image=True, batch_size=self.batch_size
+            )
             scores.append(np.where(ok, gap, -np.inf))
         diff = scores[0] - scores[1]
         return [-1 if np.isnan(d) or abs(d) <= self.margin else 0 if d > 0 else 1 for d in diff]

@@ -23,9 +23,15 @@ from mmlens.errors import InputError
 from mmlens.models.hooks import hook_scope
 
 
-def draw_hidden_image_tokens(image_mask: torch.Tensor, group: Sequence[int] | None, *, rho: float,
-                             visible_tokens: int | None, rng: np.random.Generator,
-                             draws: dict | None = None) -> torch.Tensor:
+def draw_hidden_image_tokens(
+    image_mask: torch.Tensor,
+    group: Sequence[int] | None,
+    *,
+    rho: float,
+    visible_tokens: int | None,
+    rng: np.random.Generator,
+    draws: dict | None = None,
+) -> torch.Tensor:
     """Which image positions to hide: BoolTensor like ``image_mask`` ([B, T]).
 
     Rows with the same ``group`` id (e.g. the sentences of one answer) share one draw (the paper's one mask per
@@ -59,8 +65,9 @@ def draw_hidden_image_tokens(image_mask: torch.Tensor, group: Sequence[int] | No
     return hidden
 
 
-def _combine(mask: torch.Tensor | None, hidden: torch.Tensor, q_len: int, k_len: int,
-             dtype: torch.dtype) -> torch.Tensor:
+def _combine(
+    mask: torch.Tensor | None, hidden: torch.Tensor, q_len: int, k_len: int, dtype: torch.dtype
+) -> torch.Tensor:
     """The layer's attention mask with hidden key columns added, as [B, 1, Q, K]."""
     batch, t0 = hidden.shape
     device = hidden.device
@@ -95,8 +102,9 @@ def _attention_modules(layers: nn.ModuleList, which: Sequence[int] | None) -> li
 
 
 @contextlib.contextmanager
-def block_image_tokens(decoder_layers: nn.ModuleList, hidden: torch.Tensor, *,
-                       layers: Sequence[int] | None = None) -> Iterator[None]:
+def block_image_tokens(
+    decoder_layers: nn.ModuleList, hidden: torch.Tensor, *, layers: Sequence[int] | None = None
+) -> Iterator[None]:
     """While open, keys at ``hidden`` positions (BoolTensor[B, T] over the *prompt* the next forward/generate call
     receives) are invisible to every query of the chosen decoder ``layers`` (default all), in every later decoding
     step too. The hooks are removed on exit, also on error.
@@ -116,8 +124,10 @@ def block_image_tokens(decoder_layers: nn.ModuleList, hidden: torch.Tensor, *,
         q_len = states.shape[1]
         if mask is not None:
             if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
-                raise InputError(f"cannot add an image mask to a {type(mask).__name__} attention mask: use "
-                                 "attn_implementation='sdpa' or 'eager'")
+                raise InputError(
+                    f"cannot add an image mask to a {type(mask).__name__} attention mask: use "
+                    "attn_implementation='sdpa' or 'eager'"
+                )
             k_len = mask.shape[-1]
         else:
             cache = kwargs.get("past_key_values")

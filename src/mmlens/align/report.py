@@ -13,38 +13,64 @@ from mmlens.align.data import PreferencePair
 from mmlens.align.eval import DESCRIBE_PROMPT, vocabulary_parser
 from mmlens.html import CardLine, HtmlReport, ImageCard
 
-HEADLINE = ("pope_adversarial_acc", "pope_adversarial_f1", "pope_random_acc", "pope_popular_acc",
-            "pope_adversarial_yes_ratio", "yes_ratio", "chair_i", "chair_s", "recall", "image_gap")
+HEADLINE = (
+    "pope_adversarial_acc",
+    "pope_adversarial_f1",
+    "pope_random_acc",
+    "pope_popular_acc",
+    "pope_adversarial_yes_ratio",
+    "yes_ratio",
+    "chair_i",
+    "chair_s",
+    "recall",
+    "image_gap",
+)
 
 
 def _pair_cards(pairs: Sequence[PreferencePair], n: int) -> list[ImageCard]:
     step = max(1, len(pairs) // max(1, n))
     cards = []
     for p in list(pairs)[::step][:n]:
-        lines = [CardLine(f"Q: {p.prompt}"), CardLine(f"chosen: {p.chosen}", True),
-                 CardLine(f"rejected: {p.rejected}", False)]
+        lines = [
+            CardLine(f"Q: {p.prompt}"),
+            CardLine(f"chosen: {p.chosen}", True),
+            CardLine(f"rejected: {p.rejected}", False),
+        ]
         if "similarity" in p.meta:
             lines.append(CardLine(f"try {p.meta.get('try')}, similarity {p.meta['similarity']:.3f}"))
         cards.append(ImageCard(p.image, p.meta.get("source", "pair"), tuple(lines)))
     return cards
 
 
-def pairs_report(pairs: Sequence[PreferencePair], stats: Mapping[str, Any] | None = None, *,
-                 title: str = "Preference pairs", n_examples: int = 12) -> HtmlReport:
+def pairs_report(
+    pairs: Sequence[PreferencePair],
+    stats: Mapping[str, Any] | None = None,
+    *,
+    title: str = "Preference pairs",
+    n_examples: int = 12,
+) -> HtmlReport:
     report = HtmlReport(title, subtitle=f"{len(pairs)} pairs", data={"stats": dict(stats or {})})
     if stats:
         sec = report.section("Generation statistics")
         acc = stats.get("accepted_by_try")
         if acc:
-            sec.table([{"try": i + 1, "accepted": a, "unguided": i + 1 == len(acc) and len(acc) > 1}
-                       for i, a in enumerate(acc)])
+            sec.table(
+                [
+                    {"try": i + 1, "accepted": a, "unguided": i + 1 == len(acc) and len(acc) > 1}
+                    for i, a in enumerate(acc)
+                ]
+            )
         sec.table([{k: v for k, v in stats.items() if not isinstance(v, (list, dict))}])
     report.section("Example pairs").images(_pair_cards(pairs, n_examples))
     return report
 
 
-def metrics_report(results: Mapping[str, Mapping[str, Any]], *, title: str = "Hallucination metrics",
-                   pairs: Mapping[str, Sequence[PreferencePair]] | None = None) -> HtmlReport:
+def metrics_report(
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    title: str = "Hallucination metrics",
+    pairs: Mapping[str, Sequence[PreferencePair]] | None = None,
+) -> HtmlReport:
     """One row per model/arm; metric values may be numbers or {"mean", "std"} summaries."""
     report = HtmlReport(title, data={"results": {k: dict(v) for k, v in results.items()}})
     rows = []
@@ -58,15 +84,22 @@ def metrics_report(results: Mapping[str, Mapping[str, Any]], *, title: str = "Ha
     report.section("Metrics side by side").text(
         "POPE: yes/no probes on held-out images (adversarial negatives = absent co-occurrence partners). CHAIR_i / "
         "CHAIR_s: hallucinated objects in free descriptions, with object recall so that saying less does not pass. "
-        "image_gap: log p(answer | image) - log p(answer | image hidden).").table(rows)
+        "image_gap: log p(answer | image) - log p(answer | image hidden)."
+    ).table(rows)
     for name, items in (pairs or {}).items():
         report.section(f"Example pairs: {name}").images(_pair_cards(items, 8))
     return report
 
 
-def hallucination_report(vlm: Any, results: Mapping[str, Mapping[str, Any]], *, title: str,
-                         described: Sequence[tuple[Image.Image, Sequence[str]]] = (), vocabulary: Sequence[str] = (),
-                         max_new_tokens: int = 32) -> HtmlReport:
+def hallucination_report(
+    vlm: Any,
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    title: str,
+    described: Sequence[tuple[Image.Image, Sequence[str]]] = (),
+    vocabulary: Sequence[str] = (),
+    max_new_tokens: int = 32,
+) -> HtmlReport:
     """The hallucination page of a model (and others side by side in ``results``): the metrics table, POPE accuracy
     per probe kind, and ``vlm``'s descriptions of the ``described`` (image, objects) examples with the objects it
     names that are absent (parsed over ``vocabulary``) in red."""
@@ -75,17 +108,26 @@ def hallucination_report(vlm: Any, results: Mapping[str, Mapping[str, Any]], *, 
     kinds = [k for k in ("random", "popular", "adversarial", "all") if f"pope_{k}_acc" in first]
     if kinds:
         report.section("POPE accuracy by probe kind").figure(
-            pope_figure(results, kinds), "POPE accuracy per probe kind (adversarial = absent co-occurring objects).")
+            pope_figure(results, kinds), "POPE accuracy per probe kind (adversarial = absent co-occurring objects)."
+        )
     if described:
-        said = vlm.generate([image for image, _ in described], [DESCRIBE_PROMPT] * len(described),
-                            max_new_tokens=max_new_tokens)
+        said = vlm.generate(
+            [image for image, _ in described], [DESCRIBE_PROMPT] * len(described), max_new_tokens=max_new_tokens
+        )
         parser = vocabulary_parser(list(vocabulary))
         cards = []
         for (image, objects), text in zip(described, said):
             extra = parser(text) - {o.lower() for o in objects}
-            cards.append(ImageCard(image, "objects: " + ", ".join(objects), (
-                CardLine(f"says: {text}", ok=not extra),
-                CardLine("hallucinated: " + (", ".join(sorted(extra)) or "none"), ok=not extra))))
+            cards.append(
+                ImageCard(
+                    image,
+                    "objects: " + ", ".join(objects),
+                    (
+                        CardLine(f"says: {text}", ok=not extra),
+                        CardLine("hallucinated: " + (", ".join(sorted(extra)) or "none"), ok=not extra),
+                    ),
+                )
+            )
         report.section("Descriptions (red: mentions an absent object)").images(cards)
     return report
 
@@ -112,8 +154,9 @@ def pope_figure(results: Mapping[str, Mapping[str, Any]], kinds: Sequence[str]) 
 def bench_report(result: Mapping[str, Any]) -> HtmlReport:
     report = metrics_report(result["arms"], title="Alignment benchmark")
     report.data = dict(result)
-    report.section("Targets").table([{"target": k, "measured": v["measured"], "met": v["met"]}
-                                     for k, v in result.get("targets", {}).items()])
+    report.section("Targets").table(
+        [{"target": k, "measured": v["measured"], "met": v["met"]} for k, v in result.get("targets", {}).items()]
+    )
     sec = report.section("BDHS and cost")
     sec.table([{k: v for k, v in result["bdhs_stats"].items() if k != "per_seed"}])
     sec.table([result["cost"]])

@@ -108,8 +108,9 @@ LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|g
 def _lora_config(settings: DPOSettings):
     from peft import LoraConfig
 
-    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
-                      target_modules=LORA_TARGETS, bias="none")
+    return LoraConfig(
+        r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, bias="none"
+    )
 
 
 def _dpo_config(settings: DPOSettings, steps: int, out_dir: str):
@@ -117,13 +118,27 @@ def _dpo_config(settings: DPOSettings, steps: int, out_dir: str):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return DPOConfig(output_dir=out_dir, use_cpu=True, bf16=False, max_length=None,
-                         per_device_train_batch_size=settings.batch_size, max_steps=steps,
-                         learning_rate=settings.learning_rate, lr_scheduler_type="constant", beta=settings.beta,
-                         loss_type=_loss_types(settings), loss_weights=_loss_weights(settings),
-                         ld_alpha=settings.ld_alpha, seed=settings.seed, report_to=[], logging_steps=1,
-                         save_strategy="no", gradient_checkpointing=False, disable_tqdm=True,
-                         dataloader_num_workers=0)
+        return DPOConfig(
+            output_dir=out_dir,
+            use_cpu=True,
+            bf16=False,
+            max_length=None,
+            per_device_train_batch_size=settings.batch_size,
+            max_steps=steps,
+            learning_rate=settings.learning_rate,
+            lr_scheduler_type="constant",
+            beta=settings.beta,
+            loss_type=_loss_types(settings),
+            loss_weights=_loss_weights(settings),
+            ld_alpha=settings.ld_alpha,
+            seed=settings.seed,
+            report_to=[],
+            logging_steps=1,
+            save_strategy="no",
+            gradient_checkpointing=False,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
 
 
 def _loss_types(settings: DPOSettings) -> list[str]:
@@ -154,14 +169,23 @@ def _frozen_copy(model):
 
 
 def _steps_log(history: list[dict]) -> list[dict]:
-    keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
-            "logps/rejected")
-    return [{k: float(h[k]) for k in keys if k in h} | {"step": int(h.get("step", 0))}
-            for h in history if "loss" in h]
+    keys = (
+        "loss",
+        "rewards/margins",
+        "rewards/accuracies",
+        "rewards/chosen",
+        "rewards/rejected",
+        "logps/chosen",
+        "logps/rejected",
+    )
+    return [{k: float(h[k]) for k in keys if k in h} | {"step": int(h.get("step", 0))} for h in history if "loss" in h]
 
 
-def train_dpo(vlm: VisionLanguageModel, pairs: Sequence[PreferencePair], settings: DPOSettings = DPOSettings(),
-              ) -> tuple[VisionLanguageModel, dict[str, Any]]:
+def train_dpo(
+    vlm: VisionLanguageModel,
+    pairs: Sequence[PreferencePair],
+    settings: DPOSettings = DPOSettings(),
+) -> tuple[VisionLanguageModel, dict[str, Any]]:
     """Offline DPO on ``pairs`` through TRL; trains ``vlm.model`` in place (copy it first to keep the SFT model) and
     returns the trained adapter (LoRA merged into the weights) and the per-step log (loss, reward margin and
     accuracy, chosen/rejected log-probs)."""
@@ -175,21 +199,34 @@ def train_dpo(vlm: VisionLanguageModel, pairs: Sequence[PreferencePair], setting
     model.train()
     lora = settings.finetune is FineTune.LORA
     with tempfile.TemporaryDirectory(prefix="mmlens-dpo-") as tmp:
-        trainer = DPOTrainer(model=model, ref_model=None if lora else _frozen_copy(model),
-                             args=_dpo_config(settings, settings.steps, tmp), train_dataset=dataset,
-                             processing_class=vlm.processor, peft_config=_lora_config(settings) if lora else None)
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None if lora else _frozen_copy(model),
+            args=_dpo_config(settings, settings.steps, tmp),
+            train_dataset=dataset,
+            processing_class=vlm.processor,
+            peft_config=_lora_config(settings) if lora else None,
+        )
         _silence(trainer)
         trainer.train()
         trained = trainer.model
     if lora:
         trained = trained.merge_and_unload()
     trained.eval()
-    return VisionLanguageModel(trained, vlm.processor), {"steps": _steps_log(trainer.state.log_history),
-                                                         "n_pairs": len(pairs)}
+    return VisionLanguageModel(trained, vlm.processor), {
+        "steps": _steps_log(trainer.state.log_history),
+        "n_pairs": len(pairs),
+    }
 
 
-def _online_pairs(policy: VisionLanguageModel, examples: list[SFTExample], judge: PairwiseJudge,
-                  settings: DPOSettings, rng: np.random.Generator, tally: dict[str, int]) -> list[PreferencePair]:
+def _online_pairs(
+    policy: VisionLanguageModel,
+    examples: list[SFTExample],
+    judge: PairwiseJudge,
+    settings: DPOSettings,
+    rng: np.random.Generator,
+    tally: dict[str, int],
+) -> list[PreferencePair]:
     """Two samples per example from the current policy, ranked by the judge; ties are resampled up to
     ``max_judge_rounds`` times and then dropped."""
     pairs: list[PreferencePair] = []
@@ -198,9 +235,17 @@ def _online_pairs(policy: VisionLanguageModel, examples: list[SFTExample], judge
         if not todo:
             break
         rows = [e for e in todo for _ in range(2)]
-        texts, _ = generate_continuations(policy, [e.image for e in rows], [e.prompt for e in rows], [""] * len(rows),
-                                          rng=rng, max_new_tokens=settings.max_new_tokens, do_sample=True,
-                                          temperature=settings.sample_temperature, batch_size=64)
+        texts, _ = generate_continuations(
+            policy,
+            [e.image for e in rows],
+            [e.prompt for e in rows],
+            [""] * len(rows),
+            rng=rng,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=True,
+            temperature=settings.sample_temperature,
+            batch_size=64,
+        )
         first, second = texts[0::2], texts[1::2]
         verdicts = judge.judge(todo, first, second)
         tally["judged"] += len(todo)
@@ -211,16 +256,25 @@ def _online_pairs(policy: VisionLanguageModel, examples: list[SFTExample], judge
                 again.append(ex)
                 continue
             chosen, rejected = (a, b) if v == 0 else (b, a)
-            pairs.append(PreferencePair(ex.image, ex.prompt, chosen, rejected, {"source": "online",
-                                                                                "id": ex.example_id}))
+            pairs.append(
+                PreferencePair(ex.image, ex.prompt, chosen, rejected, {"source": "online", "id": ex.example_id})
+            )
         todo = again
     return pairs
 
 
-def train_online(vlm: VisionLanguageModel, examples: Sequence[SFTExample], mode: OnlineMode,
-                 settings: DPOSettings = DPOSettings(), *, judge: PairwiseJudge | None = None,
-                 offline_pairs: Sequence[PreferencePair] | None = None, bdhs: BDHSConfig | None = None,
-                 embedder: TextEmbedder | None = None, progress=None) -> tuple[VisionLanguageModel, dict[str, Any]]:
+def train_online(
+    vlm: VisionLanguageModel,
+    examples: Sequence[SFTExample],
+    mode: OnlineMode,
+    settings: DPOSettings = DPOSettings(),
+    *,
+    judge: PairwiseJudge | None = None,
+    offline_pairs: Sequence[PreferencePair] | None = None,
+    bdhs: BDHSConfig | None = None,
+    embedder: TextEmbedder | None = None,
+    progress=None,
+) -> tuple[VisionLanguageModel, dict[str, Any]]:
     """Online DPO (``ONLINE``), mixed DPO (``MIXED``, needs ``offline_pairs``) or online BDHS (``ONLINE_BDHS``) for
     ``settings.steps`` optimizer steps; pairs are refreshed from the current policy every ``refresh_every`` steps.
     Trains ``vlm.model`` in place; returns the trained adapter and a log (steps, pairs used, judge ties)."""
@@ -292,9 +346,14 @@ def train_online(vlm: VisionLanguageModel, examples: Sequence[SFTExample], mode:
             order_pairs = rng.permutation(len(pairs))
             dataset = pairs_to_dataset([pairs[i] for i in order_pairs])
             model.train()
-            trainer = DPOTrainer(model=model, ref_model=ref, args=_dpo_config(settings, n_steps, tmp),
-                                 train_dataset=dataset, processing_class=vlm.processor,
-                                 optimizers=(optimizer, get_constant_schedule(optimizer)))
+            trainer = DPOTrainer(
+                model=model,
+                ref_model=ref,
+                args=_dpo_config(settings, n_steps, tmp),
+                train_dataset=dataset,
+                processing_class=vlm.processor,
+                optimizers=(optimizer, get_constant_schedule(optimizer)),
+            )
             _silence(trainer)
             trainer.train()
             steps_log.extend(dict(s, step=s["step"] + done - n_steps) for s in _steps_log(trainer.state.log_history))

@@ -13,10 +13,15 @@ from mmlens.errors import InputError
 YES_NO_TEMPLATES: tuple[str, ...] = ("presence_shape", "presence_colour_shape")
 
 
-
-
-def world_sft_examples(world, n_scenes: int, *, split: str = "train", start: int = 20000, seed: int = 0,
-                       templates: tuple[str, ...] = YES_NO_TEMPLATES) -> list[SFTExample]:
+def world_sft_examples(
+    world,
+    n_scenes: int,
+    *,
+    split: str = "train",
+    start: int = 20000,
+    seed: int = 0,
+    templates: tuple[str, ...] = YES_NO_TEMPLATES,
+) -> list[SFTExample]:
     """Per scene: its description (``describe the image .`` -> the objects caption) and its VQA turns of
     ``templates``. ``start`` skips the scenes the zoo trained on (indices below 20000 of the train split)."""
     if n_scenes < 1:
@@ -25,12 +30,18 @@ def world_sft_examples(world, n_scenes: int, *, split: str = "train", start: int
     out = []
     for scene in world.sample_scenes(n_scenes, split, start=start):
         image = world.render(scene)
-        out.append(SFTExample(image, DESCRIBE_PROMPT, world.caption(scene, rng), scene.object_classes,
-                              f"{scene.scene_id}/describe"))
+        out.append(
+            SFTExample(
+                image, DESCRIBE_PROMPT, world.caption(scene, rng), scene.object_classes, f"{scene.scene_id}/describe"
+            )
+        )
         for item in world.vqa(scene, rng):
             if item.template in templates:
-                out.append(SFTExample(image, item.question, item.answer, scene.object_classes,
-                                      f"{scene.scene_id}/{item.template}"))
+                out.append(
+                    SFTExample(
+                        image, item.question, item.answer, scene.object_classes, f"{scene.scene_id}/{item.template}"
+                    )
+                )
     return out
 
 

@@ -49,12 +49,23 @@ class Arm(enum.StrEnum):
 
 
 ARMS: tuple[Arm, ...] = tuple(Arm)
-ONLINE_MODES: dict[Arm, OnlineMode] = {Arm.ONLINE_DPO: OnlineMode.ONLINE, Arm.MIXED_DPO: OnlineMode.MIXED,
-                                       Arm.ONLINE_BDHS: OnlineMode.ONLINE_BDHS}
+ONLINE_MODES: dict[Arm, OnlineMode] = {
+    Arm.ONLINE_DPO: OnlineMode.ONLINE,
+    Arm.MIXED_DPO: OnlineMode.MIXED,
+    Arm.ONLINE_BDHS: OnlineMode.ONLINE_BDHS,
+}
 # Arms that train on the BDHS pairs with changed DPO settings (the length-bias remedies).
 BDHS_VARIANTS: dict[Arm, dict] = {Arm.DPO_BDHS_SFT: {"sft_weight": 1.0}, Arm.DPO_BDHS_LD: {"ld_alpha": 0.5}}
-METRICS: tuple[str, ...] = ("pope_adversarial_acc", "pope_adversarial_f1", "pope_random_acc", "yes_ratio", "chair_i",
-                            "chair_s", "recall", "image_gap")
+METRICS: tuple[str, ...] = (
+    "pope_adversarial_acc",
+    "pope_adversarial_f1",
+    "pope_random_acc",
+    "yes_ratio",
+    "chair_i",
+    "chair_s",
+    "recall",
+    "image_gap",
+)
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,12 @@ class AlignBenchConfig:
     n_scenes: int = 160  # SFT scenes: a description + 2 yes/no turns each
     # mini-llava has 4 image tokens (one per grid cell): keep one visible (the spec's "1-3 visible tokens")
     bdhs: BDHSConfig = field(default_factory=lambda: BDHSConfig(visible_tokens=1))
-    dpo: DPOSettings = field(default_factory=lambda: DPOSettings(steps=96, batch_size=16, learning_rate=2e-4,
-                                                                 refresh_every=8))
-    evaluation: WorldEvalConfig = field(default_factory=lambda: WorldEvalConfig(n_pope_scenes=200,
-                                                                                n_caption_scenes=150))
+    dpo: DPOSettings = field(
+        default_factory=lambda: DPOSettings(steps=96, batch_size=16, learning_rate=2e-4, refresh_every=8)
+    )
+    evaluation: WorldEvalConfig = field(
+        default_factory=lambda: WorldEvalConfig(n_pope_scenes=200, n_caption_scenes=150)
+    )
     cost_examples: int = 96
     threads: int = 2
 
@@ -78,11 +91,16 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def _headline(metrics: dict) -> dict[str, float]:
-    return {"pope_adversarial_acc": metrics["pope_adversarial_acc"],
-            "pope_adversarial_f1": metrics["pope_adversarial_f1"],
-            "pope_random_acc": metrics["pope_random_acc"], "yes_ratio": metrics["pope_adversarial_yes_ratio"],
-            "chair_i": metrics["chair_i"], "chair_s": metrics["chair_s"], "recall": metrics["recall"],
-            "image_gap": metrics["image_gap"]}
+    return {
+        "pope_adversarial_acc": metrics["pope_adversarial_acc"],
+        "pope_adversarial_f1": metrics["pope_adversarial_f1"],
+        "pope_random_acc": metrics["pope_random_acc"],
+        "yes_ratio": metrics["pope_adversarial_yes_ratio"],
+        "chair_i": metrics["chair_i"],
+        "chair_s": metrics["chair_s"],
+        "recall": metrics["recall"],
+        "image_gap": metrics["image_gap"],
+    }
 
 
 def _plain(config) -> dict:
@@ -102,10 +120,15 @@ def _model_record(spec: str) -> dict:
         return {"path": str(folder)}
     rec = json.loads(path.read_text())
     metrics = rec.get("metrics", {})
-    return {"path": str(folder), "metrics_written": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                  time.gmtime(path.stat().st_mtime)),
-            **{k: metrics[k] for k in ("pope_adversarial_acc", "pope_adversarial_yes_rate", "vqa_acc_overall")
-               if k in metrics}}
+    return {
+        "path": str(folder),
+        "metrics_written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime)),
+        **{
+            k: metrics[k]
+            for k in ("pope_adversarial_acc", "pope_adversarial_yes_rate", "vqa_acc_overall")
+            if k in metrics
+        },
+    }
 
 
 def _targets(arms: dict) -> dict:
@@ -122,8 +145,10 @@ def _targets(arms: dict) -> dict:
         out["bdhs_yes_ratio_in_0.4_0.6"] = {"measured": yes, "met": 0.4 <= yes <= 0.6}
     if {"dpo_bdhs", "dpo_substitution", "dpo_noisy_image"} <= set(arms):
         best = max(m("dpo_substitution", "pope_adversarial_acc"), m("dpo_noisy_image", "pope_adversarial_acc"))
-        out["bdhs_beats_baselines_pope_adv"] = {"measured": round(m("dpo_bdhs", "pope_adversarial_acc") - best, 4),
-                                                "met": m("dpo_bdhs", "pope_adversarial_acc") > best}
+        out["bdhs_beats_baselines_pope_adv"] = {
+            "measured": round(m("dpo_bdhs", "pope_adversarial_acc") - best, 4),
+            "met": m("dpo_bdhs", "pope_adversarial_acc") > best,
+        }
     if {"mixed_dpo", "dpo_bdhs", "online_dpo"} <= set(arms):
         res = {}
         for key in ("pope_adversarial_acc", "recall"):
@@ -138,15 +163,24 @@ def _length_bias(arms: dict) -> dict:
     if Arm.DPO_BDHS not in arms:
         return {}
     base = arms[Arm.DPO_BDHS]
-    return {arm.value: {"settings": BDHS_VARIANTS[arm],
-                        "recall_minus_dpo_bdhs": round(arms[arm]["recall"]["mean"] - base["recall"]["mean"], 4),
-                        "pope_adv_minus_dpo_bdhs": round(arms[arm]["pope_adversarial_acc"]["mean"]
-                                                         - base["pope_adversarial_acc"]["mean"], 4)}
-            for arm in BDHS_VARIANTS if arm in arms}
+    return {
+        arm.value: {
+            "settings": BDHS_VARIANTS[arm],
+            "recall_minus_dpo_bdhs": round(arms[arm]["recall"]["mean"] - base["recall"]["mean"], 4),
+            "pope_adv_minus_dpo_bdhs": round(
+                arms[arm]["pope_adversarial_acc"]["mean"] - base["pope_adversarial_acc"]["mean"], 4
+            ),
+        }
+        for arm in BDHS_VARIANTS
+        if arm in arms
+    }
 
 
-def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Callable[[str], None] | None = None,
-                    on_partial: Callable[[dict], None] | None = None) -> dict:
+def align_benchmark(
+    config: AlignBenchConfig = AlignBenchConfig(),
+    progress: Callable[[str], None] | None = None,
+    on_partial: Callable[[dict], None] | None = None,
+) -> dict:
     """Run every arm for every seed and return the benchmark record (see the module docstring); ``on_partial``
     receives the record so far (``complete: False``) after each seed, for an atomic checkpoint."""
     from mmlens.models import load_model
@@ -164,17 +198,22 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
     cost_examples = world_sft_examples(world, max(1, config.cost_examples // 3), seed=99, start=40000)
     one_try = replace(config.bdhs, max_tries=1)
     batched_pairs, batched = bdhs_pairs(sft, cost_examples, one_try, embedder=embedder, progress=False)
-    sequential_pairs, sequential = bdhs_pairs(sft, cost_examples, replace(one_try, batch_size=1), embedder=embedder,
-                                              progress=False)
+    sequential_pairs, sequential = bdhs_pairs(
+        sft, cost_examples, replace(one_try, batch_size=1), embedder=embedder, progress=False
+    )
     # The target is about generation: the *_s numbers time the masked generate calls; the *_total_s numbers add
     # the similarity embedding and bookkeeping, which are the same batched code in both runs.
-    cost = {"n_examples": len(cost_examples), "n_sentences": sum(len(split_sentences(e.answer)) for e in cost_examples),
-            "bdhs_batched_s": round(batched.generation_seconds, 3),
-            "bdhs_sequential_s": round(sequential.generation_seconds, 3),
-            "speedup": round(sequential.generation_seconds / max(batched.generation_seconds, 1e-9), 2),
-            "bdhs_batched_total_s": round(batched.seconds, 3), "bdhs_sequential_total_s": round(sequential.seconds, 3),
-            "speedup_total": round(sequential.seconds / max(batched.seconds, 1e-9), 2),
-            "same_pairs": [p.rejected for p in batched_pairs] == [p.rejected for p in sequential_pairs]}
+    cost = {
+        "n_examples": len(cost_examples),
+        "n_sentences": sum(len(split_sentences(e.answer)) for e in cost_examples),
+        "bdhs_batched_s": round(batched.generation_seconds, 3),
+        "bdhs_sequential_s": round(sequential.generation_seconds, 3),
+        "speedup": round(sequential.generation_seconds / max(batched.generation_seconds, 1e-9), 2),
+        "bdhs_batched_total_s": round(batched.seconds, 3),
+        "bdhs_sequential_total_s": round(sequential.seconds, 3),
+        "speedup_total": round(sequential.seconds / max(batched.seconds, 1e-9), 2),
+        "same_pairs": [p.rejected for p in batched_pairs] == [p.rejected for p in sequential_pairs],
+    }
 
     say("evaluating the SFT model")
     base_metrics = evaluate_on_world(sft, world, config.evaluation)
@@ -183,11 +222,15 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
     train_logs: dict[str, list[dict]] = {arm: [] for arm in config.arms}
     example_pairs: dict[str, list[dict]] = {}
     n_examples = 0
+
     def assemble(complete: bool) -> dict:
         done = {arm: rows for arm, rows in per_seed.items() if rows}
-        arms = {arm: {k: _summary([r[k] for r in rows])
-                      for k in (*METRICS, "pope_popular_acc", "pope_adversarial_unparsed")}
-                for arm, rows in done.items()}
+        arms = {
+            arm: {
+                k: _summary([r[k] for r in rows]) for k in (*METRICS, "pope_popular_acc", "pope_adversarial_unparsed")
+            }
+            for arm, rows in done.items()
+        }
         targets = _targets(arms)
         targets["batched_bdhs_ge_3x"] = {"measured": cost["speedup"], "met": cost["speedup"] >= 3.0}
         accepted = np.sum([s["accepted_by_try"] for s in bdhs_stats], axis=0).tolist() if bdhs_stats else []
@@ -196,19 +239,31 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
             "model": config.model,
             "sft_model_record": sft_record,
             "seeds": sorted({r["seed"] for rows in done.values() for r in rows}),
-            "budget": {"sft_examples_per_seed": n_examples, "dpo_steps": config.dpo.steps,
-                       "batch_size": config.dpo.batch_size, "pairs_seen": config.dpo.steps * config.dpo.batch_size},
-            "config": {"bdhs": _plain(config.bdhs), "dpo": _plain(config.dpo),
-                       "evaluation": _plain(config.evaluation), "n_scenes": config.n_scenes},
+            "budget": {
+                "sft_examples_per_seed": n_examples,
+                "dpo_steps": config.dpo.steps,
+                "batch_size": config.dpo.batch_size,
+                "pairs_seen": config.dpo.steps * config.dpo.batch_size,
+            },
+            "config": {
+                "bdhs": _plain(config.bdhs),
+                "dpo": _plain(config.dpo),
+                "evaluation": _plain(config.evaluation),
+                "n_scenes": config.n_scenes,
+            },
             "arms": arms,
-            "bdhs_stats": {"accepted_by_try": accepted,
-                           "accepted_fraction_by_try": [round(a / max(1, sum(accepted)), 4) for a in accepted],
-                           "seconds_per_pair": round(float(np.mean([s["seconds_per_pair"] for s in bdhs_stats])), 5)
-                           if bdhs_stats else None,
-                           "mean_similarity": round(float(np.mean([s["mean_similarity"] for s in bdhs_stats])), 4)
-                           if bdhs_stats else None,
-                           "n_dropped": int(sum(s["n_dropped"] for s in bdhs_stats)),
-                           "per_seed": bdhs_stats},
+            "bdhs_stats": {
+                "accepted_by_try": accepted,
+                "accepted_fraction_by_try": [round(a / max(1, sum(accepted)), 4) for a in accepted],
+                "seconds_per_pair": round(float(np.mean([s["seconds_per_pair"] for s in bdhs_stats])), 5)
+                if bdhs_stats
+                else None,
+                "mean_similarity": round(float(np.mean([s["mean_similarity"] for s in bdhs_stats])), 4)
+                if bdhs_stats
+                else None,
+                "n_dropped": int(sum(s["n_dropped"] for s in bdhs_stats)),
+                "per_seed": bdhs_stats,
+            },
             "cost": cost,
             "targets": targets,
             "length_bias": _length_bias(arms),
@@ -233,9 +288,14 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
         if Arm.DPO_NOISY_IMAGE in config.arms:
             offline[Arm.DPO_NOISY_IMAGE] = noisy_image_pairs(sft, examples, seed=seed)
         if seed == config.seeds[0]:
-            example_pairs = {arm.value: [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
-                                         for p in pairs[:: max(1, len(pairs) // 8)][:8]]
-                             for arm, pairs in offline.items() if arm not in BDHS_VARIANTS}
+            example_pairs = {
+                arm.value: [
+                    {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+                    for p in pairs[:: max(1, len(pairs) // 8)][:8]
+                ]
+                for arm, pairs in offline.items()
+                if arm not in BDHS_VARIANTS
+            }
         for arm in config.arms:
             t0 = time.perf_counter()
             if arm == Arm.SFT:
@@ -247,25 +307,54 @@ def align_benchmark(config: AlignBenchConfig = AlignBenchConfig(), progress: Cal
                 if arm in offline:
                     trained, log = train_dpo(policy, offline[arm], replace(settings, **BDHS_VARIANTS.get(arm, {})))
                 else:
-                    trained, log = train_online(policy, examples, ONLINE_MODES[arm], settings, judge=judge,
-                                                offline_pairs=pairs_bdhs, bdhs=bdhs_cfg, embedder=embedder)
+                    trained, log = train_online(
+                        policy,
+                        examples,
+                        ONLINE_MODES[arm],
+                        settings,
+                        judge=judge,
+                        offline_pairs=pairs_bdhs,
+                        bdhs=bdhs_cfg,
+                        embedder=embedder,
+                    )
                 metrics = evaluate_on_world(trained, world, config.evaluation)
             steps = log.get("steps", [])
-            tail = steps[-max(1, len(steps) // 4):] if steps else []
-            train_logs[arm].append({
-                "seed": seed, "seconds": round(time.perf_counter() - t0, 2),
-                "pope_adversarial_top_answers": metrics["pope_adversarial_top_answers"],
-                "descriptions": [e["description"] for e in metrics.get("examples", [])[:3]],
-                "n_pairs": log.get("n_pairs", sum(log.get(k, 0) for k in ("online_pairs", "offline_pairs",
-                                                                            "bdhs_pairs"))),
-                **{k: v for k, v in log.items() if k in ("judged", "ties", "online_pairs", "offline_pairs",
-                                                         "bdhs_pairs")},
-                **({f"final_{k.replace('/', '_')}": round(float(np.mean([s[k] for s in tail if k in s])), 4)
-                    for k in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen")} if tail else {})})
-            per_seed[arm].append({**_headline(metrics), "pope_popular_acc": metrics["pope_popular_acc"],
-                                  "pope_adversarial_unparsed": metrics["pope_adversarial_unparsed_ratio"],
-                                  "seed": seed})
-            say(f"seed {seed}: {arm.value} pope_adv_acc={metrics['pope_adversarial_acc']:.3f} recall={metrics['recall']:.3f}")
+            tail = steps[-max(1, len(steps) // 4) :] if steps else []
+            train_logs[arm].append(
+                {
+                    "seed": seed,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "pope_adversarial_top_answers": metrics["pope_adversarial_top_answers"],
+                    "descriptions": [e["description"] for e in metrics.get("examples", [])[:3]],
+                    "n_pairs": log.get(
+                        "n_pairs", sum(log.get(k, 0) for k in ("online_pairs", "offline_pairs", "bdhs_pairs"))
+                    ),
+                    **{
+                        k: v
+                        for k, v in log.items()
+                        if k in ("judged", "ties", "online_pairs", "offline_pairs", "bdhs_pairs")
+                    },
+                    **(
+                        {
+                            f"final_{k.replace('/', '_')}": round(float(np.mean([s[k] for s in tail if k in s])), 4)
+                            for k in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen")
+                        }
+                        if tail
+                        else {}
+                    ),
+                }
+            )
+            per_seed[arm].append(
+                {
+                    **_headline(metrics),
+                    "pope_popular_acc": metrics["pope_popular_acc"],
+                    "pope_adversarial_unparsed": metrics["pope_adversarial_unparsed_ratio"],
+                    "seed": seed,
+                }
+            )
+            say(
+                f"seed {seed}: {arm.value} pope_adv_acc={metrics['pope_adversarial_acc']:.3f} recall={metrics['recall']:.3f}"
+            )
         if on_partial is not None:
             on_partial(assemble(False))
 

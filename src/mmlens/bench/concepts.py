@@ -69,8 +69,14 @@ def _load(spec: str):
 
 
 def _capture(model, items: list[ShapeItem], config: CaptureConfig) -> CaptureResult:
-    return capture_activations(model, [it.image for it in items], [it.prompt for it in items], config,
-                               ground_truths=[it.answer for it in items], progress=False)
+    return capture_activations(
+        model,
+        [it.image for it in items],
+        [it.prompt for it in items],
+        config,
+        ground_truths=[it.answer for it in items],
+        progress=False,
+    )
 
 
 def _intersect(results: list[CaptureResult]) -> list[CaptureResult]:
@@ -94,8 +100,12 @@ def _throughput(model, items: list[ShapeItem], config: CaptureConfig, cfg: Conce
     one = replace(config, batch_size=1)
 
     def run_plain() -> None:
-        plain.append(timed(lambda: model.generate(images, prompts, max_new_tokens=cfg.max_new_tokens,
-                                                  batch_size=cfg.batch_size), len(many)))
+        plain.append(
+            timed(
+                lambda: model.generate(images, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size),
+                len(many),
+            )
+        )
 
     def run_capture() -> None:
         batched.append(timed(lambda: _capture(model, many, config), len(many)))
@@ -105,18 +115,27 @@ def _throughput(model, items: list[ShapeItem], config: CaptureConfig, cfg: Conce
         for run in (run_plain, run_capture) if repeat % 2 == 0 else (run_capture, run_plain):
             run()
         single.append(timed(lambda: _capture(model, few, one), len(few)))
-    out: dict[str, Any] = {"batched_per_s": float(np.median(batched)), "batch1_per_s": float(np.median(single)),
-           "plain_per_s": float(np.median(plain))}
+    out: dict[str, Any] = {
+        "batched_per_s": float(np.median(batched)),
+        "batch1_per_s": float(np.median(single)),
+        "plain_per_s": float(np.median(plain)),
+    }
     out["speedup_vs_batch1"] = out["batched_per_s"] / out["batch1_per_s"]
     # Paired ratios: each capture run against the plain run beside it (the shared cores' load drifts).
     out["ratio_to_plain"] = float(np.median(np.array(batched) / np.array(plain)))
-    out.update(n_batched=len(many), n_batch1=len(few), batch_size=cfg.batch_size, repeats=cfg.throughput_repeats,
-               raw={"batched": batched, "batch1": single, "plain": plain})
+    out.update(
+        n_batched=len(many),
+        n_batch1=len(few),
+        batch_size=cfg.batch_size,
+        repeats=cfg.throughput_repeats,
+        raw={"batched": batched, "batch1": single, "plain": plain},
+    )
     return out
 
 
-def _purity(dictionary: ConceptDictionary, feats: np.ndarray, attrs: dict[str, list[str]], n_top: int,
-            seed: int) -> dict[str, Any]:
+def _purity(
+    dictionary: ConceptDictionary, feats: np.ndarray, attrs: dict[str, list[str]], n_top: int, seed: int
+) -> dict[str, Any]:
     top = top_samples(dictionary.transform(feats), n_top)
     per = attribute_purity(top, attrs)
     best = np.max(np.stack([per[a] for a in attrs]), axis=0)  # each concept's purest attribute
@@ -124,11 +143,15 @@ def _purity(dictionary: ConceptDictionary, feats: np.ndarray, attrs: dict[str, l
     rand_per = attribute_purity(random_sets(len(feats), n_top, seed=seed), attrs)
     rand = {a: float(v.mean()) for a, v in rand_per.items()}
     rand_best = float(np.max(np.stack([rand_per[a] for a in attrs]), axis=0).mean())
-    return {"mean_best_purity": float(best.mean()), "random_best_purity": rand_best,
-            "per_attribute": {a: float(per[a].mean()) for a in attrs}, "random_per_attribute": rand,
-            "mean_purity": float(np.mean([per[a].mean() for a in attrs])),
-            "random_mean_purity": float(np.mean(list(rand.values()))),
-            "top_rows": top}
+    return {
+        "mean_best_purity": float(best.mean()),
+        "random_best_purity": rand_best,
+        "per_attribute": {a: float(per[a].mean()) for a in attrs},
+        "random_per_attribute": rand,
+        "mean_purity": float(np.mean([per[a].mean() for a in attrs])),
+        "random_mean_purity": float(np.mean(list(rand.values()))),
+        "top_rows": top,
+    }
 
 
 def _colour_mass(grounder: TextGrounder, concepts: np.ndarray, colours: set[str]) -> np.ndarray:
@@ -140,8 +163,7 @@ def _colour_mass(grounder: TextGrounder, concepts: np.ndarray, colours: set[str]
     return probs[:, is_colour].sum(1)
 
 
-def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[[str], None] = print
-                       ) -> dict[str, Any]:
+def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON-ready result (layout of issue 5)."""
     from mmlens import zoo
     from mmlens.zoo.colour import checkpoint_dirs
@@ -156,10 +178,14 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     world = zoo.world_of(base_dir)
     items = shape_question_items(world, cfg.n_scenes, split="test", shape=cfg.word)
     log(f"{len(items)} '{cfg.word}' questions from {cfg.n_scenes} test scenes")
-    capture_cfg = CaptureConfig(layers=cfg.layers, final_norm=True,
-                                position=PositionRule(PositionKind.TOKEN_OF_INTEREST, words=(cfg.word,)),
-                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                require_in_ground_truth=True)
+    capture_cfg = CaptureConfig(
+        layers=cfg.layers,
+        final_norm=True,
+        position=PositionRule(PositionKind.TOKEN_OF_INTEREST, words=(cfg.word,)),
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        require_in_ground_truth=True,
+    )
     ckpts = checkpoint_dirs(tuned_dir)
     steps = [int(d.name.split("-")[1]) for d in ckpts]
     specs = {"base": str(base_dir), "tuned": str(tuned_dir), **{f"step-{s}": str(d) for s, d in zip(steps, ckpts)}}
@@ -175,8 +201,10 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
         log(f"captured {name}: {len(captures[name])}/{len(items)} samples emit '{cfg.word}'")
         if name == "base":
             throughput = _throughput(model, items, capture_cfg, cfg)
-            log(f"throughput: {throughput['batched_per_s']:.0f}/s batched, {throughput['batch1_per_s']:.0f}/s "
-                f"batch 1, {throughput['plain_per_s']:.0f}/s plain generation")
+            log(
+                f"throughput: {throughput['batched_per_s']:.0f}/s batched, {throughput['batch1_per_s']:.0f}/s "
+                f"batch 1, {throughput['plain_per_s']:.0f}/s plain generation"
+            )
         del model
 
     # ---- recovery: base vs final fine-tune, common samples
@@ -192,21 +220,37 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     keys = [cfg.headline_key] + [k for k in a_res.keys if k != cfg.headline_key]
     for key in keys:
         for dec in (kmeans, snmf) if key == cfg.headline_key else (kmeans,):
-            analysis = compare_models(a_res.activations[key], b_res.activations[key],
-                                      CompareConfig(decomposer=dec, n_top_samples=cfg.n_top, seed=cfg.seed),
-                                      ground_a=grounders["base"], ground_b=grounders["tuned"])
+            analysis = compare_models(
+                a_res.activations[key],
+                b_res.activations[key],
+                CompareConfig(decomposer=dec, n_top_samples=cfg.n_top, seed=cfg.seed),
+                ground_a=grounders["base"],
+                ground_b=grounders["tuned"],
+            )
             summary = analysis.summary()
             per_setting[f"{key}/{dec.kind.value}"] = summary
-            log(f"recovery {key}/{dec.kind.value}: frac_improved {summary['frac_improved']:.2f}, gain "
+            log(
+                f"recovery {key}/{dec.kind.value}: frac_improved {summary['frac_improved']:.2f}, gain "
                 f"{summary['mean_gain']:.3f} vs global {summary['baseline_global_gain']:.3f}, permuted "
-                f"{summary['baseline_permuted_gain']:.3f}, random {summary['baseline_random_gain']:.3f}")
+                f"{summary['baseline_permuted_gain']:.3f}, random {summary['baseline_random_gain']:.3f}"
+            )
             if key == cfg.headline_key and dec is kmeans:
                 headline = analysis
     if headline is None:
         raise InputError(f"headline_key {cfg.headline_key!r} is not among the captured layers")
     head = headline.summary()
-    recovery = {k: head[k] for k in ("frac_improved", "mean_gain", "baseline_global_gain", "baseline_random_gain",
-                                     "baseline_permuted_gain", "alpha_peak", "consistency_pearson")}
+    recovery = {
+        k: head[k]
+        for k in (
+            "frac_improved",
+            "mean_gain",
+            "baseline_global_gain",
+            "baseline_random_gain",
+            "baseline_permuted_gain",
+            "alpha_peak",
+            "consistency_pearson",
+        )
+    }
 
     # ---- grounding quality: purity of the base concepts' top samples
     feats_a = a_res.activations[cfg.headline_key].double().numpy()
@@ -224,60 +268,105 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     # Colour-related = the half of the original concepts that put the most unembedding probability on colour
     # words (ground-truth purity cannot tell: the question names the colour, so every concept's top samples
     # share one colour).
-    colour_mass = _colour_mass(grounders[step_names[0]], base_dict.concepts,
-                               set(world.cfg.colours) | set(world.cfg.backgrounds))
+    colour_mass = _colour_mass(
+        grounders[step_names[0]], base_dict.concepts, set(world.cfg.colours) | set(world.cfg.backgrounds)
+    )
     colour_mask = colour_mass > np.median(colour_mass)
-    drift = concept_drift(base_feats, [r.activations[cfg.headline_key].double().numpy() for r in aligned], steps,
-                          grounders[step_names[0]], [grounders[n] for n in step_names], kmeans,
-                          base_dictionary=base_dict, groups={"colour": colour_mask, "other": ~colour_mask})
+    drift = concept_drift(
+        base_feats,
+        [r.activations[cfg.headline_key].double().numpy() for r in aligned],
+        steps,
+        grounders[step_names[0]],
+        [grounders[n] for n in step_names],
+        kmeans,
+        base_dictionary=base_dict,
+        groups={"colour": colour_mask, "other": ~colour_mask},
+    )
     rho = float(spearmanr(steps, drift.t_overlap)[0]) if len(set(drift.t_overlap)) > 1 else float("nan")
-    drift_out = {"steps": steps, "t_overlap": drift.t_overlap,
-                 "colour_vs_other": [[c, o] for c, o in zip(drift.groups["colour"], drift.groups["other"])],
-                 "colour_vs_other_columns": ["colour-related concepts", "other concepts"],
-                 "colour_vs_other_mean_after_step_0": [float(np.mean(drift.groups[g][1:])) if len(steps) > 1
-                                                       else float("nan") for g in ("colour", "other")],
-                 "n_colour_concepts": int(colour_mask.sum()), "colour_mass": colour_mass.tolist(),
-                 "n_samples": len(rows_drift),
-                 "spearman_step_t_overlap": rho, "match_cos": drift.match_cos}
+    drift_out = {
+        "steps": steps,
+        "t_overlap": drift.t_overlap,
+        "colour_vs_other": [[c, o] for c, o in zip(drift.groups["colour"], drift.groups["other"])],
+        "colour_vs_other_columns": ["colour-related concepts", "other concepts"],
+        "colour_vs_other_mean_after_step_0": [
+            float(np.mean(drift.groups[g][1:])) if len(steps) > 1 else float("nan") for g in ("colour", "other")
+        ],
+        "n_colour_concepts": int(colour_mask.sum()),
+        "colour_mass": colour_mass.tolist(),
+        "n_samples": len(rows_drift),
+        "spearman_step_t_overlap": rho,
+        "match_cos": drift.match_cos,
+    }
 
     colour_final, other_final = drift.groups["colour"][-1], drift.groups["other"][-1]
     split: dict[str, Any] = head["split_half"]
-    best_baseline = max(recovery["baseline_global_gain"], recovery["baseline_random_gain"],
-                        recovery["baseline_permuted_gain"])
+    best_baseline = max(
+        recovery["baseline_global_gain"], recovery["baseline_random_gain"], recovery["baseline_permuted_gain"]
+    )
     checks = [  # (target, measured, met)
-        ("per-concept shifts beat every baseline in mean cosine gain",
-         {"per_concept": recovery["mean_gain"], "best_baseline": best_baseline}, head["beats_every_baseline"]),
+        (
+            "per-concept shifts beat every baseline in mean cosine gain",
+            {"per_concept": recovery["mean_gain"], "best_baseline": best_baseline},
+            head["beats_every_baseline"],
+        ),
         ("frac_improved >= 0.75", recovery["frac_improved"], recovery["frac_improved"] >= 0.75),
         ("alpha peak in [0.75, 1.25]", recovery["alpha_peak"], 0.75 <= recovery["alpha_peak"] <= 1.25),
         ("consistency correlation > 0", recovery["consistency_pearson"], recovery["consistency_pearson"] > 0),
-        ("T-overlap falls with fine-tuning steps (Spearman < 0 and last < first)",
-         {"spearman": rho, "first": drift.t_overlap[0], "last": drift.t_overlap[-1]},
-         rho < 0 and drift.t_overlap[-1] < drift.t_overlap[0]),
-        ("colour-related concepts drift more (lower T-overlap at the last step than the other half)",
-         {"colour": colour_final, "other": other_final}, colour_final < other_final),
-        ("split half: per-concept shifts still beat every baseline",
-         {"per_concept": split["mean_gain"], "best_baseline": max(split["baseline_global_gain"],
-                                                                  split["baseline_random_gain"],
-                                                                  split["baseline_permuted_gain"])},
-         split["beats_every_baseline"]),
-        ("purity of the concepts' top samples above random sets",
-         {"concepts": grounding["mean_best_purity"], "random": grounding["random_best_purity"]},
-         grounding["mean_best_purity"] > grounding["random_best_purity"]),
+        (
+            "T-overlap falls with fine-tuning steps (Spearman < 0 and last < first)",
+            {"spearman": rho, "first": drift.t_overlap[0], "last": drift.t_overlap[-1]},
+            rho < 0 and drift.t_overlap[-1] < drift.t_overlap[0],
+        ),
+        (
+            "colour-related concepts drift more (lower T-overlap at the last step than the other half)",
+            {"colour": colour_final, "other": other_final},
+            colour_final < other_final,
+        ),
+        (
+            "split half: per-concept shifts still beat every baseline",
+            {
+                "per_concept": split["mean_gain"],
+                "best_baseline": max(
+                    split["baseline_global_gain"], split["baseline_random_gain"], split["baseline_permuted_gain"]
+                ),
+            },
+            split["beats_every_baseline"],
+        ),
+        (
+            "purity of the concepts' top samples above random sets",
+            {"concepts": grounding["mean_best_purity"], "random": grounding["random_best_purity"]},
+            grounding["mean_best_purity"] > grounding["random_best_purity"],
+        ),
         ("batched capture >= 5x batch size 1", throughput["speedup_vs_batch1"], throughput["speedup_vs_batch1"] >= 5),
-        ("batched capture within 15% of plain generation (ratio >= 0.85)", throughput["ratio_to_plain"],
-         throughput["ratio_to_plain"] >= 0.85),
+        (
+            "batched capture within 15% of plain generation (ratio >= 0.85)",
+            throughput["ratio_to_plain"],
+            throughput["ratio_to_plain"] >= 0.85,
+        ),
     ]
     grounding.pop("top_rows")
     return {
-        "benchmark": "concepts", "seconds": round(time.perf_counter() - t_start, 1),
-        "setup": {"token_of_interest": cfg.word, "prompt": "what shape is the <colour> object ?",
-                  "n_scenes": cfg.n_scenes, "n_items": len(items), "n_common_base_tuned": n_common,
-                  "kept_fraction": accuracy, "layer": cfg.headline_key, "decomposer": "kmeans",
-                  "n_concepts": cfg.n_concepts, "n_top_samples": cfg.n_top, "text_grounding": {
-                      "top_tokens": cfg.text.top_tokens, "keep": cfg.text.keep,
-                      "apply_final_norm": cfg.text.apply_final_norm},
-                  "models": specs,
-                  "model_fingerprints": {n: c.metadata["model_fingerprint"] for n, c in captures.items()}},
+        "benchmark": "concepts",
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "setup": {
+            "token_of_interest": cfg.word,
+            "prompt": "what shape is the <colour> object ?",
+            "n_scenes": cfg.n_scenes,
+            "n_items": len(items),
+            "n_common_base_tuned": n_common,
+            "kept_fraction": accuracy,
+            "layer": cfg.headline_key,
+            "decomposer": "kmeans",
+            "n_concepts": cfg.n_concepts,
+            "n_top_samples": cfg.n_top,
+            "text_grounding": {
+                "top_tokens": cfg.text.top_tokens,
+                "keep": cfg.text.keep,
+                "apply_final_norm": cfg.text.apply_final_norm,
+            },
+            "models": specs,
+            "model_fingerprints": {n: c.metadata["model_fingerprint"] for n, c in captures.items()},
+        },
         "recovery": recovery,
         "recovery_detail": per_setting,
         "drift": drift_out,

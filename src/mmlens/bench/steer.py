@@ -126,7 +126,7 @@ def caption_metrics(world, scenes, captions: Sequence[str]) -> dict[str, float]:
     shapes = [bool(world.mentioned_objects(c)) for c in captions]
     correct = [bool(n) and n <= sc.colours for n, sc in zip(named, scenes)]
     style = [("object" in w or "objects" in w) and not s for w, s in zip(words, shapes)]
-    loops = [any(len(set(w[i:i + 4])) == 1 for i in range(max(0, len(w) - 3))) for w in words]
+    loops = [any(len(set(w[i : i + 4])) == 1 for i in range(max(0, len(w) - 3))) for w in words]
 
     def rate(values: Sequence[float]) -> float:
         return round(float(np.mean(values)), 4) if values else float("nan")
@@ -155,8 +155,18 @@ def _round(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- 1. yes -> no
-def _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg: SteerBenchConfig, log,
-               condition: SteerCondition = SteerCondition.ALWAYS) -> dict:
+def _yes_to_no(
+    vlm,
+    cap,
+    labels,
+    select,
+    test,
+    base_select,
+    base_test,
+    cfg: SteerBenchConfig,
+    log,
+    condition: SteerCondition = SteerCondition.ALWAYS,
+) -> dict:
     flip = FlipTarget("yes", "no", "yes/no")
     n_layers = vlm.num_layers
     rows = cap.sample_index.tolist()
@@ -168,17 +178,24 @@ def _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg: Stee
         log(f"yes_to_no ({condition.value}): layer {layer}")
         acts = cap.layer(layer)
         try:
-            vec = vector_from_labels(acts, row_labels, "yes", "no", layer=layer, model=cfg.model,
-                                     position="last_prompt")
+            vec = vector_from_labels(
+                acts, row_labels, "yes", "no", layer=layer, model=cfg.model, position="last_prompt"
+            )
         except InputError as err:  # e.g. a model that never answers "yes" correctly: nothing to steer from
             out[str(layer)] = {"error": str(err)}
             continue
         vectors[layer] = vec
-        shuffled = {s: shuffled_vector(acts, row_labels, "yes", "no", layer=layer, seed=cfg.seed + s)
-                    for s in cfg.control_seeds}
+        shuffled = {
+            s: shuffled_vector(acts, row_labels, "yes", "no", layer=layer, seed=cfg.seed + s) for s in cfg.control_seeds
+        }
         randoms = {s: random_like(vec, seed=cfg.seed + s) for s in cfg.control_seeds}
-        common: dict[str, Any] = {"positions": cfg.positions, "condition": condition, "max_new_tokens": cfg.vqa_tokens,
-                  "batch_size": cfg.batch_size, "kinds": (SweepKind.STEER, SweepKind.LOGIT_BIAS)}
+        common: dict[str, Any] = {
+            "positions": cfg.positions,
+            "condition": condition,
+            "max_new_tokens": cfg.vqa_tokens,
+            "batch_size": cfg.batch_size,
+            "kinds": (SweepKind.STEER, SweepKind.LOGIT_BIAS),
+        }
         select_rows = sweep_with_baselines(vlm, select, vec, cfg.alphas, flip, baseline=base_select, **common)
         alpha = choose_alpha(select_rows, max_drop=cfg.max_drop)
         lb_alpha = choose_alpha(select_rows, max_drop=cfg.max_drop, kind=SweepKind.LOGIT_BIAS)
@@ -189,32 +206,47 @@ def _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg: Stee
         at_alpha = SteerConfig(alpha, cfg.positions, condition)
         controls = {f"random_{s}": Steering((v,), at_alpha) for s, v in randoms.items()}
         controls |= {f"shuffled_{s}": Steering((v,), at_alpha) for s, v in shuffled.items()}
-        ctrl = evaluate_interventions(vlm, test, controls, flip, baseline=base_test, max_new_tokens=cfg.vqa_tokens,
-                                      batch_size=cfg.batch_size, progress=False)
+        ctrl = evaluate_interventions(
+            vlm,
+            test,
+            controls,
+            flip,
+            baseline=base_test,
+            max_new_tokens=cfg.vqa_tokens,
+            batch_size=cfg.batch_size,
+            progress=False,
+        )
         random_rates = [ctrl[f"random_{s}"]["flip_rate"] for s in cfg.control_seeds]
         shuffled_rates = [ctrl[f"shuffled_{s}"]["flip_rate"] for s in cfg.control_seeds]
-        out[str(layer)] = _round({
-            "flip_rate": at["steer"]["flip_rate"],
-            "other_types_acc_drop": at["steer"]["other_types_acc_drop"],
-            "random_flip_rate": float(np.mean(random_rates)),
-            "shuffled_flip_rate": float(np.mean(shuffled_rates)),
-            "logit_bias_flip_rate": at["logit_bias"]["flip_rate"],
-            "logit_bias_other_types_acc_drop": at["logit_bias"]["other_types_acc_drop"],
-            "alpha": alpha,
-            "n_source": at["steer"]["n_source"],
-            "changed_rate": at["steer"]["changed_rate"],
-            "acc_baseline": at["steer"]["acc_baseline"],
-            "acc_steered": at["steer"]["acc_steered"],
-            "random_flip_rate_per_seed": random_rates,
-            "shuffled_flip_rate_per_seed": shuffled_rates,
-            "random_other_types_acc_drop": float(np.mean([ctrl[f"random_{s}"]["other_types_acc_drop"]
-                                                          for s in cfg.control_seeds])),
-            "logit_bias_own_alpha": {"alpha": lb_alpha, "flip_rate": lb_at["logit_bias"]["flip_rate"],
-                                     "other_types_acc_drop": lb_at["logit_bias"]["other_types_acc_drop"]},
-            "vector_norm": vec.norm,
-            "n_yes_vectors": vec.info["n_source"], "n_no_vectors": vec.info["n_target"],
-            "condition": condition.value,
-        })
+        out[str(layer)] = _round(
+            {
+                "flip_rate": at["steer"]["flip_rate"],
+                "other_types_acc_drop": at["steer"]["other_types_acc_drop"],
+                "random_flip_rate": float(np.mean(random_rates)),
+                "shuffled_flip_rate": float(np.mean(shuffled_rates)),
+                "logit_bias_flip_rate": at["logit_bias"]["flip_rate"],
+                "logit_bias_other_types_acc_drop": at["logit_bias"]["other_types_acc_drop"],
+                "alpha": alpha,
+                "n_source": at["steer"]["n_source"],
+                "changed_rate": at["steer"]["changed_rate"],
+                "acc_baseline": at["steer"]["acc_baseline"],
+                "acc_steered": at["steer"]["acc_steered"],
+                "random_flip_rate_per_seed": random_rates,
+                "shuffled_flip_rate_per_seed": shuffled_rates,
+                "random_other_types_acc_drop": float(
+                    np.mean([ctrl[f"random_{s}"]["other_types_acc_drop"] for s in cfg.control_seeds])
+                ),
+                "logit_bias_own_alpha": {
+                    "alpha": lb_alpha,
+                    "flip_rate": lb_at["logit_bias"]["flip_rate"],
+                    "other_types_acc_drop": lb_at["logit_bias"]["other_types_acc_drop"],
+                },
+                "vector_norm": vec.norm,
+                "n_yes_vectors": vec.info["n_source"],
+                "n_no_vectors": vec.info["n_target"],
+                "condition": condition.value,
+            }
+        )
         sweeps[str(layer)] = {"selection": select_rows, "test": test_rows}
     return {"per_layer": out, "sweeps": sweeps, "vectors": vectors}
 
@@ -225,8 +257,9 @@ def _dominant(labels: Sequence[str]) -> str:
     return counts.most_common(1)[0][0] if counts else "?"
 
 
-def _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg: SteerBenchConfig, *,
-                      scope: FlipTarget, log) -> dict:
+def _answer_to_answer(
+    vlm, cap, train, labels, select, test, base_test, cfg: SteerBenchConfig, *, scope: FlipTarget, log
+) -> dict:
     """Candidates at the last layer, selection score on the selection set, the best ones measured on test."""
     from sklearn.cluster import KMeans
 
@@ -238,27 +271,39 @@ def _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg: Ste
     counts = Counter(row_labels)
     answers = sorted(a for a, n in counts.items() if n >= 5)  # too few samples make a noisy mean
     if len(row_labels) < 2 or len(counts) < 2:
-        raise InputError(f"fewer than two correctly answered {scope.template or scope.answer_type} answers to "
-                         "build candidates from")
+        raise InputError(
+            f"fewer than two correctly answered {scope.template or scope.answer_type} answers to build candidates from"
+        )
     candidates: list[SteeringVector] = []
     for s in answers:
         for t in answers:
             if s != t:
-                candidates.append(vector_from_labels(acts, row_labels, s, t, layer=layer, model=cfg.model,
-                                                     position="last_prompt"))
+                candidates.append(
+                    vector_from_labels(acts, row_labels, s, t, layer=layer, model=cfg.model, position="last_prompt")
+                )
     k = min(cfg.n_concepts, len(row_labels))
     km = KMeans(n_clusters=k, n_init=10, random_state=cfg.seed).fit(acts.numpy())
     dominant = [_dominant([row_labels[i] for i in np.flatnonzero(km.labels_ == c)]) for c in range(k)]
     names = [f"k{c}:{answer}" for c, answer in enumerate(dominant)]  # several clusters can share an answer
-    candidates += concept_vectors(torch.from_numpy(km.cluster_centers_).float(), layer=layer, names=names,
-                                  model=cfg.model, position="last_prompt")
+    candidates += concept_vectors(
+        torch.from_numpy(km.cluster_centers_).float(), layer=layer, names=names, model=cfg.model, position="last_prompt"
+    )
     select_scope = [e for e in select if scope.in_scope(e)]
-    log(f"{scope.answer_type}: {len(candidates)} candidates x {len(cfg.select_alphas)} alphas on "
-        f"{len(select_scope)} selection questions")
+    log(
+        f"{scope.answer_type}: {len(candidates)} candidates x {len(cfg.select_alphas)} alphas on "
+        f"{len(select_scope)} selection questions"
+    )
     selected = []
     for alpha in cfg.select_alphas:
-        for s in select_vectors(vlm, candidates, select_scope, SteerConfig(alpha, cfg.positions),
-                                max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size, progress=False):
+        for s in select_vectors(
+            vlm,
+            candidates,
+            select_scope,
+            SteerConfig(alpha, cfg.positions),
+            max_new_tokens=cfg.vqa_tokens,
+            batch_size=cfg.batch_size,
+            progress=False,
+        ):
             selected.append((alpha, s))
     selected.sort(key=lambda pair: -pair[1].selection.score)
     seen: set[tuple[str, ...]] = set()
@@ -268,7 +313,7 @@ def _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg: Ste
         if key not in seen:
             seen.add(key)
             top.append((alpha, s))
-    top = top[:cfg.n_selected]
+    top = top[: cfg.n_selected]
     results = []
     for alpha, s in top:
         target = s.selection.primary[0]
@@ -277,13 +322,24 @@ def _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg: Ste
         measured = {}
         for condition in SteerCondition:
             config = SteerConfig(alpha, cfg.positions, condition)
-            interventions: dict[str, Any] = {"steer": Steering((s.vector,), config),
-                             "random": Steering((random_like(s.vector, seed=cfg.seed),), config),
-                             "logit_bias": LogitBias(s.vector, alpha, condition)}
-            res = evaluate_interventions(vlm, test, interventions, flip, baseline=base_test,
-                                         max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size, progress=False)
+            interventions: dict[str, Any] = {
+                "steer": Steering((s.vector,), config),
+                "random": Steering((random_like(s.vector, seed=cfg.seed),), config),
+                "logit_bias": LogitBias(s.vector, alpha, condition),
+            }
+            res = evaluate_interventions(
+                vlm,
+                test,
+                interventions,
+                flip,
+                baseline=base_test,
+                max_new_tokens=cfg.vqa_tokens,
+                batch_size=cfg.batch_size,
+                progress=False,
+            )
             measured[condition] = {
-                "flip_rate": res["steer"]["flip_rate"], "n_source": res["steer"]["n_source"],
+                "flip_rate": res["steer"]["flip_rate"],
+                "n_source": res["steer"]["n_source"],
                 "target_rate": res["steer"]["target_rate"],
                 "other_types_acc_drop": res["steer"]["other_types_acc_drop"],
                 "random_target_rate": res["random"]["target_rate"],
@@ -291,15 +347,31 @@ def _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg: Ste
                 "logit_bias_flip_rate": res["logit_bias"]["flip_rate"],
                 "target_count_delta": res["steer"]["target_count_delta"],
             }
-        results.append(_round({
-            "vector": s.vector.name, "kind": s.vector.kind.value, "alpha": alpha, "score": s.selection.score,
-            "primary": list(s.selection.primary), "source": source, "target": target,
-            **measured[SteerCondition.ALWAYS],
-            "conditional": measured[SteerCondition.SOURCE_CONCEPT],
-        }))
-    return {"layer": layer, "n_candidates": len(candidates), "n_answer_pairs": len(candidates) - k * (k - 1),
-            "n_concepts": k, "concept_names": names, "alphas": list(cfg.select_alphas), "selected": results,
-            "best": results[0] if results else None}
+        results.append(
+            _round(
+                {
+                    "vector": s.vector.name,
+                    "kind": s.vector.kind.value,
+                    "alpha": alpha,
+                    "score": s.selection.score,
+                    "primary": list(s.selection.primary),
+                    "source": source,
+                    "target": target,
+                    **measured[SteerCondition.ALWAYS],
+                    "conditional": measured[SteerCondition.SOURCE_CONCEPT],
+                }
+            )
+        )
+    return {
+        "layer": layer,
+        "n_candidates": len(candidates),
+        "n_answer_pairs": len(candidates) - k * (k - 1),
+        "n_concepts": k,
+        "concept_names": names,
+        "alphas": list(cfg.select_alphas),
+        "selected": results,
+        "best": results[0] if results else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------- 3. caption style
@@ -308,8 +380,9 @@ def _captions(vlm, images, intervention=None, *, cfg: SteerBenchConfig) -> list[
 
     context = intervention.apply(vlm) if intervention is not None else contextlib.nullcontext()
     with context:
-        return vlm.generate(images, [CAPTION_PROMPT] * len(images), max_new_tokens=cfg.caption_tokens,
-                            batch_size=cfg.batch_size)
+        return vlm.generate(
+            images, [CAPTION_PROMPT] * len(images), max_new_tokens=cfg.caption_tokens, batch_size=cfg.batch_size
+        )
 
 
 def _caption_style(vlm, tuned, world, train_scenes, select_scenes, test_scenes, cfg: SteerBenchConfig, log) -> dict:
@@ -331,13 +404,27 @@ def _caption_style(vlm, tuned, world, train_scenes, select_scenes, test_scenes, 
     log("caption style: capturing both models at the first object noun")
     base_rule = PositionRule(PositionKind.TOKEN_CLASS, words=shapes)
     tuned_rule = PositionRule(PositionKind.TOKEN_CLASS, words=("object", "objects"))
-    cap_a = capture_activations(vlm, train_images, prompts, CaptureConfig(layers=layers, position=base_rule,
-                                max_new_tokens=cfg.caption_tokens, batch_size=cfg.batch_size), progress=False)
-    cap_b = capture_activations(tuned, train_images, prompts, CaptureConfig(layers=layers, position=tuned_rule,
-                                max_new_tokens=cfg.caption_tokens, batch_size=cfg.batch_size), progress=False)
+    cap_a = capture_activations(
+        vlm,
+        train_images,
+        prompts,
+        CaptureConfig(layers=layers, position=base_rule, max_new_tokens=cfg.caption_tokens, batch_size=cfg.batch_size),
+        progress=False,
+    )
+    cap_b = capture_activations(
+        tuned,
+        train_images,
+        prompts,
+        CaptureConfig(layers=layers, position=tuned_rule, max_new_tokens=cfg.caption_tokens, batch_size=cfg.batch_size),
+        progress=False,
+    )
     cap_a, cap_b = common_samples(cap_a, cap_b)
-    vectors = {layer: finetuning_shift_vectors(cap_a.layer(layer), cap_b.layer(layer), layer=layer, model=cfg.model,
-                                    position="first object noun")[0] for layer in layers}
+    vectors = {
+        layer: finetuning_shift_vectors(
+            cap_a.layer(layer), cap_b.layer(layer), layer=layer, model=cfg.model, position="first object noun"
+        )[0]
+        for layer in layers
+    }
     select_images = [world.render(s) for s in select_scenes]
     test_images = [world.render(s) for s in test_scenes]
 
@@ -365,24 +452,40 @@ def _caption_style(vlm, tuned, world, train_scenes, select_scenes, test_scenes, 
         "after": caption_metrics(world, test_scenes, steered_caps),
         "logit_bias_same_alpha": metrics(test_images, test_scenes, LogitBias(vec, alpha)),
         "logit_bias_own_alpha": {"alpha": lb_alpha, **metrics(test_images, test_scenes, LogitBias(vec, lb_alpha))},
-        "random_same_alpha": metrics(test_images, test_scenes,
-                                     Steering((random_like(vec, seed=cfg.seed),), SteerConfig(alpha, cfg.positions))),
-        "finetuned_model": caption_metrics(world, test_scenes, tuned.generate(
-            test_images, [CAPTION_PROMPT] * len(test_images), max_new_tokens=cfg.caption_tokens,
-            batch_size=cfg.batch_size)),
+        "random_same_alpha": metrics(
+            test_images, test_scenes, Steering((random_like(vec, seed=cfg.seed),), SteerConfig(alpha, cfg.positions))
+        ),
+        "finetuned_model": caption_metrics(
+            world,
+            test_scenes,
+            tuned.generate(
+                test_images,
+                [CAPTION_PROMPT] * len(test_images),
+                max_new_tokens=cfg.caption_tokens,
+                batch_size=cfg.batch_size,
+            ),
+        ),
         "selection_sweep": {"steer": select_rows, "logit_bias": lb_rows},
     }
     log("caption style: layer sweep on test")
     result["layer_sweep"] = [
-        {"layer": layer, "alpha": float(a),
-         **metrics(test_images, test_scenes, Steering((vectors[layer],), SteerConfig(a, cfg.positions)))}
-        for layer in layers for a in cfg.caption_alphas]
+        {
+            "layer": layer,
+            "alpha": float(a),
+            **metrics(test_images, test_scenes, Steering((vectors[layer],), SteerConfig(a, cfg.positions))),
+        }
+        for layer in layers
+        for a in cfg.caption_alphas
+    ]
     steer_score = result["after"]["colour_only_rate"]
-    lb_score = max(result["logit_bias_same_alpha"]["colour_only_rate"],
-                   result["logit_bias_own_alpha"]["colour_only_rate"])
+    lb_score = max(
+        result["logit_bias_same_alpha"]["colour_only_rate"], result["logit_bias_own_alpha"]["colour_only_rate"]
+    )
     result["steering_beats_logit_bias"] = bool(steer_score > lb_score)
-    result["examples"] = [{"scene": s.scene_id, "before": b, "after": a}
-                          for s, b, a in zip(test_scenes[:8], before_caps[:8], steered_caps[:8])]
+    result["examples"] = [
+        {"scene": s.scene_id, "before": b, "after": a}
+        for s, b, a in zip(test_scenes[:8], before_caps[:8], steered_caps[:8])
+    ]
     return _round(result)
 
 
@@ -400,8 +503,13 @@ def _overhead(vlm, images, prompts, vector: SteeringVector, alpha: float, cfg: S
     def run(context=None) -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
         with context or contextlib.nullcontext():
-            vlm.generate(images, prompts, max_new_tokens=cfg.caption_tokens, min_new_tokens=cfg.caption_tokens,
-                         batch_size=cfg.batch_size)
+            vlm.generate(
+                images,
+                prompts,
+                max_new_tokens=cfg.caption_tokens,
+                min_new_tokens=cfg.caption_tokens,
+                batch_size=cfg.batch_size,
+            )
         return time.perf_counter() - wall, time.process_time() - cpu
 
     run()  # warm-up
@@ -413,17 +521,27 @@ def _overhead(vlm, images, prompts, vector: SteeringVector, alpha: float, cfg: S
     wall = {k: [w for w, _ in v] for k, v in timings.items()}
     cpu = {k: [c for _, c in v] for k, v in timings.items()}
     plain, steered, text_only = min(wall["plain"]), min(wall["steered"]), min(wall["text_only"])
-    return _round({
-        "steered_s": steered, "plain_s": plain, "overhead_fraction": steered / plain - 1,
-        "statistic": "min wall time over interleaved repeats",
-        "steered_text_only_s": text_only, "text_only_overhead_fraction": text_only / plain - 1,
-        "median_overhead_fraction": statistics.median(wall["steered"]) / statistics.median(wall["plain"]) - 1,
-        "cpu_overhead_fraction": min(cpu["steered"]) / min(cpu["plain"]) - 1,
-        "n_sequences": len(prompts), "new_tokens_per_sequence": cfg.caption_tokens, "batch_size": cfg.batch_size,
-        "repeats": cfg.overhead_repeats, "positions": "all (text_only also timed)",
-        "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
-        "wall_s": wall, "cpu_s": cpu,
-    })
+    return _round(
+        {
+            "steered_s": steered,
+            "plain_s": plain,
+            "overhead_fraction": steered / plain - 1,
+            "statistic": "min wall time over interleaved repeats",
+            "steered_text_only_s": text_only,
+            "text_only_overhead_fraction": text_only / plain - 1,
+            "median_overhead_fraction": statistics.median(wall["steered"]) / statistics.median(wall["plain"]) - 1,
+            "cpu_overhead_fraction": min(cpu["steered"]) / min(cpu["plain"]) - 1,
+            "n_sequences": len(prompts),
+            "new_tokens_per_sequence": cfg.caption_tokens,
+            "batch_size": cfg.batch_size,
+            "repeats": cfg.overhead_repeats,
+            "positions": "all (text_only also timed)",
+            "load_average_1min": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+            "wall_s": wall,
+            "cpu_s": cpu,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -435,8 +553,9 @@ def _guarded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"error": str(err)}
 
 
-def steer_benchmark(config: SteerBenchConfig = SteerBenchConfig(), *,
-                    progress_cb: Callable[[str], None] | None = None) -> dict[str, Any]:
+def steer_benchmark(
+    config: SteerBenchConfig = SteerBenchConfig(), *, progress_cb: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run the four parts and return the JSON-ready result (see the module docstring)."""
     from mmlens.models import VisionLanguageModel, load_model
 
@@ -457,24 +576,42 @@ def steer_benchmark(config: SteerBenchConfig = SteerBenchConfig(), *,
     if not train or not test:
         raise InputError("the benchmark world produced no questions")
     log(f"capturing {len(train)} training questions at every layer")
-    cap = capture_examples(vlm, train, range(vlm.num_layers), max_new_tokens=cfg.vqa_tokens,
-                           batch_size=cfg.batch_size, progress=False)
+    cap = capture_examples(
+        vlm, train, range(vlm.num_layers), max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size, progress=False
+    )
     labels = answer_labels(cap.generated, train)
     base_select = generate_answers(vlm, select, max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size)
     base_test = generate_answers(vlm, test, max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size)
 
     yes_no = _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg, log)
-    yes_no_conditional = _yes_to_no(vlm, cap, labels, select, test, base_select, base_test, cfg, log,
-                                    SteerCondition.SOURCE_CONCEPT)
+    yes_no_conditional = _yes_to_no(
+        vlm, cap, labels, select, test, base_select, base_test, cfg, log, SteerCondition.SOURCE_CONCEPT
+    )
     last, middle = vlm.num_layers - 1, vlm.num_layers // 2 - 1
-    colour = _guarded(lambda: _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg,
-                                                scope=FlipTarget("", "", "other", "colour_of_shape"), log=log))
-    number = _guarded(lambda: _answer_to_answer(vlm, cap, train, labels, select, test, base_test, cfg,
-                                                scope=FlipTarget("", "", "number"), log=log))
+    colour = _guarded(
+        lambda: _answer_to_answer(
+            vlm,
+            cap,
+            train,
+            labels,
+            select,
+            test,
+            base_test,
+            cfg,
+            scope=FlipTarget("", "", "other", "colour_of_shape"),
+            log=log,
+        )
+    )
+    number = _guarded(
+        lambda: _answer_to_answer(
+            vlm, cap, train, labels, select, test, base_test, cfg, scope=FlipTarget("", "", "number"), log=log
+        )
+    )
     tuned = load_model(cfg.finetuned, expect=VisionLanguageModel)
     tuned.model.eval()
-    caption = _guarded(lambda: _caption_style(vlm, tuned, world, train_scenes[:300], select_scenes[:100],
-                                              test_scenes, cfg, log))
+    caption = _guarded(
+        lambda: _caption_style(vlm, tuned, world, train_scenes[:300], select_scenes[:100], test_scenes, cfg, log)
+    )
     log("overhead")
     last_vec = yes_no["vectors"].get(last)
     if last_vec is not None:
@@ -482,69 +619,114 @@ def steer_benchmark(config: SteerBenchConfig = SteerBenchConfig(), *,
     else:  # the cost of the hooks does not depend on the direction
         overhead_vec = SteeringVector(torch.randn(vlm.lm_head.weight.shape[1]), last, VectorKind.CUSTOM)
         overhead_alpha = 1.0
-    overhead = _overhead(vlm, [world.render(s) for s in test_scenes], [CAPTION_PROMPT] * len(test_scenes),
-                         overhead_vec, overhead_alpha, cfg)
+    overhead = _overhead(
+        vlm,
+        [world.render(s) for s in test_scenes],
+        [CAPTION_PROMPT] * len(test_scenes),
+        overhead_vec,
+        overhead_alpha,
+        cfg,
+    )
 
     examples: dict[str, list] = {}
     yn_test = [i for i, e in enumerate(test) if e.answer_type == "yes/no" and base_test[i] == "yes"][:8]
-    for key, part, condition in (("yes_to_no_last_layer", yes_no, SteerCondition.ALWAYS),
-                                 ("yes_to_no_conditional_last_layer", yes_no_conditional,
-                                  SteerCondition.SOURCE_CONCEPT)):
+    for key, part, condition in (
+        ("yes_to_no_last_layer", yes_no, SteerCondition.ALWAYS),
+        ("yes_to_no_conditional_last_layer", yes_no_conditional, SteerCondition.SOURCE_CONCEPT),
+    ):
         row = part["per_layer"].get(str(last), {})
         if not yn_test or last_vec is None or "alpha" not in row:
             continue
         chosen = [test[i] for i in yn_test]
-        after = generate_answers(vlm, chosen, Steering((last_vec,), SteerConfig(row["alpha"], cfg.positions,
-                                                                               condition)),
-                                 max_new_tokens=cfg.vqa_tokens, batch_size=cfg.batch_size)
-        examples[key] = [{"question": e.question, "truth": e.answer, "before": base_test[i], "after": a,
-                          "alpha": row["alpha"], "condition": condition.value}
-                         for i, e, a in zip(yn_test, chosen, after)]
+        after = generate_answers(
+            vlm,
+            chosen,
+            Steering((last_vec,), SteerConfig(row["alpha"], cfg.positions, condition)),
+            max_new_tokens=cfg.vqa_tokens,
+            batch_size=cfg.batch_size,
+        )
+        examples[key] = [
+            {
+                "question": e.question,
+                "truth": e.answer,
+                "before": base_test[i],
+                "after": a,
+                "alpha": row["alpha"],
+                "condition": condition.value,
+            }
+            for i, e, a in zip(yn_test, chosen, after)
+        ]
 
     per_layer = yes_no["per_layer"]
     targets = {
-        "yes_to_no_flip_rate_min": 0.9, "other_types_acc_drop_max": cfg.max_drop,
-        "random_and_shuffled_flip_rate_max": 0.05, "overhead_fraction_max": 0.05,
+        "yes_to_no_flip_rate_min": 0.9,
+        "other_types_acc_drop_max": cfg.max_drop,
+        "random_and_shuffled_flip_rate_max": 0.05,
+        "overhead_fraction_max": 0.05,
         "caption_style_middle_layer": "steering beats the logit bias (colour_only_rate, both at their best alpha)",
     }
     met = {
-        f"yes_to_no_layer_{layer}": bool(r["flip_rate"] >= 0.9 and r["other_types_acc_drop"] <= cfg.max_drop
-                                         and r["random_flip_rate"] <= 0.05 and r["shuffled_flip_rate"] <= 0.05)
-        for layer, r in per_layer.items() if int(layer) in (last, middle) and "error" not in r
+        f"yes_to_no_layer_{layer}": bool(
+            r["flip_rate"] >= 0.9
+            and r["other_types_acc_drop"] <= cfg.max_drop
+            and r["random_flip_rate"] <= 0.05
+            and r["shuffled_flip_rate"] <= 0.05
+        )
+        for layer, r in per_layer.items()
+        if int(layer) in (last, middle) and "error" not in r
     }
     met |= {
         f"yes_to_no_conditional_layer_{layer}": bool(
-            r["flip_rate"] >= 0.9 and r["other_types_acc_drop"] <= cfg.max_drop and r["random_flip_rate"] <= 0.05
-            and r["shuffled_flip_rate"] <= 0.05)
-        for layer, r in yes_no_conditional["per_layer"].items() if int(layer) in (last, middle) and "error" not in r
+            r["flip_rate"] >= 0.9
+            and r["other_types_acc_drop"] <= cfg.max_drop
+            and r["random_flip_rate"] <= 0.05
+            and r["shuffled_flip_rate"] <= 0.05
+        )
+        for layer, r in yes_no_conditional["per_layer"].items()
+        if int(layer) in (last, middle) and "error" not in r
     }
     met["caption_style_beats_logit_bias"] = bool(caption.get("steering_beats_logit_bias", False))
     met["overhead"] = bool(overhead["overhead_fraction"] <= 0.05)
-    acc = {t: round(float(np.mean([b == normalise_answer(e.answer) for e, b in zip(test, base_test)
-                                   if e.answer_type == t])), 4) for t in sorted({e.answer_type for e in test})}
-    return _round({
-        "benchmark": "steer",
-        "model": cfg.model,
-        "finetuned": cfg.finetuned,
-        "layers": {"last": last, "middle": middle, "n_layers": vlm.num_layers},
-        "data": {"train_questions": len(train), "select_questions": len(select), "test_questions": len(test),
-                 "train_scenes": cfg.n_train, "select_scenes": cfg.n_select, "test_scenes": cfg.n_test,
-                 "splits": "vectors: val[0:n_train]; selection: val[n_train:n_train+n_select]; reported: test",
-                 "baseline_test_accuracy": acc,
-                 "train_answer_counts": dict(Counter(lab for lab in labels if lab in ("yes", "no")))},
-        "positions": cfg.positions.value,
-        "yes_to_no": per_layer,
-        "yes_to_no_conditional": yes_no_conditional["per_layer"],
-        "colour_to_colour": colour,
-        "number_to_number": number,
-        "caption_style": caption,
-        "overhead": overhead,
-        "targets": targets,
-        "met": met,
-        "examples": {**examples, "caption_style": caption.get("examples", [])},
-        "sweeps": {"yes_to_no": yes_no["sweeps"], "yes_to_no_conditional": yes_no_conditional["sweeps"]},
-        "config": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(cfg).items()},
-        "seconds": time.perf_counter() - t0,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
-    })
+    acc = {
+        t: round(
+            float(np.mean([b == normalise_answer(e.answer) for e, b in zip(test, base_test) if e.answer_type == t])), 4
+        )
+        for t in sorted({e.answer_type for e in test})
+    }
+    return _round(
+        {
+            "benchmark": "steer",
+            "model": cfg.model,
+            "finetuned": cfg.finetuned,
+            "layers": {"last": last, "middle": middle, "n_layers": vlm.num_layers},
+            "data": {
+                "train_questions": len(train),
+                "select_questions": len(select),
+                "test_questions": len(test),
+                "train_scenes": cfg.n_train,
+                "select_scenes": cfg.n_select,
+                "test_scenes": cfg.n_test,
+                "splits": "vectors: val[0:n_train]; selection: val[n_train:n_train+n_select]; reported: test",
+                "baseline_test_accuracy": acc,
+                "train_answer_counts": dict(Counter(lab for lab in labels if lab in ("yes", "no"))),
+            },
+            "positions": cfg.positions.value,
+            "yes_to_no": per_layer,
+            "yes_to_no_conditional": yes_no_conditional["per_layer"],
+            "colour_to_colour": colour,
+            "number_to_number": number,
+            "caption_style": caption,
+            "overhead": overhead,
+            "targets": targets,
+            "met": met,
+            "examples": {**examples, "caption_style": caption.get("examples", [])},
+            "sweeps": {"yes_to_no": yes_no["sweeps"], "yes_to_no_conditional": yes_no_conditional["sweeps"]},
+            "config": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(cfg).items()},
+            "seconds": time.perf_counter() - t0,
+            "machine": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            },
+        }
+    )

@@ -13,4 +13,14 @@ from mmlens.models.capture import (
     record_emitters,
 )
 
-__all__ = ["CaptureConfig", "CaptureResult", "PositionKind", "PositionRule", "capture_activations", "common_samples", "layer_key", "load_capture", "record_emitters"]
+__all__ = [
+    "CaptureConfig",
+    "CaptureResult",
+    "PositionKind",
+    "PositionRule",
+    "capture_activations",
+    "common_samples",
+    "layer_key",
+    "load_capture",
+    "record_emitters",
+]

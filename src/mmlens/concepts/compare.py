@@ -91,8 +91,14 @@ class Shifts:
     magnitude: np.ndarray  # (K,) ||shift_k||
 
 
-def concept_shift_vectors(a: Any, b: Any, assignment: np.ndarray, n_concepts: int,
-                  statistic: ShiftStatistic = ShiftStatistic.MEAN, trim: float = 0.1) -> Shifts:
+def concept_shift_vectors(
+    a: Any,
+    b: Any,
+    assignment: np.ndarray,
+    n_concepts: int,
+    statistic: ShiftStatistic = ShiftStatistic.MEAN,
+    trim: float = 0.1,
+) -> Shifts:
     """Delta_k = statistic of {b_m - a_m : m assigned to concept k} (zero for a concept with no sample)."""
     a, b = as_matrix(a, name="features of A"), as_matrix(b, name="features of B")
     if a.shape != b.shape:
@@ -133,8 +139,12 @@ class Recovery:
     mas_overlap: np.ndarray | None  # |MAS(u_s) & MAS(u_b)| / n (with B's features)
 
     def summary(self) -> dict[str, float]:
-        out = {"frac_improved": float(np.mean(self.cos_gain > 0)), "mean_gain": float(np.mean(self.cos_gain)),
-               "mean_normalised_gain": float(np.mean(self.normalised_gain)), "mean_l2_gain": float(np.mean(self.l2_gain))}
+        out = {
+            "frac_improved": float(np.mean(self.cos_gain > 0)),
+            "mean_gain": float(np.mean(self.cos_gain)),
+            "mean_normalised_gain": float(np.mean(self.normalised_gain)),
+            "mean_l2_gain": float(np.mean(self.l2_gain)),
+        }
         if self.t_overlap is not None:
             out["mean_t_overlap"] = float(np.mean(self.t_overlap))
         if self.mas_overlap is not None:
@@ -142,9 +152,18 @@ class Recovery:
         return out
 
 
-def recovery(u_a: np.ndarray, u_s: np.ndarray, u_b: np.ndarray, *, words_b: list[list[str]] | None = None,
-             ground_s: Grounder | None = None, dictionary_a: ConceptDictionary | None = None,
-             b: np.ndarray | None = None, mas_b: np.ndarray | None = None, n_top: int = 10) -> Recovery:
+def recovery(
+    u_a: np.ndarray,
+    u_s: np.ndarray,
+    u_b: np.ndarray,
+    *,
+    words_b: list[list[str]] | None = None,
+    ground_s: Grounder | None = None,
+    dictionary_a: ConceptDictionary | None = None,
+    b: np.ndarray | None = None,
+    mas_b: np.ndarray | None = None,
+    n_top: int = 10,
+) -> Recovery:
     """Recovery of ``u_b`` (matched rows) by ``u_s``; TO needs ``words_b`` + ``ground_s``, MAS overlap needs
     ``dictionary_a`` (its encoder is applied with u_s as concepts), B's features ``b`` and B's MAS ``mas_b``."""
     cos_a, cos_s = row_cosine(u_b, u_a), row_cosine(u_b, u_s)
@@ -208,15 +227,18 @@ class ShiftAnalysis:
     def summary(self) -> dict[str, Any]:
         rec = self.recovery.summary()
         out = {
-            "frac_improved": rec["frac_improved"], "mean_gain": rec["mean_gain"],
+            "frac_improved": rec["frac_improved"],
+            "mean_gain": rec["mean_gain"],
             "baseline_global_gain": self.baselines["global"]["mean_gain"],
             "baseline_random_gain": self.baselines["random"]["mean_gain"],
             "baseline_permuted_gain": self.baselines["permuted"]["mean_gain"],
-            "alpha_peak": self.alpha_peak, "consistency_pearson": self.consistency_pearson,
+            "alpha_peak": self.alpha_peak,
+            "consistency_pearson": self.consistency_pearson,
             "magnitude_pearson": self.magnitude_pearson,
             "consistency_pearson_cos_gain": _pearson(self.shifts.consistency, self.recovery.cos_gain),
             "beats_every_baseline": bool(all(rec["mean_gain"] > b["mean_gain"] for b in self.baselines.values())),
-            "per_concept": rec, "baselines": self.baselines,
+            "per_concept": rec,
+            "baselines": self.baselines,
             "mean_match_cos": float(np.mean(self.match_cos)),
             "mean_shift_norm": float(np.mean(self.shifts.magnitude)),
             "alpha_sweep": self.alpha_sweep,
@@ -229,22 +251,40 @@ class ShiftAnalysis:
         """One row per concept of A: match, shift statistics and recovery (the report's table)."""
         rows = []
         for k in range(len(self.match)):
-            row: dict[str, Any] = {"concept": k, "matched_b": int(self.match[k]), "match_cos": float(self.match_cos[k]),
-                   "n_samples": int(self.shifts.counts[k]), "consistency": float(self.shifts.consistency[k]),
-                   "shift_norm": float(self.shifts.magnitude[k]), "cos_gain": float(self.recovery.cos_gain[k]),
-                   "normalised_gain": float(self.recovery.normalised_gain[k])}
+            row: dict[str, Any] = {
+                "concept": k,
+                "matched_b": int(self.match[k]),
+                "match_cos": float(self.match_cos[k]),
+                "n_samples": int(self.shifts.counts[k]),
+                "consistency": float(self.shifts.consistency[k]),
+                "shift_norm": float(self.shifts.magnitude[k]),
+                "cos_gain": float(self.recovery.cos_gain[k]),
+                "normalised_gain": float(self.recovery.normalised_gain[k]),
+            }
             if self.words_a is not None and self.words_b is not None and self.words_shifted is not None:
-                row.update(words_a=" ".join(self.words_a[k][:5]), words_b=" ".join(self.words_b[k][:5]),
-                           words_shifted=" ".join(self.words_shifted[k][:5]))
+                row.update(
+                    words_a=" ".join(self.words_a[k][:5]),
+                    words_b=" ".join(self.words_b[k][:5]),
+                    words_shifted=" ".join(self.words_shifted[k][:5]),
+                )
             if self.recovery.t_overlap is not None:
                 row["t_overlap_shifted_b"] = float(self.recovery.t_overlap[k])
             rows.append(row)
         return rows
 
 
-def _analyse(a: np.ndarray, b: np.ndarray, dict_a: ConceptDictionary, dict_b: ConceptDictionary,
-             shift_a: np.ndarray, shift_b: np.ndarray, config: CompareConfig, ground_a: Grounder | None,
-             ground_b: Grounder | None, with_sweep: bool) -> dict[str, Any]:
+def _analyse(
+    a: np.ndarray,
+    b: np.ndarray,
+    dict_a: ConceptDictionary,
+    dict_b: ConceptDictionary,
+    shift_a: np.ndarray,
+    shift_b: np.ndarray,
+    config: CompareConfig,
+    ground_a: Grounder | None,
+    ground_b: Grounder | None,
+    with_sweep: bool,
+) -> dict[str, Any]:
     """Match the two dictionaries, compute shifts on (shift_a, shift_b) and recovery with its baselines."""
     k = dict_a.n_concepts
     u_a, u_b_all = dict_a.concepts, dict_b.concepts
@@ -253,14 +293,15 @@ def _analyse(a: np.ndarray, b: np.ndarray, dict_a: ConceptDictionary, dict_b: Co
     shifts = concept_shift_vectors(shift_a, shift_b, dict_a.assign(shift_a), k, config.statistic, config.trim)
     words_b = ground_b(u_b) if ground_b is not None else None
     mas_b = top_samples(dict_b.transform(b), config.n_top_samples)[match]
-    common = dict(words_b=words_b, ground_s=ground_b, dictionary_a=dict_a, b=b, mas_b=mas_b,
-                  n_top=config.n_top_samples)
+    common = dict(words_b=words_b, ground_s=ground_b, dictionary_a=dict_a, b=b, mas_b=mas_b, n_top=config.n_top_samples)
     u_s = u_a + config.alpha * shifts.vectors
     rec = recovery(u_a, u_s, u_b, **common)
     rng = np.random.default_rng(config.seed)
     global_shift = (shift_b - shift_a).mean(0)
-    baselines = {"none": recovery(u_a, u_a, u_b, **common).summary(),
-                 "global": recovery(u_a, u_a + config.alpha * global_shift, u_b, **common).summary()}
+    baselines = {
+        "none": recovery(u_a, u_a, u_b, **common).summary(),
+        "global": recovery(u_a, u_a + config.alpha * global_shift, u_b, **common).summary(),
+    }
     random_runs, permuted_runs = [], []
     for _ in range(config.n_baseline_draws):
         noise = _unit(rng.standard_normal(shifts.vectors.shape)) * shifts.magnitude[:, None]
@@ -274,17 +315,36 @@ def _analyse(a: np.ndarray, b: np.ndarray, dict_a: ConceptDictionary, dict_b: Co
         for alpha in config.alphas:
             cand = u_a + alpha * shifts.vectors
             r = recovery(u_a, cand, u_b)
-            row = {"alpha": float(alpha), "mean_cos_to_b": float(np.mean(row_cosine(u_b, cand))),
-                   "frac_improved": float(np.mean(r.cos_gain > 0)), "mean_gain": float(np.mean(r.cos_gain))}
+            row = {
+                "alpha": float(alpha),
+                "mean_cos_to_b": float(np.mean(row_cosine(u_b, cand))),
+                "frac_improved": float(np.mean(r.cos_gain > 0)),
+                "mean_gain": float(np.mean(r.cos_gain)),
+            }
             if ground_b is not None:
                 row["mean_t_overlap"] = mean_t_overlap(ground_b(cand), words_b or [])
             sweep.append(row)
-    return dict(match=match, match_cos=match_cos, shifts=shifts, u_s=u_s, recovery=rec, baselines=baselines,
-                sweep=sweep, words_b=words_b, mas_b=mas_b)
+    return dict(
+        match=match,
+        match_cos=match_cos,
+        shifts=shifts,
+        u_s=u_s,
+        recovery=rec,
+        baselines=baselines,
+        sweep=sweep,
+        words_b=words_b,
+        mas_b=mas_b,
+    )
 
 
-def compare_models(a: Any, b: Any, config: CompareConfig | None = None, *, ground_a: Grounder | None = None,
-                   ground_b: Grounder | None = None) -> ShiftAnalysis:
+def compare_models(
+    a: Any,
+    b: Any,
+    config: CompareConfig | None = None,
+    *,
+    ground_a: Grounder | None = None,
+    ground_b: Grounder | None = None,
+) -> ShiftAnalysis:
     """Shift analysis of row-aligned features ``a`` (model A) and ``b`` (model B) of the same samples (see
     :func:`mmlens.concepts.common_samples`). ``ground_a`` / ``ground_b`` (e.g. :class:`TextGrounder`) add text
     groundings and T-overlaps; B's grounder also grounds the shifted concepts."""
@@ -299,12 +359,23 @@ def compare_models(a: Any, b: Any, config: CompareConfig | None = None, *, groun
     if config.split_half:
         split = split_half_recovery(a, b, config)
     return ShiftAnalysis(
-        dictionary_a=dict_a, dictionary_b=dict_b, match=main["match"], match_cos=main["match_cos"],
-        shifts=main["shifts"], shifted=main["u_s"], recovery=main["recovery"], baselines=main["baselines"],
-        alpha_sweep=main["sweep"], words_a=ground_a(dict_a.concepts) if ground_a is not None else None,
-        words_b=main["words_b"], words_shifted=ground_b(main["u_s"]) if ground_b is not None else None,
-        mas_a=top_samples(dict_a.transform(a), config.n_top_samples), mas_b=main["mas_b"], split_half=split,
-        config=config)
+        dictionary_a=dict_a,
+        dictionary_b=dict_b,
+        match=main["match"],
+        match_cos=main["match_cos"],
+        shifts=main["shifts"],
+        shifted=main["u_s"],
+        recovery=main["recovery"],
+        baselines=main["baselines"],
+        alpha_sweep=main["sweep"],
+        words_a=ground_a(dict_a.concepts) if ground_a is not None else None,
+        words_b=main["words_b"],
+        words_shifted=ground_b(main["u_s"]) if ground_b is not None else None,
+        mas_a=top_samples(dict_a.transform(a), config.n_top_samples),
+        mas_b=main["mas_b"],
+        split_half=split,
+        config=config,
+    )
 
 
 def split_half_recovery(a: np.ndarray, b: np.ndarray, config: CompareConfig) -> dict[str, Any]:
@@ -312,19 +383,23 @@ def split_half_recovery(a: np.ndarray, b: np.ndarray, config: CompareConfig) -> 
     a per-concept shift that only reflects the k-means identity (u_s = mean of B over A's cluster) fails here."""
     rng = np.random.default_rng(config.seed + 1)
     order = rng.permutation(len(a))
-    fit_rows, shift_rows = order[: len(a) // 2], order[len(a) // 2:]
+    fit_rows, shift_rows = order[: len(a) // 2], order[len(a) // 2 :]
     if len(fit_rows) < config.decomposer.n_concepts:
         return {"skipped": f"{len(a)} samples are too few to split for {config.decomposer.n_concepts} concepts"}
     dict_a = ConceptDictionary(config.decomposer).fit(a[fit_rows])
     dict_b = ConceptDictionary(config.decomposer).fit(b[fit_rows])
-    res = _analyse(a[fit_rows], b[fit_rows], dict_a, dict_b, a[shift_rows], b[shift_rows], config, None, None,
-                   with_sweep=False)
+    res = _analyse(
+        a[fit_rows], b[fit_rows], dict_a, dict_b, a[shift_rows], b[shift_rows], config, None, None, with_sweep=False
+    )
     rec = res["recovery"].summary()
-    return {"frac_improved": rec["frac_improved"], "mean_gain": rec["mean_gain"],
-            "baseline_global_gain": res["baselines"]["global"]["mean_gain"],
-            "baseline_random_gain": res["baselines"]["random"]["mean_gain"],
-            "baseline_permuted_gain": res["baselines"]["permuted"]["mean_gain"],
-            "beats_every_baseline": bool(all(rec["mean_gain"] > v["mean_gain"] for v in res["baselines"].values()))}
+    return {
+        "frac_improved": rec["frac_improved"],
+        "mean_gain": rec["mean_gain"],
+        "baseline_global_gain": res["baselines"]["global"]["mean_gain"],
+        "baseline_random_gain": res["baselines"]["random"]["mean_gain"],
+        "baseline_permuted_gain": res["baselines"]["permuted"]["mean_gain"],
+        "beats_every_baseline": bool(all(rec["mean_gain"] > v["mean_gain"] for v in res["baselines"].values())),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- drift
@@ -339,14 +414,26 @@ class Drift:
     match_cos: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "t_overlap": self.t_overlap, "groups": self.groups,
-                "match_cos": self.match_cos, "per_concept": self.per_concept}
+        return {
+            "steps": self.steps,
+            "t_overlap": self.t_overlap,
+            "groups": self.groups,
+            "match_cos": self.match_cos,
+            "per_concept": self.per_concept,
+        }
 
 
-def concept_drift(base: Any, checkpoints: Sequence[Any], steps: Sequence[int], ground_base: Grounder,
-                  ground_checkpoints: Sequence[Grounder], config: DecomposerConfig | None = None, *,
-                  base_dictionary: ConceptDictionary | None = None,
-                  groups: dict[str, np.ndarray] | None = None) -> Drift:
+def concept_drift(
+    base: Any,
+    checkpoints: Sequence[Any],
+    steps: Sequence[int],
+    ground_base: Grounder,
+    ground_checkpoints: Sequence[Grounder],
+    config: DecomposerConfig | None = None,
+    *,
+    base_dictionary: ConceptDictionary | None = None,
+    groups: dict[str, np.ndarray] | None = None,
+) -> Drift:
     """TO(original concept, matched concept of checkpoint) per step. ``checkpoints[i]`` are the features of the
     same samples under checkpoint ``steps[i]``; ``groups`` (name -> boolean mask over the original concepts) adds
     a mean TO per group and step (e.g. colour-related concepts against the others)."""

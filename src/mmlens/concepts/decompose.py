@@ -30,8 +30,6 @@ from mmlens.errors import InputError
 _FORMAT = "mmlens.concepts.dictionary/1"
 
 
-
-
 class DecomposerKind(enum.Enum):
     """How concepts are learnt from the samples."""
 
@@ -87,8 +85,9 @@ def _neg(a: np.ndarray) -> np.ndarray:
     return (np.abs(a) - a) / 2
 
 
-def _snmf_codes(x: np.ndarray, u: np.ndarray, sparsity: float, iters: int, init: np.ndarray | None = None
-                ) -> np.ndarray:
+def _snmf_codes(
+    x: np.ndarray, u: np.ndarray, sparsity: float, iters: int, init: np.ndarray | None = None
+) -> np.ndarray:
     """Non-negative codes G (n x K) minimising 1/2 ||X - G U||^2 + sparsity * sum(G) for fixed U, by Ding et al.'s
     multiplicative update (all samples at once)."""
     xu, uu = x @ u.T, u @ u.T
@@ -167,8 +166,9 @@ class ConceptDictionary:
             pca = PCA(n_components=k, random_state=cfg.seed).fit(x)
             self.components_, self.mean_ = pca.components_, pca.mean_
         elif cfg.kind is DecomposerKind.DICTIONARY:
-            learner = DictionaryLearning(n_components=k, alpha=cfg.sparsity, max_iter=cfg.max_iter,
-                                         fit_algorithm="cd", random_state=cfg.seed)
+            learner = DictionaryLearning(
+                n_components=k, alpha=cfg.sparsity, max_iter=cfg.max_iter, fit_algorithm="cd", random_state=cfg.seed
+            )
             self.components_ = learner.fit(x).components_
         elif cfg.kind is DecomposerKind.SNMF:
             self.components_ = _fit_snmf(x, k, cfg.sparsity, cfg.max_iter, cfg.seed)
@@ -223,8 +223,11 @@ class ConceptDictionary:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
-            save_file({"components": np.ascontiguousarray(self._fitted()), "mean": np.ascontiguousarray(self.mean_)},
-                      str(tmp), metadata={"format": _FORMAT, "config": json.dumps(self.config.to_dict())})
+            save_file(
+                {"components": np.ascontiguousarray(self._fitted()), "mean": np.ascontiguousarray(self.mean_)},
+                str(tmp),
+                metadata={"format": _FORMAT, "config": json.dumps(self.config.to_dict())},
+            )
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

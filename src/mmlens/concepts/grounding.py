@@ -17,11 +17,69 @@ from mmlens.errors import InputError
 
 #: Function words (and chat-template roles) dropped from text groundings by default.
 DEFAULT_STOP_WORDS: tuple[str, ...] = (
-    "the", "and", "are", "there", "what", "where", "how", "many", "this", "that", "with", "for", "from", "was",
-    "were", "has", "have", "its", "into", "onto", "than", "then", "them", "they", "you", "your", "our", "his", "her",
-    "she", "him", "not", "but", "all", "any", "can", "will", "would", "could", "should", "about", "which", "who",
-    "whom", "also", "been", "being", "does", "did", "doing", "such", "very", "some", "each", "other", "over",
-    "under", "image", "picture", "photo", "user", "assistant", "system",
+    "the",
+    "and",
+    "are",
+    "there",
+    "what",
+    "where",
+    "how",
+    "many",
+    "this",
+    "that",
+    "with",
+    "for",
+    "from",
+    "was",
+    "were",
+    "has",
+    "have",
+    "its",
+    "into",
+    "onto",
+    "than",
+    "then",
+    "them",
+    "they",
+    "you",
+    "your",
+    "our",
+    "his",
+    "her",
+    "she",
+    "him",
+    "not",
+    "but",
+    "all",
+    "any",
+    "can",
+    "will",
+    "would",
+    "could",
+    "should",
+    "about",
+    "which",
+    "who",
+    "whom",
+    "also",
+    "been",
+    "being",
+    "does",
+    "did",
+    "doing",
+    "such",
+    "very",
+    "some",
+    "each",
+    "other",
+    "over",
+    "under",
+    "image",
+    "picture",
+    "photo",
+    "user",
+    "assistant",
+    "system",
 )
 
 
@@ -47,8 +105,13 @@ class TextGroundingConfig:
 class TextGrounder:
     """Words of concepts through one model's unembedding (and optionally its final norm), detached from the model."""
 
-    def __init__(self, unembedding: torch.Tensor, token_strings: Sequence[str], final_norm: torch.nn.Module | None,
-                 config: TextGroundingConfig | None = None) -> None:
+    def __init__(
+        self,
+        unembedding: torch.Tensor,
+        token_strings: Sequence[str],
+        final_norm: torch.nn.Module | None,
+        config: TextGroundingConfig | None = None,
+    ) -> None:
         self.unembedding = unembedding.detach().float().cpu()
         self.token_strings = [t.strip().lower() for t in token_strings]
         self.final_norm = final_norm
@@ -57,10 +120,15 @@ class TextGrounder:
             raise InputError("apply_final_norm needs the model's final norm")
         cfg = self.config
         stop, vocab = set(cfg.stop_words), set(cfg.vocabulary) if cfg.vocabulary is not None else None
-        self._allowed = np.array([
-            len(t) >= cfg.min_chars and (t.isalpha() or not cfg.alphabetic_only) and t not in stop
-            and (vocab is None or t in vocab) for t in self.token_strings
-        ])
+        self._allowed = np.array(
+            [
+                len(t) >= cfg.min_chars
+                and (t.isalpha() or not cfg.alphabetic_only)
+                and t not in stop
+                and (vocab is None or t in vocab)
+                for t in self.token_strings
+            ]
+        )
 
     @classmethod
     def from_model(cls, model: Any, config: TextGroundingConfig | None = None) -> TextGrounder:
@@ -85,7 +153,7 @@ class TextGrounder:
         cfg = self.config
         out = []
         for row in self.logits(concepts):
-            top = np.argsort(-row, kind="stable")[:cfg.top_tokens]
+            top = np.argsort(-row, kind="stable")[: cfg.top_tokens]
             words: list[str] = []
             for i in top:
                 word = self.token_strings[i]
@@ -128,8 +196,9 @@ def random_sets(n_samples: int, n_top: int, *, n_draws: int = 200, seed: int = 0
     return np.stack([rng.choice(n_samples, size=min(n_top, n_samples), replace=False) for _ in range(n_draws)])
 
 
-def random_purity(n_samples: int, n_top: int, attributes: Mapping[str, Sequence[str]], *, n_draws: int = 200,
-                  seed: int = 0) -> dict[str, float]:
+def random_purity(
+    n_samples: int, n_top: int, attributes: Mapping[str, Sequence[str]], *, n_draws: int = 200, seed: int = 0
+) -> dict[str, float]:
     """The baseline of :func:`attribute_purity`: expected purity of ``n_top`` samples drawn at random."""
     rows = random_sets(n_samples, n_top, n_draws=n_draws, seed=seed)
     return {k: float(v.mean()) for k, v in attribute_purity(rows, attributes).items()}

@@ -84,8 +84,9 @@ def world_inputs(out_dir: Path, n_scenes: int, word: str | None, seed: int = 0) 
         path = image_dir / f"scene-{it.scene_index:06d}.png"
         if not path.is_file():
             it.image.save(path)
-        records.append({"image": str(path.resolve()), "prompt": it.prompt, "reference": it.answer,
-                        "attributes": it.attributes})
+        records.append(
+            {"image": str(path.resolve()), "prompt": it.prompt, "reference": it.answer, "attributes": it.attributes}
+        )
     return records
 
 
@@ -104,12 +105,26 @@ def read_inputs(path: Path, *, need_images: bool) -> list[dict[str, Any]]:
     for i, r in enumerate(records):
         if not isinstance(r.get("prompt"), str):
             raise InputError(f"{path}: record {i + 1} needs a 'prompt' string")
-    return [{"image": r.get("image"), "prompt": r["prompt"], "reference": r.get("reference"),
-             "attributes": r.get("attributes", {})} for r in records]
+    return [
+        {
+            "image": r.get("image"),
+            "prompt": r["prompt"],
+            "reference": r.get("reference"),
+            "attributes": r.get("attributes", {}),
+        }
+        for r in records
+    ]
 
 
-def extract(model_spec: str, out_dir: str | os.PathLike[str], config: CaptureConfig, *,
-            data: str | os.PathLike[str] | None = None, n_scenes: int = 2000, progress: bool = True) -> Extraction:
+def extract(
+    model_spec: str,
+    out_dir: str | os.PathLike[str],
+    config: CaptureConfig,
+    *,
+    data: str | os.PathLike[str] | None = None,
+    n_scenes: int = 2000,
+    progress: bool = True,
+) -> Extraction:
     """Capture ``model_spec``'s activations on ``data`` (or world shape questions) into ``out_dir`` (resumable)."""
     from mmlens.models import CausalLanguageModel, VisionLanguageModel, load_model
 
@@ -136,8 +151,9 @@ def extract(model_spec: str, out_dir: str | os.PathLike[str], config: CaptureCon
     references = [r.get("reference") or "" for r in inputs]
     if config.require_in_ground_truth and not any(r.get("reference") for r in inputs):
         raise InputError("the ground-truth filter needs a 'reference' in the input records")
-    result = capture_activations(model, images, [r["prompt"] for r in inputs], config, ground_truths=references,
-                                 out_dir=root, progress=progress)
+    result = capture_activations(
+        model, images, [r["prompt"] for r in inputs], config, ground_truths=references, out_dir=root, progress=progress
+    )
     return Extraction(root, result, inputs, model_spec)
 
 
@@ -166,9 +182,16 @@ def _features(ex: Extraction, layer: str) -> np.ndarray:
     return feats
 
 
-def learn(folder: str | os.PathLike[str], out_dir: str | os.PathLike[str], decomposer: DecomposerConfig, *,
-          layer: str = "final_norm", text: TextGroundingConfig | None = None, model_spec: str | None = None,
-          n_top: int = 5) -> dict[str, Any]:
+def learn(
+    folder: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    decomposer: DecomposerConfig,
+    *,
+    layer: str = "final_norm",
+    text: TextGroundingConfig | None = None,
+    model_spec: str | None = None,
+    n_top: int = 5,
+) -> dict[str, Any]:
     """Fit a dictionary on an extraction, ground it, write ``index.html``, ``data.json`` and the dictionary."""
     ex = open_extraction(folder)
     feats = _features(ex, layer)
@@ -176,8 +199,7 @@ def learn(folder: str | os.PathLike[str], out_dir: str | os.PathLike[str], decom
     grounder = _grounder(model_spec or ex.model, text or TextGroundingConfig())
     words = grounder(dictionary.components_)
     rows = ex.capture.sample_index.tolist()
-    summary = dictionary_summary(dictionary, feats, words, n_top=n_top, attributes=ex.attributes(rows),
-                                 sample_ids=rows)
+    summary = dictionary_summary(dictionary, feats, words, n_top=n_top, attributes=ex.attributes(rows), sample_ids=rows)
     summary.update(layer=layer, extraction=str(ex.folder), model=model_spec or ex.model)
     index = write_dictionary_report(summary, ex.images(), out_dir)
     dictionary.save(Path(out_dir) / "dictionary.safetensors")
@@ -190,10 +212,18 @@ def _step_of(spec: str, fallback: int) -> int:
     return int(match.group(1)) if match else fallback
 
 
-def compare(folder_a: str | os.PathLike[str], folder_b: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-            config: CompareConfig, *, layer: str = "final_norm", text: TextGroundingConfig | None = None,
-            drift_folders: Sequence[str | os.PathLike[str]] = (), model_a: str | None = None,
-            model_b: str | None = None) -> tuple[ShiftAnalysis, Drift | None, Path]:
+def compare(
+    folder_a: str | os.PathLike[str],
+    folder_b: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: CompareConfig,
+    *,
+    layer: str = "final_norm",
+    text: TextGroundingConfig | None = None,
+    drift_folders: Sequence[str | os.PathLike[str]] = (),
+    model_a: str | None = None,
+    model_b: str | None = None,
+) -> tuple[ShiftAnalysis, Drift | None, Path]:
     """Shift analysis of two extractions of the same inputs (common samples), plus drift over checkpoint
     extractions; writes the comparison report."""
     text = text or TextGroundingConfig()
@@ -203,22 +233,27 @@ def compare(folder_a: str | os.PathLike[str], folder_b: str | os.PathLike[str], 
     a, b = common_samples(ex_a.capture, ex_b.capture)
     _features(ex_a, layer), _features(ex_b, layer)
     ground_a, ground_b = _grounder(model_a or ex_a.model, text), _grounder(model_b or ex_b.model, text)
-    analysis = compare_models(a.activations[layer], b.activations[layer], config, ground_a=ground_a,
-                              ground_b=ground_b)
+    analysis = compare_models(a.activations[layer], b.activations[layer], config, ground_a=ground_a, ground_b=ground_b)
     drift = None
     if drift_folders:
         exs = [open_extraction(f) for f in drift_folders]
         shared = sorted(set.intersection(*(set(e.capture.sample_index.tolist()) for e in [ex_a, *exs])))
         if len(shared) < config.decomposer.n_concepts:
-            raise InputError(f"only {len(shared)} samples are kept by every checkpoint: too few for "
-                             f"{config.decomposer.n_concepts} concepts")
+            raise InputError(
+                f"only {len(shared)} samples are kept by every checkpoint: too few for "
+                f"{config.decomposer.n_concepts} concepts"
+            )
         base = ex_a.capture.select(shared).activations[layer].double().numpy()
         feats = [e.capture.select(shared).activations[layer].double().numpy() for e in exs]
         steps = [_step_of(e.model, i) for i, e in enumerate(exs)]
-        drift = concept_drift(base, feats, steps, ground_a, [_grounder(e.model, text) for e in exs],
-                              config.decomposer)
+        drift = concept_drift(base, feats, steps, ground_a, [_grounder(e.model, text) for e in exs], config.decomposer)
     rows = a.sample_index.tolist()
-    index = write_comparison_report(analysis, out_dir, drift=drift, images=ex_a.images(), sample_ids=rows,
-                                    extra={"a": str(ex_a.folder), "b": str(ex_b.folder), "layer": layer,
-                                           "n_common": len(rows)})
+    index = write_comparison_report(
+        analysis,
+        out_dir,
+        drift=drift,
+        images=ex_a.images(),
+        sample_ids=rows,
+        extra={"a": str(ex_a.folder), "b": str(ex_b.folder), "layer": layer, "n_common": len(rows)},
+    )
     return analysis, drift, index

@@ -22,8 +22,9 @@ class ShapeItem:
     attributes: dict[str, str]
 
 
-def shape_question_items(world: World, n_scenes: int, *, split: str = "test", shape: str | None = None,
-                         start: int = 0) -> list[ShapeItem]:
+def shape_question_items(
+    world: World, n_scenes: int, *, split: str = "test", shape: str | None = None, start: int = 0
+) -> list[ShapeItem]:
     """One item per object whose colour is unique in its scene (so the question has one answer), over ``n_scenes``
     scenes of ``split``; with ``shape``, only the objects of that shape."""
     items = []
@@ -33,8 +34,12 @@ def shape_question_items(world: World, n_scenes: int, *, split: str = "test", sh
             if scene.count_colour(obj.colour) != 1 or (shape is not None and obj.shape != shape):
                 continue
             image = image or world.render(scene)
-            attrs = {"colour": obj.colour, "position": obj.position(scene.grid_size), "size": obj.size,
-                     "background": scene.background, "n_objects": str(len(scene.objects))}
-            items.append(ShapeItem(start + offset, image, f"what shape is the {obj.colour} object ?", obj.shape,
-                                   attrs))
+            attrs = {
+                "colour": obj.colour,
+                "position": obj.position(scene.grid_size),
+                "size": obj.size,
+                "background": scene.background,
+                "n_objects": str(len(scene.objects)),
+            }
+            items.append(ShapeItem(start + offset, image, f"what shape is the {obj.colour} object ?", obj.shape, attrs))
     return items

@@ -162,7 +162,7 @@ class HtmlReport:
             body.append(f"<section><h2>{html.escape(sec.title)}</h2>\n{blocks}</section>")
         subtitle = f'<p class="subtitle">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(self.title)}</title><style>{_STYLE}</style></head>"
             f"<body><h1>{html.escape(self.title)}</h1>{subtitle}\n" + "\n".join(body) + "</body></html>\n"
         )

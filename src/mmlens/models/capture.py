@@ -111,8 +111,10 @@ class CaptureConfig:
         if self.max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.max_new_tokens == 0 and (self.position.needs_generation or self.require_in_prediction):
-            raise InputError(f"position {self.position.kind.value} and the prediction filter need generated "
-                             "tokens: set max_new_tokens >= 1")
+            raise InputError(
+                f"position {self.position.kind.value} and the prediction filter need generated "
+                "tokens: set max_new_tokens >= 1"
+            )
         if (self.require_in_ground_truth or self.require_in_prediction) and not self.words_for_filters:
             raise InputError("the ground-truth/prediction filters need filter_words (or position words)")
 
@@ -122,8 +124,11 @@ class CaptureConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["position"] = {"kind": self.position.kind.value, "words": list(self.position.words),
-                         "index": self.position.index}
+        d["position"] = {
+            "kind": self.position.kind.value,
+            "words": list(self.position.words),
+            "index": self.position.index,
+        }
         return d
 
     @classmethod
@@ -185,9 +190,14 @@ class CaptureResult:
         if missing:
             raise InputError(f"{len(missing)} requested samples were not kept (e.g. input {missing[0]})")
         rows = torch.tensor([row_of[int(i)] for i in input_indices], dtype=torch.long)
-        return CaptureResult({k: v[rows] for k, v in self.activations.items()}, self.sample_index[rows],
-                             list(self.generated), [self.matched_word[r] for r in rows.tolist()],
-                             self.position[rows], dict(self.metadata))
+        return CaptureResult(
+            {k: v[rows] for k, v in self.activations.items()},
+            self.sample_index[rows],
+            list(self.generated),
+            [self.matched_word[r] for r in rows.tolist()],
+            self.position[rows],
+            dict(self.metadata),
+        )
 
 
 def common_samples(a: CaptureResult, b: CaptureResult) -> tuple[CaptureResult, CaptureResult]:
@@ -225,15 +235,16 @@ def _first_match(ids: Sequence[int], variants: Mapping[str, list[tuple[int, ...]
     for t in range(len(ids)):
         for word, seqs in variants.items():
             for seq in seqs:
-                if tuple(ids[t:t + len(seq)]) == seq:
+                if tuple(ids[t : t + len(seq)]) == seq:
                     return t, word
     return None
 
 
 # -------------------------------------------------------------------------------------------------- hooks
 @contextlib.contextmanager
-def record_emitters(modules: Mapping[str, nn.Module], prompt_positions: torch.Tensor
-                    ) -> Iterator[dict[str, list[torch.Tensor]]]:
+def record_emitters(
+    modules: Mapping[str, nn.Module], prompt_positions: torch.Tensor
+) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Forward hooks that keep, per module, the prefill rows at ``prompt_positions`` ([B, P] indices into the
     padded prompt) on the first call and the last position of every later (cached decoding) call.
 
@@ -289,11 +300,12 @@ def model_fingerprint(model: GenerativeModel) -> str:
     return h.hexdigest()[:16]
 
 
-def inputs_fingerprint(images: Sequence[Any] | None, prompts: Sequence[str],
-                       ground_truths: Sequence[str] | None) -> str:
+def inputs_fingerprint(
+    images: Sequence[Any] | None, prompts: Sequence[str], ground_truths: Sequence[str] | None
+) -> str:
     h = hashlib.sha256(json.dumps([list(prompts), list(ground_truths or [])]).encode())
     for entry in images or []:
-        for im in ([] if entry is None else [entry] if hasattr(entry, "tobytes") else list(entry)):
+        for im in [] if entry is None else [entry] if hasattr(entry, "tobytes") else list(entry):
             h.update(hashlib.sha256(im.tobytes()).digest())
     return h.hexdigest()[:16]
 
@@ -329,9 +341,16 @@ def _prompt_positions(attention_mask: torch.Tensor, rule: PositionRule) -> tuple
 
 
 @torch.no_grad()
-def _capture_batch(model: GenerativeModel, images: Sequence[Any] | None, prompts: list[str],
-                   ground_truths: list[str] | None, config: CaptureConfig, modules: dict[str, nn.Module],
-                   variants: dict[str, list[tuple[int, ...]]], eos: set[int]) -> dict[str, Any]:
+def _capture_batch(
+    model: GenerativeModel,
+    images: Sequence[Any] | None,
+    prompts: list[str],
+    ground_truths: list[str] | None,
+    config: CaptureConfig,
+    modules: dict[str, nn.Module],
+    variants: dict[str, list[tuple[int, ...]]],
+    eos: set[int],
+) -> dict[str, Any]:
     """Capture one batch; returns kept rows (batch-local indices), their vectors and all generated texts."""
     if isinstance(model, VisionLanguageModel):
         batch = model.prepare(images, prompts)
@@ -347,10 +366,17 @@ def _capture_batch(model: GenerativeModel, images: Sequence[Any] | None, prompts
             new_tokens = torch.empty(len(prompts), 0, dtype=torch.long)
         else:
             # Greedy, one beam: beam search reorders rows between steps, which would break the emitter pairing.
-            kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=False, num_beams=1,
-                          pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+            kwargs = dict(
+                max_new_tokens=config.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tok.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
             sequences = model.model.generate(**batch, **kwargs)
-            new_tokens = sequences[:, batch["input_ids"].shape[1]:].cpu()
+            new_tokens = sequences[:, batch["input_ids"].shape[1] :].cpu()
     # Answer length per row: up to (excluding) the first EOS.
     lengths = []
     for row in new_tokens.tolist():
@@ -367,7 +393,7 @@ def _capture_batch(model: GenerativeModel, images: Sequence[Any] | None, prompts
         if config.require_in_prediction and not contains_word(texts[r], words):
             continue
         if kind in (PositionKind.TOKEN_OF_INTEREST, PositionKind.TOKEN_CLASS):
-            hit = _first_match(new_tokens[r, :lengths[r]].tolist(), variants)
+            hit = _first_match(new_tokens[r, : lengths[r]].tolist(), variants)
             if hit is None:
                 continue
             steps.append(hit[0])
@@ -395,11 +421,14 @@ def _capture_batch(model: GenerativeModel, images: Sequence[Any] | None, prompts
             continue
         emitters = torch.stack([prefill[:, 0], *calls[1:]], dim=1)  # [B, steps, D]: step t emits token t
         if kind is PositionKind.GENERATED_MEAN:
-            rows = [emitters[r, :lengths[r]].mean(0) for r in kept]
+            rows = [emitters[r, : lengths[r]].mean(0) for r in kept]
             vectors[key] = torch.stack(rows) if rows else emitters.new_zeros(0, emitters.shape[-1])
         else:
-            vectors[key] = emitters[kept, torch.tensor(steps, dtype=torch.long)] if kept else \
-                emitters.new_zeros(0, emitters.shape[-1])
+            vectors[key] = (
+                emitters[kept, torch.tensor(steps, dtype=torch.long)]
+                if kept
+                else emitters.new_zeros(0, emitters.shape[-1])
+            )
     return {"kept": kept, "steps": steps, "matched": matched, "vectors": vectors, "texts": texts}
 
 
@@ -430,34 +459,47 @@ def _read_shard(path: Path) -> dict[str, Any]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for truncated files
         raise InputError(f"cannot read capture shard {path}: {err}") from err
-    return {"kept": tensors["sample_index"].tolist(), "steps": tensors["position"].tolist(),
-            "vectors": {k[4:]: v for k, v in tensors.items() if k.startswith("act.")},
-            "texts": json.loads(meta.get("generated", "[]")), "matched": json.loads(meta.get("matched_word", "[]"))}
+    return {
+        "kept": tensors["sample_index"].tolist(),
+        "steps": tensors["position"].tolist(),
+        "vectors": {k[4:]: v for k, v in tensors.items() if k.startswith("act.")},
+        "texts": json.loads(meta.get("generated", "[]")),
+        "matched": json.loads(meta.get("matched_word", "[]")),
+    }
 
 
-def _merge(parts: list[tuple[int, dict[str, Any]]], keys: list[str], hidden: int, n_inputs: int,
-           metadata: dict[str, Any]) -> CaptureResult:
+def _merge(
+    parts: list[tuple[int, dict[str, Any]]], keys: list[str], hidden: int, n_inputs: int, metadata: dict[str, Any]
+) -> CaptureResult:
     generated = [""] * n_inputs
     index: list[int] = []
     steps: list[int] = []
     matched: list[str] = []
     vectors: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for start, part in parts:
-        generated[start:start + len(part["texts"])] = part["texts"]
+        generated[start : start + len(part["texts"])] = part["texts"]
         index.extend(start + r for r in part["kept"])
         steps.extend(part["steps"])
         matched.extend(part["matched"])
         for k in keys:
             vectors[k].append(part["vectors"][k])
     acts = {k: torch.cat(v) if v else torch.zeros(0, hidden) for k, v in vectors.items()}
-    return CaptureResult(acts, torch.tensor(index, dtype=torch.long), generated, matched,
-                         torch.tensor(steps, dtype=torch.long), metadata)
+    return CaptureResult(
+        acts, torch.tensor(index, dtype=torch.long), generated, matched, torch.tensor(steps, dtype=torch.long), metadata
+    )
 
 
-def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, prompts: Sequence[str],
-                        config: CaptureConfig, *, ground_truths: Sequence[str] | None = None,
-                        out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                        work: DistributedWork | None = None) -> CaptureResult:
+def capture_activations(
+    model: GenerativeModel,
+    images: Sequence[Any] | None,
+    prompts: Sequence[str],
+    config: CaptureConfig,
+    *,
+    ground_truths: Sequence[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    work: DistributedWork | None = None,
+) -> CaptureResult:
     """Capture activations of ``model`` (a :class:`VisionLanguageModel`, or a :class:`CausalLanguageModel` with
     ``images=None``) on ``prompts`` according to ``config``; see :class:`CaptureResult`.
 
@@ -486,8 +528,14 @@ def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, pr
     eos = _eos_ids(model)
     n = len(prompts)
     metadata: dict[str, Any] = {
-        "format": FORMAT, "config": config.to_dict(), "model_class": type(model.base_model).__name__,
-        "model_fingerprint": model_fingerprint(model), "n_inputs": n, "num_layers": model.num_layers, "hidden_size": hidden, "keys": keys,
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "model_class": type(model.base_model).__name__,
+        "model_fingerprint": model_fingerprint(model),
+        "n_inputs": n,
+        "num_layers": model.num_layers,
+        "hidden_size": hidden,
+        "keys": keys,
     }
     shard_size = max(config.shard_size, 1)
     shards = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
@@ -501,26 +549,34 @@ def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, pr
         if manifest_path.is_file():
             old = json.loads(manifest_path.read_text())
             ours = json.loads(json.dumps(metadata))  # tuples -> lists, as they were stored
-            same = all(old.get(k) == ours[k] for k in ("format", "config", "model_fingerprint",
-                                                           "inputs_fingerprint"))
+            same = all(old.get(k) == ours[k] for k in ("format", "config", "model_fingerprint", "inputs_fingerprint"))
             if not same:
-                raise InputError(f"{root} holds a capture of another model, inputs or config: choose another "
-                                 "folder or delete it")
+                raise InputError(
+                    f"{root} holds a capture of another model, inputs or config: choose another folder or delete it"
+                )
             done = {int(s["shard"]): s for s in old.get("shards", []) if (root / s["file"]).is_file()}
     work = work if work is not None else DistributedWork.from_environment()
     metadata["num_processes"] = work.num_processes
     n_batches = sum(math.ceil((stop - start) / config.batch_size) for k, start, stop in shards if k not in done)
-    bar = tqdm(total=n_batches, desc="capture", leave=False,
-               disable=not progress or n_batches <= 1 or not work.is_main_process)
+    bar = tqdm(
+        total=n_batches, desc="capture", leave=False, disable=not progress or n_batches <= 1 or not work.is_main_process
+    )
     parts: list[tuple[int, dict[str, Any]]] = []
     t0 = time.perf_counter()
     computed = 0
 
     def run_batch(lo: int, stop: int) -> dict[str, Any]:
         hi = min(lo + config.batch_size, stop)
-        part = _capture_batch(model, images[lo:hi] if images is not None else None, prompts[lo:hi],
-                              ground_truths[lo:hi] if ground_truths is not None else None, config,
-                              modules, variants, eos)
+        part = _capture_batch(
+            model,
+            images[lo:hi] if images is not None else None,
+            prompts[lo:hi],
+            ground_truths[lo:hi] if ground_truths is not None else None,
+            config,
+            modules,
+            variants,
+            eos,
+        )
         if not work.is_distributed:
             bar.update(1)
         return part
@@ -537,26 +593,38 @@ def capture_activations(model: GenerativeModel, images: Sequence[Any] | None, pr
                 bar.update(len(starts))
             batches = [(lo - start, p) for lo, p in zip(starts, batch_parts)]
             computed += stop - start
-            shard = {"kept": [off + r for off, p in batches for r in p["kept"]],
-                     "steps": [s for _, p in batches for s in p["steps"]],
-                     "matched": [m for _, p in batches for m in p["matched"]],
-                     "texts": [t for _, p in batches for t in p["texts"]],
-                     "vectors": {key: torch.cat([p["vectors"][key] for _, p in batches]) for key in keys}}
+            shard = {
+                "kept": [off + r for off, p in batches for r in p["kept"]],
+                "steps": [s for _, p in batches for s in p["steps"]],
+                "matched": [m for _, p in batches for m in p["matched"]],
+                "texts": [t for _, p in batches for t in p["texts"]],
+                "vectors": {key: torch.cat([p["vectors"][key] for _, p in batches]) for key in keys},
+            }
             parts.append((start, shard))
             if root is not None:
-                done[k] = {"shard": k, "file": _shard_name(k), "start": start, "stop": stop,
-                           "n_kept": len(shard["kept"])}
+                done[k] = {
+                    "shard": k,
+                    "file": _shard_name(k),
+                    "start": start,
+                    "stop": stop,
+                    "n_kept": len(shard["kept"]),
+                }
                 if work.is_main_process:
                     _write_shard(root / _shard_name(k), shard)
-                    write_json_atomic(root / MANIFEST, {**metadata, "shards": [done[j] for j in sorted(done)],
-                                                        "complete": len(done) == len(shards)})
+                    write_json_atomic(
+                        root / MANIFEST,
+                        {**metadata, "shards": [done[j] for j in sorted(done)], "complete": len(done) == len(shards)},
+                    )
     finally:
         bar.close()
     # The other processes return once the main one has written everything.
     work.wait_for_everyone()
     seconds = time.perf_counter() - t0
-    metadata.update(computed_inputs=computed, seconds=round(seconds, 3),
-                    samples_per_s=round(computed / seconds, 3) if computed and seconds > 0 else None)
+    metadata.update(
+        computed_inputs=computed,
+        seconds=round(seconds, 3),
+        samples_per_s=round(computed / seconds, 3) if computed and seconds > 0 else None,
+    )
     result = _merge(parts, keys, hidden, n, metadata)
     result.metadata["n_kept"] = len(result)
     return result
@@ -578,7 +646,6 @@ def load_capture(out_dir: str | os.PathLike[str]) -> CaptureResult:
         raise InputError(f"the capture in {root} is unfinished: rerun the same capture to resume it")
     parts = [(int(s["start"]), _read_shard(root / s["file"])) for s in manifest["shards"]]
     metadata = {k: v for k, v in manifest.items() if k not in ("shards", "complete")}
-    result = _merge(parts, list(manifest["keys"]), int(manifest["hidden_size"]), int(manifest["n_inputs"]),
-                    metadata)
+    result = _merge(parts, list(manifest["keys"]), int(manifest["hidden_size"]), int(manifest["n_inputs"]), metadata)
     result.metadata["n_kept"] = len(result)
     return result

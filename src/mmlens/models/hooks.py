@@ -40,8 +40,9 @@ def with_hidden_state(output: Any, hidden: torch.Tensor) -> Any:
 
 
 @contextlib.contextmanager
-def capture_outputs(modules: Mapping[str, nn.Module], *, detach: bool = True,
-                    to_cpu: bool = False) -> Iterator[dict[str, list[torch.Tensor]]]:
+def capture_outputs(
+    modules: Mapping[str, nn.Module], *, detach: bool = True, to_cpu: bool = False
+) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record each module's output hidden state ([B, T, D] for decoder layers), one entry per forward call.
 
     ``with capture_outputs({"l3": vlm.decoder_layers[3]}) as acts: vlm.forward(batch)`` then ``acts["l3"][0]``.
@@ -64,8 +65,9 @@ def capture_outputs(modules: Mapping[str, nn.Module], *, detach: bool = True,
 
 
 @contextlib.contextmanager
-def add_to_output(module: nn.Module, vector: torch.Tensor, *, scale: float = 1.0,
-                  positions: torch.Tensor | None = None) -> Iterator[None]:
+def add_to_output(
+    module: nn.Module, vector: torch.Tensor, *, scale: float = 1.0, positions: torch.Tensor | None = None
+) -> Iterator[None]:
     """Add ``scale * vector`` ([D]) to the module's output hidden state while the context is open (steering).
 
     ``positions``: optional BoolTensor[B, T] selecting where to add (e.g. ``~image_token_mask``) for the first

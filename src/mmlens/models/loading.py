@@ -59,17 +59,19 @@ class _Route:
     processor_class: Any = AutoProcessor
 
 
-_ROUTES: Mapping[type[PretrainedConfig], _Route] = MappingProxyType({
-    CLIPConfig: _Route(CLIPModel, ContrastiveModel),
-    SiglipConfig: _Route(SiglipModel, ContrastiveModel),
-    VisionTextDualEncoderConfig: _Route(VisionTextDualEncoderModel, ContrastiveModel),
-    LlavaConfig: _Route(LlavaForConditionalGeneration, VisionLanguageModel),
-    LlavaNextConfig: _Route(LlavaNextForConditionalGeneration, VisionLanguageModel),
-    Qwen2VLConfig: _Route(Qwen2VLForConditionalGeneration, VisionLanguageModel, Qwen2VLImageOnlyProcessor),
-    Qwen2_5_VLConfig: _Route(Qwen2_5_VLForConditionalGeneration, VisionLanguageModel, Qwen2_5_VLImageOnlyProcessor),
-    Idefics3Config: _Route(Idefics3ForConditionalGeneration, VisionLanguageModel),
-    PaliGemmaConfig: _Route(PaliGemmaForConditionalGeneration, VisionLanguageModel),
-})
+_ROUTES: Mapping[type[PretrainedConfig], _Route] = MappingProxyType(
+    {
+        CLIPConfig: _Route(CLIPModel, ContrastiveModel),
+        SiglipConfig: _Route(SiglipModel, ContrastiveModel),
+        VisionTextDualEncoderConfig: _Route(VisionTextDualEncoderModel, ContrastiveModel),
+        LlavaConfig: _Route(LlavaForConditionalGeneration, VisionLanguageModel),
+        LlavaNextConfig: _Route(LlavaNextForConditionalGeneration, VisionLanguageModel),
+        Qwen2VLConfig: _Route(Qwen2VLForConditionalGeneration, VisionLanguageModel, Qwen2VLImageOnlyProcessor),
+        Qwen2_5_VLConfig: _Route(Qwen2_5_VLForConditionalGeneration, VisionLanguageModel, Qwen2_5_VLImageOnlyProcessor),
+        Idefics3Config: _Route(Idefics3ForConditionalGeneration, VisionLanguageModel),
+        PaliGemmaConfig: _Route(PaliGemmaForConditionalGeneration, VisionLanguageModel),
+    }
+)
 
 
 def _first_line(err: BaseException) -> str:
@@ -90,8 +92,10 @@ def resolve_spec(spec: str | os.PathLike[str]) -> str:
         if source is not None:
             return str(source(name))
         if prefix == ZOO_PREFIX.rstrip(":"):
-            raise ModelLoadError("this mmlens installation has no model zoo (no 'zoo' entry in the "
-                                 "mmlens.model_sources entry points: reinstall mmlens)")
+            raise ModelLoadError(
+                "this mmlens installation has no model zoo (no 'zoo' entry in the "
+                "mmlens.model_sources entry points: reinstall mmlens)"
+            )
     return os.path.expanduser(spec)  # "~/models/clip" is a path the shell did not expand (e.g. quoted)
 
 
@@ -115,24 +119,41 @@ def _load_config(location: str, spec: str) -> PretrainedConfig:
         ) from err
 
 
-_ADAPTER_KINDS: Mapping[type, str] = MappingProxyType({
-    ContrastiveModel: "contrastive image-text model",
-    VisionLanguageModel: "vision-language model",
-    CausalLanguageModel: "causal language model",
-})
+_ADAPTER_KINDS: Mapping[type, str] = MappingProxyType(
+    {
+        ContrastiveModel: "contrastive image-text model",
+        VisionLanguageModel: "vision-language model",
+        CausalLanguageModel: "causal language model",
+    }
+)
 
 
 AdapterT = TypeVar("AdapterT", ContrastiveModel, VisionLanguageModel, CausalLanguageModel)
 
 
 @overload
-def load_model(spec: str | os.PathLike[str], *, device: str | torch.device = ..., torch_dtype: torch.dtype | None = ...,
-               expect: type[AdapterT]) -> AdapterT: ...
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    device: str | torch.device = ...,
+    torch_dtype: torch.dtype | None = ...,
+    expect: type[AdapterT],
+) -> AdapterT: ...
 @overload
-def load_model(spec: str | os.PathLike[str], *, device: str | torch.device = ..., torch_dtype: torch.dtype | None = ...,
-               expect: None = ...) -> Adapter: ...
-def load_model(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-               torch_dtype: torch.dtype | None = None, expect: type[Any] | None = None) -> Adapter:
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    device: str | torch.device = ...,
+    torch_dtype: torch.dtype | None = ...,
+    expect: None = ...,
+) -> Adapter: ...
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | None = None,
+    expect: type[Any] | None = None,
+) -> Adapter:
     """Load ``spec`` (``zoo:NAME``, a local directory, or a Hugging Face id) and wrap it in its adapter.
 
     Dispatches on the config class: CLIP / SigLIP / dual encoders -> :class:`ContrastiveModel`; LLaVA, LLaVA-NeXT,
@@ -158,8 +179,10 @@ def load_model(spec: str | os.PathLike[str], *, device: str | torch.device = "cp
             adapter = route.adapter(model, route.processor_class.from_pretrained(location))
     except ValueError as err:
         if route is None and "Unrecognized configuration class" in str(err):
-            raise ModelLoadError(f"{spec}: unsupported architecture {type(config).__name__} "
-                                 "(mmlens supports CLIP/SigLIP/dual encoders, LLaVA-style VLMs and causal LMs)") from err
+            raise ModelLoadError(
+                f"{spec}: unsupported architecture {type(config).__name__} "
+                "(mmlens supports CLIP/SigLIP/dual encoders, LLaVA-style VLMs and causal LMs)"
+            ) from err
         raise
     except OSError as err:
         raise ModelLoadError(f"cannot load weights or processor of {spec!r}: {_first_line(err)}") from err

@@ -99,8 +99,15 @@ def _clip_vision(**extra) -> dict:
 def _clip() -> ContrastiveModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=(), chat_template=None, add_bos_eos=True)
     tok.padding_side = "right"  # CLIP's text tower uses absolute positions from 0
-    text = dict(vocab_size=len(tok), num_hidden_layers=1, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **_SMALL)
+    text = dict(
+        vocab_size=len(tok),
+        num_hidden_layers=1,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **_SMALL,
+    )
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=_clip_vision(), projection_dim=16))
     return ContrastiveModel(model, CLIPProcessor(image_processor=make_image_processor(IMAGE_SIZE), tokenizer=tok))
 
@@ -109,8 +116,16 @@ def _siglip() -> ContrastiveModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=(), chat_template=None, add_bos_eos=True)
     tok.padding_side = "right"
     # SigLIP pools the last position and was trained with padding="max_length": keep max_length small here.
-    text = dict(vocab_size=len(tok), num_hidden_layers=1, max_position_embeddings=24, pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, projection_size=32, **_SMALL)
+    text = dict(
+        vocab_size=len(tok),
+        num_hidden_layers=1,
+        max_position_embeddings=24,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        projection_size=32,
+        **_SMALL,
+    )
     vision = dict(num_hidden_layers=1, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, **_SMALL)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
     improc = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
@@ -121,8 +136,9 @@ def _dual_encoder() -> ContrastiveModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=(), chat_template=None, add_bos_eos=True)
     tok.padding_side = "right"
     vision = CLIPVisionConfig(**_clip_vision())
-    text = BertConfig(vocab_size=len(tok), num_hidden_layers=1, max_position_embeddings=64,
-                      pad_token_id=tok.pad_token_id, **_SMALL)
+    text = BertConfig(
+        vocab_size=len(tok), num_hidden_layers=1, max_position_embeddings=64, pad_token_id=tok.pad_token_id, **_SMALL
+    )
     config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=16)
     model = VisionTextDualEncoderModel(config=config)
     proc = VisionTextDualEncoderProcessor(image_processor=make_image_processor(IMAGE_SIZE), tokenizer=tok)
@@ -132,26 +148,43 @@ def _dual_encoder() -> ContrastiveModel:
 def _llava() -> VisionLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS)
     proc = make_llava_processor(tok, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    config = LlavaConfig(vision_config=dict(model_type="clip_vision_model", **_clip_vision()),
-                         text_config=_llama_text(tok), image_token_id=proc.image_token_id,
-                         vision_feature_select_strategy="default", vision_feature_layer=-1,
-                         pad_token_id=tok.pad_token_id)
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", **_clip_vision()),
+        text_config=_llama_text(tok),
+        image_token_id=proc.image_token_id,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        pad_token_id=tok.pad_token_id,
+    )
     return VisionLanguageModel(LlavaForConditionalGeneration(config), proc)
 
 
 def _llava_next() -> VisionLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS)
     pinpoints = [[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE]]
-    improc = LlavaNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                                        image_grid_pinpoints=pinpoints)
-    proc = LlavaNextProcessor(image_processor=improc, tokenizer=tok, patch_size=PATCH_SIZE,
-                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                              chat_template=tok.chat_template, image_token=IMAGE_TOKEN)
-    config = LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", **_clip_vision()),
-                             text_config=_llama_text(tok), image_token_id=proc.image_token_id,
-                             image_grid_pinpoints=pinpoints, vision_feature_select_strategy="default",
-                             vision_feature_layer=-1, pad_token_id=tok.pad_token_id)
+    improc = LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=pinpoints,
+    )
+    proc = LlavaNextProcessor(
+        image_processor=improc,
+        tokenizer=tok,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tok.chat_template,
+        image_token=IMAGE_TOKEN,
+    )
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", **_clip_vision()),
+        text_config=_llama_text(tok),
+        image_token_id=proc.image_token_id,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        pad_token_id=tok.pad_token_id,
+    )
     return VisionLanguageModel(LlavaNextForConditionalGeneration(config), proc)
 
 
@@ -161,8 +194,9 @@ _QWEN_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|vide
 def _qwen_common(tok):
     # Qwen2-VL's "patch" is 14 px and 2x2 patches merge into one token; here 4 px patches, so a 32 px image
     # gives 8x8 patches -> 16 image tokens.
-    improc = Qwen2VLImageProcessorPil(size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, patch_size=4,
-                                      temporal_patch_size=2, merge_size=2)
+    improc = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, patch_size=4, temporal_patch_size=2, merge_size=2
+    )
     ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
     text = _llama_text(tok, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4})
     text.pop("model_type")
@@ -170,27 +204,54 @@ def _qwen_common(tok):
 
 
 def _qwen2_vl() -> VisionLanguageModel:
-    tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=_QWEN_SPECIALS,
-                               chat_template=make_chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
+    tok = train_word_tokenizer(
+        TINY_CORPUS,
+        extra_special_tokens=_QWEN_SPECIALS,
+        chat_template=make_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
+    )
     improc, ids, text = _qwen_common(tok)
-    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=4, spatial_merge_size=2,
-                  temporal_patch_size=2)
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"])
+    vision = dict(
+        depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2
+    )
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     proc = Qwen2VLImageOnlyProcessor(image_processor=improc, tokenizer=tok, chat_template=tok.chat_template)
     return VisionLanguageModel(Qwen2VLForConditionalGeneration(config), proc)
 
 
 def _qwen2_5_vl() -> VisionLanguageModel:
-    tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=_QWEN_SPECIALS,
-                               chat_template=make_chat_template("<|vision_start|><|image_pad|><|vision_end|>"))
+    tok = train_word_tokenizer(
+        TINY_CORPUS,
+        extra_special_tokens=_QWEN_SPECIALS,
+        chat_template=make_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
+    )
     improc, ids, text = _qwen_common(tok)
-    vision = dict(depth=1, hidden_size=32, intermediate_size=64, out_hidden_size=32, num_heads=2, patch_size=4,
-                  spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[0])
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                              vision_end_token_id=ids["<|vision_end|>"])
+    vision = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        out_hidden_size=32,
+        num_heads=2,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=16,
+        fullatt_block_indexes=[0],
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     proc = Qwen2_5_VLImageOnlyProcessor(image_processor=improc, tokenizer=tok, chat_template=tok.chat_template)
     return VisionLanguageModel(Qwen2_5_VLForConditionalGeneration(config), proc)
 
@@ -202,16 +263,23 @@ def _idefics3() -> VisionLanguageModel:
     specials = (IMAGE_TOKEN, "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *tiles)
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=specials)
     # Images are resized so the longest edge is <= 2 tiles, then split into 32 px tiles plus a global view.
-    improc = Idefics3ImageProcessorPil(size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE},
-                                       do_image_splitting=True)
+    improc = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}, do_image_splitting=True
+    )
     scale = 2
     seq_len = (IMAGE_SIZE // PATCH_SIZE) ** 2 // scale**2
-    proc = Idefics3Processor(image_processor=improc, tokenizer=tok, image_seq_len=seq_len,
-                             chat_template=tok.chat_template)
+    proc = Idefics3Processor(
+        image_processor=improc, tokenizer=tok, image_seq_len=seq_len, chat_template=tok.chat_template
+    )
     vision = dict(num_hidden_layers=1, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, **_SMALL)
     text = _llama_text(tok)
-    config = Idefics3Config(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-                            scale_factor=scale, pad_token_id=tok.pad_token_id)
+    config = Idefics3Config(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        scale_factor=scale,
+        pad_token_id=tok.pad_token_id,
+    )
     return VisionLanguageModel(Idefics3ForConditionalGeneration(config), proc)
 
 
@@ -220,40 +288,69 @@ def _paligemma() -> VisionLanguageModel:
     improc = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     improc.image_seq_length = (IMAGE_SIZE // PATCH_SIZE) ** 2
     proc = PaliGemmaProcessor(image_processor=improc, tokenizer=tok)  # adds <loc>/<seg> tokens to the tokenizer
-    vision = dict(model_type="siglip_vision_model", num_hidden_layers=1, image_size=IMAGE_SIZE,
-                  patch_size=PATCH_SIZE, projection_dim=32, **_SMALL)
-    text = dict(model_type="gemma", vocab_size=len(tok), num_hidden_layers=2, num_key_value_heads=1, head_dim=16,
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                **_SMALL)
-    config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=proc.image_token_id,
-                             projection_dim=32, hidden_size=32, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+    vision = dict(
+        model_type="siglip_vision_model",
+        num_hidden_layers=1,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        projection_dim=32,
+        **_SMALL,
+    )
+    text = dict(
+        model_type="gemma",
+        vocab_size=len(tok),
+        num_hidden_layers=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **_SMALL,
+    )
+    config = PaliGemmaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=proc.image_token_id,
+        projection_dim=32,
+        hidden_size=32,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+    )
     return VisionLanguageModel(PaliGemmaForConditionalGeneration(config), proc)
 
 
 def _llama() -> CausalLanguageModel:
     tok = train_word_tokenizer(TINY_CORPUS, extra_special_tokens=())
-    return CausalLanguageModel(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in _llama_text(tok).items()
-                                                                if k != "model_type"})), tok)
+    return CausalLanguageModel(
+        LlamaForCausalLM(LlamaConfig(**{k: v for k, v in _llama_text(tok).items() if k != "model_type"})), tok
+    )
 
 
-_FACTORIES: Mapping[str, Callable[[], ContrastiveModel | VisionLanguageModel | CausalLanguageModel]] = MappingProxyType({
-    "clip": _clip,
-    "siglip": _siglip,
-    "vision-text-dual-encoder": _dual_encoder,
-    "llava": _llava,
-    "llava-next": _llava_next,
-    "qwen2-vl": _qwen2_vl,
-    "qwen2.5-vl": _qwen2_5_vl,
-    "idefics3": _idefics3,
-    "paligemma": _paligemma,
-    "llama": _llama,
-})
+_FACTORIES: Mapping[str, Callable[[], ContrastiveModel | VisionLanguageModel | CausalLanguageModel]] = MappingProxyType(
+    {
+        "clip": _clip,
+        "siglip": _siglip,
+        "vision-text-dual-encoder": _dual_encoder,
+        "llava": _llava,
+        "llava-next": _llava_next,
+        "qwen2-vl": _qwen2_vl,
+        "qwen2.5-vl": _qwen2_5_vl,
+        "idefics3": _idefics3,
+        "paligemma": _paligemma,
+        "llama": _llama,
+    }
+)
 
 #: Architecture names accepted by :func:`tiny_model`.
 TINY_ARCHITECTURES: tuple[str, ...] = tuple(_FACTORIES)
 CONTRASTIVE_ARCHITECTURES: tuple[str, ...] = ("clip", "siglip", "vision-text-dual-encoder")
 VISION_LANGUAGE_ARCHITECTURES: tuple[str, ...] = (
-    "llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3", "paligemma",
+    "llava",
+    "llava-next",
+    "qwen2-vl",
+    "qwen2.5-vl",
+    "idefics3",
+    "paligemma",
 )
 
 

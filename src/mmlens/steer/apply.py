@@ -99,8 +99,16 @@ class SteeringTrace:
         return [mask for lay, mask in self.calls if lay == layer]
 
 
-def position_mask(rule: SteerPositions, *, offset: int, length: int, prompt_length: int, last_prompt: torch.Tensor,
-                  valid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+def position_mask(
+    rule: SteerPositions,
+    *,
+    offset: int,
+    length: int,
+    prompt_length: int,
+    last_prompt: torch.Tensor,
+    valid: torch.Tensor,
+    image: torch.Tensor,
+) -> torch.Tensor:
     """BoolTensor[B, length]: where ``rule`` steers in a forward call covering absolute positions
     ``offset .. offset + length - 1`` of a sequence whose prompt has ``prompt_length`` positions.
 
@@ -161,8 +169,13 @@ class _PositionTracker:
 
     def _continues_prompt(self, ids: torch.Tensor | None, shape: tuple[int, int]) -> bool:
         prompt = self.prompt_ids
-        return (ids is not None and prompt is not None and shape[0] == prompt.shape[0]
-                and shape[1] > prompt.shape[-1] and torch.equal(ids[:, :prompt.shape[-1]], prompt))
+        return (
+            ids is not None
+            and prompt is not None
+            and shape[0] == prompt.shape[0]
+            and shape[1] > prompt.shape[-1]
+            and torch.equal(ids[:, : prompt.shape[-1]], prompt)
+        )
 
     def before_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids, shape, cache, attention = _call_inputs(args, kwargs)
@@ -185,8 +198,15 @@ class _PositionTracker:
         else:
             image = torch.zeros(batch, length, dtype=torch.bool, device=device)
         self.offset = offset
-        self.mask = position_mask(self.rule, offset=offset, length=length, prompt_length=self.prompt_length,
-                                  last_prompt=self.last_prompt, valid=valid, image=image)
+        self.mask = position_mask(
+            self.rule,
+            offset=offset,
+            length=length,
+            prompt_length=self.prompt_length,
+            last_prompt=self.last_prompt,
+            valid=valid,
+            image=image,
+        )
 
     def after_call(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.mask = None  # a layer run outside the model's forward must not reuse a stale mask
@@ -199,10 +219,14 @@ class _SampleGate:
     def __init__(self, vectors: Sequence[SteeringVector], tracker: _PositionTracker) -> None:
         for vec in vectors:
             if vec.reference is None or vec.contrasts is None:
-                raise InputError(f"vector {vec.name} has no reference/contrasts: the source_concept condition needs "
-                                 "vectors built from labelled activations or a dictionary")
-        self.centres = [torch.cat([vec.reference[None], vec.contrasts]) for vec in vectors  # type: ignore[index]
-                        ]  # both checked above
+                raise InputError(
+                    f"vector {vec.name} has no reference/contrasts: the source_concept condition needs "
+                    "vectors built from labelled activations or a dictionary"
+                )
+        self.centres = [
+            torch.cat([vec.reference[None], vec.contrasts])
+            for vec in vectors  # type: ignore[index]
+        ]  # both checked above
         self.tracker = tracker
         self.generation = -1
         self.gates: torch.Tensor | None = None  # [n_vectors, B]
@@ -211,8 +235,11 @@ class _SampleGate:
         tracker = self.tracker
         if self.generation != tracker.generation or self.gates is None or self.gates.shape[1] != h.shape[0]:
             rows = torch.arange(h.shape[0], device=h.device)
-            index = (tracker.last_prompt.to(h.device) - tracker.offset).clamp(0, h.shape[1] - 1) \
-                if tracker.last_prompt is not None else torch.full_like(rows, h.shape[1] - 1)
+            index = (
+                (tracker.last_prompt.to(h.device) - tracker.offset).clamp(0, h.shape[1] - 1)
+                if tracker.last_prompt is not None
+                else torch.full_like(rows, h.shape[1] - 1)
+            )
             at_prompt = h[rows, index].float()
             self.gates = torch.stack([torch.cdist(at_prompt, c.to(h.device)).argmin(1) == 0 for c in self.centres])
             self.generation = tracker.generation
@@ -223,11 +250,14 @@ def _group_by_layer(vectors: Sequence[SteeringVector], hidden_size: int, n_layer
     summed: dict[int, torch.Tensor] = {}
     for vec in vectors:
         if vec.hidden_size != hidden_size:
-            raise InputError(f"vector {vec.name} has hidden size {vec.hidden_size}, the model's decoder has "
-                             f"{hidden_size}")
+            raise InputError(
+                f"vector {vec.name} has hidden size {vec.hidden_size}, the model's decoder has {hidden_size}"
+            )
         if vec.layer >= n_layers:
-            raise InputError(f"vector {vec.name} is for layer {vec.layer}, the model has {n_layers} decoder layers "
-                             f"(0..{n_layers - 1})")
+            raise InputError(
+                f"vector {vec.name} is for layer {vec.layer}, the model has {n_layers} decoder layers "
+                f"(0..{n_layers - 1})"
+            )
         summed[vec.layer] = summed.get(vec.layer, 0) + vec.vector
     return summed
 
@@ -250,8 +280,13 @@ def _as_vector_list(vectors: SteeringVector | Sequence[SteeringVector]) -> list[
 
 
 @contextlib.contextmanager
-def steer(model: Any, vectors: SteeringVector | Sequence[SteeringVector], config: SteerConfig = SteerConfig(), *,
-          record: bool = False) -> Iterator[SteeringTrace]:
+def steer(
+    model: Any,
+    vectors: SteeringVector | Sequence[SteeringVector],
+    config: SteerConfig = SteerConfig(),
+    *,
+    record: bool = False,
+) -> Iterator[SteeringTrace]:
     """Add ``config.alpha * vector`` to the output of each vector's decoder layer (vectors on the same layer add up)
     at the positions of ``config.positions``, while the context is open; every hook is removed on exit and on error.
 
@@ -284,8 +319,10 @@ def steer(model: Any, vectors: SteeringVector | Sequence[SteeringVector], config
             mask = tracker.mask
             if mask is None or tuple(mask.shape) != tuple(h.shape[:2]):
                 if config.positions is not SteerPositions.ALL:
-                    raise InputError(f"position rule {config.positions.value} needs the layer to run inside the "
-                                     "model's forward (call the adapter's model, not a layer directly)")
+                    raise InputError(
+                        f"position rule {config.positions.value} needs the layer to run inside the "
+                        "model's forward (call the adapter's model, not a layer directly)"
+                    )
                 mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
             if record:
                 trace.calls.append((layer, mask.detach().cpu().clone()))
@@ -319,8 +356,9 @@ def logit_bias_direction(model: Any, vector: SteeringVector) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def logit_bias(model: Any, vector: SteeringVector, alpha: float = 1.0,
-               condition: SteerCondition = SteerCondition.ALWAYS) -> Iterator[torch.Tensor]:
+def logit_bias(
+    model: Any, vector: SteeringVector, alpha: float = 1.0, condition: SteerCondition = SteerCondition.ALWAYS
+) -> Iterator[torch.Tensor]:
     """Baseline: add ``alpha * logit_bias_direction(model, vector)`` to every logit the model computes while the
     context is open (every predicted token, the first answer token included). With ``SOURCE_CONCEPT``, only for the
     samples the same gate as :func:`steer` selects. Yields the bias [vocab]."""
@@ -360,8 +398,13 @@ class Steering:
         return steer(model, self.vectors, self.config)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "steering", "alpha": self.config.alpha, "positions": self.config.positions.value,
-                "condition": self.config.condition.value, "vectors": [v.name for v in self.vectors]}
+        return {
+            "kind": "steering",
+            "alpha": self.config.alpha,
+            "positions": self.config.positions.value,
+            "condition": self.config.condition.value,
+            "vectors": [v.name for v in self.vectors],
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -376,5 +419,9 @@ class LogitBias:
         return logit_bias(model, self.vector, self.alpha, self.condition)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "logit_bias", "alpha": self.alpha, "condition": self.condition.value,
-                "vector": self.vector.name}
+        return {
+            "kind": "logit_bias",
+            "alpha": self.alpha,
+            "condition": self.condition.value,
+            "vector": self.vector.name,
+        }

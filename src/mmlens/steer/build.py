@@ -18,8 +18,16 @@ from mmlens.steer.vectors import SteeringVector, vector_from_labels
 WRONG = ""  # label of a sample whose answer does not match its ground truth
 
 
-def capture_examples(model: Any, examples: Sequence[VQAExample], layers: Sequence[int], *, position: Any = None,
-                     max_new_tokens: int = 4, batch_size: int = 64, progress: bool = True):
+def capture_examples(
+    model: Any,
+    examples: Sequence[VQAExample],
+    layers: Sequence[int],
+    *,
+    position: Any = None,
+    max_new_tokens: int = 4,
+    batch_size: int = 64,
+    progress: bool = True,
+):
     """Activations of ``layers`` (and the generated answers) on ``examples``: a ``CaptureResult`` whose row i is
     example i (LAST_PROMPT keeps every sample)."""
     from mmlens.models.capture import (
@@ -33,14 +41,14 @@ def capture_examples(model: Any, examples: Sequence[VQAExample], layers: Sequenc
     if not items:
         raise InputError("no examples to capture activations from")
     rule = position if position is not None else PositionRule(PositionKind.LAST_PROMPT)
-    config = CaptureConfig(layers=tuple(layers), position=rule, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size)
+    config = CaptureConfig(layers=tuple(layers), position=rule, max_new_tokens=max_new_tokens, batch_size=batch_size)
     images = None if isinstance(model, CausalLanguageModel) else [e.image for e in items]
     return capture_activations(model, images, [e.question for e in items], config, progress=progress)
 
 
-def answer_labels(generated: Sequence[str], examples: Sequence[VQAExample], *, require_correct: bool = True
-                  ) -> list[str]:
+def answer_labels(
+    generated: Sequence[str], examples: Sequence[VQAExample], *, require_correct: bool = True
+) -> list[str]:
     """The normalised answers as labels; with ``require_correct``, ``WRONG`` ("") where an example has a ground
     truth the answer does not match."""
     labels = []
@@ -51,18 +59,33 @@ def answer_labels(generated: Sequence[str], examples: Sequence[VQAExample], *, r
     return labels
 
 
-def vectors_from_capture(capture: Any, labels: Sequence[str], source: str, target: str, *,
-                         layers: Sequence[int] | None = None, model: str = "") -> dict[int, SteeringVector]:
+def vectors_from_capture(
+    capture: Any,
+    labels: Sequence[str],
+    source: str,
+    target: str,
+    *,
+    layers: Sequence[int] | None = None,
+    model: str = "",
+) -> dict[int, SteeringVector]:
     """One coarse source -> target vector per captured layer (rows of ``capture`` labelled by ``labels``)."""
     n_layers = int(capture.metadata.get("num_layers", 0))
-    chosen = list(layers) if layers is not None else [int(k.split(".")[1]) for k in capture.keys
-                                                       if k.startswith("layer.")]
+    chosen = (
+        list(layers) if layers is not None else [int(k.split(".")[1]) for k in capture.keys if k.startswith("layer.")]
+    )
     position = capture.metadata.get("config", {}).get("position", {}).get("kind", "")
     rows = capture.sample_index.tolist()
     row_labels = [labels[i] for i in rows]
     out = {}
     for layer in chosen:
         index = layer % n_layers if n_layers else layer
-        out[index] = vector_from_labels(capture.layer(index), row_labels, normalise_answer(source),
-                                        normalise_answer(target), layer=index, model=model, position=position)
+        out[index] = vector_from_labels(
+            capture.layer(index),
+            row_labels,
+            normalise_answer(source),
+            normalise_answer(target),
+            layer=index,
+            model=model,
+            position=position,
+        )
     return out

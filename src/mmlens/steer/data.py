@@ -40,11 +40,25 @@ def load_vqa_jsonl(path: str | os.PathLike[str]) -> list[VQAExample]:
             for q in rec["vqa"]:
                 if not isinstance(q, dict):
                     raise InputError(f"{where}: 'vqa' must be a list of objects")
-                out.append(VQAExample(image, _question(q, where), str(q.get("answer", "")),
-                                      str(q.get("answer_type", "")), str(q.get("template", ""))))
+                out.append(
+                    VQAExample(
+                        image,
+                        _question(q, where),
+                        str(q.get("answer", "")),
+                        str(q.get("answer_type", "")),
+                        str(q.get("template", "")),
+                    )
+                )
         else:
-            out.append(VQAExample(image, _question(rec, where), str(rec.get("answer", "")),
-                                  str(rec.get("answer_type", "")), str(rec.get("template", ""))))
+            out.append(
+                VQAExample(
+                    image,
+                    _question(rec, where),
+                    str(rec.get("answer", "")),
+                    str(rec.get("answer_type", "")),
+                    str(rec.get("template", "")),
+                )
+            )
     if not out:
         raise InputError(f"{path} holds no questions")
     return out

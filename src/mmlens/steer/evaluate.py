@@ -57,8 +57,9 @@ class FlipTarget:
     template: str | None = None
 
     def in_scope(self, example: VQAExample) -> bool:
-        return ((self.answer_type is None or example.answer_type == self.answer_type)
-                and (self.template is None or example.template == self.template))
+        return (self.answer_type is None or example.answer_type == self.answer_type) and (
+            self.template is None or example.template == self.template
+        )
 
 
 def normalise_answer(text: str) -> str:
@@ -77,8 +78,14 @@ def _check_examples(examples: Sequence[VQAExample]) -> list[VQAExample]:
     return items
 
 
-def generate_answers(model: Any, examples: Sequence[VQAExample], intervention: Intervention | None = None, *,
-                     max_new_tokens: int = 4, batch_size: int = 64) -> list[str]:
+def generate_answers(
+    model: Any,
+    examples: Sequence[VQAExample],
+    intervention: Intervention | None = None,
+    *,
+    max_new_tokens: int = 4,
+    batch_size: int = 64,
+) -> list[str]:
     """Batched greedy answers (normalised), under ``intervention`` if given."""
     items = _check_examples(examples)
     questions = [e.question for e in items]
@@ -87,8 +94,9 @@ def generate_answers(model: Any, examples: Sequence[VQAExample], intervention: I
         if isinstance(model, CausalLanguageModel):
             raw = model.generate(questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
         else:
-            raw = model.generate([e.image for e in items], questions, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size)
+            raw = model.generate(
+                [e.image for e in items], questions, max_new_tokens=max_new_tokens, batch_size=batch_size
+            )
     return [normalise_answer(a) for a in raw]
 
 
@@ -103,8 +111,9 @@ def accuracy_by_type(examples: Sequence[VQAExample], answers: Sequence[str]) -> 
     return {t: _rate(v) for t, v in sorted(groups.items())}
 
 
-def steering_effect(examples: Sequence[VQAExample], baseline: Sequence[str], steered: Sequence[str],
-                    flip: FlipTarget) -> dict[str, Any]:
+def steering_effect(
+    examples: Sequence[VQAExample], baseline: Sequence[str], steered: Sequence[str], flip: FlipTarget
+) -> dict[str, Any]:
     """What an intervention did to the answers of ``examples``, against the baseline answers of the same run.
 
     - ``flip_rate``: of the in-scope questions answered ``source`` at baseline, the share answered ``target`` under
@@ -147,38 +156,64 @@ def steering_effect(examples: Sequence[VQAExample], baseline: Sequence[str], ste
     }
 
 
-def evaluate_interventions(model: Any, examples: Sequence[VQAExample], interventions: Mapping[str, Intervention],
-                           flip: FlipTarget, *, baseline: Sequence[str] | None = None, max_new_tokens: int = 4,
-                           batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, Any]]:
+def evaluate_interventions(
+    model: Any,
+    examples: Sequence[VQAExample],
+    interventions: Mapping[str, Intervention],
+    flip: FlipTarget,
+    *,
+    baseline: Sequence[str] | None = None,
+    max_new_tokens: int = 4,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
     """:func:`steering_effect` of each named intervention against one baseline pass (computed if not given)."""
     items = _check_examples(examples)
     if baseline is None:
         baseline = generate_answers(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
     out = {}
-    for name, intervention in tqdm(list(interventions.items()), desc="interventions", disable=not progress,
-                                   leave=False):
+    for name, intervention in tqdm(
+        list(interventions.items()), desc="interventions", disable=not progress, leave=False
+    ):
         steered = generate_answers(model, items, intervention, max_new_tokens=max_new_tokens, batch_size=batch_size)
         out[name] = {**steering_effect(items, baseline, steered, flip), "intervention": intervention.describe()}
     return out
 
 
-def alpha_sweep(model: Any, examples: Sequence[VQAExample], vectors: Sequence[SteeringVector],
-                alphas: Sequence[float], flip: FlipTarget, config: SteerConfig | None = None, *,
-                baseline: Sequence[str] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+def alpha_sweep(
+    model: Any,
+    examples: Sequence[VQAExample],
+    vectors: Sequence[SteeringVector],
+    alphas: Sequence[float],
+    flip: FlipTarget,
+    config: SteerConfig | None = None,
+    *,
+    baseline: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
     """The effect at each alpha (same positions), as rows with an ``alpha`` key."""
     base = config or SteerConfig()
-    interventions = {f"{a:g}": Steering(tuple(vectors), SteerConfig(float(a), base.positions, base.condition))
-                     for a in alphas}
+    interventions = {
+        f"{a:g}": Steering(tuple(vectors), SteerConfig(float(a), base.positions, base.condition)) for a in alphas
+    }
     res = evaluate_interventions(model, examples, interventions, flip, baseline=baseline, **kwargs)
     return [{"alpha": float(a), **res[f"{a:g}"]} for a in alphas]
 
 
-def layer_sweep(model: Any, examples: Sequence[VQAExample], vectors_by_layer: Mapping[int, SteeringVector],
-                flip: FlipTarget, config: SteerConfig | None = None, *, baseline: Sequence[str] | None = None,
-                **kwargs: Any) -> list[dict[str, Any]]:
+def layer_sweep(
+    model: Any,
+    examples: Sequence[VQAExample],
+    vectors_by_layer: Mapping[int, SteeringVector],
+    flip: FlipTarget,
+    config: SteerConfig | None = None,
+    *,
+    baseline: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
     """The effect of one vector per layer (each applied alone), as rows with a ``layer`` key."""
-    interventions = {str(layer): Steering((vec,), config or SteerConfig())
-                     for layer, vec in sorted(vectors_by_layer.items())}
+    interventions = {
+        str(layer): Steering((vec,), config or SteerConfig()) for layer, vec in sorted(vectors_by_layer.items())
+    }
     res = evaluate_interventions(model, examples, interventions, flip, baseline=baseline, **kwargs)
     return [{"layer": int(layer), **res[str(layer)]} for layer in sorted(vectors_by_layer)]
 
@@ -202,7 +237,7 @@ def selection_score(baseline: Sequence[str], steered: Sequence[str], *, top_n: i
 
     base, new = Counter(baseline), Counter(steered)
     deltas = {a: new[a] - base[a] for a in sorted(set(base) | set(new))}
-    top = sorted(deltas.items(), key=lambda kv: (-kv[1], kv[0]))[:max(top_n, 2)]
+    top = sorted(deltas.items(), key=lambda kv: (-kv[1], kv[0]))[: max(top_n, 2)]
     values = np.array([[float(v)] for _, v in top])
     if len(top) < 2 or values.max() <= 0:
         return SelectionScore(0.0, (), deltas)
@@ -224,15 +259,28 @@ class Selected:
     selection: SelectionScore
 
     def describe(self) -> dict[str, Any]:
-        return {**self.vector.describe(), "score": self.selection.score, "primary": list(self.selection.primary),
-                "top_deltas": dict(sorted(self.selection.delta_counts.items(), key=lambda kv: -kv[1])[:5])}
+        return {
+            **self.vector.describe(),
+            "score": self.selection.score,
+            "primary": list(self.selection.primary),
+            "top_deltas": dict(sorted(self.selection.delta_counts.items(), key=lambda kv: -kv[1])[:5]),
+        }
 
 
-def select_vectors(model: Any, candidates: Sequence[SteeringVector], examples: Sequence[VQAExample],
-                   config: SteerConfig | None = None, *, top_n: int = 5, max_primary: int = 2,
-                   baseline: Sequence[str] | None = None, max_new_tokens: int = 4, batch_size: int = 64,
-                   progress: bool = True,
-                   on_candidate: Callable[[SteeringVector, Sequence[str]], None] | None = None) -> list[Selected]:
+def select_vectors(
+    model: Any,
+    candidates: Sequence[SteeringVector],
+    examples: Sequence[VQAExample],
+    config: SteerConfig | None = None,
+    *,
+    top_n: int = 5,
+    max_primary: int = 2,
+    baseline: Sequence[str] | None = None,
+    max_new_tokens: int = 4,
+    batch_size: int = 64,
+    progress: bool = True,
+    on_candidate: Callable[[SteeringVector, Sequence[str]], None] | None = None,
+) -> list[Selected]:
     """Score every candidate on ``examples``; keep those whose primary cluster has at most ``max_primary`` answers,
     rank by score, and keep the best vector per primary answer set (targets de-duplicated)."""
     items = _check_examples(examples)
@@ -242,9 +290,13 @@ def select_vectors(model: Any, candidates: Sequence[SteeringVector], examples: S
         baseline = generate_answers(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
     scored = []
     for vec in tqdm(candidates, desc="candidates", disable=not progress, leave=False):
-        steered = generate_answers(model, items, Steering((vec,), config or SteerConfig()),
-                                   max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size)
+        steered = generate_answers(
+            model,
+            items,
+            Steering((vec,), config or SteerConfig()),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
         if on_candidate is not None:
             on_candidate(vec, steered)
         sel = selection_score(baseline, steered, top_n=top_n)
@@ -258,8 +310,17 @@ def select_vectors(model: Any, candidates: Sequence[SteeringVector], examples: S
 
 
 # ------------------------------------------------------------------------------------ sweeps with baselines
-SUMMARY_KEYS = ("flip_rate", "target_rate", "n_source", "other_types_acc_drop", "changed_rate",
-                "target_count_delta", "source_count_delta", "acc_baseline", "acc_steered")
+SUMMARY_KEYS = (
+    "flip_rate",
+    "target_rate",
+    "n_source",
+    "other_types_acc_drop",
+    "changed_rate",
+    "target_count_delta",
+    "source_count_delta",
+    "acc_baseline",
+    "acc_steered",
+)
 
 
 def _summary(effect: Mapping[str, Any]) -> dict[str, Any]:
@@ -275,12 +336,23 @@ class SweepKind(enum.StrEnum):
     LOGIT_BIAS = "logit_bias"  # the vector through the final norm and the unembedding
 
 
-def sweep_with_baselines(model: Any, examples: Sequence[VQAExample], vector: SteeringVector,
-                         alphas: Sequence[float], flip: FlipTarget, *, positions: Any = None,
-                         condition: Any = None, shuffled: SteeringVector | None = None, random_seed: int = 0,
-                         kinds: Sequence[SweepKind] = tuple(SweepKind),
-                         baseline: Sequence[str] | None = None, max_new_tokens: int = 4, batch_size: int = 64,
-                         progress: bool = False) -> list[dict[str, Any]]:
+def sweep_with_baselines(
+    model: Any,
+    examples: Sequence[VQAExample],
+    vector: SteeringVector,
+    alphas: Sequence[float],
+    flip: FlipTarget,
+    *,
+    positions: Any = None,
+    condition: Any = None,
+    shuffled: SteeringVector | None = None,
+    random_seed: int = 0,
+    kinds: Sequence[SweepKind] = tuple(SweepKind),
+    baseline: Sequence[str] | None = None,
+    max_new_tokens: int = 4,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     """One row per alpha: ``{"alpha", "steer": effect, "random": ..., "shuffled": ..., "logit_bias": ...}``, every
     intervention at the same alpha against one baseline pass. ``random`` is a direction of the vector's norm
     (``random_seed``); ``shuffled`` is used only if given (it needs the labelled activations); ``logit_bias`` is
@@ -305,13 +377,26 @@ def sweep_with_baselines(model: Any, examples: Sequence[VQAExample], vector: Ste
         raise InputError(f"unknown sweep kinds in {list(kinds)}; use {[k.value for k in SweepKind]}") from None
     chosen = [k for k in requested if k in makers]  # "shuffled" only when its vector is given
     interventions = {f"{k}@{a:g}": makers[k](float(a)) for a in alphas for k in chosen}
-    res = evaluate_interventions(model, examples, interventions, flip, baseline=baseline,
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    res = evaluate_interventions(
+        model,
+        examples,
+        interventions,
+        flip,
+        baseline=baseline,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
     return [{"alpha": float(a), **{k: _summary(res[f"{k}@{a:g}"]) for k in chosen}} for a in alphas]
 
 
-def choose_alpha(rows: Sequence[Mapping[str, Any]], *, max_drop: float = 0.02, kind: SweepKind = SweepKind.STEER,
-                 key: str = "flip_rate") -> float:
+def choose_alpha(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    max_drop: float = 0.02,
+    kind: SweepKind = SweepKind.STEER,
+    key: str = "flip_rate",
+) -> float:
     """The alpha rule used throughout: among rows whose ``kind`` effect drops other-type accuracy by at most
     ``max_drop``, the highest ``key`` (ties: the smaller alpha); if none qualifies, the smallest alpha. Choose it on
     data that is not used for the reported numbers."""
@@ -329,10 +414,22 @@ def choose_alpha(rows: Sequence[Mapping[str, Any]], *, max_drop: float = 0.02, k
     return float(min(r["alpha"] for r in rows))
 
 
-def evaluate_vectors(model: Any, examples: Sequence[VQAExample], vectors: Sequence[SteeringVector],
-                     flip: FlipTarget, *, alphas: Sequence[float] = (0.5, 1.0, 2.0, 4.0), positions: Any = None,
-                     condition: Any = None, max_drop: float = 0.02, random_seed: int = 0, max_new_tokens: int = 4, batch_size: int = 64,
-                     n_examples: int = 8, progress: bool = True) -> dict[str, Any]:
+def evaluate_vectors(
+    model: Any,
+    examples: Sequence[VQAExample],
+    vectors: Sequence[SteeringVector],
+    flip: FlipTarget,
+    *,
+    alphas: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
+    positions: Any = None,
+    condition: Any = None,
+    max_drop: float = 0.02,
+    random_seed: int = 0,
+    max_new_tokens: int = 4,
+    batch_size: int = 64,
+    n_examples: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Everything ``mmlens steer eval`` reports: per steering vector an alpha sweep with its baselines (random
     direction, shuffled labels when the file holds that control for the same layer, logit bias), the alpha chosen
     by :func:`choose_alpha` (on these same examples: in-sample), and before/after answers of a few examples."""
@@ -351,31 +448,70 @@ def evaluate_vectors(model: Any, examples: Sequence[VQAExample], vectors: Sequen
     baseline = generate_answers(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
     results = []
     for vec in tqdm(main, desc="vectors", disable=not progress or len(main) <= 1, leave=False):
-        rows = sweep_with_baselines(model, items, vec, alphas, flip, positions=rule, condition=cond,
-                                    shuffled=controls.get((vec.layer, vec.source, vec.target)),
-                                    random_seed=random_seed, baseline=baseline, max_new_tokens=max_new_tokens,
-                                    batch_size=batch_size, progress=progress)
+        rows = sweep_with_baselines(
+            model,
+            items,
+            vec,
+            alphas,
+            flip,
+            positions=rule,
+            condition=cond,
+            shuffled=controls.get((vec.layer, vec.source, vec.target)),
+            random_seed=random_seed,
+            baseline=baseline,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+        )
         best = choose_alpha(rows, max_drop=max_drop)
-        results.append({"vector": vec.describe(), "best_alpha": best, "sweep": rows,
-                        "at_best": next(r for r in rows if r["alpha"] == best)})
+        results.append(
+            {
+                "vector": vec.describe(),
+                "best_alpha": best,
+                "sweep": rows,
+                "at_best": next(r for r in rows if r["alpha"] == best),
+            }
+        )
     first = main[0]
     best_alpha = results[0]["best_alpha"]
     source = normalise_answer(flip.source)
     chosen = [i for i, (e, b) in enumerate(zip(items, baseline)) if flip.in_scope(e) and b == source][:n_examples]
-    chosen += [i for i, e in enumerate(items) if not flip.in_scope(e)][:max(0, n_examples - len(chosen))]
+    chosen += [i for i, e in enumerate(items) if not flip.in_scope(e)][: max(0, n_examples - len(chosen))]
     shown: list[dict[str, Any]] = []
     if chosen:
-        after = generate_answers(model, [items[i] for i in chosen],
-                                 Steering((first,), SteerConfig(best_alpha, rule, cond)),
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
-        shown = [{"index": i, "question": items[i].question, "truth": items[i].answer,
-                  "answer_type": items[i].answer_type, "before": baseline[i], "after": a}
-                 for i, a in zip(chosen, after)]
+        after = generate_answers(
+            model,
+            [items[i] for i in chosen],
+            Steering((first,), SteerConfig(best_alpha, rule, cond)),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        shown = [
+            {
+                "index": i,
+                "question": items[i].question,
+                "truth": items[i].answer,
+                "answer_type": items[i].answer_type,
+                "before": baseline[i],
+                "after": a,
+            }
+            for i, a in zip(chosen, after)
+        ]
     return {
-        "flip": {"source": flip.source, "target": flip.target, "answer_type": flip.answer_type,
-                 "template": flip.template},
-        "n_examples": len(items), "positions": rule.value, "condition": cond.value,
+        "flip": {
+            "source": flip.source,
+            "target": flip.target,
+            "answer_type": flip.answer_type,
+            "template": flip.template,
+        },
+        "n_examples": len(items),
+        "positions": rule.value,
+        "condition": cond.value,
         "alphas": [float(a) for a in alphas],
-        "max_drop": max_drop, "baseline_accuracy": accuracy_by_type(items, baseline),
-        "vectors": results, "examples": shown, "example_vector": first.name, "example_alpha": best_alpha,
+        "max_drop": max_drop,
+        "baseline_accuracy": accuracy_by_type(items, baseline),
+        "vectors": results,
+        "examples": shown,
+        "example_vector": first.name,
+        "example_alpha": best_alpha,
     }

@@ -11,8 +11,12 @@ from typing import Any
 from mmlens.html import CardLine, HtmlReport, ImageCard
 from mmlens.steer.evaluate import VQAExample
 
-KIND_LABELS = {"steer": "steering", "random": "random direction (same norm)", "shuffled": "shuffled labels",
-               "logit_bias": "logit bias (same vector)"}
+KIND_LABELS = {
+    "steer": "steering",
+    "random": "random direction (same norm)",
+    "shuffled": "shuffled labels",
+    "logit_bias": "logit bias (same vector)",
+}
 
 
 def _value(row: dict[str, Any], kind: str, key: str) -> float:
@@ -54,29 +58,45 @@ def _layer_figure(results: Sequence[dict[str, Any]]):
     return fig
 
 
-def write_steering_report(result: dict[str, Any], out_dir: str | os.PathLike[str], examples: Sequence[VQAExample] = (), *,
-                 title: str = "Steering evaluation") -> Path:
+def write_steering_report(
+    result: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    examples: Sequence[VQAExample] = (),
+    *,
+    title: str = "Steering evaluation",
+) -> Path:
     """Write ``index.html`` + ``data.json`` (``result``) into ``out_dir`` atomically; ``examples`` are the evaluated
     examples (for the images of the before/after cards). Returns the path of index.html."""
     flip = result["flip"]
     scope = flip.get("answer_type") or "all questions"
-    report = HtmlReport(title, subtitle=f"{flip['source']} -> {flip['target']} on {scope} · {result['n_examples']} "
-                                        f"questions · positions {result['positions']} · condition "
-                                        f"{result.get('condition', 'always')}", data=result)
+    report = HtmlReport(
+        title,
+        subtitle=f"{flip['source']} -> {flip['target']} on {scope} · {result['n_examples']} "
+        f"questions · positions {result['positions']} · condition "
+        f"{result.get('condition', 'always')}",
+        data=result,
+    )
     summary = report.section("Summary")
-    summary.text("Flip rate: of the in-scope questions answered the source at baseline, the share answered the "
-                 "target with steering. Other-type drop: accuracy on the other answer types, baseline minus steered "
-                 "(0.02 = 2 points). Every baseline runs at the same alpha in the same run. The alpha is chosen on "
-                 "these same examples (highest flip rate with a drop of at most "
-                 f"{result['max_drop']}): an in-sample choice; evaluate on held-out data for an unbiased number.",
-                 note=True)
+    summary.text(
+        "Flip rate: of the in-scope questions answered the source at baseline, the share answered the "
+        "target with steering. Other-type drop: accuracy on the other answer types, baseline minus steered "
+        "(0.02 = 2 points). Every baseline runs at the same alpha in the same run. The alpha is chosen on "
+        "these same examples (highest flip rate with a drop of at most "
+        f"{result['max_drop']}): an in-sample choice; evaluate on held-out data for an unbiased number.",
+        note=True,
+    )
     rows = []
     for r in result["vectors"]:
         best = r["at_best"]
-        row = {"vector": r["vector"]["name"], "norm": r["vector"]["norm"], "alpha": r["best_alpha"],
-               "flip rate": _value(best, "steer", "flip_rate"), "n source": best["steer"].get("n_source", 0),
-               "other-type drop": _value(best, "steer", "other_types_acc_drop"),
-               "random flip": _value(best, "random", "flip_rate")}
+        row = {
+            "vector": r["vector"]["name"],
+            "norm": r["vector"]["norm"],
+            "alpha": r["best_alpha"],
+            "flip rate": _value(best, "steer", "flip_rate"),
+            "n source": best["steer"].get("n_source", 0),
+            "other-type drop": _value(best, "steer", "other_types_acc_drop"),
+            "random flip": _value(best, "random", "flip_rate"),
+        }
         if "shuffled" in best:
             row["shuffled flip"] = _value(best, "shuffled", "flip_rate")
         row["logit-bias flip"] = _value(best, "logit_bias", "flip_rate")
@@ -91,13 +111,19 @@ def write_steering_report(result: dict[str, Any], out_dir: str | os.PathLike[str
         cards = []
         for ex in result["examples"]:
             image = examples[ex["index"]].image if ex["index"] < len(examples) else None
-            lines = (CardLine(f"truth: {ex['truth']}"), CardLine(f"before: {ex['before']}", ex["before"] == ex["truth"]),
-                     CardLine(f"after: {ex['after']}", ex["after"] == ex["truth"]))
+            lines = (
+                CardLine(f"truth: {ex['truth']}"),
+                CardLine(f"before: {ex['before']}", ex["before"] == ex["truth"]),
+                CardLine(f"after: {ex['after']}", ex["after"] == ex["truth"]),
+            )
             if image is not None:
                 cards.append(ImageCard(image, ex["question"], lines))
         sec = report.section("Before and after")
-        sec.text(f"{result['example_vector']} at alpha {result['example_alpha']:g}; green = matches the ground "
-                 "truth, red = does not.", note=True)
+        sec.text(
+            f"{result['example_vector']} at alpha {result['example_alpha']:g}; green = matches the ground "
+            "truth, red = does not.",
+            note=True,
+        )
         if cards:
             sec.images(cards)
         else:
@@ -106,12 +132,18 @@ def write_steering_report(result: dict[str, Any], out_dir: str | os.PathLike[str
     sweeps = report.section("Alpha sweeps")
     for r in result["vectors"]:
         name = r["vector"]["name"]
-        sweeps.figure(_sweep_figure(r["sweep"], "flip_rate", "flip rate", f"{name}: flip rate"),
-                      f"{name}: flip rate against alpha, with the baselines at the same alpha.")
-        sweeps.figure(_sweep_figure(r["sweep"], "other_types_acc_drop", "other-type accuracy drop",
-                                    f"{name}: other answer types"),
-                      f"{name}: accuracy lost on the other answer types against alpha.")
+        sweeps.figure(
+            _sweep_figure(r["sweep"], "flip_rate", "flip rate", f"{name}: flip rate"),
+            f"{name}: flip rate against alpha, with the baselines at the same alpha.",
+        )
+        sweeps.figure(
+            _sweep_figure(
+                r["sweep"], "other_types_acc_drop", "other-type accuracy drop", f"{name}: other answer types"
+            ),
+            f"{name}: accuracy lost on the other answer types against alpha.",
+        )
     if len({r["vector"]["layer"] for r in result["vectors"]}) > 1:
-        report.section("Layer sweep").figure(_layer_figure(result["vectors"]),
-                                             "Flip rate per layer, each vector at its chosen alpha.")
+        report.section("Layer sweep").figure(
+            _layer_figure(result["vectors"]), "Flip rate per layer, each vector at its chosen alpha."
+        )
     return report.write(out_dir)

@@ -104,15 +104,34 @@ class SteeringVector:
 
     def with_vector(self, vector: torch.Tensor, kind: VectorKind, **info: Any) -> SteeringVector:
         """The same site and names with another direction (used for the controls)."""
-        return SteeringVector(vector, self.layer, kind, self.source, self.target, self.model, self.position,
-                              self.reference, {**self.info, **info}, self.contrasts)
+        return SteeringVector(
+            vector,
+            self.layer,
+            kind,
+            self.source,
+            self.target,
+            self.model,
+            self.position,
+            self.reference,
+            {**self.info, **info},
+            self.contrasts,
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready provenance (no tensors)."""
-        return {"name": self.name, "kind": self.kind.value, "layer": self.layer, "source": self.source,
-                "target": self.target, "model": self.model, "position": self.position,
-                "norm": round(self.norm, 6), "hidden_size": self.hidden_size,
-                "n_contrasts": 0 if self.contrasts is None else int(self.contrasts.shape[0]), "info": dict(self.info)}
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "layer": self.layer,
+            "source": self.source,
+            "target": self.target,
+            "model": self.model,
+            "position": self.position,
+            "norm": round(self.norm, 6),
+            "hidden_size": self.hidden_size,
+            "n_contrasts": 0 if self.contrasts is None else int(self.contrasts.shape[0]),
+            "info": dict(self.info),
+        }
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -140,8 +159,17 @@ def _activations(acts: Any, what: str) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- construction
-def coarse_vector(source_acts: Any, target_acts: Any, *, layer: int, source: str = "source", target: str = "target",
-                  model: str = "", position: str = "", contrasts: Any = None) -> SteeringVector:
+def coarse_vector(
+    source_acts: Any,
+    target_acts: Any,
+    *,
+    layer: int,
+    source: str = "source",
+    target: str = "target",
+    model: str = "",
+    position: str = "",
+    contrasts: Any = None,
+) -> SteeringVector:
     """Coarse steering: mean(target) - mean(source) over activations at one layer (e.g. answers "no" vs "yes").
     ``contrasts``: centres of other concepts, for conditional application (see :class:`SteeringVector`)."""
     src = _activations(source_acts, f"the source activations ({source})")
@@ -149,17 +177,35 @@ def coarse_vector(source_acts: Any, target_acts: Any, *, layer: int, source: str
     if src.shape[1] != tgt.shape[1]:
         raise InputError(f"source and target activations differ in hidden size: {src.shape[1]} vs {tgt.shape[1]}")
     src_mean = src.mean(0)
-    return SteeringVector(tgt.mean(0) - src_mean, layer, VectorKind.COARSE, source, target, model, position,
-                          reference=src_mean, info={"n_source": int(src.shape[0]), "n_target": int(tgt.shape[0])},
-                          contrasts=contrasts)
+    return SteeringVector(
+        tgt.mean(0) - src_mean,
+        layer,
+        VectorKind.COARSE,
+        source,
+        target,
+        model,
+        position,
+        reference=src_mean,
+        info={"n_source": int(src.shape[0]), "n_target": int(tgt.shape[0])},
+        contrasts=contrasts,
+    )
 
 
 def _label_rows(labels: Sequence[str], value: str) -> torch.Tensor:
     return torch.tensor([lab == value for lab in labels], dtype=torch.bool)
 
 
-def vector_from_labels(acts: Any, labels: Sequence[str], source: str, target: str, *, layer: int, model: str = "",
-                       position: str = "", ignore: Sequence[str] = ("",)) -> SteeringVector:
+def vector_from_labels(
+    acts: Any,
+    labels: Sequence[str],
+    source: str,
+    target: str,
+    *,
+    layer: int,
+    model: str = "",
+    position: str = "",
+    ignore: Sequence[str] = ("",),
+) -> SteeringVector:
     """:func:`coarse_vector` from one activation matrix and a label per row (e.g. the model's answers). The mean
     of every other label (except ``ignore``) becomes a contrast: conditional steering then acts on the samples
     nearer the source than any other answer except the target (steering a target-like sample is harmless)."""
@@ -172,12 +218,22 @@ def vector_from_labels(acts: Any, labels: Sequence[str], source: str, target: st
         raise InputError(f"no activation is labelled {missing!r}: cannot build a {source}->{target} vector")
     others = sorted({lab for lab in labels} - {source, target, *ignore})
     contrasts = torch.stack([t[_label_rows(labels, lab)].mean(0) for lab in others]) if others else None
-    return coarse_vector(t[src], t[tgt], layer=layer, source=source, target=target, model=model, position=position,
-                         contrasts=contrasts)
+    return coarse_vector(
+        t[src], t[tgt], layer=layer, source=source, target=target, model=model, position=position, contrasts=contrasts
+    )
 
 
-def shuffled_vector(acts: Any, labels: Sequence[str], source: str, target: str, *, layer: int, seed: int = 0,
-                    model: str = "", position: str = "") -> SteeringVector:
+def shuffled_vector(
+    acts: Any,
+    labels: Sequence[str],
+    source: str,
+    target: str,
+    *,
+    layer: int,
+    seed: int = 0,
+    model: str = "",
+    position: str = "",
+) -> SteeringVector:
     """Control: the source/target mean difference after permuting the labels of the source+target rows. It keeps
     the real vector's reference and contrasts, so a conditional application gates it exactly like the real one."""
     t = _activations(acts, "the activations")
@@ -185,7 +241,7 @@ def shuffled_vector(acts: Any, labels: Sequence[str], source: str, target: str, 
     keep = (_label_rows(labels, source) | _label_rows(labels, target)).numpy()
     shuffled = np.random.default_rng(seed).permutation(np.asarray(labels, dtype=object)[keep])
     kept = t[torch.from_numpy(keep)]
-    direction = (kept[torch.from_numpy(shuffled == target)].mean(0) - kept[torch.from_numpy(shuffled == source)].mean(0))
+    direction = kept[torch.from_numpy(shuffled == target)].mean(0) - kept[torch.from_numpy(shuffled == source)].mean(0)
     return real.with_vector(direction, VectorKind.SHUFFLED, seed=seed)
 
 
@@ -193,8 +249,9 @@ def random_like(vector: SteeringVector, *, seed: int = 0) -> SteeringVector:
     """Control: a uniformly random direction with the same norm (and site) as ``vector``."""
     gen = torch.Generator().manual_seed(seed)
     direction = torch.randn(vector.hidden_size, generator=gen)
-    return vector.with_vector(direction / direction.norm() * vector.norm, VectorKind.RANDOM, seed=seed,
-                              matched=vector.name)
+    return vector.with_vector(
+        direction / direction.norm() * vector.norm, VectorKind.RANDOM, seed=seed, matched=vector.name
+    )
 
 
 def dictionary_matrix(dictionary: Any) -> torch.Tensor:
@@ -232,9 +289,15 @@ def _load_decomposer(path: Path) -> Any:
     raise InputError(f"{path} holds tensors {sorted(tensors)}; none is a (k, hidden) concept matrix")
 
 
-def concept_vectors(dictionary: Any, *, layer: int, names: Sequence[str] | None = None,
-                    pairs: Iterable[tuple[int, int]] | None = None, model: str = "",
-                    position: str = "") -> list[SteeringVector]:
+def concept_vectors(
+    dictionary: Any,
+    *,
+    layer: int,
+    names: Sequence[str] | None = None,
+    pairs: Iterable[tuple[int, int]] | None = None,
+    model: str = "",
+    position: str = "",
+) -> list[SteeringVector]:
     """Fine-grained steering: u_target - u_source for ordered pairs of concepts (all pairs by default).
 
     The vector named ``i->j`` moves from concept i toward concept j (the reference code stores u_i - u_j under
@@ -251,9 +314,20 @@ def concept_vectors(dictionary: Any, *, layer: int, names: Sequence[str] | None 
         if not (0 <= i < k and 0 <= j < k) or i == j:
             raise InputError(f"bad concept pair ({i}, {j}) for a dictionary of {k} concepts")
         rest = [c for c in range(k) if c not in (i, j)]
-        out.append(SteeringVector(matrix[j] - matrix[i], layer, VectorKind.CONCEPT, labels[i], labels[j], model,
-                                  position, reference=matrix[i], info={"source_index": i, "target_index": j},
-                                  contrasts=matrix[rest] if rest else None))
+        out.append(
+            SteeringVector(
+                matrix[j] - matrix[i],
+                layer,
+                VectorKind.CONCEPT,
+                labels[i],
+                labels[j],
+                model,
+                position,
+                reference=matrix[i],
+                info={"source_index": i, "target_index": j},
+                contrasts=matrix[rest] if rest else None,
+            )
+        )
     return out
 
 
@@ -267,10 +341,20 @@ def _reduce(deltas: torch.Tensor, reducer: ShiftReducer) -> torch.Tensor:
     return torch.from_numpy(np.asarray(trim_mean(deltas.numpy(), 0.1, axis=0), dtype=np.float32))
 
 
-def finetuning_shift_vectors(original_acts: Any, finetuned_acts: Any, *, layer: int, dictionary: Any = None,
-                  assignments: Sequence[int] | None = None, reducer: ShiftReducer = ShiftReducer.MEAN,
-                  names: Sequence[str] | None = None, model: str = "", position: str = "",
-                  original: str = "original", finetuned: str = "finetuned") -> list[SteeringVector]:
+def finetuning_shift_vectors(
+    original_acts: Any,
+    finetuned_acts: Any,
+    *,
+    layer: int,
+    dictionary: Any = None,
+    assignments: Sequence[int] | None = None,
+    reducer: ShiftReducer = ShiftReducer.MEAN,
+    names: Sequence[str] | None = None,
+    model: str = "",
+    position: str = "",
+    original: str = "original",
+    finetuned: str = "finetuned",
+) -> list[SteeringVector]:
     """Fine-tuning shift vectors from the activations of the original and the fine-tuned model on the same samples.
 
     The first vector is the global shift (reduced b_m - a_m over all samples); it steers the original model toward
@@ -280,19 +364,31 @@ def finetuning_shift_vectors(original_acts: Any, finetuned_acts: Any, *, layer: 
     a = _activations(original_acts, f"the {original} model's activations")
     b = _activations(finetuned_acts, f"the {finetuned} model's activations")
     if a.shape != b.shape:
-        raise InputError(f"original and fine-tuned activations must hold the same samples: {tuple(a.shape)} vs "
-                         f"{tuple(b.shape)}")
+        raise InputError(
+            f"original and fine-tuned activations must hold the same samples: {tuple(a.shape)} vs {tuple(b.shape)}"
+        )
     deltas = b - a
-    out = [SteeringVector(_reduce(deltas, reducer), layer, VectorKind.SHIFT, original, finetuned, model, position,
-                          reference=a.mean(0), info={"n_samples": int(a.shape[0]), "reducer": reducer.value,
-                                                     "scope": "global"})]
+    out = [
+        SteeringVector(
+            _reduce(deltas, reducer),
+            layer,
+            VectorKind.SHIFT,
+            original,
+            finetuned,
+            model,
+            position,
+            reference=a.mean(0),
+            info={"n_samples": int(a.shape[0]), "reducer": reducer.value, "scope": "global"},
+        )
+    ]
     if dictionary is not None and assignments is not None:
         raise InputError("pass either a dictionary or assignments, not both")
     if dictionary is not None:
         matrix = dictionary_matrix(dictionary)
         if matrix.shape[1] != a.shape[1]:
-            raise InputError(f"the dictionary's hidden size {matrix.shape[1]} differs from the activations' "
-                             f"{a.shape[1]}")
+            raise InputError(
+                f"the dictionary's hidden size {matrix.shape[1]} differs from the activations' {a.shape[1]}"
+            )
         assigned = torch.cdist(a, matrix).argmin(1)
         k = matrix.shape[0]
     elif assignments is not None:
@@ -308,12 +404,20 @@ def finetuning_shift_vectors(original_acts: Any, finetuned_acts: Any, *, layer: 
     for concept in present:
         rows = assigned == concept
         rest = [centres[c] for c in present if c != concept]
-        out.append(SteeringVector(_reduce(deltas[rows], reducer), layer, VectorKind.SHIFT,
-                                  f"{original}:{labels[concept]}", f"{finetuned}:{labels[concept]}", model,
-                                  position, reference=centres[concept],
-                                  info={"n_samples": int(rows.sum()), "reducer": reducer.value,
-                                        "scope": "concept", "concept": concept},
-                                  contrasts=torch.stack(rest) if rest else None))
+        out.append(
+            SteeringVector(
+                _reduce(deltas[rows], reducer),
+                layer,
+                VectorKind.SHIFT,
+                f"{original}:{labels[concept]}",
+                f"{finetuned}:{labels[concept]}",
+                model,
+                position,
+                reference=centres[concept],
+                info={"n_samples": int(rows.sum()), "reducer": reducer.value, "scope": "concept", "concept": concept},
+                contrasts=torch.stack(rest) if rest else None,
+            )
+        )
     return out
 
 
@@ -336,8 +440,9 @@ def save_vectors(path: str | os.PathLike[str], vectors: SteeringVector | Sequenc
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps({"version": FORMAT_VERSION,
-                                                                         "vectors": entries})})
+        save_file(
+            tensors, str(tmp), metadata={METADATA_KEY: json.dumps({"version": FORMAT_VERSION, "vectors": entries})}
+        )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -368,10 +473,20 @@ def load_vectors(path: str | os.PathLike[str]) -> list[SteeringVector]:
         entries = json.loads(metadata[METADATA_KEY])["vectors"]
         for entry in entries:
             index = entry["index"]
-            out.append(SteeringVector(tensors[f"{index}.vector"], entry["layer"], VectorKind(entry["kind"]),
-                                      entry["source"], entry["target"], entry.get("model", ""),
-                                      entry.get("position", ""), reference=tensors.get(f"{index}.reference"),
-                                      info=entry.get("info", {}), contrasts=tensors.get(f"{index}.contrasts")))
+            out.append(
+                SteeringVector(
+                    tensors[f"{index}.vector"],
+                    entry["layer"],
+                    VectorKind(entry["kind"]),
+                    entry["source"],
+                    entry["target"],
+                    entry.get("model", ""),
+                    entry.get("position", ""),
+                    reference=tensors.get(f"{index}.reference"),
+                    info=entry.get("info", {}),
+                    contrasts=tensors.get(f"{index}.contrasts"),
+                )
+            )
     except InputError:  # e.g. a NaN in a stored vector: already a clear message
         raise
     except (ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError

@@ -19,15 +19,31 @@ from mmlens.errors import InputError
 # (ring), filled square vs square rotated 45 degrees (diamond), a plus (cross), a triangle and a five-point star.
 ALL_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "star")
 SHAPE_PLURALS: Mapping[str, str] = MappingProxyType(
-    {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
-     "cross": "crosses", "ring": "rings", "star": "stars"}
+    {
+        "circle": "circles",
+        "square": "squares",
+        "triangle": "triangles",
+        "diamond": "diamonds",
+        "cross": "crosses",
+        "ring": "rings",
+        "star": "stars",
+    }
 )
 # Saturated, mutually distant RGB values, all far from both backgrounds, so colour is recoverable from a few pixels.
 PALETTE: Mapping[str, tuple[int, int, int]] = MappingProxyType(
-    {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235), "yellow": (240, 220, 40),
-     "purple": (160, 60, 210), "white": (245, 245, 245), "orange": (245, 140, 20), "cyan": (40, 210, 220),
-     # backgrounds
-     "black": (15, 15, 15), "gray": (105, 105, 105)}
+    {
+        "red": (220, 40, 40),
+        "green": (40, 180, 60),
+        "blue": (50, 90, 235),
+        "yellow": (240, 220, 40),
+        "purple": (160, 60, 210),
+        "white": (245, 245, 245),
+        "orange": (245, 140, 20),
+        "cyan": (40, 210, 220),
+        # backgrounds
+        "black": (15, 15, 15),
+        "gray": (105, 105, 105),
+    }
 )
 ALL_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "white", "orange", "cyan")
 ALL_BACKGROUNDS: tuple[str, ...] = ("black", "gray")
@@ -37,9 +53,15 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # Synonyms a text may use for a shape (for parsing generated text, CHAIR, and synonym text shifts).
 SHAPE_SYNONYMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"circle": ("disc", "disk", "dot", "ball"), "square": ("box", "block"), "triangle": ("pyramid", "wedge"),
-     "diamond": ("rhombus", "lozenge"), "cross": ("plus",), "ring": ("donut", "hoop", "loop"),
-     "star": ("pentagram", "asterisk")}
+    {
+        "circle": ("disc", "disk", "dot", "ball"),
+        "square": ("box", "block"),
+        "triangle": ("pyramid", "wedge"),
+        "diamond": ("rhombus", "lozenge"),
+        "cross": ("plus",),
+        "ring": ("donut", "hoop", "loop"),
+        "star": ("pentagram", "asterisk"),
+    }
 )
 # Irregular plurals of the synonyms (the rest take an "s").
 _IRREGULAR_PLURALS: Mapping[str, str] = MappingProxyType(
@@ -110,8 +132,11 @@ class WorldConfig:
             raise bad(f"image_size={self.image_size} must be in 8..1024")
         if self.grid_size not in (1, 2, 3):
             raise bad(f"grid_size={self.grid_size} must be 1, 2 or 3")
-        for name, values, allowed in (("shapes", self.shapes, ALL_SHAPES), ("colours", self.colours, ALL_COLOURS),
-                                      ("backgrounds", self.backgrounds, ALL_BACKGROUNDS)):
+        for name, values, allowed in (
+            ("shapes", self.shapes, ALL_SHAPES),
+            ("colours", self.colours, ALL_COLOURS),
+            ("backgrounds", self.backgrounds, ALL_BACKGROUNDS),
+        ):
             if not values or len(set(values)) != len(values) or any(v not in allowed for v in values):
                 raise bad(f"{name}={values!r} must be distinct, non-empty, from {allowed}")
         if len(self.shapes) < 2:
@@ -188,13 +213,27 @@ class WorldObject:
         return position_name(self.row, self.col, grid_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": self.shape, "colour": self.colour, "size": self.size, "row": self.row, "col": self.col,
-                "dx": self.dx, "dy": self.dy}
+        return {
+            "shape": self.shape,
+            "colour": self.colour,
+            "size": self.size,
+            "row": self.row,
+            "col": self.col,
+            "dx": self.dx,
+            "dy": self.dy,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WorldObject:
-        return cls(shape=d["shape"], colour=d["colour"], size=d["size"], row=int(d["row"]), col=int(d["col"]),
-                   dx=float(d.get("dx", 0.0)), dy=float(d.get("dy", 0.0)))
+        return cls(
+            shape=d["shape"],
+            colour=d["colour"],
+            size=d["size"],
+            row=int(d["row"]),
+            col=int(d["col"]),
+            dx=float(d.get("dx", 0.0)),
+            dy=float(d.get("dy", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -236,13 +275,23 @@ class Scene:
         return f"{self.background}|{self.grid_size}|" + ";".join(",".join(map(str, t)) for t in objs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scene_id": self.scene_id, "background": self.background, "grid_size": self.grid_size,
-                "split": self.split, "objects": [o.to_dict() for o in self.objects]}
+        return {
+            "scene_id": self.scene_id,
+            "background": self.background,
+            "grid_size": self.grid_size,
+            "split": self.split,
+            "objects": [o.to_dict() for o in self.objects],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Scene:
-        return cls(scene_id=str(d["scene_id"]), objects=tuple(WorldObject.from_dict(o) for o in d["objects"]),
-                   background=d["background"], grid_size=int(d.get("grid_size", 2)), split=d.get("split", ""))
+        return cls(
+            scene_id=str(d["scene_id"]),
+            objects=tuple(WorldObject.from_dict(o) for o in d["objects"]),
+            background=d["background"],
+            grid_size=int(d.get("grid_size", 2)),
+            split=d.get("split", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -253,8 +302,12 @@ class VQAItem:
     template: str = ""  # which template produced it, e.g. "presence_shape"
 
     def to_dict(self) -> dict[str, str]:
-        return {"question": self.question, "answer": self.answer, "answer_type": self.answer_type,
-                "template": self.template}
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "answer_type": self.answer_type,
+            "template": self.template,
+        }
 
 
 @dataclass(frozen=True)
@@ -266,10 +319,32 @@ class PopeProbe:
     kind: str = "random"
 
     def to_dict(self) -> dict[str, str]:
-        return {"scene_id": self.scene_id, "object_class": self.object_class, "question": self.question,
-                "label": self.label, "kind": self.kind}
+        return {
+            "scene_id": self.scene_id,
+            "object_class": self.object_class,
+            "question": self.question,
+            "label": self.label,
+            "kind": self.kind,
+        }
 
 
-__all__ = ["ALL_SHAPES", "ALL_COLOURS", "ALL_BACKGROUNDS", "PALETTE", "SIZES", "NUMBER_WORDS", "SHAPE_PLURALS",
-           "SHAPE_SYNONYMS", "SPLITS", "WorldConfig", "WorldObject", "Scene", "VQAItem", "PopeProbe", "plural",
-           "number_word", "article", "position_name"]
+__all__ = [
+    "ALL_SHAPES",
+    "ALL_COLOURS",
+    "ALL_BACKGROUNDS",
+    "PALETTE",
+    "SIZES",
+    "NUMBER_WORDS",
+    "SHAPE_PLURALS",
+    "SHAPE_SYNONYMS",
+    "SPLITS",
+    "WorldConfig",
+    "WorldObject",
+    "Scene",
+    "VQAItem",
+    "PopeProbe",
+    "plural",
+    "number_word",
+    "article",
+    "position_name",
+]

@@ -47,24 +47,30 @@ class TextCorruption(str, enum.Enum):
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 # Severity constants, index = severity - 1. "cifar" = CIFAR-10-C (32x32), "imagenet" = ImageNet-C (224x224).
-_CONSTANTS: Mapping[str, Mapping[str, tuple]] = MappingProxyType({
-    "cifar": MappingProxyType({
-        "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),  # (disk radius, alias blur)
-        "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),  # (fog amount, wibble decay)
-        "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # std in [0, 1] units
-        "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # contrast factor around the channel mean
-        "jpeg": (80, 65, 58, 50, 40),  # JPEG quality
-        "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # downscale factor
-    }),
-    "imagenet": MappingProxyType({
-        "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
-        "fog": ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),
-        "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
-        "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
-        "jpeg": (25, 18, 15, 10, 7),
-        "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),
-    }),
-})
+_CONSTANTS: Mapping[str, Mapping[str, tuple]] = MappingProxyType(
+    {
+        "cifar": MappingProxyType(
+            {
+                "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),  # (disk radius, alias blur)
+                "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),  # (fog amount, wibble decay)
+                "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # std in [0, 1] units
+                "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # contrast factor around the channel mean
+                "jpeg": (80, 65, 58, 50, 40),  # JPEG quality
+                "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),  # downscale factor
+            }
+        ),
+        "imagenet": MappingProxyType(
+            {
+                "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
+                "fog": ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),
+                "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
+                "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
+                "jpeg": (25, 18, 15, 10, 7),
+                "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),
+            }
+        ),
+    }
+)
 
 
 def _check_severity(severity: int) -> int:
@@ -126,13 +132,13 @@ def _plasma_fractal(rng: np.random.Generator, mapsize: int, wibbledecay: float) 
         corner = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
         square = corner + np.roll(corner, shift=-1, axis=0)
         square += np.roll(square, shift=-1, axis=1)
-        maparray[stepsize // 2:mapsize:stepsize, stepsize // 2:mapsize:stepsize] = wibbledmean(square)
-        dr = maparray[stepsize // 2:mapsize:stepsize, stepsize // 2:mapsize:stepsize]
+        maparray[stepsize // 2 : mapsize : stepsize, stepsize // 2 : mapsize : stepsize] = wibbledmean(square)
+        dr = maparray[stepsize // 2 : mapsize : stepsize, stepsize // 2 : mapsize : stepsize]
         ul = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
         lt = dr + np.roll(dr, 1, axis=0) + ul + np.roll(ul, -1, axis=1)
-        maparray[0:mapsize:stepsize, stepsize // 2:mapsize:stepsize] = wibbledmean(lt)
+        maparray[0:mapsize:stepsize, stepsize // 2 : mapsize : stepsize] = wibbledmean(lt)
         tt = dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=0)
-        maparray[stepsize // 2:mapsize:stepsize, 0:mapsize:stepsize] = wibbledmean(tt)
+        maparray[stepsize // 2 : mapsize : stepsize, 0:mapsize:stepsize] = wibbledmean(tt)
         stepsize //= 2
         wibble /= wibbledecay
     maparray -= maparray.min()
@@ -147,8 +153,9 @@ def _scale_for(size: tuple[int, int], scale: str) -> str:
     return scale
 
 
-def corrupt_image(image: Image.Image, shift: VisualCorruption | str, severity: int, seed: int = 0,
-                       scale: str = "auto") -> Image.Image:
+def corrupt_image(
+    image: Image.Image, shift: VisualCorruption | str, severity: int, seed: int = 0, scale: str = "auto"
+) -> Image.Image:
     """Corrupt ``image`` (any PIL mode; returned as RGB of the same size). Deterministic given ``seed``."""
     shift = _visual(shift)
     severity = _check_severity(severity)
@@ -203,21 +210,41 @@ KEYBOARD_RATES: tuple[float, ...] = (0.02, 0.05, 0.08, 0.12, 0.18)  # fraction o
 SYNONYM_RATES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)  # fraction of replaceable words replaced
 
 # Word -> synonyms. Shapes come from the world's shape synonyms so parsing (mentioned_objects) still recognises them.
-SYNONYMS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    **{k: v for k, v in SHAPE_SYNONYMS.items()},
-    **{plural(k): tuple(plural(s) for s in v) for k, v in SHAPE_SYNONYMS.items()},
-    "red": ("crimson", "scarlet"), "green": ("emerald", "lime"), "blue": ("azure", "navy"),
-    "yellow": ("golden", "lemon"), "purple": ("violet", "magenta"), "white": ("ivory", "snowy"),
-    "orange": ("amber", "tangerine"), "cyan": ("turquoise", "teal"),
-    "black": ("dark", "ebony"), "gray": ("grey", "silver"),
-    "large": ("big", "huge"), "small": ("little", "tiny"),
-    "image": ("picture", "photo"), "object": ("item", "thing"), "objects": ("items", "things"),
-    "background": ("backdrop",), "colour": ("color", "hue"), "shape": ("form",),
-    "top": ("upper",), "bottom": ("lower",),
-})
+SYNONYMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        **{k: v for k, v in SHAPE_SYNONYMS.items()},
+        **{plural(k): tuple(plural(s) for s in v) for k, v in SHAPE_SYNONYMS.items()},
+        "red": ("crimson", "scarlet"),
+        "green": ("emerald", "lime"),
+        "blue": ("azure", "navy"),
+        "yellow": ("golden", "lemon"),
+        "purple": ("violet", "magenta"),
+        "white": ("ivory", "snowy"),
+        "orange": ("amber", "tangerine"),
+        "cyan": ("turquoise", "teal"),
+        "black": ("dark", "ebony"),
+        "gray": ("grey", "silver"),
+        "large": ("big", "huge"),
+        "small": ("little", "tiny"),
+        "image": ("picture", "photo"),
+        "object": ("item", "thing"),
+        "objects": ("items", "things"),
+        "background": ("backdrop",),
+        "colour": ("color", "hue"),
+        "shape": ("form",),
+        "top": ("upper",),
+        "bottom": ("lower",),
+    }
+)
 
-_STATEMENT_PREFIXES: tuple[str, ...] = ("a picture of", "an image showing", "this image shows", "i can see",
-                                        "here we have", "a photo with")
+_STATEMENT_PREFIXES: tuple[str, ...] = (
+    "a picture of",
+    "an image showing",
+    "this image shows",
+    "i can see",
+    "here we have",
+    "a photo with",
+)
 _QUESTION_REWRITES: tuple[tuple[str, str], ...] = (
     (r"^is there (an?|one) (.+?) in the image \?$", r"does the image contain \1 \2 ?"),
     (r"^is there (an?|one) (.+?) \?$", r"can you see \1 \2 ?"),
@@ -353,11 +380,15 @@ def corruption_name(shift: VisualCorruption | TextCorruption | str, severity: in
     return f"{value}_{int(severity)}"
 
 
-def corruption_grid(images: Sequence[Image.Image] = (), texts: Sequence[str] = (),
-               visual_shifts: Sequence[VisualCorruption | str] | None = None,
-               text_shifts: Sequence[TextCorruption | str] | None = None,
-               severities: Sequence[int] = SEVERITIES, seed: int = 0,
-               include_clean: bool = True) -> dict[str, CorruptedSplit]:
+def corruption_grid(
+    images: Sequence[Image.Image] = (),
+    texts: Sequence[str] = (),
+    visual_shifts: Sequence[VisualCorruption | str] | None = None,
+    text_shifts: Sequence[TextCorruption | str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    seed: int = 0,
+    include_clean: bool = True,
+) -> dict[str, CorruptedSplit]:
     """Named splits ``clean``, ``<visual>_<s>`` (images corrupted, texts clean) and ``<text>_<s>`` (texts
     perturbed, images clean). Item ``i`` of every split is seeded by ``seed + i`` so splits stay paired."""
     vs = [_visual(s) for s in (list(VisualCorruption) if visual_shifts is None else visual_shifts)]
@@ -384,5 +415,16 @@ def corruption_grid(images: Sequence[Image.Image] = (), texts: Sequence[str] = (
     return out
 
 
-__all__ = ["VisualCorruption", "TextCorruption", "SEVERITIES", "corrupt_image", "corrupt_text", "corruption_grid",
-           "CorruptedSplit", "corruption_name", "SYNONYMS", "KEYBOARD_NEIGHBOURS", "text_corruption_vocabulary"]
+__all__ = [
+    "VisualCorruption",
+    "TextCorruption",
+    "SEVERITIES",
+    "corrupt_image",
+    "corrupt_text",
+    "corruption_grid",
+    "CorruptedSplit",
+    "corruption_name",
+    "SYNONYMS",
+    "KEYBOARD_NEIGHBOURS",
+    "text_corruption_vocabulary",
+]

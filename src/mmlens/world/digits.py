@@ -92,8 +92,14 @@ def digit_class_prompts(template: str = DIGIT_CLASS_TEMPLATE) -> list[str]:
     return [template.format(w=DIGIT_WORDS[c], d=c) for c in range(10)]
 
 
-def digits_pairs(split: str = "train", seed: int = 0, image_size: int = 32, n: int | None = None,
-                 split_seed: int = 0, test_fraction: float = 0.25) -> list[DigitPair]:
+def digits_pairs(
+    split: str = "train",
+    seed: int = 0,
+    image_size: int = 32,
+    n: int | None = None,
+    split_seed: int = 0,
+    test_fraction: float = 0.25,
+) -> list[DigitPair]:
     """(image, caption, label) pairs of ``split``; captions drawn with ``seed``; the first ``n`` if given."""
     if image_size < 8:
         raise InputError(f"image_size={image_size} must be >= 8")
@@ -102,8 +108,7 @@ def digits_pairs(split: str = "train", seed: int = 0, image_size: int = 32, n: i
         idx = idx[: max(0, int(n))]
     _, y = _digits()
     rng = np.random.default_rng([int(seed), 9])
-    return [DigitPair(digit_image(int(i), image_size), digit_caption(int(y[i]), rng), int(y[i]), int(i))
-            for i in idx]
+    return [DigitPair(digit_image(int(i), image_size), digit_caption(int(y[i]), rng), int(y[i]), int(i)) for i in idx]
 
 
 def digits_vocabulary() -> list[str]:
@@ -113,5 +118,14 @@ def digits_vocabulary() -> list[str]:
     return sorted(words)
 
 
-__all__ = ["DigitPair", "DIGIT_WORDS", "DIGIT_TEMPLATES", "digits_pairs", "digit_image", "digit_caption",
-           "digit_class_prompts", "digit_split_indices", "digits_vocabulary"]
+__all__ = [
+    "DigitPair",
+    "DIGIT_WORDS",
+    "DIGIT_TEMPLATES",
+    "digits_pairs",
+    "digit_image",
+    "digit_caption",
+    "digit_class_prompts",
+    "digit_split_indices",
+    "digits_vocabulary",
+]

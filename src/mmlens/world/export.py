@@ -30,8 +30,14 @@ from mmlens.world.core import Scene, WorldConfig
 from mmlens.world.world import CAPTION_STYLES, POPE_KINDS, World
 
 
-def scene_record(world: World, scene: Scene, index: int, caption_seed: int = 0,
-                 styles: Sequence[str] = CAPTION_STYLES, image_path: str | None = None) -> dict[str, Any]:
+def scene_record(
+    world: World,
+    scene: Scene,
+    index: int,
+    caption_seed: int = 0,
+    styles: Sequence[str] = CAPTION_STYLES,
+    image_path: str | None = None,
+) -> dict[str, Any]:
     """JSON-able record of a scene: ``image`` (relative path), ``caption`` (the "objects" caption, or the first
     style), ``captions`` {style: text}, ``vqa`` [{question, answer, answer_type, template}], ``objects`` (sorted
     classes present), ``scene`` (:meth:`Scene.to_dict`). Text is drawn from a generator seeded by
@@ -50,9 +56,14 @@ def scene_record(world: World, scene: Scene, index: int, caption_seed: int = 0,
     }
 
 
-def iter_world(world: World, n: int, split: str = "train", caption_seed: int = 0,
-               styles: Sequence[str] = CAPTION_STYLES, pope_per_image: int = 3
-               ) -> Iterator[tuple[Image.Image, dict[str, Any]]]:
+def iter_world(
+    world: World,
+    n: int,
+    split: str = "train",
+    caption_seed: int = 0,
+    styles: Sequence[str] = CAPTION_STYLES,
+    pope_per_image: int = 3,
+) -> Iterator[tuple[Image.Image, dict[str, Any]]]:
     """(image, record) for ``n`` scenes of ``split``. Records also carry ``pope``: the POPE probes of every kind
     for that image (popular/adversarial negatives are computed over the ``n`` exported scenes)."""
     scenes = world.sample_scenes(n, split)
@@ -69,8 +80,15 @@ def iter_world(world: World, n: int, split: str = "train", caption_seed: int = 0
         yield world.render(scene), rec
 
 
-def export_world(directory: str | os.PathLike, world: World, n: int, split: str = "train", caption_seed: int = 0,
-                 styles: Sequence[str] = CAPTION_STYLES, overwrite: bool = False) -> Path:
+def export_world(
+    directory: str | os.PathLike,
+    world: World,
+    n: int,
+    split: str = "train",
+    caption_seed: int = 0,
+    styles: Sequence[str] = CAPTION_STYLES,
+    overwrite: bool = False,
+) -> Path:
     """Write ``n`` scenes of ``split`` as PNGs + ``data.jsonl`` + ``world.json``; returns the folder."""
     if n < 1:
         raise InputError(f"n={n}: export at least one image")
@@ -81,8 +99,14 @@ def export_world(directory: str | os.PathLike, world: World, n: int, split: str 
             for image, rec in iter_world(world, n, split, caption_seed, styles):
                 image.save(tmp / rec["image"], format="PNG")
                 f.write(json.dumps(rec, sort_keys=True) + "\n")
-        meta = {"config": world.cfg.to_dict(), "seed": world.seed, "split": split, "n": n,
-                "caption_seed": caption_seed, "styles": list(styles)}
+        meta = {
+            "config": world.cfg.to_dict(),
+            "seed": world.seed,
+            "split": split,
+            "n": n,
+            "caption_seed": caption_seed,
+            "styles": list(styles),
+        }
         (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
     return target
 
@@ -100,22 +124,37 @@ def _features() -> Any:
     from datasets import Features, List, Value
     from datasets import Image as HFImage
 
-    return Features({
-        "image": HFImage(),
-        "scene_id": Value("string"),
-        "caption": Value("string"),
-        **{f"caption_{s}": Value("string") for s in CAPTION_STYLES},
-        "vqa": List({"question": Value("string"), "answer": Value("string"), "answer_type": Value("string"),
-                     "template": Value("string")}),
-        "objects": List(Value("string")),
-        "pope": List({"object_class": Value("string"), "question": Value("string"), "label": Value("string"),
-                      "kind": Value("string")}),
-        "scene": Value("string"),  # JSON of Scene.to_dict(); Scene.from_dict(json.loads(...)) restores it
-    })
+    return Features(
+        {
+            "image": HFImage(),
+            "scene_id": Value("string"),
+            "caption": Value("string"),
+            **{f"caption_{s}": Value("string") for s in CAPTION_STYLES},
+            "vqa": List(
+                {
+                    "question": Value("string"),
+                    "answer": Value("string"),
+                    "answer_type": Value("string"),
+                    "template": Value("string"),
+                }
+            ),
+            "objects": List(Value("string")),
+            "pope": List(
+                {
+                    "object_class": Value("string"),
+                    "question": Value("string"),
+                    "label": Value("string"),
+                    "kind": Value("string"),
+                }
+            ),
+            "scene": Value("string"),  # JSON of Scene.to_dict(); Scene.from_dict(json.loads(...)) restores it
+        }
+    )
 
 
-def to_hf_dataset(source: World | str | os.PathLike, n: int | None = None, split: str = "train",
-                  caption_seed: int = 0) -> datasets.Dataset:
+def to_hf_dataset(
+    source: World | str | os.PathLike, n: int | None = None, split: str = "train", caption_seed: int = 0
+) -> datasets.Dataset:
     """A ``datasets.Dataset`` with an ``Image`` feature, from a :class:`World` (``n`` scenes of ``split``) or from
     a folder written by :func:`export_world`. Columns: image, scene_id, caption, caption_<style> for every style,
     vqa, objects, scene (JSON)."""
@@ -166,8 +205,9 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True,
-                     require_caption: bool = True) -> list[dict[str, Any]]:
+def load_pairs_jsonl(
+    path: str | os.PathLike, load_images: bool = True, require_caption: bool = True
+) -> list[dict[str, Any]]:
     """Read a JSONL of ``{"image": <path relative to the JSONL's folder>, "caption": <text>, ...}``.
 
     Returns one dict per line with ``image`` (an RGB PIL image, fully decoded, or the path when
@@ -179,7 +219,7 @@ def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True,
     path = Path(path)
     records = read_jsonl(path)
     if not records:
-        raise InputError(f"{path} is empty; it needs one {{\"image\": ..., \"caption\": ...}} object per line")
+        raise InputError(f'{path} is empty; it needs one {{"image": ..., "caption": ...}} object per line')
     base = path.parent
     out = []
     for lineno, rec in records:
@@ -200,12 +240,21 @@ def load_pairs_jsonl(path: str | os.PathLike, load_images: bool = True,
                 with Image.open(img_path) as im:
                     item["image"] = im.convert("RGB")  # convert() forces a full decode: truncation shows up here
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                raise InputError(f"{path}:{lineno}: cannot read image {img_path} ({type(e).__name__}); "
-                                 "re-export or remove that line") from None
+                raise InputError(
+                    f"{path}:{lineno}: cannot read image {img_path} ({type(e).__name__}); re-export or remove that line"
+                ) from None
         else:
             item["image"] = str(img_path)
         out.append(item)
     return out
 
 
-__all__ = ["export_world", "to_hf_dataset", "load_pairs_jsonl", "read_jsonl", "scene_record", "iter_world", "load_world_meta"]
+__all__ = [
+    "export_world",
+    "to_hf_dataset",
+    "load_pairs_jsonl",
+    "read_jsonl",
+    "scene_record",
+    "iter_world",
+    "load_world_meta",
+]

@@ -113,10 +113,17 @@ class World:
         cells = rng.permutation(cfg.grid_size**2)[: len(classes)]
         objs = []
         for c, cell in zip(classes, cells):
-            objs.append(WorldObject(
-                shape=c, colour=str(rng.choice(cfg.colours)), size=str(rng.choice(SIZES)),
-                row=int(cell) // cfg.grid_size, col=int(cell) % cfg.grid_size,
-                dx=round(float(rng.uniform(-1, 1)), 4), dy=round(float(rng.uniform(-1, 1)), 4)))
+            objs.append(
+                WorldObject(
+                    shape=c,
+                    colour=str(rng.choice(cfg.colours)),
+                    size=str(rng.choice(SIZES)),
+                    row=int(cell) // cfg.grid_size,
+                    col=int(cell) % cfg.grid_size,
+                    dx=round(float(rng.uniform(-1, 1)), 4),
+                    dy=round(float(rng.uniform(-1, 1)), 4),
+                )
+            )
         objs.sort(key=lambda o: (o.row, o.col))  # reading order: a canonical order for captions and dicts
         return objs
 
@@ -128,8 +135,13 @@ class World:
         for _ in range(10_000):
             objs = self._draw_objects(rng)
             bg = str(rng.choice(self.cfg.backgrounds))
-            scene = Scene(scene_id=f"{split}-{self.seed}-{index}", objects=tuple(objs), background=bg,
-                          grid_size=self.cfg.grid_size, split=split)
+            scene = Scene(
+                scene_id=f"{split}-{self.seed}-{index}",
+                objects=tuple(objs),
+                background=bg,
+                grid_size=self.cfg.grid_size,
+                split=split,
+            )
             if lo <= _content_hash(scene.signature()) < hi:
                 return scene
         raise RuntimeError("could not sample a scene for this split; split_fractions too small")  # pragma: no cover
@@ -159,8 +171,9 @@ class World:
         for anchor, partner in self.cfg.bias_pairs:
             if scene.count(anchor) and not scene.count(partner) and rng.random() < self.cfg.caption_leak:
                 used = {(o.row, o.col) for o in objs}
-                free = [(r, c) for r in range(self.cfg.grid_size) for c in range(self.cfg.grid_size)
-                        if (r, c) not in used]
+                free = [
+                    (r, c) for r in range(self.cfg.grid_size) for c in range(self.cfg.grid_size) if (r, c) not in used
+                ]
                 r, c = free[int(rng.integers(len(free)))] if free else (objs[0].row, objs[0].col)
                 objs.append(WorldObject(partner, str(rng.choice(self.cfg.colours)), str(rng.choice(SIZES)), r, c))
         return objs
@@ -239,10 +252,10 @@ class World:
 
         # counting a shape: a present shape half of the time, else any shape (often zero)
         s = str(rng.choice(present)) if rng.random() < 0.5 else str(rng.choice(cfg.shapes))
-        items.append(VQAItem(f"how many {plural(s)} are there ?", number_word(scene.count(s)), "number",
-                             "count_shape"))
-        items.append(VQAItem("how many objects are there ?", number_word(len(scene.objects)), "number",
-                             "count_objects"))
+        items.append(VQAItem(f"how many {plural(s)} are there ?", number_word(scene.count(s)), "number", "count_shape"))
+        items.append(
+            VQAItem("how many objects are there ?", number_word(len(scene.objects)), "number", "count_objects")
+        )
 
         # "other" questions, asked only when the referent is unique (unambiguous)
         unique_shapes = [s for s in present if scene.count(s) == 1]
@@ -255,12 +268,14 @@ class World:
             c = str(rng.choice(unique_colours))
             shape = next(o.shape for o in scene.objects if o.colour == c)
             items.append(VQAItem(f"what shape is the {c} object ?", shape, "other", "shape_of_colour"))
-        uniq = [o for o in scene.objects if sum(p.shape == o.shape and p.colour == o.colour
-                                                for p in scene.objects) == 1]
+        uniq = [
+            o for o in scene.objects if sum(p.shape == o.shape and p.colour == o.colour for p in scene.objects) == 1
+        ]
         if uniq and cfg.grid_size > 1:
             o = uniq[int(rng.integers(len(uniq)))]
-            items.append(VQAItem(f"where is the {o.colour} {o.shape} ?", o.position(cfg.grid_size), "other",
-                                 "position"))
+            items.append(
+                VQAItem(f"where is the {o.colour} {o.shape} ?", o.position(cfg.grid_size), "other", "position")
+            )
         items.append(VQAItem("what colour is the background ?", scene.background, "other", "background"))
         return items
 
@@ -271,8 +286,13 @@ class World:
         present = scene.object_classes
         return {partner for anchor, partner in self.cfg.bias_pairs if anchor in present and partner not in present}
 
-    def pope_probes(self, scenes: Sequence[Scene], kind: str = "random", per_image: int = 3,
-                    rng: np.random.Generator | int | None = None) -> list[PopeProbe]:
+    def pope_probes(
+        self,
+        scenes: Sequence[Scene],
+        kind: str = "random",
+        per_image: int = 3,
+        rng: np.random.Generator | int | None = None,
+    ) -> list[PopeProbe]:
         """POPE probes (Li et al. 2023): per image, up to ``per_image`` present classes ("yes") and as many absent
         ones ("no"), so labels are balanced. Negatives: ``random`` uniform among absent classes; ``popular`` the
         most frequent classes over ``scenes``; ``adversarial`` the bias partners of present anchors first, then the
@@ -305,8 +325,10 @@ class World:
             else:
                 partners = self.absent_partners(sc)
                 score = [sum(cooc[(p, a)] for p in present) for a in absent]
-                neg = [absent[i] for i in sorted(range(len(absent)),
-                                                 key=lambda i: (absent[i] not in partners, -score[i], noise[i]))][:k]
+                neg = [
+                    absent[i]
+                    for i in sorted(range(len(absent)), key=lambda i: (absent[i] not in partners, -score[i], noise[i]))
+                ][:k]
             pairs = [(c, "yes") for c in pos] + [(c, "no") for c in neg]
             for i in rng.permutation(len(pairs)):
                 c, lab = pairs[i]
@@ -323,8 +345,33 @@ class World:
         """Every word captions, questions and answers can contain (sorted); punctuation tokens ',', ':', '?' too.
         With ``include_synonyms`` also the words text shifts and :meth:`mentioned_objects` know."""
         cfg = self.cfg
-        words = {",", ":", "?", "a", "an", "and", "on", "background", "there", "is", "are", "object", "objects",
-                 "at", "the", "in", "image", "how", "many", "what", "colour", "shape", "where", "yes", "no"}
+        words = {
+            ",",
+            ":",
+            "?",
+            "a",
+            "an",
+            "and",
+            "on",
+            "background",
+            "there",
+            "is",
+            "are",
+            "object",
+            "objects",
+            "at",
+            "the",
+            "in",
+            "image",
+            "how",
+            "many",
+            "what",
+            "colour",
+            "shape",
+            "where",
+            "yes",
+            "no",
+        }
         # a leaked caption can mention one phantom partner per bias pair on top of max_objects
         n_max = cfg.max_objects + (len(cfg.bias_pairs) if cfg.caption_leak > 0 else 0)
         words |= set(NUMBER_WORDS[: n_max + 1]) | set(SIZES) | set(cfg.colours) | set(cfg.backgrounds)
