@@ -79,6 +79,19 @@ class ImageFeatureMode(enum.StrEnum):
     PROJECTED = "projected"
 
 
+class EarlyStoppingSplit(enum.StrEnum):
+    """Held-out part of the estimator's training pairs: whole query groups (item ids) or single pairs."""
+
+    GROUP = "group"
+    PAIR = "pair"
+
+
+class Preset(enum.StrEnum):
+    """Named pipelines: ``reference`` = the EMI authors' embedders, fusion, estimator and controls."""
+
+    REFERENCE = "reference"
+
+
 def coerce(enum_cls: type[E], value: E | str, what: str) -> E:
     """``value`` as a member of ``enum_cls``; a clear error naming ``what`` and the allowed values otherwise."""
     try:
