@@ -22,16 +22,18 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from scipy import stats
 
 from mmlens.errors import InputError
 from mmlens.shift.data import ShiftSplit, open_image
 from mmlens.shift.divergence import rjsd_test
 from mmlens.shift.embed import ImageEmbedder, TextEmbedder, fuse
-from mmlens.shift.estimators import EstimatorConfig, MIEnsemble, MIEstimator, as_ensemble
+from mmlens.shift.estimators import EstimatorConfig, MIEnsemble, MIEstimator, as_ensemble, club_from_conditional
 from mmlens.shift.options import (
     BoundKind,
     EarlyStoppingSplit,
+    EstimatorKind,
     EstimatorData,
     Fusion,
     LogBase,
@@ -224,10 +226,25 @@ def emi_replicates(ensemble: MIEnsemble, e: SplitEmbeddings, idx: np.ndarray, n:
     item sampling and the estimator's seed spread enter every interval built from them."""
     idx = _sorted_by_item(e, np.asarray(idx))
     out = np.empty(n)
+    # CLUB: q(y|x) of every row once per member; a replicate is then a few vector operations on its rows
+    parts = [_club_parts(m, e) for m in ensemble.members]
     for b in range(n):
         draw = idx[np.random.default_rng([seed, b]).integers(0, len(idx), len(idx))]
-        out[b] = emi(ensemble.members[b % len(ensemble)], e, draw)["emi"]
+        k = b % len(ensemble)
+        if parts[k] is None:
+            out[b] = emi(ensemble.members[k], e, draw)["emi"]
+        else:
+            mu, logvar, resp, ref = (t[draw] for t in parts[k])
+            out[b] = float(club_from_conditional(mu, logvar, resp) - club_from_conditional(mu, logvar, ref))
     return out
+
+
+def _club_parts(member: Any, e: SplitEmbeddings):
+    """(mu, logvar, response, reference) tensors of a fitted CLUB member on the split's rows, else None."""
+    if not isinstance(member, MIEstimator) or member.config.kind is not EstimatorKind.CLUB:
+        return None
+    mu, logvar = (torch.as_tensor(a) for a in member.conditional(e.query))
+    return mu, logvar, torch.as_tensor(e.response, dtype=torch.float32), torch.as_tensor(e.reference, dtype=torch.float32)
 
 
 def _ci(values: np.ndarray, level: float = 0.95) -> list[float]:

@@ -393,15 +393,38 @@ def cost_tier(llava: dict[str, Any] | None) -> dict[str, Any]:
                                        "score_with_nulls_and_bootstrap": s["score"] * per}}
 
 
-def shift_benchmark(tiers: tuple[str, ...] = ("ground_truth", "llava_bench", "mini_world"), seed: int = 0,
-                    progress_cb=None, llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR) -> dict[str, Any]:
-    """Run the selected tiers; a tier that cannot run (e.g. mini-llava not built) is reported with its error."""
+TIERS = ("ground_truth", "llava_bench", "mini_world")
+
+
+def _git_commit() -> dict[str, Any]:
+    """The commit of the code that ran (and whether the tree had uncommitted changes), if this is a git clone."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
+                               capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": bool(dirty)}
+
+
+def shift_benchmark(tiers: tuple[str, ...] = TIERS, seed: int = 0,
+                    progress_cb=None, llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR,
+                    command: str | None = None) -> dict[str, Any]:
+    """Run the selected tiers; a tier that cannot run (e.g. mini-llava not built) is reported with its error.
+    ``tier_runs[tier]`` records the commit, finish time, seconds and command of each tier's run."""
+    import datetime
+
     import torch
 
     out: dict[str, Any] = {"seed": seed, "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     runners = {"ground_truth": lambda: ground_truth_tier(seed=seed), "llava_bench": lambda: llava_bench_tier(llava_bench_dir, seed=seed),
                "mini_world": lambda: mini_world_tier(seed=seed)}
+    code = _git_commit()
     for tier in tiers:
         if progress_cb:
             progress_cb(tier)
@@ -415,7 +438,35 @@ def shift_benchmark(tiers: tuple[str, ...] = ("ground_truth", "llava_bench", "mi
                 raise
             out[tier] = {"error": str(err)}
         out.setdefault("tier_seconds", {})[tier] = time.perf_counter() - t
+        out.setdefault("tier_runs", {})[tier] = code | {
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": out["tier_seconds"][tier], "seed": seed, "command": command}
     if "llava_bench" in out and "error" not in out["llava_bench"]:
         out["cost"] = cost_tier(out["llava_bench"])
     out["total_seconds"] = time.perf_counter() - t0
     return out
+
+
+def merge_tiers(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` (a file this command wrote, with ``tier_runs``) updated by the tiers of ``new``: the tiers
+    run now replace their old entries, the others are kept with their own provenance. Raises if ``existing`` has
+    no per-tier provenance (a hand-edited or older file cannot be merged into)."""
+    from mmlens.errors import InputError
+
+    if not isinstance(existing.get("tier_runs"), dict) or not all(t in existing["tier_runs"]
+                                                                  for t in TIERS if t in existing):
+        raise InputError("the existing result file has tiers without per-tier provenance (tier_runs): it was not "
+                         "written by this command; rerun every tier with --fresh")
+    merged = dict(existing)
+    for tier in new.get("tier_runs", {}):
+        merged[tier] = new[tier]
+        merged["tier_runs"] = {**merged["tier_runs"], tier: new["tier_runs"][tier]}
+        merged.setdefault("tier_seconds", {})[tier] = new["tier_seconds"][tier]
+    if "cost" in new:
+        merged["cost"] = new["cost"]
+    if new.get("seed") != existing.get("seed"):
+        raise InputError(f"cannot merge a seed-{new.get('seed')} run into a seed-{existing.get('seed')} file; "
+                         "use --fresh")
+    merged["total_seconds"] = sum(r["seconds"] for r in merged["tier_runs"].values())
+    merged["torch_threads"] = new["torch_threads"]
+    return merged

@@ -204,14 +204,17 @@ class ClipImageEmbedder:
         self.mode = coerce(ImageFeatureMode, self.mode, "image embedding mode")
         spec = self.model
         if isinstance(spec, PreTrainedModel):  # e.g. the reference's CLIPVisionModel; patch means only
-            if self.processor is None or not hasattr(spec, "vision_model"):
-                raise InputError("a bare transformers vision model needs an image processor and a vision_model "
-                                 "(CLIPModel or CLIPVisionModel)")
+            from transformers import CLIPModel, CLIPVisionModel
+
+            if self.processor is None or not isinstance(spec, (CLIPModel, CLIPVisionModel)):
+                raise InputError("a bare transformers vision model must be a CLIPModel or CLIPVisionModel and needs "
+                                 "an image processor")
             if self.mode is not ImageFeatureMode.PATCH_MEAN:
                 raise InputError("a bare vision model gives patch_mean features only; use a ContrastiveModel "
                                  "for projected embeddings")
             self.adapter = None
-            self._vision = spec.vision_model.eval()
+            # CLIPModel has a vision_model; transformers 5's CLIPVisionModel is the vision transformer itself
+            self._vision = getattr(spec, "vision_model", spec).eval()
             self.name = f"image-{self.mode}:{getattr(spec.config, '_name_or_path', '') or type(spec).__name__}"
             return
         if isinstance(spec, (str, os.PathLike)):
