@@ -8,12 +8,12 @@ Public API::
     SentenceEmbedder (default: offline MiniLM), EmbeddingLayerTextEmbedder, HashingTextEmbedder,
     ClipImageEmbedder, fuse, text_embedder
     # estimators
-    EstimatorConfig, MIEstimator, estimate_mi, club_from_conditional, GaussianTask
+    EstimatorConfig, MIEstimator, MIEnsemble, load_estimator, estimate_mi, club_from_conditional, GaussianTask
     # divergences
     rjsd, rjsd_test, RJSDResult, von_neumann_entropy
     # analysis
-    ShiftConfig, analyse, analyse_embeddings, embed_splits, fit_estimator, emi, bound_value, correlation,
-    ShiftResult, SplitEmbeddings
+    ShiftConfig, analyse, analyse_embeddings, embed_splits, training_pairs, fit_estimator, emi, emi_replicates,
+    emid_replicates, bound_value, correlation, split_correlation, ShiftResult, SplitEmbeddings
     # judge
     relative_preference, win_rate, parse_score_pair, judge_prompt, judge_split,
     CallableJudge, OpenAICompatibleJudge, LocalModelJudge
@@ -47,7 +47,12 @@ _EXPORTS = {
     "write_report": "report",
     "EstimatorKind": "options", "LogvarActivation": "options", "EstimatorData": "options", "Fusion": "options",
     "BoundKind": "options", "LogBase": "options", "Mixture": "options", "TermValues": "options",
-    "ImageFeatureMode": "options",
+    "ImageFeatureMode": "options", "EarlyStoppingSplit": "options", "Preset": "options",
+    "MIEnsemble": "estimators", "load_estimator": "estimators",
+    "training_pairs": "analysis", "emi_replicates": "analysis", "emid_replicates": "analysis",
+    "split_correlation": "analysis",
+    "reference_embedders": "embed", "lexical_embedder": "embed",
+    "assign_language_control": "data", "llava_bench_conditions": "data",
 }
 
 
