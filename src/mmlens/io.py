@@ -85,3 +85,14 @@ def atomic_folder(path: str | os.PathLike[str], *, overwrite: bool = True) -> It
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """The image at ``path`` as a fully decoded RGB PIL image, or an InputError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise InputError(f"cannot read image {path}") from None

@@ -24,12 +24,10 @@ from mmlens.shift.analysis import (
 from mmlens.shift.divergence import rjsd, rjsd_test
 from mmlens.shift.estimators import ESTIMATORS, EstimatorConfig, GaussianTask, MIEstimator, club_from_conditional
 from mmlens.shift.options import (
-    EstimatorData,
     EstimatorKind,
     Fusion,
     LogvarActivation,
     Mixture,
-    TermValues,
 )
 
 # The project's real-response data sits beside the repository (../shared/data/...) when run from its root.
@@ -218,10 +216,10 @@ def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
 def _slim_rows(rows: list[dict[str, Any]], extra: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
     out = []
     for r in rows:
-        s = {k: r[k] for k in ("split", "family", "n", "emi", "emi_ci", "mi_model", "mi_reference", "accuracy")
-             if k in r}
+        s = {k: r[k] for k in ("split", "family", "control", "visual_severity", "n", "emi", "emi_ci", "emi_seed_std",
+                               "mi_model", "mi_reference", "accuracy") if k in r}
         if "emid" in r:
-            s |= {"emid": r["emid"], "emid_ci": r["emid_ci"], "bound": r["bound"], "bound_forms": r["bound_forms"],
+            s |= {"emid_against": r["emid_against"], "emid": r["emid"], "emid_ci": r["emid_ci"], "bound": r["bound"], "bound_forms": r["bound_forms"],
                   "terms": {k: ({kk: t[kk] for kk in ("value", "null_mean", "p_value")} if t else None)
                             for k, t in r["terms"].items()}}
         if extra and r["split"] in extra:
@@ -230,117 +228,213 @@ def _slim_rows(rows: list[dict[str, Any]], extra: dict[str, dict[str, float]] | 
     return out
 
 
-def _ablation(embs, cfg: ShiftConfig, est: MIEstimator, released: dict | None, id_index: int = 0) -> dict[str, Any]:
-    res = analyse_embeddings(embs, cfg, estimator=est, id_index=id_index, progress=False)
-    ood = [r for r in res.rows if "emid" in r]
-    out = {"pearson_emid_bound": res.correlations["emid_bound"]["pearson"],
-           "pearson_emid_bound_by_form": {b: correlation([r["emid"] for r in ood],
-                                                         [r["bound_forms"][b] for r in ood])["pearson"]
-                                          for b in BOUNDS}}
-    out["emi"] = {r["split"]: r["emi"] for r in res.rows}
-    if released:
-        names = [r["split"] for r in res.rows if r["split"] in released and "EMI" in released[r["split"]]]
-        out["spearman_vs_released_emi"] = correlation([res.row(n)["emi"] for n in names],
-                                                      [released[n]["EMI"] for n in names])["spearman"]
-    return out
+# Like-for-like families of the LLaVA-Bench grid: splits that share what the offline (text-only) embedders can see.
+# EMI rankings include the family's clean reference point (the ID split; the English control for languages).
+REAL_FAMILIES: dict[str, Any] = {
+    "text": lambda r: r.get("family") in ("id", "text"),
+    "visual": lambda r: r.get("family") in ("id", "visual"),
+    **{f"visual_severity_{k}": (lambda r, k=k: r.get("visual_severity") == k) for k in (1, 3, 5)},
+    "joint": lambda r: r.get("family") == "joint",
+    "natural": lambda r: r.get("family") in ("control", "natural"),
+    "synthetic": lambda r: r.get("family") in ("id", "text", "visual", "joint"),
+}
 
 
-def llava_bench_tier(root: str | Path = DEFAULT_LLAVA_BENCH_DIR, seed: int = 0, n_permutations: int = 100,
-                     ablations: bool = True, limit: int | None = None, embedder: Any = None,
-                     layer_embedder: Any = None) -> dict[str, Any]:
-    """Real LLaVA-1.5-13B responses: per-split EMI with the default embedders and a reference CLUB trained on the
-    pooled splits, EMID against the clean split, the text-side bound, agreement with the released numbers."""
-    from mmlens.models.embed import EmbeddingLayerTextEmbedder, SentenceEmbedder
-    from mmlens.shift.data import load_llava_bench_shift, load_released_results
+def _vc(c: dict[str, Any], key: str) -> dict[str, Any]:
+    """{value, ci, n} of one coefficient of a :func:`split_correlation` result."""
+    return {"value": c.get(key), "ci": c.get(f"{key}_ci"), "n": c.get("n"), "p": c.get(f"{key}_p")}
 
-    splits = load_llava_bench_shift(root)[:limit]
-    released = load_released_results(root)
+
+def reference_club_forward(state: dict[str, Any], x: Any, y: Any) -> float:
+    """The official CLUB forward exactly as the checkpoint's README states it, with the N x N mean over j written
+    out (float64): positive_i = sum_d -(mu_id - y_id)^2 / 2 / exp(logvar_id), negative_i = sum_d -mean_j
+    (y_jd - mu_id)^2 / 2 / exp(logvar_id), I = mean_i (positive_i - negative_i)."""
+    import torch
+
+    st = {k: v.double() for k, v in state.items()}
+    x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
+    def mlp(p: str, v: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(v @ st[f"{p}.0.weight"].T + st[f"{p}.0.bias"])
+        return hidden @ st[f"{p}.2.weight"].T + st[f"{p}.2.bias"]
+
+    mu, logvar = mlp("p_mu", x), torch.tanh(mlp("p_logvar", x))
+    positive = (-(mu - y) ** 2 / 2 / logvar.exp()).sum(1)
+    negative = (-((y[None, :, :] - mu[:, None, :]) ** 2).mean(1) / 2 / logvar.exp()).sum(1)
+    return float((positive - negative).mean())
+
+
+def official_checkpoint_check(path: str | Path, seed: int = 0, n: int = 90) -> dict[str, Any]:
+    """Load the authors' ``CLUB_global.pt`` into mmlens's CLUB and compare its estimate with
+    :func:`reference_club_forward` on fixed random unit inputs (independent and dependent pairs)."""
+    import torch
+
+    from mmlens.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        return {"loaded": False, "path": str(path), "error": "file not found"}
+    try:
+        est = MIEstimator.load(path)
+    except InputError as err:
+        return {"loaded": False, "path": str(path), "error": str(err)}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    g = torch.Generator().manual_seed(seed)
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        return t / t.norm(dim=1, keepdim=True)
+
+    dx, dy = est.dims_
+    x = unit(torch.randn(n, dx, generator=g))
+    cases = {"independent": unit(torch.randn(n, dy, generator=g)),
+             "dependent": unit(x[:, :dy] + 0.5 * unit(torch.randn(n, dy, generator=g)))}
+    diffs, values = {}, {}
+    for name, y in cases.items():
+        ours, ref = est.estimate(x, y), reference_club_forward(state, x, y)
+        diffs[name], values[name] = abs(ours - ref), {"mmlens": ours, "reference_forward": ref}
+    _, logvar = est.conditional(x)
+    worst = max(diffs.values())
+    return {"loaded": True, "path": str(path), "dims": list(est.dims_), "hidden": est.config.hidden,
+            "max_abs_diff_vs_reference_forward": worst, "target": 1e-5, "met": worst <= 1e-5,
+            "values": values, "logvar_range_on_random_unit_inputs": [float(logvar.min()), float(logvar.max())],
+            "note": "reference forward in float64 with the N x N mean; the checkpoint needs 768-d CLIP/XLM-R "
+                    "features, which are not available offline, so it is not applied to the real responses here"}
+
+
+def _real_block(name: str, embs: list[SplitEmbeddings], cfg: ShiftConfig, released: dict[str, Any]) -> dict[str, Any]:
+    """One text embedder on the real responses: EMI ranks vs the released EMI, r(EMID, bound), by family, ID EMI."""
+    from mmlens.shift.analysis import emid_replicates, split_correlation
+
     t0 = time.perf_counter()
-    embedder = embedder or SentenceEmbedder(progress=False)
-    embs = embed_splits(splits, embedder)
-    t_embed = time.perf_counter() - t0
-    cfg = ShiftConfig(n_permutations=n_permutations, n_bootstrap=200, seed=seed)
-    t1 = time.perf_counter()
-    est = fit_estimator(embs, cfg)
-    t_train = time.perf_counter() - t1
-    res = analyse_embeddings(embs, cfg, estimator=est, progress=False)
-    res.seconds |= {"embed": t_embed, "train_estimator": t_train}
-    names = [r["split"] for r in res.rows if r["split"] in released and "EMI" in released[r["split"]]]
-    sp = correlation([res.row(n)["emi"] for n in names], [released[n]["EMI"] for n in names], seed=seed)
-    ood = [r for r in res.rows if "emid" in r]
-    emid_names = [r["split"] for r in ood if r["split"] in released and "EMID" in released[r["split"]]]
-    # ordering checks of the released results: sr_7 < sr_4 and KeyboardAug_3 < KeyboardAug_1 (same visual condition)
+    ens = fit_estimator(embs, cfg)
+    t_train = time.perf_counter() - t0
+    res = analyse_embeddings(embs, cfg, estimator=ens, progress=False)
+    res.seconds["train_estimator"] = t_train
+    rows = res.rows
+    rel_emi = {n: v["EMI"] for n, v in released.items() if "EMI" in v}
+    emid_reps = emid_replicates(res)
+
+    def rank(pred=lambda r: True) -> dict[str, Any]:
+        pts = {r["split"]: r["emi"] for r in rows if pred(r) and r["split"] in rel_emi}
+        return split_correlation(pts, rel_emi, replicates=res.replicates, seed=cfg.seed)
+
+    def bound(pred=lambda r: True, key="bound") -> dict[str, Any]:
+        pts = [r for r in rows if "emid" in r and not r.get("control") and pred(r)]
+        return split_correlation({r["split"]: r["emid"] for r in pts}, {r["split"]: r[key] for r in pts},
+                                 replicates=emid_reps, seed=cfg.seed)
+
+    overall, emid_bound = rank(lambda r: not r.get("control")), bound()
+    rel_emid = {n: v["EMID"] for n, v in released.items() if "EMID" in v}
+    ours_emid = {r["split"]: r["emid"] for r in rows if "emid" in r and not r.get("control")}
+    id_row = rows[0]
     order = []
-    for r in res.rows:
+    for r in rows:
         for lo, hi in (("sr_7", "sr_4"), ("KeyboardAug_3", "KeyboardAug_1")):
             if r["split"].endswith(lo):
-                other = r["split"][: -len(lo)] + hi
                 try:
-                    order.append(res.row(other)["emi"] > r["emi"])
+                    other = res.row(r["split"][: -len(lo)] + hi)
                 except KeyError:
-                    pass
-    n_pairs = sum(len(s) for s in splits) * 2
-    out: dict[str, Any] = {
-        "model": "llava-v1.5-13b", "n_splits": len(ood), "id_split": res.id_split, "embedder": embedder.name,
-        "estimator": {k: v for k, v in res.estimator_history.items() if not isinstance(v, list)},
-        "config": cfg.to_dict(),
-        "spearman_vs_released_emi": sp["spearman"], "spearman_vs_released_emi_detail": sp,
-        "pearson_emid_bound": res.correlations["emid_bound"]["pearson"],
-        "emid_bound_detail": res.correlations["emid_bound"],
-        "emid_bound_by_family": {f: c.get("pearson") for f, c in res.correlations["emid_bound_by_family"].items()},
-        "spearman_emid_vs_released_emid": correlation([res.row(n)["emid"] for n in emid_names],
-                                                      [released[n]["EMID"] for n in emid_names])["spearman"],
-        "pearson_released_emid_vs_our_bound": correlation([released[n]["EMID"] for n in emid_names],
-                                                          [res.row(n)["bound"] for n in emid_names])["pearson"],
-        "text_shift_ordering_agreement": {"agree": int(sum(order)), "pairs": len(order)},
-        "seconds": res.seconds, "n_pairs": n_pairs,
-        "rows": _slim_rows(res.rows, released),
+                    continue
+                diff = res.replicates[other["split"]] - res.replicates[r["split"]]
+                order.append({"pair": f"{r['split']} < {other['split']}", "agree": other["emi"] > r["emi"],
+                              "diff_ci": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]})
+    return {
+        "embedder": name,
+        "spearman_vs_released_emi": _vc(overall, "spearman"),
+        "pearson_emid_bound": _vc(emid_bound, "pearson"),
+        "spearman_emid_bound": _vc(emid_bound, "spearman"),
+        "spearman_emid_vs_released_emid": _vc(split_correlation(ours_emid, rel_emid, replicates=emid_reps,
+                                                                seed=cfg.seed), "spearman"),
+        "synthetic": {"spearman_vs_released_emi": _vc(rank(REAL_FAMILIES["synthetic"]), "spearman"),
+                      "pearson_emid_bound": _vc(bound(REAL_FAMILIES["synthetic"]), "pearson")},
+        "by_family": {f: {"spearman_vs_released_emi": _vc(rank(pred), "spearman"),
+                          "pearson_emid_bound": _vc(bound(pred), "pearson")}
+                      for f, pred in REAL_FAMILIES.items() if f != "synthetic"},
+        "id_emi": {"ours": id_row["emi"], "ci": id_row["emi_ci"], "seed_std": id_row["emi_seed_std"],
+                   "released": rel_emi.get(id_row["split"])},
+        "control": {r["split"]: {"emid": r["emid"], "emid_ci": r["emid_ci"]} for r in rows if r.get("control")},
+        "text_shift_ordering_agreement": {"agree": int(sum(o["agree"] for o in order)), "pairs": len(order),
+                                          "interval_excludes_0": int(sum(o["diff_ci"][0] > 0 or o["diff_ci"][1] < 0
+                                                                         for o in order)),
+                                          "detail": order},
+        "estimator": {k: v for k, v in res.estimator_history.items()
+                      if k in ("seeds", "best_epochs") or (k != "members" and not isinstance(v, list))},
+        "mean_emi_ci_width": float(np.mean([r["emi_ci"][1] - r["emi_ci"][0] for r in rows])),
+        "mean_emi_seed_std": float(np.mean([r["emi_seed_std"] for r in rows])),
+        "std_of_emi_across_splits": float(np.std([r["emi"] for r in rows])),
+        "seconds": res.seconds,
+        "rows": _slim_rows(rows, released),
     }
-    out |= llava_bench_synthetic_only(out)
-    if ablations:
-        small = replace(cfg, n_permutations=min(30, n_permutations), n_bootstrap=20)
-        abl = {"bound_forms": {b: correlation([r["emid"] for r in ood], [r["bound_forms"][b] for r in ood])["pearson"]
-                               for b in BOUNDS},
-               "mixture_equal": _ablation(embs, replace(small, mixture=Mixture.EQUAL), est, released),
-               "term_values_excess": _ablation(embs, replace(small, term_values=TermValues.EXCESS), est, released)}
-        held = replace(small, estimator_data=EstimatorData.HELD_OUT)
-        abl["estimator_held_out"] = _ablation(embs, held, fit_estimator(embs, held), released)
-        free = replace(small, estimator=replace(cfg.estimator, logvar_activation=LogvarActivation.NONE))
-        abl["club_logvar_unbounded"] = _ablation(embs, free, fit_estimator(embs, free), released)
-        for other_seed in (1, 2):
-            s_cfg = replace(small, estimator=replace(cfg.estimator, seed=other_seed))
-            abl[f"estimator_seed_{other_seed}"] = _ablation(embs, s_cfg, fit_estimator(embs, s_cfg), released)
-        seeds = [{r["split"]: r["emi"] for r in res.rows}] + [abl[f"estimator_seed_{k}"]["emi"] for k in (1, 2)]
-        spread = [float(np.std([sd[name] for sd in seeds])) for name in seeds[0]]
-        ranges = [r["emi"] for r in res.rows]
-        abl["estimator_seed_variance"] = {
-            "mean_std_of_split_emi_over_3_seeds": float(np.mean(spread)),
-            "std_of_emi_across_splits_seed0": float(np.std(ranges)),
-            "mean_bootstrap_ci_width": float(np.mean([r["emi_ci"][1] - r["emi_ci"][0] for r in res.rows]))}
-        el = embed_splits(splits, layer_embedder or EmbeddingLayerTextEmbedder(progress=False))
-        abl["embedding_layer_text_features"] = _ablation(el, small, fit_estimator(el, small), released)
-        out["ablations"] = abl
+
+
+REAL_EMBEDDERS = ("minilm", "lexical", "embedding_layer")
+
+
+def llava_bench_tier(root: str | Path = DEFAULT_LLAVA_BENCH_DIR, seed: int = 0, n_permutations: int = 20,
+                     n_estimators: int = 5, embedders: tuple[str, ...] = REAL_EMBEDDERS, limit: int | None = None,
+                     official_checkpoint: str | Path | None = None, statistics_ablation: bool = True,
+                     make_embedder: Any = None) -> dict[str, Any]:
+    """Real LLaVA-1.5-13B responses, one block per offline text embedder (``minilm`` contextual MiniLM,
+    ``lexical`` hashed character n-grams, ``embedding_layer`` MiniLM's embedding layer as the reference's mode):
+    EMI per split from an ensemble of ``n_estimators`` reference CLUBs trained on the pooled, deduplicated pairs
+    (early stopping by question), EMID against the ID split (translations against the English control), the
+    text-side bound, agreement with the released numbers with split-level intervals, overall and by family.
+    The first embedder also fills the tier's top-level keys (the previous layout)."""
+    from mmlens.models.embed import text_embedder
+    from mmlens.shift.data import load_llava_bench_shift, load_released_results
+
+    root = Path(root)
+    splits = load_llava_bench_shift(root)[:limit]
+    released = load_released_results(root)
+    cfg = ShiftConfig(n_permutations=n_permutations, n_bootstrap=200, seed=seed, n_estimators=n_estimators)
+    specs = {"minilm": "minilm", "lexical": "lexical", "embedding_layer": "embedding-layer"}
+    make_embedder = make_embedder or (lambda key: text_embedder(specs[key], progress=False))
+    out: dict[str, Any] = {"model": "llava-v1.5-13b", "n_splits": len(splits) - 1, "id_split": splits[0].name,
+                           "control_split": next((s.name for s in splits if s.meta.get("family") == "control"), None),
+                           "text_embedders": list(embedders), "config": cfg.to_dict(),
+                           "estimator": {"n_seeds": n_estimators, "dedup": cfg.dedup_pairs,
+                                         "split": str(cfg.early_stopping_split)}}
+    first_embs = None
+    for key in embedders:
+        t0 = time.perf_counter()
+        emb = make_embedder(key)
+        embs = embed_splits(splits, emb)
+        t_embed = time.perf_counter() - t0
+        block = _real_block(emb.name, embs, cfg, released)
+        block["seconds"]["embed"] = t_embed
+        out[key] = block
+        if first_embs is None:
+            first_embs = embs
+    first = out[embedders[0]]
+    out["estimator"] |= {k: first["estimator"].get(k) for k in ("pairs", "unique_pairs", "best_epochs", "n_train",
+                                                                  "n_val")}
+    out["id_emi"] = {"released": first["id_emi"]["released"],
+                     "ours": {k: {"value": out[k]["id_emi"]["ours"], "ci": out[k]["id_emi"]["ci"]} for k in embedders}}
+    # previous layout: the first (default) embedder's numbers at the top level
+    out |= {"embedder": first["embedder"], "spearman_vs_released_emi": first["spearman_vs_released_emi"]["value"],
+            "pearson_emid_bound": first["pearson_emid_bound"]["value"], "seconds": first["seconds"],
+            "n_pairs": sum(len(s) for s in splits) * 2, "rows": first["rows"]}
+    best = max(embedders, key=lambda k: out[k]["synthetic"]["spearman_vs_released_emi"]["value"] or -2)
+    out["best_offline_embedder"] = {
+        "name": best, "rule": "highest Spearman vs released EMI on the synthetic splits, chosen on the same data "
+                              "(no separate validation split exists for this comparison)",
+        "synthetic_spearman_vs_released_emi": out[best]["synthetic"]["spearman_vs_released_emi"],
+        "target": 0.6}
+    if statistics_ablation and first_embs is not None:
+        # the previous pipeline (no dedup, early stopping by pair, one estimator): the ID EMI before the fix
+        old = replace(cfg, dedup_pairs=False, early_stopping_split="pair", n_estimators=1, n_permutations=0)
+        res = analyse_embeddings(first_embs, old, progress=False)
+        rel = {n: v["EMI"] for n, v in released.items() if "EMI" in v}
+        pts = {r["split"]: r["emi"] for r in res.rows if not r.get("control")}
+        from mmlens.shift.analysis import split_correlation
+
+        out["ablation_statistics_off"] = {
+            "embedder": embedders[0], "dedup": False, "split": "pair", "n_seeds": 1,
+            "id_emi": {"value": res.rows[0]["emi"], "ci": res.rows[0]["emi_ci"]},
+            "spearman_vs_released_emi": _vc(split_correlation(pts, rel, replicates=res.replicates, seed=seed),
+                                            "spearman"),
+            "training_pairs": res.estimator_history.get("pairs")}
+    path = Path(official_checkpoint) if official_checkpoint else root.parent / "emi-official" / "CLUB_global.pt"
+    out["official_checkpoint"] = official_checkpoint_check(path, seed=seed)
     return out
-
-
-def llava_bench_synthetic_only(tier: dict[str, Any]) -> dict[str, Any]:
-    """The same numbers restricted to the 34 synthetic shifts (visual, text, joint; no translations), the set of
-    the released synthetic result (r = 0.579 with images). Computed from the tier's rows."""
-    rows = [r for r in tier["rows"] if r.get("family") != "natural"]
-    ood = [r for r in rows if "emid" in r]
-    with_rel = [r for r in rows if "released" in r and "EMI" in r["released"]]
-    # only splits with both released numbers, so that the two lists stay paired
-    with_bound = [r["released"] for r in ood if {"EMID", "EMID_UB"} <= r.get("released", {}).keys()]
-    return {"synthetic_only": {
-        "n_splits": len(ood),
-        "pearson_emid_bound": correlation([r["emid"] for r in ood], [r["bound"] for r in ood])["pearson"],
-        "spearman_emid_bound": correlation([r["emid"] for r in ood], [r["bound"] for r in ood])["spearman"],
-        "pearson_emid_bound_by_form": {b: correlation([r["emid"] for r in ood], [r["bound_forms"][b] for r in ood])
-                                       ["pearson"] for b in BOUNDS},
-        "spearman_vs_released_emi": correlation([r["emi"] for r in with_rel],
-                                                [r["released"]["EMI"] for r in with_rel])["spearman"],
-        "released_pearson_emid_bound_with_images": correlation(
-            [rel["EMID"] for rel in with_bound], [rel["EMID_UB"] for rel in with_bound])["pearson"]}}
 
 
 def mini_world_tier(model: str = "zoo:mini-llava", image_model: str = "zoo:mini-clip", n: int = 200,
@@ -396,15 +490,38 @@ def cost_tier(llava: dict[str, Any] | None) -> dict[str, Any]:
                                        "score_with_nulls_and_bootstrap": s["score"] * per}}
 
 
-def shift_benchmark(tiers: tuple[str, ...] = ("ground_truth", "llava_bench", "mini_world"), seed: int = 0,
-                    progress_cb=None, llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR) -> dict[str, Any]:
-    """Run the selected tiers; a tier that cannot run (e.g. mini-llava not built) is reported with its error."""
+TIERS = ("ground_truth", "llava_bench", "mini_world")
+
+
+def _git_commit() -> dict[str, Any]:
+    """The commit of the code that ran (and whether the tree had uncommitted changes), if this is a git clone."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
+                               capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": bool(dirty)}
+
+
+def shift_benchmark(tiers: tuple[str, ...] = TIERS, seed: int = 0,
+                    progress_cb=None, llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR,
+                    command: str | None = None) -> dict[str, Any]:
+    """Run the selected tiers; a tier that cannot run (e.g. mini-llava not built) is reported with its error.
+    ``tier_runs[tier]`` records the commit, finish time, seconds and command of each tier's run."""
+    import datetime
+
     import torch
 
     out: dict[str, Any] = {"seed": seed, "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     runners = {"ground_truth": lambda: ground_truth_tier(seed=seed), "llava_bench": lambda: llava_bench_tier(llava_bench_dir, seed=seed),
                "mini_world": lambda: mini_world_tier(seed=seed)}
+    code = _git_commit()
     for tier in tiers:
         if progress_cb:
             progress_cb(tier)
@@ -418,7 +535,35 @@ def shift_benchmark(tiers: tuple[str, ...] = ("ground_truth", "llava_bench", "mi
                 raise
             out[tier] = {"error": str(err)}
         out.setdefault("tier_seconds", {})[tier] = time.perf_counter() - t
+        out.setdefault("tier_runs", {})[tier] = code | {
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "seconds": out["tier_seconds"][tier], "seed": seed, "command": command}
     if "llava_bench" in out and "error" not in out["llava_bench"]:
         out["cost"] = cost_tier(out["llava_bench"])
     out["total_seconds"] = time.perf_counter() - t0
     return out
+
+
+def merge_tiers(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` (a file this command wrote, with ``tier_runs``) updated by the tiers of ``new``: the tiers
+    run now replace their old entries, the others are kept with their own provenance. Raises if ``existing`` has
+    no per-tier provenance (a hand-edited or older file cannot be merged into)."""
+    from mmlens.errors import InputError
+
+    if not isinstance(existing.get("tier_runs"), dict) or not all(t in existing["tier_runs"]
+                                                                  for t in TIERS if t in existing):
+        raise InputError("the existing result file has tiers without per-tier provenance (tier_runs): it was not "
+                         "written by this command; rerun every tier with --fresh")
+    merged = dict(existing)
+    for tier in new.get("tier_runs", {}):
+        merged[tier] = new[tier]
+        merged["tier_runs"] = {**merged["tier_runs"], tier: new["tier_runs"][tier]}
+        merged.setdefault("tier_seconds", {})[tier] = new["tier_seconds"][tier]
+    if "cost" in new:
+        merged["cost"] = new["cost"]
+    if new.get("seed") != existing.get("seed"):
+        raise InputError(f"cannot merge a seed-{new.get('seed')} run into a seed-{existing.get('seed')} file; "
+                         "use --fresh")
+    merged["total_seconds"] = sum(r["seconds"] for r in merged["tier_runs"].values())
+    merged["torch_threads"] = new["torch_threads"]
+    return merged

@@ -37,17 +37,35 @@ def bench_shift_command(
     seed: Annotated[int, typer.Option()] = 0,
     llava_bench_dir: Annotated[Path, typer.Option(help="Folder of the real LLaVA-Bench shift responses.")]
     = Path("../shared/data/llava-bench-shift"),
+    fresh: Annotated[bool, typer.Option(help="Start a new file instead of merging the tiers run now into OUT.")]
+    = False,
 ) -> None:
-    """EMI/EMID benchmark: Gaussian ground truth, mini-llava under world shifts, real LLaVA-1.5-13B responses, cost."""
-    from mmlens.bench.shift import shift_benchmark
+    """EMI/EMID benchmark: Gaussian ground truth, mini-llava under world shifts, real LLaVA-1.5-13B responses, cost.
+
+    Tiers run now replace their entries in an existing OUT (written by this command), the others are kept; each
+    tier records its commit, time and command in ``tier_runs``."""
+    import sys
+
+    from mmlens.bench.shift import TIERS, merge_tiers, shift_benchmark
+    from mmlens.errors import InputError
     from mmlens.io import write_json_atomic
 
     chosen = tuple(t.strip() for t in tiers.split(",") if t.strip())
-    unknown = set(chosen) - {"ground_truth", "llava_bench", "mini_world"}
+    unknown = set(chosen) - set(TIERS)
     if unknown:
         raise typer.BadParameter(f"unknown tiers {sorted(unknown)}", param_hint="--tiers")
+    existing = None
+    if out.is_file() and not fresh:
+        try:
+            existing = json.loads(out.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"cannot read {out} to merge into ({err}); use --fresh") from None
+        merge_tiers(existing, {"tier_runs": {}, "seed": seed, "torch_threads": 0})  # fail before any work
     result = shift_benchmark(chosen, seed=seed, llava_bench_dir=llava_bench_dir,
-                             progress_cb=lambda t: typer.echo(f"running tier {t} ...", err=True))
+                             progress_cb=lambda t: typer.echo(f"running tier {t} ...", err=True),
+                             command=" ".join(["mmlens", *sys.argv[1:]]) if sys.argv else None)
+    if existing is not None:
+        result = merge_tiers(existing, result)
     write_json_atomic(out, result)
     headline = {k: v for k, v in result.items() if not isinstance(v, dict)}
     typer.echo(json.dumps(headline, indent=2))

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from mmlens.shift.options import BoundKind, EstimatorData, EstimatorKind, Fusion, ImageFeatureMode, Mixture
+from mmlens.shift.options import (
+    BoundKind,
+    EstimatorData,
+    EstimatorKind,
+    Fusion,
+    ImageFeatureMode,
+    Mixture,
+    Preset,
+)
 
 shift_app = typer.Typer(help="Distribution-shift risk of a vision-language model: EMI, EMID and its bound.",
                         no_args_is_help=True)
@@ -89,18 +97,31 @@ def emi_command(
     ood: Annotated[list[Path], typer.Option(help="OOD split JSONL or folder of them; repeat for more.")],
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json (the result).")],
     references: Annotated[Path | None, typer.Option(help="JSONL of question_id -> reference text.")] = None,
-    text_embedder: Annotated[str, typer.Option(help="minilm | sentence:PATH | embedding-layer[:PATH] | hashing[:N]")]
-    = "minilm",
+    preset: Annotated[Preset | None, typer.Option(
+        help="reference = the EMI authors' pipeline: CLIP ViT-B/32 patch mean + xlm-roberta-base embedding layer "
+             "(needs their weights: hub or --image-model/--text-model folders), average fusion, CLUB, translations "
+             "against the English control.")] = None,
+    text_embedder: Annotated[str | None, typer.Option(
+        help="minilm | sentence:PATH | embedding-layer[:PATH] | hashing[:N] | lexical (default minilm; with "
+             "--preset reference: embedding-layer:<--text-model>)")] = None,
+    text_model: Annotated[str | None, typer.Option(help="--preset reference: XLM-R hub id or folder.")] = None,
     image_model: Annotated[str | None, typer.Option(help="CLIP-like model for image features (e.g. zoo:mini-clip);"
-                                                            " omit for text-only queries.")] = None,
+                                                            " omit for text-only queries. With --preset reference: "
+                                                            "CLIP hub id or folder (default ViT-B/32).")] = None,
     image_mode: Annotated[ImageFeatureMode, typer.Option(help="patch_mean is the reference.")]
     = ImageFeatureMode.PATCH_MEAN,
     fusion: Annotated[Fusion, typer.Option(help="average is the reference.")] = Fusion.AVERAGE,
     estimator: Annotated[EstimatorKind, typer.Option(help="club is the reference.")] = EstimatorKind.CLUB,
-    estimator_file: Annotated[Path | None, typer.Option(help="Reuse a saved estimator instead of training.")] = None,
-    save_estimator: Annotated[Path | None, typer.Option(help="Save the trained estimator here.")] = None,
+    estimator_file: Annotated[Path | None, typer.Option(
+        help="Reuse a saved estimator (an mmlens estimator or ensemble file, or the authors' CLUB_global.pt) "
+             "instead of training.")] = None,
+    save_estimator: Annotated[Path | None, typer.Option(help="Save the trained estimator(s) here.")] = None,
+    estimator_seeds: Annotated[int, typer.Option(min=1, help="Estimators trained with different seeds; their "
+                                                             "spread enters every interval.")] = 5,
     estimator_data: Annotated[EstimatorData, typer.Option(help="pooled (transductive) is the reference.")]
     = EstimatorData.POOLED,
+    control: Annotated[str | None, typer.Option(help="Control split for translated splits (default with "
+                                                        "--preset reference: <id>_English if present).")] = None,
     bound: Annotated[BoundKind, typer.Option(help="scale_adjusted is the reference.")] = BoundKind.SCALE_ADJUSTED,
     h_hat: Annotated[float, typer.Option(help="Entropy constant of the theorem/compact bounds.")] = 1.0,
     mixture: Annotated[Mixture, typer.Option(help="RJSD mixture; sample_size is the reference.")]
@@ -110,26 +131,46 @@ def emi_command(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """EMI per split, EMID of every OOD split against the ID split, the bound's terms, correlations, HTML report."""
-    from mmlens.models.embed import ClipImageEmbedder
+    from mmlens.errors import InputError
+    from mmlens.models.embed import ClipImageEmbedder, reference_embedders
     from mmlens.models.embed import text_embedder as make_text_embedder
     from mmlens.shift.analysis import ShiftConfig, analyse
-    from mmlens.shift.data import load_splits
-    from mmlens.shift.estimators import EstimatorConfig, MIEstimator
+    from mmlens.shift.data import assign_language_control, load_splits
+    from mmlens.shift.estimators import EstimatorConfig, load_estimator
     from mmlens.shift.report import write_shift_report
 
-    splits = load_splits([id_split, *ood], references, load_images=image_model is not None)
+    reference = preset is Preset.REFERENCE
+    if reference and (fusion is not Fusion.AVERAGE or estimator is not EstimatorKind.CLUB):
+        raise InputError("--preset reference uses average fusion and the CLUB estimator; drop --fusion/--estimator")
+    if not reference and text_model:
+        raise InputError("--text-model belongs to --preset reference; otherwise use --text-embedder")
+    load_images = image_model is not None or reference
+    splits = load_splits([id_split, *ood], references, load_images=load_images)
+    if reference or control:
+        assign_language_control(splits, splits[0].name, control)
     config = ShiftConfig(estimator=EstimatorConfig(kind=estimator, seed=seed), estimator_data=estimator_data,
                          fusion=fusion, bound=bound, h_hat=h_hat, mixture=mixture, n_permutations=permutations,
-                         n_bootstrap=bootstrap, seed=seed)
-    est = MIEstimator.load(estimator_file) if estimator_file else None
-    image = ClipImageEmbedder(image_model, mode=image_mode) if image_model else None
-    result = analyse(splits, config, text_embedder=make_text_embedder(text_embedder), image_embedder=image,
-                     estimator=est, id_split=splits[0].name)
+                         n_bootstrap=bootstrap, seed=seed, n_estimators=estimator_seeds)
+    est = load_estimator(estimator_file) if estimator_file else None
+    has_images = any(s.images is not None for s in splits)
+    if reference:
+        if text_embedder:
+            raise InputError("--preset reference fixes the text features; pass --text-model for another XLM-R copy")
+        clip = image_model or "openai/clip-vit-base-patch32"
+        texts, image = reference_embedders(None if clip.startswith("zoo:") or not has_images else clip,
+                                           text_model or "xlm-roberta-base")
+        if has_images and clip.startswith("zoo:"):
+            image = ClipImageEmbedder(clip, mode=ImageFeatureMode.PATCH_MEAN)
+    else:
+        texts = make_text_embedder(text_embedder or "minilm")
+        image = ClipImageEmbedder(image_model, mode=image_mode) if image_model else None
+    result = analyse(splits, config, text_embedder=texts, image_embedder=image, estimator=est,
+                     id_split=splits[0].name)
+    result.embedders["preset"] = preset.value if preset else None
     index = write_shift_report(result, out)
     if save_estimator:
         result.estimator.save(save_estimator)
         typer.echo(f"saved estimator to {save_estimator}")
     corr = result.correlations.get("emid_bound", {})
     typer.echo(json.dumps({"splits": len(result.rows), "pearson_emid_bound": corr.get("pearson"),
-                           "report": str(index)}, indent=2))
-
+                           "pearson_emid_bound_ci": corr.get("pearson_ci"), "report": str(index)}, indent=2))

@@ -7,7 +7,7 @@ Text:
 - :class:`EmbeddingLayerTextEmbedder`: the reference code's features: ``hidden_states[0]`` (the non-contextual
   embedding-layer output), masked mean over tokens without the leading special token (the trailing one is kept).
 - :class:`HashingTextEmbedder`: character n-gram hashing + TF-IDF-free L2 normalisation; no weights at all
-  (tests, and a cheap baseline).
+  (tests, a cheap baseline, and the ``lexical`` option: 768 hashed character 2-5-grams).
 Image:
 - :class:`ClipImageEmbedder`: a CLIP-like vision tower, either ``"patch_mean"`` (last encoder hidden state before the
   post-layernorm, CLS dropped, mean over patches: the reference) or ``"projected"`` (the contrastive embedding).
@@ -125,16 +125,24 @@ class SentenceEmbedder:
 @dataclass
 class EmbeddingLayerTextEmbedder:
     """The reference code's text features: mean of ``hidden_states[0]`` (embedding layer) over the tokens, without
-    the first special token, keeping the last; L2-normalised. ``spec`` is any local encoder (the reference used
-    xlm-roberta-base, which is not available offline here)."""
+    the first special token, keeping the last; L2-normalised. ``spec`` is any local encoder folder or hub id (the
+    reference used ``xlm-roberta-base``, not available offline here), or pass a loaded ``model`` and ``tokenizer``."""
 
     spec: str = MINILM_SPEC
     batch_size: int = 64
     max_length: int = 512
     progress: bool = True
+    model: Any = None
+    tokenizer: Any = None
 
     def __post_init__(self) -> None:
-        self.tokenizer, self.model = _load_text_encoder(self.spec)
+        if (self.model is None) != (self.tokenizer is None):
+            raise InputError("EmbeddingLayerTextEmbedder needs both model and tokenizer, or neither (then spec)")
+        if self.model is None:
+            self.tokenizer, self.model = _load_text_encoder(self.spec)
+        else:
+            self.spec = getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__
+            self.model.eval()
         self.name = f"embedding-layer:{self.spec}"
 
     @torch.no_grad()
@@ -160,7 +168,11 @@ class EmbeddingLayerTextEmbedder:
 
 @dataclass
 class HashingTextEmbedder:
-    """Character n-gram (word-boundary aware) hashing features, L2-normalised. No weights, deterministic."""
+    """Character n-gram (word-boundary aware) hashing features, L2-normalised. No weights, deterministic.
+
+    ``lexical`` in :func:`text_embedder` is this embedder at 768 features (the reference's text dimension) with
+    2-5-grams: purely lexical, language-agnostic features (typos and synonym swaps change them; translations
+    change them completely)."""
 
     n_features: int = 256
     ngram_range: tuple[int, int] = (2, 4)
@@ -168,14 +180,10 @@ class HashingTextEmbedder:
     def __post_init__(self) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
 
-        self._vec = HashingVectorizer(
-            analyzer="char_wb",
-            ngram_range=self.ngram_range,
-            n_features=self.n_features,
-            alternate_sign=False,
-            norm="l2",
-        )
-        self.name = f"hashing:{self.n_features}"
+        self._vec = HashingVectorizer(analyzer="char_wb", ngram_range=tuple(self.ngram_range),
+                                      n_features=self.n_features, alternate_sign=False, norm="l2")
+        lo, hi = self.ngram_range
+        self.name = f"hashing:{self.n_features}" + ("" if (lo, hi) == (2, 4) else f":{lo}-{hi}")
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = _check_texts(texts)
@@ -197,12 +205,29 @@ class ClipImageEmbedder:
     mode: ImageFeatureMode = ImageFeatureMode.PATCH_MEAN
     batch_size: int = 64
     progress: bool = True
+    processor: Any = None  # image processor, needed with a bare transformers CLIPModel / CLIPVisionModel
 
     def __post_init__(self) -> None:
+        from transformers import PreTrainedModel
+
         from mmlens.models import ContrastiveModel, load_model
 
         self.mode = as_enum(ImageFeatureMode, self.mode, "image embedding mode")
         spec = self.model
+        if isinstance(spec, PreTrainedModel):  # e.g. the reference's CLIPVisionModel; patch means only
+            from transformers import CLIPModel, CLIPVisionModel
+
+            if self.processor is None or not isinstance(spec, (CLIPModel, CLIPVisionModel)):
+                raise InputError("a bare transformers vision model must be a CLIPModel or CLIPVisionModel and needs "
+                                 "an image processor")
+            if self.mode is not ImageFeatureMode.PATCH_MEAN:
+                raise InputError("a bare vision model gives patch_mean features only; use a ContrastiveModel "
+                                 "for projected embeddings")
+            self.adapter = None
+            # CLIPModel has a vision_model; transformers 5's CLIPVisionModel is the vision transformer itself
+            self._vision = getattr(spec, "vision_model", spec).eval()
+            self.name = f"image-{self.mode}:{getattr(spec.config, '_name_or_path', '') or type(spec).__name__}"
+            return
         if isinstance(spec, (str, os.PathLike)):
             self.adapter = load_model(spec, expect=ContrastiveModel)
         elif isinstance(spec, ContrastiveModel):
@@ -218,15 +243,31 @@ class ClipImageEmbedder:
             raise InputError("no images to embed")
         if self.mode is ImageFeatureMode.PROJECTED:
             return self.adapter.embed_images(images, batch_size=self.batch_size).float().cpu().numpy()
-        vision = self.adapter.base_model.vision_model
+        bare = self.adapter is None
+        vision = self._vision if bare else self.adapter.base_model.vision_model
+        has_cls = True if bare else _has_cls(self.adapter)
         chunks = []
         starts = range(0, len(images), self.batch_size)
         for s in _progress(starts, len(starts), "embed images", self.progress and len(starts) > 1):
-            pixels = self.adapter.image_inputs(images[s : s + self.batch_size])["pixel_values"]
+            chunk = images[s:s + self.batch_size]
+            if bare:
+                pixels = self.processor(images=[_rgb(im) for im in chunk], return_tensors="pt")["pixel_values"]
+            else:
+                pixels = self.adapter.image_inputs(chunk)["pixel_values"]
             hidden = vision(pixel_values=pixels).last_hidden_state  # before post_layernorm (pooler applies it)
-            patches = hidden[:, 1:] if hidden.shape[1] > 1 and _has_cls(self.adapter) else hidden
+            patches = hidden[:, 1:] if hidden.shape[1] > 1 and has_cls else hidden
             chunks.append(F.normalize(patches.mean(1).float(), dim=-1).cpu().numpy())
         return np.concatenate(chunks).astype(np.float32)
+
+
+def _rgb(image: Any) -> Any:
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    from mmlens.io import open_image
+
+    return open_image(image)
 
 
 def _has_cls(adapter: Any) -> bool:
@@ -234,6 +275,53 @@ def _has_cls(adapter: Any) -> bool:
     from transformers import SiglipModel
 
     return not isinstance(adapter.base_model, SiglipModel)
+
+
+
+
+#: The EMI authors' encoders (arXiv 2502.00577, deeplearning-wisc/mllmshift-emi).
+REFERENCE_IMAGE_MODEL = "openai/clip-vit-base-patch32"
+REFERENCE_TEXT_MODEL = "xlm-roberta-base"
+
+
+def reference_embedders(image_model: Any = REFERENCE_IMAGE_MODEL, text_model: Any = REFERENCE_TEXT_MODEL, *,
+                        image_processor: Any = None, tokenizer: Any = None, progress: bool = True
+                        ) -> tuple[EmbeddingLayerTextEmbedder, ClipImageEmbedder | None]:
+    """The ``reference`` preset's embedders: XLM-R's embedding layer (``hidden_states[0]``, masked mean without
+    ``<s>``, L2) for texts and CLIP ViT-B/32's patch mean (last hidden state, CLS dropped, L2) for images.
+
+    Names (hub ids or local folders; loading needs the weights) or loaded transformers models with their
+    ``tokenizer`` / ``image_processor``; ``image_model=None`` for text-only splits."""
+    if isinstance(text_model, (str, os.PathLike)):
+        text = EmbeddingLayerTextEmbedder(str(text_model), progress=progress)
+    else:
+        text = EmbeddingLayerTextEmbedder(model=text_model, tokenizer=tokenizer, progress=progress)
+    if image_model is None:
+        return text, None
+    if isinstance(image_model, (str, os.PathLike)):
+        image = ClipImageEmbedder(_load_clip_vision(str(image_model)), processor=_load_image_processor(str(image_model)),
+                                  progress=progress)
+    else:
+        image = ClipImageEmbedder(image_model, processor=image_processor, progress=progress)
+    return text, image
+
+
+def _load_clip_vision(spec: str):
+    from transformers import CLIPVisionModel
+
+    try:
+        return CLIPVisionModel.from_pretrained(spec)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load the CLIP vision model {spec!r}: {str(err).splitlines()[0]}") from None
+
+
+def _load_image_processor(spec: str):
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(spec)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load the image processor of {spec!r}: {str(err).splitlines()[0]}") from None
 
 
 def default_text_embedder(progress: bool = True) -> TextEmbedder:
@@ -253,6 +341,14 @@ def text_embedder(spec: str, progress: bool = True) -> TextEmbedder:
         if arg and not (arg.isdigit() and int(arg) > 0):
             raise InputError(f"hashing:N needs a positive integer N, got {arg!r}")
         return HashingTextEmbedder(int(arg) if arg else 256)
-    raise InputError(
-        f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH] or hashing[:N]"
-    )
+    if kind == "lexical":
+        if arg:
+            raise InputError(f"lexical takes no argument, got {arg!r} (use hashing:N for another size)")
+        return lexical_embedder()
+    raise InputError(f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH], "
+                     "hashing[:N] or lexical")
+
+
+def lexical_embedder() -> HashingTextEmbedder:
+    """Weightless lexical text features: hashed character 2-5-grams, 768 features (fixed a priori, not tuned)."""
+    return HashingTextEmbedder(n_features=768, ngram_range=(2, 5))

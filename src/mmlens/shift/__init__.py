@@ -8,12 +8,12 @@ Public API::
     # (default: offline MiniLM), EmbeddingLayerTextEmbedder, HashingTextEmbedder, ClipImageEmbedder, text_embedder)
     fuse
     # estimators
-    EstimatorConfig, MIEstimator, estimate_mi, club_from_conditional, GaussianTask
+    EstimatorConfig, MIEstimator, MIEnsemble, load_estimator, estimate_mi, club_from_conditional, GaussianTask
     # divergences
     rjsd, rjsd_test, RJSDResult, von_neumann_entropy
     # analysis
-    ShiftConfig, analyse, analyse_embeddings, embed_splits, fit_estimator, emi, bound_value, correlation,
-    ShiftResult, SplitEmbeddings
+    ShiftConfig, analyse, analyse_embeddings, embed_splits, training_pairs, fit_estimator, emi, emi_replicates,
+    emid_replicates, bound_value, correlation, split_correlation, ShiftResult, SplitEmbeddings
     # judge
     relative_preference, win_rate, parse_score_pair, judge_prompt, judge_split,
     CallableChatJudge, OpenAICompatibleJudge, LocalModelJudge

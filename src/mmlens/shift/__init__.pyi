@@ -32,13 +32,31 @@ from .analysis import (
     emi as emi,
 )
 from .analysis import (
+    emi_replicates as emi_replicates,
+)
+from .analysis import (
+    emid_replicates as emid_replicates,
+)
+from .analysis import (
     fit_estimator as fit_estimator,
 )
 from .analysis import (
     fuse as fuse,
 )
+from .analysis import (
+    split_correlation as split_correlation,
+)
+from .analysis import (
+    training_pairs as training_pairs,
+)
 from .data import (
     ShiftSplit as ShiftSplit,
+)
+from .data import (
+    assign_language_control as assign_language_control,
+)
+from .data import (
+    llava_bench_conditions as llava_bench_conditions,
 )
 from .data import (
     llava_bench_family as llava_bench_family,
@@ -80,6 +98,9 @@ from .estimators import (
     GaussianTask as GaussianTask,
 )
 from .estimators import (
+    MIEnsemble as MIEnsemble,
+)
+from .estimators import (
     MIEstimator as MIEstimator,
 )
 from .estimators import (
@@ -87,6 +108,9 @@ from .estimators import (
 )
 from .estimators import (
     estimate_mi as estimate_mi,
+)
+from .estimators import (
+    load_estimator as load_estimator,
 )
 from .generate import (
     GenerateConfig as GenerateConfig,
@@ -128,6 +152,9 @@ from .options import (
     BoundKind as BoundKind,
 )
 from .options import (
+    EarlyStoppingSplit as EarlyStoppingSplit,
+)
+from .options import (
     EstimatorData as EstimatorData,
 )
 from .options import (
@@ -147,6 +174,9 @@ from .options import (
 )
 from .options import (
     Mixture as Mixture,
+)
+from .options import (
+    Preset as Preset,
 )
 from .options import (
     TermValues as TermValues,

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats
 
 from mmlens.enums import as_enum
@@ -30,8 +31,17 @@ from mmlens.errors import InputError
 from mmlens.models.embed import ImageEmbedder, TextEmbedder
 from mmlens.shift.data import ShiftSplit, open_image
 from mmlens.shift.divergence import rjsd_test
-from mmlens.shift.estimators import EstimatorConfig, MIEstimator
-from mmlens.shift.options import BoundKind, EstimatorData, Fusion, LogBase, Mixture, TermValues
+from mmlens.shift.estimators import EstimatorConfig, MIEnsemble, MIEstimator, as_ensemble, club_from_conditional
+from mmlens.shift.options import (
+    BoundKind,
+    EarlyStoppingSplit,
+    EstimatorData,
+    EstimatorKind,
+    Fusion,
+    LogBase,
+    Mixture,
+    TermValues,
+)
 
 BOUNDS = tuple(BoundKind)
 
@@ -52,10 +62,15 @@ class ShiftConfig:
     n_permutations: int = 100
     n_bootstrap: int = 200
     seed: int = 0
+    # estimator statistics: members of the ensemble (seeds of initialisation, early-stopping split and data order),
+    # exact duplicate (x, y) pairs dropped before training, early stopping held out by query group
+    n_estimators: int = 5
+    dedup_pairs: bool = True
+    early_stopping_split: EarlyStoppingSplit = EarlyStoppingSplit.GROUP
 
     def __post_init__(self) -> None:
         options = {"estimator_data": EstimatorData, "fusion": Fusion, "bound": BoundKind, "log_base": LogBase,
-                   "mixture": Mixture, "term_values": TermValues}
+                   "mixture": Mixture, "term_values": TermValues, "early_stopping_split": EarlyStoppingSplit}
         for key, enum_cls in options.items():  # frozen dataclass: store the coerced members in place of strings
             object.__setattr__(self, key, as_enum(enum_cls, getattr(self, key), key))
         if self.h_hat <= 0:
@@ -63,6 +78,8 @@ class ShiftConfig:
         if self.n_bootstrap < 1 or self.n_permutations < 0:
             raise InputError(f"need n_bootstrap >= 1 and n_permutations >= 0, got {self.n_bootstrap} and "
                              f"{self.n_permutations}")
+        if self.n_estimators < 1:
+            raise InputError(f"n_estimators must be >= 1, got {self.n_estimators}")
         if self.term_values is TermValues.EXCESS and self.n_permutations == 0:
             raise InputError("term_values='excess' subtracts the permutation null: it needs n_permutations >= 1")
 
@@ -163,16 +180,42 @@ def _fold_mask(item_ids: Sequence[Any], seed: int) -> np.ndarray:
     return np.array([str(i) in train for i in item_ids])
 
 
-def fit_estimator(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *,
-                  progress: bool = False) -> MIEstimator:
-    """Train the MI estimator on (query, response) and (query, reference) pairs pooled over all splits
-    (``estimator_data="held_out"``: only the items of the training fold)."""
-    xs, ys = [], []
+def training_pairs(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig()
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """(x, y, groups, counts): (query, response) and (query, reference) pairs pooled over the splits
+    (``estimator_data="held_out"``: only the training fold's items), exact duplicates dropped when
+    ``dedup_pairs`` (a query-reference pair recurs in every split whose query text is unchanged, while the model's
+    responses differ, so without it the reference term is fitted on ~4x copies); groups = item ids."""
+    xs, ys, gs = [], [], []
     for e in embeddings:
         keep = _fold_mask(e.item_ids, config.seed) if config.estimator_data is EstimatorData.HELD_OUT else np.ones(len(e), bool)
+        ids = np.array([str(i) for i in e.item_ids], dtype=object)[keep]
         xs += [e.query[keep], e.query[keep]]
         ys += [e.response[keep], e.reference[keep]]
-    return MIEstimator(config.estimator).fit(np.concatenate(xs), np.concatenate(ys), progress=progress)
+        gs += [ids, ids]
+    x, y, groups = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    counts = {"pairs": len(x)}
+    if config.dedup_pairs:
+        rows = np.ascontiguousarray(np.concatenate([x, y], axis=1).astype(np.float32))
+        _, first = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(),
+                             return_index=True)
+        first = np.sort(first)
+        x, y, groups = x[first], y[first], groups[first]
+    counts["unique_pairs"] = len(x)
+    return x, y, groups, counts
+
+
+def fit_estimator(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *,
+                  progress: bool = False) -> MIEnsemble:
+    """Train ``config.n_estimators`` MI estimators (seeds ``estimator.seed`` + k) on the pooled, deduplicated
+    pairs, early stopping held out by query group (see :func:`training_pairs`)."""
+    x, y, groups, counts = training_pairs(embeddings, config)
+    by_group = config.early_stopping_split is EarlyStoppingSplit.GROUP
+    ens = MIEnsemble.fit(x, y, config.estimator, n_members=config.n_estimators,
+                         groups=groups if by_group else None, progress=progress)
+    for m in ens.members:
+        m.history_ |= counts | {"dedup": config.dedup_pairs}
+    return ens
 
 
 def _eval_mask(e: SplitEmbeddings, config: ShiftConfig) -> np.ndarray:
@@ -181,17 +224,50 @@ def _eval_mask(e: SplitEmbeddings, config: ShiftConfig) -> np.ndarray:
     return np.ones(len(e), bool)
 
 
-def emi(estimator: MIEstimator, e: SplitEmbeddings, index: np.ndarray | None = None) -> dict[str, float]:
-    """EMI of one split: I(query; response) - I(query; reference) on the rows ``index`` (default: all)."""
+def emi(estimator: MIEstimator | MIEnsemble, e: SplitEmbeddings, index: np.ndarray | None = None) -> dict[str, float]:
+    """EMI of one split: I(query; response) - I(query; reference) on the rows ``index`` (default: all);
+    for an ensemble the mean over its members."""
     idx = np.arange(len(e)) if index is None else np.asarray(index)
     mi_model = estimator.estimate(e.query[idx], e.response[idx])
     mi_ref = estimator.estimate(e.query[idx], e.reference[idx])
     return {"emi": mi_model - mi_ref, "mi_model": mi_model, "mi_reference": mi_ref}
 
 
-def _bootstrap_emi(estimator: MIEstimator, e: SplitEmbeddings, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.array([emi(estimator, e, rng.choice(idx, size=len(idx), replace=True))["emi"] for _ in range(n)])
+def _sorted_by_item(e: SplitEmbeddings, idx: np.ndarray) -> np.ndarray:
+    """``idx`` ordered by item id, so that equal resample positions pick the same items in every split."""
+    return idx[np.argsort([str(e.item_ids[i]) for i in idx], kind="stable")]
+
+
+def emi_replicates(ensemble: MIEnsemble, e: SplitEmbeddings, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` replicates of the split's EMI: replicate b resamples the items (paired across splits: the draw depends
+    only on (seed, b, size) and rows are taken in item-id order) and uses ensemble member b mod K, so both the
+    item sampling and the estimator's seed spread enter every interval built from them."""
+    idx = _sorted_by_item(e, np.asarray(idx))
+    out = np.empty(n)
+    # CLUB: q(y|x) of every row once per member; a replicate is then a few vector operations on its rows
+    parts = [_club_parts(m, e) for m in ensemble.members]
+    for b in range(n):
+        draw = idx[np.random.default_rng([seed, b]).integers(0, len(idx), len(idx))]
+        k = b % len(ensemble)
+        if parts[k] is None:
+            out[b] = emi(ensemble.members[k], e, draw)["emi"]
+        else:
+            mu, logvar, resp, ref = (t[draw] for t in parts[k])
+            out[b] = float(club_from_conditional(mu, logvar, resp) - club_from_conditional(mu, logvar, ref))
+    return out
+
+
+def _club_parts(member: Any, e: SplitEmbeddings):
+    """(mu, logvar, response, reference) tensors of a fitted CLUB member on the split's rows, else None."""
+    if not isinstance(member, MIEstimator) or member.config.kind is not EstimatorKind.CLUB:
+        return None
+    mu, logvar = (torch.as_tensor(a) for a in member.conditional(e.query))
+    return mu, logvar, torch.as_tensor(e.response, dtype=torch.float32), torch.as_tensor(e.reference, dtype=torch.float32)
+
+
+def _ci(values: np.ndarray, level: float = 0.95) -> list[float]:
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return [float(np.percentile(values, lo)), float(np.percentile(values, hi))]
 
 
 # ------------------------------------------------------------------------------------------- bound
@@ -256,7 +332,8 @@ class ShiftResult:
     estimator_history: dict[str, Any]
     seconds: dict[str, float]
     embedders: dict[str, str] = field(default_factory=dict)
-    estimator: MIEstimator | None = field(default=None, repr=False)  # the estimator used (not serialised)
+    estimator: MIEnsemble | None = field(default=None, repr=False)  # the estimator(s) used (not serialised)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per split, EMI replicates
 
     def row(self, name: str) -> dict[str, Any]:
         for r in self.rows:
@@ -270,10 +347,20 @@ class ShiftResult:
                 "estimator": hist, "correlations": self.correlations, "seconds": self.seconds, "rows": self.rows}
 
 
+def _same_content(a: SplitEmbeddings, b: SplitEmbeddings) -> bool:
+    return len(a) == len(b) and all(np.array_equal(getattr(a, k), getattr(b, k))
+                                    for k in ("query", "response", "reference"))
+
+
 def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *,
-                       estimator: MIEstimator | None = None, id_index: int = 0,
+                       estimator: MIEstimator | MIEnsemble | None = None, id_index: int = 0,
                        progress: bool = True) -> ShiftResult:
-    """EMI per split, EMID and bound terms of every split against ``embeddings[id_index]``, correlations."""
+    """EMI per split, EMID and bound terms of every split against its base, correlations across shifts.
+
+    The base is ``embeddings[id_index]`` unless the split's ``meta["emid_against"]`` names another split (e.g.
+    translations against the English control). A split with exactly the ID's content, or with
+    ``meta["family"] == "control"``, is a *control*: its row is reported (EMID ~ 0) but it is not a shift and
+    stays out of the correlations."""
     if len(embeddings) < 1:
         raise InputError("need at least one split")
     names = [e.name for e in embeddings]
@@ -281,38 +368,50 @@ def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfi
         raise InputError("split names must be unique")
     if not 0 <= id_index < len(embeddings):
         raise InputError(f"id_index={id_index} is not the index of one of the {len(embeddings)} splits")
+    for e in embeddings:
+        base = e.meta.get("emid_against")
+        if base is not None and base not in names:
+            raise InputError(f"split {e.name!r} is compared against {base!r}, which is not among the splits")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if estimator is None:
         estimator = fit_estimator(embeddings, config, progress=progress)
         seconds["train_estimator"] = time.perf_counter() - t0
+    ensemble = as_ensemble(estimator)
     t1 = time.perf_counter()
     ref = embeddings[id_index]
-    ref_idx = np.flatnonzero(_eval_mask(ref, config))
-    ref_emi = emi(estimator, ref, ref_idx)
-    ref_boot = _bootstrap_emi(estimator, ref, ref_idx, config.n_bootstrap, config.seed)
     perm = dict(mixture=config.mixture, n_permutations=config.n_permutations, seed=config.seed)
-    j_p = rjsd_test(ref.response, ref.reference, **perm)
-    rows = []
     iterator = list(enumerate(embeddings))
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(iterator, desc="splits", leave=False)
-    for k, e in iterator:
+    points, reps, j_p = {}, {}, {}
+    for k, e in iterator:  # EMI of every split first: a split can be the base of another
         idx = np.flatnonzero(_eval_mask(e, config))
-        m = emi(estimator, e, idx) if k != id_index else ref_emi
-        boot = _bootstrap_emi(estimator, e, idx, config.n_bootstrap, config.seed + k + 1) if k != id_index else ref_boot
-        row: dict[str, Any] = {"split": e.name, "n": int(len(idx)), **m,
-                               "emi_ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
-        row.update({f"meta_{key}" if key in row else key: v for key, v in e.meta.items()})
+        points[k] = emi(ensemble, e, idx) | {"n": int(len(idx))}
+        points[k]["emi_members"] = [emi(m, e, idx)["emi"] for m in ensemble.members]
+        reps[k] = emi_replicates(ensemble, e, idx, config.n_bootstrap, config.seed)
+    rows = []
+    for k, e in enumerate(embeddings):
+        m = points[k]
+        row: dict[str, Any] = {"split": e.name, "n": m["n"], "emi": m["emi"], "mi_model": m["mi_model"],
+                               "mi_reference": m["mi_reference"], "emi_ci": _ci(reps[k]),
+                               "emi_seed_std": float(np.std(m["emi_members"]))}
+        row.update({f"meta_{key}" if key in row else key: v for key, v in e.meta.items() if key != "emid_against"})
         if k != id_index:
-            row["emid"] = ref_emi["emi"] - m["emi"]
-            nb = min(len(ref_boot), len(boot))
-            emid_boot = ref_boot[:nb] - boot[:nb]
-            row["emid_ci"] = [float(np.percentile(emid_boot, 2.5)), float(np.percentile(emid_boot, 97.5))]
-            terms = {"J_v": rjsd_test(ref.image, e.image, **perm) if ref.image is not None and e.image is not None
+            base_k = names.index(e.meta["emid_against"]) if e.meta.get("emid_against") else id_index
+            base = embeddings[base_k]
+            if e.meta.get("family") == "control" or (base_k == id_index and _same_content(e, ref)):
+                row["control"] = True
+                row["family"] = "control"
+            row["emid_against"] = base.name
+            row["emid"] = points[base_k]["emi"] - m["emi"]
+            row["emid_ci"] = _ci(reps[base_k] - reps[k])  # paired replicates: same items, same member
+            if base_k not in j_p:
+                j_p[base_k] = rjsd_test(base.response, base.reference, **perm)
+            terms = {"J_v": rjsd_test(base.image, e.image, **perm) if base.image is not None and e.image is not None
                      else None,
-                     "J_t": rjsd_test(ref.text, e.text, **perm), "J_P": j_p,
+                     "J_t": rjsd_test(base.text, e.text, **perm), "J_P": j_p[base_k],
                      "J_Q": rjsd_test(e.response, e.reference, **perm)}
             values = {key: (_term(t, config) if t is not None else None) for key, t in terms.items()}
             row["terms"] = {key: (t.to_dict() if t is not None else None) for key, t in terms.items()}
@@ -321,24 +420,75 @@ def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfi
             row["bound_text_side"] = bound_value({**values, "J_v": None}, config)
         rows.append(row)
     seconds["score"] = time.perf_counter() - t1
-    correlations = _correlations(rows, config)
-    return ShiftResult(config, ref.name, rows, correlations, dict(estimator.history_), seconds, estimator=estimator)
+    replicates = {names[k]: reps[k] for k in reps}
+    correlations = _correlations(rows, config, replicates)
+    return ShiftResult(config, ref.name, rows, correlations, dict(ensemble.history_), seconds, estimator=ensemble,
+                       replicates=replicates)
 
 
-def _correlations(rows: list[dict[str, Any]], config: ShiftConfig) -> dict[str, Any]:
-    ood = [r for r in rows if "emid" in r]
+def split_correlation(values: dict[str, float], targets: dict[str, float], *,
+                      replicates: dict[str, np.ndarray] | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, Any]:
+    """Pearson and Spearman of per-split ``values`` against ``targets`` (over their common splits) with a
+    split-level interval: each bootstrap draw resamples the splits *and*, when ``replicates`` (per split, e.g.
+    :func:`emi_replicates` or EMID replicates) are given, replaces every split's value by one joint replicate
+    (same item resample and estimator member for all splits), so the interval carries the split sampling, the
+    item sampling and the estimator's seed spread."""
+    names = [n for n in values if n in targets and np.isfinite(values[n]) and np.isfinite(targets[n])]
+    x = np.array([values[n] for n in names], float)
+    y = np.array([targets[n] for n in names], float)
+    out: dict[str, Any] = {"n": len(names)}
+    nan2 = [math.nan, math.nan]
+    if len(names) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out | {"pearson": math.nan, "pearson_ci": nan2, "spearman": math.nan, "spearman_ci": nan2,
+                      "pearson_p": math.nan, "spearman_p": math.nan}
+    pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
+    rep = np.stack([replicates[n] for n in names]) if replicates else None  # [splits, B]
+    rng = np.random.default_rng(seed)
+    bp, bs = [], []
+    for b in range(n_bootstrap):
+        xb = rep[:, b % rep.shape[1]] if rep is not None else x
+        i = rng.integers(0, len(names), len(names))
+        if np.ptp(xb[i]) == 0 or np.ptp(y[i]) == 0:
+            continue
+        bp.append(np.corrcoef(xb[i], y[i])[0, 1])
+        bs.append(stats.spearmanr(xb[i], y[i]).statistic)
+    def ci(v: list[float]) -> Any:
+        return _ci(np.array(v), level) if v else nan2
+
+    return out | {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue), "pearson_ci": ci(bp),
+                  "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue), "spearman_ci": ci(bs),
+                  "interval": "split bootstrap" + (" x joint item/estimator replicates" if rep is not None else "")}
+
+
+def emid_replicates(result: ShiftResult) -> dict[str, np.ndarray]:
+    """Per shifted split, the paired EMID replicates (base replicate minus the split's)."""
+    return {r["split"]: result.replicates[r["emid_against"]] - result.replicates[r["split"]]
+            for r in result.rows if "emid" in r}
+
+
+def _correlations(rows: list[dict[str, Any]], config: ShiftConfig,
+                  replicates: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    ood = [r for r in rows if "emid" in r and not r.get("control")]
     out: dict[str, Any] = {}
+    emid_reps = ({r["split"]: replicates[r["emid_against"]] - replicates[r["split"]] for r in ood}
+                 if replicates else None)
     if len(ood) >= 3:
-        out["emid_bound"] = correlation([r["emid"] for r in ood], [r["bound"] for r in ood], seed=config.seed)
+        out["emid_bound"] = split_correlation({r["split"]: r["emid"] for r in ood},
+                                              {r["split"]: r["bound"] for r in ood}, replicates=emid_reps,
+                                              seed=config.seed)
         families = sorted({r.get("family") for r in ood if r.get("family")})
         out["emid_bound_by_family"] = {
-            f: correlation([r["emid"] for r in ood if r.get("family") == f],
-                           [r["bound"] for r in ood if r.get("family") == f], seed=config.seed)
+            f: split_correlation({r["split"]: r["emid"] for r in ood if r.get("family") == f},
+                                 {r["split"]: r["bound"] for r in ood if r.get("family") == f},
+                                 replicates=emid_reps, seed=config.seed)
             for f in families}
     for key in ("accuracy", "relative_preference", "win_rate"):
-        pts = [r for r in rows if isinstance(r.get(key), (int, float))]
+        pts = [r for r in rows if isinstance(r.get(key), (int, float)) and not r.get("control")]
         if len(pts) >= 3:
-            out[f"emi_{key}"] = correlation([r["emi"] for r in pts], [r[key] for r in pts], seed=config.seed)
+            out[f"emi_{key}"] = split_correlation({r["split"]: r["emi"] for r in pts},
+                                                  {r["split"]: r[key] for r in pts}, replicates=replicates,
+                                                  seed=config.seed)
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlens.errors import InputError
+from mmlens.io import open_image
 
 
 @dataclass
@@ -112,15 +113,6 @@ def load_split(path: str | os.PathLike, references: dict[Any, str] | str | os.Pa
     return ShiftSplit(name or path.stem, queries, responses, refs, images or None, ids, dict(meta))
 
 
-def open_image(path: str | os.PathLike):
-    """The image at ``path`` as a fully decoded RGB PIL image, or an InputError."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        raise InputError(f"cannot read image {path}") from None
 
 
 def load_splits(paths: Sequence[str | os.PathLike], references: str | os.PathLike | None = None, *,
@@ -151,11 +143,59 @@ def load_splits(paths: Sequence[str | os.PathLike], references: str | os.PathLik
     return out
 
 
+#: Languages of the released natural-shift grid (queries translated, followed by " Please answer in English.").
+LANGUAGES = ("English", "German", "Chinese", "Korean", "Greek", "Arabic", "Hindi")
+
+
+def language_of(name: str) -> str | None:
+    """The language suffix of a split name (``..._German`` -> ``German``), else None."""
+    last = name.rsplit("_", 1)[-1]
+    return last if last in LANGUAGES else None
+
+
+def assign_language_control(splits: Sequence[ShiftSplit], id_name: str, control: str | None = None) -> str | None:
+    """The reference protocol for natural-language shifts: the English version of the ID split
+    (``<id_name>_English`` unless ``control`` is given) is the *control*, not a shift (family ``control``), and
+    every translated split is compared against it (``meta["emid_against"]``). Returns the control's name, or None
+    when the splits have no such control (nothing is changed then)."""
+    names = {s.name for s in splits}
+    control = control or f"{id_name}_English"
+    if control not in names:
+        if control != f"{id_name}_English":
+            raise InputError(f"control split {control!r} is not among the splits")
+        return None
+    for s in splits:
+        if s.name == control:
+            s.meta["family"] = "control"
+        elif s.name != id_name and language_of(s.name) not in (None, "English"):
+            s.meta.setdefault("family", "natural")
+            s.meta["emid_against"] = control
+    return control
+
+
+def llava_bench_conditions(name: str) -> dict[str, Any]:
+    """The visual condition (``defocus_blur_3`` ...), its severity and the text condition of a LLaVA-Bench split."""
+    base = name.removeprefix("llava_bench_coco").lstrip("_")
+    out: dict[str, Any] = {"visual": None, "visual_severity": 0, "text": None}
+    for v in ("defocus_blur", "frost"):
+        if base.startswith(v):
+            sev = base[len(v) + 1:].split("_", 1)[0]
+            out["visual"], out["visual_severity"] = f"{v}_{sev}", int(sev)
+            base = base[len(out["visual"]):].lstrip("_")
+    if base.startswith(("KeyboardAug", "sr_")):
+        out["text"] = base
+    elif base:
+        out["text"] = f"language:{base}"
+    return out
+
+
 def llava_bench_family(name: str) -> str:
-    """Shift family of a LLaVA-Bench shift split name."""
+    """Shift family of a LLaVA-Bench shift split name (the English translation is the natural grid's control)."""
     base = name.removeprefix("llava_bench_coco")
     if base == "":
         return "id"
+    if base == "_English":
+        return "control"
     visual = any(v in base for v in ("defocus_blur", "frost"))
     text = any(t in base for t in ("KeyboardAug", "sr_"))
     if visual and text:
@@ -167,8 +207,11 @@ def llava_bench_family(name: str) -> str:
     return "natural"
 
 
-def load_llava_bench_shift(root: str | os.PathLike, model: str = "llava-v1.5-13b") -> list[ShiftSplit]:
-    """The shared LLaVA-Bench shift responses: ID split first (``llava_bench_coco``), then the shifted ones."""
+def load_llava_bench_shift(root: str | os.PathLike, model: str = "llava-v1.5-13b", *,
+                           language_control: bool = True) -> list[ShiftSplit]:
+    """The shared LLaVA-Bench shift responses: ID split first (``llava_bench_coco``), then the shifted ones.
+    ``language_control``: translations are compared against ``llava_bench_coco_English`` (the released protocol;
+    it is a copy of the ID split, the control), else against the ID split."""
     root = Path(root)
     folder = root / "responses" / model
     if not folder.is_dir():
@@ -177,9 +220,13 @@ def load_llava_bench_shift(root: str | os.PathLike, model: str = "llava-v1.5-13b
     splits = [load_split(f, refs) for f in sorted(folder.glob("*.jsonl"))]
     for s in splits:
         s.meta.setdefault("family", llava_bench_family(s.name))
+        for key, value in llava_bench_conditions(s.name).items():
+            s.meta.setdefault(key, value)
     splits.sort(key=lambda s: (s.name != "llava_bench_coco", s.name))
     if not splits or splits[0].name != "llava_bench_coco":
         raise InputError(f"{folder} has no in-distribution split llava_bench_coco.jsonl")
+    if language_control:
+        assign_language_control(splits, "llava_bench_coco")
     return splits
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,21 @@ def as_matrix(a: Any, name: str) -> torch.Tensor:
     return t
 
 
+def _group_split(groups: Any, n: int, val_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val, train) row indices with whole groups on one side; the held-out groups are drawn with ``gen``."""
+    labels = [str(g) for g in (groups.tolist() if hasattr(groups, "tolist") else list(groups))]
+    if len(labels) != n:
+        raise InputError(f"groups must have one label per pair: {len(labels)} labels for {n} pairs")
+    unique = sorted(set(labels))
+    if len(unique) < 2:
+        raise InputError("an early-stopping split by group needs at least 2 groups")
+    order = torch.randperm(len(unique), generator=gen).tolist()
+    n_val = min(len(unique) - 1, max(1, int(round(len(unique) * val_fraction))))
+    held = {unique[i] for i in order[:n_val]}
+    mask = torch.tensor([g in held for g in labels])
+    return torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()
+
+
 def _pair(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = as_matrix(x, "x"), as_matrix(y, "y")
     if len(x) != len(y):
@@ -100,8 +116,10 @@ def _pair(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def club_from_conditional(mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """CLUB's estimate for a given Gaussian conditional: ``mu``, ``logvar`` [N, D] at x_i and targets ``y`` [N, D].
 
-    Computed in O(N D) with ``mean_j (y_j - mu_i)^2 = mean_j y_j^2 - 2 mu_i ybar + mu_i^2`` (no N x N matrix).
+    Computed in O(N D) with ``mean_j (y_j - mu_i)^2 = mean_j y_j^2 - 2 mu_i ybar + mu_i^2`` (no N x N matrix), in
+    float64: the expansion cancels, and in float32 it drifts ~1e-5 from the direct N x N form on 768-d inputs.
     """
+    mu, logvar, y = mu.double(), logvar.double(), y.double()
     inv = torch.exp(-logvar)
     positive = -((y - mu) ** 2) * inv / 2.0
     y_mean = y.mean(0, keepdim=True)
@@ -196,17 +214,24 @@ class MIEstimator:
         return -(_infonce(scores) if self.config.kind is EstimatorKind.INFONCE else _nwj(scores))
 
     # --------------------------------------------------------------------------------------------- fit
-    def fit(self, x: Any, y: Any, *, progress: bool = False) -> MIEstimator:
-        """Train on the pairs (x_i, y_i); a ``val_fraction`` of them is held out for early stopping."""
+    def fit(self, x: Any, y: Any, *, groups: Any = None, progress: bool = False) -> MIEstimator:
+        """Train on the pairs (x_i, y_i); a ``val_fraction`` of them is held out for early stopping.
+
+        ``groups`` (one label per pair, e.g. the query's item id): the held-out part is a ``val_fraction`` of the
+        *groups*, so pairs of one query never sit on both sides of the early-stopping split (pairs of one query
+        are near-duplicates of each other, and a split by pair would let the held-out objective leak)."""
         x, y = _pair(x, y)
         c = self.config
         n = len(x)
         if n < 8:
             raise InputError(f"need at least 8 pairs to train an MI estimator, got {n}")
         gen = torch.Generator().manual_seed(c.seed)
-        perm = torch.randperm(n, generator=gen)
-        n_val = max(2, int(round(n * c.val_fraction)))
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        if groups is None:
+            perm = torch.randperm(n, generator=gen)
+            n_val = max(2, int(round(n * c.val_fraction)))
+            val_idx, train_idx = perm[:n_val], perm[n_val:]
+        else:
+            val_idx, train_idx = _group_split(groups, n, c.val_fraction, gen)
         xt, yt, xv, yv = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
         # fork_rng: the initial weights depend only on the seed, and the caller's global RNG is left untouched.
         with torch.random.fork_rng(devices=[]):
@@ -248,7 +273,8 @@ class MIEstimator:
         net.load_state_dict(best_state)
         net.eval()
         self.net_, self.dims_ = net, (x.shape[1], y.shape[1])
-        self.history_ = {"n_pairs": n, "n_train": len(xt), "n_val": len(xv), "epochs": len(val_curve),
+        self.history_ = {"n_pairs": n, "n_train": len(xt), "n_val": len(xv),
+                         "early_stopping_split": "pair" if groups is None else "group", "epochs": len(val_curve),
                          "steps": step, "best_epoch": best_epoch, "best_val_objective": best,
                          "train_objective": train_curve, "val_objective": val_curve, "seed": c.seed}
         return self
@@ -325,6 +351,11 @@ class MIEstimator:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
             raise InputError(f"cannot read estimator file {path}: {str(err).splitlines()[0]}") from None
+        if isinstance(blob, dict) and "ensemble" in blob:
+            raise InputError(f"{path} holds an ensemble of {len(blob['ensemble'])} estimators: load it with "
+                             "MIEnsemble.load (or load_estimator)")
+        if _is_official_club(blob):
+            return cls._from_official(blob, path)
         try:
             est = cls(EstimatorConfig(**blob["config"]))
             est.dims_ = tuple(blob["dims"])
@@ -336,6 +367,135 @@ class MIEstimator:
                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
         est.net_.eval()
         return est
+
+
+    @classmethod
+    def _from_official(cls, state: dict[str, torch.Tensor], path: Path) -> MIEstimator:
+        """The EMI authors' ``CLUB_global.pt``: a bare state dict with ``p_mu.{0,2}.*`` / ``p_logvar.{0,2}.*``,
+        the same network as mmlens's reference CLUB (``mu`` / ``logvar`` heads, Tanh on log sigma^2)."""
+        try:
+            hidden, dx = state["p_mu.0.weight"].shape
+            dy = state["p_mu.2.weight"].shape[0]
+            est = cls(EstimatorConfig(kind=EstimatorKind.CLUB, hidden=int(hidden),
+                                      logvar_activation=LogvarActivation.TANH))
+            est.dims_ = (int(dx), int(dy))
+            est.net_ = est._build(*est.dims_)
+            renamed = {("mu." + k[len("p_mu."):]) if k.startswith("p_mu.") else ("logvar." + k[len("p_logvar."):]): v
+                       for k, v in state.items()}
+            est.net_.load_state_dict(renamed)
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise InputError(f"{path} looks like an official CLUB checkpoint (p_mu.*/p_logvar.*) but does not fit "
+                             f"its architecture: {str(err).splitlines()[0]}") from None
+        est.net_.eval()
+        est.history_ = {"source": "official CLUB checkpoint (p_mu/p_logvar state dict)", "path": str(path),
+                        "dims": [int(dx), int(dy)], "hidden": int(hidden)}
+        return est
+
+
+_OFFICIAL_KEYS = {f"{head}.{layer}.{p}" for head in ("p_mu", "p_logvar") for layer in (0, 2)
+                  for p in ("weight", "bias")}
+
+
+def _is_official_club(blob: Any) -> bool:
+    """A bare state dict with exactly the keys of the EMI authors' CLUB (``p_mu.*`` / ``p_logvar.*``)."""
+    return isinstance(blob, dict) and set(blob) == _OFFICIAL_KEYS
+
+
+class MIEnsemble:
+    """Several :class:`MIEstimator` trained with different seeds (initialisation, early-stopping split and data
+    order); ``estimate`` is their mean and ``estimates`` the per-member values, whose spread the analysis puts
+    into every interval. One member (e.g. a loaded checkpoint) is a valid ensemble without seed spread."""
+
+    def __init__(self, members: list[MIEstimator]) -> None:
+        if not members:
+            raise InputError("an estimator ensemble needs at least one member")
+        dims = {m.dims_ for m in members}
+        if len(dims) != 1:
+            raise InputError(f"ensemble members were fitted on different dimensions: {sorted(dims)}")
+        self.members = list(members)
+
+    @classmethod
+    def fit(cls, x: Any, y: Any, config: EstimatorConfig = EstimatorConfig(), *, n_members: int = 5,
+            groups: Any = None, progress: bool = False) -> MIEnsemble:
+        if n_members < 1:
+            raise InputError(f"n_members must be >= 1, got {n_members}")
+        members = []
+        seeds = range(config.seed, config.seed + n_members)
+        if progress:
+            from tqdm.auto import tqdm
+            seeds = tqdm(seeds, desc="estimator seeds", leave=False)
+        for s in seeds:
+            members.append(MIEstimator(replace(config, seed=s)).fit(x, y, groups=groups))
+        return cls(members)
+
+    @property
+    def config(self) -> EstimatorConfig:
+        return self.members[0].config
+
+    @property
+    def dims_(self) -> tuple[int, int] | None:
+        return self.members[0].dims_
+
+    @property
+    def history_(self) -> dict[str, Any]:
+        first = self.members[0].history_
+        return {**{k: v for k, v in first.items() if k not in ("seed",)}, "n_members": len(self.members),
+                "seeds": [m.history_.get("seed") for m in self.members],
+                "best_epochs": [m.history_.get("best_epoch") for m in self.members],
+                "members": [m.history_ for m in self.members]}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def estimates(self, x: Any, y: Any) -> np.ndarray:
+        """One estimate per member (nats)."""
+        return np.array([m.estimate(x, y) for m in self.members])
+
+    def estimate(self, x: Any, y: Any) -> float:
+        return float(self.estimates(x, y).mean())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """All members in one file (atomically); a one-member ensemble is saved as a plain estimator file."""
+        if len(self.members) == 1:
+            return self.members[0].save(path)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blobs = []
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            for k, m in enumerate(self.members):
+                blobs.append(torch.load(m.save(Path(tmp) / f"{k}.pt"), map_location="cpu", weights_only=True))
+        tmp_path = path.with_name(f".{path.name}.tmp")
+        torch.save({"ensemble": blobs}, tmp_path)
+        tmp_path.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MIEnsemble:
+        """An ensemble file, a single mmlens estimator file or the official ``CLUB_global.pt``."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"estimator file not found: {path}")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
+            raise InputError(f"cannot read estimator file {path}: {str(err).splitlines()[0]}") from None
+        if not (isinstance(blob, dict) and "ensemble" in blob):
+            return cls([MIEstimator.load(path)])
+        members = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, b in enumerate(blob["ensemble"]):
+                torch.save(b, Path(tmp) / f"{k}.pt")
+                members.append(MIEstimator.load(Path(tmp) / f"{k}.pt"))
+        return cls(members)
+
+
+def as_ensemble(estimator: MIEstimator | MIEnsemble) -> MIEnsemble:
+    return estimator if isinstance(estimator, MIEnsemble) else MIEnsemble([estimator])
+
+
+def load_estimator(path: str | os.PathLike) -> MIEnsemble:
+    """Any estimator file mmlens reads (ensemble, single estimator, official CLUB checkpoint) as an ensemble."""
+    return MIEnsemble.load(path)
 
 
 def estimate_mi(x: Any, y: Any, config: EstimatorConfig = EstimatorConfig(), *, x_test: Any = None,

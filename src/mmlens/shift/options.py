@@ -71,3 +71,16 @@ class TermValues(enum.StrEnum):
 
 
 
+class EarlyStoppingSplit(enum.StrEnum):
+    """Held-out part of the estimator's training pairs: whole query groups (item ids) or single pairs."""
+
+    GROUP = "group"
+    PAIR = "pair"
+
+
+class Preset(enum.StrEnum):
+    """Named pipelines: ``reference`` = the EMI authors' embedders, fusion, estimator and controls."""
+
+    REFERENCE = "reference"
+
+
