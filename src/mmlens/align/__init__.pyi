@@ -106,16 +106,16 @@ from .masking import (
 from .masking import (
     draw_hidden_image_tokens as draw_hidden_image_tokens,
 )
-from .train import (
+from .settings import (
     DPOSettings as DPOSettings,
 )
-from .train import (
+from .settings import (
     FineTune as FineTune,
 )
-from .train import (
+from .settings import (
     LossType as LossType,
 )
-from .train import (
+from .settings import (
     OnlineMode as OnlineMode,
 )
 from .train import (
