@@ -203,6 +203,7 @@ def eval_command(
     image-dependence gap of one or more models, side by side in an HTML report."""
     from mmlens.align.eval import WorldEvalConfig, evaluate_files, evaluate_on_world
     from mmlens.align.report import metrics_report
+    from mmlens.html.report import format_number
     from mmlens.models import VisionLanguageModel, load_model
     from mmlens.zoo import world_of
 
@@ -222,8 +223,10 @@ def eval_command(
             metrics = evaluate_files(vlm, pope=str(pope) if pope else None, chair=str(chair) if chair else None,
                                      batch_size=batch_size)
         results[name] = metrics
-        typer.echo(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
-                                            if isinstance(v, float) and not k.endswith("_n")))
+        numbers = [f"{k}={format_number(v)}" for k, v in metrics.items()
+                   if isinstance(v, float) and not k.endswith("_n")]
+        # a few metrics per line: 22 on one line are unreadable in a terminal
+        typer.echo(f"{name}:\n" + "\n".join("  " + ", ".join(numbers[i:i + 4]) for i in range(0, len(numbers), 4)))
     path = metrics_report(results).write(out)
     typer.echo(f"report: {path}")
 

@@ -155,8 +155,9 @@ def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     from mmlens.influence.report import REMOVAL_SCORE_NOTE, ranking_report
 
     out_format = _format(fmt)  # checked before the fit
+    val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
-    scores = analyzer.value(load_pair_data(val))
+    scores = analyzer.value(val_pairs)
     if not analyzer.work.is_main_process:
         return  # the main process writes
     rows = sorted(_score_rows(pairs, scores, neg_form), key=lambda r: r["delta_val_loss_if_removed"])
@@ -185,8 +186,9 @@ def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     from mmlens.influence.data import load_pair_data
 
     out_format = _format(fmt)  # checked before the fit
+    val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
-    rows = _score_rows(pairs, analyzer.value(load_pair_data(val)), neg_form)
+    rows = _score_rows(pairs, analyzer.value(val_pairs), neg_form)
     if not analyzer.work.is_main_process:
         return  # the main process writes
     path = _write_rows(rows, out, out_format)
