@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -107,7 +108,8 @@ def _resolve_relative(value: Any, param: Any, base: Path) -> Any:
 
 
 def _is_path_param(param: Any) -> bool:
-    return type(getattr(param, "type", None)).__name__ == "Path"
+    descriptor = getattr(param, "type_descriptor", None)  # typer's description of the annotation
+    return bool(descriptor is not None and descriptor.is_path)
 
 
 def command_defaults(config: Mapping[str, Any], params: list[Any], source: str, command_path: str,
@@ -144,7 +146,7 @@ def _load_into_context(ctx: Any, param: Any, value: Any) -> None:
     if value is None or ctx.resilient_parsing:
         return
     defaults = command_defaults(read_config_file(value), list(ctx.command.params), str(value), ctx.command_path,
-                                base=Path(value).absolute().parent)
+                                base=Path(os.path.abspath(value)).parent)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
@@ -195,11 +197,15 @@ def _set_verbosity(ctx: Any, param: Any, value: Any) -> None:
     if value:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0"
         os.environ.pop("TQDM_DISABLE", None)
-        return
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if not sys.stderr.isatty():
+            os.environ.setdefault("TQDM_DISABLE", "1")
+    if "transformers" in sys.modules:  # already imported (the CLI called from Python): switch it directly
+        from transformers.utils import logging as hf_logging
+
+        (hf_logging.enable_progress_bar if value else hf_logging.disable_progress_bar)()
 
 
 def _plain(value: Any) -> Any:
@@ -207,7 +213,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return _plain(value.value)
     if isinstance(value, os.PathLike):
-        return os.fspath(Path(value).absolute())
+        return os.path.abspath(value)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
@@ -220,7 +226,7 @@ def _plain(value: Any) -> Any:
 def _absolute_text(name: str, value: Any) -> Any:
     """A model or data text that names an existing local path, made absolute (ids such as zoo:NAME stay)."""
     if name in PATH_LIKE_STRINGS and isinstance(value, str) and value and ":" not in value and Path(value).exists():
-        return str(Path(value).absolute())
+        return os.path.abspath(value)
     if name in PATH_LIKE_STRINGS and isinstance(value, (list, tuple)):
         return [_absolute_text(name, v) for v in value]
     return value
@@ -358,21 +364,32 @@ def _leaf_commands(command: Any) -> list[Any]:
     return [leaf for sub in subcommands.values() for leaf in _leaf_commands(sub)]
 
 
-def _finite(param: Any) -> None:
-    """Make ``param`` refuse ``nan`` and ``inf`` (they pass range checks silently and poison results): a check
-    chained before its callback, which runs after typer has converted the value."""
-    original = param.callback
+def _takes_floats(param: Any) -> bool:
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    return annotation is float or float in typing.get_args(annotation)
 
-    def check(ctx: Any, parameter: Any, value: Any) -> Any:
+
+def _finite(param: Any) -> None:
+    """Make a float option refuse ``nan`` and ``inf`` (they pass range checks silently and poison results),
+    checked on the raw text before typer's conversion and range check (whose message would be misleading)."""
+    if not _takes_floats(param):
+        return
+    convert = param.process_value
+
+    def process_value(ctx: Any, value: Any) -> Any:
         from typer._click.exceptions import BadParameter
 
-        values = value if isinstance(value, (list, tuple)) else (value,)
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise BadParameter(f"{v} is not a finite number", ctx=ctx, param=parameter)
-        return original(ctx, parameter, value) if original is not None else value
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            try:
+                number = float(v) if isinstance(v, (str, float, int)) and not isinstance(v, bool) else None
+            except ValueError:
+                continue  # not a number at all: typer's own message says so
+            if number is not None and not math.isfinite(number):
+                raise BadParameter(f"{v} is not a finite number", ctx=ctx, param=param)
+        return convert(ctx, value)
 
-    param.callback = check
+    param.process_value = process_value
 
 
 def add_config_support(root: Any) -> Any:
