@@ -129,6 +129,9 @@ CASES = [
                            "--out {root}/a-file", "a-file"),
     ("concepts-out-is-file", "concepts extract -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-file", "a-file"),
     ("world-out-is-file", "world export {root}/a-file --n 3", "a-file"),
+    ("digits-out-is-file", "world digits {root}/a-file --n 5", "a-file"),
+    ("digits-swap-nan", "world digits {out} --n 5 --swap-rate nan", "finite"),
+    ("digits-split", "world digits {out} --n 5 --split val", "split"),
     ("align-eval-out-is-file", "align eval -m {root}/vlm --pope {root}/pope.jsonl --out {root}/a-file", "a-file"),
     ("steer-eval-out-is-file", "steer eval -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
                                "--out {root}/a-file --source yes --target no", "a-file"),
