@@ -6,8 +6,9 @@ Its options are the fields of :class:`mmlens.audit.AuditConfig` and of each stag
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -35,7 +36,8 @@ AUDIT_OPTIONS = FieldOptions(
              "influence.inject_swap_rate": ("--inject-swaps",), "influence.val_fraction": ("--val-fraction",),
              "shift.n_items": ("--shift-items",), "concepts.n_items": ("--concept-items",),
              "concepts.n_concepts": ("--n-concepts",), "steering.n_items": ("--steer-items",),
-             "steering.layer": ("--steer-layer",), "hallucination.n_images": ("--hallucination-images",)},
+             "steering.layer": ("--steer-layer",), "hallucination.n_images": ("--hallucination-images",),
+             "shift.image_model": ("--image-model",), "shift.text_embedder": ("--text-embedder",)},
     help={"model": "zoo:NAME, a local folder or a Hugging Face id.",
           "data": "A folder in the layout of `mmlens world export` (data.jsonl with image, caption, vqa, objects, "
                   "pope per record + images), or world / world:N (held-out scenes of the model's world).",
@@ -60,10 +62,19 @@ AUDIT_OPTIONS = FieldOptions(
 
 @audit_app.command("audit")
 @config_options(config=AUDIT_OPTIONS)
-def audit_command(config: AuditConfig) -> None:
+def audit_command(
+    config: AuditConfig,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size of every stage (overrides each "
+                                                                   "--<stage>-batch-size).")] = None,
+) -> None:
     """Run the analyses that apply to MODEL and DATA (influence for contrastive models; shift, concepts, steering
     and hallucination probes for vision-language models) and write one static HTML site (OUT/index.html)."""
     from mmlens.audit import run_audit
+
+    if batch_size is not None:
+        config = dataclasses.replace(config, **{
+            stage.value: dataclasses.replace(config.stage_config(stage), batch_size=batch_size)
+            for stage in Stage if hasattr(config.stage_config(stage), "batch_size")})
 
     result = run_audit(config)
     typer.echo(json.dumps({"report": str(result.index), "seconds": result.seconds,

@@ -111,6 +111,12 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
     return analyzer, pairs
 
 
+def _say_scoring(analyzer, n_train: int, n_other: int, what: str) -> None:
+    """One line before the scoring, which follows the fit and can take a while (per-pair gradients, solves)."""
+    if analyzer.work.is_main_process:
+        typer.echo(f"scoring {n_train} training pairs against {n_other} {what} pairs ...", err=True)
+
+
 def _write_rows(rows: list[dict], out: Path, fmt: ScoreFormat) -> Path:
     from mmlens.io import atomic_text_file, write_jsonl_atomic
 
@@ -184,6 +190,7 @@ def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     out_format = _format(fmt)  # checked before the fit
     val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    _say_scoring(analyzer, len(pairs), len(val_pairs), "validation")
     scores = analyzer.value(val_pairs)
     if not analyzer.work.is_main_process:
         return  # the main process writes
@@ -220,6 +227,7 @@ def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     out_format = _format(fmt)  # checked before the fit
     val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    _say_scoring(analyzer, len(pairs), len(val_pairs), "validation")
     rows = _score_rows(pairs, analyzer.value(val_pairs), neg_form)
     if not analyzer.work.is_main_process:
         return  # the main process writes
@@ -249,6 +257,7 @@ def trace_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     test_pairs = load_pair_data(test)
     negative_pairs = load_pair_data(negatives) if negatives else None
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    _say_scoring(analyzer, len(pairs), len(test_pairs), "test")
     result = analyzer.trace(test_pairs, negative_pairs, relative=relative_enum, form=neg_form)
     if not analyzer.work.is_main_process:
         return  # the main process writes
