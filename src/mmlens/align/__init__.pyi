@@ -14,13 +14,7 @@ from .baselines import (
     world_substitutions as world_substitutions,
 )
 from .bdhs import (
-    BDHSConfig as BDHSConfig,
-)
-from .bdhs import (
     BDHSStats as BDHSStats,
-)
-from .bdhs import (
-    PivotUnit as PivotUnit,
 )
 from .bdhs import (
     bdhs_pairs as bdhs_pairs,
@@ -107,6 +101,9 @@ from .masking import (
     draw_hidden_image_tokens as draw_hidden_image_tokens,
 )
 from .settings import (
+    BDHSConfig as BDHSConfig,
+)
+from .settings import (
     DPOSettings as DPOSettings,
 )
 from .settings import (
@@ -117,6 +114,9 @@ from .settings import (
 )
 from .settings import (
     OnlineMode as OnlineMode,
+)
+from .settings import (
+    PivotUnit as PivotUnit,
 )
 from .train import (
     train_dpo as train_dpo,

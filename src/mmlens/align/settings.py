@@ -1,5 +1,5 @@
-"""The settings of DPO training (:class:`DPOSettings`) and its choices, in a module without torch: the command line
-builds its options from these fields (``mmlens align dpo --help`` must not import the training stack)."""
+"""The settings of BDHS (:class:`BDHSConfig`) and of DPO training (:class:`DPOSettings`) and their choices, in a module without torch: the command line
+builds its options from these fields (``mmlens align bdhs|dpo --help`` must not import the training stack)."""
 
 from __future__ import annotations
 
@@ -79,4 +79,43 @@ class DPOSettings:
             raise InputError(f"ld_alpha={self.ld_alpha} must be in [0, 1]")
 
 
-__all__ = ["DPOSettings", "FineTune", "LossType", "OnlineMode"]
+class PivotUnit(enum.Enum):
+    """Where a sentence may be cut before its completion."""
+
+    WORD = "word"
+    CHAR = "char"
+    TOKEN = "token"
+
+
+@dataclass(frozen=True)
+class BDHSConfig:
+    """BDHS options (spec section 5). ``rho``: each image token is hidden with probability ``rho`` (the paper's
+    rho_th = 0.99); ``visible_tokens`` instead keeps exactly that many visible (for models with few image tokens).
+    ``mask_layers``: decoder layers to mask (None = all). ``eps_s``: accept when similarity < eps_s (the paper's
+    0.97 with mpnet; recalibrate per embedder). ``max_tries``: N_BDHS, the last try unguided when > 1."""
+
+    rho: float = 0.99
+    visible_tokens: int | None = None
+    mask_layers: tuple[int, ...] | None = None
+    pivot_unit: PivotUnit = PivotUnit.WORD
+    flip_probability: float = 0.5
+    yes_no_word_boundary: bool = True
+    eps_s: float = 0.97
+    max_tries: int = 5
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    temperature: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        if not 0.0 <= self.rho <= 1.0:
+            raise InputError(f"rho={self.rho} must be in [0, 1]")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise InputError(f"flip_probability={self.flip_probability} must be in [0, 1]")
+        if self.max_tries < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise InputError("max_tries, batch_size and max_new_tokens must be >= 1")
+
+
+__all__ = ["BDHSConfig", "DPOSettings", "FineTune", "LossType", "OnlineMode", "PivotUnit"]

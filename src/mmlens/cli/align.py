@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mmlens.align.settings import DPOSettings
+from mmlens.align.settings import BDHSConfig, DPOSettings
 from mmlens.cli.options import FieldOptions, config_options
 
 align_app = typer.Typer(help="Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.",
@@ -44,40 +44,43 @@ def _examples(model: str, data: Path | None, n_scenes: int, seed: int):
     return world_sft_examples(world, n_scenes, seed=seed), world
 
 
+BDHS_OPTIONS = FieldOptions(
+    BDHSConfig,
+    aliases={"eps_s": ("--eps",)},
+    help={"rho": "Probability of hiding each image token.",
+          "visible_tokens": "Keep exactly this many image tokens visible (overrides --rho).",
+          "mask_layers": "Comma-separated decoder layers to mask (default: all).",
+          "eps_s": "Accept a rejected answer when its similarity to the chosen one is below this.",
+          "max_tries": "Tries per example; the last one unguided.",
+          "seed": "Seed of the masks, the cuts and the world SFT turns."},
+)
+
+
 @align_app.command("bdhs")
+@config_options(config=BDHS_OPTIONS)
 def bdhs_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
     out: Annotated[Path, typer.Option(help="Folder to write: pairs.jsonl, images/, dataset/, stats.json, "
                                            "report/index.html.")],
+    config: BDHSConfig,
     data: Annotated[Path | None, typer.Option(help="Your SFT data: a JSONL of {image (path relative to the "
                                                       "file), prompt, answer}. Default: world SFT turns of a "
                                                       "world-trained zoo model.")] = None,
     n_scenes: Annotated[int, typer.Option(min=1, help="World scenes (without --data).")] = 100,
-    rho: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of hiding each image token.")] = 0.99,
-    visible_tokens: Annotated[int | None, typer.Option(min=0, help="Keep exactly this many image tokens "
-                                                                       "visible (overrides --rho).")] = None,
-    eps: Annotated[float, typer.Option(help="Accept a rejected answer when its similarity to the chosen one is "
-                                            "below this.")] = 0.97,
-    max_tries: Annotated[int, typer.Option(min=1, help="Tries per example; the last one unguided.")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
-    seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Build BDHS preference pairs (chosen = your SFT answer, rejected = the model's biased completion with the
     image hidden) in TRL's format, with statistics per try and an HTML report of example pairs."""
-    from mmlens.align.bdhs import BDHSConfig, bdhs_pairs
+    from mmlens.align.bdhs import bdhs_pairs
     from mmlens.align.data import write_pairs
     from mmlens.align.report import pairs_report
     from mmlens.errors import InputError
     from mmlens.models import VisionLanguageModel, load_model
     from mmlens.models.distributed import DistributedWork
 
-    config = BDHSConfig(rho=rho, visible_tokens=visible_tokens, eps_s=eps, max_tries=max_tries,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed)
     if out.is_dir() and any(out.iterdir()) and not overwrite:  # before the generation, on every process
         raise InputError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
-    examples, _ = _examples(model, data, n_scenes, seed)
+    examples, _ = _examples(model, data, n_scenes, config.seed)
     vlm = load_model(model, expect=VisionLanguageModel)
     # under accelerate launch every process generates its share of the batches; the main one writes
     work = DistributedWork.from_environment()
@@ -125,7 +128,6 @@ def dpo_command(
 ) -> None:
     """Align a model with DPO through TRL: offline on pairs, online (two samples ranked by a judge), mixed, or
     online BDHS."""
-    from mmlens.align.bdhs import BDHSConfig
     from mmlens.align.data import load_preference_pairs
     from mmlens.align.eval import vocabulary_parser
     from mmlens.align.judges import OracleJudge, VLMJudge, WorldOracleJudge

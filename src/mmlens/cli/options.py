@@ -152,6 +152,8 @@ def field_parameters(spec: FieldOptions, cls: type | None = None, path: tuple[st
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for {hints[f.name]!r}; give a "
                             "Converter or exclude the field")
+        if annotation is bool:  # a switch both ways: --flag/--no-flag
+            names = [f"{names[0]}/--no-{names[0][2:]}", *names[1:]]
         info = typer.Option(*names, help=help_text, rich_help_panel=spec.panel, show_default=True)
         name = spec.param_name(dashed.replace("-", "_"))
         param = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[option_type, info],
