@@ -253,3 +253,16 @@ def test_a_relative_path_in_a_config_file_is_relative_to_the_file(inputs, tmp_pa
     resolved = yaml.safe_load((runs / "e.safetensors.config.yaml").read_text())
     assert resolved["data"] == str(runs / "pairs.jsonl") and resolved["out"] == str(runs / "e.safetensors")
     assert resolved["model"] == str(inputs / "clip")
+
+
+def test_concepts_and_steer_read_the_same_world_export(tmp_path):
+    """`mmlens world export`'s data.jsonl is read by concepts extract as by steer (one input per VQA question)."""
+    from cli_helpers import run_ok
+    from mmlens.concepts.workflow import read_inputs
+    from mmlens.steer import load_vqa_jsonl
+
+    run_ok(["world", "export", str(tmp_path / "w"), "--n", "3", "--split", "val"])
+    inputs = read_inputs(tmp_path / "w" / "data.jsonl", need_images=True)
+    questions = load_vqa_jsonl(tmp_path / "w" / "data.jsonl")
+    assert [i["prompt"] for i in inputs] == [q.question for q in questions] and len(inputs) >= 3
+    assert all(Path(i["image"]).is_file() for i in inputs)
