@@ -304,7 +304,7 @@ def test_cli_audit_writes_site_and_resolved_config(assets, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["stages"]["influence"] == "done" and printed["stages"]["shift"] == "skipped"
     resolved = out / "mmlens-config.yaml"
-    assert resolved.is_file() and "inject_swaps: 0.25" in resolved.read_text()
+    assert resolved.is_file() and "influence_inject_swap_rate: 0.25" in resolved.read_text()
     with pytest.raises(SystemExit) as exit_info:  # bad input: one line, exit 2
         main(["audit", "--model", str(assets / "clip"), "--data", str(tmp_path / "nope"), "--out", str(out)])
     assert exit_info.value.code == 2

@@ -104,3 +104,56 @@ def test_embed_and_info_with_a_local_tiny_clip(tmp_path, capsys):
     tensors = load_file(str(tmp_path / "e.safetensors"))
     assert tensors["image_embeds"].shape[0] == 3 and tensors["text_embeds"].shape == tensors["image_embeds"].shape
     assert tensors["pair_similarity"].abs().max() <= 1.0 + 1e-5
+
+
+def test_the_influence_ranking_says_when_no_pair_stands_out():
+    """Clean scores (all within their spread) are not headed 'most harmful'; a planted harmful score stands out."""
+    import numpy as np
+
+    from mmlens.cli.influence import _stand_out
+
+    clean = list(np.random.default_rng(0).normal(0.0, 1e-5, size=200))
+    assert _stand_out(clean)["n_outliers"] == 0 and "No pair stands out" in _stand_out(clean)["note"]
+    planted = [*clean, -1e-3]
+    result = _stand_out(planted)
+    assert result["n_outliers"] == 1 and result["lowest_z"] < -3.5
+
+
+def test_report_numbers_keep_their_scale():
+    from mmlens.html.report import format_number
+
+    assert format_number(-1.234e-5) == "-1.23e-05" and format_number(0.0) == "0"
+    assert format_number(0.8766) == "0.877" and format_number(12.345) == "12.35"
+    assert format_number(float("nan")) == "n/a" and format_number(3.2e6) == "3.20e+06"
+
+
+def test_help_imports_no_deep_learning_library():
+    """`mmlens --help` and every subcommand's --help import neither torch nor transformers (start-up time: the
+    numbers are in benchmarks/results/cli.json, written by `mmlens bench cli`)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from mmlens.cli import SUBCOMMANDS, main\n"
+        "from mmlens.cli.startup import leaf_commands\n"
+        "for words in [[], *[c.split() for c in leaf_commands()]]:\n"
+        "    try:\n"
+        "        main([*words, '--help'])\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, words\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'sklearn', 'scipy') "
+        "if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
+
+
+def test_the_listed_help_of_each_group_is_its_own():
+    """`mmlens --help` lists the groups without importing them: the listed line must be the group's help."""
+    from mmlens.cli import SINGLE_COMMANDS, SUBCOMMANDS, load_subcommand
+
+    for name, (_, _, short) in SUBCOMMANDS.items():
+        if name not in SINGLE_COMMANDS:
+            assert load_subcommand(name).help == short, name

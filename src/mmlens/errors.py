@@ -18,3 +18,18 @@ class InputError(MMLensError, ValueError):
 
 class ModelLoadError(MMLensError):
     """A model cannot be loaded: unknown id while offline, unsupported architecture, missing zoo model."""
+
+
+def check_finite(config: object) -> None:
+    """Refuse a config dataclass whose number fields are not finite (``nan`` passes every range check silently and
+    ``inf`` overflows later): an :class:`InputError` naming the field. Called from ``__post_init__`` so that the
+    Python API and the command line (which builds its options from the same fields) refuse the same values."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{f.name} must be a finite number, got {v}")

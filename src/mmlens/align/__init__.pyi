@@ -14,13 +14,7 @@ from .baselines import (
     world_substitutions as world_substitutions,
 )
 from .bdhs import (
-    BDHSConfig as BDHSConfig,
-)
-from .bdhs import (
     BDHSStats as BDHSStats,
-)
-from .bdhs import (
-    PivotUnit as PivotUnit,
 )
 from .bdhs import (
     bdhs_pairs as bdhs_pairs,
@@ -106,17 +100,23 @@ from .masking import (
 from .masking import (
     draw_hidden_image_tokens as draw_hidden_image_tokens,
 )
-from .train import (
+from .settings import (
+    BDHSConfig as BDHSConfig,
+)
+from .settings import (
     DPOSettings as DPOSettings,
 )
-from .train import (
+from .settings import (
     FineTune as FineTune,
 )
-from .train import (
+from .settings import (
     LossType as LossType,
 )
-from .train import (
+from .settings import (
     OnlineMode as OnlineMode,
+)
+from .settings import (
+    PivotUnit as PivotUnit,
 )
 from .train import (
     train_dpo as train_dpo,

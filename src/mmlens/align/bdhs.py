@@ -16,7 +16,6 @@ Spec: ``docs/methods/preference-alignment.md`` section 3 (arXiv 2407.02477, Algo
 
 from __future__ import annotations
 
-import enum
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -31,48 +30,11 @@ from transformers import BatchFeature
 
 from mmlens.align.data import PreferencePair, SFTExample, check_examples
 from mmlens.align.masking import block_image_tokens, draw_hidden_image_tokens
+from mmlens.align.settings import BDHSConfig, PivotUnit
 from mmlens.errors import InputError
 from mmlens.models.distributed import DistributedWork
 from mmlens.models.embed import TextEmbedder
 from mmlens.models.generative import PromptStyle, VisionLanguageModel
-
-
-class PivotUnit(enum.Enum):
-    """Where a sentence may be cut before its completion."""
-
-    WORD = "word"
-    CHAR = "char"
-    TOKEN = "token"
-
-
-@dataclass(frozen=True)
-class BDHSConfig:
-    """BDHS options (spec section 5). ``rho``: each image token is hidden with probability ``rho`` (the paper's
-    rho_th = 0.99); ``visible_tokens`` instead keeps exactly that many visible (for models with few image tokens).
-    ``mask_layers``: decoder layers to mask (None = all). ``eps_s``: accept when similarity < eps_s (the paper's
-    0.97 with mpnet; recalibrate per embedder). ``max_tries``: N_BDHS, the last try unguided when > 1."""
-
-    rho: float = 0.99
-    visible_tokens: int | None = None
-    mask_layers: tuple[int, ...] | None = None
-    pivot_unit: PivotUnit = PivotUnit.WORD
-    flip_probability: float = 0.5
-    yes_no_word_boundary: bool = True
-    eps_s: float = 0.97
-    max_tries: int = 5
-    max_new_tokens: int = 48
-    do_sample: bool = False
-    temperature: float = 1.0
-    batch_size: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.rho <= 1.0:
-            raise InputError(f"rho={self.rho} must be in [0, 1]")
-        if not 0.0 <= self.flip_probability <= 1.0:
-            raise InputError(f"flip_probability={self.flip_probability} must be in [0, 1]")
-        if self.max_tries < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise InputError("max_tries, batch_size and max_new_tokens must be >= 1")
 
 
 @dataclass
@@ -486,9 +448,7 @@ def bdhs_pairs(
 
 
 __all__ = [
-    "BDHSConfig",
     "BDHSStats",
-    "PivotUnit",
     "bdhs_pairs",
     "continuation_batch",
     "default_embedder",

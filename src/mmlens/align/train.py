@@ -15,13 +15,12 @@ BDHS and the baselines write it); examples without one (e.g. dropped by BDHS) ta
 from __future__ import annotations
 
 import copy
-import enum
 import logging
 import math
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,77 +29,10 @@ import torch
 from mmlens.align.bdhs import BDHSConfig, TextEmbedder, bdhs_pairs, generate_continuations
 from mmlens.align.data import PreferencePair, SFTExample, check_examples, pairs_to_dataset
 from mmlens.align.judges import PairwiseJudge
+from mmlens.align.settings import DPOSettings, FineTune, LossType, OnlineMode  # noqa: F401 (LossType: re-exported)
 from mmlens.errors import InputError
 from mmlens.models.base import unwrap_peft
 from mmlens.models.generative import VisionLanguageModel
-
-
-class LossType(enum.Enum):
-    """TRL's pairwise DPO losses (``DPOConfig.loss_type``): sigmoid = DPO, ipo = IPO, hinge = SLiC's hinge."""
-
-    SIGMOID = "sigmoid"
-    IPO = "ipo"
-    HINGE = "hinge"
-    ROBUST = "robust"
-    EXO_PAIR = "exo_pair"
-    NCA_PAIR = "nca_pair"
-    BCO_PAIR = "bco_pair"
-    SPPO_HARD = "sppo_hard"
-    APO_ZERO = "apo_zero"
-    APO_DOWN = "apo_down"
-    DISCOPOP = "discopop"
-    SIGMOID_NORM = "sigmoid_norm"
-
-
-class FineTune(enum.Enum):
-    LORA = "lora"  # peft LoRA on the language model's linear layers; reference = adapters disabled / initial model
-    FULL = "full"  # every parameter; reference = a frozen copy of the initial model
-
-
-class OnlineMode(enum.Enum):
-    ONLINE = "online"  # two policy samples per prompt, ranked by a judge
-    MIXED = "mixed"  # per example: the offline pair with probability p, else an online judged pair
-    ONLINE_BDHS = "online_bdhs"  # BDHS rejects regenerated from the current policy
-
-
-@dataclass(frozen=True)
-class DPOSettings:
-    """Training settings. The spec's tiny-model range: beta 0.1, lr 1e-4..5e-4 (7B-scale rates do not move a tiny
-    model)."""
-
-    loss_type: LossType = LossType.SIGMOID
-    beta: float = 0.1
-    learning_rate: float = 2e-4
-    steps: int = 64
-    batch_size: int = 8
-    finetune: FineTune = FineTune.LORA
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    seed: int = 0
-    # online modes
-    refresh_every: int = 8
-    mix_probability: float = 0.5
-    sample_temperature: float = 1.0
-    max_new_tokens: int = 32
-    max_judge_rounds: int = 3  # extra sampling rounds to replace ties before training on fewer pairs
-    # Against DPO's length bias (rejected answers longer than chosen ones teach the policy to stop early): TRL's
-    # `sft` loss on the chosen answers added with this weight (RPO-style; 0 = off), and LD-DPO's `ld_alpha` (weight
-    # of the tokens beyond the shorter answer's length; None = plain DPO, 0 = masked). Settled in `mmlens bench align`.
-    sft_weight: float = 0.0
-    ld_alpha: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.refresh_every < 1:
-            raise InputError("steps, batch_size and refresh_every must be >= 1")
-        if self.beta <= 0 or self.learning_rate <= 0:
-            raise InputError("beta and learning_rate must be > 0")
-        if not 0.0 <= self.mix_probability <= 1.0:
-            raise InputError(f"mix_probability={self.mix_probability} must be in [0, 1]")
-        if self.sft_weight < 0:
-            raise InputError(f"sft_weight={self.sft_weight} must be >= 0")
-        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
-            raise InputError(f"ld_alpha={self.ld_alpha} must be in [0, 1]")
-
 
 LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -364,4 +296,4 @@ def train_online(
     return VisionLanguageModel(trained, vlm.processor), {"steps": steps_log, **tally}
 
 
-__all__ = ["LORA_TARGETS", "DPOSettings", "FineTune", "LossType", "OnlineMode", "train_dpo", "train_online"]
+__all__ = ["LORA_TARGETS", "train_dpo", "train_online"]

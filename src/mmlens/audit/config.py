@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlens.enums import as_enum
-from mmlens.errors import InputError
+from mmlens.errors import InputError, check_finite
 from mmlens.shift.options import Fusion
 
 #: (visual shift or None, visual severity, text shift or None, text severity): the scenario of mmlens.shift.
@@ -127,6 +127,8 @@ class AuditConfig:
         if not self.stages:
             raise InputError("no stage requested: choose among " + ", ".join(s.value for s in Stage))
         object.__setattr__(self, "shift", replace(self.shift, fusion=as_enum(Fusion, self.shift.fusion, "fusion")))
+        for stage in Stage:
+            check_finite(self.stage_config(stage))
         if not 0.0 < self.influence.flag_fraction <= 1.0:
             raise InputError(f"influence flag_fraction must be in (0, 1], got {self.influence.flag_fraction}")
         sizes = {"influence max_pairs": self.influence.max_pairs, "shift n_items": self.shift.n_items,

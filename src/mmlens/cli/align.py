@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from mmlens.align.train import FineTune, LossType
+from mmlens.align.settings import BDHSConfig, DPOSettings
+from mmlens.cli.options import FieldOptions, config_options
 
 align_app = typer.Typer(help="Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.",
                         no_args_is_help=True)
@@ -43,40 +44,43 @@ def _examples(model: str, data: Path | None, n_scenes: int, seed: int):
     return world_sft_examples(world, n_scenes, seed=seed), world
 
 
+BDHS_OPTIONS = FieldOptions(
+    BDHSConfig,
+    aliases={"eps_s": ("--eps",)},
+    help={"rho": "Probability of hiding each image token.",
+          "visible_tokens": "Keep exactly this many image tokens visible (overrides --rho).",
+          "mask_layers": "Comma-separated decoder layers to mask (default: all).",
+          "eps_s": "Accept a rejected answer when its similarity to the chosen one is below this.",
+          "max_tries": "Tries per example; the last one unguided.",
+          "seed": "Seed of the masks, the cuts and the world SFT turns."},
+)
+
+
 @align_app.command("bdhs")
+@config_options(config=BDHS_OPTIONS)
 def bdhs_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
     out: Annotated[Path, typer.Option(help="Folder to write: pairs.jsonl, images/, dataset/, stats.json, "
                                            "report/index.html.")],
+    config: BDHSConfig,
     data: Annotated[Path | None, typer.Option(help="Your SFT data: a JSONL of {image (path relative to the "
                                                       "file), prompt, answer}. Default: world SFT turns of a "
                                                       "world-trained zoo model.")] = None,
     n_scenes: Annotated[int, typer.Option(min=1, help="World scenes (without --data).")] = 100,
-    rho: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of hiding each image token.")] = 0.99,
-    visible_tokens: Annotated[int | None, typer.Option(min=0, help="Keep exactly this many image tokens "
-                                                                       "visible (overrides --rho).")] = None,
-    eps: Annotated[float, typer.Option(help="Accept a rejected answer when its similarity to the chosen one is "
-                                            "below this.")] = 0.97,
-    max_tries: Annotated[int, typer.Option(min=1, help="Tries per example; the last one unguided.")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
-    seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Build BDHS preference pairs (chosen = your SFT answer, rejected = the model's biased completion with the
     image hidden) in TRL's format, with statistics per try and an HTML report of example pairs."""
-    from mmlens.align.bdhs import BDHSConfig, bdhs_pairs
+    from mmlens.align.bdhs import bdhs_pairs
     from mmlens.align.data import write_pairs
     from mmlens.align.report import pairs_report
     from mmlens.errors import InputError
     from mmlens.models import VisionLanguageModel, load_model
     from mmlens.models.distributed import DistributedWork
 
-    config = BDHSConfig(rho=rho, visible_tokens=visible_tokens, eps_s=eps, max_tries=max_tries,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed)
     if out.is_dir() and any(out.iterdir()) and not overwrite:  # before the generation, on every process
         raise InputError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
-    examples, _ = _examples(model, data, n_scenes, seed)
+    examples, _ = _examples(model, data, n_scenes, config.seed)
     vlm = load_model(model, expect=VisionLanguageModel)
     # under accelerate launch every process generates its share of the batches; the main one writes
     work = DistributedWork.from_environment()
@@ -92,11 +96,25 @@ def bdhs_command(
     typer.echo(f"wrote {len(pairs)} pairs to {path} (report: {out / 'report' / 'index.html'})")
 
 
+DPO_OPTIONS = FieldOptions(
+    DPOSettings,
+    aliases={"loss_type": ("--loss",), "learning_rate": ("--lr",), "mix_probability": ("--mix-p",)},
+    help={"loss_type": "TRL loss type.", "finetune": "LoRA adapters (merged after training) or full.",
+          "refresh_every": "Online modes: steps between fresh pairs.",
+          "mix_probability": "Mixed mode: probability of an offline pair.",
+          "sft_weight": "Add TRL's SFT loss on the chosen answers with this weight (against DPO's length bias; 0 = off).",
+          "ld_alpha": "LD-DPO: weight of the tokens beyond the shorter answer (default: plain DPO).",
+          "seed": "Seed of training and of the world SFT turns."},
+)
+
+
 @align_app.command("dpo")
+@config_options(settings=DPO_OPTIONS)
 def dpo_command(
     model: Annotated[str, typer.Option("--model", "-m", help="The SFT model: zoo:NAME, a folder or a HF id.")],
     out: Annotated[Path, typer.Option(help="Folder for the aligned model (save_pretrained), train_log.json and "
                                            "report/.")],
+    settings: DPOSettings,
     pairs: Annotated[Path | None, typer.Option(help="Preference pairs (a folder from `align bdhs` or its "
                                                        "pairs.jsonl); offline and mixed modes.")] = None,
     mode: Annotated[DPOMode, typer.Option(help="offline | online | mixed | online-bdhs.")] = DPOMode.OFFLINE,
@@ -105,33 +123,17 @@ def dpo_command(
     judge: Annotated[str, typer.Option(help="Online judge: 'oracle' (ground truth: the world's, or the 'objects' "
                                             "of your --data lines) or 'vlm:MODEL' (a vision-language judge).")]
     = "oracle",
-    loss: Annotated[LossType, typer.Option(help="TRL loss type.")] = LossType.SIGMOID,
-    finetune: Annotated[FineTune, typer.Option(help="LoRA adapters (merged after training) or full.")]
-    = FineTune.LORA,
-    beta: Annotated[float, typer.Option()] = 0.1,
-    lr: Annotated[float, typer.Option()] = 2e-4,
-    steps: Annotated[int, typer.Option(min=1)] = 64,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    refresh_every: Annotated[int, typer.Option(min=1, help="Online modes: steps between fresh pairs.")] = 8,
-    mix_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Mixed mode: probability of an offline pair.")]
-    = 0.5,
-    sft_weight: Annotated[float, typer.Option(min=0.0, help="Add TRL's SFT loss on the chosen answers with this "
-                                                            "weight (against DPO's length bias; 0 = off).")] = 0.0,
-    ld_alpha: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="LD-DPO: weight of the tokens beyond the "
-                                                                          "shorter answer (default: plain DPO).")]
-    = None,
-    n_scenes: Annotated[int, typer.Option(min=1)] = 100,
-    seed: Annotated[int, typer.Option()] = 0,
+    n_scenes: Annotated[int, typer.Option(min=1, help="World scenes (online modes without --data).")] = 100,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Align a model with DPO through TRL: offline on pairs, online (two samples ranked by a judge), mixed, or
     online BDHS."""
-    from mmlens.align.bdhs import BDHSConfig
     from mmlens.align.data import load_preference_pairs
     from mmlens.align.eval import vocabulary_parser
     from mmlens.align.judges import OracleJudge, VLMJudge, WorldOracleJudge
     from mmlens.align.report import pairs_report
-    from mmlens.align.train import DPOSettings, OnlineMode, train_dpo, train_online
+    from mmlens.align.settings import OnlineMode
+    from mmlens.align.train import train_dpo, train_online
     from mmlens.errors import InputError
     from mmlens.io import atomic_folder, write_json_atomic
     from mmlens.models import VisionLanguageModel, load_model
@@ -144,15 +146,14 @@ def dpo_command(
         raise InputError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
     if mode in (DPOMode.OFFLINE, DPOMode.MIXED) and pairs is None:
         raise InputError(f"--mode {mode.value} needs --pairs (make them with `mmlens align bdhs`)")
-    settings = DPOSettings(loss_type=loss, beta=beta, learning_rate=lr, steps=steps, batch_size=batch_size,
-                           finetune=finetune, seed=seed, refresh_every=refresh_every, mix_probability=mix_p,
-                           sft_weight=sft_weight, ld_alpha=ld_alpha)
+    if mode in (DPOMode.ONLINE, DPOMode.MIXED) and judge != "oracle" and not judge.startswith("vlm:"):
+        raise InputError(f"unknown --judge {judge!r}; use 'oracle' or 'vlm:MODEL'")  # before loading anything
     offline = load_preference_pairs(pairs) if pairs is not None else None
     vlm = load_model(model, expect=VisionLanguageModel)
     if mode is DPOMode.OFFLINE:
         trained, log = train_dpo(vlm, offline, settings)
     else:
-        examples, world = _examples(model, data, n_scenes, seed)
+        examples, world = _examples(model, data, n_scenes, settings.seed)
         judge_obj = None
         if mode in (DPOMode.ONLINE, DPOMode.MIXED):
             if judge == "oracle" and world is not None:
@@ -168,7 +169,7 @@ def dpo_command(
                 raise InputError(f"unknown --judge {judge!r}; use 'oracle' or 'vlm:MODEL'")
         online_mode = OnlineMode(mode.value.replace("-", "_"))
         trained, log = train_online(vlm, examples, online_mode, settings, judge=judge_obj,
-                                    offline_pairs=offline, bdhs=BDHSConfig(seed=seed),
+                                    offline_pairs=offline, bdhs=BDHSConfig(seed=settings.seed),
                                     progress=lambda d, t: _on_main_process() and typer.echo(f"step {d}/{t}",
                                                                                             err=True))
     # Under accelerate launch TRL trains data-parallel on every process; the main one writes the model once.
@@ -178,7 +179,7 @@ def dpo_command(
         trained.save_pretrained(tmp)
         write_json_atomic(tmp / "train_log.json", log)
         if offline:
-            pairs_report(offline, {"mode": mode.value, "steps": steps, "loss_type": loss.value},
+            pairs_report(offline, {"mode": mode.value, "steps": settings.steps, "loss_type": settings.loss_type.value},
                          title=f"DPO ({mode.value}) of {model}").write(tmp / "report")
     last = log["steps"][-1] if log.get("steps") else {}
     typer.echo(json.dumps({"mode": mode.value, "final": last}, indent=2))
@@ -204,6 +205,7 @@ def eval_command(
     image-dependence gap of one or more models, side by side in an HTML report."""
     from mmlens.align.eval import WorldEvalConfig, evaluate_files, evaluate_on_world
     from mmlens.align.report import metrics_report
+    from mmlens.html.report import format_number
     from mmlens.models import VisionLanguageModel, load_model
     from mmlens.zoo import world_of
 
@@ -223,8 +225,10 @@ def eval_command(
             metrics = evaluate_files(vlm, pope=str(pope) if pope else None, chair=str(chair) if chair else None,
                                      batch_size=batch_size)
         results[name] = metrics
-        typer.echo(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()
-                                            if isinstance(v, float) and not k.endswith("_n")))
+        numbers = [f"{k}={format_number(v)}" for k, v in metrics.items()
+                   if isinstance(v, float) and not k.endswith("_n")]
+        # a few metrics per line: 22 on one line are unreadable in a terminal
+        typer.echo(f"{name}:\n" + "\n".join("  " + ", ".join(numbers[i:i + 4]) for i in range(0, len(numbers), 4)))
     path = metrics_report(results).write(out)
     typer.echo(f"report: {path}")
 

@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
+demo_app = typer.Typer(add_completion=False)
 
+
+@demo_app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder of the site (a rerun reuses the finished stages).")]
     = Path("mmlens-demo"),

@@ -90,7 +90,15 @@ def embed_command(
         "text_embeds": text_embeds.contiguous(),
         "pair_similarity": (image_embeds * text_embeds).sum(-1).contiguous(),
     }
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: v.to(torch.float32) for k, v in tensors.items()}, str(tmp), metadata={"model": model, "data": str(data)})
-    tmp.replace(out)
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:  # one rename on success; nothing left beside OUT on failure
+        save_file({k: v.to(torch.float32) for k, v in tensors.items()}, tmp,
+                  metadata={"model": model, "data": str(data.absolute())})
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     typer.echo(f"wrote {len(records)} pair embeddings to {out}")

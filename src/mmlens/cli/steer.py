@@ -58,12 +58,18 @@ def _generative(spec: str):
     return model
 
 
-def _examples(model, data: Path, answer_type: str | None = None):
-    from mmlens.errors import InputError
-    from mmlens.models import CausalLanguageModel
+def _read_examples(data: Path):
+    """The questions of ``data``, read before the model is loaded (a bad file is refused before any work)."""
     from mmlens.steer import load_vqa_jsonl
 
-    items = load_vqa_jsonl(data)
+    return load_vqa_jsonl(data)
+
+
+def _examples(model, data: Path, answer_type: str | None = None, items=None):
+    from mmlens.errors import InputError
+    from mmlens.models import CausalLanguageModel
+
+    items = items if items is not None else _read_examples(data)
     has_images = items[0].image is not None
     if isinstance(model, CausalLanguageModel) and has_images:
         raise InputError(f"{data} has images but the model is a text-only causal LM: drop the 'image' fields")
@@ -116,9 +122,11 @@ def build_command(
         vectors_from_capture,
     )
 
+    read = _read_examples(data)
+    chosen_layers = _ints(layers, "--layers")
     vlm = _generative(model)
-    items = _examples(vlm, data, answer_type)
-    chosen = _ints(layers, "--layers") or list(range(vlm.num_layers))
+    items = _examples(vlm, data, answer_type, read)
+    chosen = chosen_layers or list(range(vlm.num_layers))
     if dictionary is not None:
         vectors = concept_vectors(dictionary, layer=chosen[0] % vlm.num_layers, model=model)
     elif finetuned is not None:
@@ -162,14 +170,16 @@ def apply_command(
     from mmlens.io import write_jsonl_atomic
     from mmlens.steer import Steering, VectorKind, generate_answers, load_vectors
 
-    vlm = _generative(model)
-    items = _examples(vlm, data)
+    read = _read_examples(data)
     chosen = _ints(layers, "--layers")
-    vecs = [v for v in load_vectors(vectors) if v.kind not in (VectorKind.RANDOM, VectorKind.SHUFFLED)
+    config = _config(alpha, positions, condition)
+    loaded = load_vectors(vectors)
+    vlm = _generative(model)
+    items = _examples(vlm, data, items=read)
+    vecs = [v for v in loaded if v.kind not in (VectorKind.RANDOM, VectorKind.SHUFFLED)
             and (chosen is None or v.layer in {i % vlm.num_layers for i in chosen})]
     if not vecs:
         raise InputError(f"{vectors} holds no steering vector for the chosen layers")
-    config = _config(alpha, positions, condition)
     plain = generate_answers(vlm, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
     steered = generate_answers(vlm, items, Steering(tuple(vecs), config), max_new_tokens=max_new_tokens,
                                batch_size=batch_size)
@@ -205,10 +215,13 @@ def eval_command(
     from mmlens.steer import FlipTarget, evaluate_vectors, load_vectors, write_steering_report
 
     config = _config(1.0, positions, condition)
+    alpha_list = _floats(alphas, "--alphas")
+    read = _read_examples(data)
+    loaded = load_vectors(vectors)
     vlm = _generative(model)
-    items = _examples(vlm, data)
-    result = evaluate_vectors(vlm, items, load_vectors(vectors), FlipTarget(source, target, answer_type),
-                              alphas=_floats(alphas, "--alphas"), positions=config.positions,
+    items = _examples(vlm, data, items=read)
+    result = evaluate_vectors(vlm, items, loaded, FlipTarget(source, target, answer_type),
+                              alphas=alpha_list, positions=config.positions,
                               condition=config.condition, max_drop=max_drop,
                               random_seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
     result["model"] = model

@@ -91,7 +91,8 @@ def world_inputs(out_dir: Path, n_scenes: int, word: str | None, seed: int = 0) 
 
 
 def read_inputs(path: Path, *, need_images: bool) -> list[dict[str, Any]]:
-    """A user's JSONL: ``prompt``, optional ``reference`` and ``attributes``, and ``image`` (relative to the file)."""
+    """A user's JSONL: ``prompt``, optional ``reference`` and ``attributes``, and ``image`` (relative to the file);
+    or the ``data.jsonl`` of ``mmlens world export`` (one input per question of each record's ``vqa`` list)."""
     from mmlens.world.export import load_pairs_jsonl, read_jsonl
 
     if need_images:
@@ -102,18 +103,36 @@ def read_inputs(path: Path, *, need_images: bool) -> list[dict[str, Any]]:
         records = [rec for _, rec in read_jsonl(path)]
         if not records:
             raise InputError(f"{path} is empty; it needs one JSON object with a 'prompt' per line")
+    inputs = []
     for i, r in enumerate(records):
+        if "prompt" not in r and isinstance(r.get("vqa"), list):
+            # a record of `mmlens world export` (as `mmlens steer` reads it): one input per question
+            for q in r["vqa"]:
+                if not isinstance(q, dict) or not isinstance(q.get("question"), str):
+                    raise InputError(f"{path}: record {i + 1}: each 'vqa' entry needs a 'question' string")
+                inputs.append(
+                    {
+                        "image": r.get("image"),
+                        "prompt": q["question"],
+                        "reference": q.get("answer"),
+                        "attributes": {"answer_type": q.get("answer_type", ""), "template": q.get("template", "")},
+                    }
+                )
+            continue
         if not isinstance(r.get("prompt"), str):
-            raise InputError(f"{path}: record {i + 1} needs a 'prompt' string")
-    return [
-        {
-            "image": r.get("image"),
-            "prompt": r["prompt"],
-            "reference": r.get("reference"),
-            "attributes": r.get("attributes", {}),
-        }
-        for r in records
-    ]
+            raise InputError(
+                f"{path}: record {i + 1} needs a 'prompt' string (or a 'vqa' list of questions, as "
+                "`mmlens world export` writes)"
+            )
+        inputs.append(
+            {
+                "image": r.get("image"),
+                "prompt": r["prompt"],
+                "reference": r.get("reference"),
+                "attributes": r.get("attributes", {}),
+            }
+        )
+    return inputs
 
 
 def extract(

@@ -28,7 +28,8 @@ h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-
 .subtitle { color: #5a6672; margin-top: 0; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
 th, td { border: 1px solid #dde3ea; padding: .3rem .6rem; text-align: left; }
-th { background: #f3f6f9; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f6f9; overflow-wrap: anywhere; font-size: .85rem; }
+table { max-width: 100%; }  /* long metric names wrap: a wide table still fits a 1280 px window */ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.pass { color: #136f2e; font-weight: 600; } td.fail { color: #a3221b; font-weight: 600; }
 .grid { display: flex; flex-wrap: wrap; gap: .8rem; }
 .card { border: 1px solid #dde3ea; border-radius: 6px; padding: .5rem; width: 190px; font-size: .82rem; }
@@ -130,12 +131,25 @@ class Section:
         return self
 
 
+def format_number(value: float) -> str:
+    """A number at its scale: 3 significant digits, scientific notation below 1e-3 or from 1e5 (influence scores
+    of ~1e-5 must not print as 0.000)."""
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.4g}"
+    return f"{value:.2e}"
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return f'<td class="{"pass" if value else "fail"}">{"yes" if value else "no"}</td>'
     if isinstance(value, float):
-        text = "n/a" if math.isnan(value) else f"{value:.3f}"
-        return f'<td class="num">{text}</td>'
+        return f'<td class="num">{format_number(value)}</td>'
     if isinstance(value, int):
         return f'<td class="num">{value}</td>'
     return f"<td>{html.escape(str(value))}</td>"

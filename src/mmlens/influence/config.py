@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from mmlens.enums import as_enum
-from mmlens.errors import InputError
+from mmlens.errors import InputError, check_finite
 from mmlens.models.contrastive import ParamGroup
 
 
@@ -74,6 +74,7 @@ class FitArguments:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.batch_size < 2:
             raise InputError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
         if self.l2 < 0:
@@ -97,6 +98,7 @@ class InfluenceArguments:
     def __post_init__(self) -> None:
         object.__setattr__(self, "neg_form", as_enum(NegForm, self.neg_form, "neg_form"))
         object.__setattr__(self, "solver", as_enum(HessianSolver, self.solver, "solver"))
+        check_finite(self)
         if self.damping < 0:
             raise InputError(f"damping must be >= 0, got {self.damping}")
         if self.proj_dim < 1:

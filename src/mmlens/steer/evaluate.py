@@ -472,8 +472,11 @@ def evaluate_vectors(
                 "at_best": next(r for r in rows if r["alpha"] == best),
             }
         )
-    first = main[0]
-    best_alpha = results[0]["best_alpha"]
+    # the before/after cards show the vector that flips most at its chosen alpha (not the file's first vector,
+    # which may flip nothing)
+    pick = max(range(len(main)), key=lambda i: results[i]["at_best"]["steer"]["flip_rate"])
+    first = main[pick]
+    best_alpha = results[pick]["best_alpha"]
     source = normalise_answer(flip.source)
     chosen = [i for i, (e, b) in enumerate(zip(items, baseline)) if flip.in_scope(e) and b == source][:n_examples]
     chosen += [i for i, e in enumerate(items) if not flip.in_scope(e)][: max(0, n_examples - len(chosen))]

@@ -228,8 +228,8 @@ def load_pairs_jsonl(
                 need = "'image' and 'caption'" if require_caption else "'image'"
                 raise InputError(f"{path}:{lineno}: missing key {key!r}; each line needs {need}")
         rec.setdefault("caption", None)
-        if require_caption and not isinstance(rec["caption"], str):
-            raise InputError(f"{path}:{lineno}: 'caption' must be a string")
+        if require_caption and not (isinstance(rec["caption"], str) and rec["caption"].strip()):
+            raise InputError(f"{path}:{lineno}: 'caption' must be a non-empty string")
         img_path = (base / str(rec["image"])).resolve()
         if not img_path.is_file():
             raise InputError(f"{path}:{lineno}: image {img_path} not found (paths are relative to {base})")
