@@ -38,6 +38,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_claims_influence.py::test_sigmoid_terms_equal_their_definitions_by_loops",
         "tests/test_claims_influence.py::test_similarity_and_max_negative_probability_by_hand",
         "tests/test_claims_influence.py::test_removal_masks_delete_exactly_the_chosen_roles",
+        "tests/test_claims_influence.py::test_a_stack_of_batches_is_the_sum_of_its_batches",
         "tests/test_influence.py::test_neg_prob_is_the_zeta_derivative",
         "tests/test_influence.py::test_pos_plus_neg_exact_is_the_batch_loss_difference",
         "tests/test_influence.py::test_reciprocal_is_not_a_rescaling_of_prob",

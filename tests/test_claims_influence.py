@@ -239,3 +239,26 @@ def test_removal_masks_delete_exactly_the_chosen_roles(kind):
     full4 = batch_loss(sim[:4, :4], *removal_masks(torch.arange(4), none[:4], none[:4], none[:4]), kind=kind)
     assert float(batch_loss(sim, *removal_masks(padded, none, none, none), kind=kind)) == pytest.approx(
         float(full4), rel=1e-10)
+
+
+@pytest.mark.parametrize("kind", [LossKind.INFONCE, LossKind.SIGMOID])
+def test_a_stack_of_batches_is_the_sum_of_its_batches(kind):
+    """The analyzer evaluates all batches at once as ``sim[nb, B, B]``: the stacked similarity and loss (with removal
+    masks) equal the per-batch ones, batch by batch."""
+    from mmlens.influence.objective import batch_loss, removal_masks, similarity
+
+    gen = torch.Generator().manual_seed(11)
+    text, image = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64), torch.randn(3, 4, 5, generator=gen,
+                                                                                      dtype=torch.float64)
+    sim = similarity(text, image, 3.0, bias=0.5)
+    assert sim.shape == (3, 4, 4)
+    index = torch.arange(12).view(3, 4)
+    flags = [torch.zeros(12, dtype=torch.bool) for _ in range(3)]
+    flags[0][1], flags[1][6], flags[2][11] = True, True, True  # removed / as negative / as positive
+    stacked = batch_loss(sim, *removal_masks(index, *flags), kind=kind)
+    per_batch = 0.0
+    for b in range(3):
+        single = similarity(text[b], image[b], 3.0, bias=0.5)
+        torch.testing.assert_close(sim[b], single)
+        per_batch += float(batch_loss(single, *removal_masks(index[b], *flags), kind=kind))
+    assert float(stacked) == pytest.approx(per_batch, rel=1e-12)
