@@ -80,3 +80,39 @@ def test_bound_terms_compare_the_right_embeddings():
         assert terms[key]["value"] == pytest.approx(rjsd(x, y, mixture=config.mixture), rel=1e-9), key
     values = sorted(terms[k]["value"] for k in ("J_v", "J_t", "J_P", "J_Q"))
     assert min(np.diff(values)) > 1e-3  # distinct, so any swap of inputs is seen above
+
+
+def test_von_neumann_entropy_and_the_input_paths():
+    """S(C / tr C) by hand; torch tensors are accepted as numpy; normalise=False uses the rows as given; the result
+    record derives its excess and dictionary from its fields; bad shapes are one-line errors."""
+    import math
+
+    import torch
+
+    from mmlens.errors import InputError
+    from mmlens.shift import von_neumann_entropy
+
+    a = _sample(9, 5, 2)
+    assert von_neumann_entropy(a) == pytest.approx(_von_neumann(a.T @ a), rel=1e-10)
+    wide = _sample(3, 7, 4)  # n < d: through the Gram matrix
+    assert von_neumann_entropy(wide) == pytest.approx(_von_neumann(wide.T @ wide), rel=1e-10)
+    assert von_neumann_entropy(np.eye(4)) == pytest.approx(math.log(4), rel=1e-12)  # maximally mixed
+    b = _sample(6, 5, 3, shift=1.0)
+    assert rjsd(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(rjsd(a, b), rel=1e-12)
+    raw_a, raw_b = 3 * a, b / 2  # unnormalised rows weigh by their squared norms
+    c_a, c_b = raw_a.T @ raw_a, raw_b.T @ raw_b
+    expected = _von_neumann(c_a + c_b) - 0.5 * (_von_neumann(c_a) + _von_neumann(c_b))
+    assert rjsd(raw_a, raw_b, normalise=False) == pytest.approx(expected, rel=1e-9)
+    assert rjsd(raw_a, raw_b, normalise=False) != pytest.approx(rjsd(raw_a, raw_b), rel=1e-6)
+    result = rjsd_test(a, b, n_permutations=0)
+    assert math.isnan(result.null_mean) and math.isnan(result.p_value) and result.n_permutations == 0
+    done = rjsd_test(a, b, n_permutations=5, seed=1)
+    assert done.excess == pytest.approx(done.value - done.null_mean)
+    assert done.to_dict() == {"value": done.value, "null_mean": done.null_mean, "null_q95": done.null_q95,
+                              "p_value": done.p_value, "n_permutations": 5, "n_a": 9, "n_b": 6,
+                              "excess": done.excess}
+    for bad in (np.ones(4), np.ones((0, 4)), np.ones((2, 3, 4))):
+        with pytest.raises(InputError, match=r"non-empty \[N, D\] matrix"):
+            rjsd(bad, np.ones((3, 4)))
+    with pytest.raises(InputError, match="1 embedding rows are all zero"):
+        rjsd(np.vstack([np.ones((2, 4)), np.zeros((1, 4))]), np.ones((3, 4)))
