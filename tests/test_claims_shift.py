@@ -105,7 +105,16 @@ def test_von_neumann_entropy_and_the_input_paths():
     assert rjsd(raw_a, raw_b, normalise=False) == pytest.approx(expected, rel=1e-9)
     assert rjsd(raw_a, raw_b, normalise=False) != pytest.approx(rjsd(raw_a, raw_b), rel=1e-6)
     result = rjsd_test(a, b, n_permutations=0)
-    assert math.isnan(result.null_mean) and math.isnan(result.p_value) and result.n_permutations == 0
+    assert result.value == pytest.approx(rjsd(a, b), rel=1e-12)
+    assert all(math.isnan(x) for x in (result.null_mean, result.null_q95, result.p_value))
+    assert (result.n_permutations, result.n_a, result.n_b) == (0, 9, 6)
+    one = rjsd_test(a, b, n_permutations=1)  # a single relabelling is a (tiny) null, not "no null"
+    assert one.n_permutations == 1 and one.null_mean == one.null_q95 and one.p_value in (0.5, 1.0)
+    default = rjsd_test(a, b)
+    assert default == rjsd_test(a, b, mixture="sample_size", n_permutations=100, seed=0, normalise=True)
+    for fn in (rjsd, rjsd_test):
+        with pytest.raises(InputError, match=r"^unknown mixture 'nope'; use one of"):
+            fn(a, b, mixture="nope")
     done = rjsd_test(a, b, n_permutations=5, seed=1)
     assert done.excess == pytest.approx(done.value - done.null_mean)
     assert done.to_dict() == {"value": done.value, "null_mean": done.null_mean, "null_q95": done.null_q95,
@@ -114,5 +123,11 @@ def test_von_neumann_entropy_and_the_input_paths():
     for bad in (np.ones(4), np.ones((0, 4)), np.ones((2, 3, 4))):
         with pytest.raises(InputError, match=r"non-empty \[N, D\] matrix"):
             rjsd(bad, np.ones((3, 4)))
+    with pytest.raises(InputError, match=r"^a must be a non-empty \[N, D\] matrix, got shape \(3,\)$"):
+        von_neumann_entropy(np.ones(3))
+    with pytest.raises(InputError, match=r"^b contains NaN or infinite values$"):
+        rjsd(np.ones((3, 4)), np.full((3, 4), np.inf))
+    with pytest.raises(InputError, match=r"^a must be a non-empty"):
+        rjsd_test(np.ones((0, 4)), np.ones((3, 4)))
     with pytest.raises(InputError, match="1 embedding rows are all zero"):
         rjsd(np.vstack([np.ones((2, 4)), np.zeros((1, 4))]), np.ones((3, 4)))
