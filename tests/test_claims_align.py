@@ -170,3 +170,66 @@ def test_image_dependence_gap_against_a_hand_computation(llava):
         expected.append(float(lp_full - lp_blind))
     assert gap == pytest.approx(float(np.mean(expected)), abs=1e-4)
     assert abs(gap) > 1e-3  # the random model's answers do depend on the image
+
+
+# ----------------------------------------------------------------------------------------------- the mask
+def test_hidden_token_draws_follow_eq_6_and_share_groups_across_calls():
+    """Eq. 6: a token stays visible iff its uniform draw is >= rho (the generator's own draws, reproduced here);
+    rows of one group share a mask, also across calls given the same ``draws``; only image positions are hidden."""
+    from mmlens.align import draw_hidden_image_tokens
+    from mmlens.errors import InputError
+
+    image_mask = torch.zeros(3, 9, dtype=torch.bool)
+    image_mask[:, 1:7] = True
+    hidden = draw_hidden_image_tokens(image_mask, None, rho=0.4, visible_tokens=None, rng=np.random.default_rng(5))
+    expected_rng = np.random.default_rng(5)
+    for row in range(3):
+        keep = expected_rng.random(6) >= 0.4
+        assert hidden[row, 1:7].tolist() == (~keep).tolist()
+    assert not hidden[:, [0, 7, 8]].any()
+    draws: dict = {}
+    first = draw_hidden_image_tokens(image_mask[:2], ["x", "y"], rho=0.5, visible_tokens=3,
+                                     rng=np.random.default_rng(0), draws=draws)
+    again = draw_hidden_image_tokens(image_mask[:1], ["y"], rho=0.5, visible_tokens=3,
+                                     rng=np.random.default_rng(99), draws=draws)
+    assert torch.equal(again[0], first[1]) and (image_mask[:2] & ~first).sum(1).tolist() == [3, 3]
+    few = draw_hidden_image_tokens(image_mask[:1], None, rho=0.5, visible_tokens=10, rng=np.random.default_rng(0))
+    assert not few.any()  # more visible tokens asked than there are: all stay visible
+    for kwargs, message in ((dict(rho=-0.1, visible_tokens=None), r"^rho=-0.1 must be in \[0, 1\]$"),
+                            (dict(rho=0.5, visible_tokens=-1), r"^visible_tokens=-1 must be >= 0$")):
+        with pytest.raises(InputError, match=message):
+            draw_hidden_image_tokens(image_mask, None, rng=np.random.default_rng(0), **kwargs)
+    with pytest.raises(InputError, match=r"^got 2 group ids for 3 rows$"):
+        draw_hidden_image_tokens(image_mask, [0, 1], rho=0.5, visible_tokens=None, rng=np.random.default_rng(0))
+
+
+def test_masking_only_the_chosen_layers_and_clear_errors(llava):
+    """``layers`` restricts the mask: hiding every image token in no layer at all is the plain model; in every
+    layer the text is blind to the image; a layer index out of range or a batch of another size is an error."""
+    from mmlens.align import block_image_tokens
+    from mmlens.errors import InputError
+
+    a = llava.prepare(_images(2, seed=0), PROMPTS[:2])
+    b = llava.prepare(_images(2, seed=1), PROMPTS[:2])
+    image_mask = llava.image_token_mask(a)
+    text = a["attention_mask"].bool() & ~image_mask
+    n = len(llava.decoder_layers)
+    with torch.no_grad():
+        plain = llava.forward(a).logits
+        with block_image_tokens(llava.decoder_layers, image_mask, layers=[]):
+            none = llava.forward(a).logits
+        with block_image_tokens(llava.decoder_layers, image_mask, layers=[-n, n - 1]):
+            both_a, both_b = llava.forward(a).logits, llava.forward(b).logits
+        with block_image_tokens(llava.decoder_layers, image_mask, layers=[n - 1]):
+            last_a, last_b = llava.forward(a).logits, llava.forward(b).logits
+    assert torch.equal(plain, none)
+    if n == 2:
+        assert torch.allclose(both_a[text], both_b[text], atol=1e-5)
+    assert (last_a - last_b)[text].abs().max() > 1e-4  # the first layer still sees the image
+    with pytest.raises(InputError, match=rf"^mask layer {n} out of range for {n} decoder layers$"):
+        with block_image_tokens(llava.decoder_layers, image_mask, layers=[n]):
+            pass
+    with pytest.raises(InputError, match=r"^the image mask has 1 rows but the model runs 2$"):
+        with torch.no_grad(), block_image_tokens(llava.decoder_layers, image_mask[:1]):
+            llava.forward(a)
+    assert not any(layer.self_attn._forward_pre_hooks for layer in llava.decoder_layers)
