@@ -44,22 +44,26 @@ def test_rjsd_equals_a_direct_eigenvalue_computation_for_unequal_sizes(mixture, 
     assert abs((n_a * s_a + n_b * s_b) / (n_a + n_b) - 0.5 * (s_a + s_b)) > 1e-3
 
 
-def test_rjsd_permutation_null_is_the_rjsd_of_relabelled_samples():
-    """The null reported by rjsd_test is the RJSD of random relabellings of the pooled sample (same sizes): its
-    mean is reproduced from the same generator, and the p-value counts null values >= the observed one."""
+@pytest.mark.parametrize("mixture", ["sample_size", "equal"])
+def test_rjsd_permutation_null_is_the_rjsd_of_relabelled_samples(mixture):
+    """The null reported by rjsd_test is the RJSD of random relabellings of the pooled sample (same sizes, same
+    mixture): its mean is reproduced from the same generator, and the p-value counts null values >= the observed
+    one, ties included."""
     a, b = _sample(20, 6, 0), _sample(9, 6, 1, shift=0.3)
-    result = rjsd_test(a, b, n_permutations=25, seed=4)
+    result = rjsd_test(a, b, n_permutations=25, seed=4, mixture=mixture)
     rng = np.random.default_rng(4)
     pooled = np.concatenate([a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)])
     null = []
     for _ in range(25):
         perm = rng.permutation(len(pooled))
-        null.append(_direct_rjsd(pooled[perm[:20]], pooled[perm[20:]], "sample_size"))
+        null.append(_direct_rjsd(pooled[perm[:20]], pooled[perm[20:]], mixture))
     null = np.asarray(null)
     assert result.null_mean == pytest.approx(null.mean(), rel=1e-9)
     assert result.null_q95 == pytest.approx(np.quantile(null, 0.95), rel=1e-9)
     assert result.p_value == pytest.approx((1 + (null >= result.value - 1e-12).sum()) / 26)
     assert (result.n_a, result.n_b) == (20, 9)
+    # every relabelling of identical rows gives the observed value (up to rounding): all ties count, p = 1
+    assert rjsd_test(np.ones((5, 3)), np.ones((4, 3)), n_permutations=9, mixture=mixture).p_value == 1.0
 
 
 def test_bound_terms_compare_the_right_embeddings():
@@ -120,6 +124,12 @@ def test_von_neumann_entropy_and_the_input_paths():
     assert done.to_dict() == {"value": done.value, "null_mean": done.null_mean, "null_q95": done.null_q95,
                               "p_value": done.p_value, "n_permutations": 5, "n_a": 9, "n_b": 6,
                               "excess": done.excess}
+    # float64 throughout, whatever comes in: float32 input gives the float64 result of the same numbers; a tensor
+    # that requires grad is accepted; one row is a valid sample
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    assert rjsd(a32, b32) == pytest.approx(rjsd(a32.astype(np.float64), b32.astype(np.float64)), rel=1e-13)
+    assert rjsd(torch.from_numpy(a).requires_grad_(True), b) == pytest.approx(rjsd(a, b), rel=1e-12)
+    assert rjsd(a[:1], b) == pytest.approx(_direct_rjsd(a[:1], b, "sample_size"), rel=1e-9)
     for bad in (np.ones(4), np.ones((0, 4)), np.ones((2, 3, 4))):
         with pytest.raises(InputError, match=r"non-empty \[N, D\] matrix"):
             rjsd(bad, np.ones((3, 4)))
