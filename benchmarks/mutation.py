@@ -54,6 +54,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_claims_align.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not",
         "tests/test_claims_align.py::test_hidden_token_draws_follow_eq_6_and_share_groups_across_calls",
         "tests/test_claims_align.py::test_masking_only_the_chosen_layers_and_clear_errors",
+        "tests/test_claims_align.py::test_the_layer_mask_hides_exactly_the_hidden_keys_from_every_other_query",
         "tests/test_align.py::test_blocking_nothing_reproduces_the_unmasked_model_exactly[llava]",
         "tests/test_align.py::test_blocking_nothing_reproduces_the_unmasked_model_exactly[qwen2-vl]",
         "tests/test_align.py::test_blocking_every_image_token_makes_text_blind_to_the_image[llava]",

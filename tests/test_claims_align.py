@@ -233,3 +233,36 @@ def test_masking_only_the_chosen_layers_and_clear_errors(llava):
         with torch.no_grad(), block_image_tokens(llava.decoder_layers, image_mask[:1]):
             llava.forward(a)
     assert not any(layer.self_attn._forward_pre_hooks for layer in llava.decoder_layers)
+
+
+def test_the_layer_mask_hides_exactly_the_hidden_keys_from_every_other_query():
+    """The rewritten attention mask, for the three forms a layer can receive (none = implicit causal, boolean,
+    additive float), during prefill (Q = K) and a decoding step (Q = 1, K = prompt + generated): a hidden prompt key is
+    blocked for every query but itself, generated keys are never hidden, everything else is unchanged."""
+    from mmlens.align.masking import _combine
+
+    hidden = torch.tensor([[False, True, True, False], [True, False, False, False]])
+    low = torch.finfo(torch.float32).min
+    for q_len, k_len in ((4, 4), (1, 6)):
+        query_pos = torch.arange(k_len - q_len, k_len)
+        causal = torch.arange(k_len)[None, :] <= query_pos[:, None]  # [Q, K]
+        expected_allowed = torch.zeros(2, 1, q_len, k_len, dtype=torch.bool)
+        for row in range(2):
+            for qi, q in enumerate(query_pos.tolist()):
+                for k in range(k_len):
+                    blocked = k < 4 and bool(hidden[row, k]) and k != q
+                    expected_allowed[row, 0, qi, k] = bool(causal[qi, k]) and not blocked
+        implicit = _combine(None, hidden, q_len, k_len, torch.float32)
+        assert implicit.shape == (2, 1, q_len, k_len) and implicit.dtype == torch.float32
+        assert torch.equal(implicit == 0, expected_allowed) and torch.equal(implicit != 0, ~expected_allowed)
+        assert (implicit[~expected_allowed] == low).all()
+        boolean = _combine(causal[None, None].expand(2, 1, q_len, k_len), hidden, q_len, k_len, torch.float32)
+        assert boolean.dtype == torch.bool and torch.equal(boolean, expected_allowed)
+        additive = torch.zeros(2, 1, q_len, k_len).masked_fill(~causal, low)
+        additive[0, 0, :, -1] = -3.0  # an existing bias elsewhere is kept
+        out = _combine(additive, hidden, q_len, k_len, torch.float32)
+        blocked = causal[None, None] & ~expected_allowed
+        assert (out[blocked] == low).all() and torch.equal(out[~blocked], additive[~blocked])
+    nothing = torch.zeros(2, 4, dtype=torch.bool)
+    float_mask = torch.randn(2, 1, 4, 4)
+    assert torch.equal(_combine(float_mask, nothing, 4, 4, torch.float32), float_mask)
