@@ -88,6 +88,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_steer.py::test_source_concept_condition_steers_only_the_samples_nearest_the_source[llama]",
     ],
     "concepts/compare.py": [
+        "tests/test_claims_concepts.py",
         "tests/test_concepts.py::test_kmeans_shifted_concept_is_the_mean_of_b_over_the_cluster",
         "tests/test_concepts.py::test_matching_recovers_a_permutation",
         "tests/test_concepts.py::test_per_concept_shifts_beat_the_baselines_when_shifts_differ",
