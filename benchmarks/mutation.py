@@ -188,23 +188,31 @@ def _diff(work: Path, name: str) -> list[str]:
             if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
 
 
-def run_module(module: str, max_children: int, equivalent: dict[str, str]) -> dict:
-    work = _prepare(module)
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)], cwd=work,
-                          env=_env(), capture_output=True, text=True)
-    seconds = time.time() - t0
-    (work / "mutmut-run.log").write_text(proc.stdout + "\n" + proc.stderr)
+def run_module(module: str, max_children: int, equivalent: dict[str, str], run: bool = True) -> dict:
+    """Run mutmut on ``module`` (or, with ``run=False``, re-read its last results, e.g. after explaining survivors)
+    and classify the mutants."""
+    work = SCRATCH / _slug(module)
+    seconds = None
+    if run:
+        work = _prepare(module)
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                              cwd=work, env=_env(), capture_output=True, text=True)
+        seconds = round(time.time() - t0, 1)
+        (work / "mutmut-run.log").write_text(proc.stdout + "\n" + proc.stderr)
+        returncode = proc.returncode
+    else:
+        returncode = "not run"
     meta = work / "mutants" / "src" / "mmlens" / f"{module}.meta"
     if not meta.is_file():
-        raise SystemExit(f"mutmut produced no results for {module} (exit {proc.returncode}); see "
+        raise SystemExit(f"mutmut produced no results for {module} (exit {returncode}); see "
                          f"{work / 'mutmut-run.log'}")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     status_of = _status_by_exit_code()
     statuses = {name: status_of[code] for name, code in codes.items()}
     unchecked = sorted(n for n, s in statuses.items() if s == "not checked")
     if unchecked:
-        raise SystemExit(f"{module}: {len(unchecked)} mutants were not checked (exit {proc.returncode}); see "
+        raise SystemExit(f"{module}: {len(unchecked)} mutants were not checked (exit {returncode}); see "
                          f"{work / 'mutmut-run.log'}")
     killed = sorted(n for n, s in statuses.items() if s in KILLED_STATUSES)
     alive = sorted(n for n, s in statuses.items() if s not in KILLED_STATUSES)
@@ -216,7 +224,7 @@ def run_module(module: str, max_children: int, equivalent: dict[str, str]) -> di
             "score": round(len(killed) / denominator, 4) if denominator else None,
             "meets_target": bool(denominator) and len(killed) / denominator >= TARGET,
             "timeouts": sum(statuses[n] == "timeout" for n in killed),
-            "tests": MODULES[module], "seconds": round(seconds, 1),
+            "tests": MODULES[module], "seconds": seconds,
             "equivalent_mutants": explained, "unexplained_survivors": survivors}
 
 
@@ -242,17 +250,26 @@ def main() -> int:
     parser.add_argument("--modules", nargs="*", default=list(MODULES), help="modules under src/mmlens (default: all)")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run in parallel (the cores are shared)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--no-run", action="store_true",
+                        help="do not run mutmut: re-read the last results in build/mutation/ (after editing the "
+                             "equivalent-mutant list); the measurement's commit and time are kept")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         raise SystemExit(f"unknown module(s) {unknown}; choose from {sorted(MODULES)}")
     equivalent = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
-    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    modules = {m: r for m, r in previous.items() if m in MODULES}
     for module in args.modules:
         print(f"mutating src/mmlens/{module} ...", flush=True)
-        result = run_module(module, args.max_children, equivalent.get(module, {}))
-        modules[module] = result | {"commit": _commit(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        commit = _commit()  # the source and tests copied for this run
+        result = run_module(module, args.max_children, equivalent.get(module, {}), run=not args.no_run)
+        # re-read the file now: another module's run may have written it meanwhile
+        previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        modules = {m: r for m, r in previous.items() if m in MODULES}
+        if args.no_run and module in modules:
+            result |= {k: modules[module][k] for k in ("commit", "written", "seconds") if k in modules[module]}
+        else:
+            result |= {"commit": commit, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        modules[module] = result
         print(f"  {result['mutants']} mutants, {result['killed']} killed, {result['equivalent']} equivalent, "
               f"{len(result['unexplained_survivors'])} unexplained survivors: score {result['score']}", flush=True)
         # the issue's layout: {module: {mutants, killed, survived, equivalent, score, ...}} and total
