@@ -195,6 +195,8 @@ def test_hidden_token_draws_follow_eq_6_and_share_groups_across_calls():
     assert torch.equal(again[0], first[1]) and (image_mask[:2] & ~first).sum(1).tolist() == [3, 3]
     few = draw_hidden_image_tokens(image_mask[:1], None, rho=0.5, visible_tokens=10, rng=np.random.default_rng(0))
     assert not few.any()  # more visible tokens asked than there are: all stay visible
+    none_visible = draw_hidden_image_tokens(image_mask, None, rho=0.0, visible_tokens=0, rng=np.random.default_rng(0))
+    assert torch.equal(none_visible, image_mask)  # visible_tokens=0 is valid: every image token hidden
     for kwargs, message in ((dict(rho=-0.1, visible_tokens=None), r"^rho=-0.1 must be in \[0, 1\]$"),
                             (dict(rho=0.5, visible_tokens=-1), r"^visible_tokens=-1 must be >= 0$")):
         with pytest.raises(InputError, match=message):
