@@ -265,6 +265,8 @@ def test_the_layer_mask_hides_exactly_the_hidden_keys_from_every_other_query():
         out = _combine(additive, hidden, q_len, k_len, torch.float32)
         blocked = causal[None, None] & ~expected_allowed
         assert (out[blocked] == low).all() and torch.equal(out[~blocked], additive[~blocked])
+    double = _combine(None, hidden, 4, 4, torch.float64)  # the implicit mask takes the hidden states' dtype
+    assert double.dtype == torch.float64 and double.min() == torch.finfo(torch.float64).min
     nothing = torch.zeros(2, 4, dtype=torch.bool)
     float_mask = torch.randn(2, 1, 4, 4)
     assert torch.equal(_combine(float_mask, nothing, 4, 4, torch.float32), float_mask)
