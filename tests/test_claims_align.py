@@ -235,6 +235,12 @@ def test_masking_only_the_chosen_layers_and_clear_errors(llava):
         with torch.no_grad(), block_image_tokens(llava.decoder_layers, image_mask[:1]):
             llava.forward(a)
     assert not any(layer.self_attn._forward_pre_hooks for layer in llava.decoder_layers)
+    with pytest.raises(InputError, match=rf"^mask layer {-n - 1} out of range for {n} decoder layers$"):
+        with block_image_tokens(llava.decoder_layers, image_mask, layers=[-n - 1]):
+            pass
+    with pytest.raises(InputError, match=r"^decoder layer 0 \(Linear\) has no self_attn module to mask$"):
+        with block_image_tokens(torch.nn.ModuleList([torch.nn.Linear(2, 2)]), image_mask):
+            pass
 
 
 def test_the_layer_mask_hides_exactly_the_hidden_keys_from_every_other_query():
