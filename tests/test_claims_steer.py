@@ -223,3 +223,31 @@ def test_vector_records_describe_themselves_and_refuse_bad_input(tmp_path):
               metadata={"mmlens.steer.vectors": json.dumps({"version": 1, "vectors": [entry]})})
     with pytest.raises(InputError, match=r"^the steering vector contains NaN"):
         load_vectors(tmp_path / "nan.safetensors")
+
+
+def test_shuffled_control_is_the_mean_difference_after_permuting_the_labels():
+    """The shuffled control by hand: the source and target rows' labels permuted by the seeded generator, then
+    mean(target) - mean(source); it keeps the real vector's site, names, reference and contrasts."""
+    import numpy as np
+
+    from mmlens.errors import InputError
+    from mmlens.steer import VectorKind, shuffled_vector
+
+    gen = torch.Generator().manual_seed(4)
+    acts = torch.randn(12, 5, generator=gen)
+    labels = ["yes", "no", "maybe", "yes", "no", "no", "yes", "maybe", "yes", "no", "yes", "no"]
+    vec = shuffled_vector(acts, labels, "yes", "no", layer=2, seed=7, model="m", position="p")
+    keep = np.array([lab in ("yes", "no") for lab in labels])
+    permuted = np.random.default_rng(7).permutation(np.array(labels, dtype=object)[keep])
+    kept = acts[torch.from_numpy(keep)]
+    expected = (kept[torch.from_numpy(permuted == "no")].mean(0) - kept[torch.from_numpy(permuted == "yes")].mean(0))
+    assert torch.allclose(vec.vector, expected, atol=1e-6)
+    real = vector_from_labels(acts, labels, "yes", "no", layer=2, model="m", position="p")
+    assert vec.kind is VectorKind.SHUFFLED and vec.info["seed"] == 7
+    assert (vec.layer, vec.source, vec.target, vec.model, vec.position) == (2, "yes", "no", "m", "p")
+    assert torch.equal(vec.reference, real.reference) and torch.equal(vec.contrasts, real.contrasts)
+    default = shuffled_vector(acts, labels, "yes", "no", layer=2)
+    assert torch.equal(default.vector, shuffled_vector(acts, labels, "yes", "no", layer=2, seed=0).vector)
+    assert (default.model, default.position) == ("", "")
+    with pytest.raises(InputError, match=r"^the activations must be 2-D \(samples, hidden\), got shape \(12,\)$"):
+        shuffled_vector(torch.ones(12), labels, "yes", "no", layer=0)
