@@ -251,3 +251,18 @@ def test_shuffled_control_is_the_mean_difference_after_permuting_the_labels():
     assert (default.model, default.position) == ("", "")
     with pytest.raises(InputError, match=r"^the activations must be 2-D \(samples, hidden\), got shape \(12,\)$"):
         shuffled_vector(torch.ones(12), labels, "yes", "no", layer=0)
+
+
+def test_random_control_is_seeded_and_norm_matched():
+    """The random control: a seeded Gaussian direction rescaled to the real vector's norm, reproducible from its
+    seed (default 0), recording seed and the vector it matches; descriptions round the norm to 6 decimals."""
+    from mmlens.steer import SteeringVector, VectorKind, random_like
+
+    vec = SteeringVector(torch.tensor([0.1234567891, 2.0, -1.0]), 1, VectorKind.COARSE)
+    rnd = random_like(vec, seed=3)
+    direction = torch.randn(3, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(rnd.vector, direction / direction.norm() * vec.norm, atol=1e-6)
+    assert rnd.info == {"seed": 3, "matched": vec.name} and rnd.kind is VectorKind.RANDOM
+    assert torch.equal(random_like(vec).vector, random_like(vec, seed=0).vector)
+    assert random_like(vec).info["seed"] == 0
+    assert vec.describe()["norm"] == round(vec.norm, 6) != round(vec.norm, 7)
