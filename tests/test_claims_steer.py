@@ -266,3 +266,31 @@ def test_random_control_is_seeded_and_norm_matched():
     assert torch.equal(random_like(vec).vector, random_like(vec, seed=0).vector)
     assert random_like(vec).info["seed"] == 0
     assert vec.describe()["norm"] == round(vec.norm, 6) != round(vec.norm, 7)
+
+
+def test_vector_files_nested_folders_version_and_minimal_entries(tmp_path):
+    """save_vectors creates missing folders and records the format version; a file whose entries carry only the
+    required fields loads with empty model, position and info; labelled vectors default to empty model/position."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mmlens.errors import InputError
+    from mmlens.steer import SteeringVector, VectorKind, load_vectors, save_vectors
+
+    vec = SteeringVector(torch.ones(3), 1, VectorKind.CUSTOM)
+    path = save_vectors(tmp_path / "a" / "b" / "v.safetensors", vec)
+    with safe_open(str(path), framework="pt") as handle:
+        stored = json.loads(handle.metadata()["mmlens.steer.vectors"])
+    assert stored["version"] == 1 and stored["vectors"][0]["name"] == vec.name
+    entry = {"index": 0, "layer": 2, "kind": "custom", "source": "s", "target": "t"}
+    save_file({"0.vector": torch.ones(3)}, str(tmp_path / "min.safetensors"),
+              metadata={"mmlens.steer.vectors": json.dumps({"version": 1, "vectors": [entry]})})
+    loaded = load_vectors(tmp_path / "min.safetensors")[0]
+    assert (loaded.model, loaded.position, dict(loaded.info), loaded.reference, loaded.contrasts) == (
+        "", "", {}, None, None)
+    labelled = vector_from_labels(torch.eye(2), ["a", "b"], "a", "b", layer=0)
+    assert (labelled.model, labelled.position, labelled.contrasts) == ("", "", None)
+    with pytest.raises(InputError, match=r"^the activations must be 2-D \(samples, hidden\), got shape \(2,\)$"):
+        vector_from_labels(torch.ones(2), ["a", "b"], "a", "b", layer=0)
