@@ -143,6 +143,7 @@ def test_vector_records_describe_themselves_and_refuse_bad_input(tmp_path):
     assert (control.layer, control.source, control.target, control.model, control.position) == (
         2, "yes", "no", "m", "last_prompt")
     assert control.info == {"n": 1, "seed": 4} and torch.equal(control.contrasts, vec.contrasts)
+    assert torch.equal(control.reference, vec.reference)
     assert SteeringVector(torch.ones(2), 0, VectorKind.CUSTOM).describe()["n_contrasts"] == 0
     cases = [
         (lambda: SteeringVector(torch.ones(2, 2), 0, "custom"),
@@ -172,6 +173,8 @@ def test_vector_records_describe_themselves_and_refuse_bad_input(tmp_path):
          r"^got 2 labels for 3 activation rows$"),
         (lambda: vector_from_labels(torch.ones(2, 2), ["a", "b"], "c", "b", layer=0),
          r"^no activation is labelled 'c': cannot build a c->b vector$"),
+        (lambda: vector_from_labels(torch.ones(2, 2), ["a", "b"], "a", "z", layer=0),
+         r"^no activation is labelled 'z': cannot build a a->z vector$"),
         (lambda: concept_vectors(torch.ones(1, 2), layer=0), r"^a concept dictionary needs at least 2 concepts"),
         (lambda: concept_vectors(torch.eye(2), layer=0, names=["a"]), r"^got 1 names for 2 concepts$"),
         (lambda: concept_vectors(torch.eye(2), layer=0, pairs=[(0, 0)]),
