@@ -9,25 +9,12 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Spinning OpenMP waits make torch 5-20x slower when another process shares the cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test lint bench-zoo bench-influence constraints clean-venv
+.PHONY: demo test lint bench-zoo bench-influence mutation planted-bugs constraints clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e ".[test]"
 	touch $(STAMP)
-
-demo: $(STAMP)
-	$(OFFLINE) $(BIN)/mmlens demo
-
-# Lint of src/ and tests/ runs before the suite (fast: seconds).
-lint: $(STAMP)
-	$(BIN)/ruff check src tests tools
-
-test: $(STAMP) lint
-	$(OFFLINE) $(BIN)/pytest -q
-
-bench-zoo: $(STAMP)
-	$(OFFLINE) $(BIN)/mmlens bench zoo --out benchmarks/results/zoo.json
 
 # The peer library of the influence benchmark (kronfluence): its metadata asks for torchvision, which breaks this
 # torch build, so it is installed without dependencies, plus the ones it really needs (the `peer` extra).
@@ -36,6 +23,35 @@ $(PEER_STAMP): $(STAMP)
 	$(PIP) --no-deps kronfluence
 	$(PIP) einconv einops opt-einsum
 	touch $(PEER_STAMP)
+
+# The mutation-testing tool of `make mutation` (the `mutation` extra).
+MUTATION_STAMP := $(VENV)/.mutation-installed
+$(MUTATION_STAMP): $(STAMP)
+	$(PIP) -e ".[test,mutation]"
+	touch $(MUTATION_STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/mmlens demo
+
+# Lint of src/, tests/ and tools/ runs before the suite (fast: seconds).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests tools
+
+# The peer comparison (kronfluence agreement test) is part of the suite: the test environment has the peer extra.
+test: $(PEER_STAMP) lint
+	$(OFFLINE) $(BIN)/pytest -q
+
+# Mutation score of the methods' core modules -> benchmarks/results/mutation.json (CPU-heavy: niced, one mutant at
+# a time; `python benchmarks/mutation.py --modules align/masking.py` for one module).
+mutation: $(MUTATION_STAMP)
+	$(OFFLINE) nice -n 10 $(BIN)/python benchmarks/mutation.py
+
+# Plant issue 21's four bugs one at a time in a temporary copy of src/ and check a named test kills each.
+planted-bugs: $(STAMP)
+	$(OFFLINE) nice -n 10 $(BIN)/python benchmarks/planted_bugs.py
+
+bench-zoo: $(STAMP)
+	$(OFFLINE) $(BIN)/mmlens bench zoo --out benchmarks/results/zoo.json
 
 bench-influence: $(PEER_STAMP)
 	$(OFFLINE) $(BIN)/mmlens bench influence --out benchmarks/results/influence.json

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from mmlens.audit import ShiftStage
 from mmlens.audit.demo import ZOO_TARGETS, DemoConfig, run_demo, target_rows
 
@@ -46,7 +48,12 @@ def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
     assert summary["audit_seconds"] > 0 and summary["audit_budget_seconds"] == 900.0
     assert summary["stages_reused"] == 0 and "reused from an earlier run" not in page
     clip = summary["audits"]["mini-clip"]["stages"]
-    assert clip["influence"]["status"] == "done" and 0.0 <= clip["influence"]["summary"]["auroc_self_influence"] <= 1
+    assert clip["influence"]["status"] == "done"
+    rows = json.loads((out / "mini-clip" / "influence" / "data.json").read_text())["rows"]
+    from sklearn.metrics import roc_auc_score
+
+    assert clip["influence"]["summary"]["auroc_self_influence"] == pytest.approx(
+        roc_auc_score([r["injected_swap"] for r in rows], [r["self_influence"] for r in rows]), abs=1e-4)
     assert clip["influence"]["summary"]["n_injected"] == 3  # 10% of the 30 training pairs
     llava = summary["audits"]["mini-llava"]["stages"]
     assert llava["influence"]["status"] == "skipped"
