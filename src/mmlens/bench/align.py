@@ -179,7 +179,7 @@ def _length_bias(arms: dict) -> dict:
 def align_benchmark(
     config: AlignBenchConfig = AlignBenchConfig(),
     progress: Callable[[str], None] | None = None,
-    on_partial: Callable[[dict], None] | None = None,
+    on_partial: Callable[[dict], object] | None = None,
 ) -> dict:
     """Run every arm for every seed and return the benchmark record (see the module docstring); ``on_partial``
     receives the record so far (``complete: False``) after each seed, for an atomic checkpoint."""

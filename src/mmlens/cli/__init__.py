@@ -114,7 +114,7 @@ def command() -> Any:
                      rich_markup_mode=None)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

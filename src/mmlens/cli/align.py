@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -151,10 +151,11 @@ def dpo_command(
     offline = load_preference_pairs(pairs) if pairs is not None else None
     vlm = load_model(model, expect=VisionLanguageModel)
     if mode is DPOMode.OFFLINE:
+        assert offline is not None  # checked with the options
         trained, log = train_dpo(vlm, offline, settings)
     else:
         examples, world = _examples(model, data, n_scenes, settings.seed)
-        judge_obj = None
+        judge_obj: Any = None
         if mode in (DPOMode.ONLINE, DPOMode.MIXED):
             if judge == "oracle" and world is not None:
                 judge_obj = WorldOracleJudge(world)

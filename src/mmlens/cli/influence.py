@@ -54,23 +54,21 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
     settings: an interrupted or repeated run resumes there)."""
     import torch
 
+    from mmlens.enums import as_enum
     from mmlens.errors import InputError
     from mmlens.influence.analyzer import FitResult, InfluenceAnalyzer
-    from mmlens.influence.config import (
-        FitArguments,
-        InfluenceArguments,
-        ParamGroup,
-        as_enum,
-    )
+    from mmlens.influence.config import FitArguments, HessianSolver, InfluenceArguments, NegForm, ParamGroup
     from mmlens.influence.data import BatchPartition, load_pair_data
-    from mmlens.influence.task import HeadTask, ModelTask
+    from mmlens.influence.task import ContrastiveTask, HeadTask, ModelTask
     from mmlens.models import ContrastiveModel, load_model
 
-    args = InfluenceArguments(neg_form=neg_form, solver=solver, damping=damping)  # validate before loading anything
+    args = InfluenceArguments(neg_form=as_enum(NegForm, neg_form, "--neg-form"),  # validate before loading anything
+                              solver=as_enum(HessianSolver, solver, "--solver"), damping=damping)
     fit_args = FitArguments(batch_size=batch_size, l2=l2, seed=seed)
     group_enum = as_enum(ParamGroup, group, "--group")
     pairs = load_pair_data(data)
     adapter = load_model(model, expect=ContrastiveModel)
+    task: ContrastiveTask
     if group_enum is ParamGroup.PROJECTION:
         task = HeadTask(adapter, group_enum, progress=True)
     elif group_enum is ParamGroup.LORA:
@@ -296,6 +294,7 @@ def remove_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     else:
         from mmlens.world.export import read_jsonl
 
+        assert ranking is not None  # one of --indices, --ranking was checked
         records = [r for _, r in read_jsonl(ranking)]
         # `value` writes the same file name in input order, without ranks: removing its first rows would be wrong
         if not records or not all("index" in r and "rank" in r for r in records):

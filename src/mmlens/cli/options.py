@@ -64,7 +64,7 @@ def _comments(cls: type) -> dict[str, str]:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    out = {}
+    out: dict[str, str] = {}
     for match in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE):
         out.setdefault(match.group(1), match.group(2).strip())
     return out
@@ -132,7 +132,8 @@ def field_parameters(spec: FieldOptions, cls: type | None = None, path: tuple[st
         if key in spec.exclude or not f.init:
             continue
         annotation, optional = _split_optional(hints[f.name])
-        if dataclasses.is_dataclass(annotation) and not optional and key not in spec.converters:
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and not optional \
+                and key not in spec.converters:
             out.extend(field_parameters(spec, annotation, (*path, f.name)))
             continue
         dashed = "-".join(p.replace("_", "-") for p in (*path, f.name))
@@ -141,8 +142,9 @@ def field_parameters(spec: FieldOptions, cls: type | None = None, path: tuple[st
         default = _field_default(spec, key, f)
         convert = None
         converter = spec.converters.get(key)
-        if converter is None and _tuple_item(annotation) is not None:
-            converter = _comma_converter(_tuple_item(annotation), names[0].lstrip("-"))
+        item = _tuple_item(annotation)
+        if converter is None and item is not None:
+            converter = _comma_converter(item, names[0].lstrip("-"))
         if converter is not None:
             option_type: Any = str | None if optional else str
             default = converter.show(default) if default not in (None, inspect.Parameter.empty) else default

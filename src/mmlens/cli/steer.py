@@ -83,9 +83,11 @@ def _examples(model, data: Path, answer_type: str | None = None, items=None):
 
 
 def _config(alpha: float, positions: str, condition: str):
-    from mmlens.steer import SteerConfig
+    from mmlens.enums import as_enum
+    from mmlens.steer import SteerCondition, SteerConfig, SteerPositions
 
-    return SteerConfig(alpha, positions, condition)  # validates with a clear error
+    return SteerConfig(alpha, as_enum(SteerPositions, positions, "--positions"),
+                       as_enum(SteerCondition, condition, "--condition"))
 
 
 @steer_app.command("build")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -47,7 +47,7 @@ def _headline(metrics: dict | None) -> dict:
     """The numbers worth a line: top-level numbers and small nested groups of rates (e.g. VQA accuracy per type)."""
     if not metrics:
         return {}
-    keep = {}
+    keep: dict[str, Any] = {}
     for key, value in metrics.get("metrics", metrics).items():
         if isinstance(value, float):
             keep[key] = round(value, 4)

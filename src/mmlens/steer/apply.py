@@ -223,10 +223,8 @@ class _SampleGate:
                     f"vector {vec.name} has no reference/contrasts: the source_concept condition needs "
                     "vectors built from labelled activations or a dictionary"
                 )
-        self.centres = [
-            torch.cat([vec.reference[None], vec.contrasts])
-            for vec in vectors  # type: ignore[index]
-        ]  # both checked above
+        # reference and contrasts are checked above
+        self.centres = [torch.cat([vec.reference[None], vec.contrasts]) for vec in vectors]  # type: ignore[index]
         self.tracker = tracker
         self.generation = -1
         self.gates: torch.Tensor | None = None  # [n_vectors, B]
