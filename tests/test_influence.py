@@ -223,7 +223,7 @@ def test_streaming_scores_equal_the_in_memory_scores(fitted, tmp_path):
     from mmlens.influence import encode_cached, score_pairs
 
     val = _pairs(16, seed=5)
-    streamed = score_pairs(fitted, tmp_path / "scores", val, shard_batches=1)
+    streamed = score_pairs(fitted, tmp_path / "scores", val, shard_batches=1, all_forms=True)
     assert streamed.n_shards == 3 and streamed.reused_shards == 0 and len(streamed) == 24
     memory = fitted.value(val)
     for name, v in memory.variants().items():
@@ -234,6 +234,9 @@ def test_streaming_scores_equal_the_in_memory_scores(fitted, tmp_path):
     # without validation pairs: self-influence only
     alone = score_pairs(fitted, tmp_path / "alone", shard_batches=2)
     assert np.isnan(alone.value).all() and np.array_equal(alone.self_influence, streamed.self_influence)
+    one_form = score_pairs(fitted, tmp_path / "one-form", val, shard_batches=2)  # the default: the chosen form only
+    np.testing.assert_allclose(one_form.value, streamed.value, rtol=1e-9)
+    assert np.isnan(one_form.columns["neg_prob"]).all()
     # the tower outputs are cached on disk and read back identical
     first = encode_cached(fitted.task, fitted.train, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 1
@@ -261,7 +264,7 @@ def test_an_interrupted_scoring_run_resumes_with_the_same_scores(fitted, tmp_pat
     resumed = score_pairs(fitted, tmp_path / "cut", val, shard_batches=1, on_shard=written.append)
     assert resumed.reused_shards == 1 and written == [1, 2]  # only the missing shards were computed
     for name in whole.columns:
-        assert np.array_equal(resumed.columns[name], whole.columns[name]), name
+        assert np.array_equal(resumed.columns[name], whole.columns[name], equal_nan=True), name
     # other validation pairs: the stale shards are not reused
     other = score_pairs(fitted, tmp_path / "cut", _pairs(16, seed=6), shard_batches=1)
     assert other.reused_shards == 0 and not np.allclose(other.value, whole.value)

@@ -46,6 +46,7 @@ from mmlens.models.contrastive import ContrastiveModel
 from mmlens.models.distributed import DistributedWork
 
 BatchResult = TypeVar("BatchResult")
+HVP_ROWS = 16  # Hessian-vector products computed together in one batched double backward
 
 
 @dataclass(frozen=True)
@@ -293,14 +294,20 @@ class InfluenceAnalyzer:
         theta, grad = self._hvp_state
         if v.ndim == 1:
             return torch.autograd.grad(grad, theta, v, retain_graph=True)[0]
-        try:
-            return torch.autograd.grad(grad, theta, v, retain_graph=True, is_grads_batched=True)[0]
-        except RuntimeError:  # an op without a batching rule: one product per row
-            return torch.stack([torch.autograd.grad(grad, theta, row, retain_graph=True)[0] for row in v])
+        # rows in blocks: a batched double backward holds one copy of the graph's intermediates per row
+        return torch.cat([self._batched_grad(grad, theta, v[s:s + HVP_ROWS]) for s in range(0, len(v), HVP_ROWS)])
 
-    def _chunked_hvp(self, v: torch.Tensor, rows_per_pass: int = 16) -> torch.Tensor:
+    @staticmethod
+    def _batched_grad(grad: torch.Tensor, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.autograd.grad(grad, theta, rows, retain_graph=True, is_grads_batched=True)[0]
+        except RuntimeError:  # an op without a batching rule: one product per row
+            return torch.stack([torch.autograd.grad(grad, theta, row, retain_graph=True)[0] for row in rows])
+
+    def _chunked_hvp(self, v: torch.Tensor, rows_per_pass: int | None = None) -> torch.Tensor:
         """H v summed over the chunks of the partition: each chunk's double-backward graph is built, used for
         ``rows_per_pass`` vectors at a time and freed (memory bounded; the first backward is recomputed per call)."""
+        rows_per_pass = rows_per_pass or HVP_ROWS
         single = v.ndim == 1
         vs = v.unsqueeze(0) if single else v
         none = torch.zeros(self.n, dtype=torch.bool)
@@ -311,13 +318,7 @@ class InfluenceAnalyzer:
             (grad,) = torch.autograd.grad(self._chunk_loss(theta, rows, masks), theta, create_graph=True)
             for start in range(0, len(vs), rows_per_pass):
                 block = vs[start:start + rows_per_pass]
-                last = start + rows_per_pass >= len(vs)
-                try:
-                    out[start:start + len(block)] += torch.autograd.grad(grad, theta, block, retain_graph=not last,
-                                                                         is_grads_batched=True)[0]
-                except RuntimeError:  # an op without a batching rule: one product per row
-                    out[start:start + len(block)] += torch.stack(
-                        [torch.autograd.grad(grad, theta, row, retain_graph=True)[0] for row in block])
+                out[start:start + len(block)] += self._batched_grad(grad, theta, block)
         return out[0] if single else out
 
     def inverse(self) -> InverseOperator:

@@ -95,7 +95,7 @@ class StreamedScores:
     """Every pair's scores from a sharded run (one array per column of :data:`COLUMNS`, in pair order).
 
     ``delta_val_loss_if_removed`` (both roles, the analyzer's ``neg_form``) is NaN for every pair when no
-    validation pairs were given. ``reused_shards`` of ``n_shards`` came from an earlier run (resume)."""
+    validation pairs were given; the other forms' parts are NaN unless computed (``all_forms``). ``reused_shards`` of ``n_shards`` came from an earlier run (resume)."""
 
     columns: dict[str, np.ndarray] = field(repr=False)
     n_shards: int
@@ -119,19 +119,21 @@ class StreamedScores:
         """The value by role and form, as :meth:`InfluenceAnalyzer.value` returns it."""
         if self.n_val == 0:
             raise InputError("these scores were computed without validation pairs: no value by role")
+        if any(np.isnan(self.columns[f"neg_{f.value}"]).all() for f in NegForm):
+            raise InputError("these scores hold one negative form only: score with all_forms=True")
         return PairScores(self.columns["pos"], {f.value: self.columns[f"neg_{f.value}"] for f in NegForm},
                           self.columns["max_negative_prob"])
 
 
 def _settings_key(analyzer: InfluenceAnalyzer, val: PairData | None, shard_batches: int, role: Role,
-                  val_batch_size: int | None, val_seed: int) -> str:
+                  val_batch_size: int | None, val_seed: int, all_forms: bool) -> str:
     fit = analyzer.fitted
     assert fit is not None
     digest = hashlib.sha256()
     digest.update(fit.params.detach().cpu().numpy().tobytes())
     digest.update(fit.partition.to_json().encode())
     digest.update(json.dumps({"args": asdict(analyzer.args), "shard_batches": shard_batches, "role": role.value,
-                              "val_batch_size": val_batch_size, "val_seed": val_seed, "n": analyzer.n,
+                              "val_batch_size": val_batch_size, "val_seed": val_seed, "n": analyzer.n, "all_forms": all_forms,
                               "task": type(analyzer.task).__name__}, default=str).encode())
     digest.update(b"no-val" if val is None else pair_fingerprint(val).encode())
     # the encoded pairs themselves (a cheap summary: their sums per tensor) guard against another model/data
@@ -159,13 +161,14 @@ def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def score_pairs(analyzer: InfluenceAnalyzer, folder: str | Path, val: PairData | None = None, *,
-                shard_batches: int = 32, self_influence_role: Role | str = Role.BOTH,
+                shard_batches: int = 32, self_influence_role: Role | str = Role.BOTH, all_forms: bool = False,
                 val_batch_size: int | None = None, val_seed: int = 0,
                 on_shard: Callable[[int], None] | None = None) -> StreamedScores:
     """Score every training pair of the fitted ``analyzer`` in shards written to ``folder`` (see the module).
 
     ``val``: validation pairs of ``delta_val_loss_if_removed`` (None: self-influence only). ``shard_batches``:
-    batches of the partition per shard file. ``on_shard(i)`` is called after shard ``i`` is written (progress;
+    batches of the partition per shard file. ``all_forms``: also the value parts of the negative forms other
+    than the analyzer's ``neg_form`` (NaN otherwise; computing them doubles the per-pair gradients). ``on_shard(i)`` is called after shard ``i`` is written (progress;
     an exception raised there interrupts the run like a crash: rerun to resume). A folder written with other
     settings (fit, data, validation pairs, arguments) is cleared first."""
     if analyzer.fitted is None:
@@ -177,7 +180,8 @@ def score_pairs(analyzer: InfluenceAnalyzer, folder: str | Path, val: PairData |
     work = analyzer.work
     t0 = time.time()
     folder = Path(folder)
-    key = _settings_key(analyzer, val, shard_batches, role, val_batch_size, val_seed)
+    key = _settings_key(analyzer, val, shard_batches, role, val_batch_size, val_seed, all_forms)
+    parts = PARTS if all_forms else ("pos", f"neg_{form.value}")
     batches = analyzer.partition.batches
     shards = [batches[s:s + shard_batches] for s in range(0, len(batches), shard_batches)]
     manifest = {"key": key, "n_pairs": analyzer.n, "n_shards": len(shards), "shard_batches": shard_batches,
@@ -231,10 +235,10 @@ def score_pairs(analyzer: InfluenceAnalyzer, folder: str | Path, val: PairData |
         rows: dict[str, list[np.ndarray]] = {c: [] for c in (*COLUMNS, "index")}
         for batch in shards[i]:
             idx = np.asarray(batch)
-            grads, maxp = analyzer._terms_gradients(theta, subset(analyzer.encoded, torch.as_tensor(idx)), PARTS)
+            grads, maxp = analyzer._terms_gradients(theta, subset(analyzer.encoded, torch.as_tensor(idx)), parts)
             rows["index"].append(idx)
             for part in PARTS:
-                rows[part].append(np.full(len(idx), np.nan) if solved is None
+                rows[part].append(np.full(len(idx), np.nan) if solved is None or part not in grads
                                   else (grads[part] @ solved).detach().cpu().numpy())
             rows["delta_val_loss_if_removed"].append(rows["pos"][-1] + rows[f"neg_{form.value}"][-1])
             g = {Role.POS: grads["pos"], Role.NEG: grads[f"neg_{form.value}"],
