@@ -15,8 +15,9 @@ exact negative form). Each (group, N) runs in a fresh Python process, so its pea
 (model loading and process start-up excluded, reported apart). The exponent is the least-squares slope of
 log(seconds) on log(N).
 
-Result layout: ``{group: {n: {seconds, peak_rss_mb, encode_seconds, fit_seconds, score_seconds, ...}},
-exponent: {group: value}, settings: {...}}``; with ``plot`` a PNG of both curves.
+Result layout: ``{group: {n: {seconds, peak_rss_mb, process_cpu_seconds, encode_seconds, fit_seconds,
+score_seconds, ...}}, exponent: {group: value}, exponent_cpu: {group: value}, settings: {...}}``; with ``plot`` a
+PNG of both curves.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +117,11 @@ def fitted_exponent(sizes: list[int], seconds: list[float]) -> float:
 
 def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str, ...] = GROUPS,
                               sizes: tuple[int, ...] = SIZES, seed: int = 0, out: str | Path | None = None,
-                              progress_cb=None) -> dict[str, Any]:
+                              jobs: int = 1, progress_cb=None) -> dict[str, Any]:
     """Every (group, N) in a fresh process (its own peak memory), smallest N first; returns the result layout of
     the module. With ``out``, the result so far is written there atomically after every run and a rerun with the
-    same settings resumes after the runs already in it (an entry is complete or absent)."""
+    same settings resumes after the runs already in it (an entry is complete or absent). ``jobs`` runs at once
+    (more than 1 shares the cores between the runs: their wall times grow, ``process_cpu_seconds`` much less)."""
     from mmlens.io import write_json_atomic
 
     unknown = set(groups) - set(GROUPS)
@@ -129,7 +133,7 @@ def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str,
                 "l2": 300.0, "solver": "cg", "neg_form": "exact", "self_influence": "projected inverse, proj_dim 256",
                 "lora_rank": LORA_RANK, "validation": "digits test split (450 clean pairs)",
                 "data": "digits train split (1347) cycled, copies augmented (shift <= 1 px, noise sd 8)",
-                "cpu_count": os.cpu_count(), "machine": platform.machine(),
+                "cpu_count": os.cpu_count(), "machine": platform.machine(), "jobs": jobs,
                 "measured": "seconds = wall time of encode + fit + score_pairs in a fresh process (model loading "
                             "apart, setup_seconds); process_cpu_seconds = its user + system CPU time; "
                             "peak_rss_mb = its ru_maxrss"}
@@ -141,22 +145,31 @@ def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str,
             previous = {}
         if {k: v for k, v in previous.get("settings", {}).items() if k != "load_average"} == settings:
             result.update({g: previous.get(g, {}) for g in groups})
-    for n in sizes:
-        for group in groups:
-            if str(n) in result[group]:
-                continue
-            if progress_cb is not None:
-                progress_cb(f"{group} n={n}")
-            with tempfile.TemporaryDirectory(prefix="mmlens-influence-scale-") as tmp:
-                cmd = [sys.executable, "-m", "mmlens.bench.influence_scale", model, group, str(n), tmp, str(seed)]
-                done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"influence-scale run {group} n={n} failed:\n{done.stderr[-3000:]}")
+    todo = [(group, n) for n in sizes for group in groups if str(n) not in result[group]]
+    lock = threading.Lock()
+
+    def measure(group: str, n: int) -> None:
+        if progress_cb is not None:
+            progress_cb(f"{group} n={n}")
+        with tempfile.TemporaryDirectory(prefix="mmlens-influence-scale-") as tmp:
+            cmd = [sys.executable, "-m", "mmlens.bench.influence_scale", model, group, str(n), tmp, str(seed)]
+            done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"influence-scale run {group} n={n} failed:\n{done.stderr[-3000:]}")
+        with lock:
             result[group][str(n)] = json.loads(done.stdout.strip().splitlines()[-1])
             if out is not None:
                 write_json_atomic(out, {**result, "settings": {**settings, "load_average": list(os.getloadavg())}})
+
+    # smallest N first; with jobs > 1 that many runs at once (each still in its own process, its own peak memory)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(measure, g, n) for g, n in todo]:
+            future.result()
     result["exponent"] = {g: fitted_exponent(list(sizes), [result[g][str(n)]["seconds"] for n in sizes])
                           for g in groups}
+    # the same fit on CPU time: less sensitive to the other processes sharing the cores
+    result["exponent_cpu"] = {g: fitted_exponent(list(sizes), [result[g][str(n)]["process_cpu_seconds"]
+                                                               for n in sizes]) for g in groups}
     result["settings"] = {**settings, "load_average": list(os.getloadavg())}
     if out is not None:
         write_json_atomic(out, result)
@@ -170,7 +183,7 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [g for g in result if g not in ("exponent", "settings")]
+    groups = [g for g in result if g not in ("exponent", "exponent_cpu", "settings")]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6))
     for g in groups:
         ns = sorted(int(n) for n in result[g])

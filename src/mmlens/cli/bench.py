@@ -62,11 +62,12 @@ def bench_influence_scale_command(
     = Path("docs/images/influence_scale.png"),
     model: Annotated[str, typer.Option(help="The contrastive model.")] = "zoo:digits-clip",
     seed: Annotated[int, typer.Option()] = 0,
+    jobs: Annotated[int, typer.Option(min=1, help="Runs at once (each in its own process).")] = 1,
 ) -> None:
     """Wall time and peak memory of scoring every training pair, N = 10^3, 10^4, 10^5, two parameter groups."""
     from mmlens.bench.influence_scale import influence_scale_benchmark, plot_scaling
 
-    result = influence_scale_benchmark(model, seed=seed, out=out,
+    result = influence_scale_benchmark(model, seed=seed, out=out, jobs=jobs,
                                        progress_cb=lambda r: typer.echo(f"running {r} ...", err=True))
     if plot is not None:
         plot_scaling(result, plot)
