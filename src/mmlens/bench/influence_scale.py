@@ -117,11 +117,12 @@ def fitted_exponent(sizes: list[int], seconds: list[float]) -> float:
 
 def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str, ...] = GROUPS,
                               sizes: tuple[int, ...] = SIZES, seed: int = 0, out: str | Path | None = None,
-                              jobs: int = 1, progress_cb=None) -> dict[str, Any]:
+                              jobs: int = 1, plot: str | Path | None = None, progress_cb=None) -> dict[str, Any]:
     """Every (group, N) in a fresh process (its own peak memory), smallest N first; returns the result layout of
     the module. With ``out``, the result so far is written there atomically after every run and a rerun with the
     same settings resumes after the runs already in it (an entry is complete or absent). ``jobs`` runs at once
-    (more than 1 shares the cores between the runs: their wall times grow, ``process_cpu_seconds`` much less)."""
+    (more than 1 shares the cores between the runs: their wall times grow, ``process_cpu_seconds`` much less).
+    ``plot``: the scaling plot, redrawn with the file."""
     from mmlens.io import write_json_atomic
 
     unknown = set(groups) - set(GROUPS)
@@ -148,6 +149,19 @@ def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str,
     todo = [(group, n) for n in sizes for group in groups if str(n) not in result[group]]
     lock = threading.Lock()
 
+    def write_partial() -> None:
+        """The runs so far, their exponents where a group has two sizes or more, and the plot: an interrupted
+        benchmark leaves a consistent file (``complete`` false) that a rerun completes."""
+        _add_exponents(result, groups)
+        result["settings"] = {**settings, "load_average": list(os.getloadavg())}
+        result["complete"] = all(str(n) in result[g] for g in groups for n in sizes)
+        if out is not None:
+            write_json_atomic(out, result)
+        if plot is not None and any(result[g] for g in groups):
+            plot_scaling(result, plot)
+
+    write_partial()
+
     def measure(group: str, n: int) -> None:
         if progress_cb is not None:
             progress_cb(f"{group} n={n}")
@@ -158,22 +172,24 @@ def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str,
             raise RuntimeError(f"influence-scale run {group} n={n} failed:\n{done.stderr[-3000:]}")
         with lock:
             result[group][str(n)] = json.loads(done.stdout.strip().splitlines()[-1])
-            if out is not None:
-                write_json_atomic(out, {**result, "settings": {**settings, "load_average": list(os.getloadavg())}})
+            write_partial()
 
     # smallest N first; with jobs > 1 that many runs at once (each still in its own process, its own peak memory)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for future in [pool.submit(measure, g, n) for g, n in todo]:
             future.result()
-    result["exponent"] = {g: fitted_exponent(list(sizes), [result[g][str(n)]["seconds"] for n in sizes])
-                          for g in groups}
-    # the same fit on CPU time: less sensitive to the other processes sharing the cores
-    result["exponent_cpu"] = {g: fitted_exponent(list(sizes), [result[g][str(n)]["process_cpu_seconds"]
-                                                               for n in sizes]) for g in groups}
-    result["settings"] = {**settings, "load_average": list(os.getloadavg())}
-    if out is not None:
-        write_json_atomic(out, result)
+    write_partial()
     return result
+
+
+def _add_exponents(result: dict[str, Any], groups: tuple[str, ...]) -> None:
+    """``exponent`` (wall time) and ``exponent_cpu`` (process CPU time) per group with at least two sizes."""
+    for key, field in (("exponent", "seconds"), ("exponent_cpu", "process_cpu_seconds")):
+        result[key] = {}
+        for g in groups:
+            ns = sorted(int(n) for n in result[g])
+            if len(ns) >= 2:
+                result[key][g] = fitted_exponent(ns, [result[g][str(n)][field] for n in ns])
 
 
 def plot_scaling(result: dict[str, Any], path: str | Path) -> Path:
@@ -183,12 +199,13 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [g for g in result if g not in ("exponent", "exponent_cpu", "settings")]
+    groups = [g for g in result if g not in ("exponent", "exponent_cpu", "settings", "complete") and result[g]]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6))
     for g in groups:
         ns = sorted(int(n) for n in result[g])
+        exponent = result.get("exponent", {}).get(g)
         ax_t.plot(ns, [result[g][str(n)]["seconds"] for n in ns], "o-",
-                  label=f"{g} (exponent {result['exponent'][g]:.2f})")
+                  label=g if exponent is None else f"{g} (exponent {exponent:.2f})")
         ax_m.plot(ns, [result[g][str(n)]["peak_rss_mb"] for n in ns], "o-", label=g)
     ns = sorted({int(n) for g in groups for n in result[g]})
     ref = result[groups[0]][str(ns[0])]["seconds"]

@@ -65,12 +65,10 @@ def bench_influence_scale_command(
     jobs: Annotated[int, typer.Option(min=1, help="Runs at once (each in its own process).")] = 1,
 ) -> None:
     """Wall time and peak memory of scoring every training pair, N = 10^3, 10^4, 10^5, two parameter groups."""
-    from mmlens.bench.influence_scale import influence_scale_benchmark, plot_scaling
+    from mmlens.bench.influence_scale import influence_scale_benchmark
 
-    result = influence_scale_benchmark(model, seed=seed, out=out, jobs=jobs,
+    result = influence_scale_benchmark(model, seed=seed, out=out, jobs=jobs, plot=plot,
                                        progress_cb=lambda r: typer.echo(f"running {r} ...", err=True))
-    if plot is not None:
-        plot_scaling(result, plot)
     typer.echo(json.dumps(result, indent=2))
     typer.echo(f"written to {out}")
 
