@@ -82,7 +82,7 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
     for name in ("index.html", "data.json", "stage.json"):
         assert (out / "influence" / name).is_file(), name
     data = json.loads((out / "influence" / "data.json").read_text())
-    assert len(data["rows"]) == 18 and sum(r["injected_swap"] for r in data["rows"]) == data["summary"]["n_injected"]
+    assert len(data["rows"]) == 24 and sum(r["injected_swap"] for r in data["rows"]) == data["summary"]["n_injected"]
     audit = _audit_json(out)
     first = audit["stages"]["influence"]
     assert first["status"] == "done" and 0.0 <= first["summary"]["auroc_self_influence"] <= 1.0
@@ -99,7 +99,7 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
     run_audit(changed, progress=False)
     recomputed = _audit_json(out)["stages"]["influence"]
     assert recomputed["status"] == "done" and recomputed["computed_at"] != first["computed_at"]
-    assert recomputed["summary"]["n_flagged"] == 4 != first["summary"]["n_flagged"]
+    assert recomputed["summary"]["n_flagged"] == 5 != first["summary"]["n_flagged"]
     assert len(list((out / "_work").glob("influence-*"))) == 1  # the old settings' work folder is gone
 
 
@@ -133,10 +133,11 @@ def test_influence_scores_every_pair_and_names_its_validation_data(assets, tmp_p
         return result.stage(Stage.INFLUENCE).summary, (out / "index.html").read_text()
 
     held_out, page = audit("default")
-    assert held_out["n_pairs_in_data"] == 608 and held_out["n_scored"] == 456 and held_out["n_val"] == 152
+    assert held_out["n_pairs_in_data"] == 608 and held_out["n_scored"] == 608 and held_out["n_val"] == 152
     assert not held_out["sampled"] and held_out["flagged_by"] == "self_influence"
-    assert "Influence scored 456 training pairs: all 608 pairs of the data, 152 of them held out" in page
-    assert "flagged by self-influence only" in page and "same, possibly noisy, data" in page
+    assert "Influence scored 608 training pairs: all 608 pairs of the data; validation data: 152 pairs of the same" \
+        in page
+    assert "flagged by self-influence only" in page and "used part of the same data" in page
 
     trusted, page = audit("trusted", val=str(assets / "data"), max_pairs=100)
     assert trusted["n_scored"] == 100 and trusted["n_val"] == 24 and trusted["validation"] == str(assets / "data")

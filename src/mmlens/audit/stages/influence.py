@@ -81,12 +81,12 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
     if cfg.val is not None:  # the user's trusted validation set: every (sampled) pair is a training pair
         val, train = load_validation_pairs(cfg.val), pairs
         val_words = f"the trusted validation set {cfg.val} ({len(val)} pairs)"
-    else:  # held out from the same, possibly noisy, data
+    else:  # every pair is still scored; the value is measured on a seeded share of the same, possibly noisy, pairs
         order = rng.permutation(len(pairs))
         n_val = max(2, round(cfg.val_fraction * len(pairs)))
-        val, train = pairs.subset(sorted(order[:n_val])), pairs.subset(sorted(order[n_val:]))
-        val_words = (f"{len(val)} pairs held out from the same data ({cfg.val_fraction:.0%}; not a trusted "
-                     "validation set)")
+        val, train = pairs.subset(sorted(order[:n_val])), pairs
+        val_words = (f"{len(val)} pairs of the same data ({cfg.val_fraction:.0%}, also training pairs; not a "
+                     "trusted validation set)")
     truth = None
     if cfg.inject_swap_rate > 0:
         noisy = inject_noise(train, cfg.inject_swap_rate, NoiseKind.RANDOM_SWAP, seed=ctx.config.seed)
@@ -117,7 +117,7 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
     summary: dict[str, Any] = {
         "n_pairs_in_data": n_data, "n_scored": len(train), "max_pairs": cfg.max_pairs, "sampled": sampled,
         "n_train": len(train), "n_val": len(val),
-        "validation": str(cfg.val) if cfg.val is not None else "held out from the same data",
+        "validation": str(cfg.val) if cfg.val is not None else "part of the same data (also training pairs)",
         "flagged_by": flag_name, "n_flagged": int(k), "n_harmful": int((value < 0).sum()),
         "val_loss": loss_before, "val_loss_without_flagged": loss_after,
         "predicted_val_loss_change": float(value[flagged].sum()),
@@ -158,15 +158,15 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
     report.write(page_dir)
 
     scored = (f"Influence scored {len(train)} training pairs: {scope}"
-              + (f", {len(val)} of them held out as validation" if cfg.val is None else "")
               + (" (without max_pairs every pair is scored)" if sampled else "")
               + f"; validation data: {val_words}.")
     findings = [Finding(scored)]
     if cfg.val is None:
         findings.append(Finding(
             "No trusted validation set was given (--val): suspicious pairs are flagged by self-influence only, "
-            f"and the held-out value (delta_val_loss_if_removed) used {len(val)} pairs of the same, possibly noisy, "
-            "data. Give a clean validation set to flag pairs by their harm to it."))
+            f"and the held-out value (delta_val_loss_if_removed) used part of the same data: {len(val)} of the "
+            "scored, possibly noisy, pairs (not independent of training). Give a clean validation set to flag "
+            "pairs by their harm to it."))
     flag_reason = ("whose removal most lowers the loss of the trusted validation set" if cfg.val is not None
                    else "with the highest self-influence (the pairs the model had to bend most to fit, where "
                         "mislabelled captions tend to rank)")
