@@ -75,13 +75,14 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
     assert "with the highest self-influence" in page and "injected caption swaps" in page and "AUROC" in page
     numbers = result.stage(Stage.INFLUENCE).summary
     before, after = numbers["val_loss"], numbers["val_loss_without_flagged"]
-    assert f"from {before:.2f} to {after:.2f} ({after - before:+.2f};" in result.stage(Stage.INFLUENCE).findings[0].text
+    assert any(f"from {before:.2f} to {after:.2f} ({after - before:+.2f};" in f.text
+               for f in result.stage(Stage.INFLUENCE).findings)
     assert "influence/index.html" in _links(out / "index.html")
     assert "not a vision-language model" in page  # the skipped stages, with their reasons
     for name in ("index.html", "data.json", "stage.json"):
         assert (out / "influence" / name).is_file(), name
     data = json.loads((out / "influence" / "data.json").read_text())
-    assert len(data["rows"]) == 18 and sum(r["injected_swap"] for r in data["rows"]) == data["summary"]["n_injected"]
+    assert len(data["rows"]) == 24 and sum(r["injected_swap"] for r in data["rows"]) == data["summary"]["n_injected"]
     audit = _audit_json(out)
     first = audit["stages"]["influence"]
     assert first["status"] == "done"
@@ -111,8 +112,57 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
     run_audit(changed, progress=False)
     recomputed = _audit_json(out)["stages"]["influence"]
     assert recomputed["status"] == "done" and recomputed["computed_at"] != first["computed_at"]
-    assert recomputed["summary"]["n_flagged"] == 4 != first["summary"]["n_flagged"]
+    assert recomputed["summary"]["n_flagged"] == 5 != first["summary"]["n_flagged"]
     assert len(list((out / "_work").glob("influence-*"))) == 1  # the old settings' work folder is gone
+
+
+def _cycled_folder(assets: Path, folder: Path, n: int) -> Path:
+    """An export-layout folder of ``n`` records cycling the 24 exported scenes (their images referenced in place)."""
+    lines = (assets / "data" / "data.jsonl").read_text().splitlines()
+    folder.mkdir()
+    records = []
+    for i in range(n):
+        record = json.loads(lines[i % len(lines)])
+        record["image"] = str((assets / "data" / record["image"]).resolve())
+        record["scene_id"] = f"copy{i}"
+        records.append(json.dumps(record))
+    (folder / "data.jsonl").write_text("\n".join(records) + "\n")
+    return folder
+
+
+def test_influence_scores_every_pair_and_names_its_validation_data(assets, tmp_path):
+    """608 records (more than the old 600-pair cap): every pair is scored by default; the summary page says how many
+    pairs were scored and against which validation data; sampling happens only when asked, and is named."""
+    data = _cycled_folder(assets, tmp_path / "big", 608)
+
+    def audit(name: str, **stage) -> tuple[dict, str]:
+        out = tmp_path / name
+        config = AuditConfig(model=str(assets / "clip"), data=str(data), out_dir=out, stages=(Stage.INFLUENCE,),
+                             influence=InfluenceStage(batch_size=16, **stage))
+        result = run_audit(config, progress=False)
+        assert result.stage(Stage.INFLUENCE).status is StageStatus.DONE
+        rows = json.loads((out / "influence" / "data.json").read_text())["rows"]
+        assert len(rows) == result.stage(Stage.INFLUENCE).summary["n_scored"]
+        return result.stage(Stage.INFLUENCE).summary, (out / "index.html").read_text()
+
+    held_out, page = audit("default")
+    assert held_out["n_pairs_in_data"] == 608 and held_out["n_scored"] == 608 and held_out["n_val"] == 152
+    assert not held_out["sampled"] and held_out["flagged_by"] == "self_influence"
+    assert "Influence scored 608 training pairs: all 608 pairs of the data; validation data: 152 pairs of the same" \
+        in page
+    assert "flagged by self-influence only" in page and "used part of the same data" in page
+
+    trusted, page = audit("trusted", val=str(assets / "data"), max_pairs=100)
+    assert trusted["n_scored"] == 100 and trusted["n_val"] == 24 and trusted["validation"] == str(assets / "data")
+    assert trusted["sampled"] and trusted["n_pairs_in_data"] == 608
+    assert trusted["flagged_by"] == "delta_val_loss_if_removed"
+    assert "a random sample of 100 of the 608 pairs of the data (max_pairs = 100)" in page
+    assert f"validation data: the trusted validation set {assets / 'data'} (24 pairs)" in page
+    assert "self-influence only" not in page
+
+    with pytest.raises(InputError, match="validation data .* not found"):
+        AuditConfig(model=str(assets / "clip"), data=str(data), out_dir=tmp_path / "x",
+                    influence=InfluenceStage(val=str(tmp_path / "missing")))
 
 
 def test_vlm_audit_with_finetuned_model(assets, tmp_path):

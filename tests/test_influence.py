@@ -209,6 +209,74 @@ def test_trace_and_self_influence(fitted):
     np.testing.assert_allclose(tracin[np.asarray(idx)], grads["pos"].pow(2).sum(1).detach().numpy(), rtol=1e-10)
 
 
+# ------------------------------------------------------------------------------------------ dataset scale
+def test_chunked_passes_equal_the_single_graph(fitted):
+    """The fit's risk gradient and the Hessian-vector products summed chunk by chunk equal the one-graph values."""
+    chunked = InfluenceAnalyzer(fitted.task, fitted.train, fit_args=fitted.fit_args, args=fitted.args,
+                                partition=fitted.partition, encoded=fitted.encoded, chunk_pairs=8)
+    assert len(chunked._chunks) == 3 and len(fitted._chunks) == 1
+    chunked.use_fit(fitted.fitted)
+    theta = fitted.fitted.params + 0.01
+    (value_a, grad_a), (value_b, grad_b) = fitted.risk_and_grad(theta, remove=[3]), chunked.risk_and_grad(theta, remove=[3])
+    assert float(value_a) == pytest.approx(float(value_b), rel=1e-12)
+    assert torch.allclose(grad_a, grad_b, rtol=1e-10, atol=1e-12)
+    v = torch.randn(3, theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(fitted.hvp(v), chunked._chunked_hvp(v, rows_per_pass=2), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(fitted.hvp(v[0]), chunked.hvp(v[0]), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(chunked.retrain(remove=[3]), fitted.retrain(remove=[3]), rtol=1e-6, atol=1e-8)
+
+
+def test_streaming_scores_equal_the_in_memory_scores(fitted, tmp_path):
+    from mmlens.influence import encode_cached, score_pairs
+
+    val = _pairs(16, seed=5)
+    streamed = score_pairs(fitted, tmp_path / "scores", val, shard_batches=1, all_forms=True)
+    assert streamed.n_shards == 3 and streamed.reused_shards == 0 and len(streamed) == 24
+    memory = fitted.value(val)
+    for name, v in memory.variants().items():
+        np.testing.assert_allclose(streamed.pair_scores().variants()[name], v, rtol=1e-7, atol=1e-10, err_msg=name)
+    np.testing.assert_allclose(streamed.value, memory.role("both", "exact"), rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(streamed.self_influence, fitted.self_influence(), rtol=1e-9)
+    np.testing.assert_allclose(streamed.columns["max_negative_prob"], memory.max_negative_prob, rtol=1e-9)
+    # without validation pairs: self-influence only
+    alone = score_pairs(fitted, tmp_path / "alone", shard_batches=2)
+    assert np.isnan(alone.value).all() and np.array_equal(alone.self_influence, streamed.self_influence)
+    one_form = score_pairs(fitted, tmp_path / "one-form", val, shard_batches=2)  # the default: the chosen form only
+    np.testing.assert_allclose(one_form.value, streamed.value, rtol=1e-9)
+    assert np.isnan(one_form.columns["neg_prob"]).all()
+    # the tower outputs are cached on disk and read back identical
+    first = encode_cached(fitted.task, fitted.train, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 1
+    again = encode_cached(fitted.task, fitted.train, tmp_path / "cache")
+    assert all(torch.equal(first[k], again[k]) and torch.equal(first[k], fitted.encoded[k]) for k in first)
+
+
+def test_an_interrupted_scoring_run_resumes_with_the_same_scores(fitted, tmp_path):
+    from mmlens.influence import score_pairs
+
+    val = _pairs(16, seed=5)
+    whole = score_pairs(fitted, tmp_path / "whole", val, shard_batches=1)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first(i):
+        if i == 0:
+            raise Crash
+
+    with pytest.raises(Crash):
+        score_pairs(fitted, tmp_path / "cut", val, shard_batches=1, on_shard=crash_after_first)
+    assert len(list((tmp_path / "cut" / "shards").glob("*.npz"))) == 1  # the finished shard survived, nothing else
+    written = []
+    resumed = score_pairs(fitted, tmp_path / "cut", val, shard_batches=1, on_shard=written.append)
+    assert resumed.reused_shards == 1 and written == [1, 2]  # only the missing shards were computed
+    for name in whole.columns:
+        assert np.array_equal(resumed.columns[name], whole.columns[name], equal_nan=True), name
+    # other validation pairs: the stale shards are not reused
+    other = score_pairs(fitted, tmp_path / "cut", _pairs(16, seed=6), shard_batches=1)
+    assert other.reused_shards == 0 and not np.allclose(other.value, whole.value)
+
+
 # ------------------------------------------------------------------------------ architectures and groups
 @pytest.mark.parametrize("arch", ["clip", "siglip", "vision-text-dual-encoder"])
 def test_every_contrastive_architecture(arch):

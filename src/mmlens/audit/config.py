@@ -39,12 +39,14 @@ class ModelKind(enum.Enum):
 
 @dataclass(frozen=True)
 class InfluenceStage:
-    """ECIF on the projection heads: self-influence (suspicious pairs) and value for a held-out split."""
+    """ECIF on the projection heads: every pair's self-influence and its value for the validation data, scored in
+    resumable shards (mmlens.influence.score_pairs)."""
 
-    val_fraction: float = 0.25  # share of the records held out as the validation split of the value
+    val: str | None = None  # trusted validation pairs (export folder, JSONL or datasets folder); None: held out
+    val_fraction: float = 0.25  # without ``val``: share of the records held out (from the same data) as validation
     inject_swap_rate: float = 0.0  # demo: swap this share of training captions (ground truth for an AUROC)
-    flag_fraction: float = 0.05  # the top share by self-influence is reported as suspicious
-    max_pairs: int = 600
+    flag_fraction: float = 0.05  # the top share is flagged: by harm to ``val`` if given, else by self-influence
+    max_pairs: int | None = None  # None: every pair; else a seeded random sample of this many (named on the page)
     batch_size: int = 64
     l2: float = 300.0
     cards: int = 16
@@ -131,7 +133,11 @@ class AuditConfig:
             check_finite(self.stage_config(stage))
         if not 0.0 < self.influence.flag_fraction <= 1.0:
             raise InputError(f"influence flag_fraction must be in (0, 1], got {self.influence.flag_fraction}")
-        sizes = {"influence max_pairs": self.influence.max_pairs, "shift n_items": self.shift.n_items,
+        if self.influence.val is not None and not Path(self.influence.val).expanduser().exists():
+            raise InputError(f"influence validation data {self.influence.val} not found: give an exported folder, a "
+                             "JSONL of {image, caption} or a datasets folder")
+        sizes = {"influence max_pairs": 1 if self.influence.max_pairs is None else self.influence.max_pairs,
+                 "shift n_items": self.shift.n_items,
                  "concepts n_items": self.concepts.n_items, "concepts n_concepts": self.concepts.n_concepts,
                  "steering n_items": self.steering.n_items, "steering n_describe": self.steering.n_describe,
                  "hallucination n_images": self.hallucination.n_images}

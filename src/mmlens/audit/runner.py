@@ -171,6 +171,8 @@ def stage_fingerprint(stage: Stage, config: AuditConfig, model_fp: str, finetune
         image = config.shift.image_model
         embedders = {"image": location_fingerprint(image) if image else None,
                      "text": text_embedder_fingerprint(config.shift.text_embedder)}
+    if stage is Stage.INFLUENCE and config.influence.val is not None:  # the validation files, not just their path
+        embedders = {"val": _location_fingerprint(config.influence.val, Path(config.influence.val).expanduser())}
     key = {"stage": stage.value, "config": dataclasses.asdict(config.stage_config(stage)), "model": model_fp,
            "finetuned": finetuned_fp if uses_finetuned else None, "embedders": embedders,
            "data": data.fingerprint, "seed": config.seed, "version": FINGERPRINT_VERSION}

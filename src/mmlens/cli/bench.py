@@ -90,6 +90,25 @@ def bench_cli_command(
     typer.echo(f"written to {out}")
 
 
+@bench_app.command("influence-scale")
+def bench_influence_scale_command(
+    out: Annotated[Path, typer.Option(help="Where to write the JSON result (written after every run; a rerun "
+                                           "resumes).")] = Path("benchmarks/results/influence_scale.json"),
+    plot: Annotated[Path | None, typer.Option(help="Also draw the scaling plot (PNG) here.")]
+    = Path("docs/images/influence_scale.png"),
+    model: Annotated[str, typer.Option(help="The contrastive model.")] = "zoo:digits-clip",
+    seed: Annotated[int, typer.Option()] = 0,
+    jobs: Annotated[int, typer.Option(min=1, help="Runs at once (each in its own process).")] = 1,
+) -> None:
+    """Wall time and peak memory of scoring every training pair, N = 10^3, 10^4, 10^5, two parameter groups."""
+    from mmlens.bench.influence_scale import influence_scale_benchmark
+
+    result = influence_scale_benchmark(model, seed=seed, out=out, jobs=jobs, plot=plot,
+                                       progress_cb=lambda r: typer.echo(f"running {r} ...", err=True))
+    typer.echo(json.dumps(result, indent=2))
+    typer.echo(f"written to {out}")
+
+
 # Each capability's benchmark lives beside its own commands (mmlens/cli/<capability>.py).
 bench_app.command("influence")(influence.bench_command)
 bench_app.command("concepts")(concepts.bench_command)

@@ -13,6 +13,8 @@ Public API::
     # tasks (how a parameter group maps pairs to embeddings) and the analyzer
     ContrastiveTask, HeadTask, ModelTask, attach_lora, InfluenceAnalyzer, FitResult, PairScores, TraceResult,
     save_model
+    # dataset scale: every pair scored in resumable shards, tower outputs cached on disk
+    score_pairs, StreamedScores, encode_cached
     # baselines and metrics
     clip_score, neg_clip_loss, lemon_score, KronfluencePeer, detection_metrics
 """

@@ -70,6 +70,15 @@ from .data import (
 from .data import (
     load_pair_data as load_pair_data,
 )
+from .streaming import (
+    StreamedScores as StreamedScores,
+)
+from .streaming import (
+    encode_cached as encode_cached,
+)
+from .streaming import (
+    score_pairs as score_pairs,
+)
 from .task import (
     ContrastiveTask as ContrastiveTask,
 )

@@ -46,6 +46,7 @@ from mmlens.models.contrastive import ContrastiveModel
 from mmlens.models.distributed import DistributedWork
 
 BatchResult = TypeVar("BatchResult")
+HVP_ROWS = 16  # Hessian-vector products computed together in one batched double backward
 
 
 #: Pair indices: any sequence of ints or an integer numpy array.
@@ -134,22 +135,23 @@ class TraceResult:
         return np.argsort(self.relative_influence[t])[:k]
 
 
-def _lbfgs(fun, theta0: torch.Tensor, args: FitArguments) -> tuple[torch.Tensor, float, float]:
+def _lbfgs(value_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], theta0: torch.Tensor,
+           args: FitArguments) -> tuple[torch.Tensor, float, float]:
+    """Minimise by L-BFGS; ``value_and_grad(theta) -> (loss, gradient)``, both detached (the risk may be summed
+    chunk by chunk, each chunk's graph freed before the next)."""
     theta = theta0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=args.max_iter, max_eval=int(args.max_iter * 1.25),
                             tolerance_grad=args.tolerance_grad, tolerance_change=1e-15, history_size=20,
                             line_search_fn="strong_wolfe")
 
     def closure():
-        opt.zero_grad()
-        loss = fun(theta)
-        loss.backward()
+        loss, grad = value_and_grad(theta.detach())
+        theta.grad = grad
         return loss
 
     opt.step(closure)
-    loss = fun(theta)
-    (grad,) = torch.autograd.grad(loss, theta)
-    return theta.detach(), float(loss.detach()), float(grad.abs().max())
+    loss, grad = value_and_grad(theta.detach())
+    return theta.detach(), float(loss), float(grad.abs().max())
 
 
 class InfluenceAnalyzer:
@@ -166,7 +168,10 @@ class InfluenceAnalyzer:
 
     def __init__(self, task: ContrastiveTask, train: PairData, *, args: InfluenceArguments | None = None,
                  fit_args: FitArguments | None = None, partition: BatchPartition | None = None,
-                 progress: bool = False, work: DistributedWork | None = None) -> None:
+                 progress: bool = False, work: DistributedWork | None = None, encoded: Encoded | None = None,
+                 chunk_pairs: int = 4096) -> None:
+        if chunk_pairs < 2:
+            raise InputError(f"chunk_pairs must be >= 2, got {chunk_pairs}")
         self.task, self.train = task, train
         # the processes the per-pair work is split across (default: the current launch; one process without one)
         self.work = work if work is not None else DistributedWork.from_environment()
@@ -177,9 +182,17 @@ class InfluenceAnalyzer:
         self.partition = partition or BatchPartition.random(self.n, self.fit_args.batch_size, self.fit_args.seed)
         if sorted(i for b in self.partition.batches for i in b) != list(range(self.n)):
             raise InputError(f"the batch partition must cover the {self.n} training pairs exactly once")
-        self.encoded = task.encode(train)
+        # the encoded pairs (e.g. cached tower outputs, possibly read back from disk by mmlens.influence.streaming)
+        self.encoded = task.encode(train) if encoded is None else encoded
+        if len(next(iter(self.encoded.values()))) != self.n:
+            raise InputError(f"the encoded pairs hold {len(next(iter(self.encoded.values())))} rows for {self.n} pairs")
         self.theta0 = task.space.flatten(task.initial_params()).to(self._dtype)
         self._index = torch.as_tensor(self.partition.index_matrix())
+        # Passes over the whole training set (fit, retraining, Hessian-vector products) are summed over chunks of
+        # whole batches of at most ``chunk_pairs`` pairs, each chunk's autograd graph freed before the next, so their
+        # memory does not grow with the number of pairs. One chunk = the previous single-graph computation.
+        per_chunk = max(1, chunk_pairs // max(1, self.partition.max_batch))
+        self._chunks = [slice(s, min(s + per_chunk, len(self._index))) for s in range(0, len(self._index), per_chunk)]
         self.fitted: FitResult | None = None
         self._inverse: InverseOperator | None = None
         self._hvp_state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -215,11 +228,39 @@ class InfluenceAnalyzer:
         """R(theta) = summed batch losses + (l2 / 2) ||theta - theta_0||^2."""
         return self.loss(theta, **removal) + 0.5 * self.fit_args.l2 * (theta - self.theta0).pow(2).sum()
 
+    def _chunk_loss(self, theta: torch.Tensor, rows: slice, masks) -> torch.Tensor:
+        """Summed loss of the batches ``rows`` of the partition; only their pairs are embedded."""
+        index = self._index[rows]
+        members = index[index >= 0]
+        local = torch.full((self.n,), -1, dtype=torch.long)
+        local[members] = torch.arange(len(members))
+        local_index = torch.where(index >= 0, local[index.clamp_min(0)], index)
+        return self._batched_loss(theta, subset(self.encoded, members), local_index,
+                                  tuple(m[rows] for m in masks))
+
+    def risk_and_grad(self, theta: torch.Tensor, remove: Sequence[int] = (), remove_neg: Sequence[int] = (),
+                      remove_pos: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R(theta), grad R(theta)), detached, summed chunk by chunk (memory bounded by ``chunk_pairs``)."""
+        removal = {"remove": remove, "remove_neg": remove_neg, "remove_pos": remove_pos}
+        theta = theta.detach().clone().requires_grad_(True)
+        if len(self._chunks) == 1:
+            value = self.risk(theta, **removal)
+            return value.detach(), torch.autograd.grad(value, theta)[0]
+        masks = removal_masks(self._index, self._flags(remove), self._flags(remove_neg), self._flags(remove_pos))
+        value = 0.5 * self.fit_args.l2 * (theta - self.theta0).pow(2).sum()
+        (grad,) = torch.autograd.grad(value, theta)
+        value = value.detach()
+        for rows in self._chunks:
+            part = self._chunk_loss(theta, rows, masks)
+            grad = grad + torch.autograd.grad(part, theta)[0]
+            value = value + part.detach()
+        return value, grad
+
     # ------------------------------------------------------------------------------------------- fitting
     def fit(self) -> FitResult:
         """Fit the group on all pairs from theta_0 over the recorded partition (L-BFGS to convergence)."""
         t0 = time.time()
-        theta, risk, grad = _lbfgs(self.risk, self.theta0, self.fit_args)
+        theta, risk, grad = _lbfgs(self.risk_and_grad, self.theta0, self.fit_args)
         fit = FitResult(theta, self.theta0.clone(), self.partition, self.fit_args, risk, grad, time.time() - t0)
         self.use_fit(fit)
         return fit
@@ -237,8 +278,8 @@ class InfluenceAnalyzer:
                 warm_start: bool = False) -> torch.Tensor:
         """Parameters refitted without some pairs, from the same theta_0 (or from the fit) and partition."""
         start = self._theta_hat() if warm_start else self.theta0
-        theta, _, _ = _lbfgs(lambda th: self.risk(th, remove=remove, remove_neg=remove_neg, remove_pos=remove_pos),
-                             start, self.fit_args)
+        theta, _, _ = _lbfgs(lambda th: self.risk_and_grad(th, remove=remove, remove_neg=remove_neg,
+                                                           remove_pos=remove_pos), start, self.fit_args)
         return theta
 
     def _theta_hat(self) -> torch.Tensor:
@@ -249,6 +290,8 @@ class InfluenceAnalyzer:
     # ------------------------------------------------------------------------------------------ curvature
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H v (or a batch [Q, P] -> [Q, P]) at the fitted parameters."""
+        if len(self._chunks) > 1:
+            return self._chunked_hvp(v)
         if self._hvp_state is None:
             theta = self._theta_hat().detach().clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.risk(theta), theta, create_graph=True)
@@ -256,10 +299,32 @@ class InfluenceAnalyzer:
         theta, grad = self._hvp_state
         if v.ndim == 1:
             return torch.autograd.grad(grad, theta, v, retain_graph=True)[0]
+        # rows in blocks: a batched double backward holds one copy of the graph's intermediates per row
+        return torch.cat([self._batched_grad(grad, theta, v[s:s + HVP_ROWS]) for s in range(0, len(v), HVP_ROWS)])
+
+    @staticmethod
+    def _batched_grad(grad: torch.Tensor, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         try:
-            return torch.autograd.grad(grad, theta, v, retain_graph=True, is_grads_batched=True)[0]
+            return torch.autograd.grad(grad, theta, rows, retain_graph=True, is_grads_batched=True)[0]
         except RuntimeError:  # an op without a batching rule: one product per row
-            return torch.stack([torch.autograd.grad(grad, theta, row, retain_graph=True)[0] for row in v])
+            return torch.stack([torch.autograd.grad(grad, theta, row, retain_graph=True)[0] for row in rows])
+
+    def _chunked_hvp(self, v: torch.Tensor, rows_per_pass: int | None = None) -> torch.Tensor:
+        """H v summed over the chunks of the partition: each chunk's double-backward graph is built, used for
+        ``rows_per_pass`` vectors at a time and freed (memory bounded; the first backward is recomputed per call)."""
+        rows_per_pass = rows_per_pass or HVP_ROWS
+        single = v.ndim == 1
+        vs = v.unsqueeze(0) if single else v
+        none = torch.zeros(self.n, dtype=torch.bool)
+        masks = removal_masks(self._index, none, none, none)
+        theta = self._theta_hat().detach().clone().requires_grad_(True)
+        out = self.fit_args.l2 * vs.clone()  # the Hessian of the L2 term
+        for rows in self._chunks:
+            (grad,) = torch.autograd.grad(self._chunk_loss(theta, rows, masks), theta, create_graph=True)
+            for start in range(0, len(vs), rows_per_pass):
+                block = vs[start:start + rows_per_pass]
+                out[start:start + len(block)] += self._batched_grad(grad, theta, block)
+        return out[0] if single else out
 
     def inverse(self) -> InverseOperator:
         """H^-1 (the solver of ``args``), built once per fit."""

@@ -72,12 +72,25 @@ def _lse_without(sim: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(expanded.masked_fill(eye, float("-inf")), dim=-1)
 
 
+def _log1m_softmax(sim: torch.Tensor) -> torch.Tensor:
+    """[k, n] = log(1 - p_kn) of the row softmax, stable and in O(B^2) (the [B, B, B] form of :func:`_lse_without`
+    dominated the per-pair gradients). Below 1/2, log1p(-p) is accurate; above, n is row k's unique argmax and
+    1 - p_kn is the mass of the row's other entries: a log-sum-exp with that entry masked out, no cancellation."""
+    log_p = sim.log_softmax(dim=-1)
+    p = log_p.exp()
+    is_top = torch.zeros_like(sim, dtype=torch.bool).scatter_(-1, sim.argmax(dim=-1, keepdim=True), True)
+    others = torch.logsumexp(sim.masked_fill(is_top, float("-inf")), dim=-1, keepdim=True) - torch.logsumexp(
+        sim, dim=-1, keepdim=True)
+    # the clamp keeps the unused branch's gradient finite where p is near 1
+    return torch.where(is_top & (p > 0.5), others.expand_as(sim), torch.log1p(-p.clamp(max=0.5)))
+
+
 def pair_terms(sim: torch.Tensor, kind: LossKind) -> dict[str, torch.Tensor]:
     """Per-pair ECIF terms of one batch ``sim[B, B]``: ``pos`` and the three negative forms, each Tensor[B].
 
     pos[n] = -log p_nn - log q_nn; neg_prob[n] = sum_{k != n} p_kn + q_nk; neg_reciprocal[n] = sum_{k != n}
     1/p_kn + 1/q_nk; neg_exact[n] = -sum_{k != n} log(1 - p_kn) + log(1 - q_nk), with log(1 - p_kn) computed as
-    LSE_{j != n} S_kj - LSE_j S_kj. For SigLIP the pair's terms are separate, so every negative form is the exact
+    LSE_{j != n} S_kj - LSE_j S_kj (:func:`_log1m_softmax`). For SigLIP the pair's terms are separate, so every negative form is the exact
     sum of the deleted terms sum_{k != n} -log sigmoid(-z_kn) - log sigmoid(-z_nk).
     """
     b = sim.shape[-1]
@@ -93,10 +106,8 @@ def pair_terms(sim: torch.Tensor, kind: LossKind) -> dict[str, torch.Tensor]:
     p, q = log_p.exp(), log_q.exp()
     neg_prob = (p * off).sum(0) + (q * off).sum(1)
     neg_recip = ((-log_p).exp() * off).sum(0) + ((-log_q).exp() * off).sum(1)
-    row_lse = torch.logsumexp(sim, dim=1)
-    col_lse = torch.logsumexp(sim, dim=0)
-    log1m_p = _lse_without(sim) - row_lse.unsqueeze(1)  # [k, n] = log(1 - p_kn)
-    log1m_q = (_lse_without(sim.T) - col_lse.unsqueeze(1)).T  # [n, k] = log(1 - q_nk)
+    log1m_p = _log1m_softmax(sim)  # [k, n] = log(1 - p_kn)
+    log1m_q = _log1m_softmax(sim.T).T  # [n, k] = log(1 - q_nk)
     neg_exact = -(log1m_p * off).sum(0) - (log1m_q * off).sum(1)
     return {"pos": pos, "neg_prob": neg_prob, "neg_reciprocal": neg_recip, "neg_exact": neg_exact}
 
