@@ -238,8 +238,8 @@ class InfluenceAnalyzer:
         return self._batched_loss(theta, subset(self.encoded, members), local_index,
                                   tuple(m[rows] for m in masks))
 
-    def risk_and_grad(self, theta: torch.Tensor, remove: Sequence[int] = (), remove_neg: Sequence[int] = (),
-                      remove_pos: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    def risk_and_grad(self, theta: torch.Tensor, remove: Indices = (), remove_neg: Indices = (),
+                      remove_pos: Indices = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """(R(theta), grad R(theta)), detached, summed chunk by chunk (memory bounded by ``chunk_pairs``)."""
         removal = {"remove": remove, "remove_neg": remove_neg, "remove_pos": remove_pos}
         theta = theta.detach().clone().requires_grad_(True)

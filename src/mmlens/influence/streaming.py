@@ -154,7 +154,7 @@ def _read_shard(path: Path, size: int) -> dict[str, np.ndarray] | None:
 def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

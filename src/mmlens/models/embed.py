@@ -241,19 +241,20 @@ class ClipImageEmbedder:
         images = list(images)
         if not images:
             raise InputError("no images to embed")
+        adapter = self.adapter
         if self.mode is ImageFeatureMode.PROJECTED:
-            return self.adapter.embed_images(images, batch_size=self.batch_size).float().cpu().numpy()
-        bare = self.adapter is None
-        vision = self._vision if bare else self.adapter.base_model.vision_model
-        has_cls = True if bare else _has_cls(self.adapter)
+            assert adapter is not None  # a bare vision model gives patch means only (checked on construction)
+            return adapter.embed_images(images, batch_size=self.batch_size).float().cpu().numpy()
+        vision = self._vision if adapter is None else adapter.base_model.vision_model
+        has_cls = True if adapter is None else _has_cls(adapter)
         chunks = []
         starts = range(0, len(images), self.batch_size)
         for s in _progress(starts, len(starts), "embed images", self.progress and len(starts) > 1):
             chunk = images[s:s + self.batch_size]
-            if bare:
+            if adapter is None:
                 pixels = self.processor(images=[_rgb(im) for im in chunk], return_tensors="pt")["pixel_values"]
             else:
-                pixels = self.adapter.image_inputs(chunk)["pixel_values"]
+                pixels = adapter.image_inputs(chunk)["pixel_values"]
             hidden = vision(pixel_values=pixels).last_hidden_state  # before post_layernorm (pooler applies it)
             patches = hidden[:, 1:] if hidden.shape[1] > 1 and has_cls else hidden
             chunks.append(F.normalize(patches.mean(1).float(), dim=-1).cpu().numpy())
