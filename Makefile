@@ -33,9 +33,11 @@ $(MUTATION_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/mmlens demo
 
-# Lint of src/, tests/ and tools/ runs before the suite (fast: seconds).
+# Lint, format check and type check run before the suite (fast: seconds).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff format --check src tests tools
+	$(BIN)/mypy
 
 # The peer comparison (kronfluence agreement test) is part of the suite: the test environment has the peer extra.
 test: $(PEER_STAMP) lint

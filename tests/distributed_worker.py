@@ -34,8 +34,15 @@ from mmlens.models.tiny import tiny_model
 from mmlens.shift.generate import GenerateConfig, generate_responses
 
 N = 11  # odd, not a multiple of the batch size: the processes get unequal blocks and one partial batch
-PROMPTS = ["what colour is the shape in the middle of the image?", "describe it.", "is there a red square?",
-           "how many objects are there?", "describe the image.", "what shape is it?", "is it big?"]
+PROMPTS = [
+    "what colour is the shape in the middle of the image?",
+    "describe it.",
+    "is there a red square?",
+    "how many objects are there?",
+    "describe the image.",
+    "what shape is it?",
+    "is it big?",
+]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "white", "orange"]
 
 
@@ -45,8 +52,12 @@ def inputs() -> tuple[list[Image.Image], list[str]]:
     return images, prompts
 
 
-ANSWERS = ["yes. the square is red.", "a red square on the left. no dog. it is small.", "no.",
-           "the shape is red. it sits in the middle."]
+ANSWERS = [
+    "yes. the square is red.",
+    "a red square on the left. no dog. it is small.",
+    "no.",
+    "the shape is red. it sits in the middle.",
+]
 N_PAIRS = 30  # 4 batches of 8 (the last one partial), split 2 + 2
 RGB = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40), (200, 60, 200), (250, 250, 250)]
 WORDS = ["red", "green", "blue", "yellow", "purple", "white"]
@@ -105,10 +116,24 @@ def influence_part(out: Path, work: DistributedWork) -> None:
     from mmlens.cli import main as mmlens_main
 
     try:
-        mmlens_main(["influence", "value", "--model", str(out / "inputs" / "clip"),
-                     "--data", str(out / "inputs" / "train" / "data.jsonl"),
-                     "--val", str(out / "inputs" / "val" / "data.jsonl"), "--out", str(out / "influence"),
-                     "--batch-size", "8", "--l2", "50"])
+        mmlens_main(
+            [
+                "influence",
+                "value",
+                "--model",
+                str(out / "inputs" / "clip"),
+                "--data",
+                str(out / "inputs" / "train" / "data.jsonl"),
+                "--val",
+                str(out / "inputs" / "val" / "data.jsonl"),
+                "--out",
+                str(out / "influence"),
+                "--batch-size",
+                "8",
+                "--l2",
+                "50",
+            ]
+        )
     except SystemExit as done:
         if done.code not in (0, None):
             raise
@@ -116,15 +141,28 @@ def influence_part(out: Path, work: DistributedWork) -> None:
 
 def bdhs_part(model, work: DistributedWork) -> list[dict]:
     """BDHS pairs of a few examples: greedy with three tries, and one sampled try."""
-    examples = [SFTExample(Image.new("RGB", (24 + 2 * i, 32), COLOURS[i % 7]), PROMPTS[i % 7],
-                           ANSWERS[i % len(ANSWERS)], example_id=str(i)) for i in range(7)]
+    examples = [
+        SFTExample(
+            Image.new("RGB", (24 + 2 * i, 32), COLOURS[i % 7]),
+            PROMPTS[i % 7],
+            ANSWERS[i % len(ANSWERS)],
+            example_id=str(i),
+        )
+        for i in range(7)
+    ]
     rows = []
-    for config in (BDHSConfig(rho=0.7, max_tries=3, max_new_tokens=4, eps_s=0.999, batch_size=3),
-                   BDHSConfig(rho=0.7, max_tries=1, max_new_tokens=4, do_sample=True, batch_size=4, seed=5)):
-        pairs, stats = bdhs_pairs(model, examples, config, embedder=HashingTextEmbedder(), progress=False,
-                                  work=work)
-        rows.append({"pairs": [[p.prompt, p.chosen, p.rejected, p.meta] for p in pairs],
-                     "accepted_by_try": stats.accepted_by_try, "n_dropped": stats.n_dropped})
+    for config in (
+        BDHSConfig(rho=0.7, max_tries=3, max_new_tokens=4, eps_s=0.999, batch_size=3),
+        BDHSConfig(rho=0.7, max_tries=1, max_new_tokens=4, do_sample=True, batch_size=4, seed=5),
+    ):
+        pairs, stats = bdhs_pairs(model, examples, config, embedder=HashingTextEmbedder(), progress=False, work=work)
+        rows.append(
+            {
+                "pairs": [[p.prompt, p.chosen, p.rejected, p.meta] for p in pairs],
+                "accepted_by_try": stats.accepted_by_try,
+                "n_dropped": stats.n_dropped,
+            }
+        )
     return rows
 
 
@@ -133,16 +171,38 @@ def dpo_part(out: Path, model, work: DistributedWork) -> None:
     2 pairs each (TRL's data-parallel training through accelerate: the same steps)."""
     if work.is_main_process:
         model.save_pretrained(out / "inputs" / "llava")
-        pairs = [PreferencePair(Image.new("RGB", (24, 32), COLOURS[i % 7]), PROMPTS[i % 7], ANSWERS[i % 4],
-                                f"a {COLOURS[(i + 3) % 7]} dog. it is big.") for i in range(8)]
+        pairs = [
+            PreferencePair(
+                Image.new("RGB", (24, 32), COLOURS[i % 7]),
+                PROMPTS[i % 7],
+                ANSWERS[i % 4],
+                f"a {COLOURS[(i + 3) % 7]} dog. it is big.",
+            )
+            for i in range(8)
+        ]
         write_pairs(pairs, out / "inputs" / "pairs", with_dataset=False)
     work.wait_for_everyone()
     from mmlens.cli import main as mmlens_main
 
     try:
-        mmlens_main(["align", "dpo", "--model", str(out / "inputs" / "llava"), "--pairs",
-                     str(out / "inputs" / "pairs"), "--out", str(out / "dpo"), "--steps", "2",
-                     "--batch-size", str(4 // work.num_processes), "--seed", "0"])
+        mmlens_main(
+            [
+                "align",
+                "dpo",
+                "--model",
+                str(out / "inputs" / "llava"),
+                "--pairs",
+                str(out / "inputs" / "pairs"),
+                "--out",
+                str(out / "dpo"),
+                "--steps",
+                "2",
+                "--batch-size",
+                str(4 // work.num_processes),
+                "--seed",
+                "0",
+            ]
+        )
     except SystemExit as done:
         if done.code not in (0, None):
             raise
@@ -153,11 +213,18 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = tiny_model("llava")
     images, prompts = inputs()
-    config = CaptureConfig(layers=(0, -1), final_norm=True, position=PositionRule(PositionKind.GENERATED_MEAN),
-                           max_new_tokens=4, batch_size=2, shard_size=6)
+    config = CaptureConfig(
+        layers=(0, -1),
+        final_norm=True,
+        position=PositionRule(PositionKind.GENERATED_MEAN),
+        max_new_tokens=4,
+        batch_size=2,
+        shard_size=6,
+    )
     result = capture_activations(model, images, prompts, config, out_dir=out / "capture", progress=False)
-    shift_config = GenerateConfig(max_new_tokens=5, batch_size=3,
-                                  scenarios=((None, 0, None, 0), ("fog", 3, "keyboard", 3)))
+    shift_config = GenerateConfig(
+        max_new_tokens=5, batch_size=3, scenarios=((None, 0, None, 0), ("fog", 3, "keyboard", 3))
+    )
     paths = generate_responses(model, images, prompts, [""] * N, out / "shift", shift_config, progress=False)
     bdhs = bdhs_part(model, work)
     influence_part(out, work)
@@ -169,9 +236,17 @@ def main(out: Path) -> None:
         tensors["sample_index"] = result.sample_index
         save_file(tensors, str(out / "result.safetensors"))
         splits = {p.stem: [json.loads(line)["text"] for line in p.read_text().splitlines()] for p in paths}
-        (out / "texts.json").write_text(json.dumps({
-            "num_processes": work.num_processes, "generated": result.generated,
-            "reloaded_generated": reloaded.generated, "splits": splits, "bdhs": bdhs}))
+        (out / "texts.json").write_text(
+            json.dumps(
+                {
+                    "num_processes": work.num_processes,
+                    "generated": result.generated,
+                    "reloaded_generated": reloaded.generated,
+                    "splits": splits,
+                    "bdhs": bdhs,
+                }
+            )
+        )
     work.wait_for_everyone()
 
 

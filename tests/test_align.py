@@ -82,10 +82,12 @@ def test_blocking_every_image_token_makes_text_blind_to_the_image(tiny_vlms, arc
         open_a, open_b = vlm.forward(a).logits, vlm.forward(b).logits
         with block_image_tokens(vlm.decoder_layers, image_mask):
             blind_a, blind_b = vlm.forward(a).logits, vlm.forward(b).logits
-            gen_a = vlm.model.generate(**a, max_new_tokens=4, do_sample=False, output_logits=True,
-                                       return_dict_in_generate=True)
-            gen_b = vlm.model.generate(**b, max_new_tokens=4, do_sample=False, output_logits=True,
-                                       return_dict_in_generate=True)
+            gen_a = vlm.model.generate(
+                **a, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+            gen_b = vlm.model.generate(
+                **b, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
     assert (open_a - open_b)[text].abs().max() > 1e-4  # the image matters without the mask
     assert torch.allclose(blind_a[text], blind_b[text], atol=1e-5)
     assert torch.equal(gen_a.sequences, gen_b.sequences)
@@ -104,8 +106,9 @@ def test_masked_logits_equal_the_decoder_without_the_hidden_tokens(tiny_vlms, fr
     hidden = torch.zeros_like(image_mask)
     hidden[cols[: int(round(fraction * len(cols)))]] = True
     embeds = []
-    grab = vlm.language_model.register_forward_pre_hook(lambda m, a, k: embeds.append(k["inputs_embeds"]),
-                                                        with_kwargs=True)
+    grab = vlm.language_model.register_forward_pre_hook(
+        lambda m, a, k: embeds.append(k["inputs_embeds"]), with_kwargs=True
+    )
     try:
         with torch.no_grad(), block_image_tokens(vlm.decoder_layers, hidden.unsqueeze(0)):
             masked = vlm.forward(batch).logits[0]
@@ -113,8 +116,9 @@ def test_masked_logits_equal_the_decoder_without_the_hidden_tokens(tiny_vlms, fr
         grab.remove()
     keep = ~hidden
     with torch.no_grad():
-        out = vlm.language_model(inputs_embeds=embeds[0][:, keep],
-                                 position_ids=torch.arange(len(keep))[keep].unsqueeze(0)).last_hidden_state
+        out = vlm.language_model(
+            inputs_embeds=embeds[0][:, keep], position_ids=torch.arange(len(keep))[keep].unsqueeze(0)
+        ).last_hidden_state
         reference = vlm.lm_head(out)[0]
     assert torch.allclose(masked[keep], reference, atol=1e-5)
 
@@ -126,8 +130,11 @@ def test_blocking_works_when_sdpa_gets_no_mask(tiny_vlms):
     for image in _images(2):
         batch = vlm.prepare([image], PROMPTS[:1])
         with torch.no_grad(), block_image_tokens(vlm.decoder_layers, vlm.image_token_mask(batch)):
-            outs.append(vlm.model.generate(**batch, max_new_tokens=4, do_sample=False, output_logits=True,
-                                           return_dict_in_generate=True))
+            outs.append(
+                vlm.model.generate(
+                    **batch, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+                )
+            )
     assert torch.equal(outs[0].sequences, outs[1].sequences)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(outs[0].logits, outs[1].logits))
 
@@ -167,9 +174,11 @@ def test_draw_hidden_tokens_shares_one_mask_per_group_and_counts_visible():
 
 # ------------------------------------------------------------------------------------------------ text
 def test_sentences_yes_no_and_stops():
-    assert split_sentences("A cat sits. It is e.g. red. Pi is 3.14 today!") == ["A cat sits.",
-                                                                                 "It is e.g. red.",
-                                                                                 "Pi is 3.14 today!"]
+    assert split_sentences("A cat sits. It is e.g. red. Pi is 3.14 today!") == [
+        "A cat sits.",
+        "It is e.g. red.",
+        "Pi is 3.14 today!",
+    ]
     assert split_sentences("a red circle and a star") == ["a red circle and a star"]
     assert flip_yes_no("Yes, there is.") == "No, there is."
     assert flip_yes_no("  no") == "  yes"
@@ -182,8 +191,9 @@ def test_sentences_yes_no_and_stops():
 def _examples(n: int = 4) -> list[SFTExample]:
     answers = ["yes", "a red square on the left. no dog.", "no", "the shape is red."]
     prompts = ["is there a star ?", "describe the image .", "is there a dog ?", "what colour is the shape ?"]
-    return [SFTExample(im, prompts[i % 4], answers[i % 4], frozenset({"square"}), str(i))
-            for i, im in enumerate(_images(n))]
+    return [
+        SFTExample(im, prompts[i % 4], answers[i % 4], frozenset({"square"}), str(i)) for i, im in enumerate(_images(n))
+    ]
 
 
 @pytest.mark.parametrize("arch", VISION_LANGUAGE_ARCHITECTURES)
@@ -245,9 +255,11 @@ def test_load_sft_jsonl_errors(tmp_path):
     good = tmp_path / "sft.jsonl"
     good.write_text(json.dumps({"image": "a.png", "prompt": "q ?", "answer": "yes", "objects": ["star"]}) + "\n")
     assert load_sft_jsonl(good)[0].objects == frozenset({"star"})
-    for name, line in [("missing.jsonl", {"image": "nope.png", "prompt": "q", "answer": "a"}),
-                       ("corrupt.jsonl", {"image": "bad.png", "prompt": "q", "answer": "a"}),
-                       ("noanswer.jsonl", {"image": "a.png", "prompt": "q"})]:
+    for name, line in [
+        ("missing.jsonl", {"image": "nope.png", "prompt": "q", "answer": "a"}),
+        ("corrupt.jsonl", {"image": "bad.png", "prompt": "q", "answer": "a"}),
+        ("noanswer.jsonl", {"image": "a.png", "prompt": "q"}),
+    ]:
         (tmp_path / name).write_text(json.dumps(line) + "\n")
         with pytest.raises(InputError):
             load_sft_jsonl(tmp_path / name)
@@ -264,9 +276,11 @@ def test_substitution_and_noisy_image_pairs(tiny_vlms):
 
     world = World(WorldConfig(), seed=0)
     ims = _images(3)
-    examples = [SFTExample(ims[0], "describe the image .", "a red star and two blue circles"),
-                SFTExample(ims[1], "is there a star ?", "yes"),
-                SFTExample(ims[2], "what colour is the star ?", "red")]
+    examples = [
+        SFTExample(ims[0], "describe the image .", "a red star and two blue circles"),
+        SFTExample(ims[1], "is there a star ?", "yes"),
+        SFTExample(ims[2], "what colour is the star ?", "red"),
+    ]
     pairs = substitution_pairs(examples, world_substitutions(world), seed=0)
     assert len(pairs) == 3
     words = pairs[0].rejected.split()
@@ -287,8 +301,7 @@ def test_pope_and_chair_metrics_by_hand():
     world = World(WorldConfig(), seed=0)
     c = chair_metrics(["a star and a box", "two circles"], [{"star"}, {"circle", "ring"}], world.mentioned_objects)
     assert c["chair_i"] == pytest.approx(1 / 3) and c["chair_s"] == 0.5 and c["recall"] == pytest.approx(0.75)
-    assert vocabulary_parser(["dog", "traffic light"])("Two dogs near a traffic light.") == {"dog",
-                                                                                             "traffic light"}
+    assert vocabulary_parser(["dog", "traffic light"])("Two dogs near a traffic light.") == {"dog", "traffic light"}
     with pytest.raises(InputError):
         pope_metrics(["yes"], ["maybe"])
 
@@ -296,8 +309,7 @@ def test_pope_and_chair_metrics_by_hand():
 @pytest.mark.parametrize("arch", VISION_LANGUAGE_ARCHITECTURES)
 def test_world_evaluation_runs_on_every_architecture(tiny_vlms, arch):
     world = World(WorldConfig(), seed=0)
-    config = WorldEvalConfig(n_pope_scenes=3, pope_per_image=1, n_caption_scenes=3, n_gap_examples=3,
-                             max_new_tokens=4)
+    config = WorldEvalConfig(n_pope_scenes=3, pope_per_image=1, n_caption_scenes=3, n_gap_examples=3, max_new_tokens=4)
     out = evaluate_on_world(tiny_vlms[arch], world, config)
     for kind in ("random", "popular", "adversarial"):
         assert 0.0 <= out[f"pope_{kind}_acc"] <= 1.0 and 0.0 <= out[f"pope_{kind}_yes_ratio"] <= 1.0
@@ -332,8 +344,9 @@ def test_answer_logprobs_ignore_padding_and_the_hidden_image_term_ignores_the_im
     answers = ["red", "yes"]
     blind = answer_logprobs(vlm, ims, PROMPTS, answers, hide_image=True)
     assert np.allclose(blind, answer_logprobs(vlm, other, PROMPTS, answers, hide_image=True), atol=1e-4)
-    assert not np.allclose(answer_logprobs(vlm, ims, PROMPTS, answers), answer_logprobs(vlm, other, PROMPTS, answers),
-                           atol=1e-4)
+    assert not np.allclose(
+        answer_logprobs(vlm, ims, PROMPTS, answers), answer_logprobs(vlm, other, PROMPTS, answers), atol=1e-4
+    )
     # (the gap itself is checked against a hand computation in test_claims_align, not against answer_logprobs)
     assert image_dependence_gap(vlm, ims, PROMPTS, answers) != image_dependence_gap(vlm, other, PROMPTS, answers)
 
@@ -341,12 +354,15 @@ def test_answer_logprobs_ignore_padding_and_the_hidden_image_term_ignores_the_im
 # --------------------------------------------------------------------------------------------- training
 def _pairs(n: int = 8) -> list[PreferencePair]:
     ims = _images(n)
-    return [PreferencePair(ims[i], "is there a star ?", "yes" if i % 2 else "no", "no" if i % 2 else "yes")
-            for i in range(n)]
+    return [
+        PreferencePair(ims[i], "is there a star ?", "yes" if i % 2 else "no", "no" if i % 2 else "yes")
+        for i in range(n)
+    ]
 
 
-@pytest.mark.parametrize(("loss", "first_loss"), [("sigmoid", np.log(2)), ("ipo", (1 / (2 * 0.1)) ** 2),
-                                                  ("hinge", 1.0)])
+@pytest.mark.parametrize(
+    ("loss", "first_loss"), [("sigmoid", np.log(2)), ("ipo", (1 / (2 * 0.1)) ** 2), ("hinge", 1.0)]
+)
 def test_trl_dpo_trains_the_tiny_model(loss, first_loss):
     """At step 1 the policy equals the reference, so TRL's loss is the loss at margin 0: log 2, (1/2beta)^2, 1."""
     from mmlens.align.train import DPOSettings, FineTune, LossType, train_dpo
@@ -354,8 +370,11 @@ def test_trl_dpo_trains_the_tiny_model(loss, first_loss):
     vlm = tiny_model("llava")
     before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
     finetune = FineTune.FULL if loss == "sigmoid" else FineTune.LORA
-    trained, log = train_dpo(vlm, _pairs(), DPOSettings(loss_type=LossType(loss), steps=2, batch_size=4,
-                                                        learning_rate=1e-3, finetune=finetune))
+    trained, log = train_dpo(
+        vlm,
+        _pairs(),
+        DPOSettings(loss_type=LossType(loss), steps=2, batch_size=4, learning_rate=1e-3, finetune=finetune),
+    )
     assert log["steps"][0]["loss"] == pytest.approx(first_loss, rel=1e-3)
     after = trained.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
@@ -391,8 +410,9 @@ def test_online_and_mixed_dpo_through_trl():
     settings = DPOSettings(steps=2, batch_size=2, refresh_every=1, max_new_tokens=4, learning_rate=1e-3)
     _, log = train_online(vlm, examples, OnlineMode.ONLINE, settings, judge=judge)
     assert log["judged"] >= 4 and log["online_pairs"] + log["ties"] >= 4
-    _, log = train_online(tiny_model("llava"), examples, OnlineMode.MIXED, settings, judge=judge,
-                          offline_pairs=_pairs(4))
+    _, log = train_online(
+        tiny_model("llava"), examples, OnlineMode.MIXED, settings, judge=judge, offline_pairs=_pairs(4)
+    )
     assert log["offline_pairs"] + log["online_pairs"] > 0
     from mmlens.align.judges import OracleJudge
 
@@ -410,14 +430,21 @@ def test_mixed_dpo_takes_the_offline_pair_of_the_drawn_example(monkeypatch):
     from mmlens.align.judges import CallablePairwiseJudge
 
     examples = _examples(4)
-    offline = [PreferencePair(e.image, e.prompt, e.answer, f"wrong {e.example_id}", {"id": e.example_id})
-               for e in examples]
+    offline = [
+        PreferencePair(e.image, e.prompt, e.answer, f"wrong {e.example_id}", {"id": e.example_id}) for e in examples
+    ]
     seen: list[list[PreferencePair]] = []
     real = train.pairs_to_dataset
     monkeypatch.setattr(train, "pairs_to_dataset", lambda pairs: seen.append(list(pairs)) or real(pairs))
     settings = train.DPOSettings(steps=1, batch_size=2, refresh_every=1, mix_probability=1.0, learning_rate=1e-3)
-    _, log = train.train_online(tiny_model("llava"), examples, train.OnlineMode.MIXED, settings,
-                                judge=CallablePairwiseJudge(lambda ex, a, b: -1), offline_pairs=offline[::-1])
+    _, log = train.train_online(
+        tiny_model("llava"),
+        examples,
+        train.OnlineMode.MIXED,
+        settings,
+        judge=CallablePairwiseJudge(lambda ex, a, b: -1),
+        offline_pairs=offline[::-1],
+    )
     drawn = np.random.default_rng(settings.seed).permutation(len(examples))[:2]  # train_online's first draw
     assert log["offline_pairs"] == 2 and log["online_pairs"] == 0
     assert sorted(p.rejected for p in seen[0]) == sorted(f"wrong {examples[i].example_id}" for i in drawn)
@@ -434,8 +461,14 @@ def test_online_bdhs_regenerates_rejects():
     examples = _examples(4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "pairs_to_dataset", lambda pairs: seen.extend(pairs) or real(pairs))
-        _, log = train_online(tiny_model("llava"), examples, OnlineMode.ONLINE_BDHS, settings,
-                              bdhs=BDHSConfig(max_tries=2, max_new_tokens=4), embedder=HashingTextEmbedder())
+        _, log = train_online(
+            tiny_model("llava"),
+            examples,
+            OnlineMode.ONLINE_BDHS,
+            settings,
+            bdhs=BDHSConfig(max_tries=2, max_new_tokens=4),
+            embedder=HashingTextEmbedder(),
+        )
     assert log["bdhs_pairs"] == len(seen) > 0 and len(log["steps"]) == settings.steps
     # every trained pair: chosen = the example's SFT answer, rejected = a BDHS answer generated for that example
     answer_of = {e.example_id: e.answer for e in examples}
@@ -469,25 +502,75 @@ def test_cli_bdhs_dpo_eval_on_a_tiny_model(tmp_path, capsys):
     tiny_model("llava").save_pretrained(tmp_path / "vlm")
     for i, im in enumerate(_images(4)):
         im.save(tmp_path / f"{i}.png")
-    rows = [{"image": f"{i}.png", "prompt": "is there a star ?", "answer": "yes" if i % 2 else "no",
-             "objects": ["star"] if i % 2 else ["circle"]} for i in range(4)]
+    rows = [
+        {
+            "image": f"{i}.png",
+            "prompt": "is there a star ?",
+            "answer": "yes" if i % 2 else "no",
+            "objects": ["star"] if i % 2 else ["circle"],
+        }
+        for i in range(4)
+    ]
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "pope.jsonl").write_text("".join(json.dumps({"image": f"{i}.png", "question": "is there a star ?",
-                                                             "label": "yes" if i % 2 else "no"}) + "\n"
-                                                 for i in range(4)))
+    (tmp_path / "pope.jsonl").write_text(
+        "".join(
+            json.dumps({"image": f"{i}.png", "question": "is there a star ?", "label": "yes" if i % 2 else "no"}) + "\n"
+            for i in range(4)
+        )
+    )
     model = str(tmp_path / "vlm")
     with pytest.raises(SystemExit) as e:
-        main(["align", "bdhs", "-m", model, "--data", str(tmp_path / "sft.jsonl"), "--out", str(tmp_path / "pairs"),
-              "--max-tries", "2", "--max-new-tokens", "4"])
+        main(
+            [
+                "align",
+                "bdhs",
+                "-m",
+                model,
+                "--data",
+                str(tmp_path / "sft.jsonl"),
+                "--out",
+                str(tmp_path / "pairs"),
+                "--max-tries",
+                "2",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
     assert e.value.code in (0, None)
     assert (tmp_path / "pairs" / "pairs.jsonl").is_file() and (tmp_path / "pairs" / "report" / "index.html").is_file()
     with pytest.raises(SystemExit) as e:
-        main(["align", "dpo", "-m", model, "--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "aligned"),
-              "--steps", "1", "--batch-size", "2"])
+        main(
+            [
+                "align",
+                "dpo",
+                "-m",
+                model,
+                "--pairs",
+                str(tmp_path / "pairs"),
+                "--out",
+                str(tmp_path / "aligned"),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+            ]
+        )
     assert e.value.code in (0, None)
     with pytest.raises(SystemExit) as e:
-        main(["align", "eval", "-m", f"sft={model}", "-m", f"dpo={tmp_path / 'aligned'}", "--pope",
-              str(tmp_path / "pope.jsonl"), "--out", str(tmp_path / "report")])
+        main(
+            [
+                "align",
+                "eval",
+                "-m",
+                f"sft={model}",
+                "-m",
+                f"dpo={tmp_path / 'aligned'}",
+                "--pope",
+                str(tmp_path / "pope.jsonl"),
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
     assert e.value.code in (0, None)
     data = json.loads((tmp_path / "report" / "data.json").read_text())
     assert set(data["results"]) == {"sft", "dpo"} and "pope_all_acc" in data["results"]["dpo"]

@@ -54,8 +54,12 @@ def test_every_front_door_names_its_exports_for_type_checkers(init):
     if "attach_stub" in source or "__getattr__" in source:
         stub = init.with_suffix(".pyi")
         assert stub.is_file(), f"{init} is lazy but has no {stub.name}"
-        names = [a.asname or a.name for node in ast.parse(stub.read_text()).body
-                 if isinstance(node, ast.ImportFrom) for a in node.names]
+        names = [
+            a.asname or a.name
+            for node in ast.parse(stub.read_text()).body
+            if isinstance(node, ast.ImportFrom)
+            for a in node.names
+        ]
         package = importlib.import_module(f"mmlens.{init.parent.name}")
         assert sorted(package.__all__) == sorted(names)
         for name in names:  # every listed name resolves (the stub and the modules agree)
@@ -68,8 +72,10 @@ def test_importing_a_front_door_does_not_import_torch():
     """What the CLI relies on to start fast: the lazy packages import their submodules on first use only."""
     import subprocess
 
-    code = ("import sys, mmlens.models, mmlens.influence, mmlens.shift, mmlens.concepts, mmlens.steer, mmlens.align, "
-            "mmlens.zoo, mmlens.audit; print('torch' in sys.modules)")
+    code = (
+        "import sys, mmlens.models, mmlens.influence, mmlens.shift, mmlens.concepts, mmlens.steer, mmlens.align, "
+        "mmlens.zoo, mmlens.audit; print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "False"
 

@@ -43,12 +43,22 @@ def assets(tmp_path_factory):
 def _vlm_config(assets: Path, out: Path, **overrides) -> AuditConfig:
     """Sizes for seconds: a hashing text embedder, few permutations and estimator epochs."""
     settings = {
-        "model": str(assets / "vlm"), "data": str(assets / "data"), "out_dir": out,
-        "shift": ShiftStage(grid=parse_shift_grid("fog:5,keyboard:5,contrast:5"), n_items=16, text_embedder="hashing",
-                         n_permutations=5, n_bootstrap=5, max_epochs=5, batch_size=16),
+        "model": str(assets / "vlm"),
+        "data": str(assets / "data"),
+        "out_dir": out,
+        "shift": ShiftStage(
+            grid=parse_shift_grid("fog:5,keyboard:5,contrast:5"),
+            n_items=16,
+            text_embedder="hashing",
+            n_permutations=5,
+            n_bootstrap=5,
+            max_epochs=5,
+            batch_size=16,
+        ),
         "concepts": ConceptsStage(n_items=40, n_concepts=4, batch_size=16),
         "steering": SteeringStage(n_items=60, alphas=(1.0, 4.0), batch_size=32),
-        "hallucination": HallucinationStage(n_images=12, max_new_tokens=8, batch_size=16)}
+        "hallucination": HallucinationStage(n_images=12, max_new_tokens=8, batch_size=16),
+    }
     settings.update(overrides)
     return AuditConfig(**settings)
 
@@ -63,8 +73,12 @@ def _links(page: Path) -> list[str]:
 
 def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
     out = tmp_path / "clip-audit"
-    config = AuditConfig(model=str(assets / "clip"), data=str(assets / "data"), out_dir=out,
-                         influence=InfluenceStage(inject_swap_rate=0.25, batch_size=8))
+    config = AuditConfig(
+        model=str(assets / "clip"),
+        data=str(assets / "data"),
+        out_dir=out,
+        influence=InfluenceStage(inject_swap_rate=0.25, batch_size=8),
+    )
     result = run_audit(config, progress=False)
     status = {s.stage: s.status for s in result.stages}
     assert status[Stage.INFLUENCE] is StageStatus.DONE
@@ -75,8 +89,10 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
     assert "with the highest self-influence" in page and "injected caption swaps" in page and "AUROC" in page
     numbers = result.stage(Stage.INFLUENCE).summary
     before, after = numbers["val_loss"], numbers["val_loss_without_flagged"]
-    assert any(f"from {before:.2f} to {after:.2f} ({after - before:+.2f};" in f.text
-               for f in result.stage(Stage.INFLUENCE).findings)
+    assert any(
+        f"from {before:.2f} to {after:.2f} ({after - before:+.2f};" in f.text
+        for f in result.stage(Stage.INFLUENCE).findings
+    )
     assert "influence/index.html" in _links(out / "index.html")
     assert "not a vision-language model" in page  # the skipped stages, with their reasons
     for name in ("index.html", "data.json", "stage.json"):
@@ -91,14 +107,20 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
 
     rows, summary = data["rows"], first["summary"]
     truth = [r["injected_swap"] for r in rows]
-    assert summary["auroc_self_influence"] == pytest.approx(roc_auc_score(truth, [r["self_influence"] for r in rows]), abs=1e-4)
+    assert summary["auroc_self_influence"] == pytest.approx(
+        roc_auc_score(truth, [r["self_influence"] for r in rows]), abs=1e-4
+    )
     assert summary["auroc_value"] == pytest.approx(
-        roc_auc_score(truth, [-r["delta_val_loss_if_removed"] for r in rows]), abs=1e-4)
+        roc_auc_score(truth, [-r["delta_val_loss_if_removed"] for r in rows]), abs=1e-4
+    )
     flagged = rows[: summary["n_flagged"]]  # rows are ranked by self-influence
-    assert summary["flagged_precision"] == pytest.approx(sum(r["injected_swap"] for r in flagged) / len(flagged), abs=1e-4)
+    assert summary["flagged_precision"] == pytest.approx(
+        sum(r["injected_swap"] for r in flagged) / len(flagged), abs=1e-4
+    )
     assert summary["n_harmful"] == sum(r["delta_val_loss_if_removed"] < 0 for r in rows)
-    assert summary["predicted_val_loss_change"] == pytest.approx(sum(r["delta_val_loss_if_removed"] for r in flagged),
-                                                                 rel=1e-3, abs=1e-4)  # the JSON rounds to 4 places
+    assert summary["predicted_val_loss_change"] == pytest.approx(
+        sum(r["delta_val_loss_if_removed"] for r in flagged), rel=1e-3, abs=1e-4
+    )  # the JSON rounds to 4 places
     assert audit["kind"] == "contrastive" and audit["seconds"] > 0
 
     again = run_audit(config, progress=False)  # same settings: reused, not recomputed
@@ -107,8 +129,12 @@ def test_contrastive_audit_site_cache_and_rerun(assets, tmp_path):
     assert cached["status"] == "cached" and cached["seconds"] == 0.0
     assert cached["computed_at"] == first["computed_at"] and cached["summary"] == first["summary"]
 
-    changed = AuditConfig(model=config.model, data=config.data, out_dir=out,
-                          influence=InfluenceStage(inject_swap_rate=0.25, batch_size=8, flag_fraction=0.2))
+    changed = AuditConfig(
+        model=config.model,
+        data=config.data,
+        out_dir=out,
+        influence=InfluenceStage(inject_swap_rate=0.25, batch_size=8, flag_fraction=0.2),
+    )
     run_audit(changed, progress=False)
     recomputed = _audit_json(out)["stages"]["influence"]
     assert recomputed["status"] == "done" and recomputed["computed_at"] != first["computed_at"]
@@ -137,8 +163,13 @@ def test_influence_scores_every_pair_and_names_its_validation_data(assets, tmp_p
 
     def audit(name: str, **stage) -> tuple[dict, str]:
         out = tmp_path / name
-        config = AuditConfig(model=str(assets / "clip"), data=str(data), out_dir=out, stages=(Stage.INFLUENCE,),
-                             influence=InfluenceStage(batch_size=16, **stage))
+        config = AuditConfig(
+            model=str(assets / "clip"),
+            data=str(data),
+            out_dir=out,
+            stages=(Stage.INFLUENCE,),
+            influence=InfluenceStage(batch_size=16, **stage),
+        )
         result = run_audit(config, progress=False)
         assert result.stage(Stage.INFLUENCE).status is StageStatus.DONE
         rows = json.loads((out / "influence" / "data.json").read_text())["rows"]
@@ -148,8 +179,9 @@ def test_influence_scores_every_pair_and_names_its_validation_data(assets, tmp_p
     held_out, page = audit("default")
     assert held_out["n_pairs_in_data"] == 608 and held_out["n_scored"] == 608 and held_out["n_val"] == 152
     assert not held_out["sampled"] and held_out["flagged_by"] == "self_influence"
-    assert "Influence scored 608 training pairs: all 608 pairs of the data; validation data: 152 pairs of the same" \
-        in page
+    assert (
+        "Influence scored 608 training pairs: all 608 pairs of the data; validation data: 152 pairs of the same" in page
+    )
     assert "flagged by self-influence only" in page and "used part of the same data" in page
 
     trusted, page = audit("trusted", val=str(assets / "data"), max_pairs=100)
@@ -161,8 +193,12 @@ def test_influence_scores_every_pair_and_names_its_validation_data(assets, tmp_p
     assert "self-influence only" not in page
 
     with pytest.raises(InputError, match="validation data .* not found"):
-        AuditConfig(model=str(assets / "clip"), data=str(data), out_dir=tmp_path / "x",
-                    influence=InfluenceStage(val=str(tmp_path / "missing")))
+        AuditConfig(
+            model=str(assets / "clip"),
+            data=str(data),
+            out_dir=tmp_path / "x",
+            influence=InfluenceStage(val=str(tmp_path / "missing")),
+        )
 
 
 def test_vlm_audit_with_finetuned_model(assets, tmp_path):
@@ -179,8 +215,12 @@ def test_vlm_audit_with_finetuned_model(assets, tmp_path):
     page = (out / "index.html").read_text()
     assert "does not answer both" in page
     links = _links(out / "index.html")
-    for target in ("shift/index.html", "concepts/index.html", "concepts/compare/index.html",
-                   "hallucination/index.html"):
+    for target in (
+        "shift/index.html",
+        "concepts/index.html",
+        "concepts/compare/index.html",
+        "hallucination/index.html",
+    ):
         assert target in links, target
         assert (out / target).is_file() and (out / target).with_name("data.json").is_file()
     assert not any(link.startswith("steering/") for link in links)
@@ -241,9 +281,15 @@ def test_steering_findings_follow_their_measurements(assets, tmp_path, monkeypat
 
     monkeypatch.setattr(mmlens.steer, "answer_labels", truth_labels)
     out = tmp_path / "steer"
-    config = _vlm_config(assets, out, finetuned=str(assets / "vlm-tuned"), stages=(Stage.STEERING,),
-                         steering=SteeringStage(n_items=60, alphas=(1.0, 4.0), shift_alphas=(1.0, 4.0), n_describe=12,
-                                                describe_tokens=6, batch_size=32))
+    config = _vlm_config(
+        assets,
+        out,
+        finetuned=str(assets / "vlm-tuned"),
+        stages=(Stage.STEERING,),
+        steering=SteeringStage(
+            n_items=60, alphas=(1.0, 4.0), shift_alphas=(1.0, 4.0), n_describe=12, describe_tokens=6, batch_size=32
+        ),
+    )
     result = run_audit(config, progress=False).stage(Stage.STEERING)
     assert result.status is StageStatus.DONE, result.error
     summary = result.summary
@@ -299,10 +345,12 @@ def test_fingerprint_follows_models_embedders_and_settings(assets, tmp_path):
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rebuilt audited model
     assert location_fingerprint(base.model) != model_fp
     # the fine-tuned model counts only for the stages that use it
-    assert stage_fingerprint(Stage.SHIFT, base, model_fp, "a", data) == stage_fingerprint(Stage.SHIFT, base, model_fp,
-                                                                                           "b", data)
+    assert stage_fingerprint(Stage.SHIFT, base, model_fp, "a", data) == stage_fingerprint(
+        Stage.SHIFT, base, model_fp, "b", data
+    )
     assert stage_fingerprint(Stage.CONCEPTS, base, model_fp, "a", data) != stage_fingerprint(
-        Stage.CONCEPTS, base, model_fp, "b", data)
+        Stage.CONCEPTS, base, model_fp, "b", data
+    )
 
 
 def test_stages_are_skipped_when_the_records_lack_their_fields(assets, tmp_path):
@@ -348,8 +396,9 @@ def test_bad_input_fails_before_any_work(assets, tmp_path):
     with pytest.raises(InputError, match="fusion"):
         AuditConfig(model=clip, data=str(assets / "data"), out_dir=tmp_path / "o4", shift=ShiftStage(fusion="sum"))
     with pytest.raises(InputError, match="flag_fraction"):
-        AuditConfig(model=clip, data=str(assets / "data"), out_dir=tmp_path / "o4",
-                    influence=InfluenceStage(flag_fraction=0.0))
+        AuditConfig(
+            model=clip, data=str(assets / "data"), out_dir=tmp_path / "o4", influence=InfluenceStage(flag_fraction=0.0)
+        )
     # a steering layer the model does not have: refused after loading the model, before any stage runs
     with pytest.raises(InputError, match="steering layer 99 is out of range"):
         run_audit(_vlm_config(assets, tmp_path / "o5", steering=SteeringStage(layer=99)), progress=False)
@@ -361,8 +410,21 @@ def test_cli_audit_writes_site_and_resolved_config(assets, tmp_path, capsys):
 
     out = tmp_path / "cli"
     with pytest.raises(SystemExit) as exit_info:
-        main(["audit", "--model", str(assets / "clip"), "--data", str(assets / "data"), "--out", str(out),
-              "--inject-swaps", "0.25", "--stages", "influence"])
+        main(
+            [
+                "audit",
+                "--model",
+                str(assets / "clip"),
+                "--data",
+                str(assets / "data"),
+                "--out",
+                str(out),
+                "--inject-swaps",
+                "0.25",
+                "--stages",
+                "influence",
+            ]
+        )
     assert exit_info.value.code in (0, None)
     printed = json.loads(capsys.readouterr().out)
     assert printed["stages"]["influence"] == "done" and printed["stages"]["shift"] == "skipped"
@@ -380,8 +442,9 @@ def test_cli_config_file_and_repeat_from_the_resolved_config(assets, tmp_path):
 
     out = tmp_path / "from-config"
     config = tmp_path / "audit.yaml"
-    config.write_text(f"model: {assets / 'clip'}\ndata: {assets / 'data'}\nout: {out}\nstages: [influence]\n"
-                      "inject-swaps: 0.25\n")
+    config.write_text(
+        f"model: {assets / 'clip'}\ndata: {assets / 'data'}\nout: {out}\nstages: [influence]\ninject-swaps: 0.25\n"
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["audit", "--config", str(config)])
     assert exit_info.value.code in (0, None)

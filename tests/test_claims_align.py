@@ -17,7 +17,7 @@ from PIL import Image
 
 from mmlens.align import (
     BDHSConfig,
-    CallableJudge,
+    CallablePairwiseJudge,
     DPOSettings,
     FineTune,
     OnlineMode,
@@ -92,8 +92,9 @@ def _toy_pairs(n: int = 8) -> list[PreferencePair]:
 
 def _log_ratio(vlm, pairs) -> np.ndarray:
     images, prompts = [p.image for p in pairs], [p.prompt for p in pairs]
-    return (answer_logprobs(vlm, images, prompts, [p.chosen for p in pairs])
-            - answer_logprobs(vlm, images, prompts, [p.rejected for p in pairs]))
+    return answer_logprobs(vlm, images, prompts, [p.chosen for p in pairs]) - answer_logprobs(
+        vlm, images, prompts, [p.rejected for p in pairs]
+    )
 
 
 @pytest.mark.parametrize("finetune", [FineTune.FULL, FineTune.LORA])
@@ -103,8 +104,9 @@ def test_dpo_raises_the_chosen_over_rejected_log_ratio(finetune):
     pairs = _toy_pairs()
     vlm = tiny_model("llava")
     before = _log_ratio(vlm, pairs)
-    trained, log = train_dpo(vlm, pairs, DPOSettings(steps=4, batch_size=4, learning_rate=2e-3, beta=0.1,
-                                                     finetune=finetune))
+    trained, log = train_dpo(
+        vlm, pairs, DPOSettings(steps=4, batch_size=4, learning_rate=2e-3, beta=0.1, finetune=finetune)
+    )
     after = _log_ratio(trained, pairs)
     assert (after - before > 0.05).all(), (before, after)
     last = log["steps"][-1]
@@ -126,12 +128,15 @@ def test_online_dpo_trains_the_judges_preferred_sample_as_chosen(monkeypatch):
         judged.append((a, b, verdict))
         return verdict
 
-    examples = [SFTExample(im, PROMPTS[i % 4], ANSWERS[i % 4], frozenset(), str(i))
-                for i, im in enumerate(_images(4, seed=0))]
-    settings = DPOSettings(steps=2, batch_size=2, refresh_every=1, max_new_tokens=6, learning_rate=1e-3,
-                           sample_temperature=1.5)
-    _, log = train_online(tiny_model("llava"), examples, OnlineMode.ONLINE, settings,
-                          judge=CallableJudge(shorter))
+    examples = [
+        SFTExample(im, PROMPTS[i % 4], ANSWERS[i % 4], frozenset(), str(i)) for i, im in enumerate(_images(4, seed=0))
+    ]
+    settings = DPOSettings(
+        steps=2, batch_size=2, refresh_every=1, max_new_tokens=6, learning_rate=1e-3, sample_temperature=1.5
+    )
+    _, log = train_online(
+        tiny_model("llava"), examples, OnlineMode.ONLINE, settings, judge=CallablePairwiseJudge(shorter)
+    )
     assert seen and log["online_pairs"] == len(seen)
     for p in seen:
         assert len(p.chosen) < len(p.rejected), (p.chosen, p.rejected)
@@ -152,7 +157,8 @@ def test_image_dependence_gap_against_a_hand_computation(llava):
         labels = batch.pop("labels")[0]
         embeds = []
         grab = llava.language_model.register_forward_pre_hook(
-            lambda m, a, k, embeds=embeds: embeds.append(k["inputs_embeds"]), with_kwargs=True)
+            lambda m, a, k, embeds=embeds: embeds.append(k["inputs_embeds"]), with_kwargs=True
+        )
         try:
             with torch.no_grad():
                 full = llava.forward(batch).logits[0].float()
@@ -160,8 +166,9 @@ def test_image_dependence_gap_against_a_hand_computation(llava):
             grab.remove()
         keep = ~llava.image_token_mask(batch)[0]
         with torch.no_grad():
-            out = llava.language_model(inputs_embeds=embeds[0][:, keep],
-                                       position_ids=torch.arange(len(keep))[keep].unsqueeze(0)).last_hidden_state
+            out = llava.language_model(
+                inputs_embeds=embeds[0][:, keep], position_ids=torch.arange(len(keep))[keep].unsqueeze(0)
+            ).last_hidden_state
             blind = llava.lm_head(out)[0].float()
         answer_pos = (labels != -100).nonzero().flatten()  # predicted from the previous position (a text token)
         kept_index = torch.cumsum(keep.long(), 0) - 1  # position in the image-free sequence
@@ -188,17 +195,21 @@ def test_hidden_token_draws_follow_eq_6_and_share_groups_across_calls():
         assert hidden[row, 1:7].tolist() == (~keep).tolist()
     assert not hidden[:, [0, 7, 8]].any()
     draws: dict = {}
-    first = draw_hidden_image_tokens(image_mask[:2], ["x", "y"], rho=0.5, visible_tokens=3,
-                                     rng=np.random.default_rng(0), draws=draws)
-    again = draw_hidden_image_tokens(image_mask[:1], ["y"], rho=0.5, visible_tokens=3,
-                                     rng=np.random.default_rng(99), draws=draws)
+    first = draw_hidden_image_tokens(
+        image_mask[:2], ["x", "y"], rho=0.5, visible_tokens=3, rng=np.random.default_rng(0), draws=draws
+    )
+    again = draw_hidden_image_tokens(
+        image_mask[:1], ["y"], rho=0.5, visible_tokens=3, rng=np.random.default_rng(99), draws=draws
+    )
     assert torch.equal(again[0], first[1]) and (image_mask[:2] & ~first).sum(1).tolist() == [3, 3]
     few = draw_hidden_image_tokens(image_mask[:1], None, rho=0.5, visible_tokens=10, rng=np.random.default_rng(0))
     assert not few.any()  # more visible tokens asked than there are: all stay visible
     none_visible = draw_hidden_image_tokens(image_mask, None, rho=0.0, visible_tokens=0, rng=np.random.default_rng(0))
     assert torch.equal(none_visible, image_mask)  # visible_tokens=0 is valid: every image token hidden
-    for kwargs, message in ((dict(rho=-0.1, visible_tokens=None), r"^rho=-0.1 must be in \[0, 1\]$"),
-                            (dict(rho=0.5, visible_tokens=-1), r"^visible_tokens=-1 must be >= 0$")):
+    for kwargs, message in (
+        (dict(rho=-0.1, visible_tokens=None), r"^rho=-0.1 must be in \[0, 1\]$"),
+        (dict(rho=0.5, visible_tokens=-1), r"^visible_tokens=-1 must be >= 0$"),
+    ):
         with pytest.raises(InputError, match=message):
             draw_hidden_image_tokens(image_mask, None, rng=np.random.default_rng(0), **kwargs)
     with pytest.raises(InputError, match=r"^got 2 group ids for 3 rows$"):

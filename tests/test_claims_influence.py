@@ -43,7 +43,7 @@ def _pairs(n: int, seed: int = 0, size: int = 16) -> PairData:
     for i in range(n):
         a, b = combos[order[i % len(combos)]]
         arr = np.zeros((size, size, 3), dtype=np.uint8)
-        arr[:, : size // 2], arr[:, size // 2:] = COLOURS[a], COLOURS[b]
+        arr[:, : size // 2], arr[:, size // 2 :] = COLOURS[a], COLOURS[b]
         arr[rng.integers(size), :, :] = 0
         images.append(Image.fromarray(arr))
         captions.append(f"a {WORDS[a]} and {WORDS[b]} square")
@@ -100,8 +100,12 @@ def small_fit():
     with torch.no_grad():
         model.base_model.visual_projection.weight.mul_(10)
         model.base_model.text_projection.weight.mul_(10)
-    analyzer = InfluenceAnalyzer(HeadTask(model), _pairs(12), fit_args=FitArguments(batch_size=6, l2=50.0),
-                                 args=InfluenceArguments(solver="explicit"))
+    analyzer = InfluenceAnalyzer(
+        HeadTask(model),
+        _pairs(12),
+        fit_args=FitArguments(batch_size=6, l2=50.0),
+        args=InfluenceArguments(solver="explicit"),
+    )
     analyzer.fit()
     return analyzer
 
@@ -130,8 +134,11 @@ def test_self_and_relative_influence_against_a_dense_hessian(small_fit):
     terms = pair_terms(small_fit.task.logit_scale * txt @ img.T, LossKind.INFONCE)
     test_grads = torch.stack([torch.autograd.grad(terms["pos"][t], theta, retain_graph=True)[0] for t in range(3)])
     raw = (torch.linalg.solve(hess, test_grads.T).T @ grads.T).numpy()  # g_t^T H^-1 g_n
-    for relative, norm in (("none", np.ones(small_fit.n)), ("theta", solved.norm(dim=1).numpy()),
-                           ("l", np.sqrt(expected_self))):
+    for relative, norm in (
+        ("none", np.ones(small_fit.n)),
+        ("theta", solved.norm(dim=1).numpy()),
+        ("l", np.sqrt(expected_self)),
+    ):
         result = small_fit.trace(test, relative=relative)
         np.testing.assert_allclose(result.delta_test_loss_if_removed, raw, rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(result.relative_influence, raw / norm, rtol=1e-5, atol=1e-9)
@@ -148,15 +155,19 @@ def test_exported_edited_model_carries_the_edited_parameters(small_fit, tmp_path
 
 # ------------------------------------------------------------------------ agreement with leave-one-out retraining
 def _loo_agreement(task, n_train: int = 10, l2: float = 20.0) -> float:
-    analyzer = InfluenceAnalyzer(task, _pairs(n_train), fit_args=FitArguments(batch_size=5, l2=l2),
-                                 args=InfluenceArguments(solver="explicit" if task.space.size <= 3000 else "cg",
-                                                         cg_max_iter=500, cg_tol=1e-10))
+    analyzer = InfluenceAnalyzer(
+        task,
+        _pairs(n_train),
+        fit_args=FitArguments(batch_size=5, l2=l2),
+        args=InfluenceArguments(solver="explicit" if task.space.size <= 3000 else "cg", cg_max_iter=500, cg_tol=1e-10),
+    )
     analyzer.fit()
     val = _pairs(6, seed=5)
     predicted = analyzer.value(val).role("both", "exact")
     base = analyzer.validation_loss(analyzer.fitted.params, val)
-    actual = np.array([float(analyzer.validation_loss(analyzer.retrain(remove=[n]), val) - base)
-                       for n in range(n_train)])
+    actual = np.array(
+        [float(analyzer.validation_loss(analyzer.retrain(remove=[n]), val) - base) for n in range(n_train)]
+    )
     return float(spearmanr(predicted, actual).statistic)
 
 
@@ -174,8 +185,11 @@ def _scaled(arch: str):
 # (architecture, parameter group, L2 anchor, training pairs, minimum Spearman). Measured: SigLIP 0.90, dual
 # encoder > 0.8, CLIP last_k_layers 0.81 (a whole transformer layer is far less convex than a head: it needs the
 # strong anchor, and 8 pairs make the rank correlation coarse).
-LOO_CASES = [("siglip", "projection", 20.0, 10, 0.8), ("vision-text-dual-encoder", "projection", 20.0, 10, 0.8),
-             ("clip", "last_k_layers", 300.0, 8, 0.7)]
+LOO_CASES = [
+    ("siglip", "projection", 20.0, 10, 0.8),
+    ("vision-text-dual-encoder", "projection", 20.0, 10, 0.8),
+    ("clip", "last_k_layers", 300.0, 8, 0.7),
+]
 
 
 @pytest.mark.parametrize(("arch", "group", "l2", "n_train", "minimum"), LOO_CASES)
@@ -193,8 +207,10 @@ def test_similarity_and_max_negative_probability_by_hand():
     from mmlens.influence.objective import max_negative_probability, similarity
 
     gen = torch.Generator().manual_seed(5)
-    text, image = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(4, 3, generator=gen,
-                                                                                  dtype=torch.float64)
+    text, image = (
+        torch.randn(4, 3, generator=gen, dtype=torch.float64),
+        torch.randn(4, 3, generator=gen, dtype=torch.float64),
+    )
     sim = similarity(text, image, 2.5, bias=-1.0)
     for i in range(4):
         for j in range(4):
@@ -245,7 +261,8 @@ def test_removal_masks_delete_exactly_the_chosen_roles(kind):
     padded = torch.tensor([0, 1, 2, 3, -1])
     full4 = batch_loss(sim[:4, :4], *removal_masks(torch.arange(4), none[:4], none[:4], none[:4]), kind=kind)
     assert float(batch_loss(sim, *removal_masks(padded, none, none, none), kind=kind)) == pytest.approx(
-        float(full4), rel=1e-10)
+        float(full4), rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("kind", [LossKind.INFONCE, LossKind.SIGMOID])
@@ -255,8 +272,10 @@ def test_a_stack_of_batches_is_the_sum_of_its_batches(kind):
     from mmlens.influence.objective import batch_loss, removal_masks, similarity
 
     gen = torch.Generator().manual_seed(11)
-    text, image = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64), torch.randn(3, 4, 5, generator=gen,
-                                                                                      dtype=torch.float64)
+    text, image = (
+        torch.randn(3, 4, 5, generator=gen, dtype=torch.float64),
+        torch.randn(3, 4, 5, generator=gen, dtype=torch.float64),
+    )
     sim = similarity(text, image, 3.0, bias=0.5)
     assert sim.shape == (3, 4, 4)
     index = torch.arange(12).view(3, 4)

@@ -52,7 +52,9 @@ def test_rjsd_permutation_null_is_the_rjsd_of_relabelled_samples(mixture):
     a, b = _sample(20, 6, 0), _sample(9, 6, 1, shift=0.3)
     result = rjsd_test(a, b, n_permutations=25, seed=4, mixture=mixture)
     rng = np.random.default_rng(4)
-    pooled = np.concatenate([a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)])
+    pooled = np.concatenate(
+        [a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)]
+    )
     null = []
     for _ in range(25):
         perm = rng.permutation(len(pooled))
@@ -69,18 +71,29 @@ def test_rjsd_permutation_null_is_the_rjsd_of_relabelled_samples(mixture):
 def test_bound_terms_compare_the_right_embeddings():
     """J_v: ID vs OOD images, J_t: ID vs OOD text queries, J_P: ID responses vs ID references, J_Q: OOD responses vs
     OOD references; each shifted in turn so a swapped pair of inputs changes the numbers."""
+
     def split(name, seed, image_shift=0.0, text_shift=0.0, response_shift=0.0):
-        return SplitEmbeddings(name, query=_sample(30, 6, seed), text=_sample(30, 6, seed + 1, text_shift),
-                               response=_sample(30, 6, seed + 2, response_shift), reference=_sample(30, 6, seed + 3),
-                               image=_sample(30, 6, seed + 4, image_shift))
+        return SplitEmbeddings(
+            name,
+            query=_sample(30, 6, seed),
+            text=_sample(30, 6, seed + 1, text_shift),
+            response=_sample(30, 6, seed + 2, response_shift),
+            reference=_sample(30, 6, seed + 3),
+            image=_sample(30, 6, seed + 4, image_shift),
+        )
 
     ref, ood = split("id", 0), split("ood", 10, image_shift=3.0, text_shift=0.5, response_shift=1.0)
-    config = ShiftConfig(estimator=EstimatorConfig(kind="club", hidden=16, max_steps=5), n_permutations=0,
-                         n_bootstrap=2)
+    config = ShiftConfig(
+        estimator=EstimatorConfig(kind="club", hidden=16, max_steps=5), n_permutations=0, n_bootstrap=2
+    )
     result = analyse_embeddings([ref, ood], config, progress=False)
     terms = result.row("ood")["terms"]
-    for key, x, y in (("J_v", ref.image, ood.image), ("J_t", ref.text, ood.text),
-                      ("J_P", ref.response, ref.reference), ("J_Q", ood.response, ood.reference)):
+    for key, x, y in (
+        ("J_v", ref.image, ood.image),
+        ("J_t", ref.text, ood.text),
+        ("J_P", ref.response, ref.reference),
+        ("J_Q", ood.response, ood.reference),
+    ):
         assert terms[key]["value"] == pytest.approx(rjsd(x, y, mixture=config.mixture), rel=1e-9), key
     values = sorted(terms[k]["value"] for k in ("J_v", "J_t", "J_P", "J_Q"))
     assert min(np.diff(values)) > 1e-3  # distinct, so any swap of inputs is seen above
@@ -117,13 +130,20 @@ def test_von_neumann_entropy_and_the_input_paths():
     default = rjsd_test(a, b)
     assert default == rjsd_test(a, b, mixture="sample_size", n_permutations=100, seed=0, normalise=True)
     for fn in (rjsd, rjsd_test):
-        with pytest.raises(InputError, match=r"^unknown mixture 'nope'; use one of"):
+        with pytest.raises(InputError, match=r"^unknown mixture 'nope': use one of"):
             fn(a, b, mixture="nope")
     done = rjsd_test(a, b, n_permutations=5, seed=1)
     assert done.excess == pytest.approx(done.value - done.null_mean)
-    assert done.to_dict() == {"value": done.value, "null_mean": done.null_mean, "null_q95": done.null_q95,
-                              "p_value": done.p_value, "n_permutations": 5, "n_a": 9, "n_b": 6,
-                              "excess": done.excess}
+    assert done.to_dict() == {
+        "value": done.value,
+        "null_mean": done.null_mean,
+        "null_q95": done.null_q95,
+        "p_value": done.p_value,
+        "n_permutations": 5,
+        "n_a": 9,
+        "n_b": 6,
+        "excess": done.excess,
+    }
     # float64 throughout, whatever comes in: float32 input gives the float64 result of the same numbers; a tensor
     # that requires grad is accepted; one row is a valid sample
     a32, b32 = a.astype(np.float32), b.astype(np.float32)

@@ -15,7 +15,7 @@ from mmlens.steer import (
     SteerPositions,
     coarse_vector,
     concept_vectors,
-    shift_vectors,
+    finetuning_shift_vectors,
     steer,
     vector_from_labels,
 )
@@ -68,7 +68,9 @@ def test_shift_vectors_recover_planted_per_concept_shifts(reducer):
     a = torch.cat([_cloud(centres[k], n, 10 + k) for k, n in enumerate(sizes)])
     d = torch.cat([shifts[k].expand(n, -1) for k, n in enumerate(sizes)])
     b = a + d + 0.01 * torch.randn(a.shape, generator=gen)
-    vectors = shift_vectors(a, b, layer=1, dictionary=centres[[2, 0, 1]], reducer=reducer, names=["z", "x", "y"])
+    vectors = finetuning_shift_vectors(
+        a, b, layer=1, dictionary=centres[[2, 0, 1]], reducer=reducer, names=["z", "x", "y"]
+    )
     assert len(vectors) == 4
     weights = torch.tensor(sizes, dtype=torch.float32) / sum(sizes)
     if reducer is ShiftReducer.MEAN:
@@ -85,9 +87,9 @@ def test_median_shift_ignores_an_outlier_the_mean_does_not():
     a = torch.zeros(21, 4)
     b = a + 1.0
     b[0] += 100.0
-    median = shift_vectors(a, b, layer=0, reducer=ShiftReducer.MEDIAN)[0].vector
-    trimmed = shift_vectors(a, b, layer=0, reducer=ShiftReducer.TRIMMED_MEAN)[0].vector
-    mean = shift_vectors(a, b, layer=0, reducer=ShiftReducer.MEAN)[0].vector
+    median = finetuning_shift_vectors(a, b, layer=0, reducer=ShiftReducer.MEDIAN)[0].vector
+    trimmed = finetuning_shift_vectors(a, b, layer=0, reducer=ShiftReducer.TRIMMED_MEAN)[0].vector
+    mean = finetuning_shift_vectors(a, b, layer=0, reducer=ShiftReducer.MEAN)[0].vector
     assert torch.allclose(median, torch.ones(4)) and torch.allclose(trimmed, torch.ones(4))
     assert torch.allclose(mean, torch.full((4,), 1 + 100 / 21))
 
@@ -106,8 +108,11 @@ def test_steering_with_a_vector_from_the_models_own_activations_lands_on_the_tar
         for prompt in prompts:  # one prompt per call: no padding, the last position is the last prompt token
             batch = model.prepare([prompt])
             # the capture is registered after the steering hook, so it sees the steered output
-            with torch.no_grad(), steer(model, vector, config) if vector is not None else contextlib.nullcontext(), \
-                    capture_outputs({"h": model.decoder_layers[layer]}) as seen:
+            with (
+                torch.no_grad(),
+                steer(model, vector, config) if vector is not None else contextlib.nullcontext(),
+                capture_outputs({"h": model.decoder_layers[layer]}) as seen,
+            ):
                 model.forward(batch)
             rows.append(seen["h"][0][0, -1])
         return torch.stack(rows)
@@ -132,69 +137,146 @@ def test_vector_records_describe_themselves_and_refuse_bad_input(tmp_path):
     from mmlens.errors import InputError
     from mmlens.steer import SteeringVector, VectorKind, load_vectors, save_vectors
 
-    vec = SteeringVector(np.array([3.0, 4.0]), 2, "coarse", "yes", "no", "m", "last_prompt",
-                         reference=torch.zeros(2), info={"n": 1}, contrasts=torch.ones(3, 2))
+    vec = SteeringVector(
+        np.array([3.0, 4.0]),
+        2,
+        "coarse",
+        "yes",
+        "no",
+        "m",
+        "last_prompt",
+        reference=torch.zeros(2),
+        info={"n": 1},
+        contrasts=torch.ones(3, 2),
+    )
     assert vec.kind is VectorKind.COARSE and vec.vector.dtype == torch.float32 and vec.hidden_size == 2
     assert vec.name == "coarse:yes->no@L2" and vec.norm == pytest.approx(5.0)
-    assert vec.describe() == {"name": "coarse:yes->no@L2", "kind": "coarse", "layer": 2, "source": "yes",
-                              "target": "no", "model": "m", "position": "last_prompt", "norm": 5.0,
-                              "hidden_size": 2, "n_contrasts": 3, "info": {"n": 1}}
+    assert vec.describe() == {
+        "name": "coarse:yes->no@L2",
+        "kind": "coarse",
+        "layer": 2,
+        "source": "yes",
+        "target": "no",
+        "model": "m",
+        "position": "last_prompt",
+        "norm": 5.0,
+        "hidden_size": 2,
+        "n_contrasts": 3,
+        "info": {"n": 1},
+    }
     control = vec.with_vector(torch.tensor([0.0, 1.0]), VectorKind.RANDOM, seed=4)
     assert (control.layer, control.source, control.target, control.model, control.position) == (
-        2, "yes", "no", "m", "last_prompt")
+        2,
+        "yes",
+        "no",
+        "m",
+        "last_prompt",
+    )
     assert control.info == {"n": 1, "seed": 4} and torch.equal(control.contrasts, vec.contrasts)
     assert torch.equal(control.reference, vec.reference)
     assert SteeringVector(torch.ones(2), 0, VectorKind.CUSTOM).describe()["n_contrasts"] == 0
     cases = [
-        (lambda: SteeringVector(torch.ones(2, 2), 0, "custom"),
-         r"^a steering vector must be 1-D \(hidden,\), got shape \(2, 2\)$"),
-        (lambda: SteeringVector(torch.ones(0), 0, "custom"), r"^a steering vector must be 1-D \(hidden,\), got shape \(0,\)$"),
-        (lambda: SteeringVector(torch.tensor([1.0, float("nan")]), 0, "custom"),
-         r"^the steering vector contains NaN or infinite values$"),
-        (lambda: SteeringVector([1.0, 2.0], 0, "custom"),
-         r"^the steering vector must be a torch tensor or numpy array, got list$"),
-        (lambda: SteeringVector(torch.ones(2), 0, "custom", reference=torch.ones(3)),
-         r"^reference shape \(3,\) does not match the vector \(2,\)$"),
-        (lambda: SteeringVector(torch.ones(2), 0, "custom", contrasts=torch.ones(2)),
-         r"^contrasts must be \(m, 2\), got shape \(2,\)$"),
-        (lambda: SteeringVector(torch.ones(2), 0, "custom", contrasts=torch.ones(1, 3)),
-         r"^contrasts must be \(m, 2\), got shape \(1, 3\)$"),
-        (lambda: SteeringVector(torch.ones(2), 0, "custom", contrasts=torch.full((1, 2), float("inf"))),
-         r"^the contrast concepts contains NaN or infinite values$"),
-        (lambda: SteeringVector(torch.ones(2), -1, "custom"),
-         r"^layer must be >= 0 \(0 = output of the first decoder layer\), got -1$"),
-        (lambda: coarse_vector(torch.ones(2, 3), torch.ones(2, 4), layer=0),
-         r"^source and target activations differ in hidden size: 3 vs 4$"),
-        (lambda: coarse_vector(torch.ones(3), torch.ones(2, 3), layer=0, source="yes"),
-         r"^the source activations \(yes\) must be 2-D \(samples, hidden\), got shape \(3,\)$"),
-        (lambda: coarse_vector(torch.ones(2, 3), torch.ones(0, 3), layer=0, target="no"),
-         r"^the target activations \(no\) is empty: no samples to average$"),
-        (lambda: vector_from_labels(torch.ones(3, 2), ["a", "b"], "a", "b", layer=0),
-         r"^got 2 labels for 3 activation rows$"),
-        (lambda: vector_from_labels(torch.ones(2, 2), ["a", "b"], "c", "b", layer=0),
-         r"^no activation is labelled 'c': cannot build a c->b vector$"),
-        (lambda: vector_from_labels(torch.ones(2, 2), ["a", "b"], "a", "z", layer=0),
-         r"^no activation is labelled 'z': cannot build a a->z vector$"),
+        (
+            lambda: SteeringVector(torch.ones(2, 2), 0, "custom"),
+            r"^a steering vector must be 1-D \(hidden,\), got shape \(2, 2\)$",
+        ),
+        (
+            lambda: SteeringVector(torch.ones(0), 0, "custom"),
+            r"^a steering vector must be 1-D \(hidden,\), got shape \(0,\)$",
+        ),
+        (
+            lambda: SteeringVector(torch.tensor([1.0, float("nan")]), 0, "custom"),
+            r"^the steering vector contains NaN or infinite values$",
+        ),
+        (
+            lambda: SteeringVector([1.0, 2.0], 0, "custom"),
+            r"^the steering vector must be a torch tensor or numpy array, got list$",
+        ),
+        (
+            lambda: SteeringVector(torch.ones(2), 0, "custom", reference=torch.ones(3)),
+            r"^reference shape \(3,\) does not match the vector \(2,\)$",
+        ),
+        (
+            lambda: SteeringVector(torch.ones(2), 0, "custom", contrasts=torch.ones(2)),
+            r"^contrasts must be \(m, 2\), got shape \(2,\)$",
+        ),
+        (
+            lambda: SteeringVector(torch.ones(2), 0, "custom", contrasts=torch.ones(1, 3)),
+            r"^contrasts must be \(m, 2\), got shape \(1, 3\)$",
+        ),
+        (
+            lambda: SteeringVector(torch.ones(2), 0, "custom", contrasts=torch.full((1, 2), float("inf"))),
+            r"^the contrast concepts contains NaN or infinite values$",
+        ),
+        (
+            lambda: SteeringVector(torch.ones(2), -1, "custom"),
+            r"^layer must be >= 0 \(0 = output of the first decoder layer\), got -1$",
+        ),
+        (
+            lambda: coarse_vector(torch.ones(2, 3), torch.ones(2, 4), layer=0),
+            r"^source and target activations differ in hidden size: 3 vs 4$",
+        ),
+        (
+            lambda: coarse_vector(torch.ones(3), torch.ones(2, 3), layer=0, source="yes"),
+            r"^the source activations \(yes\) must be 2-D \(samples, hidden\), got shape \(3,\)$",
+        ),
+        (
+            lambda: coarse_vector(torch.ones(2, 3), torch.ones(0, 3), layer=0, target="no"),
+            r"^the target activations \(no\) is empty: no samples to average$",
+        ),
+        (
+            lambda: vector_from_labels(torch.ones(3, 2), ["a", "b"], "a", "b", layer=0),
+            r"^got 2 labels for 3 activation rows$",
+        ),
+        (
+            lambda: vector_from_labels(torch.ones(2, 2), ["a", "b"], "c", "b", layer=0),
+            r"^no activation is labelled 'c': cannot build a c->b vector$",
+        ),
+        (
+            lambda: vector_from_labels(torch.ones(2, 2), ["a", "b"], "a", "z", layer=0),
+            r"^no activation is labelled 'z': cannot build a a->z vector$",
+        ),
         (lambda: concept_vectors(torch.ones(1, 2), layer=0), r"^a concept dictionary needs at least 2 concepts"),
         (lambda: concept_vectors(torch.eye(2), layer=0, names=["a"]), r"^got 1 names for 2 concepts$"),
-        (lambda: concept_vectors(torch.eye(2), layer=0, pairs=[(0, 0)]),
-         r"^bad concept pair \(0, 0\) for a dictionary of 2 concepts$"),
-        (lambda: concept_vectors(torch.eye(2), layer=0, pairs=[(0, 2)]),
-         r"^bad concept pair \(0, 2\) for a dictionary of 2 concepts$"),
-        (lambda: concept_vectors(object(), layer=0), r"^cannot read concepts from a object: pass a \(k, hidden\) tensor$"),
-        (lambda: shift_vectors(torch.ones(2, 3), torch.ones(2, 3), layer=0, dictionary=torch.eye(3),
-                               assignments=[0, 1]), r"^pass either a dictionary or assignments, not both$"),
-        (lambda: shift_vectors(torch.ones(2, 3), torch.ones(2, 3), layer=0, dictionary=torch.eye(2)),
-         r"^the dictionary's hidden size 2 differs from the activations' 3$"),
-        (lambda: shift_vectors(torch.ones(2, 3), torch.ones(2, 3), layer=0, assignments=[0]),
-         r"^got 1 assignments for 2 samples$"),
-        (lambda: shift_vectors(torch.ones(2, 3), torch.ones(3, 3), layer=0, original="base"),
-         r"^original and fine-tuned activations must hold the same samples: \(2, 3\) vs \(3, 3\)$"),
-        (lambda: shift_vectors(torch.ones(2), torch.ones(2, 3), layer=0, original="base"),
-         r"^the base model's activations must be 2-D"),
+        (
+            lambda: concept_vectors(torch.eye(2), layer=0, pairs=[(0, 0)]),
+            r"^bad concept pair \(0, 0\) for a dictionary of 2 concepts$",
+        ),
+        (
+            lambda: concept_vectors(torch.eye(2), layer=0, pairs=[(0, 2)]),
+            r"^bad concept pair \(0, 2\) for a dictionary of 2 concepts$",
+        ),
+        (
+            lambda: concept_vectors(object(), layer=0),
+            r"^cannot read concepts from a object: pass a \(k, hidden\) tensor$",
+        ),
+        (
+            lambda: finetuning_shift_vectors(
+                torch.ones(2, 3), torch.ones(2, 3), layer=0, dictionary=torch.eye(3), assignments=[0, 1]
+            ),
+            r"^pass either a dictionary or assignments, not both$",
+        ),
+        (
+            lambda: finetuning_shift_vectors(torch.ones(2, 3), torch.ones(2, 3), layer=0, dictionary=torch.eye(2)),
+            r"^the dictionary's hidden size 2 differs from the activations' 3$",
+        ),
+        (
+            lambda: finetuning_shift_vectors(torch.ones(2, 3), torch.ones(2, 3), layer=0, assignments=[0]),
+            r"^got 1 assignments for 2 samples$",
+        ),
+        (
+            lambda: finetuning_shift_vectors(torch.ones(2, 3), torch.ones(3, 3), layer=0, original="base"),
+            r"^original and fine-tuned activations must hold the same samples: \(2, 3\) vs \(3, 3\)$",
+        ),
+        (
+            lambda: finetuning_shift_vectors(torch.ones(2), torch.ones(2, 3), layer=0, original="base"),
+            r"^the base model's activations must be 2-D",
+        ),
         (lambda: save_vectors(tmp_path / "none.safetensors", []), r"^no steering vectors to save$"),
-        (lambda: concept_vectors(tmp_path / "absent.safetensors", layer=0),
-         r"^concept dictionary not found: .*absent\.safetensors$"),
+        (
+            lambda: concept_vectors(tmp_path / "absent.safetensors", layer=0),
+            r"^concept dictionary not found: .*absent\.safetensors$",
+        ),
     ]
     for make, message in cases:
         with pytest.raises(InputError, match=message):
@@ -204,8 +286,10 @@ def test_vector_records_describe_themselves_and_refuse_bad_input(tmp_path):
     save_file({"whatever": torch.eye(3)}, str(tmp_path / "single.safetensors"))
     save_file({"a": torch.eye(3), "b": torch.eye(3)}, str(tmp_path / "two.safetensors"))
     for name in ("named", "single"):
-        assert torch.equal(concept_vectors(tmp_path / f"{name}.safetensors", layer=0, pairs=[(0, 1)])[0].vector,
-                           torch.tensor([-1.0, 1.0, 0.0]))
+        assert torch.equal(
+            concept_vectors(tmp_path / f"{name}.safetensors", layer=0, pairs=[(0, 1)])[0].vector,
+            torch.tensor([-1.0, 1.0, 0.0]),
+        )
     with pytest.raises(InputError, match=r"two\.safetensors holds tensors \['a', 'b'\]; none is a \(k, hidden\)"):
         concept_vectors(tmp_path / "two.safetensors", layer=0)
 
@@ -218,12 +302,17 @@ def test_vector_records_describe_themselves_and_refuse_bad_input(tmp_path):
     assert load_vectors(path)[0].describe() == vec.describe()
     tensors = {"0.vector": torch.ones(2)}
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"mmlens.steer.vectors": json.dumps({"x": 1})})
-    with pytest.raises(InputError, match=r"bad\.safetensors has corrupt mmlens steering metadata \(KeyError: 'vectors'\)$"):
+    with pytest.raises(
+        InputError, match=r"bad\.safetensors has corrupt mmlens steering metadata \(KeyError: 'vectors'\)$"
+    ):
         load_vectors(tmp_path / "bad.safetensors")
     nan = {"0.vector": torch.tensor([float("nan"), 1.0])}
     entry = {"index": 0, "layer": 0, "kind": "custom", "source": "s", "target": "t"}
-    save_file(nan, str(tmp_path / "nan.safetensors"),
-              metadata={"mmlens.steer.vectors": json.dumps({"version": 1, "vectors": [entry]})})
+    save_file(
+        nan,
+        str(tmp_path / "nan.safetensors"),
+        metadata={"mmlens.steer.vectors": json.dumps({"version": 1, "vectors": [entry]})},
+    )
     with pytest.raises(InputError, match=r"^the steering vector contains NaN"):
         load_vectors(tmp_path / "nan.safetensors")
 
@@ -243,7 +332,7 @@ def test_shuffled_control_is_the_mean_difference_after_permuting_the_labels():
     keep = np.array([lab in ("yes", "no") for lab in labels])
     permuted = np.random.default_rng(7).permutation(np.array(labels, dtype=object)[keep])
     kept = acts[torch.from_numpy(keep)]
-    expected = (kept[torch.from_numpy(permuted == "no")].mean(0) - kept[torch.from_numpy(permuted == "yes")].mean(0))
+    expected = kept[torch.from_numpy(permuted == "no")].mean(0) - kept[torch.from_numpy(permuted == "yes")].mean(0)
     assert torch.allclose(vec.vector, expected, atol=1e-6)
     real = vector_from_labels(acts, labels, "yes", "no", layer=2, model="m", position="p")
     assert vec.kind is VectorKind.SHUFFLED and vec.info["seed"] == 7
@@ -288,11 +377,19 @@ def test_vector_files_nested_folders_version_and_minimal_entries(tmp_path):
         stored = json.loads(handle.metadata()["mmlens.steer.vectors"])
     assert stored["version"] == 1 and stored["vectors"][0]["name"] == vec.name
     entry = {"index": 0, "layer": 2, "kind": "custom", "source": "s", "target": "t"}
-    save_file({"0.vector": torch.ones(3)}, str(tmp_path / "min.safetensors"),
-              metadata={"mmlens.steer.vectors": json.dumps({"version": 1, "vectors": [entry]})})
+    save_file(
+        {"0.vector": torch.ones(3)},
+        str(tmp_path / "min.safetensors"),
+        metadata={"mmlens.steer.vectors": json.dumps({"version": 1, "vectors": [entry]})},
+    )
     loaded = load_vectors(tmp_path / "min.safetensors")[0]
     assert (loaded.model, loaded.position, dict(loaded.info), loaded.reference, loaded.contrasts) == (
-        "", "", {}, None, None)
+        "",
+        "",
+        {},
+        None,
+        None,
+    )
     labelled = vector_from_labels(torch.eye(2), ["a", "b"], "a", "b", layer=0)
     assert (labelled.model, labelled.position, labelled.contrasts) == ("", "", None)
     with pytest.raises(InputError, match=r"^the activations must be 2-D \(samples, hidden\), got shape \(2,\)$"):

@@ -11,9 +11,24 @@ from cli_helpers import run_error, run_ok
 from mmlens.cli import main
 
 SUBCOMMANDS = [
-    [], ["demo"], ["zoo"], ["zoo", "build"], ["zoo", "list"], ["zoo", "eval"], ["world"], ["world", "export"],
-    ["models"], ["models", "info"], ["models", "generate"], ["models", "embed"], ["bench"], ["bench", "zoo"],
-    ["shift"], ["shift", "generate"], ["shift", "emi"], ["bench", "shift"],
+    [],
+    ["demo"],
+    ["zoo"],
+    ["zoo", "build"],
+    ["zoo", "list"],
+    ["zoo", "eval"],
+    ["world"],
+    ["world", "export"],
+    ["models"],
+    ["models", "info"],
+    ["models", "generate"],
+    ["models", "embed"],
+    ["bench"],
+    ["bench", "zoo"],
+    ["shift"],
+    ["shift", "generate"],
+    ["shift", "emi"],
+    ["bench", "shift"],
 ]
 
 
@@ -43,16 +58,38 @@ def test_unknown_zoo_name_lists_valid_names(capsys):
 
 
 def test_missing_data_file(tmp_path, capsys):
-    err = run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(tmp_path / "nope.jsonl"),
-                      "--out", str(tmp_path / "e.safetensors")], capsys)
+    err = run_error(
+        [
+            "models",
+            "embed",
+            "--model",
+            "zoo:digits-clip",
+            "--data",
+            str(tmp_path / "nope.jsonl"),
+            "--out",
+            str(tmp_path / "e.safetensors"),
+        ],
+        capsys,
+    )
     assert "nope.jsonl" in err
 
 
 def test_empty_dataset(tmp_path, capsys):
     data = tmp_path / "empty.jsonl"
     data.write_text("")
-    err = run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(data),
-                      "--out", str(tmp_path / "e.safetensors")], capsys)
+    err = run_error(
+        [
+            "models",
+            "embed",
+            "--model",
+            "zoo:digits-clip",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "e.safetensors"),
+        ],
+        capsys,
+    )
     assert "empty" in err.lower()
 
 
@@ -60,9 +97,25 @@ def test_unreadable_image(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     data = tmp_path / "pairs.jsonl"
-    data.write_text(json.dumps({"image": "ok.png", "caption": "a"}) + "\n" + json.dumps({"image": "broken.png", "caption": "b"}) + "\n")
-    err = run_error(["models", "embed", "--model", "zoo:digits-clip", "--data", str(data),
-                      "--out", str(tmp_path / "e.safetensors")], capsys)
+    data.write_text(
+        json.dumps({"image": "ok.png", "caption": "a"})
+        + "\n"
+        + json.dumps({"image": "broken.png", "caption": "b"})
+        + "\n"
+    )
+    err = run_error(
+        [
+            "models",
+            "embed",
+            "--model",
+            "zoo:digits-clip",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "e.safetensors"),
+        ],
+        capsys,
+    )
     assert "broken.png" in err
 
 
@@ -99,8 +152,12 @@ def test_embed_and_info_with_a_local_tiny_clip(tmp_path, capsys):
     for i, colour in enumerate(["red", "blue", "green"]):
         Image.new("RGB", (16, 16), colour).save(tmp_path / f"{i}.png")
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n" for i, c in enumerate(["red", "blue", "green"])))
-    run_ok(["models", "embed", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "e.safetensors")])
+    data.write_text(
+        "".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n" for i, c in enumerate(["red", "blue", "green"]))
+    )
+    run_ok(
+        ["models", "embed", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "e.safetensors")]
+    )
     tensors = load_file(str(tmp_path / "e.safetensors"))
     assert tensors["image_embeds"].shape[0] == 3 and tensors["text_embeds"].shape == tensors["image_embeds"].shape
     assert tensors["pair_similarity"].abs().max() <= 1.0 + 1e-5
@@ -144,7 +201,8 @@ def test_help_imports_no_deep_learning_library():
         "        assert done.code == 0, words\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'sklearn', 'scipy') "
         "if m in sys.modules)\n"
-        "print('HEAVY', heavy)\n")
+        "print('HEAVY', heavy)\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HEAVY []" in done.stdout, done.stdout[-500:]

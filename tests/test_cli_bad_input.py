@@ -34,8 +34,13 @@ def inputs(tmp_path_factory):
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     jsonl("pairs.jsonl", [{"image": f"{i}.png", "caption": c} for i, c in enumerate(["red", "blue", "green", "white"])])
-    jsonl("vqa.jsonl", [{"image": f"{i}.png", "question": "is there a circle ?", "answer": a, "answer_type": "yes/no"}
-                        for i, a in enumerate(["yes", "no", "yes", "no"])])
+    jsonl(
+        "vqa.jsonl",
+        [
+            {"image": f"{i}.png", "question": "is there a circle ?", "answer": a, "answer_type": "yes/no"}
+            for i, a in enumerate(["yes", "no", "yes", "no"])
+        ],
+    )
     jsonl("pope.jsonl", [{"image": f"{i}.png", "question": "is there a circle ?", "label": "yes"} for i in range(4)])
     jsonl("broken-image.jsonl", [{"image": "0.png", "caption": "red"}, {"image": "broken.png", "caption": "x"}])
     jsonl("broken-image-vqa.jsonl", [{"image": "broken.png", "question": "is there a circle ?", "answer": "no"}])
@@ -56,98 +61,194 @@ CASES = [
     # missing, empty and malformed files
     ("embed-missing", "models embed -m {root}/clip --data {root}/nope.jsonl --out {out}.safetensors", "nope.jsonl"),
     ("embed-empty", "models embed -m {root}/clip --data {root}/empty.jsonl --out {out}.safetensors", "empty"),
-    ("embed-malformed", "models embed -m {root}/clip --data {root}/malformed.jsonl --out {out}.safetensors",
-     "malformed.jsonl"),
+    (
+        "embed-malformed",
+        "models embed -m {root}/clip --data {root}/malformed.jsonl --out {out}.safetensors",
+        "malformed.jsonl",
+    ),
     ("generate-missing", "models generate -m {root}/vlm --data {root}/nope.jsonl --out {out}.jsonl", "nope.jsonl"),
-    ("detect-missing-data", "influence detect -m {root}/clip --data {root}/nope.jsonl --val {root}/pairs.jsonl "
-                            "--out {out}", "nope.jsonl"),
-    ("detect-empty-val", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/empty.jsonl "
-                         "--out {out}", "empty"),
-    ("detect-malformed-val", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val "
-                             "{root}/malformed.jsonl --out {out}", "malformed.jsonl"),
-    ("steer-build-empty", "steer build -m {root}/vlm --data {root}/empty.jsonl --out {out}.safetensors "
-                          "--source yes --target no", "empty"),
-    ("steer-eval-missing", "steer eval -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
-                           "--out {out} --source yes --target no", "nope.safetensors"),
+    (
+        "detect-missing-data",
+        "influence detect -m {root}/clip --data {root}/nope.jsonl --val {root}/pairs.jsonl --out {out}",
+        "nope.jsonl",
+    ),
+    (
+        "detect-empty-val",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/empty.jsonl --out {out}",
+        "empty",
+    ),
+    (
+        "detect-malformed-val",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/malformed.jsonl --out {out}",
+        "malformed.jsonl",
+    ),
+    (
+        "steer-build-empty",
+        "steer build -m {root}/vlm --data {root}/empty.jsonl --out {out}.safetensors --source yes --target no",
+        "empty",
+    ),
+    (
+        "steer-eval-missing",
+        "steer eval -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
+        "--out {out} --source yes --target no",
+        "nope.safetensors",
+    ),
     ("align-eval-missing", "align eval -m {root}/vlm --pope {root}/nope.jsonl --out {out}", "nope.jsonl"),
     ("shift-emi-missing", "shift emi --id {root}/nope.jsonl --ood {root}/nope2.jsonl --out {out}", "nope"),
     ("shift-generate-empty", "shift generate -m {root}/vlm --data {root}/empty.jsonl --out {out}", "empty"),
     # an unreadable image
-    ("embed-broken-image", "models embed -m {root}/clip --data {root}/broken-image.jsonl --out {out}.safetensors",
-     "broken.png"),
-    ("detect-broken-image", "influence detect -m {root}/clip --data {root}/broken-image.jsonl --val "
-                            "{root}/pairs.jsonl --out {out}", "broken.png"),
-    ("steer-apply-broken-image", "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data "
-                                 "{root}/broken-image-vqa.jsonl --out {out}.jsonl", "broken.png"),
+    (
+        "embed-broken-image",
+        "models embed -m {root}/clip --data {root}/broken-image.jsonl --out {out}.safetensors",
+        "broken.png",
+    ),
+    (
+        "detect-broken-image",
+        "influence detect -m {root}/clip --data {root}/broken-image.jsonl --val {root}/pairs.jsonl --out {out}",
+        "broken.png",
+    ),
+    (
+        "steer-apply-broken-image",
+        "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data "
+        "{root}/broken-image-vqa.jsonl --out {out}.jsonl",
+        "broken.png",
+    ),
     # empty and non-string captions: refused alike by every reader of pairs
-    ("embed-empty-caption", "models embed -m {root}/clip --data {root}/empty-caption.jsonl --out {out}.safetensors",
-     "caption"),
-    ("embed-number-caption", "models embed -m {root}/clip --data {root}/number-caption.jsonl --out "
-                             "{out}.safetensors", "caption"),
-    ("detect-empty-caption", "influence detect -m {root}/clip --data {root}/empty-caption.jsonl --val "
-                             "{root}/pairs.jsonl --out {out}", "caption"),
+    (
+        "embed-empty-caption",
+        "models embed -m {root}/clip --data {root}/empty-caption.jsonl --out {out}.safetensors",
+        "caption",
+    ),
+    (
+        "embed-number-caption",
+        "models embed -m {root}/clip --data {root}/number-caption.jsonl --out {out}.safetensors",
+        "caption",
+    ),
+    (
+        "detect-empty-caption",
+        "influence detect -m {root}/clip --data {root}/empty-caption.jsonl --val {root}/pairs.jsonl --out {out}",
+        "caption",
+    ),
     # non-finite numbers
-    ("detect-l2-nan", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                      "--out {out} --l2 nan", "finite"),
-    ("detect-l2-inf", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                      "--out {out} --l2 inf", "finite"),
-    ("detect-damping-inf", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                           "--out {out} --damping inf", "finite"),
-    ("detect-damping-nan", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                           "--out {out} --damping nan", "finite"),
+    (
+        "detect-l2-nan",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --l2 nan",
+        "finite",
+    ),
+    (
+        "detect-l2-inf",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --l2 inf",
+        "finite",
+    ),
+    (
+        "detect-damping-inf",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --damping inf",
+        "finite",
+    ),
+    (
+        "detect-damping-nan",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --damping nan",
+        "finite",
+    ),
     ("world-bias-nan", "world export {out} --n 3 --bias-strength nan", "finite"),
-    ("steer-apply-alpha-inf", "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
-                              "--out {out}.jsonl --alpha inf", "finite"),
+    (
+        "steer-apply-alpha-inf",
+        "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
+        "--out {out}.jsonl --alpha inf",
+        "finite",
+    ),
     ("dpo-beta-nan", "align dpo -m {root}/vlm --out {out} --pairs {root}/pairs.jsonl --beta nan", "finite"),
     ("audit-l2-inf", "audit -m {root}/clip --data world --out {out} --influence-l2 inf", "finite"),
     ("shift-emi-h-nan", "shift emi --id {root}/vqa.jsonl --ood {root}/vqa.jsonl --out {out} --h-hat nan", "finite"),
     # out-of-range numbers
     ("world-n-0", "world export {out} --n 0", "--n"),
-    ("embed-batch-0", "models embed -m {root}/clip --data {root}/pairs.jsonl --out {out}.safetensors "
-                      "--batch-size 0", "--batch-size"),
-    ("detect-top-negative", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                            "--out {out} --top -1", "--top"),
-    ("dpo-mix-2", "align dpo -m {root}/vlm --out {out} --pairs {root}/pairs.jsonl --mix-probability 2",
-     "mix_probability"),
-    ("audit-val-fraction", "audit -m {root}/clip --data world --out {out} --influence-val-fraction 1.5",
-     "val_fraction"),
+    (
+        "embed-batch-0",
+        "models embed -m {root}/clip --data {root}/pairs.jsonl --out {out}.safetensors --batch-size 0",
+        "--batch-size",
+    ),
+    (
+        "detect-top-negative",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --top -1",
+        "--top",
+    ),
+    (
+        "dpo-mix-2",
+        "align dpo -m {root}/vlm --out {out} --pairs {root}/pairs.jsonl --mix-probability 2",
+        "mix_probability",
+    ),
+    (
+        "audit-val-fraction",
+        "audit -m {root}/clip --data world --out {out} --influence-val-fraction 1.5",
+        "val_fraction",
+    ),
     ("audit-stage", "audit -m {root}/clip --data world --out {out} --stages nothing", "stages"),
     ("dpo-loss", "align dpo -m {root}/vlm --out {out} --pairs {root}/pairs.jsonl --loss-type nope", "nope"),
     # the wrong model kind
     ("embed-with-vlm", "models embed -m {root}/vlm --data {root}/pairs.jsonl --out {out}.safetensors", "vlm"),
     ("generate-with-clip", "models generate -m {root}/clip --data {root}/pairs.jsonl --out {out}.jsonl", "clip"),
-    ("detect-with-vlm", "influence detect -m {root}/vlm --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                        "--out {out}", "vlm"),
-    ("steer-build-with-clip", "steer build -m {root}/clip --data {root}/vqa.jsonl --out {out}.safetensors "
-                              "--source yes --target no", "clip"),
+    (
+        "detect-with-vlm",
+        "influence detect -m {root}/vlm --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out}",
+        "vlm",
+    ),
+    (
+        "steer-build-with-clip",
+        "steer build -m {root}/clip --data {root}/vqa.jsonl --out {out}.safetensors --source yes --target no",
+        "clip",
+    ),
     # an unknown id while offline
     ("info-unknown-id", "models info no-such-org/no-such-model-xyz", "no-such-org/no-such-model-xyz"),
-    ("embed-unknown-id", "models embed -m no-such-org/no-such-model-xyz --data {root}/pairs.jsonl "
-                         "--out {out}.safetensors", "no-such-org/no-such-model-xyz"),
+    (
+        "embed-unknown-id",
+        "models embed -m no-such-org/no-such-model-xyz --data {root}/pairs.jsonl --out {out}.safetensors",
+        "no-such-org/no-such-model-xyz",
+    ),
     # the output is a file where a folder goes, or a folder where a file goes
-    ("detect-out-is-file", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                           "--out {root}/a-file", "a-file"),
+    (
+        "detect-out-is-file",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {root}/a-file",
+        "a-file",
+    ),
     ("concepts-out-is-file", "concepts extract -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-file", "a-file"),
     ("world-out-is-file", "world export {root}/a-file --n 3", "a-file"),
     ("digits-out-is-file", "world digits {root}/a-file --n 5", "a-file"),
     ("digits-swap-nan", "world digits {out} --n 5 --swap-rate nan", "finite"),
     ("digits-split", "world digits {out} --n 5 --split val", "split"),
     ("align-eval-out-is-file", "align eval -m {root}/vlm --pope {root}/pope.jsonl --out {root}/a-file", "a-file"),
-    ("steer-eval-out-is-file", "steer eval -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
-                               "--out {root}/a-file --source yes --target no", "a-file"),
+    (
+        "steer-eval-out-is-file",
+        "steer eval -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
+        "--out {root}/a-file --source yes --target no",
+        "a-file",
+    ),
     ("audit-out-is-file", "audit -m {root}/clip --data world --out {root}/a-file", "a-file"),
-    ("shift-generate-out-is-file", "shift generate -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-file",
-     "a-file"),
-    ("out-under-a-file", "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl "
-                         "--out {root}/a-file/sub", "a-file"),
-    ("embed-out-is-folder", "models embed -m {root}/clip --data {root}/pairs.jsonl --out {root}/a-folder",
-     "a-folder"),
-    ("generate-out-is-folder", "models generate -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-folder",
-     "a-folder"),
-    ("steer-build-out-is-folder", "steer build -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-folder "
-                                  "--source yes --target no", "a-folder"),
-    ("steer-apply-out-is-folder", "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data "
-                                  "{root}/vqa.jsonl --out {root}/a-folder", "a-folder"),
+    (
+        "shift-generate-out-is-file",
+        "shift generate -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-file",
+        "a-file",
+    ),
+    (
+        "out-under-a-file",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {root}/a-file/sub",
+        "a-file",
+    ),
+    ("embed-out-is-folder", "models embed -m {root}/clip --data {root}/pairs.jsonl --out {root}/a-folder", "a-folder"),
+    (
+        "generate-out-is-folder",
+        "models generate -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-folder",
+        "a-folder",
+    ),
+    (
+        "steer-build-out-is-folder",
+        "steer build -m {root}/vlm --data {root}/vqa.jsonl --out {root}/a-folder --source yes --target no",
+        "a-folder",
+    ),
+    (
+        "steer-apply-out-is-folder",
+        "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl --out {root}/a-folder",
+        "a-folder",
+    ),
     # bad config files: unknown key, a value of the wrong type, a non-finite value
     ("config-unknown-key", "world export {out} --config {root}/unknown-key.yaml", "number_of_scenes"),
     ("config-wrong-type", "world export {out} --config {root}/wrong-type.yaml", "--n"),
@@ -185,20 +286,30 @@ def test_every_command_is_in_the_matrix():
 
     covered = {" ".join(a.split()[:2]) if a.split()[0] not in ("audit",) else "audit" for _, a, _ in CASES}
     exempt = {c for c in leaf_commands() if c.startswith(("bench ", "zoo ")) or c == "demo"}
-    exempt |= {"concepts learn", "concepts compare", "influence value", "influence trace", "influence remove",
-               "align bdhs"}  # share their readers and output checks with the commands above (see the cases below)
+    exempt |= {
+        "concepts learn",
+        "concepts compare",
+        "influence value",
+        "influence trace",
+        "influence remove",
+        "align bdhs",
+    }  # share their readers and output checks with the commands above (see the cases below)
     assert set(leaf_commands()) - exempt - covered == set()
 
 
-@pytest.mark.parametrize("argv", [
-    "influence value -m {root}/clip --data {root}/pairs.jsonl --val {root}/empty.jsonl --out {out}",
-    "influence trace -m {root}/clip --data {root}/pairs.jsonl --test {root}/nope.jsonl --out {out}",
-    "influence remove -m {root}/clip --data {root}/pairs.jsonl --out {out} --save-to {root}/a-file "
-    "--indices {root}/a-file",
-    "align bdhs -m {root}/clip --data {root}/vqa.jsonl --out {root}/a-file",
-    "concepts learn --capture {root}/nope --out {out}",
-    "concepts compare --a {root}/nope --b {root}/nope2 --out {root}/a-file",
-], ids=["value", "trace", "remove", "bdhs", "learn", "compare"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "influence value -m {root}/clip --data {root}/pairs.jsonl --val {root}/empty.jsonl --out {out}",
+        "influence trace -m {root}/clip --data {root}/pairs.jsonl --test {root}/nope.jsonl --out {out}",
+        "influence remove -m {root}/clip --data {root}/pairs.jsonl --out {out} --save-to {root}/a-file "
+        "--indices {root}/a-file",
+        "align bdhs -m {root}/clip --data {root}/vqa.jsonl --out {root}/a-file",
+        "concepts learn --capture {root}/nope --out {out}",
+        "concepts compare --a {root}/nope --b {root}/nope2 --out {root}/a-file",
+    ],
+    ids=["value", "trace", "remove", "bdhs", "learn", "compare"],
+)
 def test_the_other_commands_refuse_bad_input_alike(inputs, tmp_path, argv, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = _tree(inputs)
@@ -217,15 +328,18 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(inpu
         locked.chmod(0o555)
     else:
         real_access = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode,
-                                                                                                             **kw))
+        monkeypatch.setattr(
+            os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode, **kw)
+        )
     try:
-        for argv in (f"influence detect -m {inputs}/clip --data {inputs}/pairs.jsonl --val {inputs}/pairs.jsonl "
-                     f"--out {locked}/run",
-                     f"models embed -m {inputs}/clip --data {inputs}/pairs.jsonl --out {locked}/e.safetensors",
-                     f"models generate -m {inputs}/vlm --data {inputs}/vqa.jsonl --out {locked}/r.jsonl",
-                     f"world export {locked}/w --n 3",
-                     f"concepts extract -m {inputs}/vlm --data {inputs}/vqa.jsonl --out {locked}/c"):
+        for argv in (
+            f"influence detect -m {inputs}/clip --data {inputs}/pairs.jsonl --val {inputs}/pairs.jsonl "
+            f"--out {locked}/run",
+            f"models embed -m {inputs}/clip --data {inputs}/pairs.jsonl --out {locked}/e.safetensors",
+            f"models generate -m {inputs}/vlm --data {inputs}/vqa.jsonl --out {locked}/r.jsonl",
+            f"world export {locked}/w --n 3",
+            f"concepts extract -m {inputs}/vlm --data {inputs}/vqa.jsonl --out {locked}/c",
+        ):
             assert run_cli(argv.split()) == 2
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and "not writable" in err and str(locked) in err, err
@@ -242,8 +356,9 @@ def test_a_relative_path_in_a_config_file_is_relative_to_the_file(inputs, tmp_pa
 
     runs = tmp_path / "runs"
     runs.mkdir()
-    (runs / "pairs.jsonl").write_text((inputs / "pairs.jsonl").read_text().replace('"image": "',
-                                                                                   f'"image": "{inputs}/'))
+    (runs / "pairs.jsonl").write_text(
+        (inputs / "pairs.jsonl").read_text().replace('"image": "', f'"image": "{inputs}/')
+    )
     (runs / "embed.yaml").write_text(f"model: {inputs}/clip\ndata: pairs.jsonl\nout: e.safetensors\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

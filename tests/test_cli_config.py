@@ -96,8 +96,12 @@ def test_unknown_keys_and_bad_files_are_one_line_errors(tmp_path, capsys):
 
 def test_list_values_join_for_comma_separated_options(tmp_path):
     shift_generate = dict(_leaves(command()))["shift generate"]
-    defaults = command_defaults({"visual": ["fog", "defocus_blur"], "max-new-tokens": 4, "--joint": True},
-                                shift_generate.params, "c.yaml", "mmlens shift generate")
+    defaults = command_defaults(
+        {"visual": ["fog", "defocus_blur"], "max-new-tokens": 4, "--joint": True},
+        shift_generate.params,
+        "c.yaml",
+        "mmlens shift generate",
+    )
     assert defaults == {"visual": "fog,defocus_blur", "max_new_tokens": 4, "joint": True}
     with pytest.raises(InputError, match="unknown option"):
         command_defaults({"config": "other.yaml"}, shift_generate.params, "c.yaml", "mmlens shift generate")
@@ -117,9 +121,17 @@ def test_file_outputs_get_a_sibling_config(tmp_path):
         Image.new("RGB", (24, 24), colour).save(tmp_path / f"{i}.png")
         lines.append(json.dumps({"image": f"{i}.png", "prompt": f"what colour is object {i} ?"}))
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "gen.yaml").write_text(yaml.safe_dump({
-        "model": str(tmp_path / "vlm"), "data": str(tmp_path / "data.jsonl"), "out": str(tmp_path / "r.jsonl"),
-        "max_new_tokens": 3, "batch_size": 2}))
+    (tmp_path / "gen.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": str(tmp_path / "vlm"),
+                "data": str(tmp_path / "data.jsonl"),
+                "out": str(tmp_path / "r.jsonl"),
+                "max_new_tokens": 3,
+                "batch_size": 2,
+            }
+        )
+    )
     run_ok(["models", "generate", "--config", str(tmp_path / "gen.yaml")])
     first = (tmp_path / "r.jsonl").read_text()
     assert len(first.splitlines()) == 3
@@ -144,7 +156,8 @@ def test_python_dash_m_mmlens_is_the_cli():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "mmlens", "zoo", "--help"], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mmlens", "zoo", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "build" in done.stdout and "Usage" in done.stdout

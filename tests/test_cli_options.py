@@ -73,8 +73,25 @@ def test_every_field_is_an_option_with_its_type_default_and_help():
     opts = {o for p in get_command(app).params for o in p.opts}
     assert {"--name", "--rate", "--colour", "--where", "--flag", "--inner-size", "--inner-alphas"} <= opts
     assert _run(["--name", "x"])["config"] == Outer("x")
-    got = _run(["--name", "x", "--r", "0.5", "--colour", "blue", "--where", "a/b", "--flag", "--inner-size", "7",
-                "--inner-alphas", "1,2,4", "--extra", "3"])
+    got = _run(
+        [
+            "--name",
+            "x",
+            "--r",
+            "0.5",
+            "--colour",
+            "blue",
+            "--where",
+            "a/b",
+            "--flag",
+            "--inner-size",
+            "7",
+            "--inner-alphas",
+            "1,2,4",
+            "--extra",
+            "3",
+        ]
+    )
     assert got["config"] == Outer("x", 0.5, Colour.BLUE, Path("a/b"), True, Inner(7, (1.0, 2.0, 4.0)))
     assert got["extra"] == 3
 
@@ -105,10 +122,11 @@ def test_a_field_added_to_a_config_is_an_option_without_a_change_to_the_cli():
 
 
 def test_audit_and_dpo_refuse_what_their_configs_refuse(capsys):
-    for argv, words in ((["audit", "-m", "zoo:x", "--data", "world", "--out", "o", "--influence-val-fraction", "0"],
-                         "val_fraction"),
-                        (["align", "dpo", "-m", "zoo:x", "--out", "o", "--beta", "0"], "beta"),
-                        (["align", "bdhs", "-m", "zoo:x", "--out", "o", "--rho", "2"], "rho")):
+    for argv, words in (
+        (["audit", "-m", "zoo:x", "--data", "world", "--out", "o", "--influence-val-fraction", "0"], "val_fraction"),
+        (["align", "dpo", "-m", "zoo:x", "--out", "o", "--beta", "0"], "beta"),
+        (["align", "bdhs", "-m", "zoo:x", "--out", "o", "--rho", "2"], "rho"),
+    ):
         assert run_cli(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mmlens: error:") and words in err and len(err.splitlines()) == 1, err

@@ -31,8 +31,13 @@ from mmlens.models.tiny import VISION_LANGUAGE_ARCHITECTURES
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 GENERATIVE_ARCHITECTURES = (*VISION_LANGUAGE_ARCHITECTURES, "llama")
-PROMPTS = ["what colour is the shape in the middle of the image?", "describe it.", "is there a red square?",
-           "how many objects are there?", "describe the image."]
+PROMPTS = [
+    "what colour is the shape in the middle of the image?",
+    "describe it.",
+    "is there a red square?",
+    "how many objects are there?",
+    "describe the image.",
+]
 
 
 def _images(n: int) -> list[Image.Image]:
@@ -69,8 +74,13 @@ def test_batched_capture_equals_batch_size_one(gen, kind):
     rule = PositionRule(kind, index=2)
     config = CaptureConfig(layers=(0, -1), final_norm=True, position=rule, max_new_tokens=5, batch_size=5)
     batched = capture_activations(model, images, PROMPTS, config, progress=False)
-    single = capture_activations(model, images, PROMPTS, CaptureConfig(layers=(0, -1), final_norm=True, position=rule,
-                                                                       max_new_tokens=5, batch_size=1), progress=False)
+    single = capture_activations(
+        model,
+        images,
+        PROMPTS,
+        CaptureConfig(layers=(0, -1), final_norm=True, position=rule, max_new_tokens=5, batch_size=1),
+        progress=False,
+    )
     n = model.num_layers
     assert set(batched.activations) == {"layer.0", f"layer.{n - 1}", "final_norm"}
     assert batched.sample_index.tolist() == single.sample_index.tolist() == list(range(len(PROMPTS)))
@@ -87,9 +97,13 @@ def test_token_of_interest_is_the_emitting_position(gen):
     arch, model, images = gen
     free = capture_activations(model, images, PROMPTS, CaptureConfig(max_new_tokens=6, batch_size=5), progress=False)
     row, word = _first_word(free.generated)
-    config = CaptureConfig(layers=(0,), final_norm=True, position=PositionRule(PositionKind.TOKEN_OF_INTEREST,
-                                                                              words=(word,)),
-                           max_new_tokens=6, batch_size=5)
+    config = CaptureConfig(
+        layers=(0,),
+        final_norm=True,
+        position=PositionRule(PositionKind.TOKEN_OF_INTEREST, words=(word,)),
+        max_new_tokens=6,
+        batch_size=5,
+    )
     result = capture_activations(model, images, PROMPTS, config, progress=False)
     assert row in result.sample_index.tolist()
     assert all(word in result.generated[i].lower() for i in result.sample_index.tolist())
@@ -113,24 +127,28 @@ def test_token_of_interest_is_the_emitting_position(gen):
             full[name] = torch.cat([one[name], fill], dim=1)
     with capture_outputs({"layer.0": model.decoder_layers[0]}) as acts, torch.no_grad():
         model.model(**full, use_cache=False)
-    torch.testing.assert_close(acts["layer.0"][0][0, length - 1 + step], result.activations["layer.0"][r],
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        acts["layer.0"][0][0, length - 1 + step], result.activations["layer.0"][r], atol=1e-4, rtol=1e-4
+    )
 
 
 def _regenerate(model, batch, max_new_tokens: int) -> torch.Tensor:
     tok = model.tokenizer
     with torch.no_grad():
-        seq = model.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=tok.pad_token_id)
-    return seq[:, batch["input_ids"].shape[1]:]
+        seq = model.model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    return seq[:, batch["input_ids"].shape[1] :]
 
 
 def test_last_prompt_without_generation_matches_generation(gen):
     arch, model, images = gen
-    with_gen = capture_activations(model, images, PROMPTS, CaptureConfig(layers=(-1,), max_new_tokens=3, batch_size=5),
-                                   progress=False)
-    forward_only = capture_activations(model, images, PROMPTS, CaptureConfig(layers=(-1,), max_new_tokens=0,
-                                                                             batch_size=5), progress=False)
+    with_gen = capture_activations(
+        model, images, PROMPTS, CaptureConfig(layers=(-1,), max_new_tokens=3, batch_size=5), progress=False
+    )
+    forward_only = capture_activations(
+        model, images, PROMPTS, CaptureConfig(layers=(-1,), max_new_tokens=0, batch_size=5), progress=False
+    )
     key = with_gen.keys[0]
     torch.testing.assert_close(with_gen.activations[key], forward_only.activations[key], atol=1e-4, rtol=1e-4)
     assert forward_only.generated == [""] * len(PROMPTS)
@@ -145,9 +163,14 @@ def test_filters_and_common_samples():
     pred = capture_activations(model, None, PROMPTS, config, progress=False)
     assert pred.sample_index.tolist() == [i for i, h in enumerate(has) if h]
     truths = [f"a {word}" if i % 2 == 0 else "nothing here" for i in range(len(PROMPTS))]
-    gt = capture_activations(model, None, PROMPTS, CaptureConfig(max_new_tokens=6, require_in_ground_truth=True,
-                                                                 filter_words=(word,)),
-                             ground_truths=truths, progress=False)
+    gt = capture_activations(
+        model,
+        None,
+        PROMPTS,
+        CaptureConfig(max_new_tokens=6, require_in_ground_truth=True, filter_words=(word,)),
+        ground_truths=truths,
+        progress=False,
+    )
     assert gt.sample_index.tolist() == [0, 2, 4]
     a, b = common_samples(pred, gt)
     expected = sorted(set(pred.sample_index.tolist()) & {0, 2, 4})
@@ -158,8 +181,14 @@ def test_filters_and_common_samples():
 def test_resume_after_interruption(tmp_path, monkeypatch):
     model = tiny_model("llava")
     images = _images(len(PROMPTS))
-    config = CaptureConfig(layers=(0, 1), final_norm=True, position=PositionRule(PositionKind.GENERATED_MEAN),
-                           max_new_tokens=4, batch_size=2, shard_size=2)
+    config = CaptureConfig(
+        layers=(0, 1),
+        final_norm=True,
+        position=PositionRule(PositionKind.GENERATED_MEAN),
+        max_new_tokens=4,
+        batch_size=2,
+        shard_size=2,
+    )
     full = capture_activations(model, images, PROMPTS, config, progress=False)
 
     real = capture_module._capture_batch
@@ -191,8 +220,14 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
             torch.testing.assert_close(other.activations[key], full.activations[key])
     # Same folder, another config: refused rather than mixed.
     with pytest.raises(InputError, match="another model, inputs or config"):
-        capture_activations(model, images, PROMPTS, CaptureConfig(layers=(0,), max_new_tokens=4), out_dir=tmp_path / "cap",
-                            progress=False)
+        capture_activations(
+            model,
+            images,
+            PROMPTS,
+            CaptureConfig(layers=(0,), max_new_tokens=4),
+            out_dir=tmp_path / "cap",
+            progress=False,
+        )
 
 
 def test_capture_input_errors():
@@ -205,15 +240,21 @@ def test_capture_input_errors():
     with pytest.raises(InputError, match="layer 7"):
         capture_activations(model, images, PROMPTS[:2], CaptureConfig(layers=(7,)), progress=False)
     with pytest.raises(InputError, match="unknown tokens"):
-        capture_activations(model, images, PROMPTS[:2], CaptureConfig(
-            position=PositionRule(PositionKind.TOKEN_OF_INTEREST, words=("zebra",))), progress=False)
+        capture_activations(
+            model,
+            images,
+            PROMPTS[:2],
+            CaptureConfig(position=PositionRule(PositionKind.TOKEN_OF_INTEREST, words=("zebra",))),
+            progress=False,
+        )
     with pytest.raises(InputError, match="max_new_tokens"):
         CaptureConfig(position=PositionRule(PositionKind.GENERATED_MEAN), max_new_tokens=0)
     with pytest.raises(InputError, match="needs non-empty words"):
         PositionRule(PositionKind.TOKEN_CLASS)
     with pytest.raises(InputError, match="ground_truths"):
-        capture_activations(model, images, PROMPTS[:2], CaptureConfig(require_in_ground_truth=True, filter_words=("a",)),
-                            progress=False)
+        capture_activations(
+            model, images, PROMPTS[:2], CaptureConfig(require_in_ground_truth=True, filter_words=("a",)), progress=False
+        )
     assert _hooks_left(model) == 0
 
 
@@ -316,8 +357,9 @@ def test_metrics_and_purity():
     assert t_overlap([], ["a"]) == 0.0
     assert disentanglement([["a", "b"], ["a", "b"]]) == 1.0
     assert disentanglement([["a", "b"], ["c", "d"], ["e"]]) == 0.0
-    np.testing.assert_allclose(mas_overlap(np.array([[0, 1, 2], [3, 4, 5]]), np.array([[2, 1, 9], [6, 7, 8]])),
-                               [2 / 3, 0.0])
+    np.testing.assert_allclose(
+        mas_overlap(np.array([[0, 1, 2], [3, 4, 5]]), np.array([[2, 1, 9], [6, 7, 8]])), [2 / 3, 0.0]
+    )
     codes = np.array([[0.9, 0.0], [0.8, 0.1], [0.1, 0.7], [0.0, 0.9], [0.2, 0.2]])
     top = top_samples(codes, 2)
     assert top.tolist() == [[0, 1], [3, 2]]
@@ -402,10 +444,15 @@ def test_drift_falls_as_features_move():
     rng = np.random.default_rng(3)
     steps = [0, 10, 20]
     checkpoints = [base, base + rng.normal(size=base.shape) * 2, base + rng.normal(size=base.shape) * 8]
-    drift = concept_drift(base, checkpoints, steps, grounder, [grounder] * 3,
-                          DecomposerConfig(DecomposerKind.KMEANS, n_concepts=4),
-                          groups={"first": np.array([True, True, False, False]),
-                                  "rest": np.array([False, False, True, True])})
+    drift = concept_drift(
+        base,
+        checkpoints,
+        steps,
+        grounder,
+        [grounder] * 3,
+        DecomposerConfig(DecomposerKind.KMEANS, n_concepts=4),
+        groups={"first": np.array([True, True, False, False]), "rest": np.array([False, False, True, True])},
+    )
     assert drift.t_overlap[0] == 100.0
     assert drift.t_overlap[0] > drift.t_overlap[2] and drift.match_cos[1] > drift.match_cos[2]
     assert set(drift.groups) == {"first", "rest"} and len(drift.groups["first"]) == 3
@@ -422,8 +469,10 @@ def _cli(argv, capsys) -> tuple[int, str, str]:
     return exit_info.value.code or 0, captured.out, captured.err
 
 
-@pytest.mark.parametrize("words", [["concepts"], ["concepts", "extract"], ["concepts", "learn"],
-                                   ["concepts", "compare"], ["bench", "concepts"]])
+@pytest.mark.parametrize(
+    "words",
+    [["concepts"], ["concepts", "extract"], ["concepts", "learn"], ["concepts", "compare"], ["bench", "concepts"]],
+)
 def test_concepts_commands_have_help(words, capsys):
     code, out, _ = _cli([*words, "--help"], capsys)
     assert code == 0 and "Usage" in out
@@ -435,27 +484,83 @@ def test_cli_extract_learn_compare(tmp_path, capsys):
     records = []
     for i, image in enumerate(_images(8)):
         image.save(data / f"{i}.png")
-        records.append({"image": f"{i}.png", "prompt": PROMPTS[i % len(PROMPTS)], "reference": "a red shape",
-                        "attributes": {"colour": ["red", "blue"][i % 2]}})
+        records.append(
+            {
+                "image": f"{i}.png",
+                "prompt": PROMPTS[i % len(PROMPTS)],
+                "reference": "a red shape",
+                "attributes": {"colour": ["red", "blue"][i % 2]},
+            }
+        )
     (data / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     for seed in (0, 1):  # two "checkpoints" of one architecture: same tokenizer, other weights
         tiny_model("llava", seed=seed).save_pretrained(tmp_path / f"model{seed}")
-        code, out, err = _cli(["concepts", "extract", "-m", str(tmp_path / f"model{seed}"), "--out",
-                               str(tmp_path / f"ex{seed}"), "--data", str(data / "data.jsonl"), "--position",
-                               "generated_mean", "--layers", "0,-1", "--max-new-tokens", "3", "--batch-size", "4"],
-                              capsys)
+        code, out, err = _cli(
+            [
+                "concepts",
+                "extract",
+                "-m",
+                str(tmp_path / f"model{seed}"),
+                "--out",
+                str(tmp_path / f"ex{seed}"),
+                "--data",
+                str(data / "data.jsonl"),
+                "--position",
+                "generated_mean",
+                "--layers",
+                "0,-1",
+                "--max-new-tokens",
+                "3",
+                "--batch-size",
+                "4",
+            ],
+            capsys,
+        )
         assert code == 0, err
         assert json.loads(out)["kept"] == 8
-    code, out, err = _cli(["concepts", "learn", "--capture", str(tmp_path / "ex0"), "--out", str(tmp_path / "learn"),
-                           "--n-concepts", "2", "--top-tokens", "10", "--keep", "3"], capsys)
+    code, out, err = _cli(
+        [
+            "concepts",
+            "learn",
+            "--capture",
+            str(tmp_path / "ex0"),
+            "--out",
+            str(tmp_path / "learn"),
+            "--n-concepts",
+            "2",
+            "--top-tokens",
+            "10",
+            "--keep",
+            "3",
+        ],
+        capsys,
+    )
     assert code == 0, err
     learnt = json.loads((tmp_path / "learn" / "data.json").read_text())
     assert len(learnt["concepts"]) == 2 and "colour" in learnt["mean_purity"]
     assert (tmp_path / "learn" / "index.html").is_file()
     assert ConceptDictionary.load(tmp_path / "learn" / "dictionary.safetensors").n_concepts == 2
-    code, out, err = _cli(["concepts", "compare", "--a", str(tmp_path / "ex0"), "--b", str(tmp_path / "ex1"),
-                           "--out", str(tmp_path / "cmp"), "--n-concepts", "2", "--layer", "layer.1",
-                           "--drift", str(tmp_path / "ex1"), "--top-tokens", "10"], capsys)
+    code, out, err = _cli(
+        [
+            "concepts",
+            "compare",
+            "--a",
+            str(tmp_path / "ex0"),
+            "--b",
+            str(tmp_path / "ex1"),
+            "--out",
+            str(tmp_path / "cmp"),
+            "--n-concepts",
+            "2",
+            "--layer",
+            "layer.1",
+            "--drift",
+            str(tmp_path / "ex1"),
+            "--top-tokens",
+            "10",
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "cmp" / "data.json").read_text())
     assert {"baseline_global_gain", "baseline_random_gain", "baseline_permuted_gain"} <= set(result["summary"])
@@ -466,16 +571,41 @@ def test_cli_extract_learn_compare(tmp_path, capsys):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     tiny_model("llava").save_pretrained(tmp_path / "model")
-    code, _, err = _cli(["concepts", "extract", "-m", str(tmp_path / "model"), "--out", str(tmp_path / "ex"),
-                         "--data", str(tmp_path / "missing.jsonl")], capsys)
+    code, _, err = _cli(
+        [
+            "concepts",
+            "extract",
+            "-m",
+            str(tmp_path / "model"),
+            "--out",
+            str(tmp_path / "ex"),
+            "--data",
+            str(tmp_path / "missing.jsonl"),
+        ],
+        capsys,
+    )
     assert code == 2 and err.strip().splitlines()[-1].startswith("mmlens: error:") and "Traceback" not in err
-    code, _, err = _cli(["concepts", "learn", "--capture", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")],
-                        capsys)
+    code, _, err = _cli(
+        ["concepts", "learn", "--capture", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")], capsys
+    )
     assert code == 2 and "manifest.json" in err
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
     (tmp_path / "corrupt.jsonl").write_text(json.dumps({"image": "corrupt.png", "prompt": "describe it."}) + "\n")
-    code, _, err = _cli(["concepts", "extract", "-m", str(tmp_path / "model"), "--out", str(tmp_path / "ex2"),
-                         "--data", str(tmp_path / "corrupt.jsonl"), "--position", "last_prompt"], capsys)
+    code, _, err = _cli(
+        [
+            "concepts",
+            "extract",
+            "-m",
+            str(tmp_path / "model"),
+            "--out",
+            str(tmp_path / "ex2"),
+            "--data",
+            str(tmp_path / "corrupt.jsonl"),
+            "--position",
+            "last_prompt",
+        ],
+        capsys,
+    )
     assert code == 2 and "Traceback" not in err and "cannot read image" in err.strip().splitlines()[-1]
 
 

@@ -15,8 +15,11 @@ def test_target_rows_judge_each_target():
     metrics = {
         "digits-clip": {"zero_shot_acc": 0.96},
         "mini-clip": {"retrieval_top1": 0.5},
-        "mini-llava": {"vqa_acc": {"yes_no": 0.9, "number": 0.84, "other": 0.86},
-                       "pope_random_acc": 0.9, "pope_adversarial_acc": 0.86},
+        "mini-llava": {
+            "vqa_acc": {"yes_no": 0.9, "number": 0.84, "other": 0.86},
+            "pope_random_acc": 0.9,
+            "pope_adversarial_acc": 0.86,
+        },
     }
     rows = {(r["model"], r["metric"]): r for r in target_rows(metrics)}
     met = {key[1]: row["met"] for key, row in rows.items()}
@@ -32,14 +35,31 @@ def test_target_rows_judge_each_target():
 def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
     monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
     out = tmp_path / "demo"
-    config = DemoConfig(out_dir=out, examples=3, seed=1, clip_scenes=40, llava_scenes=24,
-                        shift=ShiftStage(n_items=16, image_model="zoo:mini-clip", text_embedder="hashing",
-                                         n_permutations=5, n_bootstrap=5, max_epochs=5))
+    config = DemoConfig(
+        out_dir=out,
+        examples=3,
+        seed=1,
+        clip_scenes=40,
+        llava_scenes=24,
+        shift=ShiftStage(
+            n_items=16,
+            image_model="zoo:mini-clip",
+            text_embedder="hashing",
+            n_permutations=5,
+            n_bootstrap=5,
+            max_epochs=5,
+        ),
+    )
     index = run_demo(config, progress=False)
     page = index.read_text()
     links = re.findall(r'href="([^"]+)"', page)
-    for target in ("mini-clip/index.html", "mini-llava/index.html", "zoo/index.html",
-                   "mini-clip/influence/index.html", "mini-llava/hallucination/index.html"):
+    for target in (
+        "mini-clip/index.html",
+        "mini-llava/index.html",
+        "zoo/index.html",
+        "mini-clip/influence/index.html",
+        "mini-llava/hallucination/index.html",
+    ):
         assert target in links, target
         assert (out / target).is_file(), target
     assert "What was found: zoo:mini-clip" in page and "What was found: zoo:mini-llava" in page
@@ -53,7 +73,8 @@ def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
     from sklearn.metrics import roc_auc_score
 
     assert clip["influence"]["summary"]["auroc_self_influence"] == pytest.approx(
-        roc_auc_score([r["injected_swap"] for r in rows], [r["self_influence"] for r in rows]), abs=1e-4)
+        roc_auc_score([r["injected_swap"] for r in rows], [r["self_influence"] for r in rows]), abs=1e-4
+    )
     assert clip["influence"]["summary"]["n_injected"] == 3  # 10% of the 30 training pairs
     llava = summary["audits"]["mini-llava"]["stages"]
     assert llava["influence"]["status"] == "skipped"

@@ -58,14 +58,37 @@ def test_single_process_helper_is_a_no_op():
 def test_two_cpu_processes_equal_one(tmp_path):
     if not ACCELERATE.exists():
         pytest.skip(f"accelerate's launcher is not installed beside {sys.executable}")
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+    }
     two = tmp_path / "two"
     launch = subprocess.Popen(
-        [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-         str(WORKER), str(two)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            str(ACCELERATE),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            str(WORKER),
+            str(two),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # The single-process reference runs here while the two processes start up.
     one = tmp_path / "one"
     threads = torch.get_num_threads()

@@ -44,7 +44,7 @@ def _pairs(n: int = 24, size: int = 16, seed: int = 0) -> PairData:
         a, b = combos[order[i % len(combos)]]
         arr = np.zeros((size, size, 3), dtype=np.uint8)
         arr[:, : size // 2] = COLOURS[a]
-        arr[:, size // 2:] = COLOURS[b]
+        arr[:, size // 2 :] = COLOURS[b]
         arr[rng.integers(size), :, :] = 0  # a random dark stripe: every image differs
         images.append(Image.fromarray(arr))
         captions.append(f"a {WORDS[a]} and {WORDS[b]} square")
@@ -93,8 +93,9 @@ def test_pos_plus_neg_exact_is_the_batch_loss_difference(kind):
     full = batch_loss(sim, *removal_masks(index, none, none, none), kind=kind)
     for n in range(7):
         keep = [i for i in range(7) if i != n]
-        without = batch_loss(sim[keep][:, keep], *removal_masks(torch.arange(6), none[:6], none[:6], none[:6]),
-                             kind=kind)
+        without = batch_loss(
+            sim[keep][:, keep], *removal_masks(torch.arange(6), none[:6], none[:6], none[:6]), kind=kind
+        )
         assert float(terms["pos"][n] + terms["neg_exact"][n]) == pytest.approx(float(full - without), rel=1e-9)
         # the removal masks express the same deletion inside the batch
         flags = none.clone()
@@ -122,8 +123,9 @@ def fitted(clip):
         model.base_model.visual_projection.weight.mul_(10)
         model.base_model.text_projection.weight.mul_(10)
     data = _pairs(24)
-    analyzer = InfluenceAnalyzer(HeadTask(model), data, fit_args=FitArguments(batch_size=8, l2=50.0),
-                                 args=InfluenceArguments(solver="explicit"))
+    analyzer = InfluenceAnalyzer(
+        HeadTask(model), data, fit_args=FitArguments(batch_size=8, l2=50.0), args=InfluenceArguments(solver="explicit")
+    )
     analyzer.fit()
     return analyzer
 
@@ -144,9 +146,11 @@ def test_explicit_and_cg_inverses_agree(fitted):
     v = torch.randn(2, fitted.task.space.size, generator=gen, dtype=torch.float64)
     exact = fitted.inverse().apply(v)
     assert torch.allclose(fitted.hvp(exact[0]), v[0], rtol=1e-6, atol=1e-8)
+
     def error(**kw):
-        approx = build_inverse(InfluenceArguments(**kw), fitted.hvp, fitted.hvp, fitted.task.space.size,
-                               torch.float64).apply(v)
+        approx = build_inverse(
+            InfluenceArguments(**kw), fitted.hvp, fitted.hvp, fitted.task.space.size, torch.float64
+        ).apply(v)
         return float((approx - exact).norm() / exact.norm())
 
     assert error(solver="cg", cg_tol=1e-12, cg_max_iter=2000) < 1e-6
@@ -197,8 +201,12 @@ def test_trace_and_self_influence(fitted):
     assert np.isfinite(result.relative_influence).all()
     assert len(result.top(0, 5)) == 5
     # the test pairs' Pos losses sum to their batch's loss: summed over t, trace-back is the value for that batch
-    np.testing.assert_allclose(result.delta_test_loss_if_removed.sum(0),
-                               fitted.value(test, batch_size=8).role("both", "exact"), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        result.delta_test_loss_if_removed.sum(0),
+        fitted.value(test, batch_size=8).role("both", "exact"),
+        rtol=1e-6,
+        atol=1e-9,
+    )
     # g_n^T H^-1 g_n with H positive definite at the converged fit: strictly positive, and it depends on the role
     # (its value is checked against a dense Hessian in test_claims_influence); TracIn's is ||g_pos||^2
     self_both = fitted.self_influence()
@@ -212,12 +220,22 @@ def test_trace_and_self_influence(fitted):
 # ------------------------------------------------------------------------------------------ dataset scale
 def test_chunked_passes_equal_the_single_graph(fitted):
     """The fit's risk gradient and the Hessian-vector products summed chunk by chunk equal the one-graph values."""
-    chunked = InfluenceAnalyzer(fitted.task, fitted.train, fit_args=fitted.fit_args, args=fitted.args,
-                                partition=fitted.partition, encoded=fitted.encoded, chunk_pairs=8)
+    chunked = InfluenceAnalyzer(
+        fitted.task,
+        fitted.train,
+        fit_args=fitted.fit_args,
+        args=fitted.args,
+        partition=fitted.partition,
+        encoded=fitted.encoded,
+        chunk_pairs=8,
+    )
     assert len(chunked._chunks) == 3 and len(fitted._chunks) == 1
     chunked.use_fit(fitted.fitted)
     theta = fitted.fitted.params + 0.01
-    (value_a, grad_a), (value_b, grad_b) = fitted.risk_and_grad(theta, remove=[3]), chunked.risk_and_grad(theta, remove=[3])
+    (value_a, grad_a), (value_b, grad_b) = (
+        fitted.risk_and_grad(theta, remove=[3]),
+        chunked.risk_and_grad(theta, remove=[3]),
+    )
     assert float(value_a) == pytest.approx(float(value_b), rel=1e-12)
     assert torch.allclose(grad_a, grad_b, rtol=1e-10, atol=1e-12)
     v = torch.randn(3, theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -283,8 +301,12 @@ def test_every_contrastive_architecture(arch):
     model = tiny_model(arch)
     data, val = _pairs(12), _pairs(6, seed=3)
     for task in (HeadTask(model), ModelTask(model, "last_k_layers", k=1)):
-        analyzer = InfluenceAnalyzer(task, data, fit_args=FitArguments(batch_size=6, l2=5.0, max_iter=50),
-                                     args=InfluenceArguments(solver="cg", cg_max_iter=50))
+        analyzer = InfluenceAnalyzer(
+            task,
+            data,
+            fit_args=FitArguments(batch_size=6, l2=5.0, max_iter=50),
+            args=InfluenceArguments(solver="cg", cg_max_iter=50),
+        )
         analyzer.fit()
         scores = analyzer.value(val)
         for name, v in scores.variants().items():
@@ -314,7 +336,8 @@ def test_lora_group_and_kronfluence_peer(clip):
 
     assert importlib.util.find_spec("kronfluence") is not None, (
         "the peer extra is not installed: `make test` does it (pip install --no-deps kronfluence==1.0.1 and the "
-        "rest of the `peer` extra)")
+        "rest of the `peer` extra)"
+    )
     peer = KronfluencePeer(analyzer).scores(task.encode(val))
     assert peer["value"].shape == (16,) and np.isfinite(peer["self"]).all()
     # same measurement on a near-convex head: the peer's value scores correlate with ECIF's (0.70 measured)
@@ -395,8 +418,14 @@ def test_bad_input_is_a_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-INFLUENCE_COMMANDS = [["influence"], ["influence", "detect"], ["influence", "value"], ["influence", "trace"],
-                      ["influence", "remove"], ["bench", "influence"]]
+INFLUENCE_COMMANDS = [
+    ["influence"],
+    ["influence", "detect"],
+    ["influence", "value"],
+    ["influence", "trace"],
+    ["influence", "remove"],
+    ["bench", "influence"],
+]
 
 
 @pytest.mark.parametrize("words", INFLUENCE_COMMANDS, ids=" ".join)
@@ -435,8 +464,19 @@ def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     assert run_cli(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
     assert len((out / "trace.jsonl").read_text().splitlines()) == 9
     edited = tmp_path / "edited"
-    assert run_cli(["influence", "remove", *common, "--ranking", str(out / "scores.jsonl"), "--n-remove", "2",
-                 "--save-to", str(edited)]) in (0, None)
+    assert run_cli(
+        [
+            "influence",
+            "remove",
+            *common,
+            "--ranking",
+            str(out / "scores.jsonl"),
+            "--n-remove",
+            "2",
+            "--save-to",
+            str(edited),
+        ]
+    ) in (0, None)
     reloaded = load_model(str(edited))
     assert not torch.equal(reloaded.base_model.visual_projection.weight, clip.base_model.visual_projection.weight)
 
@@ -446,10 +486,12 @@ def test_cli_errors_are_one_line(clip, tmp_path, capsys):
     clip.save_pretrained(model_dir)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    for argv in (["--data", str(tmp_path / "nope.jsonl"), "--val", str(empty)],
-                 ["--data", str(empty), "--val", str(empty)],
-                 ["--data", _export(tmp_path / "t", _pairs(4)), "--val", str(empty), "--neg-form", "cubic"],
-                 ["--data", str(tmp_path / "t" / "data.jsonl"), "--val", str(empty), "--format", "xml"]):
+    for argv in (
+        ["--data", str(tmp_path / "nope.jsonl"), "--val", str(empty)],
+        ["--data", str(empty), "--val", str(empty)],
+        ["--data", _export(tmp_path / "t", _pairs(4)), "--val", str(empty), "--neg-form", "cubic"],
+        ["--data", str(tmp_path / "t" / "data.jsonl"), "--val", str(empty), "--format", "xml"],
+    ):
         run_error(["influence", "detect", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv], capsys)
 
 
@@ -459,15 +501,35 @@ def test_detect_on_a_smoke_zoo_model(smoke_zoo_home, monkeypatch, tmp_path):
 
     monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
     digits = digits_pairs("train", seed=1, image_size=16, n=48)
-    data = PairData(tuple(p.image for p in digits), tuple(p.caption for p in digits),
-                    labels=tuple(p.label for p in digits))
+    data = PairData(
+        tuple(p.image for p in digits), tuple(p.caption for p in digits), labels=tuple(p.label for p in digits)
+    )
     noisy = inject_noise(data, 0.25, "random_swap", seed=0)
     train = _export(tmp_path / "train", noisy.data)
-    val = _export(tmp_path / "val", PairData(tuple(p.image for p in digits_pairs("test", n=16, image_size=16)),
-                                             tuple(p.caption for p in digits_pairs("test", n=16, image_size=16))))
+    val = _export(
+        tmp_path / "val",
+        PairData(
+            tuple(p.image for p in digits_pairs("test", n=16, image_size=16)),
+            tuple(p.caption for p in digits_pairs("test", n=16, image_size=16)),
+        ),
+    )
     out = tmp_path / "out"
-    assert run_cli(["influence", "detect", "--model", "zoo:digits-clip", "--data", train, "--val", val,
-                 "--out", str(out), "--batch-size", "16"]) in (0, None)
+    assert run_cli(
+        [
+            "influence",
+            "detect",
+            "--model",
+            "zoo:digits-clip",
+            "--data",
+            train,
+            "--val",
+            val,
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+        ]
+    ) in (0, None)
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in rows) == list(range(48))
     assert all(np.isfinite(r["delta_val_loss_if_removed"]) for r in rows)

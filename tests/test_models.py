@@ -86,16 +86,37 @@ def test_make_llava_processor_matches_model():
     tok = train_word_tokenizer(TINY_CORPUS)
     proc = make_llava_processor(tok, image_size=32, patch_size=8)
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                num_key_value_heads=2, vocab_size=len(tok), pad_token_id=tok.pad_token_id),
-        image_token_id=proc.image_token_id, vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            pad_token_id=tok.pad_token_id,
+        ),
+        image_token_id=proc.image_token_id,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
     )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
-    texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
-                                      add_generation_prompt=True, tokenize=False) for p in PROMPTS]
+    texts = [
+        proc.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for p in PROMPTS
+    ]
     batch = proc(images=_images(2), text=texts, padding=True, return_tensors="pt", add_special_tokens=False)
     assert ((batch["input_ids"] == proc.image_token_id).sum(1) == (32 // 8) ** 2).all()
     assert batch["pixel_values"].shape == (2, 3, 32, 32)  # resized, not cropped
@@ -408,8 +429,10 @@ def test_capture_and_steer_hooks_remove_themselves(gen):
         assert not torch.allclose(steered, base)
         # Only non-image positions steered: image positions' layer-0 output equals the unsteered one.
         keep = ~model.image_token_mask(batch)
-        with add_to_output(layers[0], torch.ones(hidden), scale=5.0, positions=keep), \
-                capture_outputs({"first": layers[0]}) as steered_acts:
+        with (
+            add_to_output(layers[0], torch.ones(hidden), scale=5.0, positions=keep),
+            capture_outputs({"first": layers[0]}) as steered_acts,
+        ):
             model.forward(batch)
         delta = (steered_acts["first"][0] - acts["first"][0]).abs().sum(-1)
         assert (delta[~keep] == 0).all() and (delta[keep] > 0).all()

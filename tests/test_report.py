@@ -17,8 +17,15 @@ def _report() -> HtmlReport:
     report = HtmlReport("Title <b>", subtitle="sub", data={"x": 1.5})
     section = report.section("Metrics & more")
     section.text("a paragraph with <script>")
-    section.table([{"metric": "acc", "value": 0.91234, "meets target": True}, {"metric": "f1", "value": 0.5, "meets target": False}])
-    section.images([ImageCard(Image.new("RGB", (8, 8), "red"), "red square", (CardLine("yes", ok=True), CardLine("no", ok=False)))])
+    section.table(
+        [
+            {"metric": "acc", "value": 0.91234, "meets target": True},
+            {"metric": "f1", "value": 0.5, "meets target": False},
+        ]
+    )
+    section.images(
+        [ImageCard(Image.new("RGB", (8, 8), "red"), "red square", (CardLine("yes", ok=True), CardLine("no", ok=False)))]
+    )
     fig, ax = plt.subplots()
     ax.bar(["a"], [1])
     section.figure(fig, "a plot")

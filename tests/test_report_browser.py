@@ -27,9 +27,10 @@ from PIL import Image
 from mmlens.html import CardLine, HtmlReport, ImageCard
 
 CHROMIUM = Path(os.environ.get("MMLENS_CHROMIUM", "/usr/bin/chromium"))
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y "
-                                       "chromium) to run the browser tests")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run the browser tests",
+)
 PAGE_TIMEOUT_S = 60.0
 
 # Resolves once every <img> has loaded or failed; returns what the page shows and links to.
@@ -80,15 +81,29 @@ class Chromium:
         self._from_browser, from_browser_w = os.pipe()
         # Lift the browser's ends above 9, so that moving them onto fds 3 and 4 cannot close one of them.
         to_browser_r, from_browser_w = (_above_nine(fd) for fd in (to_browser_r, from_browser_w))
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-                 "--remote-debugging-pipe", f"--user-data-dir={self._profile_dir}", "about:blank"]
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-extensions",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self._profile_dir}",
+            "about:blank",
+        ]
         # The protocol pipe must be the browser's fds 3 (commands in) and 4 (messages out): bash moves them
         # (dash's redirections take single-digit fds only).
         script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-'
-        self._process = subprocess.Popen(["/bin/bash", "-c", script, str(CHROMIUM), *flags],
-                                         pass_fds=(to_browser_r, from_browser_w), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            ["/bin/bash", "-c", script, str(CHROMIUM), *flags],
+            pass_fds=(to_browser_r, from_browser_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._stderr: list[bytes] = []
@@ -128,8 +143,14 @@ class Chromium:
             raise RuntimeError(f"Chromium exited (code {self._process.poll()}): {tail}")
         return message
 
-    def call(self, method: str, params: dict[str, Any] | None = None, *, session: str | None = None,
-             timeout: float = PAGE_TIMEOUT_S) -> dict[str, Any]:
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session: str | None = None,
+        timeout: float = PAGE_TIMEOUT_S,
+    ) -> dict[str, Any]:
         """Send one command and return its result; events that arrive meanwhile are kept for :meth:`events`."""
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params or {}}
@@ -146,8 +167,9 @@ class Chromium:
             if "method" in reply:
                 self._events.append(reply)
 
-    def wait_for_event(self, method: str, session: str, *, after: int = 0,
-                       timeout: float = PAGE_TIMEOUT_S) -> dict[str, Any]:
+    def wait_for_event(
+        self, method: str, session: str, *, after: int = 0, timeout: float = PAGE_TIMEOUT_S
+    ) -> dict[str, Any]:
         """The first ``method`` event of ``session`` among the events from index ``after`` on (waits for it)."""
         deadline = time.monotonic() + timeout
         for event in self._events[after:]:
@@ -177,8 +199,11 @@ class Chromium:
                 check.errors.append(f"navigation failed: {navigation['errorText']}")
                 return check
             self.wait_for_event("Page.loadEventFired", session, after=before_navigation)
-            summary = self.call("Runtime.evaluate", {"expression": PAGE_SUMMARY_JS, "awaitPromise": True,
-                                                     "returnByValue": True}, session=session)
+            summary = self.call(
+                "Runtime.evaluate",
+                {"expression": PAGE_SUMMARY_JS, "awaitPromise": True, "returnByValue": True},
+                session=session,
+            )
             if "exceptionDetails" in summary:
                 raise RuntimeError(f"the page summary script failed on {url}: {summary['exceptionDetails']}")
             value = summary["result"]["value"]
@@ -206,8 +231,9 @@ def _page_errors(events: list[dict[str, Any]]) -> list[str]:
             details = params["exceptionDetails"]
             errors.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")
         elif event["method"] == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            errors.append("console: " + " ".join(str(a.get("value", a.get("description", "")))
-                                                 for a in params.get("args", [])))
+            errors.append(
+                "console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            )
         elif event["method"] == "Log.entryAdded" and params["entry"]["level"] == "error":
             entry = params["entry"]
             errors.append(f"log: {entry.get('text')} {entry.get('url', '')}".strip())
@@ -247,11 +273,17 @@ def _example_report(title: str) -> HtmlReport:
 
     report = HtmlReport(title, subtitle="a browser check", data={"accuracy": [0.5, 0.75]})
     section = report.section("Numbers")
-    section.text("Two rows and a pass/fail column.").table([{"model": "a", "accuracy": 0.5, "met": False},
-                                                          {"model": "b", "accuracy": 0.75, "met": True}])
-    cards = [ImageCard(Image.new("RGB", (32, 32), colour), f"a {colour} square",
-                       (CardLine("predicted: square", True), CardLine("chair: 0", None)))
-             for colour in ("red", "green", "blue")]
+    section.text("Two rows and a pass/fail column.").table(
+        [{"model": "a", "accuracy": 0.5, "met": False}, {"model": "b", "accuracy": 0.75, "met": True}]
+    )
+    cards = [
+        ImageCard(
+            Image.new("RGB", (32, 32), colour),
+            f"a {colour} square",
+            (CardLine("predicted: square", True), CardLine("chair: 0", None)),
+        )
+        for colour in ("red", "green", "blue")
+    ]
     report.section("Examples").images(cards)
     fig = Figure(figsize=(3, 2))
     fig.add_subplot().plot([0, 1, 2], [0.5, 0.6, 0.75])
@@ -264,9 +296,11 @@ def test_html_reports_load_cleanly_with_their_images(browser, tmp_path):
     second = _example_report("Second report").write(tmp_path / "site" / "second")
     # A summary page linking to both, as a multi-page report does: the crawl must reach every page.
     index = tmp_path / "site" / "index.html"
-    index.write_text('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Summary</title></head>'
-                     '<body><a href="first/index.html">first</a> <a href="second/index.html">second</a>'
-                     '<a href="https://example.org/">outside</a></body></html>')
+    index.write_text(
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Summary</title></head>'
+        '<body><a href="first/index.html">first</a> <a href="second/index.html">second</a>'
+        '<a href="https://example.org/">outside</a></body></html>'
+    )
     checks = check_site(browser, index)
     assert set(checks) == {index.resolve(), first.resolve(), second.resolve()}
     for page, check in checks.items():
@@ -282,9 +316,11 @@ def test_html_reports_load_cleanly_with_their_images(browser, tmp_path):
 def test_the_checker_sees_broken_pages(browser, tmp_path):
     """The check can fail: a missing image, a script error and a console error are all reported."""
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><title>Broken</title></head><body>'
-                    '<img src="missing.png" alt="gone"><script>console.error("bad number");'
-                    "undefinedFunction();</script></body></html>")
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Broken</title></head><body>'
+        '<img src="missing.png" alt="gone"><script>console.error("bad number");'
+        "undefinedFunction();</script></body></html>"
+    )
     check = browser.check_page(page.as_uri())
     assert check.broken_images == ["missing.png"]
     joined = "\n".join(check.errors)
@@ -323,17 +359,36 @@ def test_audit_site_loads_cleanly(browser, tmp_path):
     tiny_model("llava", seed=3).save_pretrained(tmp_path / "vlm-tuned")
     export_world(tmp_path / "data", World(WorldConfig(), seed=0), 24, split="test")
     out = tmp_path / "site"
-    result = run_audit(AuditConfig(
-        model=str(tmp_path / "vlm"), finetuned=str(tmp_path / "vlm-tuned"), data=str(tmp_path / "data"), out_dir=out,
-        shift=ShiftStage(grid=parse_shift_grid("fog:5,keyboard:5"), n_items=12, text_embedder="hashing",
-                         n_permutations=5, n_bootstrap=5, max_epochs=5, batch_size=16),
-        concepts=ConceptsStage(n_items=32, n_concepts=4, batch_size=16),
-        steering=SteeringStage(n_items=40, alphas=(1.0,), batch_size=32),
-        hallucination=HallucinationStage(n_images=8, max_new_tokens=8, batch_size=16)), progress=False)
+    result = run_audit(
+        AuditConfig(
+            model=str(tmp_path / "vlm"),
+            finetuned=str(tmp_path / "vlm-tuned"),
+            data=str(tmp_path / "data"),
+            out_dir=out,
+            shift=ShiftStage(
+                grid=parse_shift_grid("fog:5,keyboard:5"),
+                n_items=12,
+                text_embedder="hashing",
+                n_permutations=5,
+                n_bootstrap=5,
+                max_epochs=5,
+                batch_size=16,
+            ),
+            concepts=ConceptsStage(n_items=32, n_concepts=4, batch_size=16),
+            steering=SteeringStage(n_items=40, alphas=(1.0,), batch_size=32),
+            hallucination=HallucinationStage(n_images=8, max_new_tokens=8, batch_size=16),
+        ),
+        progress=False,
+    )
     checks = check_site(browser, result.index)
     pages = {page.relative_to(out.resolve()).as_posix() for page in checks}
-    assert pages >= {"index.html", "shift/index.html", "concepts/index.html", "concepts/compare/index.html",
-                     "hallucination/index.html"}, pages
+    assert pages >= {
+        "index.html",
+        "shift/index.html",
+        "concepts/index.html",
+        "concepts/compare/index.html",
+        "hallucination/index.html",
+    }, pages
     for page, check in checks.items():
         assert check.errors == [], (page, check.errors)
         assert check.broken_images == [], (page, check.broken_images)

@@ -207,8 +207,12 @@ def test_frozen_club_is_blind_to_additive_response_noise_but_infonce_is_not():
     club = fit_estimator(embs, ShiftConfig(estimator=FAST_CLUB, n_estimators=1))
     drop = emi(club, embs[0])["emi"] - emi(club, embs[1])["emi"]
     assert abs(drop) < 0.25 * emi(club, embs[0])["mi_model"]
-    nce = fit_estimator(embs, ShiftConfig(estimator=EstimatorConfig(kind="infonce", hidden=64, max_steps=400,
-                                                                     eval_batch_size=500), n_estimators=1))
+    nce = fit_estimator(
+        embs,
+        ShiftConfig(
+            estimator=EstimatorConfig(kind="infonce", hidden=64, max_steps=400, eval_batch_size=500), n_estimators=1
+        ),
+    )
     assert emi(nce, embs[1])["emi"] < -0.3
 
 
@@ -217,7 +221,8 @@ def test_bound_forms():
     assert bound_value(terms) == pytest.approx(0.2 + 0.3 + 0.2 + 0.3)
     assert bound_value(terms, ShiftConfig(bound="theorem", h_hat=2.0)) == pytest.approx(2 * 0.5 + 4 * 0.5)
     assert bound_value(terms, ShiftConfig(bound="compact", h_hat=1.0)) == pytest.approx(
-        math.sqrt(2 / 3) * 0.5 + 8 * 0.3)
+        math.sqrt(2 / 3) * 0.5 + 8 * 0.3
+    )
     bits = bound_value(terms, ShiftConfig(log_base="2"))
     assert bits > bound_value(terms)
     assert bound_value({**terms, "J_v": None}) == pytest.approx(0.8)  # text-side bound
@@ -324,8 +329,7 @@ def _toy_text_splits(tmp_path, n=40):
     folder.mkdir()
     _write_split(folder / "a_clean.jsonl", qs, refs, refs)
     for k, p in enumerate((0.3, 0.7)):
-        resp = [r if rng.random() > p else f"the {shapes[rng.integers(4)]} is {colours[rng.integers(5)]}"
-                for r in refs]
+        resp = [r if rng.random() > p else f"the {shapes[rng.integers(4)]} is {colours[rng.integers(5)]}" for r in refs]
         noisy_q = [q.replace("colour", "color") if rng.random() < p else q for q in qs]
         _write_split(folder / f"b_shift_{k}.jsonl", noisy_q, resp, refs)
     return folder
@@ -354,9 +358,22 @@ def test_cli_shift_emi_trains_saves_and_reuses_estimator(tmp_path, capsys):
     from mmlens.cli import main
 
     folder = _toy_text_splits(tmp_path)
-    common = ["shift", "emi", "--id", str(folder / "a_clean.jsonl"), "--ood", str(folder / "b_shift_0.jsonl"),
-              "--ood", str(folder / "b_shift_1.jsonl"), "--text-embedder", "hashing:64", "--permutations", "5",
-              "--bootstrap", "5"]
+    common = [
+        "shift",
+        "emi",
+        "--id",
+        str(folder / "a_clean.jsonl"),
+        "--ood",
+        str(folder / "b_shift_0.jsonl"),
+        "--ood",
+        str(folder / "b_shift_1.jsonl"),
+        "--text-embedder",
+        "hashing:64",
+        "--permutations",
+        "5",
+        "--bootstrap",
+        "5",
+    ]
     with pytest.raises(SystemExit) as e:
         main([*common, "--out", str(tmp_path / "r1"), "--save-estimator", str(tmp_path / "est.pt")])
     assert e.value.code in (0, None)
@@ -368,8 +385,20 @@ def test_cli_shift_emi_trains_saves_and_reuses_estimator(tmp_path, capsys):
     assert [r["emi"] for r in r1["rows"]] == pytest.approx([r["emi"] for r in r2["rows"]], abs=1e-6)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        main(["shift", "emi", "--id", str(tmp_path / "missing.jsonl"), "--ood", str(folder), "--out",
-              str(tmp_path / "r3"), "--text-embedder", "hashing"])
+        main(
+            [
+                "shift",
+                "emi",
+                "--id",
+                str(tmp_path / "missing.jsonl"),
+                "--ood",
+                str(folder),
+                "--out",
+                str(tmp_path / "r3"),
+                "--text-embedder",
+                "hashing",
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "missing.jsonl" in err and "Traceback" not in err
@@ -391,14 +420,51 @@ def test_cli_generate_then_emi_with_images_on_tiny_models(tmp_path, capsys):
     data.write_text("\n".join(rows) + "\n")
     out = tmp_path / "runs"
     with pytest.raises(SystemExit) as e:
-        main(["shift", "generate", "--model", str(tmp_path / "vlm"), "--data", str(data), "--out", str(out),
-              "--visual", "fog", "--text", "keyboard", "--severities", "2", "--max-new-tokens", "2"])
+        main(
+            [
+                "shift",
+                "generate",
+                "--model",
+                str(tmp_path / "vlm"),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--visual",
+                "fog",
+                "--text",
+                "keyboard",
+                "--severities",
+                "2",
+                "--max-new-tokens",
+                "2",
+            ]
+        )
     assert e.value.code in (0, None)
     assert sorted(p.name for p in out.glob("*.jsonl")) == ["clean.jsonl", "fog_2.jsonl", "keyboard_2.jsonl"]
     with pytest.raises(SystemExit) as e:
-        main(["shift", "emi", "--id", str(out / "clean.jsonl"), "--ood", str(out), "--out", str(tmp_path / "rep"),
-              "--text-embedder", "hashing:32", "--image-model", str(tmp_path / "clip"), "--fusion", "concat",
-              "--permutations", "5", "--bootstrap", "5"])
+        main(
+            [
+                "shift",
+                "emi",
+                "--id",
+                str(out / "clean.jsonl"),
+                "--ood",
+                str(out),
+                "--out",
+                str(tmp_path / "rep"),
+                "--text-embedder",
+                "hashing:32",
+                "--image-model",
+                str(tmp_path / "clip"),
+                "--fusion",
+                "concat",
+                "--permutations",
+                "5",
+                "--bootstrap",
+                "5",
+            ]
+        )
     assert e.value.code in (0, None)
     result = json.loads((tmp_path / "rep" / "data.json").read_text())
     assert [r["split"] for r in result["rows"]] == ["clean", "fog_2", "keyboard_2"]
@@ -407,11 +473,24 @@ def test_cli_generate_then_emi_with_images_on_tiny_models(tmp_path, capsys):
     own = tmp_path / "own"
     own.mkdir()
     for name in ("id", "ood"):
-        (own / f"{name}.jsonl").write_text("\n".join(json.dumps({**json.loads(r), "image": f"../{i}.png"})
-                                                    for i, r in enumerate(rows)) + "\n")
+        (own / f"{name}.jsonl").write_text(
+            "\n".join(json.dumps({**json.loads(r), "image": f"../{i}.png"}) for i, r in enumerate(rows)) + "\n"
+        )
     with pytest.raises(SystemExit) as e:
-        main(["shift", "generate", "--model", str(tmp_path / "vlm"), "--data", str(own), "--out",
-              str(tmp_path / "own-out"), "--max-new-tokens", "2"])
+        main(
+            [
+                "shift",
+                "generate",
+                "--model",
+                str(tmp_path / "vlm"),
+                "--data",
+                str(own),
+                "--out",
+                str(tmp_path / "own-out"),
+                "--max-new-tokens",
+                "2",
+            ]
+        )
     assert e.value.code in (0, None)
     assert load_split(tmp_path / "own-out" / "ood.jsonl").meta["family"] == "user"
 
@@ -431,8 +510,17 @@ def test_generate_responses_on_tiny_vlms(arch, tmp_path):
     images = [world.render(s) for s in scenes]
     prompts = ["what colour is the background ?"] * 3
     cfg = GenerateConfig(max_new_tokens=3, scenarios=((None, 0, None, 0), ("fog", 3, "keyboard", 3)))
-    paths = generate_responses(tiny_model(arch), images, prompts, ["black", "gray", "black"], tmp_path / "out", cfg,
-                               model_id=f"tiny-{arch}", score=lambda a, r: a.strip() == r, progress=False)
+    paths = generate_responses(
+        tiny_model(arch),
+        images,
+        prompts,
+        ["black", "gray", "black"],
+        tmp_path / "out",
+        cfg,
+        model_id=f"tiny-{arch}",
+        score=lambda a, r: a.strip() == r,
+        progress=False,
+    )
     assert [p.name for p in paths] == ["clean.jsonl", "fog_3+keyboard_3.jsonl"]
     split = load_split(paths[1], load_images=True)
     assert split.meta["family"] == "joint" and 0 <= split.meta["accuracy"] <= 1

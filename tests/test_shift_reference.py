@@ -50,6 +50,7 @@ def one_torch_thread():
 # ------------------------------------------------------------------------------- the official estimator
 def official_forward(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
     """The formula of the checkpoint's README, written out with an explicit N x N mean (no shortcut)."""
+
     def mlp(prefix, v, last_tanh):
         h = torch.tanh(v @ state[f"{prefix}.0.weight"].T + state[f"{prefix}.0.bias"])
         out = h @ state[f"{prefix}.2.weight"].T + state[f"{prefix}.2.bias"]
@@ -58,7 +59,7 @@ def official_forward(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.T
     x, y = x.double(), y.double()
     state = {k: v.double() for k, v in state.items()}
     mu, logvar = mlp("p_mu", x, False), mlp("p_logvar", x, True)
-    positive = (-(mu - y) ** 2 / 2 / logvar.exp()).sum(1)
+    positive = (-((mu - y) ** 2) / 2 / logvar.exp()).sum(1)
     pairwise = ((y[None, :, :] - mu[:, None, :]) ** 2).mean(1)  # [i, d] = mean_j (y_jd - mu_id)^2
     negative = (-pairwise / 2 / logvar.exp()).sum(1)
     return float((positive - negative).mean())
@@ -67,8 +68,11 @@ def official_forward(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.T
 def synthetic_official_state(dim: int = 768, hidden: int = 250, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     shapes = {"0.weight": (hidden, dim), "0.bias": (hidden,), "2.weight": (dim, hidden), "2.bias": (dim,)}
-    return {f"{head}.{k}": torch.randn(*s, generator=g) * (0.5 if head == "p_mu" else 0.05)
-            for head in ("p_mu", "p_logvar") for k, s in shapes.items()}
+    return {
+        f"{head}.{k}": torch.randn(*s, generator=g) * (0.5 if head == "p_mu" else 0.05)
+        for head in ("p_mu", "p_logvar")
+        for k, s in shapes.items()
+    }
 
 
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -82,12 +86,13 @@ def test_official_checkpoint_layout_loads_and_matches_the_reference_forward(tmp_
     est = MIEstimator.load(tmp_path / "CLUB_global.pt")
     assert est.dims_ == (768, 768) and est.config.hidden == 250 and est.config.logvar_activation == "tanh"
     x, y = _unit(60, 768, 1), _unit(60, 768, 2)
-    y_dep = (x + 0.3 * _unit(60, 768, 3))
+    y_dep = x + 0.3 * _unit(60, 768, 3)
     for yy in (y, y_dep):
         assert abs(est.estimate(x, yy) - official_forward(state, x, yy)) < 1e-5
     # the heads are not interchangeable: swapping them (a planted mapping bug) changes the estimate
-    swapped = {k.replace("p_mu", "TMP").replace("p_logvar", "p_mu").replace("TMP", "p_logvar"): v
-               for k, v in state.items()}
+    swapped = {
+        k.replace("p_mu", "TMP").replace("p_logvar", "p_mu").replace("TMP", "p_logvar"): v for k, v in state.items()
+    }
     assert abs(official_forward(swapped, x, y_dep) - official_forward(state, x, y_dep)) > 1e-3
     # an ensemble file reader takes it too, as a one-member ensemble
     ens = load_estimator(tmp_path / "CLUB_global.pt")
@@ -135,8 +140,9 @@ def _splits(n=60, copies=3, seed=0, d=8):
         resp = (q * (1 - 0.3 * k) + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
         out.append(SplitEmbeddings(f"s{k}", q, q, resp, ref, item_ids=list(range(n)), meta={"family": "text"}))
     first = out[0]
-    out.append(SplitEmbeddings("copy_of_id", first.query, first.text, first.response, first.reference,
-                               item_ids=list(range(n))))
+    out.append(
+        SplitEmbeddings("copy_of_id", first.query, first.text, first.response, first.reference, item_ids=list(range(n)))
+    )
     return out
 
 
@@ -210,11 +216,16 @@ def test_translations_are_measured_against_the_english_control(tmp_path):
     from mmlens.shift.data import ShiftSplit
 
     q = [f"question {i}" for i in range(6)]
+
     def mk(name, qs):
         return ShiftSplit(name, qs, [f"answer {i}" for i in range(6)], [f"ref {i}" for i in range(6)])
 
-    splits = [mk("coco", q), mk("coco_English", q), mk("coco_German", [f"Frage {i}" for i in range(6)]),
-              mk("coco_sr_4", q)]
+    splits = [
+        mk("coco", q),
+        mk("coco_English", q),
+        mk("coco_German", [f"Frage {i}" for i in range(6)]),
+        mk("coco_sr_4", q),
+    ]
     assert assign_language_control(splits, "coco") == "coco_English"
     assert splits[1].meta["family"] == "control" and splits[2].meta["emid_against"] == "coco_English"
     assert "emid_against" not in splits[3].meta
@@ -251,12 +262,24 @@ def _tiny_xlmr():
     from mmlens.models.tiny import TINY_CORPUS
     from mmlens.models.tokenizers import train_word_tokenizer
 
-    tok = train_word_tokenizer([*TINY_CORPUS, "frage bitte antworte auf englisch"], extra_special_tokens=(),
-                               chat_template=None, add_bos_eos=True)
+    tok = train_word_tokenizer(
+        [*TINY_CORPUS, "frage bitte antworte auf englisch"],
+        extra_special_tokens=(),
+        chat_template=None,
+        add_bos_eos=True,
+    )
     tok.padding_side = "right"
-    config = XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              intermediate_size=64, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = XLMRobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     return XLMRobertaModel(config).eval(), tok
 
@@ -266,12 +289,19 @@ def _tiny_clip_vision():
 
     from mmlens.models.tokenizers import make_image_processor
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1,
-                  image_size=32, patch_size=8)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=8
+    )
     torch.manual_seed(0)
-    full = CLIPModel(CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                                 num_hidden_layers=1, vocab_size=50),
-                                vision_config=vision, projection_dim=16)).eval()
+    full = CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, vocab_size=50
+            ),
+            vision_config=vision,
+            projection_dim=16,
+        )
+    ).eval()
     tower = CLIPVisionModel(CLIPVisionConfig(**vision)).eval()
     getattr(tower, "vision_model", tower).load_state_dict(full.vision_model.state_dict())
     return full, tower, make_image_processor(32)
@@ -332,9 +362,13 @@ def test_reference_embedders_from_loaded_models_fuse_by_average():
 
 def test_lexical_features_are_weightless_and_see_typos_less_than_translations():
     emb = lexical_embedder()
-    base, typo, other = emb.embed(["What is the color of the two suitcases in the image?",
-                                   "What is the colr of the two suitcasse in the image?",
-                                   "Welche Farbe haben die beiden Koffer auf dem Bild?"])
+    base, typo, other = emb.embed(
+        [
+            "What is the color of the two suitcases in the image?",
+            "What is the colr of the two suitcasse in the image?",
+            "Welche Farbe haben die beiden Koffer auf dem Bild?",
+        ]
+    )
     assert base.shape == (768,) and emb.name.startswith("hashing:768")
     assert base @ typo > 0.8 > base @ other
     assert np.array_equal(emb.embed(["same"]), lexical_embedder().embed(["same"]))
@@ -363,8 +397,7 @@ def _cli_splits(tmp_path, n=24):
     _write_split(tmp_path / "coco.jsonl", prompts, resp, refs, images)
     _write_split(tmp_path / "coco_English.jsonl", prompts, resp, refs, images)
     _write_split(tmp_path / "coco_German.jsonl", ["frage " + p for p in prompts], list(reversed(resp)), refs, images)
-    _write_split(tmp_path / "coco_sr_4.jsonl", [p.replace("red", "crimson") for p in prompts], resp[::-1], refs,
-                 images)
+    _write_split(tmp_path / "coco_sr_4.jsonl", [p.replace("red", "crimson") for p in prompts], resp[::-1], refs, images)
     return [tmp_path / f"coco_{k}.jsonl" for k in ("English", "German", "sr_4")]
 
 
@@ -376,9 +409,23 @@ def test_cli_preset_reference_on_tiny_models_with_the_official_layout(tmp_path, 
     tower.save_pretrained(tmp_path / "clip")
     proc.save_pretrained(tmp_path / "clip")
     ood = _cli_splits(tmp_path)
-    common = ["shift", "emi", "--id", str(tmp_path / "coco.jsonl"), *[a for p in ood for a in ("--ood", str(p))],
-              "--preset", "reference", "--text-model", str(tmp_path / "xlmr"), "--image-model", str(tmp_path / "clip"),
-              "--permutations", "5", "--bootstrap", "20"]
+    common = [
+        "shift",
+        "emi",
+        "--id",
+        str(tmp_path / "coco.jsonl"),
+        *[a for p in ood for a in ("--ood", str(p))],
+        "--preset",
+        "reference",
+        "--text-model",
+        str(tmp_path / "xlmr"),
+        "--image-model",
+        str(tmp_path / "clip"),
+        "--permutations",
+        "5",
+        "--bootstrap",
+        "20",
+    ]
     # the authors' checkpoint layout, sized to the tiny models' 32-d features
     torch.save(synthetic_official_state(dim=32, hidden=16), tmp_path / "club.pt")
     run_ok([*common, "--out", str(tmp_path / "r"), "--estimator-file", str(tmp_path / "club.pt")])
@@ -389,8 +436,9 @@ def test_cli_preset_reference_on_tiny_models_with_the_official_layout(tmp_path, 
     assert rows["coco_English"]["control"] and rows["coco_German"]["emid_against"] == "coco_English"
     assert rows["coco_sr_4"]["emid_against"] == "coco" and rows["coco_sr_4"]["terms"]["J_v"] is not None
     # the estimator seeds of a trained run, saved as one file and read back
-    run_ok([*common, "--out", str(tmp_path / "r2"), "--estimator-seeds", "2", "--save-estimator",
-            str(tmp_path / "ens.pt")])
+    run_ok(
+        [*common, "--out", str(tmp_path / "r2"), "--estimator-seeds", "2", "--save-estimator", str(tmp_path / "ens.pt")]
+    )
     assert len(load_estimator(tmp_path / "ens.pt")) == 2
     err = run_error([*common, "--out", str(tmp_path / "r3"), "--fusion", "concat"], capsys)
     assert "average fusion" in err

@@ -75,8 +75,11 @@ def _generate(model, prompts, **kwargs) -> list[str]:
 
 
 def _prepare(model, prompts):
-    return model.prepare(prompts) if isinstance(model, CausalLanguageModel) else model.prepare(_images(len(prompts)),
-                                                                                              prompts)
+    return (
+        model.prepare(prompts)
+        if isinstance(model, CausalLanguageModel)
+        else model.prepare(_images(len(prompts)), prompts)
+    )
 
 
 def _vector(model, layer: int = -1, scale: float = 8.0, seed: int = 0) -> SteeringVector:
@@ -167,8 +170,11 @@ def test_hook_adds_alpha_times_vector_exactly_where_the_rule_says(arch):
         model.forward(batch)
     for rule in SteerPositions:
         # registered after the steering hook, the capture sees the steered output
-        with torch.no_grad(), steer(model, vec, SteerConfig(2.5, rule), record=True) as trace, \
-                capture_outputs({"h": model.decoder_layers[layer]}) as steered:
+        with (
+            torch.no_grad(),
+            steer(model, vec, SteerConfig(2.5, rule), record=True) as trace,
+            capture_outputs({"h": model.decoder_layers[layer]}) as steered,
+        ):
             model.forward(batch)
         mask = trace.masks(layer)[0]
         diff = steered["h"][0] - plain["h"][0]
@@ -229,11 +235,15 @@ def test_hooks_are_removed_on_error_and_vectors_on_one_layer_add_up():
 def test_steering_errors_are_clear():
     model = _model("llava")
     hidden = model.lm_head.weight.shape[1]
-    with pytest.raises(InputError, match="hidden size"), steer(model, SteeringVector(torch.ones(hidden + 1), 0,
-                                                                                      VectorKind.CUSTOM)):
+    with (
+        pytest.raises(InputError, match="hidden size"),
+        steer(model, SteeringVector(torch.ones(hidden + 1), 0, VectorKind.CUSTOM)),
+    ):
         pass
-    with pytest.raises(InputError, match="decoder layers"), steer(model, SteeringVector(torch.ones(hidden), 99,
-                                                                                         VectorKind.CUSTOM)):
+    with (
+        pytest.raises(InputError, match="decoder layers"),
+        steer(model, SteeringVector(torch.ones(hidden), 99, VectorKind.CUSTOM)),
+    ):
         pass
     with pytest.raises(InputError, match="position rule"):
         SteerConfig(1.0, "sideways")
@@ -250,7 +260,9 @@ def test_logit_bias_adds_the_unembedded_vector_to_every_logit():
     bias = logit_bias_direction(model, vec)
     with torch.no_grad():
         norm, head = model.final_norm, model.lm_head
-        expected = head(norm((vec.reference + vec.vector)[None, None]))[0, 0] - head(norm(vec.reference[None, None]))[0, 0]
+        expected = (
+            head(norm((vec.reference + vec.vector)[None, None]))[0, 0] - head(norm(vec.reference[None, None]))[0, 0]
+        )
     assert torch.allclose(bias, expected, atol=1e-5)
     batch = model.prepare(PROMPTS)
     with torch.no_grad():
@@ -298,8 +310,9 @@ def test_coarse_concept_shift_and_control_vectors():
 
 
 def test_vectors_round_trip_through_safetensors_with_metadata(tmp_path):
-    vec = coarse_vector(torch.randn(4, 8), torch.randn(4, 8), layer=3, source="yes", target="no", model="zoo:x",
-                        position="last_prompt")
+    vec = coarse_vector(
+        torch.randn(4, 8), torch.randn(4, 8), layer=3, source="yes", target="no", model="zoo:x", position="last_prompt"
+    )
     rnd = random_like(vec)
     path = save_vectors(tmp_path / "v.safetensors", [vec, rnd])
     loaded = load_vectors(path)
@@ -329,8 +342,13 @@ def _ex(question: str, answer: str, answer_type: str) -> VQAExample:
 
 
 def test_steering_effect_counts_flips_and_other_type_accuracy():
-    examples = [_ex("q1", "yes", "yes/no"), _ex("q2", "no", "yes/no"), _ex("q3", "yes", "yes/no"),
-                _ex("q4", "two", "number"), _ex("q5", "red", "other")]
+    examples = [
+        _ex("q1", "yes", "yes/no"),
+        _ex("q2", "no", "yes/no"),
+        _ex("q3", "yes", "yes/no"),
+        _ex("q4", "two", "number"),
+        _ex("q5", "red", "other"),
+    ]
     baseline = ["yes", "no", "yes", "two", "red"]
     steered = ["no", "no", "yes", "two", "no"]
     eff = steering_effect(examples, baseline, steered, FlipTarget("yes", "no", "yes/no"))
@@ -340,9 +358,11 @@ def test_steering_effect_counts_flips_and_other_type_accuracy():
     assert eff["target_count_delta"] == 1 and eff["source_count_delta"] == -1
     with pytest.raises(InputError):
         steering_effect(examples, baseline[:2], steered, FlipTarget("yes", "no"))
-    rows = [{"alpha": 1.0, "steer": {"flip_rate": 0.5, "other_types_acc_drop": 0.0}},
-            {"alpha": 2.0, "steer": {"flip_rate": 0.9, "other_types_acc_drop": 0.01}},
-            {"alpha": 4.0, "steer": {"flip_rate": 1.0, "other_types_acc_drop": 0.3}}]
+    rows = [
+        {"alpha": 1.0, "steer": {"flip_rate": 0.5, "other_types_acc_drop": 0.0}},
+        {"alpha": 2.0, "steer": {"flip_rate": 0.9, "other_types_acc_drop": 0.01}},
+        {"alpha": 4.0, "steer": {"flip_rate": 1.0, "other_types_acc_drop": 0.3}},
+    ]
     assert choose_alpha(rows, max_drop=0.02) == 2.0
     assert choose_alpha(rows[2:], max_drop=0.02) == 4.0  # none qualifies: the smallest alpha
 
@@ -363,15 +383,26 @@ def test_selection_score_prefers_a_clean_single_target():
 def test_evaluate_vectors_runs_the_baselines_on_vlm_and_text_only(arch):
     model = _model(arch)
     images = _images(6) if arch == "llava" else [None] * 6
-    examples = [VQAExample(im, q, a, t) for im, (q, a, t) in zip(images, [
-        ("is there a star ?", "yes", "yes/no"), ("is there a ring ?", "no", "yes/no"),
-        ("how many stars ?", "two", "number"), ("what colour is it ?", "red", "other"),
-        ("is there a circle ?", "yes", "yes/no"), ("how many rings ?", "one", "number")])]
+    examples = [
+        VQAExample(im, q, a, t)
+        for im, (q, a, t) in zip(
+            images,
+            [
+                ("is there a star ?", "yes", "yes/no"),
+                ("is there a ring ?", "no", "yes/no"),
+                ("how many stars ?", "two", "number"),
+                ("what colour is it ?", "red", "other"),
+                ("is there a circle ?", "yes", "yes/no"),
+                ("how many rings ?", "one", "number"),
+            ],
+        )
+    ]
     plain = generate_answers(model, examples, max_new_tokens=2)
     source = plain[0]
     vec = _vector(model, scale=6.0)
-    result = evaluate_vectors(model, examples, [vec], FlipTarget(source, "no", "yes/no"), alphas=(0.0, 1.0),
-                              max_new_tokens=2, progress=False)
+    result = evaluate_vectors(
+        model, examples, [vec], FlipTarget(source, "no", "yes/no"), alphas=(0.0, 1.0), max_new_tokens=2, progress=False
+    )
     row0 = result["vectors"][0]["sweep"][0]
     assert row0["alpha"] == 0.0 and row0["steer"]["changed_rate"] == 0.0  # alpha 0 = the plain model
     assert set(row0) >= {"steer", "random", "logit_bias"}
@@ -404,35 +435,87 @@ def test_cli_build_apply_eval_on_a_tiny_model(tmp_path, capsys):
     for i, im in enumerate(_images(6)):
         im.save(tmp_path / f"{i}.png")
     questions = [("is there a star ?", "yes", "yes/no"), ("how many stars are there ?", "two", "number")]
-    rows = [{"image": f"{i}.png", "question": q, "answer": a, "answer_type": t}
-            for i in range(6) for q, a, t in questions]
+    rows = [
+        {"image": f"{i}.png", "question": q, "answer": a, "answer_type": t} for i in range(6) for q, a, t in questions
+    ]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     model, data = str(tmp_path / "vlm"), str(tmp_path / "q.jsonl")
     main_args = ["-m", model, "--data", data]
     capsys.readouterr()
     # labels come from the tiny model's own answers: take its two most common answers as source and target
-    plain = generate_answers(vlm, [VQAExample(Image.open(tmp_path / r["image"]).convert("RGB"),
-                                                          r["question"], r["answer"], r["answer_type"]) for r in rows],
-                             max_new_tokens=2)
+    plain = generate_answers(
+        vlm,
+        [
+            VQAExample(Image.open(tmp_path / r["image"]).convert("RGB"), r["question"], r["answer"], r["answer_type"])
+            for r in rows
+        ],
+        max_new_tokens=2,
+    )
     from collections import Counter
 
     common = [a for a, _ in Counter(plain).most_common(2)]
     assert len(common) == 2
     with pytest.raises(SystemExit) as e:
-        main(["steer", "build", *main_args, "--source", common[0], "--target", common[1], "--layers", "0,1",
-              "--no-use-truth", "--max-new-tokens", "2", "--out", str(tmp_path / "v.safetensors")])
+        main(
+            [
+                "steer",
+                "build",
+                *main_args,
+                "--source",
+                common[0],
+                "--target",
+                common[1],
+                "--layers",
+                "0,1",
+                "--no-use-truth",
+                "--max-new-tokens",
+                "2",
+                "--out",
+                str(tmp_path / "v.safetensors"),
+            ]
+        )
     assert e.value.code in (0, None)
     vectors = load_vectors(tmp_path / "v.safetensors")
     assert {v.kind for v in vectors} == {VectorKind.COARSE, VectorKind.SHUFFLED} and len(vectors) == 4
     with pytest.raises(SystemExit) as e:
-        main(["steer", "apply", *main_args, "--vectors", str(tmp_path / "v.safetensors"), "--alpha", "2",
-              "--out", str(tmp_path / "a.jsonl"), "--max-new-tokens", "2"])
+        main(
+            [
+                "steer",
+                "apply",
+                *main_args,
+                "--vectors",
+                str(tmp_path / "v.safetensors"),
+                "--alpha",
+                "2",
+                "--out",
+                str(tmp_path / "a.jsonl"),
+                "--max-new-tokens",
+                "2",
+            ]
+        )
     assert e.value.code in (0, None)
     out = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert len(out) == len(rows) and {"plain", "steered"} <= set(out[0])
     with pytest.raises(SystemExit) as e:
-        main(["steer", "eval", *main_args, "--vectors", str(tmp_path / "v.safetensors"), "--source", common[0],
-              "--target", common[1], "--alphas", "0,1", "--out", str(tmp_path / "report"), "--max-new-tokens", "2"])
+        main(
+            [
+                "steer",
+                "eval",
+                *main_args,
+                "--vectors",
+                str(tmp_path / "v.safetensors"),
+                "--source",
+                common[0],
+                "--target",
+                common[1],
+                "--alphas",
+                "0,1",
+                "--out",
+                str(tmp_path / "report"),
+                "--max-new-tokens",
+                "2",
+            ]
+        )
     assert e.value.code in (0, None)
     data_json = json.loads((tmp_path / "report" / "data.json").read_text())
     assert len(data_json["vectors"]) == 2 and "shuffled" in data_json["vectors"][0]["sweep"][0]
@@ -441,26 +524,71 @@ def test_cli_build_apply_eval_on_a_tiny_model(tmp_path, capsys):
 
     save_file({"concepts": torch.randn(3, vlm.lm_head.weight.shape[1])}, str(tmp_path / "dictionary.safetensors"))
     with pytest.raises(SystemExit) as e:
-        main(["steer", "build", *main_args, "--dictionary", str(tmp_path / "dictionary.safetensors"), "--layers", "1",
-              "--out", str(tmp_path / "c.safetensors")])
+        main(
+            [
+                "steer",
+                "build",
+                *main_args,
+                "--dictionary",
+                str(tmp_path / "dictionary.safetensors"),
+                "--layers",
+                "1",
+                "--out",
+                str(tmp_path / "c.safetensors"),
+            ]
+        )
     assert e.value.code in (0, None)
     concepts = load_vectors(tmp_path / "c.safetensors")
     assert len(concepts) == 6 and {v.kind for v in concepts} == {VectorKind.CONCEPT} and concepts[0].layer == 1
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        main(["steer", "apply", *main_args, "--vectors", str(tmp_path / "missing.safetensors"),
-              "--out", str(tmp_path / "x.jsonl")])
+        main(
+            [
+                "steer",
+                "apply",
+                *main_args,
+                "--vectors",
+                str(tmp_path / "missing.safetensors"),
+                "--out",
+                str(tmp_path / "x.jsonl"),
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "missing.safetensors" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as e:
-        main(["steer", "apply", *main_args, "--vectors", str(tmp_path / "v.safetensors"), "--positions", "sideways",
-              "--out", str(tmp_path / "x.jsonl")])
+        main(
+            [
+                "steer",
+                "apply",
+                *main_args,
+                "--vectors",
+                str(tmp_path / "v.safetensors"),
+                "--positions",
+                "sideways",
+                "--out",
+                str(tmp_path / "x.jsonl"),
+            ]
+        )
     assert e.value.code == 2
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(SystemExit) as e:
-        main(["steer", "build", "-m", model, "--data", str(tmp_path / "empty.jsonl"), "--source", "a", "--target",
-              "b", "--out", str(tmp_path / "y.safetensors")])
+        main(
+            [
+                "steer",
+                "build",
+                "-m",
+                model,
+                "--data",
+                str(tmp_path / "empty.jsonl"),
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--out",
+                str(tmp_path / "y.safetensors"),
+            ]
+        )
     assert e.value.code == 2
     assert "empty" in capsys.readouterr().err
 
@@ -471,13 +599,26 @@ def test_benchmark_runs_on_the_smoke_zoo_and_records_what_it_cannot_measure(smok
     from mmlens.bench.steer import SteerBenchConfig, steer_benchmark
 
     monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
-    cfg = SteerBenchConfig(n_train=16, n_select=6, n_test=6, alphas=(1.0,), caption_alphas=(1.0,),
-                           select_alphas=(1.0,), control_seeds=(0,), n_concepts=2, n_selected=1, caption_tokens=6,
-                           overhead_repeats=1, batch_size=64, threads=1)
+    cfg = SteerBenchConfig(
+        n_train=16,
+        n_select=6,
+        n_test=6,
+        alphas=(1.0,),
+        caption_alphas=(1.0,),
+        select_alphas=(1.0,),
+        control_seeds=(0,),
+        n_concepts=2,
+        n_selected=1,
+        caption_tokens=6,
+        overhead_repeats=1,
+        batch_size=64,
+        threads=1,
+    )
     result = steer_benchmark(cfg)
     for layer, row in result["yes_to_no"].items():
-        assert "error" in row or {"flip_rate", "random_flip_rate", "shuffled_flip_rate",
-                                  "logit_bias_flip_rate"} <= set(row), layer
+        assert "error" in row or {"flip_rate", "random_flip_rate", "shuffled_flip_rate", "logit_bias_flip_rate"} <= set(
+            row
+        ), layer
     for part in ("colour_to_colour", "number_to_number", "caption_style"):
         assert "error" in result[part] or "selected" in result[part] or "after" in result[part], part
     assert result["overhead"]["plain_s"] > 0 and result["overhead"]["steered_s"] > 0
@@ -509,8 +650,10 @@ def test_source_concept_condition_steers_only_the_samples_nearest_the_source(arc
         uncached = _generate(model, PROMPTS[:2], use_cache=False)
     assert cached == uncached
     assert _generate(model, PROMPTS[1:2]) == cached[1:]  # row 1 is not steered: its plain answer
-    with pytest.raises(InputError, match="contrasts"), steer(model, SteeringVector(direction, layer,
-                                                                                  VectorKind.CUSTOM), conditional):
+    with (
+        pytest.raises(InputError, match="contrasts"),
+        steer(model, SteeringVector(direction, layer, VectorKind.CUSTOM), conditional),
+    ):
         pass
     assert _no_hooks_left(model)
 

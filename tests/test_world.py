@@ -75,7 +75,7 @@ def test_render_ground_truth_pixels(scenes: list[Scene], world: World) -> None:
         bg = np.array(PALETTE[sc.background])
         for r in range(cfg.grid_size):
             for c in range(cfg.grid_size):
-                patch = arr[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].reshape(-1, 3)
+                patch = arr[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell].reshape(-1, 3)
                 obj = sc.object_at(r, c)
                 if obj is None:
                     assert np.abs(patch - bg).max() <= 1, "an empty cell must be pure background"
@@ -126,12 +126,21 @@ def test_captions(scenes: list[Scene], world: World) -> None:
 def test_caption_example_format(world: World) -> None:
     from mmlens.world import WorldObject
 
-    sc = Scene("x", (WorldObject("circle", "red", "small", 0, 0), WorldObject("square", "blue", "large", 0, 1),
-                     WorldObject("square", "blue", "small", 1, 1)), "black")
+    sc = Scene(
+        "x",
+        (
+            WorldObject("circle", "red", "small", 0, 0),
+            WorldObject("square", "blue", "large", 0, 1),
+            WorldObject("square", "blue", "small", 1, 1),
+        ),
+        "black",
+    )
     cap = world.caption(sc, np.random.default_rng(0), "objects")
     assert cap in ("a red circle and two blue squares", "two blue squares and a red circle")
-    assert world.caption(sc, 0, "count") in ("there are three objects : a circle and two squares",
-                                             "there are three objects : two squares and a circle")
+    assert world.caption(sc, 0, "count") in (
+        "there are three objects : a circle and two squares",
+        "there are three objects : two squares and a circle",
+    )
 
 
 def test_vqa_answers_correct(scenes: list[Scene], world: World) -> None:

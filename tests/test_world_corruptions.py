@@ -40,8 +40,9 @@ def _mad(a, b) -> float:
 
 @pytest.mark.parametrize("shift", list(VisualCorruption))
 def test_visual_shift_changes_and_is_monotone(shift: VisualCorruption, images: list) -> None:
-    diffs = np.array([[_mad(corrupt_image(im, shift, k, seed=i), im) for k in range(1, 6)]
-                      for i, im in enumerate(images)])
+    diffs = np.array(
+        [[_mad(corrupt_image(im, shift, k, seed=i), im) for k in range(1, 6)] for i, im in enumerate(images)]
+    )
     for im in images[:4]:
         out = corrupt_image(im, shift, 1, seed=0)
         assert out.size == im.size and out.mode == "RGB"
@@ -103,8 +104,9 @@ def test_synonym_keeps_objects_parsable(world: World, texts: list[str]) -> None:
 
 
 def test_shift_grid(images: list, texts: list[str]) -> None:
-    grid = corruption_grid(images[:3], texts[:3], visual_shifts=["defocus_blur", "fog"], text_shifts=["keyboard"],
-                      severities=(1, 3))
+    grid = corruption_grid(
+        images[:3], texts[:3], visual_shifts=["defocus_blur", "fog"], text_shifts=["keyboard"], severities=(1, 3)
+    )
     assert set(grid) == {"clean", "defocus_blur_1", "defocus_blur_3", "fog_1", "fog_3", "keyboard_1", "keyboard_3"}
     s = grid["defocus_blur_3"]
     assert s.kind == "visual" and s.severity == 3 and s.texts == tuple(texts[:3]) and len(s.images) == 3

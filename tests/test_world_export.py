@@ -87,8 +87,12 @@ def test_load_pairs_errors(tmp_path: Path, world: World) -> None:
     world.render(world.sample_scenes(1)[0]).save(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps({"image": "ok.png", "caption": "a red circle"}) + "\n"
-                    + json.dumps({"image": "bad.png", "caption": "a blue square"}) + "\n")
+    data.write_text(
+        json.dumps({"image": "ok.png", "caption": "a red circle"})
+        + "\n"
+        + json.dumps({"image": "bad.png", "caption": "a blue square"})
+        + "\n"
+    )
     with pytest.raises(InputError, match=r"data.jsonl:2: cannot read image .*bad.png"):
         load_pairs_jsonl(data)
     assert len(load_pairs_jsonl(data, load_images=False)) == 2

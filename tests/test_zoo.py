@@ -84,8 +84,10 @@ def test_clip_models_reload_with_plain_transformers(zoo_home):
         re_model = CLIPModel.from_pretrained(d).eval()
         re_proc = CLIPProcessor.from_pretrained(d)
         size = model.config.vision_config.image_size
-        images = [World(WorldConfig(), seed=0).render(s).resize((size, size)) for s in
-                  World(WorldConfig(), seed=0).sample_scenes(2)]
+        images = [
+            World(WorldConfig(), seed=0).render(s).resize((size, size))
+            for s in World(WorldConfig(), seed=0).sample_scenes(2)
+        ]
         texts = ["a red circle", "two blue squares and a green star"]
         a = processor(text=texts, images=images, return_tensors="pt", padding=True)
         b = re_proc(text=texts, images=images, return_tensors="pt", padding=True)
@@ -107,7 +109,9 @@ def test_llava_models_reload_with_plain_transformers(zoo_home):
         re_model = LlavaForConditionalGeneration.from_pretrained(d).eval()
         re_proc = AutoProcessor.from_pretrained(d)
         assert type(re_proc).__name__ == "LlavaProcessor"
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "how many objects are there ?"}]}]
+        msgs = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "how many objects are there ?"}]}
+        ]
         text = re_proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         a = processor(text=[text] * 2, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
         b = re_proc(text=[text] * 2, images=images, return_tensors="pt", padding=True, add_special_tokens=False)

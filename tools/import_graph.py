@@ -27,8 +27,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("__main__",),
 )
-LAYER_NAMES = ("shared plumbing", "models and the world", "methods", "zoo", "benchmarks and audit", "command line",
-               "python -m mmlens")
+LAYER_NAMES = (
+    "shared plumbing",
+    "models and the world",
+    "methods",
+    "zoo",
+    "benchmarks and audit",
+    "command line",
+    "python -m mmlens",
+)
 
 
 def layer_of(package: str) -> int:
@@ -109,12 +116,28 @@ def draw(path: Path, src: Path = SRC) -> None:
             continue
         (x0, y0), (x1, y1) = pos[a], pos[b]
         bad = layer_of(b) > layer_of(a) or (layer_of(a) == layer_of(b) and layer_of(a) > 0)
-        ax.annotate("", xy=(x1, y1 + 0.12), xytext=(x0, y0 - 0.12),
-                    arrowprops={"arrowstyle": "->", "color": "#c0392b" if bad else "#8aa4bd", "lw": 1.6 if bad else 0.8,
-                                "alpha": 0.9 if bad else 0.5, "connectionstyle": "arc3,rad=0.08"})
+        ax.annotate(
+            "",
+            xy=(x1, y1 + 0.12),
+            xytext=(x0, y0 - 0.12),
+            arrowprops={
+                "arrowstyle": "->",
+                "color": "#c0392b" if bad else "#8aa4bd",
+                "lw": 1.6 if bad else 0.8,
+                "alpha": 0.9 if bad else 0.5,
+                "connectionstyle": "arc3,rad=0.08",
+            },
+        )
     for pkg, (x, y) in pos.items():
-        ax.text(x, y, pkg, ha="center", va="center", fontsize=11,
-                bbox={"boxstyle": "round,pad=0.35", "fc": "#f3f6f9", "ec": "#2e6f9e"})
+        ax.text(
+            x,
+            y,
+            pkg,
+            ha="center",
+            va="center",
+            fontsize=11,
+            bbox={"boxstyle": "round,pad=0.35", "fc": "#f3f6f9", "ec": "#2e6f9e"},
+        )
     for i, name in enumerate(LAYER_NAMES):
         ax.text(-0.02, i, name, ha="right", va="center", fontsize=10, color="#5a6672")
     ax.set_xlim(-0.35, 1.02)

@@ -56,8 +56,13 @@ class InfluenceStage:
 class ShiftStage:
     """Responses under a shift grid, then EMI / EMID / the bound (mmlens.shift)."""
 
-    grid: tuple[Scenario, ...] = ((None, 0, None, 0), ("fog", 3, None, 0), ("fog", 5, None, 0),
-                                  (None, 0, "keyboard", 3), (None, 0, "keyboard", 5))
+    grid: tuple[Scenario, ...] = (
+        (None, 0, None, 0),
+        ("fog", 3, None, 0),
+        ("fog", 5, None, 0),
+        (None, 0, "keyboard", 3),
+        (None, 0, "keyboard", 5),
+    )
     n_items: int = 200
     image_model: str | None = None  # CLIP-like image features for the queries (None: text-only queries)
     text_embedder: str = "minilm"
@@ -134,13 +139,19 @@ class AuditConfig:
         if not 0.0 < self.influence.flag_fraction <= 1.0:
             raise InputError(f"influence flag_fraction must be in (0, 1], got {self.influence.flag_fraction}")
         if self.influence.val is not None and not Path(self.influence.val).expanduser().exists():
-            raise InputError(f"influence validation data {self.influence.val} not found: give an exported folder, a "
-                             "JSONL of {image, caption} or a datasets folder")
-        sizes = {"influence max_pairs": 1 if self.influence.max_pairs is None else self.influence.max_pairs,
-                 "shift n_items": self.shift.n_items,
-                 "concepts n_items": self.concepts.n_items, "concepts n_concepts": self.concepts.n_concepts,
-                 "steering n_items": self.steering.n_items, "steering n_describe": self.steering.n_describe,
-                 "hallucination n_images": self.hallucination.n_images}
+            raise InputError(
+                f"influence validation data {self.influence.val} not found: give an exported folder, a "
+                "JSONL of {image, caption} or a datasets folder"
+            )
+        sizes = {
+            "influence max_pairs": 1 if self.influence.max_pairs is None else self.influence.max_pairs,
+            "shift n_items": self.shift.n_items,
+            "concepts n_items": self.concepts.n_items,
+            "concepts n_concepts": self.concepts.n_concepts,
+            "steering n_items": self.steering.n_items,
+            "steering n_describe": self.steering.n_describe,
+            "hallucination n_images": self.hallucination.n_images,
+        }
         for name, value in sizes.items():
             if value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
@@ -177,8 +188,10 @@ def _scenario_of(token: str) -> Scenario:
         return (name, level, None, 0)
     if name in text:
         return (None, 0, name, level)
-    raise InputError(f"shift grid entry {token!r}: unknown shift {name!r} (visual: {', '.join(sorted(visual))}; "
-                     f"text: {', '.join(sorted(text))})")
+    raise InputError(
+        f"shift grid entry {token!r}: unknown shift {name!r} (visual: {', '.join(sorted(visual))}; "
+        f"text: {', '.join(sorted(text))})"
+    )
 
 
 def parse_shift_grid(spec: str) -> tuple[Scenario, ...]:
@@ -210,5 +223,17 @@ def parse_stages(spec: str) -> tuple[Stage, ...]:
         raise InputError(f"--stages {spec!r}: choose among {', '.join(s.value for s in Stage)}") from None
 
 
-__all__ = ["AuditConfig", "ConceptsStage", "HallucinationStage", "InfluenceStage", "ModelKind", "Scenario",
-           "ShiftStage", "Stage", "StageStatus", "SteeringStage", "parse_shift_grid", "parse_stages"]
+__all__ = [
+    "AuditConfig",
+    "ConceptsStage",
+    "HallucinationStage",
+    "InfluenceStage",
+    "ModelKind",
+    "Scenario",
+    "ShiftStage",
+    "Stage",
+    "StageStatus",
+    "SteeringStage",
+    "parse_shift_grid",
+    "parse_stages",
+]

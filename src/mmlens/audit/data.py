@@ -46,8 +46,15 @@ class AuditData:
         for i, r in enumerate(self.records):
             for q in r.get("vqa") or ():
                 if isinstance(q, dict) and isinstance(q.get("question"), str):
-                    out.append({"record": i, "question": q["question"], "answer": str(q.get("answer", "")),
-                                "answer_type": str(q.get("answer_type", "")), "template": str(q.get("template", ""))})
+                    out.append(
+                        {
+                            "record": i,
+                            "question": q["question"],
+                            "answer": str(q.get("answer", "")),
+                            "answer_type": str(q.get("answer_type", "")),
+                            "template": str(q.get("template", "")),
+                        }
+                    )
         return out
 
     @property
@@ -78,8 +85,10 @@ def load_audit_data(folder: str | Path) -> AuditData:
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise InputError(f"data folder {folder} not found: give a folder with {DATA_FILE} (as `mmlens world export` "
-                         "writes) or 'world' / 'world:N'")
+        raise InputError(
+            f"data folder {folder} not found: give a folder with {DATA_FILE} (as `mmlens world export` "
+            "writes) or 'world' / 'world:N'"
+        )
     if not (folder / DATA_FILE).is_file():
         raise InputError(f"{folder} has no {DATA_FILE}: the audit reads the layout of `mmlens world export`")
     records = load_pairs_jsonl(folder / DATA_FILE, require_caption=False)  # errors name file and line
@@ -119,8 +128,9 @@ def export_world_data(model: str, n_scenes: int, root: Path) -> Path:
     from mmlens.world.export import export_world
 
     world = world_of_model(model)
-    key = hashlib.sha256(json.dumps([world.cfg.to_dict(), world.seed, n_scenes], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:10]
+    key = hashlib.sha256(
+        json.dumps([world.cfg.to_dict(), world.seed, n_scenes], sort_keys=True, default=str).encode()
+    ).hexdigest()[:10]
     folder = root / f"world-{n_scenes}-{key}"
     if not (folder / DATA_FILE).is_file():
         export_world(folder, world, n_scenes, split="test", overwrite=True)

@@ -50,12 +50,24 @@ class DemoConfig:
         """(folder name, plan) of each audit of the demo. Every stage is considered: those that do not apply to a
         model show on its summary page with the reason."""
         out = Path(self.out_dir)
-        clip = AuditConfig(model="zoo:mini-clip", data=f"world:{self.clip_scenes}", out_dir=out / "mini-clip",
-                           influence=InfluenceStage(inject_swap_rate=self.swap_rate), seed=self.seed)
-        llava = AuditConfig(model="zoo:mini-llava", finetuned="zoo:mini-llava-colour",
-                            data=f"world:{self.llava_scenes}", out_dir=out / "mini-llava", shift=self.shift,
-                            concepts=ConceptsStage(n_items=1000), steering=SteeringStage(n_items=1500),
-                            hallucination=HallucinationStage(n_images=self.llava_scenes), seed=self.seed)
+        clip = AuditConfig(
+            model="zoo:mini-clip",
+            data=f"world:{self.clip_scenes}",
+            out_dir=out / "mini-clip",
+            influence=InfluenceStage(inject_swap_rate=self.swap_rate),
+            seed=self.seed,
+        )
+        llava = AuditConfig(
+            model="zoo:mini-llava",
+            finetuned="zoo:mini-llava-colour",
+            data=f"world:{self.llava_scenes}",
+            out_dir=out / "mini-llava",
+            shift=self.shift,
+            concepts=ConceptsStage(n_items=1000),
+            steering=SteeringStage(n_items=1500),
+            hallucination=HallucinationStage(n_images=self.llava_scenes),
+            seed=self.seed,
+        )
         return [("mini-clip", clip), ("mini-llava", llava)]
 
 
@@ -98,14 +110,16 @@ def target_rows(metrics_by_model: dict[str, dict[str, Any]]) -> list[dict[str, A
         if "pope_random_acc" in metrics and "pope_adversarial_acc" in metrics:
             metrics["pope_bias_gap"] = metrics["pope_random_acc"] - metrics["pope_adversarial_acc"]
         value = target.value(metrics)
-        rows.append({
-            "model": target.model,
-            "short": target.short,
-            "metric": target.label,
-            "measured": float("nan") if value is None else value,
-            "target": f">= {target.minimum:.2f}",
-            "met": value is not None and value >= target.minimum,
-        })
+        rows.append(
+            {
+                "model": target.model,
+                "short": target.short,
+                "metric": target.label,
+                "measured": float("nan") if value is None else value,
+                "target": f">= {target.minimum:.2f}",
+                "met": value is not None and value >= target.minimum,
+            }
+        )
     return rows
 
 
@@ -133,34 +147,56 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Pat
     compute_seconds = round(sum(r.compute_seconds for r in ran), 1)
     timing = f"The audits took {audit_seconds:.0f} s in this run (budget {AUDIT_BUDGET_S:.0f} s on 2 cores)"
     if reused:
-        timing += (f"; {reused} of {len(ran)} stages were reused from an earlier run, whose stages took "
-                   f"{compute_seconds:.0f} s to compute")
+        timing += (
+            f"; {reused} of {len(ran)} stages were reused from an earlier run, whose stages took "
+            f"{compute_seconds:.0f} s to compute"
+        )
 
     rows = target_rows(metrics)
     report = HtmlReport(
         "mmlens demo: an audit of the built-in zoo",
-        subtitle=f"Every model was trained on this machine from mmlens.world; all data is held out. {timing}.")
+        subtitle=f"Every model was trained on this machine from mmlens.world; all data is held out. {timing}.",
+    )
     findings_section(report, [(f"{name}/", audit) for name, audit in audits], stage_table=False)
     sec = report.section("Pages")
-    sec.bullets([(f"the audit of {audit.config.model}: its summary page", f"{name}/index.html")
-                 for name, audit in audits] + [("the zoo at work on held-out data, against its targets",
-                                                "zoo/index.html")], link_text="open")
+    sec.bullets(
+        [(f"the audit of {audit.config.model}: its summary page", f"{name}/index.html") for name, audit in audits]
+        + [("the zoo at work on held-out data, against its targets", "zoo/index.html")],
+        link_text="open",
+    )
     sec = report.section("The zoo against its targets")
     sec.text(f"{sum(r['met'] for r in rows)} of {len(rows)} targets met.")
     sec.table(rows, columns=["model", "metric", "measured", "target", "met"])
-    report.section("Time").figure(timing_figure([(name, audit) for name, audit in audits]),
-                                  f"Seconds per stage of each audit; all audits: {audit_seconds:.0f} s.")
-    summary = {"audit_seconds": audit_seconds, "audit_budget_seconds": AUDIT_BUDGET_S,
-               "audit_within_budget": audit_seconds <= AUDIT_BUDGET_S,
-               "stages_reused": reused, "stages_run_or_reused": len(ran),
-               "audit_compute_seconds": compute_seconds,
-               "zoo_build_and_page_seconds": round(zoo_seconds, 1),
-               "seconds": round(time.perf_counter() - started, 1),
-               "audits": {name: {"model": audit.config.model, "seconds": audit.seconds,
-                                 "stages": {r.stage.value: {"status": r.status.value, "seconds": r.seconds,
-                                                            "compute_seconds": r.compute_seconds, "summary": r.summary}
-                                            for r in audit.stages}}
-                          for name, audit in audits}}
+    report.section("Time").figure(
+        timing_figure([(name, audit) for name, audit in audits]),
+        f"Seconds per stage of each audit; all audits: {audit_seconds:.0f} s.",
+    )
+    summary = {
+        "audit_seconds": audit_seconds,
+        "audit_budget_seconds": AUDIT_BUDGET_S,
+        "audit_within_budget": audit_seconds <= AUDIT_BUDGET_S,
+        "stages_reused": reused,
+        "stages_run_or_reused": len(ran),
+        "audit_compute_seconds": compute_seconds,
+        "zoo_build_and_page_seconds": round(zoo_seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+        "audits": {
+            name: {
+                "model": audit.config.model,
+                "seconds": audit.seconds,
+                "stages": {
+                    r.stage.value: {
+                        "status": r.status.value,
+                        "seconds": r.seconds,
+                        "compute_seconds": r.compute_seconds,
+                        "summary": r.summary,
+                    }
+                    for r in audit.stages
+                },
+            }
+            for name, audit in audits
+        },
+    }
     report.data = {"metrics": metrics, "targets": rows, **summary}
     write_json_atomic(out / "audit.json", summary)
     return report.write_page(out)
@@ -231,16 +267,22 @@ def _digits_section(report: HtmlReport, config: DemoConfig, rng: np.random.Gener
     cards, rows = [], []
     for pair, row in zip(chosen, scores):
         predicted = int(row.argmax())
-        cards.append(ImageCard(pair.image, f"digit {pair.label}", (
-            CardLine(f"zero-shot: {prompts[predicted]} ({float(row[predicted]):.2f})", ok=predicted == pair.label),
-        )))
+        cards.append(
+            ImageCard(
+                pair.image,
+                f"digit {pair.label}",
+                (
+                    CardLine(
+                        f"zero-shot: {prompts[predicted]} ({float(row[predicted]):.2f})", ok=predicted == pair.label
+                    ),
+                ),
+            )
+        )
         rows.append({"label": pair.label, "predicted": predicted, "probability": float(row[predicted])})
     section = report.section("digits-clip: zero-shot classification of held-out handwritten digits")
     section.text("Each image is scored against one prompt per class; the best prompt is the prediction.")
     section.images(cards)
     return rows
-
-
 
 
 def _mini_clip_section(report: HtmlReport, record: dict, config: DemoConfig, rng: np.random.Generator) -> list[dict]:
@@ -257,10 +299,16 @@ def _mini_clip_section(report: HtmlReport, record: dict, config: DemoConfig, rng
     cards, rows = [], []
     for i, row in zip(chosen, similarity):
         best = int(row.argmax())
-        cards.append(ImageCard(images[i], f"scene {pool[i].scene_id}", (
-            CardLine(f"true: {captions[i]}"),
-            CardLine(f"retrieved: {captions[best]}", ok=captions[best] == captions[i]),
-        )))
+        cards.append(
+            ImageCard(
+                images[i],
+                f"scene {pool[i].scene_id}",
+                (
+                    CardLine(f"true: {captions[i]}"),
+                    CardLine(f"retrieved: {captions[best]}", ok=captions[best] == captions[i]),
+                ),
+            )
+        )
         rows.append({"scene_id": pool[i].scene_id, "caption": captions[i], "retrieved": captions[best]})
     section = report.section(f"mini-clip: retrieving the right caption among {len(pool)} held-out scenes")
     section.images(cards)
@@ -291,18 +339,25 @@ def _mini_llava_section(report: HtmlReport, record: dict, config: DemoConfig, rn
         for (image_index, item), answer in zip(asked, answers):
             if image_index == index:
                 lines.append(CardLine(f"{item.question} {answer}", ok=normalise(answer) == normalise(item.answer)))
-                rows.append({"scene_id": scene.scene_id, "question": item.question, "answer": item.answer,
-                             "predicted": answer})
+                rows.append(
+                    {"scene_id": scene.scene_id, "question": item.question, "answer": item.answer, "predicted": answer}
+                )
         cards.append(ImageCard(images[index], f"objects: {', '.join(truth)}", tuple(lines)))
     section = report.section("mini-llava: descriptions and answers on held-out scenes")
-    section.text("Green: correct answer, or a description that mentions only objects that are there. "
-                 "Red: a wrong answer, or a description that mentions an absent object (a hallucination).")
+    section.text(
+        "Green: correct answer, or a description that mentions only objects that are there. "
+        "Red: a wrong answer, or a description that mentions an absent object (a hallucination)."
+    )
     section.images(cards)
     metrics = record["metrics"]
-    pope = [{"probe set": kind, "accuracy": metrics.get(f"pope_{kind}_acc", float("nan"))}
-            for kind in ("random", "popular", "adversarial")]
-    section.text("POPE probes ask 'is there a X in the image ?' about present and absent objects. Adversarial "
-                 "probes ask about the partner of a biased pair (the world's 'fork and knife') when it is absent.")
+    pope = [
+        {"probe set": kind, "accuracy": metrics.get(f"pope_{kind}_acc", float("nan"))}
+        for kind in ("random", "popular", "adversarial")
+    ]
+    section.text(
+        "POPE probes ask 'is there a X in the image ?' about present and absent objects. Adversarial "
+        "probes ask about the partner of a biased pair (the world's 'fork and knife') when it is absent."
+    )
     section.table(pope)
     return rows
 
@@ -319,15 +374,20 @@ def _colour_section(report: HtmlReport, records: dict, config: DemoConfig, rng: 
     prompts = [CAPTION_PROMPT] * len(images)
     said_before = before.generate(images, prompts, max_new_tokens=24)
     said_after = after.generate(images, prompts, max_new_tokens=24)
-    cards = [ImageCard(image, f"scene {scene.scene_id}", (CardLine(f"mini-llava: {b}"), CardLine(f"colour: {a}")))
-             for scene, image, b, a in zip(scenes, images, said_before, said_after)]
+    cards = [
+        ImageCard(image, f"scene {scene.scene_id}", (CardLine(f"mini-llava: {b}"), CardLine(f"colour: {a}")))
+        for scene, image, b, a in zip(scenes, images, said_before, said_after)
+    ]
     section = report.section("mini-llava-colour: what colour fine-tuning changed")
-    section.text("The same prompt before and after fine-tuning on colour-focused captions; intermediate checkpoints "
-                 "are kept for the concept-drift analysis.")
+    section.text(
+        "The same prompt before and after fine-tuning on colour-focused captions; intermediate checkpoints "
+        "are kept for the concept-drift analysis."
+    )
     section.images(cards)
     colour_metrics = records["mini-llava-colour"]["metrics"]
     flat = [{"metric": key, "value": value} for key, value in colour_metrics.items() if isinstance(value, (int, float))]
     if flat:
         section.table(flat)
-    return [{"scene_id": scene.scene_id, "before": b, "after": a}
-            for scene, b, a in zip(scenes, said_before, said_after)]
+    return [
+        {"scene_id": scene.scene_id, "before": b, "after": a} for scene, b, a in zip(scenes, said_before, said_after)
+    ]

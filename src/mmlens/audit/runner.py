@@ -51,16 +51,24 @@ FINGERPRINT_VERSION = 2
 def stage_function(stage: Stage) -> Callable[[StageContext, Path, Path], StageOutcome]:
     """The function of ``stage`` in :mod:`mmlens.audit.stages` (looked up at call time, so a test can
     replace one)."""
-    return {Stage.INFLUENCE: stage_functions.run_influence, Stage.SHIFT: stage_functions.run_shift,
-            Stage.CONCEPTS: stage_functions.run_concepts, Stage.STEERING: stage_functions.run_steering,
-            Stage.HALLUCINATION: stage_functions.run_hallucination}[stage]
+    return {
+        Stage.INFLUENCE: stage_functions.run_influence,
+        Stage.SHIFT: stage_functions.run_shift,
+        Stage.CONCEPTS: stage_functions.run_concepts,
+        Stage.STEERING: stage_functions.run_steering,
+        Stage.HALLUCINATION: stage_functions.run_hallucination,
+    }[stage]
 
 
-STAGE_TITLES: Mapping[Stage, str] = MappingProxyType({
-    Stage.INFLUENCE: "Training pairs (influence, ECIF)", Stage.SHIFT: "Distribution shift (EMI / EMID)",
-    Stage.CONCEPTS: "Concepts in the hidden states", Stage.STEERING: "Steering (yes -> no)",
-    Stage.HALLUCINATION: "Hallucination probes (POPE, CHAIR)",
-})
+STAGE_TITLES: Mapping[Stage, str] = MappingProxyType(
+    {
+        Stage.INFLUENCE: "Training pairs (influence, ECIF)",
+        Stage.SHIFT: "Distribution shift (EMI / EMID)",
+        Stage.CONCEPTS: "Concepts in the hidden states",
+        Stage.STEERING: "Steering (yes -> no)",
+        Stage.HALLUCINATION: "Hallucination probes (POPE, CHAIR)",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -87,11 +95,19 @@ class StageResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageResult:
-        return cls(Stage(data["stage"]), StageStatus(data["status"]), data.get("seconds", 0.0),
-                   data.get("fingerprint", ""), data.get("summary", {}),
-                   tuple(Finding(**f) for f in data.get("findings", ())), tuple(data.get("pages", ())),
-                   data.get("reason", ""), data.get("error", ""), data.get("computed_at", ""),
-                   data.get("compute_seconds", 0.0))
+        return cls(
+            Stage(data["stage"]),
+            StageStatus(data["status"]),
+            data.get("seconds", 0.0),
+            data.get("fingerprint", ""),
+            data.get("summary", {}),
+            tuple(Finding(**f) for f in data.get("findings", ())),
+            tuple(data.get("pages", ())),
+            data.get("reason", ""),
+            data.get("error", ""),
+            data.get("computed_at", ""),
+            data.get("compute_seconds", 0.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -142,8 +158,10 @@ def _check_stage_inputs(config: AuditConfig, model: Any, applies: set[Stage]) ->
     if Stage.STEERING in applies and config.steering.layer is not None:
         n = model.num_layers
         if not -n <= config.steering.layer < n:
-            raise InputError(f"steering layer {config.steering.layer} is out of range: {config.model} has {n} "
-                             f"decoder layers (0..{n - 1}, or -{n}..-1 from the top)")
+            raise InputError(
+                f"steering layer {config.steering.layer} is out of range: {config.model} has {n} "
+                f"decoder layers (0..{n - 1}, or -{n}..-1 from the top)"
+            )
     if Stage.SHIFT in applies and config.shift.image_model is not None:
         location = resolve_spec(config.shift.image_model)  # an unbuilt zoo model: ModelLoadError here
         if location.startswith((".", "/", "~")) and not Path(location).exists():
@@ -157,25 +175,36 @@ def _kind_of(model: Any) -> ModelKind:
         return ModelKind.CONTRASTIVE
     if isinstance(model, VisionLanguageModel):
         return ModelKind.VISION_LANGUAGE
-    raise ModelLoadError(f"{type(model).__name__}: the audit needs a contrastive image-text model or a "
-                         "vision-language model")
+    raise ModelLoadError(
+        f"{type(model).__name__}: the audit needs a contrastive image-text model or a vision-language model"
+    )
 
 
-def stage_fingerprint(stage: Stage, config: AuditConfig, model_fp: str, finetuned_fp: str | None,
-                      data: AuditData) -> str:
+def stage_fingerprint(
+    stage: Stage, config: AuditConfig, model_fp: str, finetuned_fp: str | None, data: AuditData
+) -> str:
     """A hash of everything a stage's result depends on: its settings, the model (and the fine-tuned one for the
     stages that use it), the shift stage's embedders, the data and the seed."""
     uses_finetuned = stage in (Stage.CONCEPTS, Stage.STEERING, Stage.HALLUCINATION)
     embedders = None
     if stage is Stage.SHIFT:
         image = config.shift.image_model
-        embedders = {"image": location_fingerprint(image) if image else None,
-                     "text": text_embedder_fingerprint(config.shift.text_embedder)}
+        embedders = {
+            "image": location_fingerprint(image) if image else None,
+            "text": text_embedder_fingerprint(config.shift.text_embedder),
+        }
     if stage is Stage.INFLUENCE and config.influence.val is not None:  # the validation files, not just their path
         embedders = {"val": _location_fingerprint(config.influence.val, Path(config.influence.val).expanduser())}
-    key = {"stage": stage.value, "config": dataclasses.asdict(config.stage_config(stage)), "model": model_fp,
-           "finetuned": finetuned_fp if uses_finetuned else None, "embedders": embedders,
-           "data": data.fingerprint, "seed": config.seed, "version": FINGERPRINT_VERSION}
+    key = {
+        "stage": stage.value,
+        "config": dataclasses.asdict(config.stage_config(stage)),
+        "model": model_fp,
+        "finetuned": finetuned_fp if uses_finetuned else None,
+        "embedders": embedders,
+        "data": data.fingerprint,
+        "seed": config.seed,
+        "version": FINGERPRINT_VERSION,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=json_default).encode()).hexdigest()[:16]
 
 
@@ -203,9 +232,17 @@ def _run_stage(stage: Stage, ctx: StageContext, fingerprint: str) -> StageResult
     with atomic_folder(out / stage.value) as tmp:
         outcome = function(ctx, tmp, scratch)
         seconds = round(time.perf_counter() - started, 1)
-        result = StageResult(stage, StageStatus.DONE, seconds, fingerprint, outcome.summary, outcome.findings,
-                             outcome.pages, computed_at=datetime.datetime.now(datetime.UTC).isoformat(),
-                             compute_seconds=seconds)
+        result = StageResult(
+            stage,
+            StageStatus.DONE,
+            seconds,
+            fingerprint,
+            outcome.summary,
+            outcome.findings,
+            outcome.pages,
+            computed_at=datetime.datetime.now(datetime.UTC).isoformat(),
+            compute_seconds=seconds,
+        )
         write_json_atomic(tmp / STAGE_FILE, result.to_dict())
     for stale in scratch.parent.glob(f"{stage.value}-*"):  # work of other settings: never resumed again
         if stale != scratch:
@@ -263,8 +300,9 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
                 except stage_functions.NotApplicable as err:
                     result = StageResult(stage, StageStatus.SKIPPED, fingerprint=fingerprint, reason=str(err))
                 except Exception as err:  # noqa: BLE001 - a failing stage is reported; the others still run
-                    result = StageResult(stage, StageStatus.FAILED, fingerprint=fingerprint,
-                                         error=f"{type(err).__name__}: {err}")
+                    result = StageResult(
+                        stage, StageStatus.FAILED, fingerprint=fingerprint, error=f"{type(err).__name__}: {err}"
+                    )
                     if progress:
                         tqdm.write("".join(traceback.format_exception(err))[-3000:], file=sys.stderr)
         results.append(result)
@@ -279,11 +317,20 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
 
 
 def audit_json(audit: AuditResult, data: AuditData) -> dict[str, Any]:
-    return {"model": audit.config.model, "finetuned": audit.config.finetuned, "kind": audit.kind.value,
-            "data": {"spec": audit.config.data, "folder": str(data.folder), "n_records": len(data),
-                     "fingerprint": data.fingerprint},
-            "seconds": audit.seconds, "config": audit.config.to_dict(),
-            "stages": {s.stage.value: s.to_dict() for s in audit.stages}}
+    return {
+        "model": audit.config.model,
+        "finetuned": audit.config.finetuned,
+        "kind": audit.kind.value,
+        "data": {
+            "spec": audit.config.data,
+            "folder": str(data.folder),
+            "n_records": len(data),
+            "fingerprint": data.fingerprint,
+        },
+        "seconds": audit.seconds,
+        "config": audit.config.to_dict(),
+        "stages": {s.stage.value: s.to_dict() for s in audit.stages},
+    }
 
 
 # ------------------------------------------------------------------------------------------------ summary page
@@ -291,28 +338,45 @@ def findings_section(report: HtmlReport, audits: list[tuple[str, AuditResult]], 
     """'What was found' and 'skipped or failed' (and with ``stage_table`` the status and time of every stage) for
     one or more audits, given as (folder of the audit relative to the page, with a trailing slash, result)."""
     for prefix, audit in audits:
-        title = f"What was found: {audit.config.model}" + (f" (fine-tuned: {audit.config.finetuned})"
-                                                           if audit.config.finetuned else "")
+        title = f"What was found: {audit.config.model}" + (
+            f" (fine-tuned: {audit.config.finetuned})" if audit.config.finetuned else ""
+        )
         sec = report.section(title)
         items = []
         for result in audit.stages:
             if result.status in (StageStatus.DONE, StageStatus.CACHED):
                 for finding in result.findings:
-                    items.append((f"{STAGE_TITLES[result.stage]}: {finding.text}",
-                                  f"{prefix}{result.stage.value}/{finding.page}"))
+                    items.append(
+                        (
+                            f"{STAGE_TITLES[result.stage]}: {finding.text}",
+                            f"{prefix}{result.stage.value}/{finding.page}",
+                        )
+                    )
         if items:
             sec.bullets(items, link_text="see the page")
         else:
             sec.text("No analysis produced a result (see below).")
-        others = [(f"{STAGE_TITLES[r.stage]}: {r.status.value}: {r.reason or r.error}", None)
-                  for r in audit.stages if r.status in (StageStatus.SKIPPED, StageStatus.FAILED)]
+        others = [
+            (f"{STAGE_TITLES[r.stage]}: {r.status.value}: {r.reason or r.error}", None)
+            for r in audit.stages
+            if r.status in (StageStatus.SKIPPED, StageStatus.FAILED)
+        ]
         if others:
             sec.text("Skipped or failed, and why:")
             sec.bullets(others)
         if stage_table:
-            sec.table([{"stage": r.stage.value, "status": r.status.value,
-                        "seconds (this run)": r.seconds, "seconds (when computed)": r.compute_seconds,
-                        "computed at": r.computed_at[:19].replace("T", " ")} for r in audit.stages])
+            sec.table(
+                [
+                    {
+                        "stage": r.stage.value,
+                        "status": r.status.value,
+                        "seconds (this run)": r.seconds,
+                        "seconds (when computed)": r.compute_seconds,
+                        "computed at": r.computed_at[:19].replace("T", " "),
+                    }
+                    for r in audit.stages
+                ]
+            )
 
 
 def timing_figure(audits: list[tuple[str, AuditResult]]):
@@ -339,16 +403,23 @@ def timing_figure(audits: list[tuple[str, AuditResult]]):
 
 def summary_report(audit: AuditResult, data: AuditData) -> HtmlReport:
     config = audit.config
-    report = HtmlReport(f"Audit of {config.model}",
-                        subtitle=f"{audit.kind.value} model on {config.data} ({len(data)} records) · "
-                                 f"{audit.seconds:.0f} s on this machine · every finding links to its page")
+    report = HtmlReport(
+        f"Audit of {config.model}",
+        subtitle=f"{audit.kind.value} model on {config.data} ({len(data)} records) · "
+        f"{audit.seconds:.0f} s on this machine · every finding links to its page",
+    )
     findings_section(report, [("", audit)])
-    pages = [(f"{STAGE_TITLES[r.stage]}: {page}", f"{r.stage.value}/{page}") for r in audit.stages
-             if r.status in (StageStatus.DONE, StageStatus.CACHED) for page in r.pages]
+    pages = [
+        (f"{STAGE_TITLES[r.stage]}: {page}", f"{r.stage.value}/{page}")
+        for r in audit.stages
+        if r.status in (StageStatus.DONE, StageStatus.CACHED)
+        for page in r.pages
+    ]
     if pages:
         report.section("Pages").bullets(pages, link_text="open")
-    report.section("Time").figure(timing_figure([("", audit)]),
-                                  f"Seconds per stage; the whole audit took {audit.seconds:.0f} s in this run.")
+    report.section("Time").figure(
+        timing_figure([("", audit)]), f"Seconds per stage; the whole audit took {audit.seconds:.0f} s in this run."
+    )
     report.data = audit_json(audit, data)
     return report
 

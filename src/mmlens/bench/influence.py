@@ -76,10 +76,14 @@ def _digits_setup(cfg: BenchConfig) -> _Setup:
 
     tr = digits_pairs("train", seed=cfg.seed + 1, image_size=16)
     te = digits_pairs("test", seed=cfg.seed + 1, image_size=16)
-    train = PairData(tuple(p.image for p in tr), tuple(p.caption for p in tr),
-                     groups=tuple(DIGIT_CONFUSABLE[p.label] for p in tr), labels=tuple(p.label for p in tr))
-    val = PairData(tuple(p.image for p in te[:cfg.n_val]), tuple(p.caption for p in te[:cfg.n_val]))
-    test = te[cfg.n_val:]
+    train = PairData(
+        tuple(p.image for p in tr),
+        tuple(p.caption for p in tr),
+        groups=tuple(DIGIT_CONFUSABLE[p.label] for p in tr),
+        labels=tuple(p.label for p in tr),
+    )
+    val = PairData(tuple(p.image for p in te[: cfg.n_val]), tuple(p.caption for p in te[: cfg.n_val]))
+    test = te[cfg.n_val :]
     test_images, test_labels = [p.image for p in test], np.array([p.label for p in test])
     prompts = digit_class_prompts()
     cache: weakref.WeakKeyDictionary[ContrastiveTask, tuple] = weakref.WeakKeyDictionary()  # id() could be reused
@@ -87,8 +91,10 @@ def _digits_setup(cfg: BenchConfig) -> _Setup:
     def accuracy(task: ContrastiveTask, theta: torch.Tensor) -> float:
         key = task
         if key not in cache:
-            cache[key] = (task.encode(PairData(tuple(test_images), tuple(prompts[0] for _ in test_images))),
-                          task.encode(PairData(tuple(test_images[:10]), tuple(prompts))))
+            cache[key] = (
+                task.encode(PairData(tuple(test_images), tuple(prompts[0] for _ in test_images))),
+                task.encode(PairData(tuple(test_images[:10]), tuple(prompts))),
+            )
         enc_img, enc_txt = cache[key]
         with torch.no_grad():
             params = task.space.unflatten(theta)
@@ -107,14 +113,18 @@ def _mini_clip_setup(cfg: BenchConfig) -> _Setup:
     scenes = world.sample_scenes(cfg.mini_clip_n_train, "train", start=100_000)
     shape_sets: dict[frozenset, int] = {}
     groups = tuple(shape_sets.setdefault(s.object_classes, len(shape_sets)) for s in scenes)
-    train = PairData(tuple(world.render(s) for s in scenes), tuple(world.caption(s, rng, "objects") for s in scenes),
-                     groups=groups)
+    train = PairData(
+        tuple(world.render(s) for s in scenes), tuple(world.caption(s, rng, "objects") for s in scenes), groups=groups
+    )
     val_scenes = world.sample_scenes(cfg.n_val, "test")
-    val = PairData(tuple(world.render(s) for s in val_scenes),
-                   tuple(world.caption(s, rng, "objects") for s in val_scenes))
+    val = PairData(
+        tuple(world.render(s) for s in val_scenes), tuple(world.caption(s, rng, "objects") for s in val_scenes)
+    )
     pool = world.sample_scenes(100, "test", start=5_000)
-    pool_pairs = PairData(tuple(world.render(s) for s in pool),
-                          tuple(world.caption(s, np.random.default_rng(12345 + i), "objects") for i, s in enumerate(pool)))
+    pool_pairs = PairData(
+        tuple(world.render(s) for s in pool),
+        tuple(world.caption(s, np.random.default_rng(12345 + i), "objects") for i, s in enumerate(pool)),
+    )
     cache: weakref.WeakKeyDictionary[ContrastiveTask, dict] = weakref.WeakKeyDictionary()  # id() could be reused
 
     def accuracy(task: ContrastiveTask, theta: torch.Tensor) -> float:
@@ -140,12 +150,15 @@ def _identity() -> InverseOperator:
     return InverseOperator(lambda x: x, {"solver": "identity"}, True)
 
 
-def _detection_run(setup: _Setup, adapter, cfg: BenchConfig, kind: NoiseKind, rate: float,
-                   log) -> tuple[dict, dict]:
+def _detection_run(setup: _Setup, adapter, cfg: BenchConfig, kind: NoiseKind, rate: float, log) -> tuple[dict, dict]:
     noisy = inject_noise(setup.train, rate, kind, seed=cfg.seed)
     task = HeadTask(adapter)
-    an = InfluenceAnalyzer(task, noisy.data, fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
-                           args=InfluenceArguments(solver=HessianSolver.CG))
+    an = InfluenceAnalyzer(
+        task,
+        noisy.data,
+        fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
+        args=InfluenceArguments(solver=HessianSolver.CG),
+    )
     t0 = time.time()
     fit = an.fit()
     fit_s = time.time() - t0
@@ -170,20 +183,35 @@ def _detection_run(setup: _Setup, adapter, cfg: BenchConfig, kind: NoiseKind, ra
         except Exception as err:  # noqa: BLE001 - the peer library failing must not sink the benchmark: record why
             peer_error = f"{type(err).__name__}: {err}"
     result = {m: detection_metrics(noisy.is_noisy, s) for m, s in methods.items()}
-    log(f"  {kind.value} {rate}: ecif_both_exact auroc {result['ecif_both_exact']['auroc']}, "
-        f"clipscore {result['clipscore']['auroc']}, lemon {result['lemon']['auroc']}")
-    extra = {"fit_s": fit_s, "ecif_s": ecif_s, "peer_s": peer_s, "tracin_s": tracin_s, "peer_error": peer_error,
-             "n_noisy": int(noisy.is_noisy.sum()), "fit_grad_max": fit.grad_norm,
-             "cg_iterations": an.inverse().info["solves"][0]["iterations"], "analyzer": an, "noisy": noisy,
-             "scores": scores}
+    log(
+        f"  {kind.value} {rate}: ecif_both_exact auroc {result['ecif_both_exact']['auroc']}, "
+        f"clipscore {result['clipscore']['auroc']}, lemon {result['lemon']['auroc']}"
+    )
+    extra = {
+        "fit_s": fit_s,
+        "ecif_s": ecif_s,
+        "peer_s": peer_s,
+        "tracin_s": tracin_s,
+        "peer_error": peer_error,
+        "n_noisy": int(noisy.is_noisy.sum()),
+        "fit_grad_max": fit.grad_norm,
+        "cg_iterations": an.inverse().info["solves"][0]["iterations"],
+        "analyzer": an,
+        "noisy": noisy,
+        "scores": scores,
+    }
     return result, extra
 
 
 def _fidelity(setup: _Setup, adapter, cfg: BenchConfig, lora: bool, log) -> dict:
     noisy = inject_noise(setup.train, cfg.fidelity_rate, NoiseKind.RANDOM_SWAP, seed=cfg.seed)
     task = HeadTask(attach_lora(adapter, rank=cfg.lora_rank, seed=cfg.seed), "lora") if lora else HeadTask(adapter)
-    an = InfluenceAnalyzer(task, noisy.data, fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
-                           args=InfluenceArguments(solver=HessianSolver.CG))
+    an = InfluenceAnalyzer(
+        task,
+        noisy.data,
+        fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2),
+        args=InfluenceArguments(solver=HessianSolver.CG),
+    )
     fit = an.fit()
     n = an.n
     val_enc = task.encode(setup.val)
@@ -216,11 +244,13 @@ def _fidelity(setup: _Setup, adapter, cfg: BenchConfig, lora: bool, log) -> dict
             actual[role].append(an.validation_loss(theta, val_enc) - base_batches.sum())
     retrain_s = (time.time() - t0) / (3 * cfg.n_loo)
     subsets = [rng.choice(n, size=int(cfg.subset_fraction * n), replace=False) for _ in range(cfg.n_subsets)]
-    actual_subset = [an.validation_loss(an.retrain(remove=s, warm_start=True), val_enc) - base_batches.sum()
-                     for s in subsets]
+    actual_subset = [
+        an.validation_loss(an.retrain(remove=s, warm_start=True), val_enc) - base_batches.sum() for s in subsets
+    ]
     lds_sets = [rng.choice(n, size=int(cfg.lds_fraction * n), replace=False) for _ in range(cfg.n_lds)]
-    actual_lds = np.stack([an.validation_loss(an.retrain(remove=s, warm_start=True), val_enc, per_batch=True)
-                           for s in lds_sets])  # [n_lds, n_val_batches]
+    actual_lds = np.stack(
+        [an.validation_loss(an.retrain(remove=s, warm_start=True), val_enc, per_batch=True) for s in lds_sets]
+    )  # [n_lds, n_val_batches]
     out = {}
     for name, p in preds.items():
         lp, ls = _corr(p[loo, 0], actual["both"])
@@ -228,20 +258,33 @@ def _fidelity(setup: _Setup, adapter, cfg: BenchConfig, lora: bool, log) -> dict
         if np.isnan(p[:, 1:]).all():
             lds = float("nan")
         else:
-            per_batch = [spearmanr([p[s, 1 + b].sum() for s in lds_sets], actual_lds[:, b])[0]
-                         for b in range(actual_lds.shape[1])]
+            per_batch = [
+                spearmanr([p[s, 1 + b].sum() for s in lds_sets], actual_lds[:, b])[0]
+                for b in range(actual_lds.shape[1])
+            ]
             lds = round(float(np.nanmean(per_batch)), 4)
         out[name] = {"loo_pearson": lp, "loo_spearman": ls, "subset_pearson": sp, "subset_spearman": ss, "lds": lds}
     roles = {"pos_vs_pos_masked": _corr(preds["ecif_pos"][loo, 0], actual["pos"])[1]}
     for form in NegForm:
         roles[f"neg_{form.value}_vs_neg_masked"] = _corr(preds[f"ecif_neg_{form.value}"][loo, 0], actual["neg"])[1]
-    log(f"  fidelity {'lora' if lora else 'projection'}: " +
-        ", ".join(f"{k} {v['loo_spearman']}" for k, v in out.items()))
-    return {"methods": out, "role_spearman_vs_masked_retraining": roles, "n_params": task.space.size,
-            "n_loo": cfg.n_loo, "n_subsets": cfg.n_subsets, "subset_fraction": cfg.subset_fraction,
-            "n_lds": cfg.n_lds, "lds_fraction": cfg.lds_fraction, "retrain_s": round(retrain_s, 3),
-            "peer_error": peer_error, "retraining": "warm start from the fit, same partition and initialisation "
-            "of the L2 anchor; L-BFGS to convergence"}
+    log(
+        f"  fidelity {'lora' if lora else 'projection'}: "
+        + ", ".join(f"{k} {v['loo_spearman']}" for k, v in out.items())
+    )
+    return {
+        "methods": out,
+        "role_spearman_vs_masked_retraining": roles,
+        "n_params": task.space.size,
+        "n_loo": cfg.n_loo,
+        "n_subsets": cfg.n_subsets,
+        "subset_fraction": cfg.subset_fraction,
+        "n_lds": cfg.n_lds,
+        "lds_fraction": cfg.lds_fraction,
+        "retrain_s": round(retrain_s, 3),
+        "peer_error": peer_error,
+        "retraining": "warm start from the fit, same partition and initialisation "
+        "of the L2 anchor; L-BFGS to convergence",
+    }
 
 
 def _removal(setup: _Setup, cfg: BenchConfig, run: dict, log) -> dict:
@@ -252,22 +295,28 @@ def _removal(setup: _Setup, cfg: BenchConfig, run: dict, log) -> dict:
     k = round(cfg.removal_fraction * an.n)
     scores = run["scores"]  # the detection run's delta_val_loss_if_removed on the same validation pairs
     noisy_fit = an.fitted if an.fitted is not None else an.fit()
-    out: dict[str, Any] = {"clean": setup.accuracy(task, clean_fit.params),
-                           "noisy": setup.accuracy(task, noisy_fit.params), "n_removed": k}
+    out: dict[str, Any] = {
+        "clean": setup.accuracy(task, clean_fit.params),
+        "noisy": setup.accuracy(task, noisy_fit.params),
+        "n_removed": k,
+    }
     for form in (NegForm.PROB, NegForm.EXACT):
         top = np.argsort(scores.role(Role.BOTH, form))[:k]
         out[f"ecif_{form.value}_edit"] = setup.accuracy(task, an.removal_edit(top, form))
         out[f"ecif_{form.value}_retrain"] = setup.accuracy(task, an.retrain(remove=top))
         out[f"ecif_{form.value}_precision_of_removed"] = float(run["noisy"].is_noisy[top].mean())
     rng = np.random.default_rng(cfg.seed + 7)
-    randoms = [setup.accuracy(task, an.retrain(remove=rng.choice(an.n, k, replace=False)))
-               for _ in range(cfg.n_random_removals)]
+    randoms = [
+        setup.accuracy(task, an.retrain(remove=rng.choice(an.n, k, replace=False)))
+        for _ in range(cfg.n_random_removals)
+    ]
     out["random_retrain"] = float(np.mean(randoms))
     gap = out["clean"] - out["noisy"]
     for form in (NegForm.PROB, NegForm.EXACT):
         for how in ("edit", "retrain"):
             out[f"gap_recovered_ecif_{form.value}_{how}"] = (
-                round((out[f"ecif_{form.value}_{how}"] - out["noisy"]) / gap, 4) if gap > 0 else None)
+                round((out[f"ecif_{form.value}_{how}"] - out["noisy"]) / gap, 4) if gap > 0 else None
+            )
     out["gap_recovered_random_retrain"] = round((out["random_retrain"] - out["noisy"]) / gap, 4) if gap > 0 else None
     log(f"  removal: {out}")
     return {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in out.items()}
@@ -292,12 +341,16 @@ def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], N
                 metrics, extra = _detection_run(setup, adapter, cfg, kind, rate, log)
                 det.setdefault(kind.value, {})[str(rate)] = metrics
                 if kind is NoiseKind.RANDOM_SWAP and rate == cfg.fidelity_rate:
-                    result["cost"][name] = {"ecif_s": round(extra["ecif_s"], 3),
-                                            "peer_s": None if extra["peer_s"] is None else round(extra["peer_s"], 3),
-                                            "retrain_s": round(extra["fit_s"], 3), "n_pairs": len(setup.train),
-                                            "tracin_s": round(extra["tracin_s"], 3),
-                                            "n_params": extra["analyzer"].task.space.size,
-                                            "cg_iterations": extra["cg_iterations"], "peer_error": extra["peer_error"]}
+                    result["cost"][name] = {
+                        "ecif_s": round(extra["ecif_s"], 3),
+                        "peer_s": None if extra["peer_s"] is None else round(extra["peer_s"], 3),
+                        "retrain_s": round(extra["fit_s"], 3),
+                        "n_pairs": len(setup.train),
+                        "tracin_s": round(extra["tracin_s"], 3),
+                        "n_params": extra["analyzer"].task.space.size,
+                        "cg_iterations": extra["cg_iterations"],
+                        "peer_error": extra["peer_error"],
+                    }
                     result["removal"][name] = _removal(setup, cfg, extra, log)
         if name == cfg.models[0]:
             result["fidelity"]["projection"] = _fidelity(setup, adapter, cfg, lora=False, log=log)

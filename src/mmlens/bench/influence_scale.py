@@ -94,8 +94,9 @@ def run_one(model: str, group: str, n: int, work_dir: Path, seed: int = 0) -> di
     task = HeadTask(adapter, group)
     encoded = encode_cached(task, train, work_dir / "cache", key=model)
     t1 = time.perf_counter()
-    analyzer = InfluenceAnalyzer(task, train, fit_args=FitArguments(batch_size=64, l2=300.0, seed=seed),
-                                 encoded=encoded)
+    analyzer = InfluenceAnalyzer(
+        task, train, fit_args=FitArguments(batch_size=64, l2=300.0, seed=seed), encoded=encoded
+    )
     fit = analyzer.fit()
     t2 = time.perf_counter()
     scores = score_pairs(analyzer, work_dir / "scores", val, val_seed=seed)
@@ -103,11 +104,20 @@ def run_one(model: str, group: str, n: int, work_dir: Path, seed: int = 0) -> di
     if not (np.isfinite(scores.value).all() and np.isfinite(scores.self_influence).all()):
         raise RuntimeError(f"non-finite scores for {group} at n={n}")
     usage = resource.getrusage(resource.RUSAGE_SELF)  # ru_maxrss in kilobytes on Linux
-    return {"seconds": t3 - t0, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "process_cpu_seconds": usage.ru_utime + usage.ru_stime, "encode_seconds": t1 - t0, "fit_seconds": t2 - t1,
-            "score_seconds": t3 - t2, "setup_seconds": setup, "n_pairs_scored": int(np.isfinite(scores.value).sum()),
-            "n_val": len(val), "n_params": task.space.size, "fit_grad_norm": fit.grad_norm,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "seconds": t3 - t0,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "process_cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "encode_seconds": t1 - t0,
+        "fit_seconds": t2 - t1,
+        "score_seconds": t3 - t2,
+        "setup_seconds": setup,
+        "n_pairs_scored": int(np.isfinite(scores.value).sum()),
+        "n_val": len(val),
+        "n_params": task.space.size,
+        "fit_grad_norm": fit.grad_norm,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def fitted_exponent(sizes: list[int], seconds: list[float]) -> float:
@@ -115,9 +125,16 @@ def fitted_exponent(sizes: list[int], seconds: list[float]) -> float:
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
 
 
-def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str, ...] = GROUPS,
-                              sizes: tuple[int, ...] = SIZES, seed: int = 0, out: str | Path | None = None,
-                              jobs: int = 1, plot: str | Path | None = None, progress_cb=None) -> dict[str, Any]:
+def influence_scale_benchmark(
+    model: str = "zoo:digits-clip",
+    groups: tuple[str, ...] = GROUPS,
+    sizes: tuple[int, ...] = SIZES,
+    seed: int = 0,
+    out: str | Path | None = None,
+    jobs: int = 1,
+    plot: str | Path | None = None,
+    progress_cb=None,
+) -> dict[str, Any]:
     """Every (group, N) in a fresh process (its own peak memory), smallest N first; returns the result layout of
     the module. With ``out``, the result so far is written there atomically after every run and a rerun with the
     same settings resumes after the runs already in it (an entry is complete or absent). ``jobs`` runs at once
@@ -130,14 +147,26 @@ def influence_scale_benchmark(model: str = "zoo:digits-clip", groups: tuple[str,
         from mmlens.errors import InputError
 
         raise InputError(f"unknown groups {sorted(unknown)}: choose among {', '.join(GROUPS)}")
-    settings = {"model": model, "sizes": list(sizes), "groups": list(groups), "seed": seed, "batch_size": 64,
-                "l2": 300.0, "solver": "cg", "neg_form": "exact", "self_influence": "projected inverse, proj_dim 256",
-                "lora_rank": LORA_RANK, "validation": "digits test split (450 clean pairs)",
-                "data": "digits train split (1347) cycled, copies augmented (shift <= 1 px, noise sd 8)",
-                "cpu_count": os.cpu_count(), "machine": platform.machine(), "jobs": jobs,
-                "measured": "seconds = wall time of encode + fit + score_pairs in a fresh process (model loading "
-                            "apart, setup_seconds); process_cpu_seconds = its user + system CPU time; "
-                            "peak_rss_mb = its ru_maxrss"}
+    settings = {
+        "model": model,
+        "sizes": list(sizes),
+        "groups": list(groups),
+        "seed": seed,
+        "batch_size": 64,
+        "l2": 300.0,
+        "solver": "cg",
+        "neg_form": "exact",
+        "self_influence": "projected inverse, proj_dim 256",
+        "lora_rank": LORA_RANK,
+        "validation": "digits test split (450 clean pairs)",
+        "data": "digits train split (1347) cycled, copies augmented (shift <= 1 px, noise sd 8)",
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "jobs": jobs,
+        "measured": "seconds = wall time of encode + fit + score_pairs in a fresh process (model loading "
+        "apart, setup_seconds); process_cpu_seconds = its user + system CPU time; "
+        "peak_rss_mb = its ru_maxrss",
+    }
     result: dict[str, Any] = {g: {} for g in groups}
     if out is not None and Path(out).is_file():
         try:
@@ -204,8 +233,12 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> Path:
     for g in groups:
         ns = sorted(int(n) for n in result[g])
         exponent = result.get("exponent", {}).get(g)
-        ax_t.plot(ns, [result[g][str(n)]["seconds"] for n in ns], "o-",
-                  label=g if exponent is None else f"{g} (exponent {exponent:.2f})")
+        ax_t.plot(
+            ns,
+            [result[g][str(n)]["seconds"] for n in ns],
+            "o-",
+            label=g if exponent is None else f"{g} (exponent {exponent:.2f})",
+        )
         ax_m.plot(ns, [result[g][str(n)]["peak_rss_mb"] for n in ns], "o-", label=g)
     ns = sorted({int(n) for g in groups for n in result[g]})
     ref = result[groups[0]][str(ns[0])]["seconds"]
@@ -238,5 +271,11 @@ if __name__ == "__main__":
     _main(sys.argv[1:])
 
 
-__all__ = ["augmented_digit_pairs", "fitted_exponent", "influence_scale_benchmark", "plot_scaling", "run_one",
-           "validation_pairs"]
+__all__ = [
+    "augmented_digit_pairs",
+    "fitted_exponent",
+    "influence_scale_benchmark",
+    "plot_scaling",
+    "run_one",
+    "validation_pairs",
+]

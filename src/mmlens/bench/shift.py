@@ -24,8 +24,10 @@ from mmlens.shift.analysis import (
 from mmlens.shift.divergence import rjsd, rjsd_test
 from mmlens.shift.estimators import ESTIMATORS, EstimatorConfig, GaussianTask, MIEstimator, club_from_conditional
 from mmlens.shift.options import (
+    EarlyStoppingSplit,
     EstimatorKind,
     Fusion,
+    ImageFeatureMode,
     LogvarActivation,
     Mixture,
 )
@@ -37,16 +39,30 @@ GT_DIMS = (4, 16, 64)
 GT_MIS = (0.5, 1.0, 2.0, 4.0)
 
 
-def _gt_config(kind: str, seed: int) -> EstimatorConfig:
+def _gt_config(kind: EstimatorKind, seed: int) -> EstimatorConfig:
     if kind is EstimatorKind.CLUB:
-        return EstimatorConfig(kind=EstimatorKind.CLUB, hidden=128, logvar_activation=LogvarActivation.NONE, lr=1e-3, batch_size=256,
-                               max_steps=2000, patience=10, seed=seed)
-    return EstimatorConfig(kind=kind, hidden=128, lr=1e-3, batch_size=256, eval_batch_size=2000, max_steps=2000,
-                           patience=10, seed=seed)
+        return EstimatorConfig(
+            kind=EstimatorKind.CLUB,
+            hidden=128,
+            logvar_activation=LogvarActivation.NONE,
+            lr=1e-3,
+            batch_size=256,
+            max_steps=2000,
+            patience=10,
+            seed=seed,
+        )
+    return EstimatorConfig(
+        kind=kind, hidden=128, lr=1e-3, batch_size=256, eval_batch_size=2000, max_steps=2000, patience=10, seed=seed
+    )
 
 
-def ground_truth_tier(n_train: int = 10000, n_test: int = 10000, seed: int = 0,
-                      dims: tuple[int, ...] = GT_DIMS, mis: tuple[float, ...] = GT_MIS) -> dict[str, Any]:
+def ground_truth_tier(
+    n_train: int = 10000,
+    n_test: int = 10000,
+    seed: int = 0,
+    dims: tuple[int, ...] = GT_DIMS,
+    mis: tuple[float, ...] = GT_MIS,
+) -> dict[str, Any]:
     """Each estimator on Gaussian pairs with known MI; CLUB's closed form; RJSD properties; EMI vs response noise;
     r(EMID, bound) over synthetic shift scenarios."""
     out: dict[str, Any] = {}
@@ -60,8 +76,14 @@ def ground_truth_tier(n_train: int = 10000, n_test: int = 10000, seed: int = 0,
                 t0 = time.perf_counter()
                 est = MIEstimator(_gt_config(kind, seed)).fit(x, y)
                 value = est.estimate(xt, yt)
-                row = {"dim": d, "mi_true": mi, "estimate": value, "abs_error": abs(value - mi),
-                       "seconds": time.perf_counter() - t0, "epochs": est.history_["epochs"]}
+                row = {
+                    "dim": d,
+                    "mi_true": mi,
+                    "estimate": value,
+                    "abs_error": abs(value - mi),
+                    "seconds": time.perf_counter() - t0,
+                    "epochs": est.history_["epochs"],
+                }
                 if kind is EstimatorKind.CLUB:
                     mu, lv = task.true_conditional(xt)
                     import torch
@@ -70,23 +92,34 @@ def ground_truth_tier(n_train: int = 10000, n_test: int = 10000, seed: int = 0,
                     row["club_true_conditional_sample"] = float(club_from_conditional(mu, lv, torch.as_tensor(yt)))
                     row["above_true_mi"] = value > mi
                 rows.append(row)
-        entry = {"mean_abs_error_nats": float(np.mean([r["abs_error"] for r in rows])),
-                 "mean_abs_error_mi_le2_dim_le16": float(np.mean([r["abs_error"] for r in rows
-                                                                  if r["mi_true"] <= 2 and r["dim"] <= 16])),
-                 "rows": rows}
+        entry = {
+            "mean_abs_error_nats": float(np.mean([r["abs_error"] for r in rows])),
+            "mean_abs_error_mi_le2_dim_le16": float(
+                np.mean([r["abs_error"] for r in rows if r["mi_true"] <= 2 and r["dim"] <= 16])
+            ),
+            "rows": rows,
+        }
         if kind is EstimatorKind.CLUB:
             entry["always_above_true_mi"] = all(r["above_true_mi"] for r in rows)
             entry["increasing_in_mi_for_every_dim"] = all(
-                all(np.diff([r["estimate"] for r in rows if r["dim"] == d]) > 0) for d in dims)
-            entry["closed_form_max_rel_error"] = float(max(
-                abs(r["club_true_conditional_sample"] - r["club_true_conditional_closed_form"])
-                / r["club_true_conditional_closed_form"] for r in rows))
+                all(np.diff([r["estimate"] for r in rows if r["dim"] == d]) > 0) for d in dims
+            )
+            entry["closed_form_max_rel_error"] = float(
+                max(
+                    abs(r["club_true_conditional_sample"] - r["club_true_conditional_closed_form"])
+                    / r["club_true_conditional_closed_form"]
+                    for r in rows
+                )
+            )
         out[kind] = entry
     best = min(ESTIMATORS, key=lambda k: out[k]["mean_abs_error_mi_le2_dim_le16"])
     out["best_estimator"] = best
-    out["target"] = {"metric": "mean_abs_error_mi_le2_dim_le16 of the best estimator", "threshold": 0.1,
-                     "value": out[best]["mean_abs_error_mi_le2_dim_le16"],
-                     "met": out[best]["mean_abs_error_mi_le2_dim_le16"] <= 0.1}
+    out["target"] = {
+        "metric": "mean_abs_error_mi_le2_dim_le16 of the best estimator",
+        "threshold": 0.1,
+        "value": out[best]["mean_abs_error_mi_le2_dim_le16"],
+        "met": out[best]["mean_abs_error_mi_le2_dim_le16"] <= 0.1,
+    }
     out["rjsd"] = rjsd_checks(seed)
     out["emi_vs_response_noise"] = emi_noise_check(seed)
     out["synthetic_shift_scenarios"] = synthetic_scenarios(seed)
@@ -101,13 +134,19 @@ def rjsd_checks(seed: int = 0, n: int = 200, d: int = 16) -> dict[str, Any]:
     shifts = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
     direction = np.zeros(d)
     direction[:4] = 1.0
-    out: dict[str, Any] = {"identical_sets": {m: rjsd(a, a, mixture=m) for m in Mixture},
-                           "symmetry_abs_diff": abs(rjsd(a, b[:120]) - rjsd(b[:120], a))}
+    out: dict[str, Any] = {
+        "identical_sets": {m: rjsd(a, a, mixture=m) for m in Mixture},
+        "symmetry_abs_diff": abs(rjsd(a, b[:120]) - rjsd(b[:120], a)),
+    }
     by_shift = {m: [rjsd(a, b + s * direction, mixture=m) for s in shifts] for m in Mixture}
-    out["by_mean_shift"] = {"shifts": shifts, **by_shift,
-                            "increasing": {m: bool(all(np.diff(v) > 0)) for m, v in by_shift.items()},
-                            "max_equal_mixture": max(by_shift[Mixture.EQUAL]), "ln2": math.log(2),
-                            "equal_mixture_le_ln2": max(by_shift[Mixture.EQUAL]) <= math.log(2) + 1e-9}
+    out["by_mean_shift"] = {
+        "shifts": shifts,
+        **by_shift,
+        "increasing": {m: bool(all(np.diff(v) > 0)) for m, v in by_shift.items()},
+        "max_equal_mixture": max(by_shift[Mixture.EQUAL]),
+        "ln2": math.log(2),
+        "equal_mixture_le_ln2": max(by_shift[Mixture.EQUAL]) <= math.log(2) + 1e-9,
+    }
     # two samples of one distribution: within the permutation null? (bias at small n, both mixtures, sizes 90/30)
     same = {}
     for m in Mixture:
@@ -144,14 +183,20 @@ def emi_noise_check(seed: int = 0, n: int = 2000) -> dict[str, Any]:
                 resp = (y + 2 * p * rng.standard_normal(y.shape)).astype(np.float32)
             embs.append(SplitEmbeddings(f"{kind}_{p}", x, x, resp.astype(np.float32), y))
         for est_kind in (EstimatorKind.CLUB, EstimatorKind.INFONCE):
-            cfg = ShiftConfig(estimator=_gt_config(est_kind, seed) if est_kind is EstimatorKind.CLUB else
-                              replace(_gt_config(est_kind, seed), eval_batch_size=500), n_permutations=0)
+            cfg = ShiftConfig(
+                estimator=_gt_config(est_kind, seed)
+                if est_kind is EstimatorKind.CLUB
+                else replace(_gt_config(est_kind, seed), eval_batch_size=500),
+                n_permutations=0,
+            )
             est = fit_estimator(embs, cfg)
             values = [emi(est, e)["emi"] for e in embs]
             out[f"{kind}/{est_kind}"] = {"emi": values, "decreasing": bool(all(np.diff(values) < 0))}
-    out["note"] = ("replace: response i is another item's reference with probability p; additive: y + 2p noise "
-                   "(sigma_m = 2p). A frozen CLUB scores 2 Cov(y, mu(x)) / sigma^2, so independent additive noise "
-                   "cancels between its joint and marginal terms.")
+    out["note"] = (
+        "replace: response i is another item's reference with probability p; additive: y + 2p noise "
+        "(sigma_m = 2p). A frozen CLUB scores 2 Cov(y, mu(x)) / sigma^2, so independent additive noise "
+        "cancels between its joint and marginal terms."
+    )
     return out
 
 
@@ -167,9 +212,18 @@ def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
     Reported: Pearson / Spearman r(EMID, bound) across scenarios for each model and each bound form."""
     rng, a = _gaussian_world(seed, n)
     dv = dt = 8
-    cfg = ShiftConfig(estimator=EstimatorConfig(kind=EstimatorKind.CLUB, hidden=128, logvar_activation=LogvarActivation.NONE, seed=seed,
-                                                max_steps=2000, patience=10),
-                      n_permutations=20, n_bootstrap=20)
+    cfg = ShiftConfig(
+        estimator=EstimatorConfig(
+            kind=EstimatorKind.CLUB,
+            hidden=128,
+            logvar_activation=LogvarActivation.NONE,
+            seed=seed,
+            max_steps=2000,
+            patience=10,
+        ),
+        n_permutations=20,
+        n_bootstrap=20,
+    )
     levels = [0.0, 0.5, 1.0, 1.5, 2.0]
     grid = [(v, t, 1.0, 1.0) for v in levels for t in levels]
     grid += [(0.0, 0.0, s, 1.0) for s in (0.5, 2.0, 3.0)] + [(0.0, 0.0, 1.0, s) for s in (0.5, 2.0, 3.0)]
@@ -179,7 +233,7 @@ def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
         for v, t, sv, st in grid:
             x = rng.standard_normal((n, dv + dt))
             x[:, : dv // 2] *= sv  # anisotropic covariance change of half of each block (visible after L2-norm)
-            x[:, dv: dv + dt // 2] *= st
+            x[:, dv : dv + dt // 2] *= st
             x[:, :dv] += v
             x[:, dv:] += t
             y_ref = x @ a.T + 0.3 * rng.standard_normal((n, a.shape[0]))
@@ -191,24 +245,43 @@ def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
             else:
                 y_mod = np.tanh(x) @ a.T + 0.3 * rng.standard_normal((n, a.shape[0]))
             name = "id" if (v, t, sv, st) == (0, 0, 1, 1) else f"v{v}_t{t}_sv{sv}_st{st}"
+
             def f(m: np.ndarray) -> np.ndarray:  # unit rows, as real embeddings
                 return (m / np.linalg.norm(m, axis=1, keepdims=True)).astype(np.float32)
 
             fam = ("visual" if (v or sv != 1) else "") + ("text" if (t or st != 1) else "")
-            embs.append(SplitEmbeddings(name, f(x), f(x[:, dv:]), f(y_mod), f(y_ref), image=f(x[:, :dv]),
-                                        meta={"family": {"visualtext": "joint"}.get(fam, fam or "id")}))
+            embs.append(
+                SplitEmbeddings(
+                    name,
+                    f(x),
+                    f(x[:, dv:]),
+                    f(y_mod),
+                    f(y_ref),
+                    image=f(x[:, :dv]),
+                    meta={"family": {"visualtext": "joint"}.get(fam, fam or "id")},
+                )
+            )
         res = analyse_embeddings(embs, cfg, progress=False)
         ood = [r for r in res.rows if "emid" in r]
         out[model] = {
             "n_scenarios": len(ood),
             "pearson_emid_bound": res.correlations["emid_bound"]["pearson"],
             "spearman_emid_bound": res.correlations["emid_bound"]["spearman"],
-            "pearson_emid_bound_by_form": {b: correlation([r["emid"] for r in ood],
-                                                          [r["bound_forms"][b] for r in ood])["pearson"]
-                                           for b in BOUNDS},
-            "rows": [{"split": r["split"], "emid": r["emid"], "bound": r["bound"],
-                      "J_v": r["terms"]["J_v"]["value"], "J_t": r["terms"]["J_t"]["value"],
-                      "J_Q": r["terms"]["J_Q"]["value"]} for r in ood]}
+            "pearson_emid_bound_by_form": {
+                b: correlation([r["emid"] for r in ood], [r["bound_forms"][b] for r in ood])["pearson"] for b in BOUNDS
+            },
+            "rows": [
+                {
+                    "split": r["split"],
+                    "emid": r["emid"],
+                    "bound": r["bound"],
+                    "J_v": r["terms"]["J_v"]["value"],
+                    "J_t": r["terms"]["J_t"]["value"],
+                    "J_Q": r["terms"]["J_Q"]["value"],
+                }
+                for r in ood
+            ],
+        }
     return out
 
 
@@ -216,12 +289,35 @@ def synthetic_scenarios(seed: int = 0, n: int = 500) -> dict[str, Any]:
 def _slim_rows(rows: list[dict[str, Any]], extra: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
     out = []
     for r in rows:
-        s = {k: r[k] for k in ("split", "family", "control", "visual_severity", "n", "emi", "emi_ci", "emi_seed_std",
-                               "mi_model", "mi_reference", "accuracy") if k in r}
+        s: dict[str, Any] = {
+            k: r[k]
+            for k in (
+                "split",
+                "family",
+                "control",
+                "visual_severity",
+                "n",
+                "emi",
+                "emi_ci",
+                "emi_seed_std",
+                "mi_model",
+                "mi_reference",
+                "accuracy",
+            )
+            if k in r
+        }
         if "emid" in r:
-            s |= {"emid_against": r["emid_against"], "emid": r["emid"], "emid_ci": r["emid_ci"], "bound": r["bound"], "bound_forms": r["bound_forms"],
-                  "terms": {k: ({kk: t[kk] for kk in ("value", "null_mean", "p_value")} if t else None)
-                            for k, t in r["terms"].items()}}
+            s |= {
+                "emid_against": r["emid_against"],
+                "emid": r["emid"],
+                "emid_ci": r["emid_ci"],
+                "bound": r["bound"],
+                "bound_forms": r["bound_forms"],
+                "terms": {
+                    k: ({kk: t[kk] for kk in ("value", "null_mean", "p_value")} if t else None)
+                    for k, t in r["terms"].items()
+                },
+            }
         if extra and r["split"] in extra:
             s["released"] = extra[r["split"]]
         out.append(s)
@@ -253,12 +349,13 @@ def reference_club_forward(state: dict[str, Any], x: Any, y: Any) -> float:
 
     st = {k: v.double() for k, v in state.items()}
     x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
+
     def mlp(p: str, v: torch.Tensor) -> torch.Tensor:
         hidden = torch.tanh(v @ st[f"{p}.0.weight"].T + st[f"{p}.0.bias"])
         return hidden @ st[f"{p}.2.weight"].T + st[f"{p}.2.bias"]
 
     mu, logvar = mlp("p_mu", x), torch.tanh(mlp("p_logvar", x))
-    positive = (-(mu - y) ** 2 / 2 / logvar.exp()).sum(1)
+    positive = (-((mu - y) ** 2) / 2 / logvar.exp()).sum(1)
     negative = (-((y[None, :, :] - mu[:, None, :]) ** 2).mean(1) / 2 / logvar.exp()).sum(1)
     return float((positive - negative).mean())
 
@@ -279,24 +376,35 @@ def official_checkpoint_check(path: str | Path, seed: int = 0, n: int = 90) -> d
         return {"loaded": False, "path": str(path), "error": str(err)}
     state = torch.load(path, map_location="cpu", weights_only=True)
     g = torch.Generator().manual_seed(seed)
+
     def unit(t: torch.Tensor) -> torch.Tensor:
         return t / t.norm(dim=1, keepdim=True)
 
     dx, dy = est.dims_
     x = unit(torch.randn(n, dx, generator=g))
-    cases = {"independent": unit(torch.randn(n, dy, generator=g)),
-             "dependent": unit(x[:, :dy] + 0.5 * unit(torch.randn(n, dy, generator=g)))}
+    cases = {
+        "independent": unit(torch.randn(n, dy, generator=g)),
+        "dependent": unit(x[:, :dy] + 0.5 * unit(torch.randn(n, dy, generator=g))),
+    }
     diffs, values = {}, {}
     for name, y in cases.items():
         ours, ref = est.estimate(x, y), reference_club_forward(state, x, y)
         diffs[name], values[name] = abs(ours - ref), {"mmlens": ours, "reference_forward": ref}
     _, logvar = est.conditional(x)
     worst = max(diffs.values())
-    return {"loaded": True, "path": str(path), "dims": list(est.dims_), "hidden": est.config.hidden,
-            "max_abs_diff_vs_reference_forward": worst, "target": 1e-5, "met": worst <= 1e-5,
-            "values": values, "logvar_range_on_random_unit_inputs": [float(logvar.min()), float(logvar.max())],
-            "note": "reference forward in float64 with the N x N mean; the checkpoint needs 768-d CLIP/XLM-R "
-                    "features, which are not available offline, so it is not applied to the real responses here"}
+    return {
+        "loaded": True,
+        "path": str(path),
+        "dims": list(est.dims_),
+        "hidden": est.config.hidden,
+        "max_abs_diff_vs_reference_forward": worst,
+        "target": 1e-5,
+        "met": worst <= 1e-5,
+        "values": values,
+        "logvar_range_on_random_unit_inputs": [float(logvar.min()), float(logvar.max())],
+        "note": "reference forward in float64 with the N x N mean; the checkpoint needs 768-d CLIP/XLM-R "
+        "features, which are not available offline, so it is not applied to the real responses here",
+    }
 
 
 def _real_block(name: str, embs: list[SplitEmbeddings], cfg: ShiftConfig, released: dict[str, Any]) -> dict[str, Any]:
@@ -318,8 +426,9 @@ def _real_block(name: str, embs: list[SplitEmbeddings], cfg: ShiftConfig, releas
 
     def bound(pred=lambda r: True, key="bound") -> dict[str, Any]:
         pts = [r for r in rows if "emid" in r and not r.get("control") and pred(r)]
-        return split_correlation({r["split"]: r["emid"] for r in pts}, {r["split"]: r[key] for r in pts},
-                                 replicates=emid_reps, seed=cfg.seed)
+        return split_correlation(
+            {r["split"]: r["emid"] for r in pts}, {r["split"]: r[key] for r in pts}, replicates=emid_reps, seed=cfg.seed
+        )
 
     overall, emid_bound = rank(lambda r: not r.get("control")), bound()
     rel_emid = {n: v["EMID"] for n, v in released.items() if "EMID" in v}
@@ -334,29 +443,51 @@ def _real_block(name: str, embs: list[SplitEmbeddings], cfg: ShiftConfig, releas
                 except KeyError:
                     continue
                 diff = res.replicates[other["split"]] - res.replicates[r["split"]]
-                order.append({"pair": f"{r['split']} < {other['split']}", "agree": other["emi"] > r["emi"],
-                              "diff_ci": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]})
+                order.append(
+                    {
+                        "pair": f"{r['split']} < {other['split']}",
+                        "agree": other["emi"] > r["emi"],
+                        "diff_ci": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
+                    }
+                )
     return {
         "embedder": name,
         "spearman_vs_released_emi": _vc(overall, "spearman"),
         "pearson_emid_bound": _vc(emid_bound, "pearson"),
         "spearman_emid_bound": _vc(emid_bound, "spearman"),
-        "spearman_emid_vs_released_emid": _vc(split_correlation(ours_emid, rel_emid, replicates=emid_reps,
-                                                                seed=cfg.seed), "spearman"),
-        "synthetic": {"spearman_vs_released_emi": _vc(rank(REAL_FAMILIES["synthetic"]), "spearman"),
-                      "pearson_emid_bound": _vc(bound(REAL_FAMILIES["synthetic"]), "pearson")},
-        "by_family": {f: {"spearman_vs_released_emi": _vc(rank(pred), "spearman"),
-                          "pearson_emid_bound": _vc(bound(pred), "pearson")}
-                      for f, pred in REAL_FAMILIES.items() if f != "synthetic"},
-        "id_emi": {"ours": id_row["emi"], "ci": id_row["emi_ci"], "seed_std": id_row["emi_seed_std"],
-                   "released": rel_emi.get(id_row["split"])},
+        "spearman_emid_vs_released_emid": _vc(
+            split_correlation(ours_emid, rel_emid, replicates=emid_reps, seed=cfg.seed), "spearman"
+        ),
+        "synthetic": {
+            "spearman_vs_released_emi": _vc(rank(REAL_FAMILIES["synthetic"]), "spearman"),
+            "pearson_emid_bound": _vc(bound(REAL_FAMILIES["synthetic"]), "pearson"),
+        },
+        "by_family": {
+            f: {
+                "spearman_vs_released_emi": _vc(rank(pred), "spearman"),
+                "pearson_emid_bound": _vc(bound(pred), "pearson"),
+            }
+            for f, pred in REAL_FAMILIES.items()
+            if f != "synthetic"
+        },
+        "id_emi": {
+            "ours": id_row["emi"],
+            "ci": id_row["emi_ci"],
+            "seed_std": id_row["emi_seed_std"],
+            "released": rel_emi.get(id_row["split"]),
+        },
         "control": {r["split"]: {"emid": r["emid"], "emid_ci": r["emid_ci"]} for r in rows if r.get("control")},
-        "text_shift_ordering_agreement": {"agree": int(sum(o["agree"] for o in order)), "pairs": len(order),
-                                          "interval_excludes_0": int(sum(o["diff_ci"][0] > 0 or o["diff_ci"][1] < 0
-                                                                         for o in order)),
-                                          "detail": order},
-        "estimator": {k: v for k, v in res.estimator_history.items()
-                      if k in ("seeds", "best_epochs") or (k != "members" and not isinstance(v, list))},
+        "text_shift_ordering_agreement": {
+            "agree": int(sum(o["agree"] for o in order)),
+            "pairs": len(order),
+            "interval_excludes_0": int(sum(o["diff_ci"][0] > 0 or o["diff_ci"][1] < 0 for o in order)),
+            "detail": order,
+        },
+        "estimator": {
+            k: v
+            for k, v in res.estimator_history.items()
+            if k in ("seeds", "best_epochs") or (k != "members" and not isinstance(v, list))
+        },
         "mean_emi_ci_width": float(np.mean([r["emi_ci"][1] - r["emi_ci"][0] for r in rows])),
         "mean_emi_seed_std": float(np.mean([r["emi_seed_std"] for r in rows])),
         "std_of_emi_across_splits": float(np.std([r["emi"] for r in rows])),
@@ -368,10 +499,17 @@ def _real_block(name: str, embs: list[SplitEmbeddings], cfg: ShiftConfig, releas
 REAL_EMBEDDERS = ("minilm", "lexical", "embedding_layer")
 
 
-def llava_bench_tier(root: str | Path = DEFAULT_LLAVA_BENCH_DIR, seed: int = 0, n_permutations: int = 20,
-                     n_estimators: int = 5, embedders: tuple[str, ...] = REAL_EMBEDDERS, limit: int | None = None,
-                     official_checkpoint: str | Path | None = None, statistics_ablation: bool = True,
-                     make_embedder: Any = None) -> dict[str, Any]:
+def llava_bench_tier(
+    root: str | Path = DEFAULT_LLAVA_BENCH_DIR,
+    seed: int = 0,
+    n_permutations: int = 20,
+    n_estimators: int = 5,
+    embedders: tuple[str, ...] = REAL_EMBEDDERS,
+    limit: int | None = None,
+    official_checkpoint: str | Path | None = None,
+    statistics_ablation: bool = True,
+    make_embedder: Any = None,
+) -> dict[str, Any]:
     """Real LLaVA-1.5-13B responses, one block per offline text embedder (``minilm`` contextual MiniLM,
     ``lexical`` hashed character n-grams, ``embedding_layer`` MiniLM's embedding layer as the reference's mode):
     EMI per split from an ensemble of ``n_estimators`` reference CLUBs trained on the pooled, deduplicated pairs
@@ -387,11 +525,15 @@ def llava_bench_tier(root: str | Path = DEFAULT_LLAVA_BENCH_DIR, seed: int = 0, 
     cfg = ShiftConfig(n_permutations=n_permutations, n_bootstrap=200, seed=seed, n_estimators=n_estimators)
     specs = {"minilm": "minilm", "lexical": "lexical", "embedding_layer": "embedding-layer"}
     make_embedder = make_embedder or (lambda key: text_embedder(specs[key], progress=False))
-    out: dict[str, Any] = {"model": "llava-v1.5-13b", "n_splits": len(splits) - 1, "id_split": splits[0].name,
-                           "control_split": next((s.name for s in splits if s.meta.get("family") == "control"), None),
-                           "text_embedders": list(embedders), "config": cfg.to_dict(),
-                           "estimator": {"n_seeds": n_estimators, "dedup": cfg.dedup_pairs,
-                                         "split": str(cfg.early_stopping_split)}}
+    out: dict[str, Any] = {
+        "model": "llava-v1.5-13b",
+        "n_splits": len(splits) - 1,
+        "id_split": splits[0].name,
+        "control_split": next((s.name for s in splits if s.meta.get("family") == "control"), None),
+        "text_embedders": list(embedders),
+        "config": cfg.to_dict(),
+        "estimator": {"n_seeds": n_estimators, "dedup": cfg.dedup_pairs, "split": str(cfg.early_stopping_split)},
+    }
     first_embs = None
     for key in embedders:
         t0 = time.perf_counter()
@@ -404,41 +546,63 @@ def llava_bench_tier(root: str | Path = DEFAULT_LLAVA_BENCH_DIR, seed: int = 0, 
         if first_embs is None:
             first_embs = embs
     first = out[embedders[0]]
-    out["estimator"] |= {k: first["estimator"].get(k) for k in ("pairs", "unique_pairs", "best_epochs", "n_train",
-                                                                  "n_val")}
-    out["id_emi"] = {"released": first["id_emi"]["released"],
-                     "ours": {k: {"value": out[k]["id_emi"]["ours"], "ci": out[k]["id_emi"]["ci"]} for k in embedders}}
+    out["estimator"] |= {
+        k: first["estimator"].get(k) for k in ("pairs", "unique_pairs", "best_epochs", "n_train", "n_val")
+    }
+    out["id_emi"] = {
+        "released": first["id_emi"]["released"],
+        "ours": {k: {"value": out[k]["id_emi"]["ours"], "ci": out[k]["id_emi"]["ci"]} for k in embedders},
+    }
     # previous layout: the first (default) embedder's numbers at the top level
-    out |= {"embedder": first["embedder"], "spearman_vs_released_emi": first["spearman_vs_released_emi"]["value"],
-            "pearson_emid_bound": first["pearson_emid_bound"]["value"], "seconds": first["seconds"],
-            "n_pairs": sum(len(s) for s in splits) * 2, "rows": first["rows"]}
+    out |= {
+        "embedder": first["embedder"],
+        "spearman_vs_released_emi": first["spearman_vs_released_emi"]["value"],
+        "pearson_emid_bound": first["pearson_emid_bound"]["value"],
+        "seconds": first["seconds"],
+        "n_pairs": sum(len(s) for s in splits) * 2,
+        "rows": first["rows"],
+    }
     best = max(embedders, key=lambda k: out[k]["synthetic"]["spearman_vs_released_emi"]["value"] or -2)
     out["best_offline_embedder"] = {
-        "name": best, "rule": "highest Spearman vs released EMI on the synthetic splits, chosen on the same data "
-                              "(no separate validation split exists for this comparison)",
+        "name": best,
+        "rule": "highest Spearman vs released EMI on the synthetic splits, chosen on the same data "
+        "(no separate validation split exists for this comparison)",
         "synthetic_spearman_vs_released_emi": out[best]["synthetic"]["spearman_vs_released_emi"],
-        "target": 0.6}
+        "target": 0.6,
+    }
     if statistics_ablation and first_embs is not None:
         # the previous pipeline (no dedup, early stopping by pair, one estimator): the ID EMI before the fix
-        old = replace(cfg, dedup_pairs=False, early_stopping_split="pair", n_estimators=1, n_permutations=0)
+        old = replace(
+            cfg, dedup_pairs=False, early_stopping_split=EarlyStoppingSplit.PAIR, n_estimators=1, n_permutations=0
+        )
         res = analyse_embeddings(first_embs, old, progress=False)
         rel = {n: v["EMI"] for n, v in released.items() if "EMI" in v}
         pts = {r["split"]: r["emi"] for r in res.rows if not r.get("control")}
         from mmlens.shift.analysis import split_correlation
 
         out["ablation_statistics_off"] = {
-            "embedder": embedders[0], "dedup": False, "split": "pair", "n_seeds": 1,
+            "embedder": embedders[0],
+            "dedup": False,
+            "split": "pair",
+            "n_seeds": 1,
             "id_emi": {"value": res.rows[0]["emi"], "ci": res.rows[0]["emi_ci"]},
-            "spearman_vs_released_emi": _vc(split_correlation(pts, rel, replicates=res.replicates, seed=seed),
-                                            "spearman"),
-            "training_pairs": res.estimator_history.get("pairs")}
+            "spearman_vs_released_emi": _vc(
+                split_correlation(pts, rel, replicates=res.replicates, seed=seed), "spearman"
+            ),
+            "training_pairs": res.estimator_history.get("pairs"),
+        }
     path = Path(official_checkpoint) if official_checkpoint else root.parent / "emi-official" / "CLUB_global.pt"
     out["official_checkpoint"] = official_checkpoint_check(path, seed=seed)
     return out
 
 
-def mini_world_tier(model: str = "zoo:mini-llava", image_model: str = "zoo:mini-clip", n: int = 200,
-                    seed: int = 0, n_permutations: int = 50) -> dict[str, Any]:
+def mini_world_tier(
+    model: str = "zoo:mini-llava",
+    image_model: str = "zoo:mini-clip",
+    n: int = 200,
+    seed: int = 0,
+    n_permutations: int = 50,
+) -> dict[str, Any]:
     from mmlens.bench.world_sets import generate_world_splits
     from mmlens.models.embed import ClipImageEmbedder, SentenceEmbedder
     from mmlens.shift.data import load_splits
@@ -451,7 +615,7 @@ def mini_world_tier(model: str = "zoo:mini-llava", image_model: str = "zoo:mini-
         splits = load_splits([Path(tmp) / "splits"], load_images=True)
         splits.sort(key=lambda s: s.name != "clean")
         text = SentenceEmbedder(progress=False)
-        image = ClipImageEmbedder(image_model, mode="patch_mean", progress=False)
+        image = ClipImageEmbedder(image_model, mode=ImageFeatureMode.PATCH_MEAN, progress=False)
         t1 = time.perf_counter()
         embs = embed_splits(splits, text, image, fusion=Fusion.CONCAT)
         t_embed = time.perf_counter() - t1
@@ -461,22 +625,31 @@ def mini_world_tier(model: str = "zoo:mini-llava", image_model: str = "zoo:mini-
     ood = [r for r in res.rows if "emid" in r]
     # baseline: does the accuracy drop itself track the bound? (the bound's link to a real performance drop)
     id_acc = res.rows[0].get("accuracy")
-    out = {"model": model, "image_embedder": image.name, "text_embedder": text.name, "n_items_per_split": n,
-           "n_splits": len(ood),
-           "pearson_emi_accuracy": acc.get("pearson"), "spearman_emi_accuracy": acc.get("spearman"),
-           "emi_accuracy_detail": acc,
-           "pearson_emid_bound": res.correlations["emid_bound"]["pearson"],
-           "emid_bound_detail": res.correlations["emid_bound"],
-           "pearson_emid_bound_by_form": {b: correlation([r["emid"] for r in ood],
-                                                         [r["bound_forms"][b] for r in ood])["pearson"]
-                                          for b in BOUNDS},
-           "pearson_accuracy_drop_bound": correlation([id_acc - r["accuracy"] for r in ood],
-                                                      [r["bound"] for r in ood])["pearson"] if id_acc is not None
-           else None,
-           "baseline_pearson_mi_model_accuracy": correlation([r["mi_model"] for r in res.rows],
-                                                             [r["accuracy"] for r in res.rows])["pearson"],
-           "seconds": res.seconds | {"generate": t_gen, "embed": t_embed},
-           "rows": _slim_rows(res.rows)}
+    out = {
+        "model": model,
+        "image_embedder": image.name,
+        "text_embedder": text.name,
+        "n_items_per_split": n,
+        "n_splits": len(ood),
+        "pearson_emi_accuracy": acc.get("pearson"),
+        "spearman_emi_accuracy": acc.get("spearman"),
+        "emi_accuracy_detail": acc,
+        "pearson_emid_bound": res.correlations["emid_bound"]["pearson"],
+        "emid_bound_detail": res.correlations["emid_bound"],
+        "pearson_emid_bound_by_form": {
+            b: correlation([r["emid"] for r in ood], [r["bound_forms"][b] for r in ood])["pearson"] for b in BOUNDS
+        },
+        "pearson_accuracy_drop_bound": correlation([id_acc - r["accuracy"] for r in ood], [r["bound"] for r in ood])[
+            "pearson"
+        ]
+        if id_acc is not None
+        else None,
+        "baseline_pearson_mi_model_accuracy": correlation(
+            [r["mi_model"] for r in res.rows], [r["accuracy"] for r in res.rows]
+        )["pearson"],
+        "seconds": res.seconds | {"generate": t_gen, "embed": t_embed},
+        "rows": _slim_rows(res.rows),
+    }
     return out
 
 
@@ -485,9 +658,15 @@ def cost_tier(llava: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     s, n = llava["seconds"], llava["n_pairs"]
     per = 1000.0 / n
-    return {"source": "llava_bench tier (MiniLM on 2 CPU cores, CLUB reference architecture)", "n_pairs": n,
-            "seconds_per_1000_pairs": {"embed": s["embed"] * per, "train_estimator": s["train_estimator"] * per,
-                                       "score_with_nulls_and_bootstrap": s["score"] * per}}
+    return {
+        "source": "llava_bench tier (MiniLM on 2 CPU cores, CLUB reference architecture)",
+        "n_pairs": n,
+        "seconds_per_1000_pairs": {
+            "embed": s["embed"] * per,
+            "train_estimator": s["train_estimator"] * per,
+            "score_with_nulls_and_bootstrap": s["score"] * per,
+        },
+    }
 
 
 TIERS = ("ground_truth", "llava_bench", "mini_world")
@@ -499,18 +678,28 @@ def _git_commit() -> dict[str, Any]:
 
     root = Path(__file__).resolve().parents[3]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=20).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
-                               capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=20
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": head, "dirty": bool(dirty)}
 
 
-def shift_benchmark(tiers: tuple[str, ...] = TIERS, seed: int = 0,
-                    progress_cb=None, llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR,
-                    command: str | None = None) -> dict[str, Any]:
+def shift_benchmark(
+    tiers: tuple[str, ...] = TIERS,
+    seed: int = 0,
+    progress_cb=None,
+    llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Run the selected tiers; a tier that cannot run (e.g. mini-llava not built) is reported with its error.
     ``tier_runs[tier]`` records the commit, finish time, seconds and command of each tier's run."""
     import datetime
@@ -519,8 +708,11 @@ def shift_benchmark(tiers: tuple[str, ...] = TIERS, seed: int = 0,
 
     out: dict[str, Any] = {"seed": seed, "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter()
-    runners = {"ground_truth": lambda: ground_truth_tier(seed=seed), "llava_bench": lambda: llava_bench_tier(llava_bench_dir, seed=seed),
-               "mini_world": lambda: mini_world_tier(seed=seed)}
+    runners = {
+        "ground_truth": lambda: ground_truth_tier(seed=seed),
+        "llava_bench": lambda: llava_bench_tier(llava_bench_dir, seed=seed),
+        "mini_world": lambda: mini_world_tier(seed=seed),
+    }
     code = _git_commit()
     for tier in tiers:
         if progress_cb:
@@ -537,7 +729,10 @@ def shift_benchmark(tiers: tuple[str, ...] = TIERS, seed: int = 0,
         out.setdefault("tier_seconds", {})[tier] = time.perf_counter() - t
         out.setdefault("tier_runs", {})[tier] = code | {
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "seconds": out["tier_seconds"][tier], "seed": seed, "command": command}
+            "seconds": out["tier_seconds"][tier],
+            "seed": seed,
+            "command": command,
+        }
     if "llava_bench" in out and "error" not in out["llava_bench"]:
         out["cost"] = cost_tier(out["llava_bench"])
     out["total_seconds"] = time.perf_counter() - t0
@@ -550,10 +745,13 @@ def merge_tiers(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
     no per-tier provenance (a hand-edited or older file cannot be merged into)."""
     from mmlens.errors import InputError
 
-    if not isinstance(existing.get("tier_runs"), dict) or not all(t in existing["tier_runs"]
-                                                                  for t in TIERS if t in existing):
-        raise InputError("the existing result file has tiers without per-tier provenance (tier_runs): it was not "
-                         "written by this command; rerun every tier with --fresh")
+    if not isinstance(existing.get("tier_runs"), dict) or not all(
+        t in existing["tier_runs"] for t in TIERS if t in existing
+    ):
+        raise InputError(
+            "the existing result file has tiers without per-tier provenance (tier_runs): it was not "
+            "written by this command; rerun every tier with --fresh"
+        )
     merged = dict(existing)
     for tier in new.get("tier_runs", {}):
         merged[tier] = new[tier]
@@ -562,8 +760,9 @@ def merge_tiers(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
     if "cost" in new:
         merged["cost"] = new["cost"]
     if new.get("seed") != existing.get("seed"):
-        raise InputError(f"cannot merge a seed-{new.get('seed')} run into a seed-{existing.get('seed')} file; "
-                         "use --fresh")
+        raise InputError(
+            f"cannot merge a seed-{new.get('seed')} run into a seed-{existing.get('seed')} file; use --fresh"
+        )
     merged["total_seconds"] = sum(r["seconds"] for r in merged["tier_runs"].values())
     merged["torch_threads"] = new["torch_threads"]
     return merged

@@ -26,24 +26,48 @@ HELP = "Where a multimodal model's alignment breaks, why, and how to repair it."
 #: name -> (module, typer app, one-line help shown by ``mmlens --help`` without importing the module)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "zoo": ("mmlens.cli.zoo", "zoo_app", "The built-in model zoo, trained on this machine from the miniature world."),
-    "world": ("mmlens.cli.world", "world_app", "The seeded miniature world: scenes, captions, VQA, POPE probes, "
-                                               "shifts."),
-    "models": ("mmlens.cli.models", "models_app", "Load any supported model (zoo:NAME, a local path or a Hugging "
-                                                  "Face id) and run it."),
+    "world": (
+        "mmlens.cli.world",
+        "world_app",
+        "The seeded miniature world: scenes, captions, VQA, POPE probes, shifts.",
+    ),
+    "models": (
+        "mmlens.cli.models",
+        "models_app",
+        "Load any supported model (zoo:NAME, a local path or a Hugging Face id) and run it.",
+    ),
     "bench": ("mmlens.cli.bench", "bench_app", "Run a benchmark and write its JSON result."),
-    "shift": ("mmlens.cli.shift", "shift_app", "Distribution-shift risk of a vision-language model: EMI, EMID and "
-                                               "its bound."),
-    "influence": ("mmlens.cli.influence", "influence_app", "Influence of training pairs on a contrastive model "
-                                                           "(ECIF)."),
-    "concepts": ("mmlens.cli.concepts", "concepts_app", "Concept dictionaries over hidden states and what "
-                                                        "fine-tuning shifted."),
+    "shift": (
+        "mmlens.cli.shift",
+        "shift_app",
+        "Distribution-shift risk of a vision-language model: EMI, EMID and its bound.",
+    ),
+    "influence": (
+        "mmlens.cli.influence",
+        "influence_app",
+        "Influence of training pairs on a contrastive model (ECIF).",
+    ),
+    "concepts": (
+        "mmlens.cli.concepts",
+        "concepts_app",
+        "Concept dictionaries over hidden states and what fine-tuning shifted.",
+    ),
     "steer": ("mmlens.cli.steer", "steer_app", "Steering vision-language models with concept and shift vectors."),
-    "align": ("mmlens.cli.align", "align_app", "Preference alignment against hallucination: BDHS pairs, DPO, "
-                                               "POPE/CHAIR."),
-    "demo": ("mmlens.cli.demo", "demo_app", "Build the zoo if missing, then audit it on the miniature world into "
-                                            "one HTML site."),
-    "audit": ("mmlens.cli.audit", "audit_app", "Run the analyses that apply to a model and its data and write one "
-                                               "static HTML site."),
+    "align": (
+        "mmlens.cli.align",
+        "align_app",
+        "Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.",
+    ),
+    "demo": (
+        "mmlens.cli.demo",
+        "demo_app",
+        "Build the zoo if missing, then audit it on the miniature world into one HTML site.",
+    ),
+    "audit": (
+        "mmlens.cli.audit",
+        "audit_app",
+        "Run the analyses that apply to a model and its data and write one static HTML site.",
+    ),
 }
 #: Subcommands that are one command rather than a group of them.
 SINGLE_COMMANDS = ("demo", "audit")
@@ -110,8 +134,7 @@ class LazyGroup(TyperGroup):
 def command() -> Any:
     """The click command of ``mmlens`` (subcommands load on access; iterate ``command().commands.values()`` for the
     whole tree): what ``mmlens`` and ``python -m mmlens`` run."""
-    return LazyGroup(name="mmlens", commands=_LazyCommands(), help=HELP, no_args_is_help=True,
-                     rich_markup_mode=None)
+    return LazyGroup(name="mmlens", commands=_LazyCommands(), help=HELP, no_args_is_help=True, rich_markup_mode=None)
 
 
 def _one_line(text: object) -> str:
@@ -154,4 +177,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 __all__ = ["SUBCOMMANDS", "LazyGroup", "command", "load_subcommand", "main"]
-

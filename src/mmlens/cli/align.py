@@ -12,9 +12,9 @@ import typer
 from mmlens.align.settings import BDHSConfig, DPOSettings
 from mmlens.cli.options import FieldOptions, config_options
 
-align_app = typer.Typer(help="Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.",
-                        no_args_is_help=True)
-
+align_app = typer.Typer(
+    help="Preference alignment against hallucination: BDHS pairs, DPO, POPE/CHAIR.", no_args_is_help=True
+)
 
 
 class DPOMode(enum.Enum):
@@ -47,12 +47,14 @@ def _examples(model: str, data: Path | None, n_scenes: int, seed: int):
 BDHS_OPTIONS = FieldOptions(
     BDHSConfig,
     aliases={"eps_s": ("--eps",)},
-    help={"rho": "Probability of hiding each image token.",
-          "visible_tokens": "Keep exactly this many image tokens visible (overrides --rho).",
-          "mask_layers": "Comma-separated decoder layers to mask (default: all).",
-          "eps_s": "Accept a rejected answer when its similarity to the chosen one is below this.",
-          "max_tries": "Tries per example; the last one unguided.",
-          "seed": "Seed of the masks, the cuts and the world SFT turns."},
+    help={
+        "rho": "Probability of hiding each image token.",
+        "visible_tokens": "Keep exactly this many image tokens visible (overrides --rho).",
+        "mask_layers": "Comma-separated decoder layers to mask (default: all).",
+        "eps_s": "Accept a rejected answer when its similarity to the chosen one is below this.",
+        "max_tries": "Tries per example; the last one unguided.",
+        "seed": "Seed of the masks, the cuts and the world SFT turns.",
+    },
 )
 
 
@@ -60,12 +62,18 @@ BDHS_OPTIONS = FieldOptions(
 @config_options(config=BDHS_OPTIONS)
 def bdhs_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
-    out: Annotated[Path, typer.Option(help="Folder to write: pairs.jsonl, images/, dataset/, stats.json, "
-                                           "report/index.html.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder to write: pairs.jsonl, images/, dataset/, stats.json, report/index.html.")
+    ],
     config: BDHSConfig,
-    data: Annotated[Path | None, typer.Option(help="Your SFT data: a JSONL of {image (path relative to the "
-                                                      "file), prompt, answer}. Default: world SFT turns of a "
-                                                      "world-trained zoo model.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your SFT data: a JSONL of {image (path relative to the "
+            "file), prompt, answer}. Default: world SFT turns of a "
+            "world-trained zoo model."
+        ),
+    ] = None,
     n_scenes: Annotated[int, typer.Option(min=1, help="World scenes (without --data).")] = 100,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -84,8 +92,9 @@ def bdhs_command(
     vlm = load_model(model, expect=VisionLanguageModel)
     # under accelerate launch every process generates its share of the batches; the main one writes
     work = DistributedWork.from_environment()
-    pairs, stats = bdhs_pairs(vlm, examples, config, work=work,
-                              on_try=lambda t, n: typer.echo(f"try {t}: {n} examples", err=True))
+    pairs, stats = bdhs_pairs(
+        vlm, examples, config, work=work, on_try=lambda t, n: typer.echo(f"try {t}: {n} examples", err=True)
+    )
     if not pairs:
         raise InputError("BDHS produced no usable pair (every rejected answer was empty or equal to the chosen)")
     if not work.is_main_process:
@@ -99,12 +108,15 @@ def bdhs_command(
 DPO_OPTIONS = FieldOptions(
     DPOSettings,
     aliases={"loss_type": ("--loss",), "learning_rate": ("--lr",), "mix_probability": ("--mix-p",)},
-    help={"loss_type": "TRL loss type.", "finetune": "LoRA adapters (merged after training) or full.",
-          "refresh_every": "Online modes: steps between fresh pairs.",
-          "mix_probability": "Mixed mode: probability of an offline pair.",
-          "sft_weight": "Add TRL's SFT loss on the chosen answers with this weight (against DPO's length bias; 0 = off).",
-          "ld_alpha": "LD-DPO: weight of the tokens beyond the shorter answer (default: plain DPO).",
-          "seed": "Seed of training and of the world SFT turns."},
+    help={
+        "loss_type": "TRL loss type.",
+        "finetune": "LoRA adapters (merged after training) or full.",
+        "refresh_every": "Online modes: steps between fresh pairs.",
+        "mix_probability": "Mixed mode: probability of an offline pair.",
+        "sft_weight": "Add TRL's SFT loss on the chosen answers with this weight (against DPO's length bias; 0 = off).",
+        "ld_alpha": "LD-DPO: weight of the tokens beyond the shorter answer (default: plain DPO).",
+        "seed": "Seed of training and of the world SFT turns.",
+    },
 )
 
 
@@ -112,17 +124,26 @@ DPO_OPTIONS = FieldOptions(
 @config_options(settings=DPO_OPTIONS)
 def dpo_command(
     model: Annotated[str, typer.Option("--model", "-m", help="The SFT model: zoo:NAME, a folder or a HF id.")],
-    out: Annotated[Path, typer.Option(help="Folder for the aligned model (save_pretrained), train_log.json and "
-                                           "report/.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the aligned model (save_pretrained), train_log.json and report/.")
+    ],
     settings: DPOSettings,
-    pairs: Annotated[Path | None, typer.Option(help="Preference pairs (a folder from `align bdhs` or its "
-                                                       "pairs.jsonl); offline and mixed modes.")] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(help="Preference pairs (a folder from `align bdhs` or its pairs.jsonl); offline and mixed modes."),
+    ] = None,
     mode: Annotated[DPOMode, typer.Option(help="offline | online | mixed | online-bdhs.")] = DPOMode.OFFLINE,
-    data: Annotated[Path | None, typer.Option(help="SFT JSONL for the online modes (default: world SFT turns "
-                                                      "of a world zoo model).")] = None,
-    judge: Annotated[str, typer.Option(help="Online judge: 'oracle' (ground truth: the world's, or the 'objects' "
-                                            "of your --data lines) or 'vlm:MODEL' (a vision-language judge).")]
-    = "oracle",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="SFT JSONL for the online modes (default: world SFT turns of a world zoo model)."),
+    ] = None,
+    judge: Annotated[
+        str,
+        typer.Option(
+            help="Online judge: 'oracle' (ground truth: the world's, or the 'objects' "
+            "of your --data lines) or 'vlm:MODEL' (a vision-language judge)."
+        ),
+    ] = "oracle",
     n_scenes: Annotated[int, typer.Option(min=1, help="World scenes (online modes without --data).")] = 100,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -169,10 +190,16 @@ def dpo_command(
             else:
                 raise InputError(f"unknown --judge {judge!r}; use 'oracle' or 'vlm:MODEL'")
         online_mode = OnlineMode(mode.value.replace("-", "_"))
-        trained, log = train_online(vlm, examples, online_mode, settings, judge=judge_obj,
-                                    offline_pairs=offline, bdhs=BDHSConfig(seed=settings.seed),
-                                    progress=lambda d, t: _on_main_process() and typer.echo(f"step {d}/{t}",
-                                                                                            err=True))
+        trained, log = train_online(
+            vlm,
+            examples,
+            online_mode,
+            settings,
+            judge=judge_obj,
+            offline_pairs=offline,
+            bdhs=BDHSConfig(seed=settings.seed),
+            progress=lambda d, t: _on_main_process() and typer.echo(f"step {d}/{t}", err=True),
+        )
     # Under accelerate launch TRL trains data-parallel on every process; the main one writes the model once.
     if not _on_main_process():
         return
@@ -180,8 +207,11 @@ def dpo_command(
         trained.save_pretrained(tmp)
         write_json_atomic(tmp / "train_log.json", log)
         if offline:
-            pairs_report(offline, {"mode": mode.value, "steps": settings.steps, "loss_type": settings.loss_type.value},
-                         title=f"DPO ({mode.value}) of {model}").write(tmp / "report")
+            pairs_report(
+                offline,
+                {"mode": mode.value, "steps": settings.steps, "loss_type": settings.loss_type.value},
+                title=f"DPO ({mode.value}) of {model}",
+            ).write(tmp / "report")
     last = log["steps"][-1] if log.get("steps") else {}
     typer.echo(json.dumps({"mode": mode.value, "final": last}, indent=2))
     typer.echo(f"aligned model written to {out}")
@@ -189,16 +219,22 @@ def dpo_command(
 
 @align_app.command("eval")
 def eval_command(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Model(s) to compare (repeat the option); "
-                                                                    "NAME=SPEC to name a column.")],
+    model: Annotated[
+        list[str],
+        typer.Option("--model", "-m", help="Model(s) to compare (repeat the option); NAME=SPEC to name a column."),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the report (index.html, data.json).")],
-    pope: Annotated[Path | None, typer.Option(help="Your POPE probes: JSONL of {image, question, label}.")]
-    = None,
-    chair: Annotated[Path | None, typer.Option(help="Your CHAIR images: JSONL of {image, objects, [prompt, "
-                                                       "answer]}.")] = None,
-    world_model: Annotated[str | None, typer.Option(help="Without --pope/--chair: the world-trained model whose "
-                                                            "world gives the probes (default: the first model).")]
-    = None,
+    pope: Annotated[Path | None, typer.Option(help="Your POPE probes: JSONL of {image, question, label}.")] = None,
+    chair: Annotated[
+        Path | None, typer.Option(help="Your CHAIR images: JSONL of {image, objects, [prompt, answer]}.")
+    ] = None,
+    world_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Without --pope/--chair: the world-trained model whose "
+            "world gives the probes (default: the first model)."
+        ),
+    ] = None,
     n_scenes: Annotated[int, typer.Option(min=1, help="World test scenes for POPE and CHAIR.")] = 100,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
@@ -218,18 +254,21 @@ def eval_command(
     for name, spec in named:
         vlm = load_model(spec, expect=VisionLanguageModel)
         if world is not None:
-            cfg = WorldEvalConfig(n_pope_scenes=n_scenes, n_caption_scenes=n_scenes, n_gap_examples=n_scenes,
-                                  batch_size=batch_size)
+            cfg = WorldEvalConfig(
+                n_pope_scenes=n_scenes, n_caption_scenes=n_scenes, n_gap_examples=n_scenes, batch_size=batch_size
+            )
             metrics = evaluate_on_world(vlm, world, cfg)
             metrics.pop("examples", None)
         else:
-            metrics = evaluate_files(vlm, pope=str(pope) if pope else None, chair=str(chair) if chair else None,
-                                     batch_size=batch_size)
+            metrics = evaluate_files(
+                vlm, pope=str(pope) if pope else None, chair=str(chair) if chair else None, batch_size=batch_size
+            )
         results[name] = metrics
-        numbers = [f"{k}={format_number(v)}" for k, v in metrics.items()
-                   if isinstance(v, float) and not k.endswith("_n")]
+        numbers = [
+            f"{k}={format_number(v)}" for k, v in metrics.items() if isinstance(v, float) and not k.endswith("_n")
+        ]
         # a few metrics per line: 22 on one line are unreadable in a terminal
-        typer.echo(f"{name}:\n" + "\n".join("  " + ", ".join(numbers[i:i + 4]) for i in range(0, len(numbers), 4)))
+        typer.echo(f"{name}:\n" + "\n".join("  " + ", ".join(numbers[i : i + 4]) for i in range(0, len(numbers), 4)))
     path = metrics_report(results).write(out)
     typer.echo(f"report: {path}")
 
@@ -253,8 +292,11 @@ def bench_command(
     if not seed_list:
         raise InputError("--seeds is empty")
     # After each seed the record so far is written (``"complete": false``), so a long run is never lost.
-    result = align_benchmark(AlignBenchConfig(seeds=seed_list), progress=lambda m: typer.echo(m, err=True),
-                             on_partial=lambda partial: write_json_atomic(out, partial))
+    result = align_benchmark(
+        AlignBenchConfig(seeds=seed_list),
+        progress=lambda m: typer.echo(m, err=True),
+        on_partial=lambda partial: write_json_atomic(out, partial),
+    )
     write_json_atomic(out, result)
     if report is not None:
         bench_report(result).write(report)

@@ -10,13 +10,13 @@ import typer
 
 from mmlens.enums import as_enum
 
-concepts_app = typer.Typer(help="Concept dictionaries over hidden states and what fine-tuning shifted.", no_args_is_help=True)
+concepts_app = typer.Typer(
+    help="Concept dictionaries over hidden states and what fine-tuning shifted.", no_args_is_help=True
+)
 
 
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
-
-
 
 
 def _text_config(top_tokens: int, keep: int, apply_final_norm: bool):
@@ -27,8 +27,12 @@ def _text_config(top_tokens: int, keep: int, apply_final_norm: bool):
 
 TopTokens = Annotated[int, typer.Option(min=1, help="Candidate tokens of W_U u per concept.")]
 Keep = Annotated[int, typer.Option(min=1, help="Words kept per concept after the word/stop-word filters.")]
-ApplyNorm = Annotated[bool, typer.Option(help="Apply the final norm before the unembedding (exact for features "
-                                              "that are not final-normed already).")]
+ApplyNorm = Annotated[
+    bool,
+    typer.Option(
+        help="Apply the final norm before the unembedding (exact for features that are not final-normed already)."
+    ),
+]
 Layer = Annotated[str, typer.Option(help="Captured key: final_norm or layer.N.")]
 Method = Annotated[str, typer.Option(help="kmeans, snmf, pca, dictionary or top_norm.")]
 
@@ -36,15 +40,21 @@ Method = Annotated[str, typer.Option(help="kmeans, snmf, pca, dictionary or top_
 @concepts_app.command("extract")
 def extract_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
-    out: Annotated[Path, typer.Option(help="Extraction folder (resumable: rerun the same command after an "
-                                           "interruption).")],
-    data: Annotated[Path | None, typer.Option(help="JSONL of image (relative path), prompt, optional reference "
-                                                      "and attributes. Default: world shape questions.")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Extraction folder (resumable: rerun the same command after an interruption).")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL of image (relative path), prompt, optional reference "
+            "and attributes. Default: world shape questions."
+        ),
+    ] = None,
     word: Annotated[str | None, typer.Option(help="Token of interest (position token_of_interest).")] = None,
-    words: Annotated[str | None, typer.Option(help="Comma-separated class of words (position token_class).")]
-    = None,
-    position: Annotated[str, typer.Option(help="token_of_interest, token_class, generated_mean, last_prompt or "
-                                               "fixed_index.")] = "token_of_interest",
+    words: Annotated[str | None, typer.Option(help="Comma-separated class of words (position token_class).")] = None,
+    position: Annotated[
+        str, typer.Option(help="token_of_interest, token_class, generated_mean, last_prompt or fixed_index.")
+    ] = "token_of_interest",
     index: Annotated[int, typer.Option(help="Prompt token index for fixed_index (negative from the end).")] = -1,
     layers: Annotated[str, typer.Option(help="Comma-separated decoder layers (negative from the end).")] = "-1",
     final_norm: Annotated[bool, typer.Option(help="Also capture the final-normed residual.")] = True,
@@ -72,13 +82,22 @@ def extract_command(
     except ValueError:
         raise typer.BadParameter(f"layers must be integers, got {layers!r}", param_hint="--layers") from None
     filter_words = (word,) if word and kind is not PositionKind.TOKEN_OF_INTEREST else ()
-    config = CaptureConfig(layers=layer_ids, position=PositionRule(kind, rule_words, index), final_norm=final_norm,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           require_in_ground_truth="ground_truth" in chosen,
-                           require_in_prediction="prediction" in chosen, filter_words=filter_words)
+    config = CaptureConfig(
+        layers=layer_ids,
+        position=PositionRule(kind, rule_words, index),
+        final_norm=final_norm,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        require_in_ground_truth="ground_truth" in chosen,
+        require_in_prediction="prediction" in chosen,
+        filter_words=filter_words,
+    )
     ex = extract(model, out, config, data=data, n_scenes=n_scenes)
-    typer.echo(json.dumps({"inputs": len(ex.inputs), "kept": len(ex.capture), "keys": ex.capture.keys,
-                           "folder": str(out)}, indent=2))
+    typer.echo(
+        json.dumps(
+            {"inputs": len(ex.inputs), "kept": len(ex.capture), "keys": ex.capture.keys, "folder": str(out)}, indent=2
+        )
+    )
 
 
 @concepts_app.command("learn")
@@ -90,8 +109,7 @@ def learn_command(
     n_concepts: Annotated[int, typer.Option(min=1)] = 20,
     sparsity: Annotated[float, typer.Option(min=0.0, help="L1 weight on codes (snmf, dictionary).")] = 1.0,
     top_samples: Annotated[int, typer.Option(min=1, help="Most-activating samples shown per concept.")] = 5,
-    model: Annotated[str | None, typer.Option(help="Model for text grounding (default: the extraction's).")]
-    = None,
+    model: Annotated[str | None, typer.Option(help="Model for text grounding (default: the extraction's).")] = None,
     top_tokens: TopTokens = 50,
     keep: Keep = 10,
     apply_final_norm: ApplyNorm = False,
@@ -101,12 +119,29 @@ def learn_command(
     from mmlens.concepts.decompose import DecomposerConfig, DecomposerKind
     from mmlens.concepts.workflow import learn
 
-    dec = DecomposerConfig(as_enum(DecomposerKind, method, "--method"), n_concepts=n_concepts, seed=seed,
-                           sparsity=sparsity)
-    summary = learn(capture, out, dec, layer=layer, text=_text_config(top_tokens, keep, apply_final_norm),
-                    model_spec=model, n_top=top_samples)
-    typer.echo(json.dumps({"concepts": len(summary["concepts"]), "disentanglement": summary.get("disentanglement"),
-                           "mean_purity": summary.get("mean_purity"), "report": summary["report"]}, indent=2))
+    dec = DecomposerConfig(
+        as_enum(DecomposerKind, method, "--method"), n_concepts=n_concepts, seed=seed, sparsity=sparsity
+    )
+    summary = learn(
+        capture,
+        out,
+        dec,
+        layer=layer,
+        text=_text_config(top_tokens, keep, apply_final_norm),
+        model_spec=model,
+        n_top=top_samples,
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "concepts": len(summary["concepts"]),
+                "disentanglement": summary.get("disentanglement"),
+                "mean_purity": summary.get("mean_purity"),
+                "report": summary["report"],
+            },
+            indent=2,
+        )
+    )
 
 
 @concepts_app.command("compare")
@@ -114,8 +149,12 @@ def compare_command(
     a: Annotated[Path, typer.Option("--a", help="Extraction folder of the original model.")],
     b: Annotated[Path, typer.Option("--b", help="Extraction folder of the fine-tuned model (same inputs).")],
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json.")],
-    drift: Annotated[list[Path] | None, typer.Option(help="Extraction folder of a fine-tuning checkpoint, in "
-                                                             "step order; repeat for each (drift curve).")] = None,
+    drift: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Extraction folder of a fine-tuning checkpoint, in step order; repeat for each (drift curve)."
+        ),
+    ] = None,
     layer: Layer = "final_norm",
     method: Method = "kmeans",
     n_concepts: Annotated[int, typer.Option(min=1)] = 20,
@@ -131,15 +170,28 @@ def compare_command(
     from mmlens.concepts.decompose import DecomposerConfig, DecomposerKind
     from mmlens.concepts.workflow import compare
 
-    config = CompareConfig(decomposer=DecomposerConfig(as_enum(DecomposerKind, method, "--method"),
-                                                       n_concepts=n_concepts, seed=seed),
-                           statistic=as_enum(ShiftStatistic, statistic, "--statistic"), alpha=alpha, seed=seed)
-    analysis, drift_result, index = compare(a, b, out, config, layer=layer,
-                                            text=_text_config(top_tokens, keep, apply_final_norm),
-                                            drift_folders=drift or ())
+    config = CompareConfig(
+        decomposer=DecomposerConfig(as_enum(DecomposerKind, method, "--method"), n_concepts=n_concepts, seed=seed),
+        statistic=as_enum(ShiftStatistic, statistic, "--statistic"),
+        alpha=alpha,
+        seed=seed,
+    )
+    analysis, drift_result, index = compare(
+        a, b, out, config, layer=layer, text=_text_config(top_tokens, keep, apply_final_norm), drift_folders=drift or ()
+    )
     summary = analysis.summary()
-    headline = {k: summary[k] for k in ("frac_improved", "mean_gain", "baseline_global_gain", "baseline_random_gain",
-                                        "baseline_permuted_gain", "alpha_peak", "consistency_pearson")}
+    headline = {
+        k: summary[k]
+        for k in (
+            "frac_improved",
+            "mean_gain",
+            "baseline_global_gain",
+            "baseline_random_gain",
+            "baseline_permuted_gain",
+            "alpha_peak",
+            "consistency_pearson",
+        )
+    }
     if drift_result is not None:
         headline["drift_t_overlap"] = dict(zip(drift_result.steps, drift_result.t_overlap))
     headline["report"] = str(index)
@@ -147,7 +199,9 @@ def compare_command(
 
 
 def bench_command(
-    out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/concepts.json"),
+    out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
+        "benchmarks/results/concepts.json"
+    ),
     n_scenes: Annotated[int, typer.Option(min=10, help="World test scenes to draw questions from.")] = 4000,
     word: Annotated[str, typer.Option(help="The shape word used as token of interest.")] = "circle",
     seed: Annotated[int, typer.Option()] = 0,
@@ -157,8 +211,9 @@ def bench_command(
     from mmlens.bench.concepts import ConceptsBenchConfig, concepts_benchmark
     from mmlens.io import write_json_atomic
 
-    result = concepts_benchmark(ConceptsBenchConfig(word=word, n_scenes=n_scenes, seed=seed),
-                                log=lambda m: typer.echo(m, err=True))
+    result = concepts_benchmark(
+        ConceptsBenchConfig(word=word, n_scenes=n_scenes, seed=seed), log=lambda m: typer.echo(m, err=True)
+    )
     write_json_atomic(out, result)
     typer.echo(json.dumps({k: result[k] for k in ("recovery", "targets")}, indent=2))
     typer.echo(f"written to {out}")

@@ -73,8 +73,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise InputError(f"config file {path} must hold a mapping of option names to values, "
-                         f"not a {type(data).__name__}")
+        raise InputError(
+            f"config file {path} must hold a mapping of option names to values, not a {type(data).__name__}"
+        )
     return dict(data)
 
 
@@ -112,12 +113,16 @@ def _is_path_param(param: Any) -> bool:
     return bool(descriptor is not None and descriptor.is_path)
 
 
-def command_defaults(config: Mapping[str, Any], params: list[Any], source: str, command_path: str,
-                     base: Path | None = None) -> dict[str, Any]:
+def command_defaults(
+    config: Mapping[str, Any], params: list[Any], source: str, command_path: str, base: Path | None = None
+) -> dict[str, Any]:
     """The ``default_map`` of a command from a config mapping: names normalised (option aliases accepted), unknown
     names refused, relative paths made relative to ``base`` (the config file's folder)."""
-    usable = [p for p in params if p.name and p.name not in (CONFIG_OPTION, VERBOSE_OPTION)
-              and getattr(p, "expose_value", True)]
+    usable = [
+        p
+        for p in params
+        if p.name and p.name not in (CONFIG_OPTION, VERBOSE_OPTION) and getattr(p, "expose_value", True)
+    ]
     by_name = {name: p for p in usable for name in _config_names(p)}
     defaults: dict[str, Any] = {}
     unknown = []
@@ -130,13 +135,15 @@ def command_defaults(config: Mapping[str, Any], params: list[Any], source: str, 
         if isinstance(value, (list, tuple)) and _takes_one_value(param):
             value = ",".join(str(v) for v in value)  # the comma-separated options
         if base is not None:
-            value = ([_resolve_relative(v, param, base) for v in value] if isinstance(value, list)
-                     else _resolve_relative(value, param, base))
+            value = (
+                [_resolve_relative(v, param, base) for v in value]
+                if isinstance(value, list)
+                else _resolve_relative(value, param, base)
+            )
         defaults[param.name] = value
     if unknown:
         valid = ", ".join(sorted(p.name for p in usable)) or "none"
-        raise InputError(f"{source}: unknown option(s) {', '.join(unknown)} for '{command_path}' "
-                         f"(valid: {valid})")
+        raise InputError(f"{source}: unknown option(s) {', '.join(unknown)} for '{command_path}' (valid: {valid})")
     return defaults
 
 
@@ -145,8 +152,13 @@ def _load_into_context(ctx: Any, param: Any, value: Any) -> None:
     supplies their values (command line > config file > defaults)."""
     if value is None or ctx.resilient_parsing:
         return
-    defaults = command_defaults(read_config_file(value), list(ctx.command.params), str(value), ctx.command_path,
-                                base=Path(os.path.abspath(value)).parent)
+    defaults = command_defaults(
+        read_config_file(value),
+        list(ctx.command.params),
+        str(value),
+        ctx.command_path,
+        base=Path(os.path.abspath(value)).parent,
+    )
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
@@ -154,11 +166,17 @@ def _config_option_prototype() -> Any:
     """The click parameter of ``--config``, built by typer from a one-option command."""
 
     def prototype(
-        config: Annotated[Path | None, typer.Option(
-            "--config", is_eager=True, expose_value=False, metavar="FILE",
-            help="YAML or TOML file of this command's options (names as below, e.g. max_new_tokens: 8); "
-                 "options given on the command line win. The resolved options are written beside the results.")]
-        = None,
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config",
+                is_eager=True,
+                expose_value=False,
+                metavar="FILE",
+                help="YAML or TOML file of this command's options (names as below, e.g. max_new_tokens: 8); "
+                "options given on the command line win. The resolved options are written beside the results.",
+            ),
+        ] = None,
     ) -> None:
         pass
 
@@ -174,9 +192,15 @@ def _verbose_option_prototype() -> Any:
     """``--verbose``: the progress bars of every process and every weight load (hidden otherwise)."""
 
     def prototype(
-        verbose: Annotated[bool, typer.Option(
-            "--verbose", is_eager=True, expose_value=False,
-            help="Show every progress bar (per process, per weight load) and the libraries' logs.")] = False,
+        verbose: Annotated[
+            bool,
+            typer.Option(
+                "--verbose",
+                is_eager=True,
+                expose_value=False,
+                help="Show every progress bar (per process, per weight load) and the libraries' logs.",
+            ),
+        ] = False,
     ) -> None:
         pass
 
@@ -246,12 +270,15 @@ def write_resolved_config(command_path: str, options: Mapping[str, Any]) -> Path
     path = resolved_config_path(options)
     if path is None:
         return None
-    body = yaml.safe_dump({k: _plain(_absolute_text(k, v)) for k, v in options.items()}, sort_keys=False,
-                          allow_unicode=True)
+    body = yaml.safe_dump(
+        {k: _plain(_absolute_text(k, v)) for k, v in options.items()}, sort_keys=False, allow_unicode=True
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_text_file(path) as f:
-        f.write(f"# {command_path}: the options this run used. Repeat it with:\n"
-                f"#   {command_path} --config {path.absolute()}\n{body}")
+        f.write(
+            f"# {command_path}: the options this run used. Repeat it with:\n"
+            f"#   {command_path} --config {path.absolute()}\n{body}"
+        )
     return path
 
 
@@ -268,8 +295,13 @@ class OutputKind(enum.Enum):
 #: Parameters that name where a command writes; a folder unless :data:`FILE_OUTPUTS` says file.
 OUTPUT_OPTIONS = ("out", "out_dir", "save_to", "report", "save_estimator")
 #: (command path without "mmlens ", parameter) -> the output is one file.
-FILE_OUTPUTS = {("models generate", "out"), ("models embed", "out"), ("steer build", "out"),
-                ("steer apply", "out"), ("shift emi", "save_estimator")}
+FILE_OUTPUTS = {
+    ("models generate", "out"),
+    ("models embed", "out"),
+    ("steer build", "out"),
+    ("steer apply", "out"),
+    ("shift emi", "save_estimator"),
+}
 #: What a rerun of an interrupted command reuses (commands not listed keep only complete results).
 RESUME_NOTES = {
     "influence detect": "the fit in OUT/fit (once finished) is reused",
@@ -279,7 +311,7 @@ RESUME_NOTES = {
     "audit": "every finished stage in OUT is reused",
     "demo": "the built zoo models and every finished audit stage are reused",
     "zoo build": "every zoo model already built is reused",
-    "bench align": "the seeds already in OUT are kept (\"complete\": false)",
+    "bench align": 'the seeds already in OUT are kept ("complete": false)',
 }
 
 
@@ -409,5 +441,16 @@ def add_config_support(root: Any) -> Any:
     return root
 
 
-__all__ = ["ConfigFormat", "OutputKind", "check_output", "output_kind", "FILE_CONFIG_SUFFIX", "FOLDER_CONFIG_NAME", "add_config_support", "command_defaults",
-           "read_config_file", "resolved_config_path", "write_resolved_config"]
+__all__ = [
+    "ConfigFormat",
+    "OutputKind",
+    "check_output",
+    "output_kind",
+    "FILE_CONFIG_SUFFIX",
+    "FOLDER_CONFIG_NAME",
+    "add_config_support",
+    "command_defaults",
+    "read_config_file",
+    "resolved_config_path",
+    "write_resolved_config",
+]

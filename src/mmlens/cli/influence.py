@@ -19,8 +19,13 @@ import typer
 influence_app = typer.Typer(help="Influence of training pairs on a contrastive model (ECIF).", no_args_is_help=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")]
-DataOpt = Annotated[Path, typer.Option(help="Training pairs: JSONL of {image, caption} (image path relative to the "
-                                            "file) or a datasets folder with image and caption columns.")]
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        help="Training pairs: JSONL of {image, caption} (image path relative to the "
+        "file) or a datasets folder with image and caption columns."
+    ),
+]
 OutOpt = Annotated[Path, typer.Option(help="Output folder (ranking, report, and the fit, reused on a rerun).")]
 GroupOpt = Annotated[str, typer.Option(help="Parameter group: projection (fast, cached towers), last_k_layers, all.")]
 KOpt = Annotated[int, typer.Option("--k", min=1, help="Layers per tower for last_k_layers.")]
@@ -29,8 +34,12 @@ SolverOpt = Annotated[str, typer.Option(help="Inverse Hessian: cg, explicit, lis
 L2Opt = Annotated[float, typer.Option(help="L2 weight towards the given model's parameters (summed reduction).")]
 BatchOpt = Annotated[int, typer.Option(min=2, help="Batch size of the recorded partition.")]
 DampOpt = Annotated[float, typer.Option(min=0.0, help="Damping added to the Hessian.")]
-PartOpt = Annotated[Path | None, typer.Option(help="JSON of the recorded batch partition {batches: [[i, ...]]}; "
-                                                     "default: a seeded random partition.")]
+PartOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="JSON of the recorded batch partition {batches: [[i, ...]]}; default: a seeded random partition."
+    ),
+]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the default partition.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="jsonl or csv.")]
 
@@ -48,8 +57,20 @@ def _format(fmt: str) -> ScoreFormat:
     return as_enum(ScoreFormat, fmt, "--format")
 
 
-def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: str, solver: str, l2: float,
-              batch_size: int, damping: float, partition: Path | None, seed: int):
+def _analyzer(
+    model: str,
+    data: Path,
+    out: Path,
+    group: str,
+    k: int,
+    neg_form: str,
+    solver: str,
+    l2: float,
+    batch_size: int,
+    damping: float,
+    partition: Path | None,
+    seed: int,
+):
     """Load the model and pairs, then fit the group (or reuse ``out/fit`` from an earlier run with the same
     settings: an interrupted or repeated run resumes there)."""
     import torch
@@ -62,8 +83,11 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
     from mmlens.influence.task import ContrastiveTask, HeadTask, ModelTask
     from mmlens.models import ContrastiveModel, load_model
 
-    args = InfluenceArguments(neg_form=as_enum(NegForm, neg_form, "--neg-form"),  # validate before loading anything
-                              solver=as_enum(HessianSolver, solver, "--solver"), damping=damping)
+    args = InfluenceArguments(
+        neg_form=as_enum(NegForm, neg_form, "--neg-form"),  # validate before loading anything
+        solver=as_enum(HessianSolver, solver, "--solver"),
+        damping=damping,
+    )
     fit_args = FitArguments(batch_size=batch_size, l2=l2, seed=seed)
     group_enum = as_enum(ParamGroup, group, "--group")
     pairs = load_pair_data(data)
@@ -82,8 +106,16 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
         part = BatchPartition.from_json(partition.read_text())
     analyzer = InfluenceAnalyzer(task, pairs, args=args, fit_args=fit_args, partition=part, progress=True)
     fit_dir = out / "fit"
-    settings = {"model": model, "data": str(data.resolve()), "group": group, "k": k, "l2": l2, "batch_size": batch_size,
-                "seed": seed, "n_pairs": len(pairs)}
+    settings = {
+        "model": model,
+        "data": str(data.resolve()),
+        "group": group,
+        "k": k,
+        "l2": l2,
+        "batch_size": batch_size,
+        "seed": seed,
+        "n_pairs": len(pairs),
+    }
     settings_file = fit_dir / "settings.json"
     main = analyzer.work.is_main_process
     if settings_file.is_file() and json.loads(settings_file.read_text()) == settings:
@@ -97,8 +129,7 @@ def _analyzer(model: str, data: Path, out: Path, group: str, k: int, neg_form: s
     analyzer.work.wait_for_everyone()
     if analyzer.fitted is None:
         if main:
-            typer.echo(f"fitting the {group} group ({task.space.size} parameters) on {len(pairs)} pairs ...",
-                       err=True)
+            typer.echo(f"fitting the {group} group ({task.space.size} parameters) on {len(pairs)} pairs ...", err=True)
         from mmlens.io import atomic_folder
 
         fit = analyzer.fit()  # on every process: the same deterministic fit
@@ -146,14 +177,24 @@ def _stand_out(scores: list[float]) -> dict:
     n = int((z < -STAND_OUT_Z).sum())
     lowest = float(z.min()) if len(z) else 0.0
     if n:
-        note = (f"{n} pair(s) stand out as harmful: their score is more than {STAND_OUT_Z} robust standard "
-                f"deviations below the median (median {median:.3g}, robust sd {mad:.3g}).")
+        note = (
+            f"{n} pair(s) stand out as harmful: their score is more than {STAND_OUT_Z} robust standard "
+            f"deviations below the median (median {median:.3g}, robust sd {mad:.3g})."
+        )
     else:
-        note = (f"No pair stands out: the lowest score is {abs(lowest):.2f} robust standard deviations below the "
-                f"median (median {median:.3g}, robust sd {mad:.3g}; a pair stands out beyond {STAND_OUT_Z}), so "
-                "the ranking below is not evidence of misaligned pairs.")
-    return {"n_outliers": n, "median": median, "robust_sd": mad, "lowest_z": lowest, "threshold_z": STAND_OUT_Z,
-            "note": note}
+        note = (
+            f"No pair stands out: the lowest score is {abs(lowest):.2f} robust standard deviations below the "
+            f"median (median {median:.3g}, robust sd {mad:.3g}; a pair stands out beyond {STAND_OUT_Z}), so "
+            "the ranking below is not evidence of misaligned pairs."
+        )
+    return {
+        "n_outliers": n,
+        "median": median,
+        "robust_sd": mad,
+        "lowest_z": lowest,
+        "threshold_z": STAND_OUT_Z,
+        "note": note,
+    }
 
 
 def _score_rows(pairs, scores, neg_form: str) -> list[dict]:
@@ -162,9 +203,13 @@ def _score_rows(pairs, scores, neg_form: str) -> list[dict]:
     total = scores.role(Role.BOTH, neg_form)  # once, not once per pair
     rows = []
     for i in range(len(pairs)):
-        row = {"index": i, "id": pairs.ids[i], "caption": pairs.captions[i],
-               "delta_val_loss_if_removed": float(total[i]),
-               "pos": float(scores.pos[i])}
+        row = {
+            "index": i,
+            "id": pairs.ids[i],
+            "caption": pairs.captions[i],
+            "delta_val_loss_if_removed": float(total[i]),
+            "pos": float(scores.pos[i]),
+        }
         for form in NegForm:
             row[f"neg_{form.value}"] = float(scores.neg[form.value][i])
         row["max_negative_prob"] = float(scores.max_negative_prob[i])
@@ -173,13 +218,23 @@ def _score_rows(pairs, scores, neg_form: str) -> list[dict]:
 
 
 @influence_app.command("detect")
-def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
-                   val: Annotated[Path, typer.Option(help="Clean validation pairs (JSONL or datasets folder).")],
-                   group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
-                   l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
-                   seed: SeedOpt = 0,
-                   top: Annotated[int, typer.Option(min=1, help="Flagged pairs shown in the report.")] = 24,
-                   fmt: FormatOpt = "jsonl") -> None:
+def detect_command(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    val: Annotated[Path, typer.Option(help="Clean validation pairs (JSONL or datasets folder).")],
+    group: GroupOpt = "projection",
+    k: KOpt = 1,
+    neg_form: FormOpt = "exact",
+    solver: SolverOpt = "cg",
+    l2: L2Opt = 300.0,
+    batch_size: BatchOpt = 64,
+    damping: DampOpt = 0.0,
+    partition: PartOpt = None,
+    seed: SeedOpt = 0,
+    top: Annotated[int, typer.Option(min=1, help="Flagged pairs shown in the report.")] = 24,
+    fmt: FormatOpt = "jsonl",
+) -> None:
     """Rank training pairs from most harmful to most helpful for the validation pairs; writes the ranking and an
     HTML report with thumbnails of the top flagged pairs."""
     from mmlens.influence.data import load_pair_data
@@ -198,27 +253,55 @@ def detect_command(model: ModelOpt, data: DataOpt, out: OutOpt,
     path = _write_rows(rows, out, out_format)
     standout = _stand_out([r["delta_val_loss_if_removed"] for r in rows])
     report = ranking_report(
-        pairs, rows, title="Misaligned training pairs (ECIF)",
+        pairs,
+        rows,
+        title="Misaligned training pairs (ECIF)",
         subtitle=f"{model} on {data.name}: {len(pairs)} pairs, group {group}, negative form {neg_form}",
         explanation=REMOVAL_SCORE_NOTE + " Harmful pairs are flagged first. " + standout["note"],
-        card_scores=("delta_val_loss_if_removed",), cards=top,
+        card_scores=("delta_val_loss_if_removed",),
+        cards=top,
         cards_title="Most harmful pairs" if standout["n_outliers"] else "Lowest scores (no pair stands out)",
-        ranking_title="Ranking", columns=["rank", "id", "caption", "delta_val_loss_if_removed", "pos", f"neg_{neg_form}"],
-        data={"n_pairs": len(pairs), "stand_out": standout,
-              "fit": {"risk": analyzer.fitted.risk, "grad_max": analyzer.fitted.grad_norm},
-              "solver": {k2: v for k2, v in analyzer.inverse().info.items() if k2 != "solves"}})
+        ranking_title="Ranking",
+        columns=["rank", "id", "caption", "delta_val_loss_if_removed", "pos", f"neg_{neg_form}"],
+        data={
+            "n_pairs": len(pairs),
+            "stand_out": standout,
+            "fit": {"risk": analyzer.fitted.risk, "grad_max": analyzer.fitted.grad_norm},
+            "solver": {k2: v for k2, v in analyzer.inverse().info.items() if k2 != "solves"},
+        },
+    )
     index = report.write(out / "report")
-    typer.echo(json.dumps({"ranking": str(path), "report": str(index), "most_harmful": rows[0]["id"],
-                           "most_harmful_score": rows[0]["delta_val_loss_if_removed"],
-                           "n_standing_out": standout["n_outliers"]}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "ranking": str(path),
+                "report": str(index),
+                "most_harmful": rows[0]["id"],
+                "most_harmful_score": rows[0]["delta_val_loss_if_removed"],
+                "n_standing_out": standout["n_outliers"],
+            },
+            indent=2,
+        )
+    )
 
 
 @influence_app.command("value")
-def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
-                  val: Annotated[Path, typer.Option(help="Validation pairs (JSONL or datasets folder).")],
-                  group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
-                  l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
-                  seed: SeedOpt = 0, fmt: FormatOpt = "jsonl") -> None:
+def value_command(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    val: Annotated[Path, typer.Option(help="Validation pairs (JSONL or datasets folder).")],
+    group: GroupOpt = "projection",
+    k: KOpt = 1,
+    neg_form: FormOpt = "exact",
+    solver: SolverOpt = "cg",
+    l2: L2Opt = 300.0,
+    batch_size: BatchOpt = 64,
+    damping: DampOpt = 0.0,
+    partition: PartOpt = None,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = "jsonl",
+) -> None:
     """The value of every training pair for the validation pairs, by role (pos) and negative form, in input order."""
     from mmlens.influence.data import load_pair_data
 
@@ -235,15 +318,26 @@ def value_command(model: ModelOpt, data: DataOpt, out: OutOpt,
 
 
 @influence_app.command("trace")
-def trace_command(model: ModelOpt, data: DataOpt, out: OutOpt,
-                  test: Annotated[Path, typer.Option(help="Test pairs to explain (JSONL or datasets folder).")],
-                  negatives: Annotated[Path | None, typer.Option(help="Extra pairs that form the test batch "
-                                                                         "(needed if --test holds one pair).")] = None,
-                  relative: Annotated[str, typer.Option(help="none, theta (RelatIF) or l.")] = "theta",
-                  group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
-                  l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
-                  seed: SeedOpt = 0,
-                  top: Annotated[int, typer.Option(min=1, help="Training pairs listed per test pair.")] = 8) -> None:
+def trace_command(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    test: Annotated[Path, typer.Option(help="Test pairs to explain (JSONL or datasets folder).")],
+    negatives: Annotated[
+        Path | None, typer.Option(help="Extra pairs that form the test batch (needed if --test holds one pair).")
+    ] = None,
+    relative: Annotated[str, typer.Option(help="none, theta (RelatIF) or l.")] = "theta",
+    group: GroupOpt = "projection",
+    k: KOpt = 1,
+    neg_form: FormOpt = "exact",
+    solver: SolverOpt = "cg",
+    l2: L2Opt = 300.0,
+    batch_size: BatchOpt = 64,
+    damping: DampOpt = 0.0,
+    partition: PartOpt = None,
+    seed: SeedOpt = 0,
+    top: Annotated[int, typer.Option(min=1, help="Training pairs listed per test pair.")] = 8,
+) -> None:
     """For each test pair, the training pairs that most raised its loss, with thumbnails."""
     from mmlens.enums import as_enum
     from mmlens.influence.config import Relative
@@ -266,17 +360,28 @@ def trace_command(model: ModelOpt, data: DataOpt, out: OutOpt,
 
 
 @influence_app.command("remove")
-def remove_command(model: ModelOpt, data: DataOpt, out: OutOpt,
-                   save_to: Annotated[Path, typer.Option(help="Folder for the edited model (loadable with "
-                                                              "load_model / from_pretrained).")],
-                   indices: Annotated[Path | None, typer.Option(help="Text/JSON file of pair indices to remove.")]
-                   = None,
-                   ranking: Annotated[Path | None, typer.Option(help="scores.jsonl from `detect`: remove its top "
-                                                                        "--n-remove pairs.")] = None,
-                   n_remove: Annotated[int, typer.Option(min=1, help="How many top-ranked pairs to remove.")] = 10,
-                   group: GroupOpt = "projection", k: KOpt = 1, neg_form: FormOpt = "exact", solver: SolverOpt = "cg",
-                   l2: L2Opt = 300.0, batch_size: BatchOpt = 64, damping: DampOpt = 0.0, partition: PartOpt = None,
-                   seed: SeedOpt = 0) -> None:
+def remove_command(
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    save_to: Annotated[
+        Path, typer.Option(help="Folder for the edited model (loadable with load_model / from_pretrained).")
+    ],
+    indices: Annotated[Path | None, typer.Option(help="Text/JSON file of pair indices to remove.")] = None,
+    ranking: Annotated[
+        Path | None, typer.Option(help="scores.jsonl from `detect`: remove its top --n-remove pairs.")
+    ] = None,
+    n_remove: Annotated[int, typer.Option(min=1, help="How many top-ranked pairs to remove.")] = 10,
+    group: GroupOpt = "projection",
+    k: KOpt = 1,
+    neg_form: FormOpt = "exact",
+    solver: SolverOpt = "cg",
+    l2: L2Opt = 300.0,
+    batch_size: BatchOpt = 64,
+    damping: DampOpt = 0.0,
+    partition: PartOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
     """Closed-form removal (ECIF edit, no retraining) of chosen pairs; saves the edited model."""
     from mmlens.errors import InputError
     from mmlens.influence.analyzer import save_model
@@ -298,8 +403,9 @@ def remove_command(model: ModelOpt, data: DataOpt, out: OutOpt,
         records = [r for _, r in read_jsonl(ranking)]
         # `value` writes the same file name in input order, without ranks: removing its first rows would be wrong
         if not records or not all("index" in r and "rank" in r for r in records):
-            raise InputError(f"{ranking} is not a ranking written by `mmlens influence detect` (every row needs "
-                             "'index' and 'rank')")
+            raise InputError(
+                f"{ranking} is not a ranking written by `mmlens influence detect` (every row needs 'index' and 'rank')"
+            )
         records.sort(key=lambda r: r["rank"])
         chosen = [int(r["index"]) for r in records[:n_remove]]
     if not chosen:
@@ -313,7 +419,9 @@ def remove_command(model: ModelOpt, data: DataOpt, out: OutOpt,
 
 
 def bench_command(
-    out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/influence.json"),
+    out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
+        "benchmarks/results/influence.json"
+    ),
     models: Annotated[str, typer.Option(help="Comma-separated zoo models.")] = "digits-clip,mini-clip",
     peer: Annotated[bool, typer.Option(help="Run the peer library (kronfluence EK-FAC) side by side.")] = True,
     seed: Annotated[int, typer.Option()] = 0,
@@ -326,8 +434,9 @@ def bench_command(
     unknown = set(chosen) - {"digits-clip", "mini-clip"}
     if unknown:
         raise typer.BadParameter(f"unknown models {sorted(unknown)}", param_hint="--models")
-    result = influence_benchmark(BenchConfig(models=chosen, run_peer=peer, seed=seed),
-                                 log=lambda s: typer.echo(s, err=True))
+    result = influence_benchmark(
+        BenchConfig(models=chosen, run_peer=peer, seed=seed), log=lambda s: typer.echo(s, err=True)
+    )
     write_json_atomic(out, result)
     typer.echo(json.dumps({"cost": result["cost"], "seconds": result["seconds"]}, indent=2))
     typer.echo(f"written to {out}")

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-models_app = typer.Typer(help="Load any supported model (zoo:NAME, a local path or a Hugging Face id) and run it.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Load any supported model (zoo:NAME, a local path or a Hugging Face id) and run it.", no_args_is_help=True
+)
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")]
 
@@ -34,7 +36,9 @@ def _describe(adapter) -> dict:
     if hasattr(adapter, "decoder_layers"):
         info["decoder_layers"] = len(adapter.decoder_layers)
         info["final_norm"] = type(adapter.final_norm).__name__
-        info["lm_head"] = f"{type(adapter.lm_head).__name__}({adapter.lm_head.in_features} -> {adapter.lm_head.out_features})"
+        info["lm_head"] = (
+            f"{type(adapter.lm_head).__name__}({adapter.lm_head.in_features} -> {adapter.lm_head.out_features})"
+        )
         info["image_token_id"] = adapter.image_token_id
     else:
         info["logit_scale"] = float(adapter.logit_scale.detach())
@@ -47,7 +51,9 @@ def generate_command(
     model: ModelOption,
     data: Annotated[Path, typer.Option(help="JSONL with an `image` field (path relative to the file) per line.")],
     out: Annotated[Path, typer.Option(help="JSONL to write: the input records with a `response` field.")],
-    prompt: Annotated[str, typer.Option(help="Prompt used where a record has no `prompt` field.")] = "describe the image .",
+    prompt: Annotated[
+        str, typer.Option(help="Prompt used where a record has no `prompt` field.")
+    ] = "describe the image .",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
 ) -> None:
@@ -59,9 +65,13 @@ def generate_command(
     records = load_pairs_jsonl(data, require_caption=False)
     adapter = load_model(model, expect=VisionLanguageModel)
     prompts = [record.get("prompt") or prompt for record in records]
-    responses = adapter.generate([r["image"] for r in records], prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    rows = [{k: v for k, v in r.items() if k != "image"} | {"image": r["image_path"], "prompt": p, "response": a}
-            for r, p, a in zip(records, prompts, responses)]
+    responses = adapter.generate(
+        [r["image"] for r in records], prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    rows = [
+        {k: v for k, v in r.items() if k != "image"} | {"image": r["image_path"], "prompt": p, "response": a}
+        for r, p, a in zip(records, prompts, responses)
+    ]
     write_jsonl_atomic(out, rows)
     typer.echo(f"wrote {len(rows)} responses to {out}")
 
@@ -96,8 +106,11 @@ def embed_command(
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:  # one rename on success; nothing left beside OUT on failure
-        save_file({k: v.to(torch.float32) for k, v in tensors.items()}, tmp,
-                  metadata={"model": model, "data": str(data.absolute())})
+        save_file(
+            {k: v.to(torch.float32) for k, v in tensors.items()},
+            tmp,
+            metadata={"model": model, "data": str(data.absolute())},
+        )
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)

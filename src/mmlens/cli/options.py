@@ -132,8 +132,12 @@ def field_parameters(spec: FieldOptions, cls: type | None = None, path: tuple[st
         if key in spec.exclude or not f.init:
             continue
         annotation, optional = _split_optional(hints[f.name])
-        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and not optional \
-                and key not in spec.converters:
+        if (
+            isinstance(annotation, type)
+            and dataclasses.is_dataclass(annotation)
+            and not optional
+            and key not in spec.converters
+        ):
             out.extend(field_parameters(spec, annotation, (*path, f.name)))
             continue
         dashed = "-".join(p.replace("_", "-") for p in (*path, f.name))
@@ -152,14 +156,17 @@ def field_parameters(spec: FieldOptions, cls: type | None = None, path: tuple[st
         elif annotation in _SCALARS or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
             option_type = annotation | None if optional else annotation
         else:
-            raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for {hints[f.name]!r}; give a "
-                            "Converter or exclude the field")
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: no command-line form for {hints[f.name]!r}; give a "
+                "Converter or exclude the field"
+            )
         if annotation is bool:  # a switch both ways: --flag/--no-flag
             names = [f"{names[0]}/--no-{names[0][2:]}", *names[1:]]
         info = typer.Option(*names, help=help_text, rich_help_panel=spec.panel, show_default=True)
         name = spec.param_name(dashed.replace("-", "_"))
-        param = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[option_type, info],
-                                  default=default)
+        param = inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[option_type, info], default=default
+        )
         out.append(_Generated((*path, f.name), param, convert))
     return out
 
@@ -183,8 +190,11 @@ def config_options(**groups: FieldOptions) -> Callable[[Callable[..., Any]], Cal
         if missing:
             raise TypeError(f"{func.__name__} has no parameter {sorted(missing)}")
         generated = {name: field_parameters(spec) for name, spec in groups.items()}
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
-                  if p.name not in groups]
+        params = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in signature.parameters.values()
+            if p.name not in groups
+        ]
         taken = {p.name for p in params}
         for name, items in generated.items():
             for item in items:

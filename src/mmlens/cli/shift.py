@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,8 +18,9 @@ from mmlens.shift.options import (
     Preset,
 )
 
-shift_app = typer.Typer(help="Distribution-shift risk of a vision-language model: EMI, EMID and its bound.",
-                        no_args_is_help=True)
+shift_app = typer.Typer(
+    help="Distribution-shift risk of a vision-language model: EMI, EMID and its bound.", no_args_is_help=True
+)
 
 
 def _csv(value: str | None) -> list[str]:
@@ -30,11 +31,15 @@ def _csv(value: str | None) -> list[str]:
 def generate_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
     out: Annotated[Path, typer.Option(help="Folder to write: one <split>.jsonl per shift scenario + images.")],
-    data: Annotated[Path | None, typer.Option(help="JSONL with image, prompt and reference per line (image path "
-                                                      "relative to the file), shifted here by the grid; or a folder "
-                                                      "of such JSONL files = your own splits, used as they are. "
-                                                      "Default: held-out world VQA of a world-trained zoo model.")]
-    = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL with image, prompt and reference per line (image path "
+            "relative to the file), shifted here by the grid; or a folder "
+            "of such JSONL files = your own splits, used as they are. "
+            "Default: held-out world VQA of a world-trained zoo model."
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", min=2, help="World items (without --data).")] = 200,
     visual: Annotated[str | None, typer.Option(help="Comma-separated visual shifts, e.g. defocus_blur,fog.")] = None,
     text: Annotated[str | None, typer.Option(help="Comma-separated text shifts, e.g. keyboard,synonym.")] = None,
@@ -63,15 +68,18 @@ def generate_command(
     except ValueError:
         raise InputError(f"--severities must be comma-separated integers 1-5, got {severities!r}") from None
     vs, ts = _csv(visual), _csv(text)
+    scenarios: list[Any]
     if vs or ts:
-        scenarios = [(None, 0, None, 0)] + [(v, k, None, 0) for v in vs for k in sev] + \
-                    [(None, 0, t, k) for t in ts for k in sev]
+        scenarios = (
+            [(None, 0, None, 0)]
+            + [(v, k, None, 0) for v in vs for k in sev]
+            + [(None, 0, t, k) for t in ts for k in sev]
+        )
         if joint:
             scenarios += [(v, k, t, k) for v in vs for t in ts for k in sev]
     else:
         scenarios = default_scenarios()
-    config = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                            scenarios=tuple(scenarios))
+    config = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, scenarios=tuple(scenarios))
     if data is None:
         paths = generate_world_splits(model, out, n=n, config=config, overwrite=overwrite)
     elif data.is_dir():
@@ -83,49 +91,83 @@ def generate_command(
     else:
         records = load_eval_records(data)
         vlm = load_model(model, expect=VisionLanguageModel)
-        paths = generate_responses(vlm, [r["image"] for r in records], [r["prompt"] for r in records],
-                                   [r["reference"] for r in records], out, config, model_id=model,
-                                   item_ids=[r.get("question_id", i) for i, r in enumerate(records)],
-                                   overwrite=overwrite)
+        paths = generate_responses(
+            vlm,
+            [r["image"] for r in records],
+            [r["prompt"] for r in records],
+            [r["reference"] for r in records],
+            out,
+            config,
+            model_id=model,
+            item_ids=[r.get("question_id", i) for i, r in enumerate(records)],
+            overwrite=overwrite,
+        )
     typer.echo(f"wrote {len(paths)} splits to {out}")
 
 
 @shift_app.command("emi")
 def emi_command(
-    id_split: Annotated[Path, typer.Option("--id", help="In-distribution split JSONL (question_id, prompt, text, "
-                                                        "reference or --references).")],
+    id_split: Annotated[
+        Path,
+        typer.Option(
+            "--id", help="In-distribution split JSONL (question_id, prompt, text, reference or --references)."
+        ),
+    ],
     ood: Annotated[list[Path], typer.Option(help="OOD split JSONL or folder of them; repeat for more.")],
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json (the result).")],
     references: Annotated[Path | None, typer.Option(help="JSONL of question_id -> reference text.")] = None,
-    preset: Annotated[Preset | None, typer.Option(
-        help="reference = the EMI authors' pipeline: CLIP ViT-B/32 patch mean + xlm-roberta-base embedding layer "
-             "(needs their weights: hub or --image-model/--text-model folders), average fusion, CLUB, translations "
-             "against the English control.")] = None,
-    text_embedder: Annotated[str | None, typer.Option(
-        help="minilm | sentence:PATH | embedding-layer[:PATH] | hashing[:N] | lexical (default minilm; with "
-             "--preset reference: embedding-layer:<--text-model>)")] = None,
+    preset: Annotated[
+        Preset | None,
+        typer.Option(
+            help="reference = the EMI authors' pipeline: CLIP ViT-B/32 patch mean + xlm-roberta-base embedding layer "
+            "(needs their weights: hub or --image-model/--text-model folders), average fusion, CLUB, translations "
+            "against the English control."
+        ),
+    ] = None,
+    text_embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="minilm | sentence:PATH | embedding-layer[:PATH] | hashing[:N] | lexical (default minilm; with "
+            "--preset reference: embedding-layer:<--text-model>)"
+        ),
+    ] = None,
     text_model: Annotated[str | None, typer.Option(help="--preset reference: XLM-R hub id or folder.")] = None,
-    image_model: Annotated[str | None, typer.Option(help="CLIP-like model for image features (e.g. zoo:mini-clip);"
-                                                            " omit for text-only queries. With --preset reference: "
-                                                            "CLIP hub id or folder (default ViT-B/32).")] = None,
-    image_mode: Annotated[ImageFeatureMode, typer.Option(help="patch_mean is the reference.")]
-    = ImageFeatureMode.PATCH_MEAN,
+    image_model: Annotated[
+        str | None,
+        typer.Option(
+            help="CLIP-like model for image features (e.g. zoo:mini-clip);"
+            " omit for text-only queries. With --preset reference: "
+            "CLIP hub id or folder (default ViT-B/32)."
+        ),
+    ] = None,
+    image_mode: Annotated[
+        ImageFeatureMode, typer.Option(help="patch_mean is the reference.")
+    ] = ImageFeatureMode.PATCH_MEAN,
     fusion: Annotated[Fusion, typer.Option(help="average is the reference.")] = Fusion.AVERAGE,
     estimator: Annotated[EstimatorKind, typer.Option(help="club is the reference.")] = EstimatorKind.CLUB,
-    estimator_file: Annotated[Path | None, typer.Option(
-        help="Reuse a saved estimator (an mmlens estimator or ensemble file, or the authors' CLUB_global.pt) "
-             "instead of training.")] = None,
+    estimator_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reuse a saved estimator (an mmlens estimator or ensemble file, or the authors' CLUB_global.pt) "
+            "instead of training."
+        ),
+    ] = None,
     save_estimator: Annotated[Path | None, typer.Option(help="Save the trained estimator(s) here.")] = None,
-    estimator_seeds: Annotated[int, typer.Option(min=1, help="Estimators trained with different seeds; their "
-                                                             "spread enters every interval.")] = 5,
-    estimator_data: Annotated[EstimatorData, typer.Option(help="pooled (transductive) is the reference.")]
-    = EstimatorData.POOLED,
-    control: Annotated[str | None, typer.Option(help="Control split for translated splits (default with "
-                                                        "--preset reference: <id>_English if present).")] = None,
+    estimator_seeds: Annotated[
+        int, typer.Option(min=1, help="Estimators trained with different seeds; their spread enters every interval.")
+    ] = 5,
+    estimator_data: Annotated[
+        EstimatorData, typer.Option(help="pooled (transductive) is the reference.")
+    ] = EstimatorData.POOLED,
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Control split for translated splits (default with --preset reference: <id>_English if present)."
+        ),
+    ] = None,
     bound: Annotated[BoundKind, typer.Option(help="scale_adjusted is the reference.")] = BoundKind.SCALE_ADJUSTED,
     h_hat: Annotated[float, typer.Option(help="Entropy constant of the theorem/compact bounds.")] = 1.0,
-    mixture: Annotated[Mixture, typer.Option(help="RJSD mixture; sample_size is the reference.")]
-    = Mixture.SAMPLE_SIZE,
+    mixture: Annotated[Mixture, typer.Option(help="RJSD mixture; sample_size is the reference.")] = Mixture.SAMPLE_SIZE,
     permutations: Annotated[int, typer.Option(min=0, help="Permutations for each RJSD null.")] = 100,
     bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for EMI intervals.")] = 200,
     seed: Annotated[int, typer.Option()] = 0,
@@ -148,29 +190,48 @@ def emi_command(
     splits = load_splits([id_split, *ood], references, load_images=load_images)
     if reference or control:
         assign_language_control(splits, splits[0].name, control)
-    config = ShiftConfig(estimator=EstimatorConfig(kind=estimator, seed=seed), estimator_data=estimator_data,
-                         fusion=fusion, bound=bound, h_hat=h_hat, mixture=mixture, n_permutations=permutations,
-                         n_bootstrap=bootstrap, seed=seed, n_estimators=estimator_seeds)
+    config = ShiftConfig(
+        estimator=EstimatorConfig(kind=estimator, seed=seed),
+        estimator_data=estimator_data,
+        fusion=fusion,
+        bound=bound,
+        h_hat=h_hat,
+        mixture=mixture,
+        n_permutations=permutations,
+        n_bootstrap=bootstrap,
+        seed=seed,
+        n_estimators=estimator_seeds,
+    )
     est = load_estimator(estimator_file) if estimator_file else None
     has_images = any(s.images is not None for s in splits)
     if reference:
         if text_embedder:
             raise InputError("--preset reference fixes the text features; pass --text-model for another XLM-R copy")
         clip = image_model or "openai/clip-vit-base-patch32"
-        texts, image = reference_embedders(None if clip.startswith("zoo:") or not has_images else clip,
-                                           text_model or "xlm-roberta-base")
+        texts: Any
+        texts, image = reference_embedders(
+            None if clip.startswith("zoo:") or not has_images else clip, text_model or "xlm-roberta-base"
+        )
         if has_images and clip.startswith("zoo:"):
             image = ClipImageEmbedder(clip, mode=ImageFeatureMode.PATCH_MEAN)
     else:
         texts = make_text_embedder(text_embedder or "minilm")
         image = ClipImageEmbedder(image_model, mode=image_mode) if image_model else None
-    result = analyse(splits, config, text_embedder=texts, image_embedder=image, estimator=est,
-                     id_split=splits[0].name)
+    result = analyse(splits, config, text_embedder=texts, image_embedder=image, estimator=est, id_split=splits[0].name)
     result.embedders["preset"] = preset.value if preset else None
     index = write_shift_report(result, out)
     if save_estimator:
         result.estimator.save(save_estimator)
         typer.echo(f"saved estimator to {save_estimator}")
     corr = result.correlations.get("emid_bound", {})
-    typer.echo(json.dumps({"splits": len(result.rows), "pearson_emid_bound": corr.get("pearson"),
-                           "pearson_emid_bound_ci": corr.get("pearson_ci"), "report": str(index)}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "splits": len(result.rows),
+                "pearson_emid_bound": corr.get("pearson"),
+                "pearson_emid_bound_ci": corr.get("pearson_ci"),
+                "report": str(index),
+            },
+            indent=2,
+        )
+    )

@@ -47,14 +47,18 @@ def _time_help(words: list[str], repeats: int) -> dict[str, float]:
     times, cpu = [], []
     for _ in range(repeats):
         start, cpu_start = time.perf_counter(), _children_cpu()
-        done = subprocess.run([sys.executable, "-m", "mmlens", *words, "--help"], capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "mmlens", *words, "--help"], capture_output=True, text=True, check=False
+        )
         times.append(time.perf_counter() - start)
         cpu.append(_children_cpu() - cpu_start)
         if done.returncode != 0:
             raise RuntimeError(f"mmlens {' '.join(words)} --help failed: {done.stderr[-500:]}")
-    return {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-            "cpu_s": round(statistics.median(cpu), 3)}
+    return {
+        "median_s": round(statistics.median(times), 3),
+        "min_s": round(min(times), 3),
+        "cpu_s": round(statistics.median(cpu), 3),
+    }
 
 
 def _commit() -> str | None:
@@ -87,12 +91,17 @@ def cli_benchmark(repeats: int = 5, progress: Callable[[str], None] | None = Non
         "help_cpu_s": root["cpu_s"],
         "subcommand_help_cpu_s": {k: v["cpu_s"] for k, v in sub.items()},
         "cpu_note": "cpu_s: median user + system CPU seconds of the process (the start-up's own cost; the wall-clock "
-                    "seconds above also contain the waits for a core on a shared machine)",
+        "seconds above also contain the waits for a core on a shared machine)",
         "targets": {"help_s": HELP_TARGET_S, "subcommand_help_s": SUBCOMMAND_HELP_TARGET_S},
-        "targets_met": {"help_s": root["median_s"] <= HELP_TARGET_S,
-                        "subcommand_help_s": worst <= SUBCOMMAND_HELP_TARGET_S},
-        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after],
-                         "cores": os.cpu_count()},
+        "targets_met": {
+            "help_s": root["median_s"] <= HELP_TARGET_S,
+            "subcommand_help_s": worst <= SUBCOMMAND_HELP_TARGET_S,
+        },
+        "load_average": {
+            "before": [round(x, 2) for x in load_before],
+            "after": [round(x, 2) for x in load_after],
+            "cores": os.cpu_count(),
+        },
         "repeats": repeats,
         "seconds": round(time.perf_counter() - started, 1),
         "commit": _commit(),

@@ -11,13 +11,27 @@ import typer
 steer_app = typer.Typer(help="Steering vision-language models with concept and shift vectors.", no_args_is_help=True)
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")]
-DataOption = Annotated[Path, typer.Option(help="JSONL of questions: image (path relative to the file; omit for a "
-                                               "text-only LM), question, answer, answer_type per line, or the "
-                                               "data.jsonl of `mmlens world export`.")]
-PositionsOption = Annotated[str, typer.Option(help="all | prompt_only | generated_only (never steers the first "
-                                                   "answer token) | from_last_prompt | text_only.")]
-ConditionOption = Annotated[str, typer.Option(help="always | source_concept (only samples nearer the vector's source "
-                                                   "than its contrasts, at the last prompt position).")]
+DataOption = Annotated[
+    Path,
+    typer.Option(
+        help="JSONL of questions: image (path relative to the file; omit for a "
+        "text-only LM), question, answer, answer_type per line, or the "
+        "data.jsonl of `mmlens world export`."
+    ),
+]
+PositionsOption = Annotated[
+    str,
+    typer.Option(
+        help="all | prompt_only | generated_only (never steers the first answer token) | from_last_prompt | text_only."
+    ),
+]
+ConditionOption = Annotated[
+    str,
+    typer.Option(
+        help="always | source_concept (only samples nearer the vector's source "
+        "than its contrasts, at the last prompt position)."
+    ),
+]
 
 
 def _csv(value: str | None) -> list[str]:
@@ -53,8 +67,9 @@ def _generative(spec: str):
 
     model = load_model(spec)
     if not isinstance(model, (VisionLanguageModel, CausalLanguageModel)):
-        raise ModelLoadError(f"{spec} is a {type(model).__name__}: steering needs a vision-language model or a "
-                             "causal LM")
+        raise ModelLoadError(
+            f"{spec} is a {type(model).__name__}: steering needs a vision-language model or a causal LM"
+        )
     return model
 
 
@@ -86,8 +101,9 @@ def _config(alpha: float, positions: str, condition: str):
     from mmlens.enums import as_enum
     from mmlens.steer import SteerCondition, SteerConfig, SteerPositions
 
-    return SteerConfig(alpha, as_enum(SteerPositions, positions, "--positions"),
-                       as_enum(SteerCondition, condition, "--condition"))
+    return SteerConfig(
+        alpha, as_enum(SteerPositions, positions, "--positions"), as_enum(SteerCondition, condition, "--condition")
+    )
 
 
 @steer_app.command("build")
@@ -99,13 +115,26 @@ def build_command(
     target: Annotated[str | None, typer.Option(help="Target answer, e.g. no (coarse vectors).")] = None,
     layers: Annotated[str | None, typer.Option(help="Comma-separated decoder layers (default: all).")] = None,
     answer_type: Annotated[str | None, typer.Option(help="Use only questions of this answer_type.")] = None,
-    finetuned: Annotated[str | None, typer.Option(help="A fine-tuned model: build fine-tuning shift vectors "
-                                                           "(finetuned - model, same questions) instead.")] = None,
-    dictionary: Annotated[Path | None, typer.Option(help="Concept dictionary (a safetensors (k, hidden) matrix "
-                                                             "or a saved mmlens.concepts decomposer): all concept "
-                                                             "differences at the first of --layers.")] = None,
-    use_truth: Annotated[bool, typer.Option(help="Label samples by the model's answer only where it matches "
-                                                 "the ground truth (reference filter).")] = True,
+    finetuned: Annotated[
+        str | None,
+        typer.Option(
+            help="A fine-tuned model: build fine-tuning shift vectors (finetuned - model, same questions) instead."
+        ),
+    ] = None,
+    dictionary: Annotated[
+        Path | None,
+        typer.Option(
+            help="Concept dictionary (a safetensors (k, hidden) matrix "
+            "or a saved mmlens.concepts decomposer): all concept "
+            "differences at the first of --layers."
+        ),
+    ] = None,
+    use_truth: Annotated[
+        bool,
+        typer.Option(
+            help="Label samples by the model's answer only where it matches the ground truth (reference filter)."
+        ),
+    ] = True,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 4,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the shuffled-label control saved beside each vector.")] = 0,
@@ -135,8 +164,17 @@ def build_command(
         tuned = _generative(finetuned)
         cap_a = capture_examples(vlm, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
         cap_b = capture_examples(tuned, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        vectors = [finetuning_shift_vectors(cap_a.layer(i), cap_b.layer(i), layer=i % vlm.num_layers, model=model,
-                                 position="last_prompt", finetuned=finetuned)[0] for i in chosen]
+        vectors = [
+            finetuning_shift_vectors(
+                cap_a.layer(i),
+                cap_b.layer(i),
+                layer=i % vlm.num_layers,
+                model=model,
+                position="last_prompt",
+                finetuned=finetuned,
+            )[0]
+            for i in chosen
+        ]
     else:
         if not source or not target:
             raise InputError("coarse vectors need --source and --target answers (or use --finetuned/--dictionary)")
@@ -147,8 +185,18 @@ def build_command(
         rows = [labels[i] for i in cap.sample_index.tolist()]
         for layer, vec in by_layer.items():
             vectors.append(vec)
-            vectors.append(shuffled_vector(cap.layer(layer), rows, vec.source, vec.target, layer=layer, seed=seed,
-                                           model=model, position=vec.position))
+            vectors.append(
+                shuffled_vector(
+                    cap.layer(layer),
+                    rows,
+                    vec.source,
+                    vec.target,
+                    layer=layer,
+                    seed=seed,
+                    model=model,
+                    position=vec.position,
+                )
+            )
     path = save_vectors(out, vectors)
     typer.echo(json.dumps({"written": str(path), "vectors": [v.describe() for v in vectors]}, indent=2))
 
@@ -178,19 +226,37 @@ def apply_command(
     loaded = load_vectors(vectors)
     vlm = _generative(model)
     items = _examples(vlm, data, items=read)
-    vecs = [v for v in loaded if v.kind not in (VectorKind.RANDOM, VectorKind.SHUFFLED)
-            and (chosen is None or v.layer in {i % vlm.num_layers for i in chosen})]
+    vecs = [
+        v
+        for v in loaded
+        if v.kind not in (VectorKind.RANDOM, VectorKind.SHUFFLED)
+        and (chosen is None or v.layer in {i % vlm.num_layers for i in chosen})
+    ]
     if not vecs:
         raise InputError(f"{vectors} holds no steering vector for the chosen layers")
     plain = generate_answers(vlm, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    steered = generate_answers(vlm, items, Steering(tuple(vecs), config), max_new_tokens=max_new_tokens,
-                               batch_size=batch_size)
-    rows = [{"question": e.question, "answer": e.answer, "answer_type": e.answer_type, "plain": p, "steered": s}
-            for e, p, s in zip(items, plain, steered)]
+    steered = generate_answers(
+        vlm, items, Steering(tuple(vecs), config), max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    rows = [
+        {"question": e.question, "answer": e.answer, "answer_type": e.answer_type, "plain": p, "steered": s}
+        for e, p, s in zip(items, plain, steered)
+    ]
     write_jsonl_atomic(out, rows)
     changed = sum(p != s for p, s in zip(plain, steered))
-    typer.echo(json.dumps({"written": str(out), "n": len(rows), "changed": changed, "alpha": alpha,
-                           "positions": config.positions.value, "vectors": [v.name for v in vecs]}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "written": str(out),
+                "n": len(rows),
+                "changed": changed,
+                "alpha": alpha,
+                "positions": config.positions.value,
+                "vectors": [v.name for v in vecs],
+            },
+            indent=2,
+        )
+    )
 
 
 @steer_app.command("eval")
@@ -201,13 +267,15 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json.")],
     source: Annotated[str, typer.Option(help="Answer that should change, e.g. yes.")],
     target: Annotated[str, typer.Option(help="Answer it should become, e.g. no.")],
-    answer_type: Annotated[str | None, typer.Option(help="Answer type of the targeted questions (the others "
-                                                            "measure the accuracy kept).")] = None,
+    answer_type: Annotated[
+        str | None, typer.Option(help="Answer type of the targeted questions (the others measure the accuracy kept).")
+    ] = None,
     alphas: Annotated[str, typer.Option(help="Comma-separated strengths to sweep.")] = "0.5,1,2,4",
     positions: PositionsOption = "all",
     condition: ConditionOption = "always",
-    max_drop: Annotated[float, typer.Option(help="Largest other-type accuracy drop allowed when choosing alpha.")]
-    = 0.02,
+    max_drop: Annotated[
+        float, typer.Option(help="Largest other-type accuracy drop allowed when choosing alpha.")
+    ] = 0.02,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 4,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the random-direction baseline.")] = 0,
@@ -222,17 +290,32 @@ def eval_command(
     loaded = load_vectors(vectors)
     vlm = _generative(model)
     items = _examples(vlm, data, items=read)
-    result = evaluate_vectors(vlm, items, loaded, FlipTarget(source, target, answer_type),
-                              alphas=alpha_list, positions=config.positions,
-                              condition=config.condition, max_drop=max_drop,
-                              random_seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    result = evaluate_vectors(
+        vlm,
+        items,
+        loaded,
+        FlipTarget(source, target, answer_type),
+        alphas=alpha_list,
+        positions=config.positions,
+        condition=config.condition,
+        max_drop=max_drop,
+        random_seed=seed,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
     result["model"] = model
     index = write_steering_report(result, out, items)
-    summary = [{"vector": r["vector"]["name"], "alpha": r["best_alpha"],
-                "flip_rate": r["at_best"]["steer"]["flip_rate"],
-                "other_types_acc_drop": r["at_best"]["steer"]["other_types_acc_drop"],
-                "random_flip_rate": r["at_best"]["random"]["flip_rate"],
-                "logit_bias_flip_rate": r["at_best"]["logit_bias"]["flip_rate"]} for r in result["vectors"]]
+    summary = [
+        {
+            "vector": r["vector"]["name"],
+            "alpha": r["best_alpha"],
+            "flip_rate": r["at_best"]["steer"]["flip_rate"],
+            "other_types_acc_drop": r["at_best"]["steer"]["other_types_acc_drop"],
+            "random_flip_rate": r["at_best"]["random"]["flip_rate"],
+            "logit_bias_flip_rate": r["at_best"]["logit_bias"]["flip_rate"],
+        }
+        for r in result["vectors"]
+    ]
     typer.echo(json.dumps({"report": str(index), "vectors": summary}, indent=2))
 
 
@@ -246,14 +329,19 @@ def bench_command(
     from mmlens.bench.steer import SteerBenchConfig, steer_benchmark
     from mmlens.io import write_json_atomic
 
-    result = steer_benchmark(SteerBenchConfig(seed=seed, n_test=n_test),
-                             progress_cb=lambda m: typer.echo(f"steer bench: {m}", err=True))
+    result = steer_benchmark(
+        SteerBenchConfig(seed=seed, n_test=n_test), progress_cb=lambda m: typer.echo(f"steer bench: {m}", err=True)
+    )
     write_json_atomic(out, result)
-    headline = {"yes_to_no": result["yes_to_no"], "caption_style": {k: result["caption_style"].get(k) for k in
-                                                                     ("layer", "alpha", "before", "after",
-                                                                      "steering_beats_logit_bias", "error")
-                                                                     if k in result["caption_style"]},
-                "overhead": {k: result["overhead"][k] for k in ("steered_s", "plain_s", "overhead_fraction")},
-                "met": result["met"]}
+    headline = {
+        "yes_to_no": result["yes_to_no"],
+        "caption_style": {
+            k: result["caption_style"].get(k)
+            for k in ("layer", "alpha", "before", "after", "steering_beats_logit_bias", "error")
+            if k in result["caption_style"]
+        },
+        "overhead": {k: result["overhead"][k] for k in ("steered_s", "plain_s", "overhead_fraction")},
+        "met": result["met"],
+    }
     typer.echo(json.dumps(headline, indent=2))
     typer.echo(f"written to {out}")

@@ -7,12 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-zoo_app = typer.Typer(help="The built-in model zoo, trained on this machine from the miniature world.", no_args_is_help=True)
+zoo_app = typer.Typer(
+    help="The built-in model zoo, trained on this machine from the miniature world.", no_args_is_help=True
+)
 
 
 @zoo_app.command("build")
 def build_command(
-    names: Annotated[list[str] | None, typer.Argument(help="Models to build (default: all). Dependencies are built first.")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to build (default: all). Dependencies are built first.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if already built.")] = False,
 ) -> None:
     """Train the zoo models that are missing and cache them (in $MMLENS_HOME/zoo, default ~/.cache/mmlens/zoo)."""

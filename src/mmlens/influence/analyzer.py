@@ -81,8 +81,11 @@ class FitResult:
         with atomic_text_file(folder / "partition.json") as handle:
             handle.write(self.partition.to_json())
         with atomic_text_file(folder / "fit.json") as handle:
-            handle.write(json.dumps({"args": asdict(self.args), "risk": self.risk, "grad_norm": self.grad_norm,
-                                     "seconds": self.seconds}))
+            handle.write(
+                json.dumps(
+                    {"args": asdict(self.args), "risk": self.risk, "grad_norm": self.grad_norm, "seconds": self.seconds}
+                )
+            )
 
     @classmethod
     def load(cls, folder: str | Path) -> FitResult:
@@ -91,10 +94,19 @@ class FitResult:
             tensors = load_file(str(folder / "fit.safetensors"))
             meta = json.loads((folder / "fit.json").read_text())
             partition = BatchPartition.from_json((folder / "partition.json").read_text())
-            return cls(tensors["params"], tensors["theta0"], partition, FitArguments(**meta["args"]), meta["risk"],
-                       meta["grad_norm"], meta["seconds"])
+            return cls(
+                tensors["params"],
+                tensors["theta0"],
+                partition,
+                FitArguments(**meta["args"]),
+                meta["risk"],
+                meta["grad_norm"],
+                meta["seconds"],
+            )
         except (OSError, SafetensorError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise InputError(f"{folder} holds no complete fit (fit.safetensors, fit.json, partition.json): {err}") from None
+            raise InputError(
+                f"{folder} holds no complete fit (fit.safetensors, fit.json, partition.json): {err}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -135,14 +147,24 @@ class TraceResult:
         return np.argsort(self.relative_influence[t])[:k]
 
 
-def _lbfgs(value_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], theta0: torch.Tensor,
-           args: FitArguments) -> tuple[torch.Tensor, float, float]:
+def _lbfgs(
+    value_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    theta0: torch.Tensor,
+    args: FitArguments,
+) -> tuple[torch.Tensor, float, float]:
     """Minimise by L-BFGS; ``value_and_grad(theta) -> (loss, gradient)``, both detached (the risk may be summed
     chunk by chunk, each chunk's graph freed before the next)."""
     theta = theta0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=args.max_iter, max_eval=int(args.max_iter * 1.25),
-                            tolerance_grad=args.tolerance_grad, tolerance_change=1e-15, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=args.max_iter,
+        max_eval=int(args.max_iter * 1.25),
+        tolerance_grad=args.tolerance_grad,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         loss, grad = value_and_grad(theta.detach())
@@ -166,10 +188,19 @@ class InfluenceAnalyzer:
         model = analyzer.edited_model(np.argsort(scores.role())[:50])   # closed-form removal of the 50 worst
     """
 
-    def __init__(self, task: ContrastiveTask, train: PairData, *, args: InfluenceArguments | None = None,
-                 fit_args: FitArguments | None = None, partition: BatchPartition | None = None,
-                 progress: bool = False, work: DistributedWork | None = None, encoded: Encoded | None = None,
-                 chunk_pairs: int = 4096) -> None:
+    def __init__(
+        self,
+        task: ContrastiveTask,
+        train: PairData,
+        *,
+        args: InfluenceArguments | None = None,
+        fit_args: FitArguments | None = None,
+        partition: BatchPartition | None = None,
+        progress: bool = False,
+        work: DistributedWork | None = None,
+        encoded: Encoded | None = None,
+        chunk_pairs: int = 4096,
+    ) -> None:
         if chunk_pairs < 2:
             raise InputError(f"chunk_pairs must be >= 2, got {chunk_pairs}")
         self.task, self.train = task, train
@@ -211,14 +242,20 @@ class InfluenceAnalyzer:
             flags[idx] = True
         return flags
 
-    def loss(self, theta: torch.Tensor, remove: Indices = (), remove_neg: Indices = (),
-             remove_pos: Indices = ()) -> torch.Tensor:
+    def loss(
+        self, theta: torch.Tensor, remove: Indices = (), remove_neg: Indices = (), remove_pos: Indices = ()
+    ) -> torch.Tensor:
         """Summed training loss over the recorded batches, with pairs removed (entirely / as negative / as positive)."""
         masks = removal_masks(self._index, self._flags(remove), self._flags(remove_neg), self._flags(remove_pos))
         return self._batched_loss(theta, self.encoded, self._index, masks)
 
-    def _batched_loss(self, theta: torch.Tensor, encoded: Encoded, index: torch.Tensor,
-                      masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _batched_loss(
+        self,
+        theta: torch.Tensor,
+        encoded: Encoded,
+        index: torch.Tensor,
+        masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
         img, txt = self.task.embed(self.task.space.unflatten(theta), encoded)
         safe = index.clamp_min(0)
         sim = similarity(txt[safe], img[safe], self.task.logit_scale, self.task.logit_bias)
@@ -235,11 +272,11 @@ class InfluenceAnalyzer:
         local = torch.full((self.n,), -1, dtype=torch.long)
         local[members] = torch.arange(len(members))
         local_index = torch.where(index >= 0, local[index.clamp_min(0)], index)
-        return self._batched_loss(theta, subset(self.encoded, members), local_index,
-                                  tuple(m[rows] for m in masks))
+        return self._batched_loss(theta, subset(self.encoded, members), local_index, tuple(m[rows] for m in masks))
 
-    def risk_and_grad(self, theta: torch.Tensor, remove: Indices = (), remove_neg: Indices = (),
-                      remove_pos: Indices = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    def risk_and_grad(
+        self, theta: torch.Tensor, remove: Indices = (), remove_neg: Indices = (), remove_pos: Indices = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(R(theta), grad R(theta)), detached, summed chunk by chunk (memory bounded by ``chunk_pairs``)."""
         removal = {"remove": remove, "remove_neg": remove_neg, "remove_pos": remove_pos}
         theta = theta.detach().clone().requires_grad_(True)
@@ -274,12 +311,16 @@ class InfluenceAnalyzer:
         self.fitted = fit
         self._inverse, self._hvp_state = None, None
 
-    def retrain(self, remove: Indices = (), remove_neg: Indices = (), remove_pos: Indices = (),
-                warm_start: bool = False) -> torch.Tensor:
+    def retrain(
+        self, remove: Indices = (), remove_neg: Indices = (), remove_pos: Indices = (), warm_start: bool = False
+    ) -> torch.Tensor:
         """Parameters refitted without some pairs, from the same theta_0 (or from the fit) and partition."""
         start = self._theta_hat() if warm_start else self.theta0
-        theta, _, _ = _lbfgs(lambda th: self.risk_and_grad(th, remove=remove, remove_neg=remove_neg,
-                                                           remove_pos=remove_pos), start, self.fit_args)
+        theta, _, _ = _lbfgs(
+            lambda th: self.risk_and_grad(th, remove=remove, remove_neg=remove_neg, remove_pos=remove_pos),
+            start,
+            self.fit_args,
+        )
         return theta
 
     def _theta_hat(self) -> torch.Tensor:
@@ -300,7 +341,7 @@ class InfluenceAnalyzer:
         if v.ndim == 1:
             return torch.autograd.grad(grad, theta, v, retain_graph=True)[0]
         # rows in blocks: a batched double backward holds one copy of the graph's intermediates per row
-        return torch.cat([self._batched_grad(grad, theta, v[s:s + HVP_ROWS]) for s in range(0, len(v), HVP_ROWS)])
+        return torch.cat([self._batched_grad(grad, theta, v[s : s + HVP_ROWS]) for s in range(0, len(v), HVP_ROWS)])
 
     @staticmethod
     def _batched_grad(grad: torch.Tensor, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -322,8 +363,8 @@ class InfluenceAnalyzer:
         for rows in self._chunks:
             (grad,) = torch.autograd.grad(self._chunk_loss(theta, rows, masks), theta, create_graph=True)
             for start in range(0, len(vs), rows_per_pass):
-                block = vs[start:start + rows_per_pass]
-                out[start:start + len(block)] += self._batched_grad(grad, theta, block)
+                block = vs[start : start + rows_per_pass]
+                out[start : start + len(block)] += self._batched_grad(grad, theta, block)
         return out[0] if single else out
 
     def inverse(self) -> InverseOperator:
@@ -337,12 +378,14 @@ class InfluenceAnalyzer:
         inv = self.inverse()
         if inv.batched:
             return inv
-        return build_inverse(replace(self.args, solver=HessianSolver.PROJECTED), self.hvp, self.hvp,
-                             self.task.space.size, self._dtype)
+        return build_inverse(
+            replace(self.args, solver=HessianSolver.PROJECTED), self.hvp, self.hvp, self.task.space.size, self._dtype
+        )
 
     # -------------------------------------------------------------------------------- per-pair gradients
-    def _terms_gradients(self, theta: torch.Tensor, encoded: Encoded,
-                         parts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _terms_gradients(
+        self, theta: torch.Tensor, encoded: Encoded, parts: Sequence[str]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Gradients of the chosen per-pair terms of ONE batch (``encoded``), with the whole batch in the graph:
         one forward, then a vmapped VJP per (term, pair). Returns {part: [B, P]} and max negative probability."""
         space, task = self.task.space, self.task
@@ -367,13 +410,18 @@ class InfluenceAnalyzer:
             maxp = max_negative_probability(similarity(txt, img, task.logit_scale, task.logit_bias))
         return {p: flat[i] for i, p in enumerate(parts)}, maxp
 
-    def iter_pair_gradients(self, parts: Sequence[str] = PARTS,
-                            theta: torch.Tensor | None = None) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
+    def iter_pair_gradients(
+        self, parts: Sequence[str] = PARTS, theta: torch.Tensor | None = None
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
         """Per batch: (pair indices, {part: gradient [B, P]}, max negative probability [B]), every batch in this
         process (not split across processes; the analyzer's own loops split them)."""
         theta = self._theta_hat() if theta is None else theta
-        for batch in tqdm(self.partition.batches, desc="per-pair gradients", leave=False,
-                          disable=not self.progress or not self.work.is_main_process):
+        for batch in tqdm(
+            self.partition.batches,
+            desc="per-pair gradients",
+            leave=False,
+            disable=not self.progress or not self.work.is_main_process,
+        ):
             idx = np.asarray(batch)
             grads, maxp = self._terms_gradients(theta, subset(self.encoded, torch.as_tensor(idx)), parts)
             yield idx, grads, maxp
@@ -386,8 +434,12 @@ class InfluenceAnalyzer:
         bar = tqdm(local, desc=desc, leave=False, disable=not self.progress or not self.work.is_main_process)
         return self.work.gather([fn(np.asarray(batch)) for batch in bar])
 
-    def _map_pair_gradients(self, fn: Callable[[np.ndarray, dict[str, torch.Tensor], torch.Tensor], BatchResult],
-                            parts: Sequence[str] = PARTS, theta: torch.Tensor | None = None) -> list[BatchResult]:
+    def _map_pair_gradients(
+        self,
+        fn: Callable[[np.ndarray, dict[str, torch.Tensor], torch.Tensor], BatchResult],
+        parts: Sequence[str] = PARTS,
+        theta: torch.Tensor | None = None,
+    ) -> list[BatchResult]:
         """``fn(indices, {part: gradient [B, P]}, max negative probability [B])`` per batch, split as
         :meth:`_map_partition` (the distributed form of :meth:`iter_pair_gradients`)."""
         theta = self._theta_hat() if theta is None else theta
@@ -404,8 +456,9 @@ class InfluenceAnalyzer:
         them): shared by :meth:`measurement_gradients`, :meth:`validation_loss` and the peer library."""
         return BatchPartition.random(n, batch_size or self.fit_args.batch_size, seed)
 
-    def measurement_gradients(self, data: PairData, per_batch: bool = False, batch_size: int | None = None,
-                              seed: int = 0) -> tuple[torch.Tensor, float]:
+    def measurement_gradients(
+        self, data: PairData, per_batch: bool = False, batch_size: int | None = None, seed: int = 0
+    ) -> tuple[torch.Tensor, float]:
         """Gradient(s) of the summed contrastive loss on ``data`` (its own seeded batches): [1, P] or one row per
         batch, and the loss value."""
         encoded = self.task.encode(data)
@@ -418,14 +471,20 @@ class InfluenceAnalyzer:
             return torch.autograd.grad(loss, theta)[0].unsqueeze(0), float(loss.detach())
         rows, total = [], 0.0
         for m in range(len(index)):
-            sub = tuple(x[m:m + 1] for x in masks)
-            loss = self._batched_loss(theta, encoded, index[m:m + 1], sub)
+            sub = tuple(x[m : m + 1] for x in masks)
+            loss = self._batched_loss(theta, encoded, index[m : m + 1], sub)
             rows.append(torch.autograd.grad(loss, theta)[0])
             total += float(loss.detach())
         return torch.stack(rows), total
 
-    def validation_loss(self, theta: torch.Tensor, data: PairData | Encoded, batch_size: int | None = None,
-                        seed: int = 0, per_batch: bool = False) -> float | np.ndarray:
+    def validation_loss(
+        self,
+        theta: torch.Tensor,
+        data: PairData | Encoded,
+        batch_size: int | None = None,
+        seed: int = 0,
+        per_batch: bool = False,
+    ) -> float | np.ndarray:
         """Summed contrastive loss of ``data`` under ``theta`` in its own seeded batches (the measurement L')."""
         encoded = self.task.encode(data) if isinstance(data, PairData) else data
         n = len(next(iter(encoded.values())))
@@ -452,8 +511,9 @@ class InfluenceAnalyzer:
 
         return torch.stack([torch.func.jvp(terms, (theta,), (d,))[1] for d in directions])
 
-    def query_scores(self, queries: torch.Tensor,
-                     inverse: InverseOperator | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def query_scores(
+        self, queries: torch.Tensor, inverse: InverseOperator | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """For measurement gradients ``queries [Q, P]``: {part: [N, Q]} of (H^-1 q)^T grad part_n, and the max
         negative probability per pair. One inverse solve per query (not per pair), then one forward-mode pass
         per batch and query."""
@@ -489,16 +549,22 @@ class InfluenceAnalyzer:
         inv = self.batched_inverse()
 
         def one_batch(idx, grads, _) -> np.ndarray:
-            g = {Role.POS: grads["pos"], Role.NEG: grads[f"neg_{form.value}"],
-                 Role.BOTH: grads["pos"] + grads[f"neg_{form.value}"]}[role]
+            g = {
+                Role.POS: grads["pos"],
+                Role.NEG: grads[f"neg_{form.value}"],
+                Role.BOTH: grads["pos"] + grads[f"neg_{form.value}"],
+            }[role]
             return (inv.apply(g) * g).sum(1).detach().cpu().numpy()
 
         return self._assemble(self._map_pair_gradients(one_batch))
 
     def tracin_self_influence(self) -> np.ndarray:
         """TracIn self-influence at the final parameters: ||grad of the pair's own loss (Pos)||^2."""
-        return self._assemble(self._map_pair_gradients(
-            lambda idx, grads, _: grads["pos"].pow(2).sum(1).detach().cpu().numpy(), parts=("pos",)))
+        return self._assemble(
+            self._map_pair_gradients(
+                lambda idx, grads, _: grads["pos"].pow(2).sum(1).detach().cpu().numpy(), parts=("pos",)
+            )
+        )
 
     def _assemble(self, per_batch: Sequence[np.ndarray]) -> np.ndarray:
         """One value per pair from one array per batch of the partition (in batch order)."""
@@ -507,18 +573,24 @@ class InfluenceAnalyzer:
             out[np.asarray(batch)] = values
         return out
 
-    def trace(self, test: PairData, negatives: PairData | None = None, relative: Relative | str = Relative.THETA,
-              form: NegForm | str = NegForm.EXACT) -> TraceResult:
+    def trace(
+        self,
+        test: PairData,
+        negatives: PairData | None = None,
+        relative: Relative | str = Relative.THETA,
+        form: NegForm | str = NegForm.EXACT,
+    ) -> TraceResult:
         """Which training pairs raised each test pair's loss. The measurement is the test pair's contrastive loss
         (Pos) in one batch made of the test pairs and ``negatives``; scores follow the module's sign convention."""
         relative, form = as_enum(Relative, relative, "relative"), as_enum(NegForm, form, "neg_form")
-        batch = test if negatives is None else PairData(test.images + negatives.images,
-                                                        test.captions + negatives.captions)
+        batch = (
+            test if negatives is None else PairData(test.images + negatives.images, test.captions + negatives.captions)
+        )
         if len(batch) < 2:
             raise InputError("trace needs at least 2 pairs in the test batch: give more test pairs or negatives")
         theta = self._theta_hat()
         grads, _ = self._terms_gradients(theta, self.task.encode(batch), ("pos",))
-        test_grads = grads["pos"][:len(test)].detach()
+        test_grads = grads["pos"][: len(test)].detach()
         solved = self.inverse().apply(test_grads)
         norm_inv = self.batched_inverse() if relative is not Relative.NONE else None
 
@@ -527,8 +599,12 @@ class InfluenceAnalyzer:
             norm_b = None
             if norm_inv is not None:
                 step = norm_inv.apply(total)
-                norm_b = (step.norm(dim=1) if relative is Relative.THETA
-                          else (step * total).sum(1).clamp_min(0).sqrt()).detach().cpu().numpy()
+                norm_b = (
+                    (step.norm(dim=1) if relative is Relative.THETA else (step * total).sum(1).clamp_min(0).sqrt())
+                    .detach()
+                    .cpu()
+                    .numpy()
+                )
             return (solved @ total.T).detach().cpu().numpy(), norm_b
 
         raw = np.zeros((len(test), self.n))

@@ -93,9 +93,11 @@ def detection_metrics(is_noisy: np.ndarray, score: np.ndarray) -> dict[str, floa
     if k == 0 or k == len(is_noisy):
         raise InputError("detection metrics need both noisy and clean pairs")
     top = np.argsort(-score, kind="stable")[:k]
-    return {"auroc": round(float(roc_auc_score(is_noisy, score)), 4),
-            "auprc": round(float(average_precision_score(is_noisy, score)), 4),
-            "precision_at_k": round(float(is_noisy[top].mean()), 4)}
+    return {
+        "auroc": round(float(roc_auc_score(is_noisy, score)), 4),
+        "auprc": round(float(average_precision_score(is_noisy, score)), 4),
+        "precision_at_k": round(float(is_noisy[top].mean()), 4),
+    }
 
 
 class KronfluencePeer:
@@ -151,8 +153,11 @@ class KronfluencePeer:
             return pair_terms(sim, task.loss_kind)["pos"].sum()
 
         model = Heads().eval()
-        tracked = [name for name, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and any(p.requires_grad for p in m.parameters(recurse=False))]
+        tracked = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
 
         class ContrastiveKfTask(Task):
             def compute_train_loss(self, batch, model, sample=False):
@@ -180,12 +185,22 @@ class KronfluencePeer:
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
             kf = Analyzer("mmlens", model, kf_task, cpu=True, disable_tqdm=True, output_dir=tmp)
-            kf.fit_all_factors("ekfac", train, per_device_batch_size=bsz,
-                               factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True),
-                               overwrite_output_dir=True)
+            kf.fit_all_factors(
+                "ekfac",
+                train,
+                per_device_batch_size=bsz,
+                factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True),
+                overwrite_output_dir=True,
+            )
             score_args = ScoreArguments(damping_factor=self.damping)
-            kf.compute_self_scores("self", "ekfac", train, per_device_train_batch_size=bsz, score_args=score_args,
-                                   overwrite_output_dir=True)
+            kf.compute_self_scores(
+                "self",
+                "ekfac",
+                train,
+                per_device_train_batch_size=bsz,
+                score_args=score_args,
+                overwrite_output_dir=True,
+            )
             self_scores = kf.load_self_scores("self")["all_modules"].double().numpy()
             out["self"] = np.empty(an.n)
             out["self"][order] = self_scores
@@ -194,11 +209,19 @@ class KronfluencePeer:
                 # batches in order): the contrastive loss depends on the batches, so both score the same L'
                 n_val = len(val_encoded["image"])
                 val_order = np.concatenate([np.asarray(b) for b in an.measurement_partition(n_val).batches])
-                val = torch.utils.data.TensorDataset(val_encoded["image"][val_order].float(),
-                                                     val_encoded["text"][val_order].float())
-                kf.compute_pairwise_scores("pairwise", "ekfac", val, train, per_device_query_batch_size=bsz,
-                                           per_device_train_batch_size=bsz, score_args=score_args,
-                                           overwrite_output_dir=True)
+                val = torch.utils.data.TensorDataset(
+                    val_encoded["image"][val_order].float(), val_encoded["text"][val_order].float()
+                )
+                kf.compute_pairwise_scores(
+                    "pairwise",
+                    "ekfac",
+                    val,
+                    train,
+                    per_device_query_batch_size=bsz,
+                    per_device_train_batch_size=bsz,
+                    score_args=score_args,
+                    overwrite_output_dir=True,
+                )
                 pair = kf.load_pairwise_scores("pairwise")["all_modules"].double().numpy().sum(0)
                 out["value"] = np.empty(an.n)
                 out["value"][order] = pair

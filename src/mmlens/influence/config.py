@@ -56,8 +56,6 @@ class NoiseKind(enum.Enum):
     CONFUSABLE_SWAP = "confusable_swap"  # a caption swapped within a confusable category (digits 3/5/8, same shapes)
 
 
-
-
 @dataclass(frozen=True)
 class FitArguments:
     """How the parameter group is fitted on the pairs (the risk ECIF differentiates).

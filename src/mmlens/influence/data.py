@@ -50,10 +50,13 @@ class PairData:
 
     def subset(self, indices: Sequence[int]) -> PairData:
         idx = [int(i) for i in indices]
-        return PairData(tuple(self.images[i] for i in idx), tuple(self.captions[i] for i in idx),
-                        None if self.groups is None else tuple(self.groups[i] for i in idx),
-                        tuple(self.ids[i] for i in idx),
-                        None if self.labels is None else tuple(self.labels[i] for i in idx))
+        return PairData(
+            tuple(self.images[i] for i in idx),
+            tuple(self.captions[i] for i in idx),
+            None if self.groups is None else tuple(self.groups[i] for i in idx),
+            tuple(self.ids[i] for i in idx),
+            None if self.labels is None else tuple(self.labels[i] for i in idx),
+        )
 
     def with_captions(self, captions: Sequence[str]) -> PairData:
         return PairData(self.images, tuple(captions), self.groups, self.ids, self.labels)
@@ -72,10 +75,12 @@ def load_pair_data(path: str | os.PathLike) -> PairData:
 
     records = load_pairs_jsonl(path)
     groups = [r.get("group") for r in records]
-    return PairData(tuple(r["image"] for r in records), tuple(r["caption"] for r in records),
-                    tuple(int(g) for g in groups if isinstance(g, int)) if all(isinstance(g, int) for g in groups)
-                    else None,
-                    tuple(str(r.get("id", i)) for i, r in enumerate(records)))
+    return PairData(
+        tuple(r["image"] for r in records),
+        tuple(r["caption"] for r in records),
+        tuple(int(g) for g in groups if isinstance(g, int)) if all(isinstance(g, int) for g in groups) else None,
+        tuple(str(r.get("id", i)) for i, r in enumerate(records)),
+    )
 
 
 def _load_dataset_folder(path: Path) -> PairData:
@@ -125,7 +130,7 @@ class BatchPartition:
         if n < 2:
             raise InputError(f"need at least 2 pairs for contrastive batches, got {n}")
         order = np.random.default_rng(seed).permutation(n)
-        batches = [tuple(int(i) for i in order[s:s + batch_size]) for s in range(0, n, batch_size)]
+        batches = [tuple(int(i) for i in order[s : s + batch_size]) for s in range(0, n, batch_size)]
         if len(batches) > 1 and len(batches[-1]) < 2:  # a batch of one has no negatives: merge it
             batches[-2] = batches[-2] + batches[-1]
             batches.pop()
@@ -143,7 +148,7 @@ class BatchPartition:
         """int array [M, B_max]: pair index per slot, -1 for padding."""
         out = np.full((len(self.batches), self.max_batch), -1, dtype=np.int64)
         for m, b in enumerate(self.batches):
-            out[m, :len(b)] = b
+            out[m, : len(b)] = b
         return out
 
     def to_json(self) -> str:

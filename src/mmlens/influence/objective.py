@@ -15,15 +15,17 @@ from mmlens.models.contrastive import LossKind
 PARTS = ("pos", "neg_prob", "neg_reciprocal", "neg_exact")
 
 
-def similarity(text_emb: torch.Tensor, image_emb: torch.Tensor, scale: float,
-               bias: float | None = None) -> torch.Tensor:
+def similarity(
+    text_emb: torch.Tensor, image_emb: torch.Tensor, scale: float, bias: float | None = None
+) -> torch.Tensor:
     """S[..., i, j] = scale * text_i . image_j (+ bias): rows are texts, columns images."""
     sim = scale * text_emb @ image_emb.transpose(-1, -2)
     return sim + bias if bias is not None else sim
 
 
-def batch_loss(sim: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor, row_weight: torch.Tensor,
-               kind: LossKind) -> torch.Tensor:
+def batch_loss(
+    sim: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor, row_weight: torch.Tensor, kind: LossKind
+) -> torch.Tensor:
     """Summed loss of (a stack of) batches ``sim[..., B, B]`` with removals.
 
     ``row_mask[..., i, j]`` False deletes entry (i, j) from row i's softmax (image j no longer a negative for text
@@ -46,8 +48,9 @@ def batch_loss(sim: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor
     return (per_pair * row_weight.to(sim.dtype)).sum()
 
 
-def removal_masks(index: torch.Tensor, remove: torch.Tensor, remove_neg: torch.Tensor,
-                  remove_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def removal_masks(
+    index: torch.Tensor, remove: torch.Tensor, remove_neg: torch.Tensor, remove_pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row_mask, col_mask, row_weight) for batches ``index[..., B]`` (pair ids, -1 = padding).
 
     ``remove``, ``remove_neg``, ``remove_pos``: boolean per pair id - removed entirely, only as a negative for the
@@ -80,7 +83,8 @@ def _log1m_softmax(sim: torch.Tensor) -> torch.Tensor:
     p = log_p.exp()
     is_top = torch.zeros_like(sim, dtype=torch.bool).scatter_(-1, sim.argmax(dim=-1, keepdim=True), True)
     others = torch.logsumexp(sim.masked_fill(is_top, float("-inf")), dim=-1, keepdim=True) - torch.logsumexp(
-        sim, dim=-1, keepdim=True)
+        sim, dim=-1, keepdim=True
+    )
     # the clamp keeps the unused branch's gradient finite where p is near 1
     return torch.where(is_top & (p > 0.5), others.expand_as(sim), torch.log1p(-p.clamp(max=0.5)))
 

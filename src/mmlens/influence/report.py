@@ -15,16 +15,32 @@ from mmlens.influence.analyzer import TraceResult
 from mmlens.influence.data import PairData
 
 #: The sign convention of every removal score, said once on every page that shows one.
-REMOVAL_SCORE_NOTE = ("delta_val_loss_if_removed = predicted change of the validation loss if the pair were removed "
-                      "from training. Negative = harmful (removing the pair lowers the validation loss).")
+REMOVAL_SCORE_NOTE = (
+    "delta_val_loss_if_removed = predicted change of the validation loss if the pair were removed "
+    "from training. Negative = harmful (removing the pair lowers the validation loss)."
+)
 
 
-def ranking_report(pairs: PairData, rows: Sequence[Mapping[str, Any]], *, title: str, subtitle: str,
-                   explanation: str, card_scores: Sequence[str], cards: int, ranking_title: str,
-                   columns: Sequence[str] | None = None, summary: Mapping[str, Any] | None = None,
-                   cards_title: str | None = None, truth_key: str | None = None, figure: Any = None,
-                   figure_title: str = "Every training pair", figure_caption: str = "", data: Any = None,
-                   max_rows: int = 100) -> HtmlReport:
+def ranking_report(
+    pairs: PairData,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    title: str,
+    subtitle: str,
+    explanation: str,
+    card_scores: Sequence[str],
+    cards: int,
+    ranking_title: str,
+    columns: Sequence[str] | None = None,
+    summary: Mapping[str, Any] | None = None,
+    cards_title: str | None = None,
+    truth_key: str | None = None,
+    figure: Any = None,
+    figure_title: str = "Every training pair",
+    figure_caption: str = "",
+    data: Any = None,
+    max_rows: int = 100,
+) -> HtmlReport:
     """A page of ranked training pairs: the explanation, an optional summary table, image cards of the first
     ``cards`` rows (each card shows the ``card_scores`` of its row; ``truth_key`` marks known noisy pairs), an
     optional figure and the ranking table. ``rows`` are in rank order and carry ``rank``, ``index``, ``id`` and
@@ -48,8 +64,9 @@ def ranking_report(pairs: PairData, rows: Sequence[Mapping[str, Any]], *, title:
     report.section(cards_title or f"The {len(shown)} top-ranked pairs").images(shown)
     if figure is not None:
         report.section(figure_title).figure(figure, figure_caption)
-    report.section(ranking_title).table([dict(r) for r in rows[:max_rows]],
-                                        columns=list(columns) if columns is not None else None)
+    report.section(ranking_title).table(
+        [dict(r) for r in rows[:max_rows]], columns=list(columns) if columns is not None else None
+    )
     report.data = data
     return report
 
@@ -74,24 +91,42 @@ def trace_rows(test_pairs: PairData, pairs: PairData, result: TraceResult, top: 
     rows = []
     for t in range(len(test_pairs)):
         for rank, i in enumerate(result.top(t, top), 1):
-            rows.append({"test": test_pairs.ids[t], "test_index": t, "rank": rank, "index": int(i),
-                         "id": pairs.ids[i], "caption": pairs.captions[i],
-                         "delta_test_loss_if_removed": float(result.delta_test_loss_if_removed[t, i]),
-                         "relative_influence": float(result.relative_influence[t, i])})
+            rows.append(
+                {
+                    "test": test_pairs.ids[t],
+                    "test_index": t,
+                    "rank": rank,
+                    "index": int(i),
+                    "id": pairs.ids[i],
+                    "caption": pairs.captions[i],
+                    "delta_test_loss_if_removed": float(result.delta_test_loss_if_removed[t, i]),
+                    "relative_influence": float(result.relative_influence[t, i]),
+                }
+            )
     return rows
 
 
-def write_trace_report(test_pairs: PairData, pairs: PairData, rows: Sequence[Mapping[str, Any]],
-                       out_dir: str | os.PathLike[str], *, model: str) -> Path:
+def write_trace_report(
+    test_pairs: PairData,
+    pairs: PairData,
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str,
+) -> Path:
     """One section per test pair: the test image, then its top training pairs (``rows`` of :func:`trace_rows`)."""
     report = HtmlReport("Trace-back of test pairs (ECIF)", f"{model}: training pairs that raised each test loss")
     for t in range(len(test_pairs)):
         sec = report.section(f"Test pair {test_pairs.ids[t]}: {test_pairs.captions[t]}")
         cards = [ImageCard(test_pairs.images[t], "test pair", (CardLine(test_pairs.captions[t]),))]
         for row in (r for r in rows if r["test_index"] == t):
-            cards.append(ImageCard(pairs.images[int(row["index"])], f"#{row['rank']} pair {row['id']}",
-                                   (CardLine(str(row["caption"])),
-                                    CardLine(f"relative {row['relative_influence']:.3g}", ok=False))))
+            cards.append(
+                ImageCard(
+                    pairs.images[int(row["index"])],
+                    f"#{row['rank']} pair {row['id']}",
+                    (CardLine(str(row["caption"])), CardLine(f"relative {row['relative_influence']:.3g}", ok=False)),
+                )
+            )
         sec.images(cards)
     return report.write(out_dir)
 

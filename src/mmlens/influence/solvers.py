@@ -16,8 +16,13 @@ HVP = Callable[[torch.Tensor], torch.Tensor]
 BatchedHVP = Callable[[torch.Tensor], torch.Tensor]  # [Q, P] -> [Q, P]
 
 
-def explicit_hessian(hvp_batched: BatchedHVP, size: int, dtype: torch.dtype, chunk: int = 256,
-                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def explicit_hessian(
+    hvp_batched: BatchedHVP,
+    size: int,
+    dtype: torch.dtype,
+    chunk: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """Materialise H [P, P] column block by column block (batched HVPs against the identity)."""
     cols = []
     for start in range(0, size, chunk):
@@ -31,8 +36,9 @@ def explicit_hessian(hvp_batched: BatchedHVP, size: int, dtype: torch.dtype, chu
     return (hess + hess.T) / 2  # symmetrise away round-off
 
 
-def conjugate_gradient(hvp: HVP, b: torch.Tensor, damping: float = 0.0, max_iter: int = 300,
-                       tol: float = 1e-8) -> tuple[torch.Tensor, dict]:
+def conjugate_gradient(
+    hvp: HVP, b: torch.Tensor, damping: float = 0.0, max_iter: int = 300, tol: float = 1e-8
+) -> tuple[torch.Tensor, dict]:
     """Solve (H + damping I) x = b; stops when ||r|| <= tol ||b||. Returns x and {iterations, rel_residual}."""
     x = torch.zeros_like(b)
     r = b.clone()
@@ -87,8 +93,9 @@ class InverseOperator:
     batched: bool  # True when applying to many rows is cheap (a matrix form exists)
 
 
-def build_inverse(args: InfluenceArguments, hvp: HVP, hvp_batched: BatchedHVP, size: int,
-                  dtype: torch.dtype) -> InverseOperator:
+def build_inverse(
+    args: InfluenceArguments, hvp: HVP, hvp_batched: BatchedHVP, size: int, dtype: torch.dtype
+) -> InverseOperator:
     """The solver chosen by ``args.solver``."""
     damping = args.damping
     if args.solver is HessianSolver.IDENTITY:
@@ -100,16 +107,26 @@ def build_inverse(args: InfluenceArguments, hvp: HVP, hvp_batched: BatchedHVP, s
         # a singular direction (e.g. a scale symmetry) gets no inverse rather than an infinite one
         inv = torch.where(shifted.abs() > 1e-10 * shifted.abs().max(), 1.0 / shifted, torch.zeros_like(shifted))
         hinv = (evecs * inv) @ evecs.T
-        return InverseOperator(lambda x: x @ hinv, {"solver": "explicit", "min_eigenvalue": float(evals.min()),
-                                                    "max_eigenvalue": float(evals.max()), "n_params": size}, True)
+        return InverseOperator(
+            lambda x: x @ hinv,
+            {
+                "solver": "explicit",
+                "min_eigenvalue": float(evals.min()),
+                "max_eigenvalue": float(evals.max()),
+                "n_params": size,
+            },
+            True,
+        )
     if args.solver is HessianSolver.PROJECTED:
         gen = torch.Generator().manual_seed(args.seed)
         k = min(args.proj_dim, size)
-        proj = torch.randn(k, size, generator=gen, dtype=dtype) / k ** 0.5
+        proj = torch.randn(k, size, generator=gen, dtype=dtype) / k**0.5
         small = proj @ hvp_batched(proj).T  # Pi H Pi^T [k, k]
         small = (small + small.T) / 2 + damping * (proj @ proj.T)
         small_inv = torch.linalg.pinv(small, hermitian=True)
-        return InverseOperator(lambda x: ((x @ proj.T) @ small_inv) @ proj, {"solver": "projected", "proj_dim": k}, True)
+        return InverseOperator(
+            lambda x: ((x @ proj.T) @ small_inv) @ proj, {"solver": "projected", "proj_dim": k}, True
+        )
     if args.solver is HessianSolver.CG:
         infos: list[dict] = []
 

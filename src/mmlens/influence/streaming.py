@@ -121,20 +121,42 @@ class StreamedScores:
             raise InputError("these scores were computed without validation pairs: no value by role")
         if any(np.isnan(self.columns[f"neg_{f.value}"]).all() for f in NegForm):
             raise InputError("these scores hold one negative form only: score with all_forms=True")
-        return PairScores(self.columns["pos"], {f.value: self.columns[f"neg_{f.value}"] for f in NegForm},
-                          self.columns["max_negative_prob"])
+        return PairScores(
+            self.columns["pos"],
+            {f.value: self.columns[f"neg_{f.value}"] for f in NegForm},
+            self.columns["max_negative_prob"],
+        )
 
 
-def _settings_key(analyzer: InfluenceAnalyzer, val: PairData | None, shard_batches: int, role: Role,
-                  val_batch_size: int | None, val_seed: int, all_forms: bool) -> str:
+def _settings_key(
+    analyzer: InfluenceAnalyzer,
+    val: PairData | None,
+    shard_batches: int,
+    role: Role,
+    val_batch_size: int | None,
+    val_seed: int,
+    all_forms: bool,
+) -> str:
     fit = analyzer.fitted
     assert fit is not None
     digest = hashlib.sha256()
     digest.update(fit.params.detach().cpu().numpy().tobytes())
     digest.update(fit.partition.to_json().encode())
-    digest.update(json.dumps({"args": asdict(analyzer.args), "shard_batches": shard_batches, "role": role.value,
-                              "val_batch_size": val_batch_size, "val_seed": val_seed, "n": analyzer.n, "all_forms": all_forms,
-                              "task": type(analyzer.task).__name__}, default=str).encode())
+    digest.update(
+        json.dumps(
+            {
+                "args": asdict(analyzer.args),
+                "shard_batches": shard_batches,
+                "role": role.value,
+                "val_batch_size": val_batch_size,
+                "val_seed": val_seed,
+                "n": analyzer.n,
+                "all_forms": all_forms,
+                "task": type(analyzer.task).__name__,
+            },
+            default=str,
+        ).encode()
+    )
     digest.update(b"no-val" if val is None else pair_fingerprint(val).encode())
     # the encoded pairs themselves (a cheap summary: their sums per tensor) guard against another model/data
     for name, tensor in sorted(analyzer.encoded.items()):
@@ -160,10 +182,18 @@ def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def score_pairs(analyzer: InfluenceAnalyzer, folder: str | Path, val: PairData | None = None, *,
-                shard_batches: int = 32, self_influence_role: Role | str = Role.BOTH, all_forms: bool = False,
-                val_batch_size: int | None = None, val_seed: int = 0,
-                on_shard: Callable[[int], None] | None = None) -> StreamedScores:
+def score_pairs(
+    analyzer: InfluenceAnalyzer,
+    folder: str | Path,
+    val: PairData | None = None,
+    *,
+    shard_batches: int = 32,
+    self_influence_role: Role | str = Role.BOTH,
+    all_forms: bool = False,
+    val_batch_size: int | None = None,
+    val_seed: int = 0,
+    on_shard: Callable[[int], None] | None = None,
+) -> StreamedScores:
     """Score every training pair of the fitted ``analyzer`` in shards written to ``folder`` (see the module).
 
     ``val``: validation pairs of ``delta_val_loss_if_removed`` (None: self-influence only). ``shard_batches``:
@@ -183,10 +213,17 @@ def score_pairs(analyzer: InfluenceAnalyzer, folder: str | Path, val: PairData |
     key = _settings_key(analyzer, val, shard_batches, role, val_batch_size, val_seed, all_forms)
     parts = PARTS if all_forms else ("pos", f"neg_{form.value}")
     batches = analyzer.partition.batches
-    shards = [batches[s:s + shard_batches] for s in range(0, len(batches), shard_batches)]
-    manifest = {"key": key, "n_pairs": analyzer.n, "n_shards": len(shards), "shard_batches": shard_batches,
-                "n_val": 0 if val is None else len(val), "neg_form": form.value, "self_influence_role": role.value,
-                "columns": list(COLUMNS)}
+    shards = [batches[s : s + shard_batches] for s in range(0, len(batches), shard_batches)]
+    manifest = {
+        "key": key,
+        "n_pairs": analyzer.n,
+        "n_shards": len(shards),
+        "shard_batches": shard_batches,
+        "n_val": 0 if val is None else len(val),
+        "neg_form": form.value,
+        "self_influence_role": role.value,
+        "columns": list(COLUMNS),
+    }
     shard_dir = folder / SHARD_DIR
     if work.is_main_process:
         previous = None
@@ -229,8 +266,9 @@ def score_pairs(analyzer: InfluenceAnalyzer, folder: str | Path, val: PairData |
     pending = [i for i in range(len(shards)) if i not in set(done)]
     work.wait_for_everyone()  # every process has listed the same missing shards before any is written
     local = work.local_items(pending)
-    bar = tqdm(local, desc="scoring pairs (shards)", leave=False,
-               disable=not analyzer.progress or not work.is_main_process)
+    bar = tqdm(
+        local, desc="scoring pairs (shards)", leave=False, disable=not analyzer.progress or not work.is_main_process
+    )
     for i in bar:
         rows: dict[str, list[np.ndarray]] = {c: [] for c in (*COLUMNS, "index")}
         for batch in shards[i]:
@@ -238,11 +276,17 @@ def score_pairs(analyzer: InfluenceAnalyzer, folder: str | Path, val: PairData |
             grads, maxp = analyzer._terms_gradients(theta, subset(analyzer.encoded, torch.as_tensor(idx)), parts)
             rows["index"].append(idx)
             for part in PARTS:
-                rows[part].append(np.full(len(idx), np.nan) if solved is None or part not in grads
-                                  else (grads[part] @ solved).detach().cpu().numpy())
+                rows[part].append(
+                    np.full(len(idx), np.nan)
+                    if solved is None or part not in grads
+                    else (grads[part] @ solved).detach().cpu().numpy()
+                )
             rows["delta_val_loss_if_removed"].append(rows["pos"][-1] + rows[f"neg_{form.value}"][-1])
-            g = {Role.POS: grads["pos"], Role.NEG: grads[f"neg_{form.value}"],
-                 Role.BOTH: grads["pos"] + grads[f"neg_{form.value}"]}[role].detach()
+            g = {
+                Role.POS: grads["pos"],
+                Role.NEG: grads[f"neg_{form.value}"],
+                Role.BOTH: grads["pos"] + grads[f"neg_{form.value}"],
+            }[role].detach()
             rows["self_influence"].append((inverse.apply(g) * g).sum(1).detach().cpu().numpy())
             rows["max_negative_prob"].append(maxp.detach().cpu().numpy())
         _write_shard(path_of(i), {c: np.concatenate(v) for c, v in rows.items()})

@@ -57,7 +57,7 @@ class ParamSpace:
         out, start = {}, 0
         for name, shape in zip(self.names, self.shapes):
             size = int(torch.Size(shape).numel())
-            out[name] = vector[start:start + size].view(shape)
+            out[name] = vector[start : start + size].view(shape)
             start += size
         return out
 
@@ -131,9 +131,16 @@ class HeadTask(ContrastiveTask):
     ``accelerate launch`` their chunks are split across the processes (``work``, default: the current launch).
     """
 
-    def __init__(self, adapter: ContrastiveModel, group: ParamGroup | str = ParamGroup.PROJECTION,
-                 dtype: str = "float64", batch_size: int = 256, progress: bool = False, *,
-                 work: DistributedWork | None = None) -> None:
+    def __init__(
+        self,
+        adapter: ContrastiveModel,
+        group: ParamGroup | str = ParamGroup.PROJECTION,
+        dtype: str = "float64",
+        batch_size: int = 256,
+        progress: bool = False,
+        *,
+        work: DistributedWork | None = None,
+    ) -> None:
         group = as_enum(ParamGroup, group, "parameter group")
         if group not in (ParamGroup.PROJECTION, ParamGroup.LORA):
             raise InputError(f"HeadTask handles the projection and lora groups; use ModelTask for {group.value!r}")
@@ -145,8 +152,9 @@ class HeadTask(ContrastiveTask):
         bias = adapter.logit_bias
         self.logit_bias = None if bias is None else float(bias.detach())
         self.heads = _head_modules(adapter)
-        self._modules = {k: copy.deepcopy(m).to(self.dtype).eval().requires_grad_(False)
-                         for k, (_, m) in self.heads.items()}
+        self._modules = {
+            k: copy.deepcopy(m).to(self.dtype).eval().requires_grad_(False) for k, (_, m) in self.heads.items()
+        }
         self._names: dict[str, tuple[str, str]] = {}  # flat name -> (tower, local name)
         for tower, module in self._modules.items():
             for local, _ in module.named_parameters():
@@ -154,9 +162,12 @@ class HeadTask(ContrastiveTask):
                     continue
                 self._names[f"{tower}.{local}"] = (tower, local)
         if not self._names:
-            raise InputError("no LoRA parameters in the projection heads: attach them with "
-                             "mmlens.influence.attach_lora(model, targets=('projection',))"
-                             if group is ParamGroup.LORA else "the projection heads have no parameters")
+            raise InputError(
+                "no LoRA parameters in the projection heads: attach them with "
+                "mmlens.influence.attach_lora(model, targets=('projection',))"
+                if group is ParamGroup.LORA
+                else "the projection heads have no parameters"
+            )
         if group is ParamGroup.LORA:
             lora_total = len(adapter.lora_parameters())
             if lora_total > len(self._names):
@@ -165,8 +176,10 @@ class HeadTask(ContrastiveTask):
         self.space = ParamSpace(tuple(init), tuple(tuple(v.shape) for v in init.values()))
 
     def initial_params(self) -> Params:
-        return {n: dict(self._modules[t].named_parameters())[local].detach().clone()
-                for n, (t, local) in self._names.items()}
+        return {
+            n: dict(self._modules[t].named_parameters())[local].detach().clone()
+            for n, (t, local) in self._names.items()
+        }
 
     @torch.no_grad()
     def encode(self, data: PairData) -> Encoded:
@@ -177,13 +190,17 @@ class HeadTask(ContrastiveTask):
         uniq_texts = list(dict.fromkeys(data.captions))
         text_pos = {t: i for i, t in enumerate(uniq_texts)}
         feats = {}
-        chunks = [("image", uniq_images[i:i + self.batch_size]) for i in range(0, len(uniq_images), self.batch_size)]
-        chunks += [("text", uniq_texts[i:i + self.batch_size]) for i in range(0, len(uniq_texts), self.batch_size)]
+        chunks = [("image", uniq_images[i : i + self.batch_size]) for i in range(0, len(uniq_images), self.batch_size)]
+        chunks += [("text", uniq_texts[i : i + self.batch_size]) for i in range(0, len(uniq_texts), self.batch_size)]
         # Whole chunks are split across processes (each is encoded exactly as in one process) and gathered in
         # order; gathered on the CPU since the pickled tensors cross processes.
         local: list[tuple[str, torch.Tensor]] = []
-        for tower, chunk in tqdm(self.work.local_items(chunks), desc="encoding pairs", leave=False,
-                                 disable=not self.progress or not self.work.is_main_process):
+        for tower, chunk in tqdm(
+            self.work.local_items(chunks),
+            desc="encoding pairs",
+            leave=False,
+            disable=not self.progress or not self.work.is_main_process,
+        ):
             with _capture_inputs({tower: self.heads[tower][1]}) as store:
                 if tower == "image":
                     adapter.model.get_image_features(pixel_values=adapter.image_inputs(chunk)["pixel_values"])
@@ -196,8 +213,9 @@ class HeadTask(ContrastiveTask):
             out[tower].append(feats_chunk.to(device))
         for tower in ("image", "text"):
             cat = torch.cat(out[tower])  # images share one size, captions are pooled: shapes agree
-            index = ([image_pos[id(im)] for im in data.images] if tower == "image"
-                     else [text_pos[t] for t in data.captions])
+            index = (
+                [image_pos[id(im)] for im in data.images] if tower == "image" else [text_pos[t] for t in data.captions]
+            )
             feats[tower] = cat[torch.as_tensor(index)]
         return feats
 
@@ -218,15 +236,24 @@ class HeadTask(ContrastiveTask):
                 tower, local = self._names[n]
                 target = named[f"{self.heads[tower][0]}.{local}"]
                 target.copy_(value.to(target.dtype))
-        return ContrastiveModel(model, self.adapter.processor, tokenizer=self.adapter.tokenizer,
-                                image_processor=self.adapter.image_processor)
+        return ContrastiveModel(
+            model,
+            self.adapter.processor,
+            tokenizer=self.adapter.tokenizer,
+            image_processor=self.adapter.image_processor,
+        )
 
 
 class ModelTask(ContrastiveTask):
     """Any parameter group through a full forward pass (``last_k_layers``, ``all``, LoRA anywhere)."""
 
-    def __init__(self, adapter: ContrastiveModel, group: ParamGroup | str = ParamGroup.LAST_K_LAYERS, k: int = 1,
-                 dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        adapter: ContrastiveModel,
+        group: ParamGroup | str = ParamGroup.LAST_K_LAYERS,
+        k: int = 1,
+        dtype: str = "float32",
+    ) -> None:
         self.group = as_enum(ParamGroup, group, "parameter group")
         self.dtype = _dtype(dtype)
         self.adapter = adapter
@@ -263,8 +290,12 @@ class ModelTask(ContrastiveTask):
 
     def to_model(self, params: Params) -> ContrastiveModel:
         model = copy.deepcopy(self.adapter.model)
-        base = ContrastiveModel(model, self.adapter.processor, tokenizer=self.adapter.tokenizer,
-                                image_processor=self.adapter.image_processor)
+        base = ContrastiveModel(
+            model,
+            self.adapter.processor,
+            tokenizer=self.adapter.tokenizer,
+            image_processor=self.adapter.image_processor,
+        )
         named = dict(base.base_model.named_parameters())
         with torch.no_grad():
             for n, v in params.items():
@@ -272,8 +303,13 @@ class ModelTask(ContrastiveTask):
         return base
 
 
-def attach_lora(adapter: ContrastiveModel, rank: int = 4, alpha: float | None = None,
-                targets: tuple[str, ...] = ("projection",), seed: int = 0) -> ContrastiveModel:
+def attach_lora(
+    adapter: ContrastiveModel,
+    rank: int = 4,
+    alpha: float | None = None,
+    targets: tuple[str, ...] = ("projection",),
+    seed: int = 0,
+) -> ContrastiveModel:
     """A copy of ``adapter`` with peft LoRA adapters (B = 0, so the model is unchanged) on the projection heads
     (``targets=("projection",)``) or on the named Linear modules (e.g. ``("q_proj", "v_proj")``)."""
     from peft import LoraConfig, get_peft_model
@@ -288,11 +324,14 @@ def attach_lora(adapter: ContrastiveModel, rank: int = 4, alpha: float | None = 
             modules.append(t)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = get_peft_model(copy.deepcopy(adapter.base_model),
-                               LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=modules, lora_dropout=0.0))
+        model = get_peft_model(
+            copy.deepcopy(adapter.base_model),
+            LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=modules, lora_dropout=0.0),
+        )
     model.eval()
-    return ContrastiveModel(model, adapter.processor, tokenizer=adapter.tokenizer,
-                            image_processor=adapter.image_processor)
+    return ContrastiveModel(
+        model, adapter.processor, tokenizer=adapter.tokenizer, image_processor=adapter.image_processor
+    )
 
 
 __all__ = ["ContrastiveTask", "HeadTask", "ModelTask", "ParamSpace", "attach_lora", "subset"]

@@ -180,8 +180,13 @@ class HashingTextEmbedder:
     def __post_init__(self) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
 
-        self._vec = HashingVectorizer(analyzer="char_wb", ngram_range=tuple(self.ngram_range),
-                                      n_features=self.n_features, alternate_sign=False, norm="l2")
+        self._vec = HashingVectorizer(
+            analyzer="char_wb",
+            ngram_range=tuple(self.ngram_range),
+            n_features=self.n_features,
+            alternate_sign=False,
+            norm="l2",
+        )
         lo, hi = self.ngram_range
         self.name = f"hashing:{self.n_features}" + ("" if (lo, hi) == (2, 4) else f":{lo}-{hi}")
 
@@ -218,11 +223,15 @@ class ClipImageEmbedder:
             from transformers import CLIPModel, CLIPVisionModel
 
             if self.processor is None or not isinstance(spec, (CLIPModel, CLIPVisionModel)):
-                raise InputError("a bare transformers vision model must be a CLIPModel or CLIPVisionModel and needs "
-                                 "an image processor")
+                raise InputError(
+                    "a bare transformers vision model must be a CLIPModel or CLIPVisionModel and needs "
+                    "an image processor"
+                )
             if self.mode is not ImageFeatureMode.PATCH_MEAN:
-                raise InputError("a bare vision model gives patch_mean features only; use a ContrastiveModel "
-                                 "for projected embeddings")
+                raise InputError(
+                    "a bare vision model gives patch_mean features only; use a ContrastiveModel "
+                    "for projected embeddings"
+                )
             self.adapter = None
             # CLIPModel has a vision_model; transformers 5's CLIPVisionModel is the vision transformer itself
             self._vision = getattr(spec, "vision_model", spec).eval()
@@ -250,7 +259,7 @@ class ClipImageEmbedder:
         chunks = []
         starts = range(0, len(images), self.batch_size)
         for s in _progress(starts, len(starts), "embed images", self.progress and len(starts) > 1):
-            chunk = images[s:s + self.batch_size]
+            chunk = images[s : s + self.batch_size]
             if adapter is None:
                 pixels = self.processor(images=[_rgb(im) for im in chunk], return_tensors="pt")["pixel_values"]
             else:
@@ -278,16 +287,19 @@ def _has_cls(adapter: Any) -> bool:
     return not isinstance(adapter.base_model, SiglipModel)
 
 
-
-
 #: The EMI authors' encoders (arXiv 2502.00577, deeplearning-wisc/mllmshift-emi).
 REFERENCE_IMAGE_MODEL = "openai/clip-vit-base-patch32"
 REFERENCE_TEXT_MODEL = "xlm-roberta-base"
 
 
-def reference_embedders(image_model: Any = REFERENCE_IMAGE_MODEL, text_model: Any = REFERENCE_TEXT_MODEL, *,
-                        image_processor: Any = None, tokenizer: Any = None, progress: bool = True
-                        ) -> tuple[EmbeddingLayerTextEmbedder, ClipImageEmbedder | None]:
+def reference_embedders(
+    image_model: Any = REFERENCE_IMAGE_MODEL,
+    text_model: Any = REFERENCE_TEXT_MODEL,
+    *,
+    image_processor: Any = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> tuple[EmbeddingLayerTextEmbedder, ClipImageEmbedder | None]:
     """The ``reference`` preset's embedders: XLM-R's embedding layer (``hidden_states[0]``, masked mean without
     ``<s>``, L2) for texts and CLIP ViT-B/32's patch mean (last hidden state, CLS dropped, L2) for images.
 
@@ -300,8 +312,9 @@ def reference_embedders(image_model: Any = REFERENCE_IMAGE_MODEL, text_model: An
     if image_model is None:
         return text, None
     if isinstance(image_model, (str, os.PathLike)):
-        image = ClipImageEmbedder(_load_clip_vision(str(image_model)), processor=_load_image_processor(str(image_model)),
-                                  progress=progress)
+        image = ClipImageEmbedder(
+            _load_clip_vision(str(image_model)), processor=_load_image_processor(str(image_model)), progress=progress
+        )
     else:
         image = ClipImageEmbedder(image_model, processor=image_processor, progress=progress)
     return text, image
@@ -346,8 +359,9 @@ def text_embedder(spec: str, progress: bool = True) -> TextEmbedder:
         if arg:
             raise InputError(f"lexical takes no argument, got {arg!r} (use hashing:N for another size)")
         return lexical_embedder()
-    raise InputError(f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH], "
-                     "hashing[:N] or lexical")
+    raise InputError(
+        f"unknown text embedder {spec!r}; use minilm, sentence:PATH, embedding-layer[:PATH], hashing[:N] or lexical"
+    )
 
 
 def lexical_embedder() -> HashingTextEmbedder:

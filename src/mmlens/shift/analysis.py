@@ -69,15 +69,23 @@ class ShiftConfig:
     early_stopping_split: EarlyStoppingSplit = EarlyStoppingSplit.GROUP
 
     def __post_init__(self) -> None:
-        options = {"estimator_data": EstimatorData, "fusion": Fusion, "bound": BoundKind, "log_base": LogBase,
-                   "mixture": Mixture, "term_values": TermValues, "early_stopping_split": EarlyStoppingSplit}
+        options = {
+            "estimator_data": EstimatorData,
+            "fusion": Fusion,
+            "bound": BoundKind,
+            "log_base": LogBase,
+            "mixture": Mixture,
+            "term_values": TermValues,
+            "early_stopping_split": EarlyStoppingSplit,
+        }
         for key, enum_cls in options.items():  # frozen dataclass: store the coerced members in place of strings
             object.__setattr__(self, key, as_enum(enum_cls, getattr(self, key), key))
         if self.h_hat <= 0:
             raise InputError("h_hat must be positive")
         if self.n_bootstrap < 1 or self.n_permutations < 0:
-            raise InputError(f"need n_bootstrap >= 1 and n_permutations >= 0, got {self.n_bootstrap} and "
-                             f"{self.n_permutations}")
+            raise InputError(
+                f"need n_bootstrap >= 1 and n_permutations >= 0, got {self.n_bootstrap} and {self.n_permutations}"
+            )
         if self.n_estimators < 1:
             raise InputError(f"n_estimators must be >= 1, got {self.n_estimators}")
         if self.term_values is TermValues.EXCESS and self.n_permutations == 0:
@@ -118,6 +126,7 @@ class SplitEmbeddings:
     def __len__(self) -> int:
         return len(self.query)
 
+
 def fuse(image: np.ndarray | None, text: np.ndarray, mode: Fusion = Fusion.AVERAGE) -> np.ndarray:
     """Query embedding from image and text parts: ``average`` (the reference, needs equal dims) or ``concat``.
     Without images the query is the text embedding."""
@@ -130,8 +139,10 @@ def fuse(image: np.ndarray | None, text: np.ndarray, mode: Fusion = Fusion.AVERA
         raise InputError(f"{len(image)} image embeddings but {len(text)} text embeddings")
     if mode is Fusion.AVERAGE:
         if image.shape[1] != text.shape[1]:
-            raise InputError(f"query fusion 'average' needs equal dimensions (image {image.shape[1]}, text "
-                             f"{text.shape[1]}); use fusion='concat'")
+            raise InputError(
+                f"query fusion 'average' needs equal dimensions (image {image.shape[1]}, text "
+                f"{text.shape[1]}); use fusion='concat'"
+            )
         return (image + text) / 2
     return np.concatenate([image, text], axis=1)
 
@@ -144,8 +155,12 @@ def _embed_unique(embedder: TextEmbedder, texts: list[str], cache: dict[str, np.
     return np.stack([cache[t] for t in texts])
 
 
-def embed_splits(splits: Sequence[ShiftSplit], text_embedder: TextEmbedder,
-                 image_embedder: ImageEmbedder | None = None, fusion: Fusion = Fusion.AVERAGE) -> list[SplitEmbeddings]:
+def embed_splits(
+    splits: Sequence[ShiftSplit],
+    text_embedder: TextEmbedder,
+    image_embedder: ImageEmbedder | None = None,
+    fusion: Fusion = Fusion.AVERAGE,
+) -> list[SplitEmbeddings]:
     """Embed every split; identical texts are embedded once (references and queries repeat across splits)."""
     if not splits:
         raise InputError("no splits to embed")
@@ -158,10 +173,18 @@ def embed_splits(splits: Sequence[ShiftSplit], text_embedder: TextEmbedder,
         image = None
         if image_embedder is not None and s.images is not None:
             image = np.asarray(image_embedder.embed(_as_images(s.images)), dtype=np.float32)
-        out.append(SplitEmbeddings(s.name, fuse(image, text, fusion), text,
-                                   _embed_unique(text_embedder, s.responses, cache),
-                                   _embed_unique(text_embedder, s.references, cache), image, list(s.item_ids),
-                                   dict(s.meta)))
+        out.append(
+            SplitEmbeddings(
+                s.name,
+                fuse(image, text, fusion),
+                text,
+                _embed_unique(text_embedder, s.responses, cache),
+                _embed_unique(text_embedder, s.references, cache),
+                image,
+                list(s.item_ids),
+                dict(s.meta),
+            )
+        )
     return out
 
 
@@ -180,15 +203,20 @@ def _fold_mask(item_ids: Sequence[Any], seed: int) -> np.ndarray:
     return np.array([str(i) in train for i in item_ids])
 
 
-def training_pairs(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig()
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+def training_pairs(
+    embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
     """(x, y, groups, counts): (query, response) and (query, reference) pairs pooled over the splits
     (``estimator_data="held_out"``: only the training fold's items), exact duplicates dropped when
     ``dedup_pairs`` (a query-reference pair recurs in every split whose query text is unchanged, while the model's
     responses differ, so without it the reference term is fitted on ~4x copies); groups = item ids."""
     xs, ys, gs = [], [], []
     for e in embeddings:
-        keep = _fold_mask(e.item_ids, config.seed) if config.estimator_data is EstimatorData.HELD_OUT else np.ones(len(e), bool)
+        keep = (
+            _fold_mask(e.item_ids, config.seed)
+            if config.estimator_data is EstimatorData.HELD_OUT
+            else np.ones(len(e), bool)
+        )
         ids = np.array([str(i) for i in e.item_ids], dtype=object)[keep]
         xs += [e.query[keep], e.query[keep]]
         ys += [e.response[keep], e.reference[keep]]
@@ -197,22 +225,25 @@ def training_pairs(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = 
     counts = {"pairs": len(x)}
     if config.dedup_pairs:
         rows = np.ascontiguousarray(np.concatenate([x, y], axis=1).astype(np.float32))
-        _, first = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(),
-                             return_index=True)
+        _, first = np.unique(
+            rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(), return_index=True
+        )
         first = np.sort(first)
         x, y, groups = x[first], y[first], groups[first]
     counts["unique_pairs"] = len(x)
     return x, y, groups, counts
 
 
-def fit_estimator(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *,
-                  progress: bool = False) -> MIEnsemble:
+def fit_estimator(
+    embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *, progress: bool = False
+) -> MIEnsemble:
     """Train ``config.n_estimators`` MI estimators (seeds ``estimator.seed`` + k) on the pooled, deduplicated
     pairs, early stopping held out by query group (see :func:`training_pairs`)."""
     x, y, groups, counts = training_pairs(embeddings, config)
     by_group = config.early_stopping_split is EarlyStoppingSplit.GROUP
-    ens = MIEnsemble.fit(x, y, config.estimator, n_members=config.n_estimators,
-                         groups=groups if by_group else None, progress=progress)
+    ens = MIEnsemble.fit(
+        x, y, config.estimator, n_members=config.n_estimators, groups=groups if by_group else None, progress=progress
+    )
     for m in ens.members:
         m.history_ |= counts | {"dedup": config.dedup_pairs}
     return ens
@@ -262,7 +293,12 @@ def _club_parts(member: Any, e: SplitEmbeddings):
     if not isinstance(member, MIEstimator) or member.config.kind is not EstimatorKind.CLUB:
         return None
     mu, logvar = (torch.as_tensor(a) for a in member.conditional(e.query))
-    return mu, logvar, torch.as_tensor(e.response, dtype=torch.float32), torch.as_tensor(e.reference, dtype=torch.float32)
+    return (
+        mu,
+        logvar,
+        torch.as_tensor(e.response, dtype=torch.float32),
+        torch.as_tensor(e.reference, dtype=torch.float32),
+    )
 
 
 def _ci(values: np.ndarray, level: float = 0.95) -> list[float]:
@@ -278,9 +314,9 @@ def bound_value(terms: dict[str, float | None], config: ShiftConfig = ShiftConfi
     inputs = sum(math.sqrt(j[k]) for k in ("J_v", "J_t") if j.get(k) is not None)
     outputs = [j[k] for k in ("J_P", "J_Q") if j.get(k) is not None]
     if config.bound is BoundKind.SCALE_ADJUSTED:
-        return inputs + sum(v ** 0.25 for v in outputs)
+        return inputs + sum(v**0.25 for v in outputs)
     if config.bound is BoundKind.THEOREM:
-        return config.h_hat * inputs + 4 * sum(v ** 0.25 for v in outputs)
+        return config.h_hat * inputs + 4 * sum(v**0.25 for v in outputs)
     return math.sqrt(2 / 3) * config.h_hat * inputs + (8 * max(outputs) ** 0.25 if outputs else 0.0)
 
 
@@ -291,18 +327,28 @@ def _term(result, config: ShiftConfig) -> float:
 
 
 # ---------------------------------------------------------------------------------------- correlation
-def correlation(x: Sequence[float], y: Sequence[float], *, n_bootstrap: int = 1000, seed: int = 0,
-                level: float = 0.95) -> dict[str, Any]:
+def correlation(
+    x: Sequence[float], y: Sequence[float], *, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """Pearson and Spearman (scipy.stats) with percentile bootstrap CIs over the paired points."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    return _correlation(np.asarray(x, float), np.asarray(y, float), n_bootstrap, seed, level)
+
+
+def _correlation(x: np.ndarray, y: np.ndarray, n_bootstrap: int, seed: int, level: float) -> dict[str, Any]:
     if len(x) != len(y):
         raise InputError(f"correlation needs paired values, got {len(x)} and {len(y)}")
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     out: dict[str, Any] = {"n": int(len(x))}
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return out | {"pearson": math.nan, "pearson_p": math.nan, "pearson_ci": [math.nan, math.nan],
-                      "spearman": math.nan, "spearman_p": math.nan, "spearman_ci": [math.nan, math.nan]}
+        return out | {
+            "pearson": math.nan,
+            "pearson_p": math.nan,
+            "pearson_ci": [math.nan, math.nan],
+            "spearman": math.nan,
+            "spearman_p": math.nan,
+            "spearman_ci": [math.nan, math.nan],
+        }
     pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
     rng = np.random.default_rng(seed)
     boots_p, boots_s = [], []
@@ -313,11 +359,18 @@ def correlation(x: Sequence[float], y: Sequence[float], *, n_bootstrap: int = 10
         boots_p.append(np.corrcoef(x[i], y[i])[0, 1])
         boots_s.append(stats.spearmanr(x[i], y[i]).statistic)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+
     def ci(b: list[float]) -> list[float]:
         return [float(np.nanpercentile(b, lo)), float(np.nanpercentile(b, hi))] if b else [math.nan] * 2
 
-    return out | {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue), "pearson_ci": ci(boots_p),
-                  "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue), "spearman_ci": ci(boots_s)}
+    return out | {
+        "pearson": float(pr.statistic),
+        "pearson_p": float(pr.pvalue),
+        "pearson_ci": ci(boots_p),
+        "spearman": float(sr.statistic),
+        "spearman_p": float(sr.pvalue),
+        "spearman_ci": ci(boots_s),
+    }
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -343,18 +396,31 @@ class ShiftResult:
 
     def to_dict(self) -> dict[str, Any]:
         hist = {k: v for k, v in self.estimator_history.items() if not isinstance(v, list)}
-        return {"config": self.config.to_dict(), "id_split": self.id_split, "embedders": self.embedders,
-                "estimator": hist, "correlations": self.correlations, "seconds": self.seconds, "rows": self.rows}
+        return {
+            "config": self.config.to_dict(),
+            "id_split": self.id_split,
+            "embedders": self.embedders,
+            "estimator": hist,
+            "correlations": self.correlations,
+            "seconds": self.seconds,
+            "rows": self.rows,
+        }
 
 
 def _same_content(a: SplitEmbeddings, b: SplitEmbeddings) -> bool:
-    return len(a) == len(b) and all(np.array_equal(getattr(a, k), getattr(b, k))
-                                    for k in ("query", "response", "reference"))
+    return len(a) == len(b) and all(
+        np.array_equal(getattr(a, k), getattr(b, k)) for k in ("query", "response", "reference")
+    )
 
 
-def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfig = ShiftConfig(), *,
-                       estimator: MIEstimator | MIEnsemble | None = None, id_index: int = 0,
-                       progress: bool = True) -> ShiftResult:
+def analyse_embeddings(
+    embeddings: Sequence[SplitEmbeddings],
+    config: ShiftConfig = ShiftConfig(),
+    *,
+    estimator: MIEstimator | MIEnsemble | None = None,
+    id_index: int = 0,
+    progress: bool = True,
+) -> ShiftResult:
     """EMI per split, EMID and bound terms of every split against its base, correlations across shifts.
 
     The base is ``embeddings[id_index]`` unless the split's ``meta["emid_against"]`` names another split (e.g.
@@ -380,12 +446,15 @@ def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfi
     ensemble = as_ensemble(estimator)
     t1 = time.perf_counter()
     ref = embeddings[id_index]
-    perm = dict(mixture=config.mixture, n_permutations=config.n_permutations, seed=config.seed)
+    perm: dict[str, Any] = dict(mixture=config.mixture, n_permutations=config.n_permutations, seed=config.seed)
     iterator = list(enumerate(embeddings))
     if progress:
         from tqdm.auto import tqdm
+
         iterator = tqdm(iterator, desc="splits", leave=False)
-    points, reps, j_p = {}, {}, {}
+    points: dict[int, dict[str, Any]] = {}
+    reps: dict[int, Any] = {}
+    j_p: dict[int, Any] = {}
     for k, e in iterator:  # EMI of every split first: a split can be the base of another
         idx = np.flatnonzero(_eval_mask(e, config))
         points[k] = emi(ensemble, e, idx) | {"n": int(len(idx))}
@@ -394,9 +463,15 @@ def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfi
     rows = []
     for k, e in enumerate(embeddings):
         m = points[k]
-        row: dict[str, Any] = {"split": e.name, "n": m["n"], "emi": m["emi"], "mi_model": m["mi_model"],
-                               "mi_reference": m["mi_reference"], "emi_ci": _ci(reps[k]),
-                               "emi_seed_std": float(np.std(m["emi_members"]))}
+        row: dict[str, Any] = {
+            "split": e.name,
+            "n": m["n"],
+            "emi": m["emi"],
+            "mi_model": m["mi_model"],
+            "mi_reference": m["mi_reference"],
+            "emi_ci": _ci(reps[k]),
+            "emi_seed_std": float(np.std(m["emi_members"])),
+        }
         row.update({f"meta_{key}" if key in row else key: v for key, v in e.meta.items() if key != "emid_against"})
         if k != id_index:
             base_k = names.index(e.meta["emid_against"]) if e.meta.get("emid_against") else id_index
@@ -409,10 +484,14 @@ def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfi
             row["emid_ci"] = _ci(reps[base_k] - reps[k])  # paired replicates: same items, same member
             if base_k not in j_p:
                 j_p[base_k] = rjsd_test(base.response, base.reference, **perm)
-            terms = {"J_v": rjsd_test(base.image, e.image, **perm) if base.image is not None and e.image is not None
-                     else None,
-                     "J_t": rjsd_test(base.text, e.text, **perm), "J_P": j_p[base_k],
-                     "J_Q": rjsd_test(e.response, e.reference, **perm)}
+            terms = {
+                "J_v": rjsd_test(base.image, e.image, **perm)
+                if base.image is not None and e.image is not None
+                else None,
+                "J_t": rjsd_test(base.text, e.text, **perm),
+                "J_P": j_p[base_k],
+                "J_Q": rjsd_test(e.response, e.reference, **perm),
+            }
             values = {key: (_term(t, config) if t is not None else None) for key, t in terms.items()}
             row["terms"] = {key: (t.to_dict() if t is not None else None) for key, t in terms.items()}
             row["bound"] = bound_value(values, config)
@@ -422,13 +501,27 @@ def analyse_embeddings(embeddings: Sequence[SplitEmbeddings], config: ShiftConfi
     seconds["score"] = time.perf_counter() - t1
     replicates = {names[k]: reps[k] for k in reps}
     correlations = _correlations(rows, config, replicates)
-    return ShiftResult(config, ref.name, rows, correlations, dict(ensemble.history_), seconds, estimator=ensemble,
-                       replicates=replicates)
+    return ShiftResult(
+        config,
+        ref.name,
+        rows,
+        correlations,
+        dict(ensemble.history_),
+        seconds,
+        estimator=ensemble,
+        replicates=replicates,
+    )
 
 
-def split_correlation(values: dict[str, float], targets: dict[str, float], *,
-                      replicates: dict[str, np.ndarray] | None = None, n_bootstrap: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> dict[str, Any]:
+def split_correlation(
+    values: dict[str, float],
+    targets: dict[str, float],
+    *,
+    replicates: dict[str, np.ndarray] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """Pearson and Spearman of per-split ``values`` against ``targets`` (over their common splits) with a
     split-level interval: each bootstrap draw resamples the splits *and*, when ``replicates`` (per split, e.g.
     :func:`emi_replicates` or EMID replicates) are given, replaces every split's value by one joint replicate
@@ -440,8 +533,14 @@ def split_correlation(values: dict[str, float], targets: dict[str, float], *,
     out: dict[str, Any] = {"n": len(names)}
     nan2 = [math.nan, math.nan]
     if len(names) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return out | {"pearson": math.nan, "pearson_ci": nan2, "spearman": math.nan, "spearman_ci": nan2,
-                      "pearson_p": math.nan, "spearman_p": math.nan}
+        return out | {
+            "pearson": math.nan,
+            "pearson_ci": nan2,
+            "spearman": math.nan,
+            "spearman_ci": nan2,
+            "pearson_p": math.nan,
+            "spearman_p": math.nan,
+        }
     pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
     rep = np.stack([replicates[n] for n in names]) if replicates else None  # [splits, B]
     rng = np.random.default_rng(seed)
@@ -453,49 +552,77 @@ def split_correlation(values: dict[str, float], targets: dict[str, float], *,
             continue
         bp.append(np.corrcoef(xb[i], y[i])[0, 1])
         bs.append(stats.spearmanr(xb[i], y[i]).statistic)
+
     def ci(v: list[float]) -> Any:
         return _ci(np.array(v), level) if v else nan2
 
-    return out | {"pearson": float(pr.statistic), "pearson_p": float(pr.pvalue), "pearson_ci": ci(bp),
-                  "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue), "spearman_ci": ci(bs),
-                  "interval": "split bootstrap" + (" x joint item/estimator replicates" if rep is not None else "")}
+    return out | {
+        "pearson": float(pr.statistic),
+        "pearson_p": float(pr.pvalue),
+        "pearson_ci": ci(bp),
+        "spearman": float(sr.statistic),
+        "spearman_p": float(sr.pvalue),
+        "spearman_ci": ci(bs),
+        "interval": "split bootstrap" + (" x joint item/estimator replicates" if rep is not None else ""),
+    }
 
 
 def emid_replicates(result: ShiftResult) -> dict[str, np.ndarray]:
     """Per shifted split, the paired EMID replicates (base replicate minus the split's)."""
-    return {r["split"]: result.replicates[r["emid_against"]] - result.replicates[r["split"]]
-            for r in result.rows if "emid" in r}
+    return {
+        r["split"]: result.replicates[r["emid_against"]] - result.replicates[r["split"]]
+        for r in result.rows
+        if "emid" in r
+    }
 
 
-def _correlations(rows: list[dict[str, Any]], config: ShiftConfig,
-                  replicates: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def _correlations(
+    rows: list[dict[str, Any]], config: ShiftConfig, replicates: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     ood = [r for r in rows if "emid" in r and not r.get("control")]
     out: dict[str, Any] = {}
-    emid_reps = ({r["split"]: replicates[r["emid_against"]] - replicates[r["split"]] for r in ood}
-                 if replicates else None)
+    emid_reps = (
+        {r["split"]: replicates[r["emid_against"]] - replicates[r["split"]] for r in ood} if replicates else None
+    )
     if len(ood) >= 3:
-        out["emid_bound"] = split_correlation({r["split"]: r["emid"] for r in ood},
-                                              {r["split"]: r["bound"] for r in ood}, replicates=emid_reps,
-                                              seed=config.seed)
+        out["emid_bound"] = split_correlation(
+            {r["split"]: r["emid"] for r in ood},
+            {r["split"]: r["bound"] for r in ood},
+            replicates=emid_reps,
+            seed=config.seed,
+        )
         families = sorted({r.get("family") for r in ood if r.get("family")})
         out["emid_bound_by_family"] = {
-            f: split_correlation({r["split"]: r["emid"] for r in ood if r.get("family") == f},
-                                 {r["split"]: r["bound"] for r in ood if r.get("family") == f},
-                                 replicates=emid_reps, seed=config.seed)
-            for f in families}
+            f: split_correlation(
+                {r["split"]: r["emid"] for r in ood if r.get("family") == f},
+                {r["split"]: r["bound"] for r in ood if r.get("family") == f},
+                replicates=emid_reps,
+                seed=config.seed,
+            )
+            for f in families
+        }
     for key in ("accuracy", "relative_preference", "win_rate"):
         pts = [r for r in rows if isinstance(r.get(key), (int, float)) and not r.get("control")]
         if len(pts) >= 3:
-            out[f"emi_{key}"] = split_correlation({r["split"]: r["emi"] for r in pts},
-                                                  {r["split"]: r[key] for r in pts}, replicates=replicates,
-                                                  seed=config.seed)
+            out[f"emi_{key}"] = split_correlation(
+                {r["split"]: r["emi"] for r in pts},
+                {r["split"]: r[key] for r in pts},
+                replicates=replicates,
+                seed=config.seed,
+            )
     return out
 
 
-def analyse(splits: Sequence[ShiftSplit], config: ShiftConfig = ShiftConfig(), *,
-            text_embedder: TextEmbedder | None = None, image_embedder: ImageEmbedder | None = None,
-            estimator: MIEstimator | None = None, id_split: str | None = None,
-            progress: bool = True) -> ShiftResult:
+def analyse(
+    splits: Sequence[ShiftSplit],
+    config: ShiftConfig = ShiftConfig(),
+    *,
+    text_embedder: TextEmbedder | None = None,
+    image_embedder: ImageEmbedder | None = None,
+    estimator: MIEstimator | MIEnsemble | None = None,
+    id_split: str | None = None,
+    progress: bool = True,
+) -> ShiftResult:
     """The whole analysis on raw splits: embed, train (or reuse) the estimator, score. The ID split is
     ``id_split`` (by name) or the first split."""
     from mmlens.models.embed import default_text_embedder

@@ -39,8 +39,12 @@ class ShiftSplit:
         n = len(self.queries)
         if n == 0:
             raise InputError(f"split {self.name!r} is empty")
-        for what, seq in (("responses", self.responses), ("references", self.references),
-                          ("images", self.images), ("item_ids", self.item_ids)):
+        for what, seq in (
+            ("responses", self.responses),
+            ("references", self.references),
+            ("images", self.images),
+            ("item_ids", self.item_ids),
+        ):
             if seq is not None and len(seq) != n:
                 raise InputError(f"split {self.name!r}: {len(seq)} {what} for {n} queries")
         for what, seq in (("queries", self.queries), ("responses", self.responses), ("references", self.references)):
@@ -74,8 +78,13 @@ def load_references(path: str | os.PathLike) -> dict[Any, str]:
     return out
 
 
-def load_split(path: str | os.PathLike, references: dict[Any, str] | str | os.PathLike | None = None, *,
-               name: str | None = None, load_images: bool = False) -> ShiftSplit:
+def load_split(
+    path: str | os.PathLike,
+    references: dict[Any, str] | str | os.PathLike | None = None,
+    *,
+    name: str | None = None,
+    load_images: bool = False,
+) -> ShiftSplit:
     """Read one split JSONL (see the module docstring). Images are paths unless ``load_images``."""
     path = Path(path)
     rows = _read_jsonl(path)
@@ -113,10 +122,9 @@ def load_split(path: str | os.PathLike, references: dict[Any, str] | str | os.Pa
     return ShiftSplit(name or path.stem, queries, responses, refs, images or None, ids, dict(meta))
 
 
-
-
-def load_splits(paths: Sequence[str | os.PathLike], references: str | os.PathLike | None = None, *,
-                load_images: bool = False) -> list[ShiftSplit]:
+def load_splits(
+    paths: Sequence[str | os.PathLike], references: str | os.PathLike | None = None, *, load_images: bool = False
+) -> list[ShiftSplit]:
     """Splits from files or folders (every ``*.jsonl`` in a folder, sorted; a ``references.jsonl`` is skipped)."""
     refs = load_references(references) if references is not None else None
     out: list[ShiftSplit] = []
@@ -179,9 +187,9 @@ def llava_bench_conditions(name: str) -> dict[str, Any]:
     out: dict[str, Any] = {"visual": None, "visual_severity": 0, "text": None}
     for v in ("defocus_blur", "frost"):
         if base.startswith(v):
-            sev = base[len(v) + 1:].split("_", 1)[0]
+            sev = base[len(v) + 1 :].split("_", 1)[0]
             out["visual"], out["visual_severity"] = f"{v}_{sev}", int(sev)
-            base = base[len(out["visual"]):].lstrip("_")
+            base = base[len(out["visual"]) :].lstrip("_")
     if base.startswith(("KeyboardAug", "sr_")):
         out["text"] = base
     elif base:
@@ -207,8 +215,9 @@ def llava_bench_family(name: str) -> str:
     return "natural"
 
 
-def load_llava_bench_shift(root: str | os.PathLike, model: str = "llava-v1.5-13b", *,
-                           language_control: bool = True) -> list[ShiftSplit]:
+def load_llava_bench_shift(
+    root: str | os.PathLike, model: str = "llava-v1.5-13b", *, language_control: bool = True
+) -> list[ShiftSplit]:
     """The shared LLaVA-Bench shift responses: ID split first (``llava_bench_coco``), then the shifted ones.
     ``language_control``: translations are compared against ``llava_bench_coco_English`` (the released protocol;
     it is a copy of the ID split, the control), else against the ID split."""

@@ -88,7 +88,7 @@ def _rjsd_prepared(a: np.ndarray, b: np.ndarray, mixture: Mixture) -> float:
     s_a, s_b = _entropy_of_rows(a), _entropy_of_rows(b)
     both = np.concatenate([a, b])
     if mixture is Mixture.EQUAL:
-        tr_a, tr_b = float((a ** 2).sum()), float((b ** 2).sum())
+        tr_a, tr_b = float((a**2).sum()), float((b**2).sum())
         w = np.concatenate([np.full(len(a), 1.0 / tr_a), np.full(len(b), 1.0 / tr_b)])
         s_mix = _entropy_of_rows(both, w)
     else:
@@ -120,8 +120,15 @@ class RJSDResult:
         return asdict(self) | {"excess": self.excess}
 
 
-def rjsd_test(a: Any, b: Any, *, mixture: Mixture = Mixture.SAMPLE_SIZE, n_permutations: int = 100, seed: int = 0,
-              normalise: bool = True) -> RJSDResult:
+def rjsd_test(
+    a: Any,
+    b: Any,
+    *,
+    mixture: Mixture = Mixture.SAMPLE_SIZE,
+    n_permutations: int = 100,
+    seed: int = 0,
+    normalise: bool = True,
+) -> RJSDResult:
     """RJSD with its permutation null: the RJSD of random relabellings of the pooled sample (same sizes)."""
     mixture = as_enum(Mixture, mixture, "mixture")
     a, b = _prepare_pair(a, b, normalise)
@@ -133,6 +140,6 @@ def rjsd_test(a: Any, b: Any, *, mixture: Mixture = Mixture.SAMPLE_SIZE, n_permu
     null = np.empty(n_permutations)
     for k in range(n_permutations):
         perm = rng.permutation(len(pooled))
-        null[k] = _rjsd_prepared(pooled[perm[:len(a)]], pooled[perm[len(a):]], mixture)
+        null[k] = _rjsd_prepared(pooled[perm[: len(a)]], pooled[perm[len(a) :]], mixture)
     p = (1 + int((null >= value - 1e-12).sum())) / (1 + n_permutations)
     return RJSDResult(value, float(null.mean()), float(np.quantile(null, 0.95)), p, n_permutations, len(a), len(b))

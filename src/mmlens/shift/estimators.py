@@ -67,8 +67,9 @@ class EstimatorConfig:
     def __post_init__(self) -> None:
         # frozen dataclass: store the coerced enum members in place of user strings
         object.__setattr__(self, "kind", as_enum(EstimatorKind, self.kind, "estimator kind"))
-        object.__setattr__(self, "logvar_activation",
-                           as_enum(LogvarActivation, self.logvar_activation, "logvar_activation"))
+        object.__setattr__(
+            self, "logvar_activation", as_enum(LogvarActivation, self.logvar_activation, "logvar_activation")
+        )
         if not 0.0 < self.val_fraction < 0.9:
             raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
         if self.batch_size < 2 or self.eval_batch_size < 2:
@@ -123,8 +124,8 @@ def club_from_conditional(mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tenso
     inv = torch.exp(-logvar)
     positive = -((y - mu) ** 2) * inv / 2.0
     y_mean = y.mean(0, keepdim=True)
-    y2_mean = (y ** 2).mean(0, keepdim=True)
-    negative = -(y2_mean - 2 * mu * y_mean + mu ** 2) * inv / 2.0
+    y2_mean = (y**2).mean(0, keepdim=True)
+    negative = -(y2_mean - 2 * mu * y_mean + mu**2) * inv / 2.0
     return (positive.sum(-1) - negative.sum(-1)).mean()
 
 
@@ -155,10 +156,12 @@ class _SeparableCritic(nn.Module):
 
     def __init__(self, dx: int, dy: int, hidden: int, embed_dim: int) -> None:
         super().__init__()
-        self.g = nn.Sequential(nn.Linear(dx, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                               nn.Linear(hidden, embed_dim + 1))
-        self.h = nn.Sequential(nn.Linear(dy, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                               nn.Linear(hidden, embed_dim + 1))
+        self.g = nn.Sequential(
+            nn.Linear(dx, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim + 1)
+        )
+        self.h = nn.Sequential(
+            nn.Linear(dy, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim + 1)
+        )
         # linear skips: the bilinear part x^T W y of a Gaussian critic is then easy to represent
         self.g_lin = nn.Linear(dx, embed_dim + 1, bias=False)
         self.h_lin = nn.Linear(dy, embed_dim + 1, bias=False)
@@ -244,13 +247,14 @@ class MIEstimator:
         epochs = range(c.max_epochs)
         if progress:
             from tqdm.auto import tqdm
+
             epochs = tqdm(epochs, desc=f"train {c.kind}", leave=False)
         for epoch in epochs:
             net.train()
             order = torch.randperm(len(xt), generator=gen)
             losses = []
             for start in range(0, len(xt) - batch + 1, batch):
-                idx = order[start:start + batch]
+                idx = order[start : start + batch]
                 loss = self._objective(net, xt[idx], yt[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -268,15 +272,26 @@ class MIEstimator:
             if bad >= c.patience or step >= c.max_steps:
                 break
         if best_state is None:
-            raise InputError(f"{c.kind} estimator training diverged (held-out objective never finite): "
-                             "standardise x and y, or lower the learning rate")
+            raise InputError(
+                f"{c.kind} estimator training diverged (held-out objective never finite): "
+                "standardise x and y, or lower the learning rate"
+            )
         net.load_state_dict(best_state)
         net.eval()
         self.net_, self.dims_ = net, (x.shape[1], y.shape[1])
-        self.history_ = {"n_pairs": n, "n_train": len(xt), "n_val": len(xv),
-                         "early_stopping_split": "pair" if groups is None else "group", "epochs": len(val_curve),
-                         "steps": step, "best_epoch": best_epoch, "best_val_objective": best,
-                         "train_objective": train_curve, "val_objective": val_curve, "seed": c.seed}
+        self.history_ = {
+            "n_pairs": n,
+            "n_train": len(xt),
+            "n_val": len(xv),
+            "early_stopping_split": "pair" if groups is None else "group",
+            "epochs": len(val_curve),
+            "steps": step,
+            "best_epoch": best_epoch,
+            "best_val_objective": best,
+            "train_objective": train_curve,
+            "val_objective": val_curve,
+            "seed": c.seed,
+        }
         return self
 
     @torch.no_grad()
@@ -337,8 +352,15 @@ class MIEstimator:
         tmp = path.with_name(f".{path.name}.tmp")
         # plain strings in the config: a weights_only load refuses enum classes
         config = {k: str(v) if isinstance(v, str) else v for k, v in asdict(self.config).items()}
-        torch.save({"config": config, "dims": list(self.dims_),
-                    "history": json.loads(json.dumps(self.history_)), "state_dict": self.net_.state_dict()}, tmp)
+        torch.save(
+            {
+                "config": config,
+                "dims": list(self.dims_),
+                "history": json.loads(json.dumps(self.history_)),
+                "state_dict": self.net_.state_dict(),
+            },
+            tmp,
+        )
         tmp.replace(path)
         return path
 
@@ -352,8 +374,10 @@ class MIEstimator:
         except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
             raise InputError(f"cannot read estimator file {path}: {str(err).splitlines()[0]}") from None
         if isinstance(blob, dict) and "ensemble" in blob:
-            raise InputError(f"{path} holds an ensemble of {len(blob['ensemble'])} estimators: load it with "
-                             "MIEnsemble.load (or load_estimator)")
+            raise InputError(
+                f"{path} holds an ensemble of {len(blob['ensemble'])} estimators: load it with "
+                "MIEnsemble.load (or load_estimator)"
+            )
         if _is_official_club(blob):
             return cls._from_official(blob, path)
         try:
@@ -363,11 +387,12 @@ class MIEstimator:
             est.net_.load_state_dict(blob["state_dict"])
             est.history_ = blob["history"]
         except (KeyError, TypeError, RuntimeError) as err:  # a torch file, but not one MIEstimator.save wrote
-            raise InputError(f"{path} is not an mmlens estimator file ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
+            raise InputError(
+                f"{path} is not an mmlens estimator file ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
         est.net_.eval()
         return est
-
 
     @classmethod
     def _from_official(cls, state: dict[str, torch.Tensor], path: Path) -> MIEstimator:
@@ -376,24 +401,34 @@ class MIEstimator:
         try:
             hidden, dx = state["p_mu.0.weight"].shape
             dy = state["p_mu.2.weight"].shape[0]
-            est = cls(EstimatorConfig(kind=EstimatorKind.CLUB, hidden=int(hidden),
-                                      logvar_activation=LogvarActivation.TANH))
+            est = cls(
+                EstimatorConfig(kind=EstimatorKind.CLUB, hidden=int(hidden), logvar_activation=LogvarActivation.TANH)
+            )
             est.dims_ = (int(dx), int(dy))
             est.net_ = est._build(*est.dims_)
-            renamed = {("mu." + k[len("p_mu."):]) if k.startswith("p_mu.") else ("logvar." + k[len("p_logvar."):]): v
-                       for k, v in state.items()}
+            renamed = {
+                ("mu." + k[len("p_mu.") :]) if k.startswith("p_mu.") else ("logvar." + k[len("p_logvar.") :]): v
+                for k, v in state.items()
+            }
             est.net_.load_state_dict(renamed)
         except (KeyError, ValueError, RuntimeError) as err:
-            raise InputError(f"{path} looks like an official CLUB checkpoint (p_mu.*/p_logvar.*) but does not fit "
-                             f"its architecture: {str(err).splitlines()[0]}") from None
+            raise InputError(
+                f"{path} looks like an official CLUB checkpoint (p_mu.*/p_logvar.*) but does not fit "
+                f"its architecture: {str(err).splitlines()[0]}"
+            ) from None
         est.net_.eval()
-        est.history_ = {"source": "official CLUB checkpoint (p_mu/p_logvar state dict)", "path": str(path),
-                        "dims": [int(dx), int(dy)], "hidden": int(hidden)}
+        est.history_ = {
+            "source": "official CLUB checkpoint (p_mu/p_logvar state dict)",
+            "path": str(path),
+            "dims": [int(dx), int(dy)],
+            "hidden": int(hidden),
+        }
         return est
 
 
-_OFFICIAL_KEYS = {f"{head}.{layer}.{p}" for head in ("p_mu", "p_logvar") for layer in (0, 2)
-                  for p in ("weight", "bias")}
+_OFFICIAL_KEYS = {
+    f"{head}.{layer}.{p}" for head in ("p_mu", "p_logvar") for layer in (0, 2) for p in ("weight", "bias")
+}
 
 
 def _is_official_club(blob: Any) -> bool:
@@ -415,14 +450,23 @@ class MIEnsemble:
         self.members = list(members)
 
     @classmethod
-    def fit(cls, x: Any, y: Any, config: EstimatorConfig = EstimatorConfig(), *, n_members: int = 5,
-            groups: Any = None, progress: bool = False) -> MIEnsemble:
+    def fit(
+        cls,
+        x: Any,
+        y: Any,
+        config: EstimatorConfig = EstimatorConfig(),
+        *,
+        n_members: int = 5,
+        groups: Any = None,
+        progress: bool = False,
+    ) -> MIEnsemble:
         if n_members < 1:
             raise InputError(f"n_members must be >= 1, got {n_members}")
         members = []
         seeds = range(config.seed, config.seed + n_members)
         if progress:
             from tqdm.auto import tqdm
+
             seeds = tqdm(seeds, desc="estimator seeds", leave=False)
         for s in seeds:
             members.append(MIEstimator(replace(config, seed=s)).fit(x, y, groups=groups))
@@ -439,10 +483,13 @@ class MIEnsemble:
     @property
     def history_(self) -> dict[str, Any]:
         first = self.members[0].history_
-        return {**{k: v for k, v in first.items() if k not in ("seed",)}, "n_members": len(self.members),
-                "seeds": [m.history_.get("seed") for m in self.members],
-                "best_epochs": [m.history_.get("best_epoch") for m in self.members],
-                "members": [m.history_ for m in self.members]}
+        return {
+            **{k: v for k, v in first.items() if k not in ("seed",)},
+            "n_members": len(self.members),
+            "seeds": [m.history_.get("seed") for m in self.members],
+            "best_epochs": [m.history_.get("best_epoch") for m in self.members],
+            "members": [m.history_ for m in self.members],
+        }
 
     def __len__(self) -> int:
         return len(self.members)
@@ -498,8 +545,9 @@ def load_estimator(path: str | os.PathLike) -> MIEnsemble:
     return MIEnsemble.load(path)
 
 
-def estimate_mi(x: Any, y: Any, config: EstimatorConfig = EstimatorConfig(), *, x_test: Any = None,
-                y_test: Any = None) -> float:
+def estimate_mi(
+    x: Any, y: Any, config: EstimatorConfig = EstimatorConfig(), *, x_test: Any = None, y_test: Any = None
+) -> float:
     """One call: fit on (x, y) and estimate on (x_test, y_test) if given, else on (x, y)."""
     est = MIEstimator(config).fit(x, y)
     if x_test is None:
@@ -526,13 +574,13 @@ class GaussianTask:
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((n, self.dim))
-        y = self.rho * x + math.sqrt(1 - self.rho ** 2) * rng.standard_normal((n, self.dim))
+        y = self.rho * x + math.sqrt(1 - self.rho**2) * rng.standard_normal((n, self.dim))
         return x.astype(np.float32), y.astype(np.float32)
 
     @property
     def club_true_conditional(self) -> float:
-        return self.dim * self.rho ** 2 / (1 - self.rho ** 2)
+        return self.dim * self.rho**2 / (1 - self.rho**2)
 
     def true_conditional(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         mu = torch.as_tensor(self.rho * x, dtype=torch.float32)
-        return mu, torch.full_like(mu, math.log(1 - self.rho ** 2))
+        return mu, torch.full_like(mu, math.log(1 - self.rho**2))

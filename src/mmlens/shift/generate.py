@@ -69,16 +69,30 @@ def _apply(images: Sequence[Any], prompts: Sequence[str], s: Scenario, seed: int
     return imgs, texts
 
 
-def _write_split(tmp: Path | None, name: str, vlm: Any, imgs: list, texts: list[str], references: list[str],
-                 item_ids: list, meta: dict, config: GenerateConfig, model_id: str,
-                 score: Callable[[str, str], bool] | None, work: DistributedWork) -> dict:
+def _write_split(
+    tmp: Path | None,
+    name: str,
+    vlm: Any,
+    imgs: list,
+    texts: list[str],
+    references: list[str],
+    item_ids: list,
+    meta: dict,
+    config: GenerateConfig,
+    model_id: str,
+    score: Callable[[str, str], bool] | None,
+    work: DistributedWork,
+) -> dict:
     """Generate one split (its batches split across processes) and, with ``tmp`` (the main process), write it."""
     import json
 
-    answers = work.map_batches(lambda lo, hi: vlm.generate(imgs[lo:hi], texts[lo:hi],
-                                                           max_new_tokens=config.max_new_tokens,
-                                                           batch_size=config.batch_size),
-                               len(texts), config.batch_size)
+    answers = work.map_batches(
+        lambda lo, hi: vlm.generate(
+            imgs[lo:hi], texts[lo:hi], max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
+        ),
+        len(texts),
+        config.batch_size,
+    )
     meta = dict(meta)
     if score is not None:
         meta["accuracy"] = float(np.mean([score(a, r) for a, r in zip(answers, references)]))
@@ -90,18 +104,40 @@ def _write_split(tmp: Path | None, name: str, vlm: Any, imgs: list, texts: list[
     lines = []
     for i, (im, q, a, r) in enumerate(zip(imgs, texts, answers, references)):
         im.save(img_dir / f"{i}.png")
-        lines.append(json.dumps({"question_id": item_ids[i], "prompt": q, "text": a, "reference": r,
-                                 "image": f"images/{name}/{i}.png", "model_id": model_id,
-                                 "metadata": {"scenario": name, "decoding": decoding}, "split_meta": meta}) + "\n")
+        lines.append(
+            json.dumps(
+                {
+                    "question_id": item_ids[i],
+                    "prompt": q,
+                    "text": a,
+                    "reference": r,
+                    "image": f"images/{name}/{i}.png",
+                    "model_id": model_id,
+                    "metadata": {"scenario": name, "decoding": decoding},
+                    "split_meta": meta,
+                }
+            )
+            + "\n"
+        )
     (tmp / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
     return {"split": name, **meta}
 
 
-def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], references: Sequence[str],
-                       out_dir: str | os.PathLike, config: GenerateConfig = GenerateConfig(), *,
-                       model_id: str = "model", item_ids: Sequence[Any] | None = None,
-                       score: Callable[[str, str], bool] | None = None, overwrite: bool = False,
-                       progress: bool = True, work: DistributedWork | None = None) -> list[Path]:
+def generate_responses(
+    vlm: Any,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    references: Sequence[str],
+    out_dir: str | os.PathLike,
+    config: GenerateConfig = GenerateConfig(),
+    *,
+    model_id: str = "model",
+    item_ids: Sequence[Any] | None = None,
+    score: Callable[[str, str], bool] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    work: DistributedWork | None = None,
+) -> list[Path]:
     """Generate responses of ``vlm`` (a ``VisionLanguageModel``) for every scenario of ``config`` (shifts applied
     here); write the split folder atomically. ``score(response, reference) -> bool`` adds ``accuracy`` to each
     split's ``split_meta``.
@@ -123,18 +159,29 @@ def generate_responses(vlm: Any, images: Sequence[Any], prompts: Sequence[str], 
     scenarios = list(config.scenarios)
     if progress and work.is_main_process:
         from tqdm.auto import tqdm
+
         scenarios = tqdm(scenarios, desc="shift scenarios")
     summary = []
     with _output_folder(out, overwrite, work) as tmp:
         for s in scenarios:
             imgs, texts = _apply(images, prompts, s, config.seed)
-            meta = {"family": scenario_family(s), "visual_shift": s[0], "visual_severity": s[1],
-                    "text_shift": s[2], "text_severity": s[3]}
-            summary.append(_write_split(tmp, scenario_name(s), vlm, imgs, texts, references, item_ids, meta,
-                                        config, model_id, score, work))
+            meta = {
+                "family": scenario_family(s),
+                "visual_shift": s[0],
+                "visual_severity": s[1],
+                "text_shift": s[2],
+                "text_severity": s[3],
+            }
+            summary.append(
+                _write_split(
+                    tmp, scenario_name(s), vlm, imgs, texts, references, item_ids, meta, config, model_id, score, work
+                )
+            )
         if tmp is not None:
-            write_json_atomic(tmp / "generation.json", {"model_id": model_id, "n_items": n,
-                                                        "config": asdict(config), "splits": summary})
+            write_json_atomic(
+                tmp / "generation.json",
+                {"model_id": model_id, "n_items": n, "config": asdict(config), "splits": summary},
+            )
     work.wait_for_everyone()
     return [out / f"{row['split']}.jsonl" for row in summary]
 
@@ -165,10 +212,17 @@ def load_eval_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def generate_for_splits(vlm: Any, split_files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                        config: GenerateConfig = GenerateConfig(), *, model_id: str = "model",
-                        overwrite: bool = False, progress: bool = True,
-                        work: DistributedWork | None = None) -> list[Path]:
+def generate_for_splits(
+    vlm: Any,
+    split_files: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: GenerateConfig = GenerateConfig(),
+    *,
+    model_id: str = "model",
+    overwrite: bool = False,
+    progress: bool = True,
+    work: DistributedWork | None = None,
+) -> list[Path]:
     """User-provided splits (already shifted): each JSONL of ``image``, ``prompt``, ``reference`` (and optional
     ``question_id``) becomes ``<out_dir>/<stem>.jsonl`` with the model's responses; no shift is applied.
     Split across processes under ``accelerate launch`` as :func:`generate_responses`."""
@@ -180,16 +234,30 @@ def generate_for_splits(vlm: Any, split_files: Sequence[str | os.PathLike], out_
     iterator = files
     if progress and work.is_main_process:
         from tqdm.auto import tqdm
+
         iterator = tqdm(files, desc="splits")
     with _output_folder(Path(out_dir), overwrite, work) as tmp:
         for f in iterator:
             records = load_eval_records(f)
-            summary.append(_write_split(tmp, f.stem, vlm, [r["image"] for r in records],
-                                        [r["prompt"] for r in records], [r["reference"] for r in records],
-                                        [r.get("question_id", i) for i, r in enumerate(records)],
-                                        {"family": "user"}, config, model_id, None, work))
+            summary.append(
+                _write_split(
+                    tmp,
+                    f.stem,
+                    vlm,
+                    [r["image"] for r in records],
+                    [r["prompt"] for r in records],
+                    [r["reference"] for r in records],
+                    [r.get("question_id", i) for i, r in enumerate(records)],
+                    {"family": "user"},
+                    config,
+                    model_id,
+                    None,
+                    work,
+                )
+            )
         if tmp is not None:
-            write_json_atomic(tmp / "generation.json", {"model_id": model_id, "config": asdict(config),
-                                                        "splits": summary})
+            write_json_atomic(
+                tmp / "generation.json", {"model_id": model_id, "config": asdict(config), "splits": summary}
+            )
     work.wait_for_everyone()
     return [Path(out_dir) / f"{row['split']}.jsonl" for row in summary]

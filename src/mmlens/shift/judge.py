@@ -48,8 +48,10 @@ class Judge(Protocol):
 
 def judge_prompt(question: str, reference: str, response: str, context: str = "") -> str:
     """The LLaVA review prompt: context, question, assistant 1 = reference, assistant 2 = model."""
-    return (f"[Context]\n{context}\n\n[Question]\n{question}\n\n[Assistant 1]\n{reference}\n\n[End of Assistant 1]"
-            f"\n\n[Assistant 2]\n{response}\n\n[End of Assistant 2]\n\n[System]\n{JUDGE_INSTRUCTION}\n\n")
+    return (
+        f"[Context]\n{context}\n\n[Question]\n{question}\n\n[Assistant 1]\n{reference}\n\n[End of Assistant 1]"
+        f"\n\n[Assistant 2]\n{response}\n\n[End of Assistant 2]\n\n[System]\n{JUDGE_INSTRUCTION}\n\n"
+    )
 
 
 _PAIR = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*[, ]\s*(-?\d+(?:\.\d+)?)\s*$")
@@ -113,9 +115,14 @@ class OpenAICompatibleJudge:
     timeout: float = 120.0
 
     def __call__(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "system", "content": JUDGE_SYSTEM},
-                                        {"role": "user", "content": prompt}]}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+                "messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}],
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
@@ -145,21 +152,35 @@ class LocalModelJudge:
         return self.model.generate([prompt], max_new_tokens=self.max_new_tokens)[0]
 
 
-def judge_split(judge: Judge, split: ShiftSplit, contexts: Sequence[str] | None = None,
-                progress: bool = True) -> dict[str, Any]:
+def judge_split(
+    judge: Judge, split: ShiftSplit, contexts: Sequence[str] | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Judge every item of a split; returns the raw outputs, score pairs, RP and win rate."""
     if contexts is not None and len(contexts) != len(split):
         raise InputError(f"{len(contexts)} contexts for {len(split)} items")
     items = range(len(split))
     if progress:
         from tqdm.auto import tqdm
+
         items = tqdm(items, desc=f"judge {split.name}", leave=False)
-    outputs = [judge(judge_prompt(split.queries[i], split.references[i], split.responses[i],
-                                  contexts[i] if contexts else "")) for i in items]
+    outputs = [
+        judge(judge_prompt(split.queries[i], split.references[i], split.responses[i], contexts[i] if contexts else ""))
+        for i in items
+    ]
     pairs = [parse_score_pair(o) for o in outputs]
     n_bad = sum(1 for p in pairs if math.isnan(p[0]))
     if n_bad == len(pairs):  # nothing parseable: report it instead of failing the whole run
-        return {"outputs": outputs, "scores": pairs, "unparsed": n_bad, "relative_preference": math.nan,
-                "win_rate": math.nan}
-    return {"outputs": outputs, "scores": pairs, "unparsed": n_bad,
-            "relative_preference": relative_preference(pairs), "win_rate": win_rate(pairs)}
+        return {
+            "outputs": outputs,
+            "scores": pairs,
+            "unparsed": n_bad,
+            "relative_preference": math.nan,
+            "win_rate": math.nan,
+        }
+    return {
+        "outputs": outputs,
+        "scores": pairs,
+        "unparsed": n_bad,
+        "relative_preference": relative_preference(pairs),
+        "win_rate": win_rate(pairs),
+    }

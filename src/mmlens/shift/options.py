@@ -69,8 +69,6 @@ class TermValues(enum.StrEnum):
     EXCESS = "excess"
 
 
-
-
 class EarlyStoppingSplit(enum.StrEnum):
     """Held-out part of the estimator's training pairs: whole query groups (item ids) or single pairs."""
 
@@ -82,5 +80,3 @@ class Preset(enum.StrEnum):
     """Named pipelines: ``reference`` = the EMI authors' embedders, fusion, estimator and controls."""
 
     REFERENCE = "reference"
-
-

@@ -33,33 +33,52 @@ def _scatter(rows: list[dict[str, Any]], x: str, y: str, xlabel: str, ylabel: st
     return fig
 
 
-def write_shift_report(result: ShiftResult, out_dir: str | os.PathLike, *, title: str = "Distribution-shift risk (EMI)") -> Path:
+def write_shift_report(
+    result: ShiftResult, out_dir: str | os.PathLike, *, title: str = "Distribution-shift risk (EMI)"
+) -> Path:
     """Write ``index.html`` + ``data.json`` (the result's JSON) into ``out_dir`` (atomic); returns index.html."""
     data = result.to_dict()
     cfg = result.config
-    report = HtmlReport(title, subtitle=f"ID split: {result.id_split} · {len(result.rows)} splits · estimator "
-                                        f"{cfg.estimator.kind} ({cfg.estimator_data}) · bound {cfg.bound}",
-                        data=data)
+    report = HtmlReport(
+        title,
+        subtitle=f"ID split: {result.id_split} · {len(result.rows)} splits · estimator "
+        f"{cfg.estimator.kind} ({cfg.estimator_data}) · bound {cfg.bound}",
+        data=data,
+    )
     corr = result.correlations
     summary = report.section("Summary")
     emid_b = corr.get("emid_bound")
     if emid_b:
-        summary.text(f"Across {emid_b['n']} shifted splits, Pearson r(EMID, bound) = {emid_b['pearson']:.3f} "
-                     f"(95% bootstrap CI {_fmt_ci(emid_b['pearson_ci'])}, p = {emid_b['pearson_p']:.2g}); "
-                     f"Spearman = {emid_b['spearman']:.3f}.")
+        summary.text(
+            f"Across {emid_b['n']} shifted splits, Pearson r(EMID, bound) = {emid_b['pearson']:.3f} "
+            f"(95% bootstrap CI {_fmt_ci(emid_b['pearson_ci'])}, p = {emid_b['pearson_p']:.2g}); "
+            f"Spearman = {emid_b['spearman']:.3f}."
+        )
     for key in ("emi_accuracy", "emi_relative_preference", "emi_win_rate"):
         if key in corr:
             c = corr[key]
-            summary.text(f"r(EMI, {key[4:]}) = {c['pearson']:.3f} (CI {_fmt_ci(c['pearson_ci'])}), "
-                         f"Spearman {c['spearman']:.3f}, over {c['n']} splits.")
-    summary.text("EMI = I(query; response) - I(query; reference) with one frozen estimator; EMID = EMI(ID) - "
-                 "EMI(split), positive when the split is worse. The bound uses RJSD, a lower bound on JSD: it is a "
-                 "correlational proxy, not a certified bound. Every divergence comes with a permutation null; an "
-                 "EMI difference inside the bootstrap intervals is not meaningful.", note=True)
+            summary.text(
+                f"r(EMI, {key[4:]}) = {c['pearson']:.3f} (CI {_fmt_ci(c['pearson_ci'])}), "
+                f"Spearman {c['spearman']:.3f}, over {c['n']} splits."
+            )
+    summary.text(
+        "EMI = I(query; response) - I(query; reference) with one frozen estimator; EMID = EMI(ID) - "
+        "EMI(split), positive when the split is worse. The bound uses RJSD, a lower bound on JSD: it is a "
+        "correlational proxy, not a certified bound. Every divergence comes with a permutation null; an "
+        "EMI difference inside the bootstrap intervals is not meaningful.",
+        note=True,
+    )
     table = []
     for r in result.rows:
-        row = {"split": r["split"], "family": r.get("family", ""), "n": r["n"], "EMI": r["emi"],
-               "EMI 95% CI": _fmt_ci(r.get("emi_ci")), "I(q;resp)": r["mi_model"], "I(q;ref)": r["mi_reference"]}
+        row = {
+            "split": r["split"],
+            "family": r.get("family", ""),
+            "n": r["n"],
+            "EMI": r["emi"],
+            "EMI 95% CI": _fmt_ci(r.get("emi_ci")),
+            "I(q;resp)": r["mi_model"],
+            "I(q;ref)": r["mi_reference"],
+        }
         if "accuracy" in r:
             row["accuracy"] = r["accuracy"]
         if "emid" in r:
@@ -79,14 +98,19 @@ def write_shift_report(result: ShiftResult, out_dir: str | os.PathLike, *, title
         term_rows.append(tr)
     if term_rows:
         sec = report.section("Bound terms (RJSD, nats) with permutation nulls")
-        sec.text("J_v: ID vs split images; J_t: ID vs split text queries; J_P: ID responses vs references; "
-                 "J_Q: split responses vs references. 'null' is the mean RJSD of random relabellings (the "
-                 "small-sample bias); p is the permutation p-value.", note=True)
+        sec.text(
+            "J_v: ID vs split images; J_t: ID vs split text queries; J_P: ID responses vs references; "
+            "J_Q: split responses vs references. 'null' is the mean RJSD of random relabellings (the "
+            "small-sample bias); p is the permutation p-value.",
+            note=True,
+        )
         sec.table(term_rows)
     ood = [r for r in result.rows if "emid" in r]
     if len(ood) >= 2:
         r = (emid_b or {}).get("pearson", math.nan)
-        fig = _scatter(ood, "bound", "emid", f"bound ({cfg.bound})", "EMID", f"EMID against the bound (Pearson r = {r:.2f})")
+        fig = _scatter(
+            ood, "bound", "emid", f"bound ({cfg.bound})", "EMID", f"EMID against the bound (Pearson r = {r:.2f})"
+        )
         report.section("EMID against the bound").figure(fig, "One point per shifted split, coloured by family.")
     acc = [r for r in result.rows if isinstance(r.get("accuracy"), (int, float))]
     if len(acc) >= 2:

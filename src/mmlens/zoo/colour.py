@@ -63,8 +63,11 @@ def _rates(world: World, scenes, texts) -> dict:
     col = [bool(colours & set(re.findall(r"[a-z]+", t.lower()))) for t in texts]
     shp = [bool(world.mentioned_objects(t)) for t in texts]
     style = [" object" in f" {t.lower()}" and not world.mentioned_objects(t) for t in texts]
-    return {"colour_mention_rate": round(float(np.mean(col)), 4), "shape_mention_rate": round(float(np.mean(shp)), 4),
-            "colour_style_rate": round(float(np.mean(style)), 4)}
+    return {
+        "colour_mention_rate": round(float(np.mean(col)), 4),
+        "shape_mention_rate": round(float(np.mean(shp)), 4),
+        "colour_style_rate": round(float(np.mean(style)), 4),
+    }
 
 
 @torch.no_grad()
@@ -77,8 +80,9 @@ def evaluate_model(model, processor, cfg: ColourFinetuneConfig, world: World) ->
     out = _rates(world, scenes, caps)
     rng = np.random.default_rng(777)
     items = [(i, q) for i, s in enumerate(scenes) for q in world.vqa(s, rng)]
-    preds = vlm.generate([images[i] for i, _ in items], [q.question for _, q in items], max_new_tokens=4,
-                         batch_size=100)
+    preds = vlm.generate(
+        [images[i] for i, _ in items], [q.question for _, q in items], max_new_tokens=4, batch_size=100
+    )
     by_type: dict[str, list[bool]] = {}
     for (_, q), p in zip(items, preds):
         by_type.setdefault(q.answer_type, []).append(normalise(p) == normalise(q.answer))
@@ -105,8 +109,9 @@ def build(out_dir: Path, cfg: ColourFinetuneConfig, deps: dict, progress=None, o
     scenes = world.sample_scenes(cfg.n_train_scenes, "train", start=start)
     rng = np.random.default_rng(cfg.seed + 7)
     ex = _Examples(vlm, n_img)
-    ex.add_many(range(len(scenes)), [CAPTION_PROMPT] * len(scenes),
-                [world.caption(s, rng, style="colour") for s in scenes])
+    ex.add_many(
+        range(len(scenes)), [CAPTION_PROMPT] * len(scenes), [world.caption(s, rng, style="colour") for s in scenes]
+    )
     pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
     ckpt_root = Path(out_dir) / CHECKPOINTS
     trajectory: dict[str, dict] = {}
@@ -134,8 +139,15 @@ def build(out_dir: Path, cfg: ColourFinetuneConfig, deps: dict, progress=None, o
     metrics["base_shape_mention_rate"] = trajectory["0"]["shape_mention_rate"]
     metrics["checkpoint_steps"] = sorted(int(s) for s in trajectory)
     metrics["trajectory"] = trajectory
-    rec = make_record("mini-llava-colour", metrics, cfg, time.time() - t0, world_config=wcfg,
-                      base_model="mini-llava", fine_tune="full (vision tower frozen)")
+    rec = make_record(
+        "mini-llava-colour",
+        metrics,
+        cfg,
+        time.time() - t0,
+        world_config=wcfg,
+        base_model="mini-llava",
+        fine_tune="full (vision tower frozen)",
+    )
     write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 

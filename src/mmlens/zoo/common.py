@@ -53,7 +53,9 @@ def read_record(model_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ModelLoadError(f"zoo model at {model_dir} is not built (no {METRICS_FILE}); run `mmlens zoo build`") from None
+        raise ModelLoadError(
+            f"zoo model at {model_dir} is not built (no {METRICS_FILE}); run `mmlens zoo build`"
+        ) from None
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{path} is corrupt ({e}); rebuild it with `mmlens zoo build --force`") from None
 
@@ -165,7 +167,9 @@ def clip_embed_images(model: torch.nn.Module, pixel_values: torch.Tensor, batch_
 
 
 @torch.no_grad()
-def clip_embed_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def clip_embed_texts(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     outs = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[i : i + batch_size]), padding=True, return_tensors="pt")

@@ -56,10 +56,20 @@ class DigitsClipConfig:
 
 
 def make_model(cfg: DigitsClipConfig, tok) -> CLIPModel:
-    common = dict(hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden, num_hidden_layers=cfg.layers,
-                  num_attention_heads=cfg.heads)
-    text = dict(vocab_size=len(tok), max_position_embeddings=cfg.max_text_len, pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **common)
+    common = dict(
+        hidden_size=cfg.hidden,
+        intermediate_size=2 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+    )
+    text = dict(
+        vocab_size=len(tok),
+        max_position_embeddings=cfg.max_text_len,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **common,
+    )
     vision = dict(image_size=cfg.image_size, patch_size=cfg.patch_size, **common)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
 
@@ -72,26 +82,39 @@ def evaluate_model(model: CLIPModel, processor, cfg: DigitsClipConfig) -> dict:
     img = clip_embed_images(model, pv)
     txt = clip_embed_texts(model, processor.tokenizer, digit_class_prompts())
     pred = (img @ txt.T).argmax(1).numpy()
-    return {"zero_shot_acc": round(float((pred == labels).mean()), 4), "n_test": int(len(labels)),
-            "class_prompt": "a photo of the digit {d}"}
+    return {
+        "zero_shot_acc": round(float((pred == labels).mean()), 4),
+        "n_test": int(len(labels)),
+        "class_prompt": "a photo of the digit {d}",
+    }
 
 
 def build(out_dir: Path, cfg: DigitsClipConfig, progress=None, on_trained=None) -> dict:
     t0 = time.time()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    tok = train_word_tokenizer([" ".join(digits_vocabulary())], extra_special_tokens=(), chat_template=None,
-                               add_bos_eos=True)
+    tok = train_word_tokenizer(
+        [" ".join(digits_vocabulary())], extra_special_tokens=(), chat_template=None, add_bos_eos=True
+    )
     tok.padding_side = "right"  # CLIP's text tower uses absolute positions from 0 and pools at </s>
     processor = CLIPProcessor(image_processor=make_image_processor(cfg.image_size), tokenizer=tok)
-    draws = [digits_pairs("train", seed=cfg.seed * 1000 + k, image_size=cfg.image_size, n=cfg.n_train,
-                          split_seed=cfg.split_seed) for k in range(cfg.caption_draws)]
+    draws = [
+        digits_pairs(
+            "train", seed=cfg.seed * 1000 + k, image_size=cfg.image_size, n=cfg.n_train, split_seed=cfg.split_seed
+        )
+        for k in range(cfg.caption_draws)
+    ]
     base = draws[0]
     pv = pixel_tensor(processor.image_processor, [p.image for p in base])
     labels = np.array([p.label for p in base])
     caps = [[d[i].caption for d in draws] for i in range(len(base))]
-    enc = tok([c for cs in caps for c in cs], padding="max_length", max_length=cfg.max_text_len, truncation=True,
-              return_tensors="pt")
+    enc = tok(
+        [c for cs in caps for c in cs],
+        padding="max_length",
+        max_length=cfg.max_text_len,
+        truncation=True,
+        return_tensors="pt",
+    )
     ids_all = enc["input_ids"].view(len(base), cfg.caption_draws, -1)
     mask_all = enc["attention_mask"].view(len(base), cfg.caption_draws, -1)
 
@@ -102,8 +125,18 @@ def build(out_dir: Path, cfg: DigitsClipConfig, progress=None, on_trained=None) 
         return ids[:, :L], mask[:, :L], labels[idx]  # group = digit class: same class = positive
 
     model = make_model(cfg, tok)
-    losses = train_clip(model, pv, sample_texts, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, warmup=cfg.warmup, seed=cfg.seed, progress=progress)
+    losses = train_clip(
+        model,
+        pv,
+        sample_texts,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        seed=cfg.seed,
+        progress=progress,
+    )
     train_seconds = time.time() - t0
     metrics = evaluate_model(model, processor, cfg)
     metrics["final_train_loss"] = round(float(np.mean(losses[-20:])), 4) if losses else None
@@ -111,9 +144,16 @@ def build(out_dir: Path, cfg: DigitsClipConfig, progress=None, on_trained=None) 
         on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    rec = make_record("digits-clip", metrics, cfg, time.time() - t0, world_config=None,
-                      train_seconds=round(train_seconds, 2), n_train=len(base),
-                      n_parameters=sum(p.numel() for p in model.parameters()))
+    rec = make_record(
+        "digits-clip",
+        metrics,
+        cfg,
+        time.time() - t0,
+        world_config=None,
+        train_seconds=round(train_seconds, 2),
+        n_train=len(base),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
     write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 

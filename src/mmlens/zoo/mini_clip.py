@@ -79,8 +79,12 @@ def build_world(cfg: MiniClipConfig) -> World:
 
 
 def _tokenizer(world: World, scenes):
-    tok = train_word_tokenizer([*world.corpus(scenes[:2000], 0), " ".join(world.vocabulary())],
-                               extra_special_tokens=(), chat_template=None, add_bos_eos=True)
+    tok = train_word_tokenizer(
+        [*world.corpus(scenes[:2000], 0), " ".join(world.vocabulary())],
+        extra_special_tokens=(),
+        chat_template=None,
+        add_bos_eos=True,
+    )
     tok.padding_side = "right"  # CLIP's text tower uses absolute positions from 0 and pools at </s>
     return tok
 
@@ -101,13 +105,25 @@ def _twin(world: World, scene, rng: np.random.Generator, shape_prob: float):
 
 
 def make_model(cfg: MiniClipConfig, tok) -> CLIPModel:
-    text = dict(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
-                num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
-                max_position_embeddings=cfg.max_text_len, pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
-                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-                  image_size=cfg.world.image_size, patch_size=cfg.patch_size)
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=2 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_text_len,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    vision = dict(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=2 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        image_size=cfg.world.image_size,
+        patch_size=cfg.patch_size,
+    )
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
 
 
@@ -120,8 +136,7 @@ def evaluate_model(model: CLIPModel, processor, cfg: MiniClipConfig) -> dict:
     directions in a larger pool of ``n_eval_scenes_large`` test scenes.
     """
     world = build_world(cfg)
-    out: dict = {"retrieval_pool_size": cfg.n_eval_scenes, "retrieval_split": "test",
-                 "retrieval_style": cfg.eval_style}
+    out: dict = {"retrieval_pool_size": cfg.n_eval_scenes, "retrieval_split": "test", "retrieval_style": cfg.eval_style}
     model.eval()
     pools = [(cfg.n_eval_scenes, "")]
     if cfg.n_eval_scenes_large > cfg.n_eval_scenes:
@@ -193,9 +208,19 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) ->
         return np.concatenate([pairs, twin_of[pairs], others])
 
     model = make_model(cfg, tok)
-    losses = train_clip(model, pv, sample_texts, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, warmup=cfg.warmup, seed=cfg.seed, progress=progress,
-                        sample_batch=sample_batch)
+    losses = train_clip(
+        model,
+        pv,
+        sample_texts,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        seed=cfg.seed,
+        progress=progress,
+        sample_batch=sample_batch,
+    )
     train_seconds = time.time() - t0
     metrics = evaluate_model(model, processor, cfg)
     metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
@@ -203,8 +228,15 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) ->
         on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    rec = make_record("mini-clip", metrics, cfg, time.time() - t0, world_config=cfg.world,
-                      train_seconds=round(train_seconds, 2), n_parameters=sum(p.numel() for p in model.parameters()))
+    rec = make_record(
+        "mini-clip",
+        metrics,
+        cfg,
+        time.time() - t0,
+        world_config=cfg.world,
+        train_seconds=round(train_seconds, 2),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
     write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 

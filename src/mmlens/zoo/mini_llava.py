@@ -108,14 +108,30 @@ def make_model(cfg: MiniLlavaConfig, clip: CLIPModel, tok, image_token_id: int) 
     vcfg = clip.config.vision_config.to_dict()
     vcfg["model_type"] = "clip_vision_model"
     n_tokens = (vcfg["image_size"] // vcfg["patch_size"]) ** 2
-    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=cfg.text_hidden,
-                intermediate_size=2 * cfg.text_hidden, num_hidden_layers=cfg.text_layers,
-                num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
-                max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vcfg, text_config=text, image_token_id=image_token_id,
-                         vision_feature_select_strategy="default", vision_feature_layer=cfg.vision_feature_layer,
-                         image_seq_length=n_tokens, projector_hidden_act="gelu", pad_token_id=tok.pad_token_id)
+    text = dict(
+        model_type="llama",
+        vocab_size=len(tok),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=2 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_heads,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vcfg,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=cfg.vision_feature_layer,
+        image_seq_length=n_tokens,
+        projector_hidden_act="gelu",
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -179,8 +195,18 @@ def _param_groups(model: LlavaForConditionalGeneration, cfg: MiniLlavaConfig):
     return groups
 
 
-def train_llava(model, vlm, examples: _Examples, pixel_values: torch.Tensor, cfg, *, steps: int, lr_scale=1.0,
-                on_step=None, progress=None) -> list[float]:
+def train_llava(
+    model,
+    vlm,
+    examples: _Examples,
+    pixel_values: torch.Tensor,
+    cfg,
+    *,
+    steps: int,
+    lr_scale=1.0,
+    on_step=None,
+    progress=None,
+) -> list[float]:
     """Answer-only next-token loss; cosine LR with warmup; optional frozen vision tower."""
     if getattr(cfg, "freeze_vision", False):
         for p in model.model.vision_tower.parameters():
@@ -214,9 +240,16 @@ def train_llava(model, vlm, examples: _Examples, pixel_values: torch.Tensor, cfg
     return losses
 
 
-def training_examples(world: World, scenes, vlm: VisionLanguageModel, n_img: int, cfg: MiniLlavaConfig, *,
-                       caption_fraction: float | None = None,
-                       template_weights: dict[str, float] | None = None) -> _Examples:
+def training_examples(
+    world: World,
+    scenes,
+    vlm: VisionLanguageModel,
+    n_img: int,
+    cfg: MiniLlavaConfig,
+    *,
+    caption_fraction: float | None = None,
+    template_weights: dict[str, float] | None = None,
+) -> _Examples:
     """VQA and caption turns of ``scenes``; sampling weights give captions ``caption_fraction`` (default the
     config's) of the mass and each VQA template its relative ``template_weights`` (default 1)."""
     rng = np.random.default_rng(cfg.seed + 1)
@@ -256,8 +289,12 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
     scenes = world.sample_scenes(max(cfg.n_eval_scenes, cfg.n_pope_scenes), "test")
     images = {s.scene_id: world.render(s) for s in scenes}
     items = [(s, q) for s in scenes[: cfg.n_eval_scenes] for q in world.vqa(s, rng)]
-    preds = vlm.generate([images[s.scene_id] for s, _ in items], [q.question for _, q in items],
-                         max_new_tokens=4, batch_size=cfg.eval_batch_size)
+    preds = vlm.generate(
+        [images[s.scene_id] for s, _ in items],
+        [q.question for _, q in items],
+        max_new_tokens=4,
+        batch_size=cfg.eval_batch_size,
+    )
     by_type: dict[str, list[bool]] = {}
     by_template: dict[str, list[bool]] = {}
     for (_, q), p in zip(items, preds):
@@ -273,10 +310,15 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
     }
     pope_scenes = scenes[: cfg.n_pope_scenes]
     for kind in ("random", "popular", "adversarial"):
-        probes = world.pope_probes(pope_scenes, kind=kind, per_image=cfg.pope_per_image,
-                                   rng=np.random.default_rng(1000))
-        ans = vlm.generate([images[p.scene_id] for p in probes], [p.question for p in probes], max_new_tokens=2,
-                           batch_size=cfg.eval_batch_size)
+        probes = world.pope_probes(
+            pope_scenes, kind=kind, per_image=cfg.pope_per_image, rng=np.random.default_rng(1000)
+        )
+        ans = vlm.generate(
+            [images[p.scene_id] for p in probes],
+            [p.question for p in probes],
+            max_new_tokens=2,
+            batch_size=cfg.eval_batch_size,
+        )
         norm = [normalise(a) for a in ans]
         acc = float(np.mean([a == p.label for a, p in zip(norm, probes)]))
         out[f"pope_{kind}_acc"] = round(acc, 4)
@@ -287,8 +329,12 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
     out["pope_gap_random_minus_adversarial"] = round(out["pope_random_acc"] - out["pope_adversarial_acc"], 4)
     # caption quality: object-class precision/recall (CHAIR-style) of generated descriptions
     cap_scenes = scenes[: min(100, len(scenes))]
-    caps = vlm.generate([images[s.scene_id] for s in cap_scenes], [CAPTION_PROMPT] * len(cap_scenes),
-                        max_new_tokens=24, batch_size=cfg.eval_batch_size)
+    caps = vlm.generate(
+        [images[s.scene_id] for s in cap_scenes],
+        [CAPTION_PROMPT] * len(cap_scenes),
+        max_new_tokens=24,
+        batch_size=cfg.eval_batch_size,
+    )
     mentioned = [world.mentioned_objects(c) for c in caps]
     n_m = sum(len(m) for m in mentioned)
     halluc = sum(len(m - s.object_classes) for m, s in zip(mentioned, cap_scenes))
@@ -310,8 +356,12 @@ def _partner_false_yes(world: World, scenes, probes, answers: list[str]) -> dict
             continue
         (partner if probe.object_class in absent_partners[probe.scene_id] else other).append(answer == "yes")
     rate = lambda xs: round(float(np.mean(xs)), 4) if xs else float("nan")  # noqa: E731
-    return {"pope_partner_false_yes_rate": rate(partner), "pope_other_false_yes_rate": rate(other),
-            "pope_partner_probes": len(partner), "pope_partner_probe_share": round(len(partner) / len(probes), 4)}
+    return {
+        "pope_partner_false_yes_rate": rate(partner),
+        "pope_other_false_yes_rate": rate(other),
+        "pope_partner_probes": len(partner),
+        "pope_partner_probe_share": round(len(partner) / len(probes), 4),
+    }
 
 
 def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_trained=None) -> dict:
@@ -332,8 +382,15 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
     prep_seconds = time.time() - t0
     losses = train_llava(model, vlm, examples, pv, cfg, steps=cfg.steps, progress=progress)
     if cfg.focus_steps > 0:
-        focused = training_examples(world, scenes, vlm, n_img, cfg, caption_fraction=cfg.focus_caption_fraction,
-                                    template_weights={t: cfg.focus_weight for t in cfg.focus_templates})
+        focused = training_examples(
+            world,
+            scenes,
+            vlm,
+            n_img,
+            cfg,
+            caption_fraction=cfg.focus_caption_fraction,
+            template_weights={t: cfg.focus_weight for t in cfg.focus_templates},
+        )
         focus_cfg = replace(cfg, batch_size=cfg.focus_batch_size, warmup=cfg.focus_warmup, seed=cfg.seed + 2)
         losses += train_llava(model, vlm, focused, pv, focus_cfg, steps=cfg.focus_steps, progress=progress)
     train_seconds = time.time() - t0
@@ -345,10 +402,18 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
         on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    rec = make_record("mini-llava", metrics, cfg, time.time() - t0, world_config=cfg.world,
-                      prep_seconds=round(prep_seconds, 2), train_seconds=round(train_seconds, 2),
-                      n_train_examples=len(examples.ids), n_parameters=sum(p.numel() for p in model.parameters()),
-                      vision_init="mini-clip")
+    rec = make_record(
+        "mini-llava",
+        metrics,
+        cfg,
+        time.time() - t0,
+        world_config=cfg.world,
+        prep_seconds=round(prep_seconds, 2),
+        train_seconds=round(train_seconds, 2),
+        n_train_examples=len(examples.ids),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        vision_init="mini-clip",
+    )
     write_json_atomic(Path(out_dir) / METRICS_FILE, rec)
     return rec
 

@@ -18,16 +18,30 @@ from mmlens.zoo.common import METRICS_FILE, mmlens_home, read_record, zoo_dir
 ZOO_MODELS: tuple[str, ...] = ("digits-clip", "mini-clip", "mini-llava", "mini-llava-colour")
 
 #: name -> names it needs to be built first.
-DEPENDENCIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "digits-clip": (),
-    "mini-clip": (),
-    "mini-llava": ("mini-clip",),
-    "mini-llava-colour": ("mini-llava",),
-})
+DEPENDENCIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "digits-clip": (),
+        "mini-clip": (),
+        "mini-llava": ("mini-clip",),
+        "mini-llava-colour": ("mini-llava",),
+    }
+)
 
-__all__ = ["ZOO_MODELS", "DEPENDENCIES", "mmlens_home", "zoo_dir", "model_dir", "resolve_model", "world_of", "is_built", "build", "list_zoo", "evaluate", "default_configs", "smoke_configs"]
-
-
+__all__ = [
+    "ZOO_MODELS",
+    "DEPENDENCIES",
+    "mmlens_home",
+    "zoo_dir",
+    "model_dir",
+    "resolve_model",
+    "world_of",
+    "is_built",
+    "build",
+    "list_zoo",
+    "evaluate",
+    "default_configs",
+    "smoke_configs",
+]
 
 
 def _check(name: str) -> str:
@@ -76,8 +90,12 @@ def default_configs() -> dict[str, Any]:
     from mmlens.zoo.mini_clip import MiniClipConfig
     from mmlens.zoo.mini_llava import MiniLlavaConfig
 
-    return {"digits-clip": DigitsClipConfig(), "mini-clip": MiniClipConfig(), "mini-llava": MiniLlavaConfig(),
-            "mini-llava-colour": ColourFinetuneConfig()}
+    return {
+        "digits-clip": DigitsClipConfig(),
+        "mini-clip": MiniClipConfig(),
+        "mini-llava": MiniLlavaConfig(),
+        "mini-llava-colour": ColourFinetuneConfig(),
+    }
 
 
 def smoke_configs() -> dict[str, Any]:
@@ -89,14 +107,36 @@ def smoke_configs() -> dict[str, Any]:
 
     return {
         "digits-clip": DigitsClipConfig(steps=3, n_train=64, batch_size=32, caption_draws=2, hidden=32, warmup=1),
-        "mini-clip": MiniClipConfig(n_train_scenes=48, steps=3, batch_size=16, vision_hidden=32, text_hidden=32,
-                                    projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10,
-                                    n_eval_scenes_large=0, warmup=1),
-        "mini-llava": MiniLlavaConfig(n_train_scenes=24, vqa_draws=1, steps=3, batch_size=8, text_hidden=32,
-                                      text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1,
-                                      focus_steps=2, focus_batch_size=8, focus_warmup=1),
-        "mini-llava-colour": ColourFinetuneConfig(n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4,
-                                                  n_eval_scenes=3, warmup=1),
+        "mini-clip": MiniClipConfig(
+            n_train_scenes=48,
+            steps=3,
+            batch_size=16,
+            vision_hidden=32,
+            text_hidden=32,
+            projection_dim=32,
+            vision_layers=1,
+            text_layers=1,
+            n_eval_scenes=10,
+            n_eval_scenes_large=0,
+            warmup=1,
+        ),
+        "mini-llava": MiniLlavaConfig(
+            n_train_scenes=24,
+            vqa_draws=1,
+            steps=3,
+            batch_size=8,
+            text_hidden=32,
+            text_layers=1,
+            n_eval_scenes=4,
+            n_pope_scenes=4,
+            warmup=1,
+            focus_steps=2,
+            focus_batch_size=8,
+            focus_warmup=1,
+        ),
+        "mini-llava-colour": ColourFinetuneConfig(
+            n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4, n_eval_scenes=3, warmup=1
+        ),
     }
 
 
@@ -116,17 +156,23 @@ def _resolve(names: Iterable[str]) -> list[str]:
 
 
 #: zoo model -> the module of its recipe (``build``, ``evaluate_dir``), imported on first use.
-_RECIPES: Mapping[str, str] = MappingProxyType({"digits-clip": "digits_clip", "mini-clip": "mini_clip",
-                                                "mini-llava": "mini_llava", "mini-llava-colour": "colour"})
+_RECIPES: Mapping[str, str] = MappingProxyType(
+    {"digits-clip": "digits_clip", "mini-clip": "mini_clip", "mini-llava": "mini_llava", "mini-llava-colour": "colour"}
+)
 
 
 def _builder(name: str) -> Any:
     return importlib.import_module(f"mmlens.zoo.{_RECIPES[name]}")
 
 
-def build(names: Iterable[str] | str | None = None, *, force: bool = False,
-          configs: Mapping[str, Any] | None = None, progress: bool = True,
-          on_trained: Any = None) -> dict[str, dict]:
+def build(
+    names: Iterable[str] | str | None = None,
+    *,
+    force: bool = False,
+    configs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    on_trained: Any = None,
+) -> dict[str, dict]:
     """Build the missing models among ``names`` (default: all) and their dependencies, in dependency order.
 
     ``force=True`` rebuilds the requested models and their dependencies even if built. ``configs`` maps a name to

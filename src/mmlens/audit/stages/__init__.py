@@ -8,5 +8,15 @@ from mmlens.audit.stages.influence import run_influence
 from mmlens.audit.stages.shift import run_shift
 from mmlens.audit.stages.steering import run_steering
 
-__all__ = ["Finding", "NotApplicable", "StageContext", "StageOutcome", "run_concepts", "run_hallucination", "run_influence",
-           "run_shift", "run_steering", "skip_reason"]
+__all__ = [
+    "Finding",
+    "NotApplicable",
+    "StageContext",
+    "StageOutcome",
+    "run_concepts",
+    "run_hallucination",
+    "run_influence",
+    "run_shift",
+    "run_steering",
+    "skip_reason",
+]

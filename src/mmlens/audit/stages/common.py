@@ -78,10 +78,12 @@ def skip_reason(stage: Stage, ctx_kind: ModelKind, data: AuditData, config: Audi
             return f"only {len(data)} records: influence needs at least 8 pairs (training and held-out)"
         return None
     if not vlm:
-        what = {Stage.SHIFT: "shift analyses the answers a vision-language model generates",
-                Stage.CONCEPTS: "concept dictionaries are learned over a generative model's hidden states",
-                Stage.STEERING: "steering changes what a generative model answers",
-                Stage.HALLUCINATION: "hallucination probes ask a vision-language model questions"}[stage]
+        what = {
+            Stage.SHIFT: "shift analyses the answers a vision-language model generates",
+            Stage.CONCEPTS: "concept dictionaries are learned over a generative model's hidden states",
+            Stage.STEERING: "steering changes what a generative model answers",
+            Stage.HALLUCINATION: "hallucination probes ask a vision-language model questions",
+        }[stage]
         return f"not a vision-language model: {what}"
     if stage in (Stage.SHIFT, Stage.CONCEPTS) and not data.questions():
         return "the records have no VQA questions ('vqa' lists)"
@@ -97,6 +99,7 @@ def skip_reason(stage: Stage, ctx_kind: ModelKind, data: AuditData, config: Audi
 def finite_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
 
+
 def interval_words(lo: float, hi: float) -> str:
     """What an interval of a difference says, in words: only an interval that excludes 0 shows a difference."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -106,6 +109,7 @@ def interval_words(lo: float, hi: float) -> str:
     if hi < 0:
         return "below 0"
     return "includes 0, not distinguishable from no change"
+
 
 def paired_interval(diff: np.ndarray, seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of paired differences."""
@@ -117,12 +121,27 @@ def paired_interval(diff: np.ndarray, seed: int) -> tuple[float, float]:
     tail = (1 - INTERVAL_LEVEL) / 2 * 100
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
+
 def format_interval(interval: tuple[float, float]) -> str:
     return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
 
 def percent(value: float | None) -> str:
     return "n/a" if finite_or_none(value) is None else f"{value:.0%}"
 
 
-__all__ = ["INTERVAL_LEVEL", "MIN_SHIFT_IMAGES", "N_BOOTSTRAP", "Finding", "NotApplicable", "StageContext", "StageOutcome",
-           "skip_reason", "finite_or_none", "interval_words", "paired_interval", "format_interval", "percent"]
+__all__ = [
+    "INTERVAL_LEVEL",
+    "MIN_SHIFT_IMAGES",
+    "N_BOOTSTRAP",
+    "Finding",
+    "NotApplicable",
+    "StageContext",
+    "StageOutcome",
+    "skip_reason",
+    "finite_or_none",
+    "interval_words",
+    "paired_interval",
+    "format_interval",
+    "percent",
+]

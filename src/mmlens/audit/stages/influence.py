@@ -85,8 +85,10 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
         order = rng.permutation(len(pairs))
         n_val = max(2, round(cfg.val_fraction * len(pairs)))
         val, train = pairs.subset(sorted(order[:n_val])), pairs
-        val_words = (f"{len(val)} pairs of the same data ({cfg.val_fraction:.0%}, also training pairs; not a "
-                     "trusted validation set)")
+        val_words = (
+            f"{len(val)} pairs of the same data ({cfg.val_fraction:.0%}, also training pairs; not a "
+            "trusted validation set)"
+        )
     truth = None
     if cfg.inject_swap_rate > 0:
         noisy = inject_noise(train, cfg.inject_swap_rate, NoiseKind.RANDOM_SWAP, seed=ctx.config.seed)
@@ -97,9 +99,12 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
     # shards (an interrupted audit resumes where it stopped)
     task = HeadTask(ctx.model)
     encoded = encode_cached(task, train, scratch / "encoded", key=ctx.config.model)
-    analyzer = InfluenceAnalyzer(task, train, encoded=encoded,
-                                 fit_args=FitArguments(batch_size=min(cfg.batch_size, len(train)), l2=cfg.l2,
-                                                       seed=ctx.config.seed))
+    analyzer = InfluenceAnalyzer(
+        task,
+        train,
+        encoded=encoded,
+        fit_args=FitArguments(batch_size=min(cfg.batch_size, len(train)), l2=cfg.l2, seed=ctx.config.seed),
+    )
     fit = _fit_or_resume(analyzer, scratch / "fit")
     scores = score_pairs(analyzer, scratch / "scores", val, val_seed=ctx.config.seed)
     value = scores.value  # delta_val_loss_if_removed (both roles, exact form)
@@ -107,21 +112,31 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
     k = max(1, round(cfg.flag_fraction * len(train)))
     # with a trusted validation set the flags are the pairs whose removal most lowers its loss; without one, the
     # value would be judged against the same possibly-noisy data, so the flags are by self-influence only
-    flag_score, flag_name = ((-value, "delta_val_loss_if_removed") if cfg.val is not None
-                             else (self_influence, "self_influence"))
+    flag_score, flag_name = (
+        (-value, "delta_val_loss_if_removed") if cfg.val is not None else (self_influence, "self_influence")
+    )
     ranking = np.argsort(-flag_score, kind="stable")
     flagged = ranking[:k]
     # the same seeded measurement batches as the value, so the first-order prediction and the refit are comparable
     loss_before = analyzer.validation_loss(fit.params, val, seed=ctx.config.seed)
     loss_after = analyzer.validation_loss(analyzer.retrain(remove=flagged.tolist()), val, seed=ctx.config.seed)
     summary: dict[str, Any] = {
-        "n_pairs_in_data": n_data, "n_scored": len(train), "max_pairs": cfg.max_pairs, "sampled": sampled,
-        "n_train": len(train), "n_val": len(val),
+        "n_pairs_in_data": n_data,
+        "n_scored": len(train),
+        "max_pairs": cfg.max_pairs,
+        "sampled": sampled,
+        "n_train": len(train),
+        "n_val": len(val),
         "validation": str(cfg.val) if cfg.val is not None else "part of the same data (also training pairs)",
-        "flagged_by": flag_name, "n_flagged": int(k), "n_harmful": int((value < 0).sum()),
-        "val_loss": loss_before, "val_loss_without_flagged": loss_after,
+        "flagged_by": flag_name,
+        "n_flagged": int(k),
+        "n_harmful": int((value < 0).sum()),
+        "val_loss": loss_before,
+        "val_loss_without_flagged": loss_after,
         "predicted_val_loss_change": float(value[flagged].sum()),
-        "fit_seconds": fit.seconds, "score_seconds": scores.seconds, "injected_swap_rate": cfg.inject_swap_rate,
+        "fit_seconds": fit.seconds,
+        "score_seconds": scores.seconds,
+        "injected_swap_rate": cfg.inject_swap_rate,
     }
     if cfg.inject_swap_rate > 0:
         summary["n_injected"] = 0 if truth is None else int(truth.sum())
@@ -130,60 +145,97 @@ def run_influence(ctx: StageContext, page_dir: Path, scratch: Path) -> StageOutc
         summary["auroc_self_influence"] = detection_metrics(truth, self_influence)["auroc"]
         summary["auroc_value"] = detection_metrics(truth, -value)["auroc"]
 
-    rows = [{"rank": rank, "index": int(i), "id": train.ids[i], "caption": train.captions[i],
-             "self_influence": float(self_influence[i]), "delta_val_loss_if_removed": float(value[i]),
-             **({"injected_swap": bool(truth[i])} if truth is not None else {})}
-            for rank, i in enumerate(ranking, 1)]
-    scope = (f"a random sample of {len(pairs)} of the {n_data} pairs of the data (max_pairs = {cfg.max_pairs})"
-             if sampled else f"all {len(pairs)} pairs of the data")
-    flag_words = (f"flagged by their harm to {val_words} (most negative delta_val_loss_if_removed)"
-                  if cfg.val is not None else
-                  "flagged by self-influence only: no trusted validation set was given (--val), and the held-out "
-                  f"value was measured on {val_words}")
+    rows = [
+        {
+            "rank": rank,
+            "index": int(i),
+            "id": train.ids[i],
+            "caption": train.captions[i],
+            "self_influence": float(self_influence[i]),
+            "delta_val_loss_if_removed": float(value[i]),
+            **({"injected_swap": bool(truth[i])} if truth is not None else {}),
+        }
+        for rank, i in enumerate(ranking, 1)
+    ]
+    scope = (
+        f"a random sample of {len(pairs)} of the {n_data} pairs of the data (max_pairs = {cfg.max_pairs})"
+        if sampled
+        else f"all {len(pairs)} pairs of the data"
+    )
+    flag_words = (
+        f"flagged by their harm to {val_words} (most negative delta_val_loss_if_removed)"
+        if cfg.val is not None
+        else "flagged by self-influence only: no trusted validation set was given (--val), and the held-out "
+        f"value was measured on {val_words}"
+    )
     report = ranking_report(
-        train, rows, title="Suspicious training pairs (ECIF influence)",
+        train,
+        rows,
+        title="Suspicious training pairs (ECIF influence)",
         subtitle=f"{ctx.config.model}: {len(train)} training pairs scored ({scope}), validation: {val_words}; "
-                 "projection heads refit by L-BFGS, exact negative form",
+        "projection heads refit by L-BFGS, exact negative form",
         explanation="Self-influence = g^T H^-1 g of a pair's own loss gradient: pairs the model had to bend to fit "
-                    "(often mislabelled) score high. " + REMOVAL_SCORE_NOTE + f" The pairs are {flag_words}.",
-        summary=summary, card_scores=(flag_name, "self_influence" if cfg.val is not None else
-                                      "delta_val_loss_if_removed"), cards=cfg.cards,
+        "(often mislabelled) score high. " + REMOVAL_SCORE_NOTE + f" The pairs are {flag_words}.",
+        summary=summary,
+        card_scores=(flag_name, "self_influence" if cfg.val is not None else "delta_val_loss_if_removed"),
+        cards=cfg.cards,
         cards_title=f"The {min(cfg.cards, len(rows))} flagged candidates, by {flag_name}",
         truth_key="injected_swap" if truth is not None else None,
         figure=influence_scatter(self_influence, value, truth),
         figure_title="Self-influence of every training pair",
         figure_caption="Self-influence against the held-out value of each pair"
-                       + (" (red: injected caption swaps)." if truth is not None else "."),
-        ranking_title="Ranking (top 60)", max_rows=60, data={"summary": summary, "rows": rows})
+        + (" (red: injected caption swaps)." if truth is not None else "."),
+        ranking_title="Ranking (top 60)",
+        max_rows=60,
+        data={"summary": summary, "rows": rows},
+    )
     report.write(page_dir)
 
-    scored = (f"Influence scored {len(train)} training pairs: {scope}"
-              + (" (without max_pairs every pair is scored)" if sampled else "")
-              + f"; validation data: {val_words}.")
+    scored = (
+        f"Influence scored {len(train)} training pairs: {scope}"
+        + (" (without max_pairs every pair is scored)" if sampled else "")
+        + f"; validation data: {val_words}."
+    )
     findings = [Finding(scored)]
     if cfg.val is None:
-        findings.append(Finding(
-            "No trusted validation set was given (--val): suspicious pairs are flagged by self-influence only, "
-            f"and the held-out value (delta_val_loss_if_removed) used part of the same data: {len(val)} of the "
-            "scored, possibly noisy, pairs (not independent of training). Give a clean validation set to flag "
-            "pairs by their harm to it."))
-    flag_reason = ("whose removal most lowers the loss of the trusted validation set" if cfg.val is not None
-                   else "with the highest self-influence (the pairs the model had to bend most to fit, where "
-                        "mislabelled captions tend to rank)")
-    findings.append(Finding(
-        f"The {k} of {len(train)} training pairs {flag_reason} are flagged; refitting the projection heads without "
-        f"them changes the summed validation loss from {loss_before:.2f} to {loss_after:.2f} "
-        f"({loss_after - loss_before:+.2f}; first-order prediction {summary['predicted_val_loss_change']:+.2f}). "
-        f"To first order, removing any one of {summary['n_harmful']} pairs alone would lower the validation loss "
-        "(delta_val_loss_if_removed < 0)."))
+        findings.append(
+            Finding(
+                "No trusted validation set was given (--val): suspicious pairs are flagged by self-influence only, "
+                f"and the held-out value (delta_val_loss_if_removed) used part of the same data: {len(val)} of the "
+                "scored, possibly noisy, pairs (not independent of training). Give a clean validation set to flag "
+                "pairs by their harm to it."
+            )
+        )
+    flag_reason = (
+        "whose removal most lowers the loss of the trusted validation set"
+        if cfg.val is not None
+        else "with the highest self-influence (the pairs the model had to bend most to fit, where "
+        "mislabelled captions tend to rank)"
+    )
+    findings.append(
+        Finding(
+            f"The {k} of {len(train)} training pairs {flag_reason} are flagged; refitting the projection heads without "
+            f"them changes the summed validation loss from {loss_before:.2f} to {loss_after:.2f} "
+            f"({loss_after - loss_before:+.2f}; first-order prediction {summary['predicted_val_loss_change']:+.2f}). "
+            f"To first order, removing any one of {summary['n_harmful']} pairs alone would lower the validation loss "
+            "(delta_val_loss_if_removed < 0)."
+        )
+    )
     if cfg.inject_swap_rate > 0 and truth is None:
-        findings.append(Finding(f"No caption was swapped at rate {cfg.inject_swap_rate:g} on {len(train)} training "
-                                "pairs (a swap needs two chosen pairs with different captions): no detection check."))
+        findings.append(
+            Finding(
+                f"No caption was swapped at rate {cfg.inject_swap_rate:g} on {len(train)} training "
+                "pairs (a swap needs two chosen pairs with different captions): no detection check."
+            )
+        )
     if truth is not None:
-        findings.append(Finding(
-            f"Against the {summary['n_injected']} injected caption swaps: self-influence AUROC "
-            f"{summary['auroc_self_influence']:.3f}, held-out value AUROC {summary['auroc_value']:.3f}; "
-            f"{summary['flagged_precision']:.0%} of the flagged pairs are real swaps."))
+        findings.append(
+            Finding(
+                f"Against the {summary['n_injected']} injected caption swaps: self-influence AUROC "
+                f"{summary['auroc_self_influence']:.3f}, held-out value AUROC {summary['auroc_value']:.3f}; "
+                f"{summary['flagged_precision']:.0%} of the flagged pairs are real swaps."
+            )
+        )
     return StageOutcome(summary, tuple(findings))
 
 
