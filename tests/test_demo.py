@@ -75,7 +75,9 @@ def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
     assert clip["influence"]["summary"]["auroc_self_influence"] == pytest.approx(
         roc_auc_score([r["injected_swap"] for r in rows], [r["self_influence"] for r in rows]), abs=1e-4
     )
-    assert clip["influence"]["summary"]["n_injected"] == 3  # 10% of the 30 training pairs
+    # 10% of the training pairs (without a trusted validation set every pair is trained and scored)
+    assert clip["influence"]["summary"]["n_train"] == 40
+    assert clip["influence"]["summary"]["n_injected"] == 4
     llava = summary["audits"]["mini-llava"]["stages"]
     assert llava["influence"]["status"] == "skipped"
     assert {llava[s]["status"] for s in ("shift", "concepts", "hallucination")} == {"done"}
