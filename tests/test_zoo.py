@@ -203,3 +203,103 @@ def test_mini_llava_focus_phase_weights_its_templates_and_builds(zoo_home, tmp_p
     record = mini_llava.build(tmp_path / "m", cfg, {"mini-clip": zoo.model_dir("mini-clip")})
     assert record["config"]["focus_steps"] == 2
     assert config_from_dict(mini_llava.MiniLlavaConfig, {**record["config"], "world": cfg.world}) == cfg
+
+
+def _prior_tiny():
+    from dataclasses import replace
+
+    from mmlens.zoo import mini_llava
+
+    return replace(TINY["mini-llava"], world=mini_llava.PRIOR_WORLD, text_steps=2, text_n_scenes=40,
+                   text_batch_size=8, text_warmup=1, align_steps=2, sft_caption_leak=0.3, n_prior_scenes=6)
+
+
+def test_text_corpus_carries_a_stronger_co_occurrence_than_the_images(zoo_home):
+    """The language prior's source: in the text-only corpus the partner is named beside its anchor far more often
+    than the images show it beside its anchor."""
+    import numpy as np
+
+    from mmlens.models import load_model
+    from mmlens.zoo import mini_llava
+
+    cfg = _prior_tiny()
+    vlm = load_model("zoo:mini-llava")
+    world = mini_llava.build_world(cfg)
+    texts = [vlm.tokenizer.decode(ids) for ids in mini_llava.text_corpus(cfg, vlm, 400)]
+    captions = [t for t in texts if "assistant" not in t]
+    scenes = world.sample_scenes(400, "train")
+    for anchor, partner in cfg.world.bias_pairs:
+        in_text = [partner in t for t in captions if anchor in t]
+        in_images = [s.count(partner) > 0 for s in scenes if s.count(anchor)]
+        assert np.mean(in_text) > np.mean(in_images) + 0.1, (anchor, np.mean(in_text), np.mean(in_images))
+    assert 0 < len(captions) < len(texts)
+
+
+def test_prior_phases_train_what_they_name(zoo_home):
+    """Text pretraining moves the decoder only; projector alignment moves the projector only."""
+    import torch
+    from transformers import CLIPModel
+
+    from mmlens.models.generative import VisionLanguageModel
+    from mmlens.models.tokenizers import make_llava_processor
+    from mmlens.zoo import mini_llava
+    from mmlens.zoo.common import pixel_tensor
+
+    cfg = _prior_tiny()
+    world = mini_llava.build_world(cfg)
+    scenes = world.sample_scenes(16, "train")
+    tok = mini_llava.make_tokenizer(world, scenes, tuple(mini_llava.text_world(cfg).vocabulary()))
+    clip = CLIPModel.from_pretrained(zoo.model_dir("mini-clip"))
+    vc = clip.config.vision_config
+    processor = make_llava_processor(tok, image_size=vc.image_size, patch_size=vc.patch_size)
+    model = mini_llava.make_model(cfg, clip, tok, processor.image_token_id)
+    vlm = VisionLanguageModel(model, processor)
+
+    def snapshot():
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def moved(before):
+        return {k.split(".")[1] if k.startswith("model.") else k.split(".")[0]
+                for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+
+    before = snapshot()
+    mini_llava.pretrain_text(model, mini_llava.text_corpus(cfg, vlm, 20), tok.pad_token_id, cfg)
+    assert moved(before) == {"language_model", "lm_head"}
+    before = snapshot()
+    n_img = (vc.image_size // vc.patch_size) ** 2
+    captions = mini_llava.training_examples(world, scenes, vlm, n_img, cfg, caption_fraction=1.0)
+    pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
+    mini_llava.align_projector(model, vlm, captions, pv, cfg)
+    assert moved(before) == {"multi_modal_projector"}
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_prior_diagnostics_separate_partner_from_other_false_yes():
+    """A model that says "yes" to every partner class and "no" to everything else hallucinates every absent
+    partner: the diagnostics must say so, and POPE adversarial must fall below POPE random on those scenes."""
+    from mmlens.zoo import mini_llava
+
+    cfg = _prior_tiny()
+    world = mini_llava.build_world(cfg)
+    partners = {p for _, p in cfg.world.bias_pairs}
+
+    class PartnerSayer:
+        def generate(self, images, prompts, max_new_tokens=4, batch_size=1):
+            return ["yes" if any(f" {p} " in q for p in partners) else "no" for q in prompts]
+
+    d = mini_llava.prior_diagnostics(PartnerSayer(), world, cfg, chair_i_ordinary=0.0)
+    assert d["n_scenes"] == cfg.n_prior_scenes and d["n_partner_probes"] > 0
+    assert d["partner_false_yes"] == 1.0 and d["other_false_yes"] < 0.5
+    assert d["pope_adversarial_acc"] < d["pope_random_acc"]
+
+
+def test_prior_recipe_builds_with_its_diagnostics(zoo_home, tmp_path):
+    from mmlens.zoo import mini_llava
+
+    cfg = _prior_tiny()
+    record = mini_llava.build(tmp_path / "m", cfg, {"mini-clip": zoo.model_dir("mini-clip")})
+    prior = record["metrics"]["prior"]
+    assert {"partner_false_yes", "other_false_yes", "pope_random_acc", "pope_adversarial_acc",
+            "chair_i_anchor_scenes", "chair_i_ordinary"} <= set(prior)
+    assert set(record["metrics"]["phase_final_loss"]) == {"text", "align"}
+    assert record["world_config"]["bias_pairs"] == [list(p) for p in mini_llava.PRIOR_WORLD.bias_pairs]
