@@ -275,21 +275,30 @@ def test_prior_phases_train_what_they_name(zoo_home):
 
 
 def test_prior_diagnostics_separate_partner_from_other_false_yes():
-    """A model that says "yes" to every partner class and "no" to everything else hallucinates every absent
-    partner: the diagnostics must say so, and POPE adversarial must fall below POPE random on those scenes."""
+    """A model that sees every object and also says "yes" to the partner of every present anchor hallucinates every
+    absent partner and nothing else: the diagnostics must say so, and POPE adversarial must fall below random."""
+    from dataclasses import replace
+
+    from mmlens.align.eval import EvalScenes, world_eval_scenes
     from mmlens.zoo import mini_llava
 
-    cfg = _prior_tiny()
+    cfg = replace(_prior_tiny(), n_prior_scenes=20)
     world = mini_llava.build_world(cfg)
-    partners = {p for _, p in cfg.world.bias_pairs}
+    scenes = world_eval_scenes(world, cfg.n_prior_scenes, "test", EvalScenes.ANCHOR_WITHOUT_PARTNER)
+    by_image = {world.render(s).tobytes(): s for s in scenes}
 
     class PartnerSayer:
         def generate(self, images, prompts, max_new_tokens=4, batch_size=1):
-            return ["yes" if any(f" {p} " in q for p in partners) else "no" for q in prompts]
+            out = []
+            for image, q in zip(images, prompts):
+                scene = by_image[image.tobytes()]
+                believed = scene.object_classes | world.absent_partners(scene)
+                out.append("yes" if any(f" {c} " in q for c in believed) else "no")
+            return out
 
     d = mini_llava.prior_diagnostics(PartnerSayer(), world, cfg, chair_i_ordinary=0.0)
     assert d["n_scenes"] == cfg.n_prior_scenes and d["n_partner_probes"] > 0
-    assert d["partner_false_yes"] == 1.0 and d["other_false_yes"] < 0.5
+    assert d["partner_false_yes"] == 1.0 and d["other_false_yes"] == 0.0
     assert d["pope_adversarial_acc"] < d["pope_random_acc"]
 
 
@@ -303,3 +312,50 @@ def test_prior_recipe_builds_with_its_diagnostics(zoo_home, tmp_path):
             "chair_i_anchor_scenes", "chair_i_ordinary"} <= set(prior)
     assert set(record["metrics"]["phase_final_loss"]) == {"text", "align"}
     assert record["world_config"]["bias_pairs"] == [list(p) for p in mini_llava.PRIOR_WORLD.bias_pairs]
+
+
+def test_injected_noise_is_what_its_flags_say():
+    """Random swaps give a flagged scene another scene's captions; confusable swaps rename one of its shapes to the
+    look-alike (and nothing else); unflagged scenes keep their own captions; the share flagged is the rate."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from mmlens.zoo.mini_clip import CONFUSABLE_SHAPES, inject_noise
+
+    cfg = TINY["mini-clip"]
+    world = World(cfg.world, seed=cfg.world_seed)
+    scenes = world.sample_scenes(200, "train")
+    caps = [[world.caption(s, np.random.default_rng(i), style=st) for st in cfg.caption_styles for _ in range(2)]
+            for i, s in enumerate(scenes)]
+    for kind in ("random", "confusable"):
+        noisy, flags, source = inject_noise(world, scenes, caps, replace(cfg, noise_kind=kind, noise_rate=0.2),
+                                            np.random.default_rng(0))
+        assert flags.sum() == 40
+        for i in range(len(scenes)):
+            if not flags[i]:
+                assert noisy[i] == caps[i]
+                continue
+            said = set().union(*(world.mentioned_objects(c) for c in noisy[i]))
+            if kind == "random":
+                assert noisy[i] == caps[source[i]] and scenes[source[i]].signature() != scenes[i].signature()
+            else:
+                old, new = source[i].split("->")
+                assert CONFUSABLE_SHAPES[old] == new and old in scenes[i].object_classes
+                assert said == (scenes[i].object_classes - {old}) | {new}
+    clean, flags, _ = inject_noise(world, scenes, caps, cfg, np.random.default_rng(0))
+    assert clean == caps and not flags.any()
+
+
+def test_noisy_clip_models_save_their_flags_and_diagnostics(zoo_home):
+    for name in ("mini-clip-noisy-random", "mini-clip-noisy-confusable"):
+        d = zoo.model_dir(name)
+        flags = json.loads((d / "noise_flags.json").read_text())
+        rec = json.loads((d / "metrics.json").read_text())
+        cfg = TINY[name]
+        assert flags["kind"] == cfg.noise_kind and len(flags["flagged"]) == round(cfg.noise_rate * cfg.n_train_scenes)
+        noise = rec["metrics"]["noise"]
+        assert {"kind", "rate", "clipscore_auroc", "clean_acc", "noisy_acc"} <= set(noise)
+        assert noise["clean_acc"] == json.loads((zoo.model_dir("mini-clip") / "metrics.json").read_text())[
+            "metrics"]["retrieval_top1"]
+        assert noise["noisy_acc"] == rec["metrics"]["retrieval_top1"]

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -15,12 +16,15 @@ from mmlens.io import atomic_folder
 from mmlens.zoo.common import METRICS_FILE, mmlens_home, read_record, zoo_dir
 
 #: Names of the zoo models, in dependency order.
-ZOO_MODELS: tuple[str, ...] = ("digits-clip", "mini-clip", "mini-llava", "mini-llava-colour")
+ZOO_MODELS: tuple[str, ...] = ("digits-clip", "mini-clip", "mini-clip-noisy-random", "mini-clip-noisy-confusable",
+                               "mini-llava", "mini-llava-colour")
 
 #: name -> names it needs to be built first.
 DEPENDENCIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "digits-clip": (),
     "mini-clip": (),
+    "mini-clip-noisy-random": ("mini-clip",),  # its clean test accuracy is the comparison of the noise diagnostic
+    "mini-clip-noisy-confusable": ("mini-clip",),
     "mini-llava": ("mini-clip",),
     "mini-llava-colour": ("mini-llava",),
 })
@@ -76,8 +80,10 @@ def default_configs() -> dict[str, Any]:
     from mmlens.zoo.mini_clip import MiniClipConfig
     from mmlens.zoo.mini_llava import MiniLlavaConfig
 
-    return {"digits-clip": DigitsClipConfig(), "mini-clip": MiniClipConfig(), "mini-llava": MiniLlavaConfig(),
-            "mini-llava-colour": ColourFinetuneConfig()}
+    return {"digits-clip": DigitsClipConfig(), "mini-clip": MiniClipConfig(),
+            "mini-clip-noisy-random": MiniClipConfig(noise_kind="random", noise_rate=0.2),
+            "mini-clip-noisy-confusable": MiniClipConfig(noise_kind="confusable", noise_rate=0.2),
+            "mini-llava": MiniLlavaConfig(), "mini-llava-colour": ColourFinetuneConfig()}
 
 
 def smoke_configs() -> dict[str, Any]:
@@ -87,11 +93,14 @@ def smoke_configs() -> dict[str, Any]:
     from mmlens.zoo.mini_clip import MiniClipConfig
     from mmlens.zoo.mini_llava import MiniLlavaConfig
 
+    clip = MiniClipConfig(n_train_scenes=48, steps=3, batch_size=16, vision_hidden=32, text_hidden=32,
+                          projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10, n_eval_scenes_large=0,
+                          warmup=1)
     return {
         "digits-clip": DigitsClipConfig(steps=3, n_train=64, batch_size=32, caption_draws=2, hidden=32, warmup=1),
-        "mini-clip": MiniClipConfig(n_train_scenes=48, steps=3, batch_size=16, vision_hidden=32, text_hidden=32,
-                                    projection_dim=32, vision_layers=1, text_layers=1, n_eval_scenes=10,
-                                    n_eval_scenes_large=0, warmup=1),
+        "mini-clip": clip,
+        "mini-clip-noisy-random": replace(clip, noise_kind="random", noise_rate=0.25),
+        "mini-clip-noisy-confusable": replace(clip, noise_kind="confusable", noise_rate=0.25),
         "mini-llava": MiniLlavaConfig(n_train_scenes=24, vqa_draws=1, steps=3, batch_size=8, text_hidden=32,
                                       text_layers=1, n_eval_scenes=4, n_pope_scenes=4, warmup=1,
                                       focus_steps=2, focus_batch_size=8, focus_warmup=1),
@@ -117,6 +126,8 @@ def _resolve(names: Iterable[str]) -> list[str]:
 
 #: zoo model -> the module of its recipe (``build``, ``evaluate_dir``), imported on first use.
 _RECIPES: Mapping[str, str] = MappingProxyType({"digits-clip": "digits_clip", "mini-clip": "mini_clip",
+                                                "mini-clip-noisy-random": "mini_clip",
+                                                "mini-clip-noisy-confusable": "mini_clip",
                                                 "mini-llava": "mini_llava", "mini-llava-colour": "colour"})
 
 
