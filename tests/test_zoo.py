@@ -359,3 +359,39 @@ def test_noisy_clip_models_save_their_flags_and_diagnostics(zoo_home):
         assert noise["clean_acc"] == json.loads((zoo.model_dir("mini-clip") / "metrics.json").read_text())[
             "metrics"]["retrieval_top1"]
         assert noise["noisy_acc"] == rec["metrics"]["retrieval_top1"]
+
+
+def test_swap_change_list_separates_what_must_move_from_what_must_stay():
+    """The answerer agrees with the world on every template; an oracle of the old naming against an oracle of the new
+    one changes every must-move answer and no must-stay answer; a planted extra change is counted."""
+    import numpy as np
+
+    from mmlens.zoo.concept_swap import answer, change_list, change_metrics
+
+    world = World(WorldConfig(), seed=0)
+    scenes = world.sample_scenes(60, "test")
+    rng = np.random.default_rng(0)
+    for s in scenes:
+        for item in world.vqa(s, rng):
+            assert answer(world, s, item) == item.answer, item
+    rows = change_list(world, scenes, ("red", "blue"))
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"must_move", "must_stay", "excluded"}
+    assert all(r["before"] != r["after"] for r in rows if r["kind"] == "must_move")
+    assert all("red" not in r["question"] and "blue" not in r["question"] for r in rows if r["kind"] == "must_stay")
+    before = [r["before"] or "" for r in rows]
+    after = [r["after"] for r in rows]
+    m = change_metrics(rows, before, after)
+    assert m["targeted_changed"] == 1.0 and m["untargeted_changed"] == 0.0 and m["targeted_correct"] == 1.0
+    stay = [i for i, r in enumerate(rows) if r["kind"] == "must_stay"]
+    planted = list(after)
+    planted[stay[0]] = "purple"
+    assert change_metrics(rows, before, planted)["untargeted_changed"] == round(1 / len(stay), 4)
+
+
+def test_swap_fine_tune_saves_its_change_list(zoo_home):
+    d = zoo.model_dir("mini-llava-swap")
+    rows = json.loads((d / "change_list.json").read_text())["rows"]
+    change = json.loads((d / "metrics.json").read_text())["metrics"]["change"]
+    assert {"targeted_changed", "untargeted_changed"} <= set(change)
+    assert change["n_targeted"] == sum(r["kind"] == "must_move" for r in rows)

@@ -17,7 +17,7 @@ from mmlens.zoo.common import METRICS_FILE, mmlens_home, read_record, zoo_dir
 
 #: Names of the zoo models, in dependency order.
 ZOO_MODELS: tuple[str, ...] = ("digits-clip", "mini-clip", "mini-clip-noisy-random", "mini-clip-noisy-confusable",
-                               "mini-llava", "mini-llava-colour")
+                               "mini-llava", "mini-llava-colour", "mini-llava-swap")
 
 #: name -> names it needs to be built first.
 DEPENDENCIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
@@ -27,6 +27,7 @@ DEPENDENCIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "mini-clip-noisy-confusable": ("mini-clip",),
     "mini-llava": ("mini-clip",),
     "mini-llava-colour": ("mini-llava",),
+    "mini-llava-swap": ("mini-llava",),
 })
 
 __all__ = ["ZOO_MODELS", "DEPENDENCIES", "mmlens_home", "zoo_dir", "model_dir", "resolve_model", "world_of", "is_built", "build", "list_zoo", "evaluate", "default_configs", "smoke_configs"]
@@ -76,6 +77,7 @@ def is_built(name: str) -> bool:
 def default_configs() -> dict[str, Any]:
     """The measured full-budget recipe of every model (one config dataclass per model)."""
     from mmlens.zoo.colour import ColourFinetuneConfig
+    from mmlens.zoo.concept_swap import ConceptSwapConfig
     from mmlens.zoo.digits_clip import DigitsClipConfig
     from mmlens.zoo.mini_clip import MiniClipConfig
     from mmlens.zoo.mini_llava import MiniLlavaConfig
@@ -83,12 +85,14 @@ def default_configs() -> dict[str, Any]:
     return {"digits-clip": DigitsClipConfig(), "mini-clip": MiniClipConfig(),
             "mini-clip-noisy-random": MiniClipConfig(noise_kind="random", noise_rate=0.2),
             "mini-clip-noisy-confusable": MiniClipConfig(noise_kind="confusable", noise_rate=0.2),
-            "mini-llava": MiniLlavaConfig(), "mini-llava-colour": ColourFinetuneConfig()}
+            "mini-llava": MiniLlavaConfig(), "mini-llava-colour": ColourFinetuneConfig(),
+            "mini-llava-swap": ConceptSwapConfig()}
 
 
 def smoke_configs() -> dict[str, Any]:
     """A tiny budget that runs every build step of every model in seconds (tests, smoke runs); not for use."""
     from mmlens.zoo.colour import ColourFinetuneConfig
+    from mmlens.zoo.concept_swap import ConceptSwapConfig
     from mmlens.zoo.digits_clip import DigitsClipConfig
     from mmlens.zoo.mini_clip import MiniClipConfig
     from mmlens.zoo.mini_llava import MiniLlavaConfig
@@ -106,6 +110,8 @@ def smoke_configs() -> dict[str, Any]:
                                       focus_steps=2, focus_batch_size=8, focus_warmup=1),
         "mini-llava-colour": ColourFinetuneConfig(n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4,
                                                   n_eval_scenes=3, warmup=1),
+        "mini-llava-swap": ConceptSwapConfig(n_train_scenes=8, vqa_draws=1, steps=2, batch_size=4, n_eval_scenes=3,
+                                             warmup=1),
     }
 
 
@@ -128,7 +134,8 @@ def _resolve(names: Iterable[str]) -> list[str]:
 _RECIPES: Mapping[str, str] = MappingProxyType({"digits-clip": "digits_clip", "mini-clip": "mini_clip",
                                                 "mini-clip-noisy-random": "mini_clip",
                                                 "mini-clip-noisy-confusable": "mini_clip",
-                                                "mini-llava": "mini_llava", "mini-llava-colour": "colour"})
+                                                "mini-llava": "mini_llava", "mini-llava-colour": "colour",
+                                                "mini-llava-swap": "concept_swap"})
 
 
 def _builder(name: str) -> Any:
