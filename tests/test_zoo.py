@@ -124,7 +124,7 @@ def test_colour_checkpoints_are_loadable(zoo_home):
     m = LlavaForConditionalGeneration.from_pretrained(dirs[1])
     assert m.config.model_type == "llava"
     AutoProcessor.from_pretrained(dirs[1])
-    traj = zoo.list_zoo()[-1][2]["metrics"]["trajectory"]
+    traj = dict((n, r) for n, _, r in zoo.list_zoo())["mini-llava-colour"]["metrics"]["trajectory"]
     assert set(traj) == {"0", "1", "2"} and "colour_mention_rate" in traj["0"]
 
 
@@ -311,7 +311,7 @@ def test_prior_recipe_builds_with_its_diagnostics(zoo_home, tmp_path):
     assert {"partner_false_yes", "other_false_yes", "pope_random_acc", "pope_adversarial_acc",
             "chair_i_anchor_scenes", "chair_i_ordinary"} <= set(prior)
     assert set(record["metrics"]["phase_final_loss"]) == {"text", "align"}
-    assert record["world_config"]["bias_pairs"] == [list(p) for p in mini_llava.PRIOR_WORLD.bias_pairs]
+    assert WorldConfig.from_dict(record["world_config"]) == mini_llava.PRIOR_WORLD
 
 
 def test_injected_noise_is_what_its_flags_say():

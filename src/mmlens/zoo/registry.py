@@ -170,10 +170,17 @@ def build(names: Iterable[str] | str | None = None, *, force: bool = False,
             continue
         mod = _builder(name)
         deps = {d: model_dir(d) for d in DEPENDENCIES[name]}
-        with atomic_folder(model_dir(name)) as tmp:
+        with atomic_folder(model_dir(name)) as tmp, tqdm(desc=f"  {name}", unit="step", leave=False,
+                                                          disable=not progress) as steps:
             kw: dict[str, Any] = {"deps": deps} if deps else {}
             if on_trained is not None:
                 kw["on_trained"] = lambda m, p, _n=name: on_trained(_n, m, p)
+
+            def on_step(step: int, loss: float, _bar=steps) -> None:  # every training step of every phase
+                _bar.update(1)
+                _bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+
+            kw["progress"] = on_step
             out[name] = mod.build(tmp, cfgs[name], **kw)
     return out
 
