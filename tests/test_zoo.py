@@ -395,3 +395,23 @@ def test_swap_fine_tune_saves_its_change_list(zoo_home):
     change = json.loads((d / "metrics.json").read_text())["metrics"]["change"]
     assert {"targeted_changed", "untargeted_changed"} <= set(change)
     assert change["n_targeted"] == sum(r["kind"] == "must_move" for r in rows)
+
+
+def test_build_reports_every_training_step(tmp_path, monkeypatch):
+    """The per-model progress bar moves with the training steps, not only between models."""
+    from mmlens.zoo import digits_clip as recipe
+
+    monkeypatch.setenv("MMLENS_HOME", str(tmp_path))
+    real = recipe.build
+    seen: list[int] = []
+
+    def spy(out_dir, cfg, progress=None, **kw):
+        def counting(step, loss):
+            seen.append(step)
+            progress(step, loss)
+
+        return real(out_dir, cfg, progress=counting, **kw)
+
+    monkeypatch.setattr(recipe, "build", spy)
+    zoo.build(["digits-clip"], configs=TINY, progress=True)
+    assert seen == list(range(TINY["digits-clip"].steps))
