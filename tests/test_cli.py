@@ -136,7 +136,9 @@ def test_world_export_writes_jsonl_and_images(tmp_path, capsys):
 def test_zoo_list_on_empty_home(capsys):
     run_ok(["zoo", "list"])
     out = capsys.readouterr().out
-    assert out.count("missing") == 4
+    from mmlens import zoo
+
+    assert out.count("missing") == len(zoo.ZOO_MODELS)
 
 
 def test_embed_and_info_with_a_local_tiny_clip(tmp_path, capsys):

@@ -4,10 +4,14 @@ Models (in dependency order):
 
 - ``digits-clip``: a ``CLIPModel`` trained from scratch on sklearn's handwritten digits with caption templates.
 - ``mini-clip``: a ``CLIPModel`` trained from scratch on captions of the procedural world.
+- ``mini-clip-noisy-random`` / ``mini-clip-noisy-confusable``: the same, trained end to end on pairs with injected
+  misalignment (random or confusable-shape swaps), the injected flags saved beside the model (``noise_flags.json``).
 - ``mini-llava``: a ``LlavaForConditionalGeneration`` whose vision tower starts from mini-clip's, trained on world
   captions and VQA with the world's co-occurrence bias on (so POPE adversarial < POPE random).
 - ``mini-llava-colour``: mini-llava fine-tuned on colour-focused captions, with intermediate checkpoints
   (``checkpoints/step-N/``) for concept-drift analyses.
+- ``mini-llava-swap``: mini-llava fine-tuned so that red and blue trade names, with the held-out list of answers that
+  must move and must stay (``change_list.json``).
 
 Every model directory is a plain ``save_pretrained`` directory (model + processor) plus ``metrics.json`` (metrics,
 training config, seconds, the ``WorldConfig`` used). Builds are atomic: a model is built in a temporary directory

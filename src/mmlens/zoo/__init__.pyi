@@ -7,6 +7,7 @@ from .common import (
 from .common import (
     zoo_dir as zoo_dir,
 )
+from .concept_swap import ConceptSwapConfig as ConceptSwapConfig
 from .digits_clip import DigitsClipConfig as DigitsClipConfig
 from .mini_clip import MiniClipConfig as MiniClipConfig
 from .mini_llava import MiniLlavaConfig as MiniLlavaConfig

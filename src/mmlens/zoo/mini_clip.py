@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from mmlens.errors import InputError
 from mmlens.io import write_json_atomic
 from mmlens.models.tokenizers import make_image_processor, train_word_tokenizer
 from mmlens.world import World, WorldConfig
@@ -72,6 +73,97 @@ class MiniClipConfig:
     n_eval_scenes: int = 100
     n_eval_scenes_large: int = 1000  # a second, harder pool (reported, not the target)
     eval_style: str = "objects"
+    # Injected misalignment (issue 14, part 2), trained end to end from the start so the noise is fitted as web noise
+    # is in CLIP training: a `noise_rate` share of the training scenes is paired, for the whole run, with the
+    # captions of another scene (`noise_kind="random"`) or of the same scene with one shape renamed to its
+    # confusable look-alike (`"confusable"`: CONFUSABLE_SHAPES, e.g. every circle captioned as a ring). The flags
+    # are saved beside the model (NOISE_FILE). "none" = the clean mini-clip.
+    noise_kind: str = "none"
+    noise_rate: float = 0.0
+    n_noise_eval: int = 4000  # training pairs scored for the CLIPScore AUROC of the injected flags
+
+
+NOISE_KINDS: tuple[str, ...] = ("none", "random", "confusable")
+#: Shapes a confusable swap renames into each other (similar outlines at 16 px).
+CONFUSABLE_SHAPES: dict[str, str] = {"circle": "ring", "ring": "circle", "square": "diamond", "diamond": "square"}
+NOISE_FILE = "noise_flags.json"
+
+
+def model_name(cfg: MiniClipConfig) -> str:
+    return "mini-clip" if cfg.noise_kind == "none" else f"mini-clip-noisy-{cfg.noise_kind}"
+
+
+def inject_noise(
+    world: World, scenes, captions: list[list[str]], cfg: MiniClipConfig, rng: np.random.Generator
+) -> tuple[list[list[str]], np.ndarray, list]:
+    """``captions`` (per scene, a list of captions) with a ``noise_rate`` share of the scenes given misaligned
+    captions; returns (captions, flags, the renamed shape per flagged scene or the donor scene index)."""
+    if cfg.noise_kind not in NOISE_KINDS:
+        raise InputError(f"unknown noise_kind {cfg.noise_kind!r}; use one of {NOISE_KINDS}")
+    n = len(scenes)
+    flags = np.zeros(n, dtype=bool)
+    source: list = [None] * n
+    if cfg.noise_kind == "none" or cfg.noise_rate <= 0:
+        return captions, flags, source
+    k = int(round(cfg.noise_rate * n))
+    out = list(captions)
+    if cfg.noise_kind == "random":
+        chosen = rng.choice(n, size=k, replace=False)
+        for i in chosen:
+            j = int(rng.integers(n))
+            while scenes[j].signature() == scenes[i].signature():
+                j = int(rng.integers(n))
+            out[i], flags[i], source[i] = captions[j], True, j
+        return out, flags, source
+    eligible = [i for i, s in enumerate(scenes) if s.object_classes & set(CONFUSABLE_SHAPES)]
+    if k > len(eligible):
+        raise InputError(f"noise_rate {cfg.noise_rate} needs {k} scenes with a confusable shape; only {len(eligible)}")
+    styles_per = len(captions[0])
+    for i in rng.choice(eligible, size=k, replace=False):
+        sc = scenes[i]
+        old = str(rng.choice(sorted(sc.object_classes & set(CONFUSABLE_SHAPES))))
+        twin = dataclasses.replace(
+            sc,
+            objects=tuple(
+                dataclasses.replace(o, shape=CONFUSABLE_SHAPES[old]) if o.shape == old else o for o in sc.objects
+            ),
+        )
+        per_style = styles_per // len(cfg.caption_styles)
+        out[i] = [world.caption(twin, rng, style=st) for st in cfg.caption_styles for _ in range(per_style)]
+        flags[i], source[i] = True, f"{old}->{CONFUSABLE_SHAPES[old]}"
+    return out, flags, source
+
+
+@torch.no_grad()
+def noise_diagnostics(
+    model: CLIPModel,
+    processor,
+    pixel_values: torch.Tensor,
+    captions: list[list[str]],
+    flags: np.ndarray,
+    cfg: MiniClipConfig,
+    clean_acc: float | None,
+) -> dict:
+    """CLIPScore (image-caption cosine) of the model's own training pairs (the first ``n_noise_eval`` scenes, their
+    first caption) and its AUROC at telling the injected pairs from the clean ones (low score = flagged)."""
+    from sklearn.metrics import roc_auc_score
+
+    m = min(cfg.n_noise_eval, len(captions))
+    img = clip_embed_images(model, pixel_values[:m])
+    txt = clip_embed_texts(model, processor.tokenizer, [c[0] for c in captions[:m]])
+    score = (img * txt).sum(1).numpy()
+    f = flags[:m]
+    auroc = float(roc_auc_score(f, -score)) if 0 < f.sum() < m else float("nan")
+    return {
+        "kind": cfg.noise_kind,
+        "rate": cfg.noise_rate,
+        "clipscore_auroc": round(auroc, 4),
+        "clean_acc": clean_acc,
+        "n_scored": int(m),
+        "n_flagged_scored": int(f.sum()),
+        "clipscore_flagged": round(float(score[f].mean()), 4) if f.any() else None,
+        "clipscore_clean": round(float(score[~f].mean()), 4),
+    }
 
 
 def build_world(cfg: MiniClipConfig) -> World:
@@ -155,7 +247,7 @@ def evaluate_model(model: CLIPModel, processor, cfg: MiniClipConfig) -> dict:
     return out
 
 
-def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) -> dict:
+def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None, deps: dict | None = None) -> dict:
     """Train mini-clip and save it (model, CLIPProcessor, metrics.json) into ``out_dir``."""
     t0 = time.time()
     set_threads(cfg.threads)
@@ -179,6 +271,9 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) ->
     rng = np.random.default_rng(cfg.seed)
     n_var = 2
     caps = [[world.caption(s, rng, style=st) for st in cfg.caption_styles for _ in range(n_var)] for s in scenes]
+    caps[:n_orig], flags, source = inject_noise(
+        world, scenes[:n_orig], caps[:n_orig], cfg, np.random.default_rng(cfg.seed + 11)
+    )
     flat = [c for cs in caps for c in cs]
     enc = tok(flat, padding="max_length", max_length=cfg.max_text_len, truncation=True, return_tensors="pt")
     ids_all = enc["input_ids"].view(len(scenes), -1, cfg.max_text_len)
@@ -224,12 +319,31 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None) ->
     train_seconds = time.time() - t0
     metrics = evaluate_model(model, processor, cfg)
     metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
+    if cfg.noise_kind != "none":
+        clean = read_record(deps["mini-clip"])["metrics"]["retrieval_top1"] if deps and "mini-clip" in deps else None
+        noise = noise_diagnostics(model, processor, pv, caps, flags, cfg, clean)
+        noise["noisy_acc"] = metrics["retrieval_top1"]
+        metrics["noise"] = noise
     if on_trained is not None:
         on_trained(model, processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    if cfg.noise_kind != "none":
+        write_json_atomic(
+            Path(out_dir) / NOISE_FILE,
+            {
+                "kind": cfg.noise_kind,
+                "rate": cfg.noise_rate,
+                "split": "train",
+                "world_seed": cfg.world_seed,
+                "n_train_scenes": n_orig,
+                "flagged": [int(i) for i in np.flatnonzero(flags)],
+                "source": {str(i): source[i] for i in np.flatnonzero(flags)},
+                "captions": {str(i): caps[i][0] for i in np.flatnonzero(flags)},
+            },
+        )
     rec = make_record(
-        "mini-clip",
+        model_name(cfg),
         metrics,
         cfg,
         time.time() - t0,

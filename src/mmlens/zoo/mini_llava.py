@@ -82,11 +82,39 @@ class MiniLlavaConfig:
     focus_templates: tuple[str, ...] = ("presence_shape", "presence_colour_shape", "count_shape")
     focus_caption_fraction: float = 0.1
     focus_warmup: int = 30
+    # Language prior (issue 14), off at text_steps = align_steps = 0. Phase 0: the decoder is pretrained text-only
+    # on a corpus of world text in which co-occurrence is strong: scenes of a text world where each anchor's partner
+    # is present with `text_bias_strength`, captions that mention an absent partner beside its anchor with
+    # `text_caption_leak`, and chats in the instruction format whose image slot holds a written description that
+    # leaves a present partner unsaid beside its anchor with `text_omit_partner` (obvious things go unsaid), asked
+    # presence questions answered by the text world's truth or "describe the image ." answered by a leaky caption;
+    # other questions of every VQA template come with a complete description (a chat LM that reads a scene).
+    # Phase 1 (LLaVA's stage 1): only the projector is trained, on image captions, decoder and vision frozen. Then
+    # the instruction tuning above, whose caption turns mention an absent partner with `sft_caption_leak`.
+    text_steps: int = 0
+    text_batch_size: int = 128
+    text_lr: float = 1e-3
+    text_warmup: int = 50
+    text_n_scenes: int = 20000
+    text_bias_strength: float = 0.97
+    text_caption_leak: float = 0.5
+    text_omit_partner: float = 0.5
+    text_chat_fraction: float = 0.5  # the rest is plain captions (all styles)
+    align_steps: int = 0
+    align_lr: float = 1e-3
+    sft_caption_leak: float = 0.0
     # evaluation (test split, disjoint from training content)
     n_eval_scenes: int = 150
     n_pope_scenes: int = 300
     pope_per_image: int = 3
+    n_prior_scenes: int = 150  # anchor-without-partner test scenes of the prior diagnostics (0 = skip them)
     eval_batch_size: int = 100
+
+
+#: The world of the language-prior recipe: three anchor -> partner pairs (cross stays neutral), images at 0.75.
+PRIOR_WORLD = WorldConfig(
+    bias_pairs=(("triangle", "star"), ("circle", "ring"), ("square", "diamond")), bias_strength=0.75
+)
 
 
 def normalise(text: str) -> str:
@@ -99,9 +127,95 @@ def build_world(cfg: MiniLlavaConfig) -> World:
     return World(cfg.world, seed=cfg.world_seed)
 
 
-def make_tokenizer(world: World, scenes):
+def make_tokenizer(world: World, scenes, extra_words: tuple[str, ...] = ()):
     corpus = [*world.corpus(scenes[:2000], 0), " ".join(world.vocabulary()), CAPTION_PROMPT]
+    if extra_words:
+        corpus.append(" ".join(extra_words))
     return train_word_tokenizer(corpus)
+
+
+def text_world(cfg: MiniLlavaConfig, *, caption_leak: float | None = None, seed_offset: int = 1000) -> World:
+    """The world whose text the decoder is pretrained on: the image world with the text corpus's co-occurrence."""
+    wcfg = replace(
+        cfg.world,
+        bias_strength=cfg.text_bias_strength,
+        caption_leak=cfg.text_caption_leak if caption_leak is None else caption_leak,
+    )
+    return World(wcfg, seed=cfg.world_seed + seed_offset)
+
+
+def _description(world: World, scene, rng: np.random.Generator, omit_partner: float) -> str:
+    """A written account of ``scene`` ("a large red triangle at the top left , ... on a black background") that
+    leaves out each present partner beside its anchor with probability ``omit_partner``."""
+    partners = {p for a, p in world.cfg.bias_pairs if scene.count(a)}
+    keep = [o for o in scene.objects if o.shape not in partners or rng.random() >= omit_partner]
+    g = world.cfg.grid_size
+    phrases = [f"a {o.size} {o.colour} {o.shape} at the {o.position(g)}" for o in keep]
+    body = " , ".join(phrases[:-1]) + (" and " if len(phrases) > 1 else "") + (phrases[-1] if phrases else "")
+    return f"{body} on {'an' if scene.background[0] in 'aeiou' else 'a'} {scene.background} background".strip()
+
+
+def text_corpus(cfg: MiniLlavaConfig, vlm: VisionLanguageModel, n_scenes: int) -> list[list[int]]:
+    """Token ids of the text-only pretraining corpus (see ``MiniLlavaConfig.text_*``), one sequence per scene."""
+    tw = text_world(cfg)
+    rng = np.random.default_rng(cfg.seed + 7)
+    qmark, amark = "\x00Q\x00", "\x00A\x00"
+    chat = vlm.chat_text(1, qmark, amark)
+    image_token = vlm.processor.image_token
+    texts = []
+    for sc in tw.sample_scenes(n_scenes, "train"):
+        if rng.random() >= cfg.text_chat_fraction:
+            style = ("objects", "count", "detailed")[int(rng.integers(3))]
+            texts.append(f"<s> {tw.caption(sc, rng, style=style)} </s>")
+            continue
+        u = rng.random()
+        if u < 0.25:  # describe: a leaky caption from a description that may leave the partner unsaid
+            desc = _description(tw, sc, rng, cfg.text_omit_partner)
+            q, a = CAPTION_PROMPT, tw.caption(sc, rng, style=cfg.caption_style)
+        elif u < 0.6:  # is there a SHAPE: the text world's truth, from a description that may leave it unsaid
+            desc = _description(tw, sc, rng, cfg.text_omit_partner)
+            item = tw.vqa(sc, rng)[0]
+            q, a = item.question, item.answer
+        else:  # any other question, from a complete description
+            desc = _description(tw, sc, rng, 0.0)
+            items = tw.vqa(sc, rng)[1:]
+            item = items[int(rng.integers(len(items)))]
+            q, a = item.question, item.answer
+        texts.append(chat.replace(image_token, desc).replace(qmark, q).replace(amark, a))
+    return vlm.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def pretrain_text(
+    model: LlavaForConditionalGeneration, seqs: list[list[int]], pad_id: int, cfg: MiniLlavaConfig, progress=None
+) -> list[float]:
+    """Next-token loss on every token of the text-only corpus; only the decoder (embeddings, layers, head)."""
+    lm = model.model.language_model
+    params = [*lm.parameters(), *model.lm_head.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed + 5)
+    losses: list[float] = []
+    model.train()
+    for step in range(cfg.text_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.text_steps, cfg.text_warmup, cfg.text_lr)
+        rows = rng.choice(len(seqs), size=min(cfg.text_batch_size, len(seqs)), replace=False)
+        L = max(len(seqs[r]) for r in rows)
+        ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, L - len(seqs[r]) :] = torch.tensor(seqs[r])
+            mask[i, L - len(seqs[r]) :] = 1
+        labels = ids.masked_fill(mask == 0, IGNORE)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(out.loss.item())
+        if progress is not None:
+            progress(step, losses[-1])
+    model.eval()
+    return losses
 
 
 def make_model(cfg: MiniLlavaConfig, clip: CLIPModel, tok, image_token_id: int) -> LlavaForConditionalGeneration:
@@ -240,12 +354,36 @@ def train_llava(
     return losses
 
 
+def align_projector(
+    model, vlm, captions: _Examples, pixel_values: torch.Tensor, cfg: MiniLlavaConfig, *, progress=None
+) -> list[float]:
+    """LLaVA's stage 1: ``align_steps`` steps on caption turns that train the projector alone (vision tower and
+    decoder frozen, so the decoder's text prior is untouched); every parameter is trainable again afterwards."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.model.multi_modal_projector.parameters():
+        p.requires_grad_(True)
+    try:
+        return train_llava(
+            model,
+            vlm,
+            captions,
+            pixel_values,
+            replace(cfg, lr=cfg.align_lr, seed=cfg.seed + 3),
+            steps=cfg.align_steps,
+            progress=progress,
+        )
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
 def training_examples(
     world: World,
     scenes,
     vlm: VisionLanguageModel,
     n_img: int,
-    cfg: MiniLlavaConfig,
+    cfg: MiniLlavaConfig | Any,  # any recipe config with seed, vqa_draws, caption_style, sft_caption_leak
     *,
     caption_fraction: float | None = None,
     template_weights: dict[str, float] | None = None,
@@ -264,10 +402,11 @@ def training_examples(
                 vqa_weight.append((template_weights or {}).get(item.template, 1.0))
                 templates.append(item.template)
     n_vqa = len(qs)
+    cap_world = World(replace(world.cfg, caption_leak=cfg.sft_caption_leak), seed=world.seed)
     for i, sc in enumerate(scenes):
         idx.append(i)
         qs.append(CAPTION_PROMPT)
-        ans.append(world.caption(sc, rng, style=cfg.caption_style))
+        ans.append(cap_world.caption(sc, rng, style=cfg.caption_style))
     n_cap = len(qs) - n_vqa
     ex.add_many(idx, qs, ans)
     ex.templates = templates + [None] * n_cap
@@ -341,6 +480,61 @@ def evaluate_model(model, processor, cfg: MiniLlavaConfig) -> dict:
     recall = np.mean([len(m & s.object_classes) / len(s.object_classes) for m, s in zip(mentioned, cap_scenes)])
     out["caption_chair_i"] = round(halluc / max(1, n_m), 4)
     out["caption_object_recall"] = round(float(recall), 4)
+    if cfg.n_prior_scenes > 0 and world.cfg.bias_pairs:
+        out["prior"] = prior_diagnostics(vlm, world, cfg, chair_i_ordinary=out["caption_chair_i"])
+    return out
+
+
+@torch.no_grad()
+def prior_diagnostics(vlm: VisionLanguageModel, world: World, cfg: MiniLlavaConfig, *, chair_i_ordinary: float) -> dict:
+    """The language prior where it acts, on the first ``n_prior_scenes`` test scenes that hold a bias anchor without
+    its partner (``EvalScenes.ANCHOR_WITHOUT_PARTNER``): false "yes" to the absent partner vs to every other absent
+    class (negatives of the random and adversarial POPE probes pooled, each (scene, class) once), POPE random and
+    adversarial accuracy, and CHAIR_i of descriptions there against ``chair_i_ordinary`` (ordinary test scenes)."""
+    from mmlens.align.eval import EvalScenes, world_eval_scenes
+
+    scenes = world_eval_scenes(world, cfg.n_prior_scenes, "test", EvalScenes.ANCHOR_WITHOUT_PARTNER)
+    images = {s.scene_id: world.render(s) for s in scenes}
+    partners = {s.scene_id: world.absent_partners(s) for s in scenes}
+    out: dict = {}
+    negatives: dict[tuple[str, str], bool] = {}
+    for kind in ("random", "adversarial"):
+        probes = world.pope_probes(scenes, kind=kind, per_image=cfg.pope_per_image, rng=np.random.default_rng(1000))
+        ans = [
+            normalise(a)
+            for a in vlm.generate(
+                [images[p.scene_id] for p in probes],
+                [p.question for p in probes],
+                max_new_tokens=2,
+                batch_size=cfg.eval_batch_size,
+            )
+        ]
+        out[f"pope_{kind}_acc"] = round(float(np.mean([a == p.label for a, p in zip(ans, probes)])), 4)
+        for a, p in zip(ans, probes):
+            if p.label == "no":
+                negatives.setdefault((p.scene_id, p.object_class), a == "yes")
+    partner = [v for (sid, c), v in negatives.items() if c in partners[sid]]
+    other = [v for (sid, c), v in negatives.items() if c not in partners[sid]]
+    out["partner_false_yes"] = round(float(np.mean(partner)), 4) if partner else float("nan")
+    out["other_false_yes"] = round(float(np.mean(other)), 4) if other else float("nan")
+    out["n_partner_probes"], out["n_other_probes"] = len(partner), len(other)
+    cap_scenes = scenes[: min(100, len(scenes))]
+    caps = vlm.generate(
+        [images[s.scene_id] for s in cap_scenes],
+        [CAPTION_PROMPT] * len(cap_scenes),
+        max_new_tokens=24,
+        batch_size=cfg.eval_batch_size,
+    )
+    mentioned = [world.mentioned_objects(c) for c in caps]
+    n_m = sum(len(m) for m in mentioned)
+    out["chair_i_anchor_scenes"] = round(
+        sum(len(m - s.object_classes) for m, s in zip(mentioned, cap_scenes)) / max(1, n_m), 4
+    )
+    out["partner_mention_rate"] = round(
+        float(np.mean([bool(m & partners[s.scene_id]) for m, s in zip(mentioned, cap_scenes)])), 4
+    )
+    out["chair_i_ordinary"] = chair_i_ordinary
+    out["n_scenes"] = len(scenes)
     return out
 
 
@@ -371,7 +565,7 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
     clip = CLIPModel.from_pretrained(deps["mini-clip"])
     world = build_world(cfg)
     scenes = world.sample_scenes(cfg.n_train_scenes, "train")
-    tok = make_tokenizer(world, scenes)
+    tok = make_tokenizer(world, scenes, tuple(text_world(cfg).vocabulary()) if cfg.text_steps > 0 else ())
     vc = clip.config.vision_config
     processor = make_llava_processor(tok, image_size=vc.image_size, patch_size=vc.patch_size)
     model = make_model(cfg, clip, tok, processor.image_token_id)
@@ -380,6 +574,15 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
     pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
     examples = training_examples(world, scenes, vlm, n_img, cfg)
     prep_seconds = time.time() - t0
+    phase_losses: dict[str, float] = {}
+    if cfg.text_steps > 0:  # phase 0: the language model, text only
+        seqs = text_corpus(cfg, vlm, cfg.text_n_scenes)
+        text_losses = pretrain_text(model, seqs, tok.pad_token_id, cfg, progress=progress)
+        phase_losses["text"] = round(float(np.mean(text_losses[-50:])), 4)
+    if cfg.align_steps > 0:  # phase 1: the projector alone, on captions
+        captions = training_examples(world, scenes, vlm, n_img, cfg, caption_fraction=1.0)
+        align_losses = align_projector(model, vlm, captions, pv, cfg, progress=progress)
+        phase_losses["align"] = round(float(np.mean(align_losses[-50:])), 4)
     losses = train_llava(model, vlm, examples, pv, cfg, steps=cfg.steps, progress=progress)
     if cfg.focus_steps > 0:
         focused = training_examples(
@@ -396,6 +599,8 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
     train_seconds = time.time() - t0
     metrics = evaluate_model(model, processor, cfg)
     metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
+    if phase_losses:
+        metrics["phase_final_loss"] = phase_losses
     for p in model.parameters():
         p.requires_grad_(True)
     if on_trained is not None:

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -15,17 +16,45 @@ from mmlens.io import atomic_folder
 from mmlens.zoo.common import METRICS_FILE, mmlens_home, read_record, zoo_dir
 
 #: Names of the zoo models, in dependency order.
-ZOO_MODELS: tuple[str, ...] = ("digits-clip", "mini-clip", "mini-llava", "mini-llava-colour")
+ZOO_MODELS: tuple[str, ...] = (
+    "digits-clip",
+    "mini-clip",
+    "mini-clip-noisy-random",
+    "mini-clip-noisy-confusable",
+    "mini-llava",
+    "mini-llava-colour",
+    "mini-llava-swap",
+)
 
 #: name -> names it needs to be built first.
 DEPENDENCIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "digits-clip": (),
         "mini-clip": (),
+        "mini-clip-noisy-random": ("mini-clip",),  # its clean test accuracy is the comparison of the noise diagnostic
+        "mini-clip-noisy-confusable": ("mini-clip",),
         "mini-llava": ("mini-clip",),
         "mini-llava-colour": ("mini-llava",),
+        "mini-llava-swap": ("mini-llava",),
     }
 )
+
+__all__ = [
+    "ZOO_MODELS",
+    "DEPENDENCIES",
+    "mmlens_home",
+    "zoo_dir",
+    "model_dir",
+    "resolve_model",
+    "world_of",
+    "is_built",
+    "build",
+    "list_zoo",
+    "evaluate",
+    "default_configs",
+    "smoke_configs",
+]
+
 
 __all__ = [
     "ZOO_MODELS",
@@ -86,6 +115,7 @@ def is_built(name: str) -> bool:
 def default_configs() -> dict[str, Any]:
     """The measured full-budget recipe of every model (one config dataclass per model)."""
     from mmlens.zoo.colour import ColourFinetuneConfig
+    from mmlens.zoo.concept_swap import ConceptSwapConfig
     from mmlens.zoo.digits_clip import DigitsClipConfig
     from mmlens.zoo.mini_clip import MiniClipConfig
     from mmlens.zoo.mini_llava import MiniLlavaConfig
@@ -93,33 +123,40 @@ def default_configs() -> dict[str, Any]:
     return {
         "digits-clip": DigitsClipConfig(),
         "mini-clip": MiniClipConfig(),
+        "mini-clip-noisy-random": MiniClipConfig(noise_kind="random", noise_rate=0.2),
+        "mini-clip-noisy-confusable": MiniClipConfig(noise_kind="confusable", noise_rate=0.2),
         "mini-llava": MiniLlavaConfig(),
         "mini-llava-colour": ColourFinetuneConfig(),
+        "mini-llava-swap": ConceptSwapConfig(),
     }
 
 
 def smoke_configs() -> dict[str, Any]:
     """A tiny budget that runs every build step of every model in seconds (tests, smoke runs); not for use."""
     from mmlens.zoo.colour import ColourFinetuneConfig
+    from mmlens.zoo.concept_swap import ConceptSwapConfig
     from mmlens.zoo.digits_clip import DigitsClipConfig
     from mmlens.zoo.mini_clip import MiniClipConfig
     from mmlens.zoo.mini_llava import MiniLlavaConfig
 
+    clip = MiniClipConfig(
+        n_train_scenes=48,
+        steps=3,
+        batch_size=16,
+        vision_hidden=32,
+        text_hidden=32,
+        projection_dim=32,
+        vision_layers=1,
+        text_layers=1,
+        n_eval_scenes=10,
+        n_eval_scenes_large=0,
+        warmup=1,
+    )
     return {
         "digits-clip": DigitsClipConfig(steps=3, n_train=64, batch_size=32, caption_draws=2, hidden=32, warmup=1),
-        "mini-clip": MiniClipConfig(
-            n_train_scenes=48,
-            steps=3,
-            batch_size=16,
-            vision_hidden=32,
-            text_hidden=32,
-            projection_dim=32,
-            vision_layers=1,
-            text_layers=1,
-            n_eval_scenes=10,
-            n_eval_scenes_large=0,
-            warmup=1,
-        ),
+        "mini-clip": clip,
+        "mini-clip-noisy-random": replace(clip, noise_kind="random", noise_rate=0.25),
+        "mini-clip-noisy-confusable": replace(clip, noise_kind="confusable", noise_rate=0.25),
         "mini-llava": MiniLlavaConfig(
             n_train_scenes=24,
             vqa_draws=1,
@@ -136,6 +173,9 @@ def smoke_configs() -> dict[str, Any]:
         ),
         "mini-llava-colour": ColourFinetuneConfig(
             n_train_scenes=8, steps=2, checkpoint_every=1, batch_size=4, n_eval_scenes=3, warmup=1
+        ),
+        "mini-llava-swap": ConceptSwapConfig(
+            n_train_scenes=8, vqa_draws=1, steps=2, batch_size=4, n_eval_scenes=3, warmup=1
         ),
     }
 
@@ -157,7 +197,15 @@ def _resolve(names: Iterable[str]) -> list[str]:
 
 #: zoo model -> the module of its recipe (``build``, ``evaluate_dir``), imported on first use.
 _RECIPES: Mapping[str, str] = MappingProxyType(
-    {"digits-clip": "digits_clip", "mini-clip": "mini_clip", "mini-llava": "mini_llava", "mini-llava-colour": "colour"}
+    {
+        "digits-clip": "digits_clip",
+        "mini-clip": "mini_clip",
+        "mini-clip-noisy-random": "mini_clip",
+        "mini-clip-noisy-confusable": "mini_clip",
+        "mini-llava": "mini_llava",
+        "mini-llava-colour": "colour",
+        "mini-llava-swap": "concept_swap",
+    }
 )
 
 
@@ -198,10 +246,19 @@ def build(
             continue
         mod = _builder(name)
         deps = {d: model_dir(d) for d in DEPENDENCIES[name]}
-        with atomic_folder(model_dir(name)) as tmp:
+        with (
+            atomic_folder(model_dir(name)) as tmp,
+            tqdm(desc=f"  {name}", unit="step", leave=False, disable=not progress) as steps,
+        ):
             kw: dict[str, Any] = {"deps": deps} if deps else {}
             if on_trained is not None:
                 kw["on_trained"] = lambda m, p, _n=name: on_trained(_n, m, p)
+
+            def on_step(step: int, loss: float, _bar=steps) -> None:  # every training step of every phase
+                _bar.update(1)
+                _bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+
+            kw["progress"] = on_step
             out[name] = mod.build(tmp, cfgs[name], **kw)
     return out
 
