@@ -56,23 +56,6 @@ __all__ = [
 ]
 
 
-__all__ = [
-    "ZOO_MODELS",
-    "DEPENDENCIES",
-    "mmlens_home",
-    "zoo_dir",
-    "model_dir",
-    "resolve_model",
-    "world_of",
-    "is_built",
-    "build",
-    "list_zoo",
-    "evaluate",
-    "default_configs",
-    "smoke_configs",
-]
-
-
 def _check(name: str) -> str:
     if name not in ZOO_MODELS:
         raise ModelLoadError(f"unknown zoo model {name!r}; valid names: {', '.join(ZOO_MODELS)}")
