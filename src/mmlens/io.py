@@ -87,12 +87,14 @@ def atomic_folder(path: str | os.PathLike[str], *, overwrite: bool = True) -> It
         raise
 
 
-def open_image(path: str | os.PathLike[str]) -> Any:
-    """The image at ``path`` as a fully decoded RGB PIL image, or an InputError."""
+def open_image(path: str | os.PathLike[str], where: str | None = None) -> Any:
+    """The image at ``path`` as a fully decoded RGB PIL image (``convert`` decodes fully, so a truncated file fails
+    here, not later), or a one-line InputError, prefixed with ``where`` (e.g. ``file:line``) when given."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        raise InputError(f"cannot read image {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # PIL raises all of these on corrupt files
+        prefix = f"{where}: " if where else ""
+        raise InputError(f"{prefix}cannot read image {path}") from None

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from mmlens.errors import InputError
-from mmlens.io import atomic_folder, write_json_atomic, write_jsonl_atomic
+from mmlens.io import atomic_folder, open_image, write_json_atomic, write_jsonl_atomic
 
 PAIRS_FILE = "pairs.jsonl"
 DATASET_DIR = "dataset"
@@ -57,15 +57,9 @@ def check_examples(examples: Sequence[SFTExample]) -> list[SFTExample]:
 
 
 def _open_image(path: Path, where: str) -> Image.Image:
-    from PIL import UnidentifiedImageError
-
     if not path.is_file():
         raise InputError(f"{where}: image {path} not found (paths are relative to the JSONL's folder)")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")  # convert() decodes fully: a truncated file fails here, not mid-training
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InputError(f"{where}: cannot read image {path}") from None
+    return open_image(path, where)
 
 
 def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:

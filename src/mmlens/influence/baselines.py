@@ -19,7 +19,9 @@ from mmlens.influence.objective import pair_terms, similarity
 
 
 def _embeddings(analyzer: InfluenceAnalyzer) -> tuple[torch.Tensor, torch.Tensor]:
-    fit = analyzer.fitted if analyzer.fitted is not None else analyzer.fit()
+    fit = analyzer.fitted
+    if fit is None:
+        raise InputError("the baselines read the fitted group: call analyzer.fit() first")
     with torch.no_grad():
         return analyzer.task.embed(analyzer.task.space.unflatten(fit.params), analyzer.encoded)
 
