@@ -187,18 +187,17 @@ class _ArgmaxDictionary:
 
 def test_shift_vectors_assign_samples_by_the_dictionarys_argmax_activation():
     u = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    # samples far from both unit atoms, nearer atom 0 by distance but activating atom 1 most
-    a = torch.tensor([[3.0, 4.0], [3.1, 4.2], [0.1, -0.2]])
-    b = a + torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    a = torch.tensor([[0.1, -0.2], [3.0, 4.0], [4.0, 3.0]])  # the first: nearest atom 0, largest code on atom 1
+    b = a + torch.tensor([[0.0, 5.0], [1.0, 0.0], [2.0, 2.0]])
     nearest = torch.cdist(a, torch.from_numpy(u)).argmin(1).tolist()
     argmax = _ArgmaxDictionary(u).assign(a.numpy()).tolist()
     assert nearest != argmax  # the two rules disagree here, so the test can tell them apart
     vecs = finetuning_shift_vectors(a, b, layer=0, dictionary=_ArgmaxDictionary(u))
     per_concept = {v.info["concept"]: v for v in vecs[1:]}
-    assert {k: v.info["n_samples"] for k, v in per_concept.items()} == {
-        c: argmax.count(c) for c in set(argmax)
-    }
-    assert torch.allclose(per_concept[1].vector, torch.tensor([1.0, 0.0]))
+    assert {k: v.info["n_samples"] for k, v in per_concept.items()} == {c: argmax.count(c) for c in set(argmax)}
+    assert argmax == [1, 1, 0]
+    assert torch.allclose(per_concept[1].vector, torch.tensor([0.5, 2.5]))
+    assert torch.allclose(per_concept[0].vector, torch.tensor([2.0, 2.0]))
 
 
 def test_shift_vectors_with_a_concepts_dictionary_use_its_assign():
@@ -332,3 +331,30 @@ def test_steer_tiers_merge_replaces_only_the_tiers_run_now():
     assert merged["a"] == 1 and merged["real_lm"] == {"x": 2} and merged["tier_runs"]["real_lm"]["commit"] == "c"
     with pytest.raises(InputError, match="tier_runs"):
         merge_steer_tiers({"a": 1}, new)
+
+
+# ------------------------------------------------------------------------------- concepts: per-concept vs global
+def _clusters(directions: np.ndarray, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, 8)) * 6
+    labels = np.repeat(np.arange(4), 40)
+    a = centres[labels] + rng.normal(size=(160, 8)) * 0.3
+    b = a + directions[labels] + rng.normal(size=(160, 8)) * 0.05
+    return a, b
+
+
+def test_gain_over_seeds_says_per_concept_beats_global_only_when_it_does():
+    from mmlens.bench.concepts import gain_over_seeds
+
+    rng = np.random.default_rng(1)
+    own = rng.normal(size=(4, 8)) * 3  # every cluster moves its own way: the global mean shift cannot follow
+    a, b = _clusters(own)
+    res = gain_over_seeds(a, b, n_concepts=4, seeds=(0, 1, 2), fraction=0.9, n_boot=300)
+    assert res["per_concept_minus_global"]["ci"][0] > 0 and res["verdict"].startswith("per-concept shift beats")
+    assert res["n_seeds"] == 3 and set(res) >= {"per_concept", "global", "permuted", "random"}
+    same = np.tile(rng.normal(size=(1, 8)) * 3, (4, 1))  # one common shift: nothing per concept to add
+    a, b = _clusters(same)
+    res = gain_over_seeds(a, b, n_concepts=4, seeds=(0, 1, 2), fraction=0.9, n_boot=300)
+    # in-sample, per-concept means also fit each cluster's share of the noise (the k-means circularity), so the
+    # difference is not exactly 0; it must be negligible next to the case above
+    assert abs(res["per_concept_minus_global"]["mean"]) < 1e-3 and res["per_concept_minus_global"]["ci"][1] < 1e-3

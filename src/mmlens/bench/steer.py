@@ -1,22 +1,29 @@
-"""``mmlens bench steer``: steering mini-llava on the miniature world, every number against its baselines.
+"""``mmlens bench steer``: steering on equal terms, the paper's ungated vector first.
 
-Data: vectors come from the world's ``val`` split (scenes ``0..n_train``), alphas and the selection score are
-chosen on the next ``n_select`` val scenes, and every reported number is measured on ``test`` scenes (content
-disjoint from both). The pre-registered alpha rule (:func:`mmlens.steer.choose_alpha`): among the swept alphas
-whose other-type accuracy drop on the selection set is at most ``max_drop``, the one with the highest flip rate
-(ties: the smaller alpha); if none, the smallest alpha. Baselines use the same alpha; the logit bias is also
-reported at its own alpha chosen by the same rule.
+Tiers: ``mini_llava`` (the zoo's mini-llava on the miniature world) and ``real_lm`` (SmolLM2-135M-Instruct on
+review sentiment, :mod:`mmlens.bench.real_lm`). Each tier records its commit, model and time in ``tier_runs``; a
+rerun of one tier (e.g. on a new mini-llava) replaces only its keys.
 
-1. yes -> no per layer: coarse vector (mean "no" - mean "yes" at the last prompt position, correct answers only),
-   against a random direction of the same norm, the mean difference of shuffled labels (3 seeds each) and the logit
-   bias of the same vector through the final norm and unembedding; applied to every sample (``yes_to_no``, the
-   reference) and only to samples that activate the "yes" concept (``yes_to_no_conditional``).
-2. colour -> colour and number -> number: candidates are answer-pair mean differences and k-means concept
-   differences at the last layer; the selection score picks the vectors that push an answer up; each is measured
-   on test under both conditions.
+Data: vectors come from the world's ``val`` split (scenes ``0..n_train``), every choice (alpha, layer, the
+selection score) is made on the next ``n_select`` val scenes, and every reported number is measured on ``test``
+scenes (content disjoint from both), each chosen setting read once.
+
+The alpha rule (:class:`mmlens.steer.AlphaRule`, the same for steering and every baseline, the logit bias
+included, each at its own alpha from the same grid): on validation, among the alphas whose other-type accuracy drop
+is at most ``max_drop``, the one with the highest flip rate (ties: the smaller alpha); if none, the smallest alpha.
+
+1. yes -> no. Screening: each layer's coarse vector (mean "no" - mean "yes" at the last prompt position, correct
+   answers only) over the alpha grid on validation; the layer rule picks a layer. At that layer and at the last
+   layer: steering, a random direction of its norm, the shuffled-label mean difference and the logit bias of the
+   same vector, over ``seeds`` (each seed: the vector's fit subsample and the controls' draws), flip rate and
+   other-type drop side by side with 95 % intervals. ``ungated`` is the paper's method (every sample); ``gated``
+   is our addition (the ``SOURCE_CONCEPT`` gate, every arm gated alike), reported beside it.
+2. colour -> colour and number -> number (exploratory): candidates are answer-pair mean differences and k-means
+   concept differences at the last layer; the selection score picks the vectors that push an answer up; each is
+   measured on test ungated and gated.
 3. caption style at a middle layer: the fine-tuning shift vector mini-llava -> mini-llava-colour at the position
-   emitting the first colour word in both models (the same token, as in the paper), against the
-   logit bias and a random direction; colour-only captions (colours named, all correct, no shape word: the
+   emitting the first colour word in both models (the same token, as in the paper), against the logit bias and a
+   random direction; colour-only captions (colours named, all correct, no shape word, not looping: the
    fine-tune's defining change), colour recall and loops against the scenes' ground truth.
 4. overhead: steered against plain batched generation of the same number of tokens, interleaved repeats.
 """
@@ -55,6 +62,7 @@ from mmlens.steer.evaluate import (
     evaluate_interventions,
     generate_answers,
     select_vectors,
+    steering_effect,
 )
 from mmlens.steer.vectors import (
     SteeringVector,
@@ -78,10 +86,10 @@ class SteerBenchConfig:
     finetuned: str = "zoo:mini-llava-colour"
     seed: int = 0
     n_train: int = 400  # val scenes the vectors are built from
-    n_select: int = 100  # further val scenes: alpha choice and selection score
+    n_select: int = 60  # further val scenes: alpha choice, layer screening and selection score
     n_test: int = 150  # test scenes: every reported number
     # one grid for steering and every baseline, reaching small strengths (the chosen alpha must not sit on an edge)
-    alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+    alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)
     caption_alphas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
     select_alphas: tuple[float, ...] = (1.0,)  # concept and answer differences at their natural scale
     positions: SteerPositions = SteerPositions.ALL  # the reference adds the vector at every position
@@ -94,7 +102,7 @@ class SteerBenchConfig:
     vqa_tokens: int = 3
     caption_tokens: int = 24
     batch_size: int = 128
-    overhead_repeats: int = 9
+    overhead_repeats: int = 5
     overhead_copies: int = 3  # the test images repeated: enough work per timing to rise above timer noise
     threads: int = 2
 
@@ -215,54 +223,69 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _validation_score(result: dict[str, Any], rule: AlphaRule, arm: str = "steer") -> float:
-    """The layer rule: the arm's validation flip rate at its chosen alphas (mean over seeds), or -1 when its
-    validation drop there exceeds the rule's cap."""
-    flips, drops = [], []
-    for alpha, rows in zip(result["arms"][arm]["alpha_per_seed"], result["arms"][arm]["validation"]):
-        row = next(r for r in rows if r["alpha"] == alpha)
-        flips.append(row["flip_rate"])
-        drops.append(0.0 if math.isnan(row["other_types_acc_drop"]) else row["other_types_acc_drop"])
-    if float(np.mean(drops)) > rule.max_drop + 1e-12:
-        return -1.0
-    return float(np.nan_to_num(np.mean(flips), nan=-1.0))
-
-
 def _yes_to_no(
     vlm, cap, labels, select, test, base_select, base_test, cfg: SteerBenchConfig, log, condition: SteerCondition
 ) -> dict:
-    """Per layer, steering and its three baselines over ``cfg.seeds`` on equal terms (:func:`compare_arms`); the
-    best layer is chosen on validation (:func:`_validation_score` of the steering arm), never on test."""
+    """1. Screening: every layer's vector (seed 0, all fit rows) swept over the alpha grid on validation; the
+    layer rule picks the layer. 2. At that layer and at the last layer (the paper's layer for VQA), steering and
+    its three baselines over ``cfg.seeds`` on equal terms (:func:`compare_arms`): the test is read once per
+    compared layer, arm and seed."""
     flip = FlipTarget("yes", "no", "yes/no")
     rule = AlphaRule(cfg.max_drop)
     rows = cap.sample_index.tolist()
     row_labels = [labels[i] for i in rows]
-    per_layer: dict[str, Any] = {}
-    full: dict[str, Any] = {}
+    screening: dict[str, Any] = {}
     vectors: dict[int, SteeringVector] = {}
+    gen = {"max_new_tokens": cfg.vqa_tokens, "batch_size": cfg.batch_size}
     for layer in range(vlm.num_layers):
+        log(f"yes_to_no ({condition.value}): screening layer {layer} on validation")
+        try:
+            vec = vector_from_labels(
+                cap.layer(layer), row_labels, "yes", "no", layer=layer, model=cfg.model, position="last_prompt"
+            )
+        except InputError as err:  # e.g. a model that never answers "yes" correctly: nothing to steer from
+            screening[str(layer)] = {"error": str(err)}
+            continue
+        vectors[layer] = vec
+        sweep = []
+        for a in cfg.alphas:
+            answers = generate_answers(
+                vlm, select, Steering((vec,), SteerConfig(float(a), cfg.positions, condition)), **gen
+            )
+            eff = steering_effect(select, base_select, answers, flip)
+            sweep.append(
+                {"alpha": float(a), "flip_rate": eff["flip_rate"], "other_types_acc_drop": eff["other_types_acc_drop"]}
+            )
+        alpha = rule.choose(sweep)
+        at = next(r for r in sweep if r["alpha"] == alpha)
+        drop = 0.0 if math.isnan(at["other_types_acc_drop"]) else at["other_types_acc_drop"]
+        score = float(np.nan_to_num(at["flip_rate"], nan=-1.0)) if drop <= cfg.max_drop + 1e-12 else -1.0
+        screening[str(layer)] = _round(
+            {"alpha": alpha, "validation_score": score, "validation": sweep, "vector_norm": vec.norm}
+        )
+    scored = {int(k): v["validation_score"] for k, v in screening.items() if "error" not in v}
+    best = max(scored, key=lambda k: (scored[k], k)) if scored else None
+    last = vlm.num_layers - 1
+    compared: dict[str, Any] = {}
+    full: dict[str, Any] = {}
+    for layer in sorted({layer for layer in (best, last) if layer is not None and layer in vectors}):
         log(f"yes_to_no ({condition.value}): layer {layer}, {len(cfg.seeds)} seeds x 4 arms x {len(cfg.alphas)} alphas")
         acts = cap.layer(layer)
-        try:
-            seeded = [
-                steering_arms(
-                    acts,
-                    row_labels,
-                    "yes",
-                    "no",
-                    layer=layer,
-                    seed=seed,
-                    positions=cfg.positions,
-                    condition=condition,
-                    fraction=cfg.fit_fraction,
-                    model=cfg.model,
-                )
-                for seed in cfg.seeds
-            ]
-        except InputError as err:  # e.g. a model that never answers "yes" correctly: nothing to steer from
-            per_layer[str(layer)] = {"error": str(err)}
-            continue
-        vectors[layer] = seeded[0][0]
+        seeded = [
+            steering_arms(
+                acts,
+                row_labels,
+                "yes",
+                "no",
+                layer=layer,
+                seed=seed,
+                positions=cfg.positions,
+                condition=condition,
+                fraction=cfg.fit_fraction,
+                model=cfg.model,
+            )
+            for seed in cfg.seeds
+        ]
         res = compare_arms(
             vlm,
             [arms for _, arms in seeded],
@@ -278,25 +301,24 @@ def _yes_to_no(
             n_boot=cfg.n_boot,
             boot_seed=cfg.seed,
         )
-        per_layer[str(layer)] = _round(
+        compared[str(layer)] = _round(
             {
                 **_headline(res),
                 "steer_minus": res["differences"],
-                "validation_score": _validation_score(res, rule),
-                "vector_norm": seeded[0][0].norm,
                 "n_source_items": res["n_source_items"],
                 "n_other_items": res["n_other_items"],
             }
         )
         full[str(layer)] = res
-    scored = {int(k): v["validation_score"] for k, v in per_layer.items() if "error" not in v}
-    best = max(scored, key=lambda k: (scored[k], k)) if scored else None
     return {
-        "per_layer": per_layer,
+        "screening": screening,
         "best_layer": best,
-        "layer_rule": "the layer whose steering arm has the highest validation flip rate at its chosen alphas with "
-        "a validation drop within the cap (ties: the deeper layer); chosen before the test split is read",
-        "at_best_layer": per_layer.get(str(best)) if best is not None else None,
+        "layer_rule": "screening on validation: each layer's vector (seed 0) over the alpha grid, alpha by the "
+        "rule; the layer with the highest validation flip rate whose validation drop is within the cap (ties: the "
+        "deeper layer). Compared on test with every baseline: that layer and the last (the paper's VQA layer)",
+        "at_best_layer": compared.get(str(best)) if best is not None else None,
+        "at_last_layer": compared.get(str(last)),
+        "per_layer": compared,
         "full": full,
         "vectors": vectors,
     }
@@ -615,7 +637,9 @@ def _section(part: dict[str, Any], what: str) -> dict[str, Any]:
         "best_layer": part["best_layer"],
         "layer_rule": part["layer_rule"],
         "at_best_layer": part["at_best_layer"],
+        "at_last_layer": part["at_last_layer"],
         "per_layer": part["per_layer"],
+        "screening": part["screening"],
     }
 
 
