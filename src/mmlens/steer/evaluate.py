@@ -177,7 +177,7 @@ def evaluate_interventions(
 ) -> dict[str, dict[str, Any]]:
     """:func:`steering_effect` of each named intervention against one baseline pass (computed if not given)."""
     items = _check_examples(examples)
-    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "extractor": extractor}
+    gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "extractor": extractor}
     if baseline is None:
         baseline = generate_answers(model, items, **gen)
     out = {}
