@@ -358,3 +358,24 @@ def test_gain_over_seeds_says_per_concept_beats_global_only_when_it_does():
     # in-sample, per-concept means also fit each cluster's share of the noise (the k-means circularity), so the
     # difference is not exactly 0; it must be negligible next to the case above
     assert abs(res["per_concept_minus_global"]["mean"]) < 1e-3 and res["per_concept_minus_global"]["ci"][1] < 1e-3
+
+
+def test_steer_tiers_record_provenance_and_what_could_not_run(tmp_path, monkeypatch):
+    """No zoo model: the mini-llava tier records its error; a tiny random Llama never labels a review correctly,
+    so the real-LM tier records why it has no vector; both tiers record commit, model, time and keys."""
+    import mmlens.bench.real_lm as real
+    from mmlens.bench.steer import SteerBenchConfig, run_steer_tiers
+    from mmlens.models import tiny_model
+
+    monkeypatch.setenv("MMLENS_HOME", str(tmp_path))
+    small = real.RealLMConfig(n_fit_per_label=2, n_validation_per_label=1, n_test_per_label=1, max_new_tokens=2)
+    monkeypatch.setattr(real, "RealLMConfig", lambda **kw: small)
+    out = run_steer_tiers(("mini_llava", "real_lm"), SteerBenchConfig(threads=1), real_lm=tiny_model("llama"))
+    assert "mini_llava_error" in out and "not built" in out["mini_llava_error"]
+    assert "error" in out["real_lm"]
+    for tier in ("mini_llava", "real_lm"):
+        run = out["tier_runs"][tier]
+        assert {"commit", "model", "finished", "seconds", "keys"} <= set(run)
+    json.dumps(out)
+    with pytest.raises(InputError, match="unknown"):
+        run_steer_tiers(("nope",))
