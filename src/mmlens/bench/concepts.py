@@ -215,7 +215,7 @@ def gain_over_seeds(
     own_m, glob_m = np.stack(own), np.stack(glob)  # (seeds, concepts)
     rng = np.random.default_rng(0)
     n_s, n_k = own_m.shape
-    boot = {"per_concept": [], "global": [], "difference": []}
+    boot: dict[str, list[float]] = {"per_concept": [], "global": [], "difference": []}
     for _ in range(n_boot):
         si, ki = rng.integers(0, n_s, n_s), rng.integers(0, n_k, n_k)
         o, g = own_m[np.ix_(si, ki)].mean(), glob_m[np.ix_(si, ki)].mean()
@@ -231,8 +231,9 @@ def gain_over_seeds(
         means = [vals[rng.integers(0, len(vals), len(vals))].mean() for _ in range(n_boot)]
         return {"mean": float(vals.mean()), "ci": ci(means)}
 
-    diff = {"mean": float(own_m.mean() - glob_m.mean()), "ci": ci(boot["difference"])}
-    lo, hi = diff["ci"]
+    diff_ci = ci(boot["difference"])
+    diff: dict[str, Any] = {"mean": float(own_m.mean() - glob_m.mean()), "ci": diff_ci}
+    lo, hi = diff_ci
     wording = (
         f"per-concept shift beats the global shift (difference {diff['mean']:.4f}, 95 % interval [{lo:.4f}, {hi:.4f}])"
         if lo > 0

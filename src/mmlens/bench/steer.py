@@ -236,7 +236,7 @@ def _yes_to_no(
     row_labels = [labels[i] for i in rows]
     screening: dict[str, Any] = {}
     vectors: dict[int, SteeringVector] = {}
-    gen = {"max_new_tokens": cfg.vqa_tokens, "batch_size": cfg.batch_size}
+    gen: dict[str, Any] = {"max_new_tokens": cfg.vqa_tokens, "batch_size": cfg.batch_size}
     for layer in range(vlm.num_layers):
         log(f"yes_to_no ({condition.value}): screening layer {layer} on validation")
         try:
