@@ -373,8 +373,9 @@ def test_selection_score_prefers_a_clean_single_target():
     mixed = ["yellow"] * 4 + ["purple"] * 4 + ["blue"] * 4 + ["green"] * 3
     nothing = list(baseline)
     s_clean, s_mixed = selection_score(baseline, clean), selection_score(baseline, mixed)
-    # top deltas: yellow +9 | blue -2, green -2, red -5: score = min(primary) - max(secondary) = 9 - (-2)
-    assert s_clean.primary == ("yellow",) and s_clean.score == pytest.approx(11.0)
+    # top deltas: yellow +9 | blue -2, green -2, red -5; falling answers count as 0 (issue 17: the source's own
+    # drop must not drive the score): score = min(primary) - max(secondary) = 9 - 0
+    assert s_clean.primary == ("yellow",) and s_clean.score == pytest.approx(9.0)
     assert set(s_mixed.primary) == {"yellow", "purple"} and s_mixed.score < s_clean.score
     assert selection_score(baseline, nothing).score == 0.0
 
