@@ -347,7 +347,7 @@ def test_answer_logprobs_ignore_padding_and_the_hidden_image_term_ignores_the_im
     assert not np.allclose(
         answer_logprobs(vlm, ims, PROMPTS, answers), answer_logprobs(vlm, other, PROMPTS, answers), atol=1e-4
     )
-    # (the gap itself is checked against a hand computation in test_claims_align, not against answer_logprobs)
+    # (the gap itself is checked against a hand computation in test_align_claims, not against answer_logprobs)
     assert image_dependence_gap(vlm, ims, PROMPTS, answers) != image_dependence_gap(vlm, other, PROMPTS, answers)
 
 

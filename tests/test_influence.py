@@ -208,7 +208,7 @@ def test_trace_and_self_influence(fitted):
         atol=1e-9,
     )
     # g_n^T H^-1 g_n with H positive definite at the converged fit: strictly positive, and it depends on the role
-    # (its value is checked against a dense Hessian in test_claims_influence); TracIn's is ||g_pos||^2
+    # (its value is checked against a dense Hessian in test_influence_claims); TracIn's is ||g_pos||^2
     self_both = fitted.self_influence()
     assert (self_both > 0).all()
     assert not np.allclose(self_both, fitted.self_influence(role="pos"))
