@@ -310,7 +310,11 @@ def test_smollm2_answers_sentiment_and_steering_flips_it(tmp_path_factory):
         smollm2_gguf_path()
     except ModelLoadError as err:
         pytest.skip(str(err))
-    lm = load_smollm2()
+    from pathlib import Path
+
+    # the user's cache of the plain copy (the autouse fixture points MMLENS_HOME at an empty folder): converting
+    # the GGUF again would cost minutes per run
+    lm = load_smollm2(Path.home() / ".cache" / "mmlens" / "models" / "SmolLM2-135M-Instruct.Q4_1")
     fit = sentiment_examples("fit", 6)
     cap = capture_examples(lm, fit, [24], max_new_tokens=8, progress=False)
     answers = [EXTRACTOR.extract(t) for t in cap.generated]
