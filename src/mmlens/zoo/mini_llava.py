@@ -129,6 +129,12 @@ PRIOR_FAINT_WORLD = replace(
 )
 
 
+#: PRIOR_FAINT_WORLD with the faint partners invisible (contrast 0): where the eye has no evidence at all. A
+#: 400-step continuation of a PRIOR_FAINT_WORLD build on it carried the prior (docs/zoo.md, run G1); not yet built
+#: from scratch.
+PRIOR_HIDDEN_WORLD = replace(PRIOR_FAINT_WORLD, faint_alpha=0.0)
+
+
 def normalise(text: str) -> str:
     text = text.lower().strip()
     text = re.sub(r"[\s]+", " ", text)
