@@ -305,3 +305,20 @@ def test_faint_objects_are_drawn_at_reduced_contrast_where_configured() -> None:
         WorldConfig(faint_shapes=("hexagon",))
     with pytest.raises(InputError):
         WorldConfig(faint_fraction=1.5)
+
+
+def test_hidden_partners_render_as_if_absent() -> None:
+    """At contrast 0 (`PRIOR_HIDDEN_WORLD`) a hidden partner leaves no trace: the image is the scene's without it."""
+    from mmlens.world.render import is_faint
+    from mmlens.zoo.mini_llava import PRIOR_HIDDEN_WORLD
+
+    w = World(PRIOR_HIDDEN_WORLD, seed=0)
+    n = 0
+    for s in w.sample_scenes(300, "train"):
+        hidden = [o for o in s.objects if is_faint(o, s, w.cfg)]
+        if not hidden:
+            continue
+        without = Scene(s.scene_id, tuple(o for o in s.objects if o not in hidden), s.background)
+        assert (np.asarray(w.render(s)) == np.asarray(w.render(without))).all()
+        n += 1
+    assert n > 5
