@@ -30,6 +30,7 @@ OUT = ROOT / "benchmarks" / "results" / "mutation.json"
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 SCRATCH = ROOT / "build" / "mutation"
 TARGET = 0.85
+TIMEOUT_CONSTANT, TIMEOUT_MULTIPLIER = 20.0, 30.0  # see _mutmut_settings
 
 # module (under src/mmlens) -> the fast tests that exercise it (pytest node ids or files; tests parametrised over
 # every tiny architecture are run on two of them to keep one mutant's run short)
@@ -142,7 +143,12 @@ def _mutmut_settings(module: str) -> str:
     lines = ["[tool.mutmut]", 'source_paths = ["src"]', f'only_mutate = ["src/mmlens/{module}"]',
              f"pytest_add_cli_args_test_selection = {json.dumps(MODULES[module])}",
              'pytest_add_cli_args = ["-p", "no:cacheprovider"]',
-             'process_isolation = "forkserver"', "use_git_change_detection = false", "",
+             'process_isolation = "forkserver"', "use_git_change_detection = false",
+             # mutmut stops a mutant's tests after a wall-clock (est + constant) * multiplier seconds and counts it
+             # as killed ("timeout"). Its defaults (1 s, x15) assume an idle machine: on the shared cores, at nice 19,
+             # a surviving mutant's tests can take 15x their idle time and would be counted killed. These bounds
+             # leave a timeout to mutants that really hang (minutes, not seconds).
+             f"timeout_constant = {TIMEOUT_CONSTANT}", f"timeout_multiplier = {TIMEOUT_MULTIPLIER}", "",
              "[tool.pytest.ini_options]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in pytest_opts.items()]
     return "\n".join(lines) + "\n"
