@@ -183,6 +183,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _status_by_exit_code() -> dict:
     from mutmut.stats import status_by_exit_code
 
@@ -196,19 +203,22 @@ def _diff(work: Path, name: str) -> list[str]:
             if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
 
 
-def run_module(module: str, max_children: int, equivalent: dict[str, str], run: bool = True) -> dict:
+def run_module(module: str, max_children: int, equivalent: dict[str, str], run: bool = True,
+               allow_partial: bool = False) -> dict:
     """Run mutmut on ``module`` (or, with ``run=False``, re-read its last results, e.g. after explaining survivors)
     and classify the mutants."""
     work = SCRATCH / _slug(module)
-    seconds = None
+    seconds = cpu_seconds = tested = None
     if run:
         work = _prepare(module)
-        t0 = time.time()
+        meta = work / "mutants" / "src" / "mmlens" / f"{module}.meta"
+        decided = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+        t0, cpu0 = time.time(), _children_cpu()
         # mutmut's progress goes to the log as it runs (poll it with `tail`)
         with open(work / "mutmut-run.log", "w") as log:
             proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
                                   cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
-        seconds = round(time.time() - t0, 1)
+        seconds, cpu_seconds = round(time.time() - t0, 1), round(_children_cpu() - cpu0, 1)
         returncode = proc.returncode
     else:
         returncode = "not run"
@@ -217,23 +227,38 @@ def run_module(module: str, max_children: int, equivalent: dict[str, str], run: 
         raise SystemExit(f"mutmut produced no results for {module} (exit {returncode}); see "
                          f"{work / 'mutmut-run.log'}")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
+    if run:  # the mutants this run decided (an interrupted run resumes; mutmut may also reset verdicts itself)
+        tested = sum(decided.get(name) is None for name in codes)
     status_of = _status_by_exit_code()
     statuses = {name: status_of[code] for name, code in codes.items()}
     unchecked = sorted(n for n, s in statuses.items() if s == "not checked")
-    if unchecked:
+    if unchecked and not allow_partial:
         raise SystemExit(f"{module}: {len(unchecked)} mutants were not checked (exit {returncode}); see "
                          f"{work / 'mutmut-run.log'}")
     killed = sorted(n for n, s in statuses.items() if s in KILLED_STATUSES)
-    alive = sorted(n for n, s in statuses.items() if s not in KILLED_STATUSES)
+    alive = sorted(n for n, s in statuses.items() if s not in KILLED_STATUSES and s != "not checked")
     explained = {n: equivalent[n] for n in alive if n in equivalent}
     survivors = {n: {"status": statuses[n], "diff": _diff(work, n)} for n in alive if n not in explained}
     mutants = len(statuses)
     denominator = mutants - len(explained)
-    return {"mutants": mutants, "killed": len(killed), "survived": len(alive), "equivalent": len(explained),
-            "score": round(len(killed) / denominator, 4) if denominator else None,
-            "meets_target": bool(denominator) and len(killed) / denominator >= TARGET,
+    complete = not unchecked
+    partial = {}
+    if not complete:
+        checked = mutants - len(unchecked) - len(explained)
+        partial = {"unchecked": len(unchecked),
+                   "score_of_checked": round(len(killed) / checked, 4) if checked else None,
+                   "note": "an interrupted run: not the module's score. mutmut checks the mutants whose tests are "
+                           "fastest first, so the checked ones are not a random sample of the module's mutants"}
+    return {"mutants": mutants, "complete": complete, **partial, "killed": len(killed), "survived": len(alive),
+            "equivalent": len(explained),
+            "score": round(len(killed) / denominator, 4) if denominator and complete else None,
+            "meets_target": complete and bool(denominator) and len(killed) / denominator >= TARGET,
             "timeouts": sum(statuses[n] == "timeout" for n in killed),
             "tests": MODULES[module], "seconds": seconds,
+            # the cost of this run: CPU seconds of mutmut and its test processes (independent of the machine's
+            # load, unlike seconds) per mutant it decided
+            "cpu_seconds": cpu_seconds, "mutants_tested": tested,
+            "cpu_seconds_per_mutant": round(cpu_seconds / tested, 2) if cpu_seconds and tested else None,
             "equivalent_mutants": explained, "unexplained_survivors": survivors}
 
 
@@ -244,14 +269,16 @@ def _commit() -> str:
     return head + ("+uncommitted" if dirty else "")
 
 
-def _total(modules: dict[str, dict]) -> dict:
+def _total(all_modules: dict[str, dict]) -> dict:
+    modules = {m: r for m, r in all_modules.items() if r.get("complete", True)}
     mutants = sum(m["mutants"] for m in modules.values())
     killed = sum(m["killed"] for m in modules.values())
     equivalent = sum(m["equivalent"] for m in modules.values())
     return {"mutants": mutants, "killed": killed, "survived": sum(m["survived"] for m in modules.values()),
             "equivalent": equivalent,
             "score": round(killed / (mutants - equivalent), 4) if mutants > equivalent else None,
-            "modules_measured": sorted(modules), "modules_not_measured": sorted(set(MODULES) - set(modules))}
+            "modules_measured": sorted(modules), "modules_partly_measured": sorted(set(all_modules) - set(modules)),
+            "modules_not_measured": sorted(set(MODULES) - set(all_modules))}
 
 
 def main() -> int:
@@ -262,6 +289,9 @@ def main() -> int:
     parser.add_argument("--no-run", action="store_true",
                         help="do not run mutmut: re-read the last results in build/mutation/ (after editing the "
                              "equivalent-mutant list); the measurement's commit and time are kept")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="record an interrupted run (mutants left unchecked) as incomplete, with no score, "
+                             "instead of refusing")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -270,14 +300,18 @@ def main() -> int:
     for module in args.modules:
         print(f"mutating src/mmlens/{module} ...", flush=True)
         commit = _commit()  # the source and tests copied for this run
-        result = run_module(module, args.max_children, equivalent.get(module, {}), run=not args.no_run)
+        result = run_module(module, args.max_children, equivalent.get(module, {}), run=not args.no_run,
+                            allow_partial=args.allow_partial)
         # re-read the file now: another module's run may have written it meanwhile
         previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
         modules = {m: r for m, r in previous.items() if m in MODULES}
         if args.no_run and module in modules:
-            result |= {k: modules[module][k] for k in ("commit", "written", "seconds") if k in modules[module]}
+            kept = ("commit", "written", "seconds", "cpu_seconds", "mutants_tested", "cpu_seconds_per_mutant")
+            result |= {k: modules[module][k] for k in kept if k in modules[module]}
         else:
             result |= {"commit": commit, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        # the command that wrote this module's entry (a --no-run re-read names itself)
+        result["command"] = " ".join(["python", "benchmarks/mutation.py", *sys.argv[1:]])
         modules[module] = result
         print(f"  {result['mutants']} mutants, {result['killed']} killed, {result['equivalent']} equivalent, "
               f"{len(result['unexplained_survivors'])} unexplained survivors: score {result['score']}", flush=True)
