@@ -110,6 +110,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_align_claims.py::test_bdhs_rejects_ignore_the_image_when_every_image_token_is_hidden",
         "tests/test_align_claims.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not",
         "tests/test_align.py::test_sentences_yes_no_and_stops",
+        "tests/test_align.py::test_pivot_cuts_are_random_prefixes_and_whole_only_when_allowed",
         "tests/test_align.py::test_bdhs_runs_on_every_architecture",
         "tests/test_align.py::test_continuation_batch_appends_the_partial_answer",
         "tests/test_align.py::test_bdhs_with_the_full_image_visible_and_no_flip_copies_then_retries",
