@@ -185,6 +185,27 @@ def test_sentences_yes_no_and_stops():
     assert flip_yes_no("Not really.") is None and flip_yes_no("Nobody") is None
     assert flip_yes_no("Not really.", word_boundary=False) == "Yest really."
     assert first_sentence("a red star. then more") == "a red star."
+    assert split_sentences("") == [] and split_sentences("  \n ") == []
+    # a text that ends on an abbreviation keeps it in its last sentence; single letters ("J.") do not cut either
+    assert split_sentences("It is red. Ask Dr.") == ["It is red.", "Ask Dr."]
+    assert split_sentences("J. Smith drew it. Done") == ["J. Smith drew it.", "Done"]
+
+
+@pytest.mark.parametrize("unit", ["word", "char"])
+def test_pivot_cuts_are_random_prefixes_and_whole_only_when_allowed(unit):
+    """BDHS cuts a chosen sentence at a random word or character: every cut is a prefix, the whole sentence only
+    with keep_whole, and every cut point is drawn."""
+    from mmlens.align.bdhs import _cut
+    from mmlens.align.settings import PivotUnit
+
+    sentence = "a red star sits left"
+    pieces = sentence.split() if unit == "word" else list(sentence)
+    join = " ".join if unit == "word" else "".join
+    prefixes = [join(pieces[:j]) for j in range(len(pieces) + 1)]
+    rng = np.random.default_rng(0)
+    for keep_whole in (False, True):
+        cuts = {_cut(sentence, PivotUnit(unit), keep_whole, rng, tok=None) for _ in range(400)}
+        assert cuts == set(prefixes if keep_whole else prefixes[:-1])
 
 
 # ------------------------------------------------------------------------------------------------ BDHS

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from mmlens.models.tiny import tiny_model
-
-
-def _images(n: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+from test_align import _images
 
 
 @pytest.mark.parametrize("args", [["align", "bdhs"], ["align", "dpo"], ["align", "eval"], ["bench", "align"]])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,11 +15,7 @@ from mmlens.steer import (
     generate_answers,
     load_vectors,
 )
-
-
-def _images(n: int) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")) for _ in range(n)]
+from test_steer import _images
 
 
 @pytest.mark.parametrize("args", [["steer", "build"], ["steer", "apply"], ["steer", "eval"], ["bench", "steer"]])

@@ -70,3 +70,42 @@ def test_compare_config_validation():
         with pytest.raises(InputError, match=message):
             CompareConfig(**kwargs)
     assert CompareConfig(trim=0.0).trim == 0.0
+
+
+def test_the_per_concept_table_reports_each_concepts_own_numbers():
+    """concept_rows (the report's table): row k carries concept k's match, shift statistics and recovery, and the
+    first five words of its A, B and shifted concepts when grounded."""
+    import dataclasses
+
+    from mmlens.concepts import DecomposerConfig, DecomposerKind, compare_models
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 4
+    labels = np.arange(200) % 4
+    a = centres[labels] + rng.normal(size=(200, 8)) * 0.3
+    b = a + (rng.normal(size=(4, 8)) * 2)[labels] + rng.normal(size=(200, 8)) * 0.1
+    config = CompareConfig(decomposer=DecomposerConfig(DecomposerKind.KMEANS, n_concepts=4), n_baseline_draws=2)
+    result = compare_models(a, b, config)
+    rows = result.concept_rows()
+    assert [row["concept"] for row in rows] == [0, 1, 2, 3]
+    for k, row in enumerate(rows):
+        assert row["matched_b"] == int(result.match[k]) and row["match_cos"] == float(result.match_cos[k])
+        assert row["n_samples"] == int(result.shifts.counts[k]) == 50
+        assert row["consistency"] == float(result.shifts.consistency[k])
+        assert row["shift_norm"] == float(result.shifts.magnitude[k]) > 0
+        assert row["cos_gain"] == float(result.recovery.cos_gain[k])
+        assert row["normalised_gain"] == float(result.recovery.normalised_gain[k])
+        assert "words_a" not in row
+        if result.recovery.t_overlap is None:
+            assert "t_overlap_shifted_b" not in row
+        else:
+            assert row["t_overlap_shifted_b"] == float(result.recovery.t_overlap[k])
+    words = [[f"w{k}{i}" for i in range(7)] for k in range(4)]
+    grounded = dataclasses.replace(
+        result, words_a=words, words_b=[w[::-1] for w in words], words_shifted=[w[1:] for w in words]
+    ).concept_rows()
+    assert grounded[2]["words_a"] == "w20 w21 w22 w23 w24"
+    assert grounded[2]["words_b"] == "w26 w25 w24 w23 w22"
+    assert grounded[2]["words_shifted"] == "w21 w22 w23 w24 w25"
+    partly = dataclasses.replace(result, words_a=words, words_b=words).concept_rows()  # no shifted words: none shown
+    assert "words_a" not in partly[0]

@@ -394,3 +394,48 @@ def test_vector_files_nested_folders_version_and_minimal_entries(tmp_path):
     assert (labelled.model, labelled.position, labelled.contrasts) == ("", "", None)
     with pytest.raises(InputError, match=r"^the activations must be 2-D \(samples, hidden\), got shape \(2,\)$"):
         vector_from_labels(torch.ones(2), ["a", "b"], "a", "b", layer=0)
+
+
+def test_steering_configs_refuse_bad_values_and_interventions_describe_themselves():
+    """SteerConfig's one-line refusals; steer() refuses an empty or foreign vector list before touching the model;
+    the interventions describe exactly what they apply."""
+    from mmlens.errors import InputError
+    from mmlens.steer import LogitBias, SteerCondition, Steering, SteeringVector, VectorKind
+
+    config = SteerConfig(2.5, "prompt_only", "source_concept")
+    assert config.positions is SteerPositions.PROMPT_ONLY and config.condition is SteerCondition.SOURCE_CONCEPT
+    for kwargs, message in (
+        (dict(condition="sometimes"), r"^unknown condition 'sometimes': use one of always, source_concept$"),
+        (
+            dict(positions="everywhere"),
+            r"^unknown position rule 'everywhere': use one of all, prompt_only, generated_only, "
+            r"from_last_prompt, text_only$",
+        ),
+        (dict(alpha=float("inf")), r"^alpha must be a finite number, got inf$"),
+        (dict(alpha=float("nan")), r"^alpha must be a finite number, got nan$"),
+    ):
+        with pytest.raises(InputError, match=message):
+            SteerConfig(**kwargs)
+    for vectors, message in (
+        ([], r"^no steering vectors to apply$"),
+        (["not a vector"], r"^steer\(\) takes SteeringVector objects \(build them with mmlens\.steer\.coarse_vector"),
+    ):
+        with pytest.raises(InputError, match=message), steer(None, vectors):
+            pass
+    one = SteeringVector(torch.ones(3), 1, VectorKind.COARSE, "yes", "no")
+    two = SteeringVector(torch.ones(3), 2, VectorKind.CONCEPT, "a", "b")
+    assert Steering((one, two), config).describe() == {
+        "kind": "steering",
+        "alpha": 2.5,
+        "positions": "prompt_only",
+        "condition": "source_concept",
+        "vectors": ["coarse:yes->no@L1", "concept:a->b@L2"],
+    }
+    assert LogitBias(two, 3.0, SteerCondition.SOURCE_CONCEPT).describe() == {
+        "kind": "logit_bias",
+        "alpha": 3.0,
+        "condition": "source_concept",
+        "vector": "concept:a->b@L2",
+    }
+    assert LogitBias(one).describe()["alpha"] == 1.0 and LogitBias(one).describe()["condition"] == "always"
+    assert Steering((one,)).describe()["positions"] == "all"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import shlex
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,7 +17,50 @@ from mmlens.cli import align, concepts, influence, steer
 bench_app = typer.Typer(help="Run a benchmark and write its JSON result.", no_args_is_help=True)
 
 
+def _command_line(ctx: Any) -> str:
+    """The command that repeats this run: the command path and every option not left at its default."""
+    from typer._click.core import ParameterSource  # typer vendors click
+
+    parts = [ctx.command_path]
+    for param in ctx.command.params:
+        if param.name in ("config", "verbose") or not getattr(param, "opts", None):
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source in (None, ParameterSource.DEFAULT):
+            continue
+        value = ctx.params.get(param.name)
+        if getattr(param, "is_flag", False):
+            names = param.opts if value else (param.secondary_opts or param.opts)
+            parts.append(names[0])
+        else:
+            parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def _records_its_command(command: Callable[..., None]) -> Callable[..., None]:
+    """A benchmark command whose JSON result (``--out``) says which command wrote it, and when: the keys
+    ``command`` and ``written`` are added once the benchmark has written its file."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from typer._click.globals import get_current_context
+
+        from mmlens.io import write_json_atomic
+
+        line = _command_line(get_current_context())
+        command(*args, **kwargs)
+        out = Path(kwargs["out"])
+        result = json.loads(out.read_text())
+        if isinstance(result, dict):
+            stamp = {"command": line, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            write_json_atomic(out, stamp | {k: v for k, v in result.items() if k not in stamp})
+
+    run.records_its_command = True  # type: ignore[attr-defined]
+    return run
+
+
 @bench_app.command("zoo")
+@_records_its_command
 def bench_zoo_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/zoo.json"),
     home: Annotated[
@@ -34,6 +81,7 @@ def bench_zoo_command(
 
 
 @bench_app.command("shift")
+@_records_its_command
 def bench_shift_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/shift.json"),
     tiers: Annotated[
@@ -84,6 +132,7 @@ def bench_shift_command(
 
 
 @bench_app.command("cli")
+@_records_its_command
 def bench_cli_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/cli.json"),
     repeats: Annotated[int, typer.Option(min=1, help="Runs of each command (the median and the min are kept).")] = 5,
@@ -102,6 +151,7 @@ def bench_cli_command(
 
 
 @bench_app.command("influence-scale")
+@_records_its_command
 def bench_influence_scale_command(
     out: Annotated[
         Path, typer.Option(help="Where to write the JSON result (written after every run; a rerun resumes).")
@@ -124,7 +174,7 @@ def bench_influence_scale_command(
 
 
 # Each capability's benchmark lives beside its own commands (mmlens/cli/<capability>.py).
-bench_app.command("influence")(influence.bench_command)
-bench_app.command("concepts")(concepts.bench_command)
-bench_app.command("steer")(steer.bench_command)
-bench_app.command("align")(align.bench_command)
+bench_app.command("influence")(_records_its_command(influence.bench_command))
+bench_app.command("concepts")(_records_its_command(concepts.bench_command))
+bench_app.command("steer")(_records_its_command(steer.bench_command))
+bench_app.command("align")(_records_its_command(align.bench_command))
