@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,7 @@ def ground_truth_tier(
     r(EMID, bound) over synthetic shift scenarios. ``unit`` runs (or takes from a checkpoint) each part."""
     out: dict[str, Any] = {}
     for kind in ESTIMATORS:
-        out[kind] = unit(
-            f"ground_truth/{kind}", lambda kind=kind: _gt_estimator(kind, n_train, n_test, seed, dims, mis)
-        )
+        out[kind] = unit(f"ground_truth/{kind}", partial(_gt_estimator, kind, n_train, n_test, seed, dims, mis))
     best = min(ESTIMATORS, key=lambda k: out[k]["mean_abs_error_mi_le2_dim_le16"])
     out["best_estimator"] = best
     out["target"] = {
@@ -466,6 +465,8 @@ def official_checkpoint_check(path: str | Path, seed: int = 0, n: int = 90) -> d
     def unit(t: torch.Tensor) -> torch.Tensor:
         return t / t.norm(dim=1, keepdim=True)
 
+    if est.dims_ is None:
+        return {"loaded": False, "path": str(path), "error": "the loaded estimator has no dimensions"}
     dx, dy = est.dims_
     x = unit(torch.randn(n, dx, generator=g))
     cases = {
@@ -481,7 +482,7 @@ def official_checkpoint_check(path: str | Path, seed: int = 0, n: int = 90) -> d
     return {
         "loaded": True,
         "path": str(path),
-        "dims": list(est.dims_),
+        "dims": [dx, dy],
         "hidden": est.config.hidden,
         "max_abs_diff_vs_reference_forward": worst,
         "target": 1e-5,
@@ -639,11 +640,10 @@ def llava_bench_tier(
         return result
 
     for key in embedders:
-        out[key] = unit(f"llava_bench/{key}", lambda key=key: block(key))
+        out[key] = unit(f"llava_bench/{key}", partial(block, key))
         if key == embedders[0] and statistics_ablation:
             out["ablation_statistics_off"] = unit(
-                "llava_bench/ablation_statistics_off",
-                lambda key=key: _statistics_off(key, embed(key)[1], cfg, released),
+                "llava_bench/ablation_statistics_off", partial(_statistics_off, key, partial(embed, key), cfg, released)
             )
         embedded.clear()  # one embedder's vectors in memory at a time
     first = out[embedders[0]]
@@ -677,11 +677,16 @@ def llava_bench_tier(
 
 
 def _statistics_off(
-    key: str, embs: list[SplitEmbeddings], cfg: ShiftConfig, released: dict[str, Any]
+    key: str,
+    embedded: Callable[[], tuple[str, list[SplitEmbeddings], float]],
+    cfg: ShiftConfig,
+    released: dict[str, Any],
 ) -> dict[str, Any]:
-    """The previous pipeline (no dedup, early stopping by pair, one estimator): the ID EMI before the fix."""
+    """The previous pipeline (no dedup, early stopping by pair, one estimator) on the splits as ``embedded()``
+    gives them: the ID EMI before the fix."""
     from mmlens.shift.analysis import split_correlation
 
+    embs = embedded()[1]
     old = replace(
         cfg, dedup_pairs=False, early_stopping_split=EarlyStoppingSplit.PAIR, n_estimators=1, n_permutations=0
     )

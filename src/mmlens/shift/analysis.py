@@ -123,6 +123,11 @@ class SplitEmbeddings:
         if self.item_ids is None:
             self.item_ids = list(range(n))
 
+    @property
+    def ids(self) -> list[Any]:
+        """The item ids (0..n-1 when none were given)."""
+        return self.item_ids if self.item_ids is not None else list(range(len(self)))
+
     def __len__(self) -> int:
         return len(self.query)
 
@@ -181,7 +186,7 @@ def embed_splits(
                 _embed_unique(text_embedder, s.responses, cache),
                 _embed_unique(text_embedder, s.references, cache),
                 image,
-                list(s.item_ids),
+                list(s.ids),
                 dict(s.meta),
             )
         )
@@ -213,11 +218,9 @@ def training_pairs(
     xs, ys, gs = [], [], []
     for e in embeddings:
         keep = (
-            _fold_mask(e.item_ids, config.seed)
-            if config.estimator_data is EstimatorData.HELD_OUT
-            else np.ones(len(e), bool)
+            _fold_mask(e.ids, config.seed) if config.estimator_data is EstimatorData.HELD_OUT else np.ones(len(e), bool)
         )
-        ids = np.array([str(i) for i in e.item_ids], dtype=object)[keep]
+        ids = np.array([str(i) for i in e.ids], dtype=object)[keep]
         xs += [e.query[keep], e.query[keep]]
         ys += [e.response[keep], e.reference[keep]]
         gs += [ids, ids]
@@ -251,7 +254,7 @@ def fit_estimator(
 
 def _eval_mask(e: SplitEmbeddings, config: ShiftConfig) -> np.ndarray:
     if config.estimator_data is EstimatorData.HELD_OUT:
-        return ~_fold_mask(e.item_ids, config.seed)
+        return ~_fold_mask(e.ids, config.seed)
     return np.ones(len(e), bool)
 
 
@@ -266,7 +269,8 @@ def emi(estimator: MIEstimator | MIEnsemble, e: SplitEmbeddings, index: np.ndarr
 
 def _sorted_by_item(e: SplitEmbeddings, idx: np.ndarray) -> np.ndarray:
     """``idx`` ordered by item id, so that equal resample positions pick the same items in every split."""
-    return idx[np.argsort([str(e.item_ids[i]) for i in idx], kind="stable")]
+    ids = e.ids
+    return idx[np.argsort([str(ids[i]) for i in idx], kind="stable")]
 
 
 def emi_replicates(ensemble: MIEnsemble, e: SplitEmbeddings, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -310,9 +314,9 @@ def _ci(values: np.ndarray, level: float = 0.95) -> list[float]:
 def bound_value(terms: dict[str, float | None], config: ShiftConfig = ShiftConfig()) -> float:
     """The EMID bound proxy from the terms ``J_v, J_t, J_P, J_Q`` (natural-log JSD values; None = absent)."""
     scale = 1.0 / math.log(2) if config.log_base is LogBase.TWO else 1.0
-    j = {k: (max(v, 0.0) * scale if v is not None else None) for k, v in terms.items()}
-    inputs = sum(math.sqrt(j[k]) for k in ("J_v", "J_t") if j.get(k) is not None)
-    outputs = [j[k] for k in ("J_P", "J_Q") if j.get(k) is not None]
+    j = {k: max(v, 0.0) * scale for k, v in terms.items() if v is not None}  # the terms with data
+    inputs = sum((math.sqrt(j[k]) for k in ("J_v", "J_t") if k in j), 0.0)
+    outputs = [j[k] for k in ("J_P", "J_Q") if k in j]
     if config.bound is BoundKind.SCALE_ADJUSTED:
         return inputs + sum(v**0.25 for v in outputs)
     if config.bound is BoundKind.THEOREM:
@@ -379,8 +383,8 @@ class ShiftResult:
     correlations: dict[str, Any]
     estimator_history: dict[str, Any]
     seconds: dict[str, float]
-    embedders: dict[str, str] = field(default_factory=dict)
-    estimator: MIEnsemble | None = field(default=None, repr=False)  # the estimator(s) used (not serialised)
+    estimator: MIEnsemble = field(repr=False)  # the estimator(s) used (not serialised)
+    embedders: dict[str, str | None] = field(default_factory=dict)  # text and image embedder (None: no images)
     replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per split, EMI replicates
 
     def row(self, name: str) -> dict[str, Any]:
@@ -597,7 +601,7 @@ def _correlations(
             replicates=emid_reps,
             seed=config.seed,
         )
-        families = sorted({r.get("family") for r in ood if r.get("family")})
+        families = sorted({str(r["family"]) for r in ood if r.get("family")})
         out["emid_bound_by_family"] = {
             f: split_correlation(
                 {r["split"]: r["emid"] for r in ood if r.get("family") == f},
