@@ -564,3 +564,10 @@ def test_bench_shift_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, mo
         run_ok(cmd)
         assert calls[:2] == ["club", "infonce"], changed
         assert json.loads(out.read_text())["tier_runs"]["ground_truth"]["resumed_parts"] == []
+
+
+def test_ensemble_refuses_unfitted_members():
+    from mmlens.shift.estimators import MIEnsemble, MIEstimator
+
+    with pytest.raises(InputError, match="fitted"):
+        MIEnsemble([MIEstimator()])
