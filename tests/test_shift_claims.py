@@ -161,3 +161,31 @@ def test_von_neumann_entropy_and_the_input_paths():
         rjsd_test(np.ones((0, 4)), np.ones((3, 4)))
     with pytest.raises(InputError, match="1 embedding rows are all zero"):
         rjsd(np.vstack([np.ones((2, 4)), np.zeros((1, 4))]), np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("with_replicates", [True, False])
+def test_split_correlation_interval_is_the_bootstrap_of_pearson_and_spearman(with_replicates):
+    """The split-level interval is the percentile interval of np.corrcoef / stats.spearmanr over the bootstrap
+    draws (splits resampled, each at its joint replicate b mod B), ties in the targets included."""
+    from scipy import stats
+
+    from mmlens.shift.analysis import split_correlation
+
+    rng = np.random.default_rng(1)
+    names = [f"s{i}" for i in range(12)]
+    values = dict(zip(names, rng.standard_normal(12).tolist()))
+    targets = dict(zip(names, np.round(rng.standard_normal(12), 1).tolist()))  # ties
+    replicates = {n: rng.standard_normal(50) for n in names} if with_replicates else None
+    result = split_correlation(values, targets, replicates=replicates, n_bootstrap=300, seed=3)
+    x, y = np.array(list(values.values())), np.array(list(targets.values()))
+    draw_rng, boot_p, boot_s = np.random.default_rng(3), [], []
+    for b in range(300):
+        xb = np.array([replicates[n][b % 50] for n in names]) if with_replicates else x
+        i = draw_rng.integers(0, 12, 12)
+        if np.ptp(xb[i]) == 0 or np.ptp(y[i]) == 0:
+            continue
+        boot_p.append(np.corrcoef(xb[i], y[i])[0, 1])
+        boot_s.append(stats.spearmanr(xb[i], y[i]).statistic)
+    assert result["pearson_ci"] == pytest.approx(np.percentile(boot_p, [2.5, 97.5]), abs=1e-12)
+    assert result["spearman_ci"] == pytest.approx(np.percentile(boot_s, [2.5, 97.5]), abs=1e-12)
+    assert result["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)

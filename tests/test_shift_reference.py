@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from cli_helpers import run_error, run_ok
+from mmlens.cli import main as cli_main
 from mmlens.errors import InputError
 from mmlens.models.embed import ClipImageEmbedder, EmbeddingLayerTextEmbedder, lexical_embedder, reference_embedders
 from mmlens.shift.analysis import (
@@ -331,6 +332,47 @@ def test_reference_text_features_are_the_embedding_layer_mean_without_bos():
     assert np.allclose(alone[0], emb[2], atol=1e-5)
 
 
+def test_embedding_layer_shortcut_equals_the_full_forwards_hidden_states_0():
+    """The embedding-layer features stop the forward after the embeddings module; on padded batches of a tiny
+    XLM-R and a tiny BERT (token types) that output is exactly ``hidden_states[0]`` of the full forward, and the
+    encoder layers above it do not run."""
+    from transformers import BertConfig, BertModel
+
+    from mmlens.models.embed import _embedding_layer_output
+
+    model, tok = _tiny_xlmr()
+    torch.manual_seed(0)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=80,
+            type_vocab_size=2,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()
+    texts = ["what colour is the shape?", "a photo of a red square on the left.", "no"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    for m in (model, bert):
+        inputs = dict(batch)
+        if m is bert:
+            inputs["token_type_ids"] = (
+                (torch.arange(batch["input_ids"].shape[1]) > 2).long().expand_as(batch["input_ids"])
+            )
+        layers_run = []
+        hook = m.encoder.layer[0].register_forward_hook(lambda *a, seen=layers_run: seen.append(1))
+        with torch.no_grad():
+            fast = _embedding_layer_output(m, inputs)
+            assert layers_run == []
+            full = m(**inputs, output_hidden_states=True).hidden_states[0]
+        hook.remove()
+        assert layers_run == [1]
+        assert torch.equal(fast, full)
+
+
 def test_reference_image_features_are_the_patch_mean_of_the_last_hidden_state():
     full, tower, proc = _tiny_clip_vision()
     images = _images()
@@ -448,8 +490,8 @@ def test_cli_preset_reference_on_tiny_models_with_the_official_layout(tmp_path, 
 def test_bench_shift_merges_tiers_into_the_existing_file_with_their_provenance(tmp_path, monkeypatch, capsys):
     import mmlens.bench.shift as bench
 
-    monkeypatch.setattr(bench, "ground_truth_tier", lambda seed=0: {"value": 1})
-    monkeypatch.setattr(bench, "mini_world_tier", lambda seed=0: {"value": 2})
+    monkeypatch.setattr(bench, "ground_truth_tier", lambda seed=0, **kw: {"value": 1})
+    monkeypatch.setattr(bench, "mini_world_tier", lambda seed=0, **kw: {"value": 2})
     out = tmp_path / "shift.json"
     run_ok(["bench", "shift", "--out", str(out), "--tiers", "ground_truth"])
     first = json.loads(out.read_text())
@@ -466,3 +508,66 @@ def test_bench_shift_merges_tiers_into_the_existing_file_with_their_provenance(t
     assert "provenance" in run_error(["bench", "shift", "--out", str(out), "--tiers", "mini_world"], capsys)
     run_ok(["bench", "shift", "--out", str(out), "--tiers", "mini_world", "--fresh"])
     assert set(json.loads(out.read_text())["tier_runs"]) == {"mini_world"}
+
+
+def test_bench_shift_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """An interrupted run keeps its finished parts in OUT.checkpoint.json; the same command on the same code takes
+    them from there (not recomputed), writes the same result as an uninterrupted run and removes the checkpoint;
+    other code (another src tree, or uncommitted changes) starts over."""
+    import mmlens.bench.shift as bench
+
+    calls: list[str] = []
+    interrupt = {"at": "nwj"}
+
+    def fake_estimator(kind, *args):
+        if kind == interrupt["at"]:
+            raise RuntimeError("interrupted")
+        calls.append(str(kind))
+        return {"mean_abs_error_mi_le2_dim_le16": {"club": 0.3, "infonce": 0.1, "nwj": 0.2}[str(kind)], "rows": []}
+
+    monkeypatch.setattr(bench, "_gt_estimator", fake_estimator)
+    for name in ("rjsd_checks", "emi_noise_check", "synthetic_scenarios"):
+        monkeypatch.setattr(bench, name, lambda seed=0, name=name: calls.append(name) or {"check": name})
+    code = {"commit": "c0", "src_tree": "t0", "dirty": False}
+    monkeypatch.setattr(bench, "_git_commit", lambda: dict(code))
+    out = tmp_path / "shift.json"
+    ckpt = tmp_path / "shift.json.checkpoint.json"
+    cmd = ["bench", "shift", "--out", str(out), "--tiers", "ground_truth", "--fresh"]
+    with pytest.raises(RuntimeError, match="interrupted"):
+        cli_main(cmd)
+    assert calls == ["club", "infonce"] and not out.exists()
+    assert set(json.loads(ckpt.read_text())["units"]) == {"ground_truth/club", "ground_truth/infonce"}
+
+    interrupt["at"] = None
+    calls.clear()
+    run_ok(cmd)
+    assert calls == ["nwj", "rjsd_checks", "emi_noise_check", "synthetic_scenarios"]  # club, infonce reused
+    resumed = json.loads(out.read_text())
+    assert not ckpt.exists()
+    assert resumed["ground_truth"]["best_estimator"] == "infonce"
+    assert resumed["tier_runs"]["ground_truth"]["resumed_parts"] == ["ground_truth/club", "ground_truth/infonce"]
+    calls.clear()
+    run_ok([*cmd[:-1], "--fresh", "--out", str(tmp_path / "whole.json")])
+    assert len(calls) == 6
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert whole["ground_truth"] == resumed["ground_truth"]
+
+    # another code version does not resume; neither does a tree with uncommitted changes
+    for changed in ({"src_tree": "t1"}, {"dirty": True}):
+        interrupt["at"] = "nwj"
+        code.update({"src_tree": "t0", "dirty": False})
+        with pytest.raises(RuntimeError):
+            cli_main(cmd)
+        interrupt["at"] = None
+        code.update(changed)
+        calls.clear()
+        run_ok(cmd)
+        assert calls[:2] == ["club", "infonce"], changed
+        assert json.loads(out.read_text())["tier_runs"]["ground_truth"]["resumed_parts"] == []
+
+
+def test_ensemble_refuses_unfitted_members():
+    from mmlens.shift.estimators import MIEnsemble, MIEstimator
+
+    with pytest.raises(InputError, match="fitted"):
+        MIEnsemble([MIEstimator()])

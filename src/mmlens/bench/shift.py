@@ -3,15 +3,20 @@ and cost. Every tier compares against baselines measured in the same run and rep
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmlens.io import json_default, write_json_atomic
 from mmlens.shift.analysis import (
     BOUNDS,
     ShiftConfig,
@@ -34,6 +39,78 @@ from mmlens.shift.options import (
 
 # The project's real-response data sits beside the repository (../shared/data/...) when run from its root.
 DEFAULT_LLAVA_BENCH_DIR = Path("../shared/data/llava-bench-shift")
+
+#: Runs one named part of a tier, ``unit(name, compute) -> result``: directly (:func:`run_now`) or through a
+#: :class:`RunCheckpoint`, which returns a part finished by an interrupted run instead of recomputing it.
+UnitRunner = Callable[[str, Callable[[], Any]], Any]
+
+
+def run_now(name: str, compute: Callable[[], Any]) -> Any:
+    return compute()
+
+
+class RunCheckpoint:
+    """The parts of one benchmark run finished so far, in a JSON file beside the result (written atomically after
+    each part). A rerun with the same ``key`` (settings and code: the commit's ``src`` tree, no uncommitted
+    changes) takes the finished parts from it and computes the rest; any other key starts over. Each part is kept
+    as its JSON form, so a resumed run writes the same file as an uninterrupted one."""
+
+    def __init__(self, path: str | Path, key: dict[str, Any], *, resume: bool = True) -> None:
+        self.path, self.key = Path(path), json.loads(json.dumps(key, default=json_default))
+        self.units: dict[str, Any] = {}
+        self.reused: list[str] = []
+        self.note = "new"
+        if not self.path.is_file():
+            return
+        if not resume:
+            self.note = "an earlier checkpoint was discarded (--no-resume)"
+            return
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.note = "an unreadable checkpoint was discarded"
+            return
+        if not self.resumable:
+            self.note = "a checkpoint exists but the code has uncommitted changes in src: starting over"
+        elif saved.get("key") != self.key:
+            changed = sorted(k for k in self.key if saved.get("key", {}).get(k) != self.key[k])
+            self.note = f"a checkpoint of another run was discarded (differs in {', '.join(changed)})"
+        else:
+            self.units = saved.get("units", {})
+            self.note = f"resuming: {len(self.units)} finished parts taken from {self.path}"
+
+    @property
+    def resumable(self) -> bool:
+        return bool(self.key.get("code", {}).get("src_tree")) and not self.key["code"].get("dirty", True)
+
+    def __call__(self, name: str, compute: Callable[[], Any]) -> Any:
+        if name in self.units:
+            self.reused.append(name)
+            return self.units[name]["value"]
+        t0 = time.perf_counter()
+        value = json.loads(json.dumps(compute(), default=json_default))
+        self.units[name] = {
+            "value": value,
+            "seconds": time.perf_counter() - t0,
+            "finished": _now(),
+            "load_average": list(os.getloadavg()),
+        }
+        write_json_atomic(self.path, {"key": self.key, "units": self.units})
+        return value
+
+    def seconds(self, prefix: str) -> float:
+        """Seconds spent on the finished parts whose name starts with ``prefix`` (across the runs that made them)."""
+        return float(sum(u["seconds"] for n, u in self.units.items() if n.startswith(prefix)))
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
 
 GT_DIMS = (4, 16, 64)
 GT_MIS = (0.5, 1.0, 2.0, 4.0)
@@ -62,56 +139,13 @@ def ground_truth_tier(
     seed: int = 0,
     dims: tuple[int, ...] = GT_DIMS,
     mis: tuple[float, ...] = GT_MIS,
+    unit: UnitRunner = run_now,
 ) -> dict[str, Any]:
     """Each estimator on Gaussian pairs with known MI; CLUB's closed form; RJSD properties; EMI vs response noise;
-    r(EMID, bound) over synthetic shift scenarios."""
+    r(EMID, bound) over synthetic shift scenarios. ``unit`` runs (or takes from a checkpoint) each part."""
     out: dict[str, Any] = {}
     for kind in ESTIMATORS:
-        rows = []
-        for d in dims:
-            for mi in mis:
-                task = GaussianTask(d, mi)
-                x, y = task.sample(n_train, seed)
-                xt, yt = task.sample(n_test, seed + 1)
-                t0 = time.perf_counter()
-                est = MIEstimator(_gt_config(kind, seed)).fit(x, y)
-                value = est.estimate(xt, yt)
-                row = {
-                    "dim": d,
-                    "mi_true": mi,
-                    "estimate": value,
-                    "abs_error": abs(value - mi),
-                    "seconds": time.perf_counter() - t0,
-                    "epochs": est.history_["epochs"],
-                }
-                if kind is EstimatorKind.CLUB:
-                    mu, lv = task.true_conditional(xt)
-                    import torch
-
-                    row["club_true_conditional_closed_form"] = task.club_true_conditional
-                    row["club_true_conditional_sample"] = float(club_from_conditional(mu, lv, torch.as_tensor(yt)))
-                    row["above_true_mi"] = value > mi
-                rows.append(row)
-        entry = {
-            "mean_abs_error_nats": float(np.mean([r["abs_error"] for r in rows])),
-            "mean_abs_error_mi_le2_dim_le16": float(
-                np.mean([r["abs_error"] for r in rows if r["mi_true"] <= 2 and r["dim"] <= 16])
-            ),
-            "rows": rows,
-        }
-        if kind is EstimatorKind.CLUB:
-            entry["always_above_true_mi"] = all(r["above_true_mi"] for r in rows)
-            entry["increasing_in_mi_for_every_dim"] = all(
-                all(np.diff([r["estimate"] for r in rows if r["dim"] == d]) > 0) for d in dims
-            )
-            entry["closed_form_max_rel_error"] = float(
-                max(
-                    abs(r["club_true_conditional_sample"] - r["club_true_conditional_closed_form"])
-                    / r["club_true_conditional_closed_form"]
-                    for r in rows
-                )
-            )
-        out[kind] = entry
+        out[kind] = unit(f"ground_truth/{kind}", partial(_gt_estimator, kind, n_train, n_test, seed, dims, mis))
     best = min(ESTIMATORS, key=lambda k: out[k]["mean_abs_error_mi_le2_dim_le16"])
     out["best_estimator"] = best
     out["target"] = {
@@ -120,10 +154,61 @@ def ground_truth_tier(
         "value": out[best]["mean_abs_error_mi_le2_dim_le16"],
         "met": out[best]["mean_abs_error_mi_le2_dim_le16"] <= 0.1,
     }
-    out["rjsd"] = rjsd_checks(seed)
-    out["emi_vs_response_noise"] = emi_noise_check(seed)
-    out["synthetic_shift_scenarios"] = synthetic_scenarios(seed)
+    out["rjsd"] = unit("ground_truth/rjsd", lambda: rjsd_checks(seed))
+    out["emi_vs_response_noise"] = unit("ground_truth/emi_vs_response_noise", lambda: emi_noise_check(seed))
+    out["synthetic_shift_scenarios"] = unit("ground_truth/synthetic_shift_scenarios", lambda: synthetic_scenarios(seed))
     return out
+
+
+def _gt_estimator(
+    kind: EstimatorKind, n_train: int, n_test: int, seed: int, dims: tuple[int, ...], mis: tuple[float, ...]
+) -> dict[str, Any]:
+    """One estimator kind on every (dim, MI) Gaussian task."""
+    rows = []
+    for d in dims:
+        for mi in mis:
+            task = GaussianTask(d, mi)
+            x, y = task.sample(n_train, seed)
+            xt, yt = task.sample(n_test, seed + 1)
+            t0 = time.perf_counter()
+            est = MIEstimator(_gt_config(kind, seed)).fit(x, y)
+            value = est.estimate(xt, yt)
+            row = {
+                "dim": d,
+                "mi_true": mi,
+                "estimate": value,
+                "abs_error": abs(value - mi),
+                "seconds": time.perf_counter() - t0,
+                "epochs": est.history_["epochs"],
+            }
+            if kind is EstimatorKind.CLUB:
+                mu, lv = task.true_conditional(xt)
+                import torch
+
+                row["club_true_conditional_closed_form"] = task.club_true_conditional
+                row["club_true_conditional_sample"] = float(club_from_conditional(mu, lv, torch.as_tensor(yt)))
+                row["above_true_mi"] = value > mi
+            rows.append(row)
+    entry = {
+        "mean_abs_error_nats": float(np.mean([r["abs_error"] for r in rows])),
+        "mean_abs_error_mi_le2_dim_le16": float(
+            np.mean([r["abs_error"] for r in rows if r["mi_true"] <= 2 and r["dim"] <= 16])
+        ),
+        "rows": rows,
+    }
+    if kind is EstimatorKind.CLUB:
+        entry["always_above_true_mi"] = all(r["above_true_mi"] for r in rows)
+        entry["increasing_in_mi_for_every_dim"] = all(
+            all(np.diff([r["estimate"] for r in rows if r["dim"] == d]) > 0) for d in dims
+        )
+        entry["closed_form_max_rel_error"] = float(
+            max(
+                abs(r["club_true_conditional_sample"] - r["club_true_conditional_closed_form"])
+                / r["club_true_conditional_closed_form"]
+                for r in rows
+            )
+        )
+    return entry
 
 
 def rjsd_checks(seed: int = 0, n: int = 200, d: int = 16) -> dict[str, Any]:
@@ -380,6 +465,8 @@ def official_checkpoint_check(path: str | Path, seed: int = 0, n: int = 90) -> d
     def unit(t: torch.Tensor) -> torch.Tensor:
         return t / t.norm(dim=1, keepdim=True)
 
+    if est.dims_ is None:
+        return {"loaded": False, "path": str(path), "error": "the loaded estimator has no dimensions"}
     dx, dy = est.dims_
     x = unit(torch.randn(n, dx, generator=g))
     cases = {
@@ -395,7 +482,7 @@ def official_checkpoint_check(path: str | Path, seed: int = 0, n: int = 90) -> d
     return {
         "loaded": True,
         "path": str(path),
-        "dims": list(est.dims_),
+        "dims": [dx, dy],
         "hidden": est.config.hidden,
         "max_abs_diff_vs_reference_forward": worst,
         "target": 1e-5,
@@ -509,13 +596,16 @@ def llava_bench_tier(
     official_checkpoint: str | Path | None = None,
     statistics_ablation: bool = True,
     make_embedder: Any = None,
+    unit: UnitRunner = run_now,
 ) -> dict[str, Any]:
     """Real LLaVA-1.5-13B responses, one block per offline text embedder (``minilm`` contextual MiniLM,
     ``lexical`` hashed character n-grams, ``embedding_layer`` MiniLM's embedding layer as the reference's mode):
     EMI per split from an ensemble of ``n_estimators`` reference CLUBs trained on the pooled, deduplicated pairs
     (early stopping by question), EMID against the ID split (translations against the English control), the
     text-side bound, agreement with the released numbers with split-level intervals, overall and by family.
-    The first embedder also fills the tier's top-level keys (the previous layout)."""
+    The first embedder also fills the tier's top-level keys (the previous layout). ``official_checkpoint``:
+    the authors' ``CLUB_global.pt`` (default: ``emi-official/CLUB_global.pt`` beside ``root``). ``unit`` runs
+    (or takes from a checkpoint) each embedder's block and the ablation."""
     from mmlens.models.embed import text_embedder
     from mmlens.shift.data import load_llava_bench_shift, load_released_results
 
@@ -534,17 +624,28 @@ def llava_bench_tier(
         "config": cfg.to_dict(),
         "estimator": {"n_seeds": n_estimators, "dedup": cfg.dedup_pairs, "split": str(cfg.early_stopping_split)},
     }
-    first_embs = None
+    embedded: dict[str, tuple[str, list[SplitEmbeddings], float]] = {}
+
+    def embed(key: str) -> tuple[str, list[SplitEmbeddings], float]:
+        if key not in embedded:
+            t0 = time.perf_counter()
+            emb = make_embedder(key)
+            embedded[key] = (emb.name, embed_splits(splits, emb), time.perf_counter() - t0)
+        return embedded[key]
+
+    def block(key: str) -> dict[str, Any]:
+        name, embs, t_embed = embed(key)
+        result = _real_block(name, embs, cfg, released)
+        result["seconds"]["embed"] = t_embed
+        return result
+
     for key in embedders:
-        t0 = time.perf_counter()
-        emb = make_embedder(key)
-        embs = embed_splits(splits, emb)
-        t_embed = time.perf_counter() - t0
-        block = _real_block(emb.name, embs, cfg, released)
-        block["seconds"]["embed"] = t_embed
-        out[key] = block
-        if first_embs is None:
-            first_embs = embs
+        out[key] = unit(f"llava_bench/{key}", partial(block, key))
+        if key == embedders[0] and statistics_ablation:
+            out["ablation_statistics_off"] = unit(
+                "llava_bench/ablation_statistics_off", partial(_statistics_off, key, partial(embed, key), cfg, released)
+            )
+        embedded.clear()  # one embedder's vectors in memory at a time
     first = out[embedders[0]]
     out["estimator"] |= {
         k: first["estimator"].get(k) for k in ("pairs", "unique_pairs", "best_epochs", "n_train", "n_val")
@@ -570,30 +671,39 @@ def llava_bench_tier(
         "synthetic_spearman_vs_released_emi": out[best]["synthetic"]["spearman_vs_released_emi"],
         "target": 0.6,
     }
-    if statistics_ablation and first_embs is not None:
-        # the previous pipeline (no dedup, early stopping by pair, one estimator): the ID EMI before the fix
-        old = replace(
-            cfg, dedup_pairs=False, early_stopping_split=EarlyStoppingSplit.PAIR, n_estimators=1, n_permutations=0
-        )
-        res = analyse_embeddings(first_embs, old, progress=False)
-        rel = {n: v["EMI"] for n, v in released.items() if "EMI" in v}
-        pts = {r["split"]: r["emi"] for r in res.rows if not r.get("control")}
-        from mmlens.shift.analysis import split_correlation
-
-        out["ablation_statistics_off"] = {
-            "embedder": embedders[0],
-            "dedup": False,
-            "split": "pair",
-            "n_seeds": 1,
-            "id_emi": {"value": res.rows[0]["emi"], "ci": res.rows[0]["emi_ci"]},
-            "spearman_vs_released_emi": _vc(
-                split_correlation(pts, rel, replicates=res.replicates, seed=seed), "spearman"
-            ),
-            "training_pairs": res.estimator_history.get("pairs"),
-        }
     path = Path(official_checkpoint) if official_checkpoint else root.parent / "emi-official" / "CLUB_global.pt"
     out["official_checkpoint"] = official_checkpoint_check(path, seed=seed)
     return out
+
+
+def _statistics_off(
+    key: str,
+    embedded: Callable[[], tuple[str, list[SplitEmbeddings], float]],
+    cfg: ShiftConfig,
+    released: dict[str, Any],
+) -> dict[str, Any]:
+    """The previous pipeline (no dedup, early stopping by pair, one estimator) on the splits as ``embedded()``
+    gives them: the ID EMI before the fix."""
+    from mmlens.shift.analysis import split_correlation
+
+    embs = embedded()[1]
+    old = replace(
+        cfg, dedup_pairs=False, early_stopping_split=EarlyStoppingSplit.PAIR, n_estimators=1, n_permutations=0
+    )
+    res = analyse_embeddings(embs, old, progress=False)
+    rel = {n: v["EMI"] for n, v in released.items() if "EMI" in v}
+    pts = {r["split"]: r["emi"] for r in res.rows if not r.get("control")}
+    return {
+        "embedder": key,
+        "dedup": False,
+        "split": "pair",
+        "n_seeds": 1,
+        "id_emi": {"value": res.rows[0]["emi"], "ci": res.rows[0]["emi_ci"]},
+        "spearman_vs_released_emi": _vc(
+            split_correlation(pts, rel, replicates=res.replicates, seed=cfg.seed), "spearman"
+        ),
+        "training_pairs": res.estimator_history.get("pairs"),
+    }
 
 
 def mini_world_tier(
@@ -627,6 +737,7 @@ def mini_world_tier(
     id_acc = res.rows[0].get("accuracy")
     out = {
         "model": model,
+        "models_measured": {m: _model_build(m) for m in (model, image_model)},
         "image_embedder": image.name,
         "text_embedder": text.name,
         "n_items_per_split": n,
@@ -653,6 +764,26 @@ def mini_world_tier(
     return out
 
 
+def _model_build(spec: str) -> dict[str, Any]:
+    """Which build of a model was measured: its folder and the SHA-256 and time of its ``metrics.json``."""
+    import datetime
+    import hashlib
+
+    from mmlens.models.loading import resolve_spec
+
+    folder = Path(resolve_spec(spec))
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        return {"folder": str(folder)}
+    return {
+        "folder": str(folder),
+        "metrics_sha256": hashlib.sha256(metrics.read_bytes()).hexdigest(),
+        "metrics_written": datetime.datetime.fromtimestamp(metrics.stat().st_mtime, datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
+    }
+
+
 def cost_tier(llava: dict[str, Any] | None) -> dict[str, Any]:
     if not llava:
         return {}
@@ -673,24 +804,37 @@ TIERS = ("ground_truth", "llava_bench", "mini_world")
 
 
 def _git_commit() -> dict[str, Any]:
-    """The commit of the code that ran (and whether the tree had uncommitted changes), if this is a git clone."""
+    """The commit of the code that ran, the hash of its ``src`` tree (what a checkpoint may be resumed with) and
+    whether ``src`` had uncommitted changes, if this is a git clone."""
     import subprocess
 
     root = Path(__file__).resolve().parents[3]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=20
+        ).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=20
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=20,
-        ).stdout.strip()
+        head, tree = git("rev-parse", "HEAD"), git("rev-parse", "HEAD:src")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "src")
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": head, "dirty": bool(dirty)}
+        return {"commit": None, "src_tree": None, "dirty": None}
+    return {"commit": head, "src_tree": tree, "dirty": bool(dirty)}
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "nice": os.nice(0),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def shift_benchmark(
@@ -699,25 +843,47 @@ def shift_benchmark(
     progress_cb=None,
     llava_bench_dir: str | Path = DEFAULT_LLAVA_BENCH_DIR,
     command: str | None = None,
+    official_checkpoint: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Run the selected tiers; a tier that cannot run (e.g. mini-llava not built) is reported with its error.
-    ``tier_runs[tier]`` records the commit, finish time, seconds and command of each tier's run."""
-    import datetime
+    ``tier_runs[tier]`` records the commit, finish time, seconds, machine and command of each tier's run.
 
+    ``checkpoint``: a file where every finished part (an estimator of the ground truth, one embedder of the real
+    tier, the mini-world tier...) is kept; a rerun with the same settings on the same code resumes from it
+    (``resume=False`` starts over). The caller deletes it once the result is written."""
     import torch
 
+    code = _git_commit()
+    settings = {
+        "tiers": list(tiers),
+        "seed": seed,
+        "llava_bench_dir": str(Path(llava_bench_dir).resolve()),
+        "official_checkpoint": str(Path(official_checkpoint).resolve()) if official_checkpoint else None,
+        "mmlens_home": os.environ.get("MMLENS_HOME"),
+    }
+    unit: UnitRunner = run_now
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = RunCheckpoint(checkpoint, {"settings": settings, "code": code}, resume=resume)
+        unit = ckpt
+        if progress_cb:
+            progress_cb(f"checkpoint {checkpoint}: {ckpt.note}")
     out: dict[str, Any] = {"seed": seed, "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     runners = {
-        "ground_truth": lambda: ground_truth_tier(seed=seed),
-        "llava_bench": lambda: llava_bench_tier(llava_bench_dir, seed=seed),
-        "mini_world": lambda: mini_world_tier(seed=seed),
+        "ground_truth": lambda: ground_truth_tier(seed=seed, unit=unit),
+        "llava_bench": lambda: llava_bench_tier(
+            llava_bench_dir, seed=seed, official_checkpoint=official_checkpoint, unit=unit
+        ),
+        "mini_world": lambda: unit("mini_world", lambda: mini_world_tier(seed=seed)),
     }
-    code = _git_commit()
     for tier in tiers:
         if progress_cb:
-            progress_cb(tier)
+            progress_cb(f"running tier {tier} ...")
         t = time.perf_counter()
+        load_start, reused_before = list(os.getloadavg()), len(ckpt.reused) if ckpt else 0
         try:
             out[tier] = runners[tier]()
         except Exception as err:  # noqa: BLE001 - record and keep the other tiers
@@ -727,12 +893,18 @@ def shift_benchmark(
                 raise
             out[tier] = {"error": str(err)}
         out.setdefault("tier_seconds", {})[tier] = time.perf_counter() - t
+        reused = ckpt.reused[reused_before:] if ckpt else []
         out.setdefault("tier_runs", {})[tier] = code | {
-            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "finished": _now(),
             "seconds": out["tier_seconds"][tier],
+            # parts taken from an interrupted run of the same command and code: their own seconds are added above
+            "resumed_parts": reused,
+            "seconds_of_resumed_parts": float(sum(ckpt.units[n]["seconds"] for n in reused)) if ckpt else 0.0,
             "seed": seed,
             "command": command,
+            "machine": _machine() | {"load_average_start": load_start, "load_average_end": list(os.getloadavg())},
         }
+        out["tier_seconds"][tier] += out["tier_runs"][tier]["seconds_of_resumed_parts"]
     if "llava_bench" in out and "error" not in out["llava_bench"]:
         out["cost"] = cost_tier(out["llava_bench"])
     out["total_seconds"] = time.perf_counter() - t0
@@ -763,6 +935,6 @@ def merge_tiers(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
         raise InputError(
             f"cannot merge a seed-{new.get('seed')} run into a seed-{existing.get('seed')} file; use --fresh"
         )
-    merged["total_seconds"] = sum(r["seconds"] for r in merged["tier_runs"].values())
+    merged["total_seconds"] = sum(merged["tier_seconds"].get(t, 0.0) for t in merged["tier_runs"])
     merged["torch_threads"] = new["torch_threads"]
     return merged

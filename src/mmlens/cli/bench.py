@@ -91,14 +91,28 @@ def bench_shift_command(
     llava_bench_dir: Annotated[Path, typer.Option(help="Folder of the real LLaVA-Bench shift responses.")] = Path(
         "../shared/data/llava-bench-shift"
     ),
+    official_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="The EMI authors' CLUB_global.pt (default: emi-official/CLUB_global.pt beside --llava-bench-dir)."
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option(help="Start a new file instead of merging the tiers run now into OUT.")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Take the parts an interrupted run of the same command on the same code finished from "
+            "OUT.checkpoint.json (--no-resume: recompute everything)."
+        ),
+    ] = True,
 ) -> None:
     """EMI/EMID benchmark: Gaussian ground truth, mini-llava under world shifts, real LLaVA-1.5-13B responses, cost.
 
     Tiers run now replace their entries in an existing OUT (written by this command), the others are kept; each
-    tier records its commit, time and command in ``tier_runs``."""
+    tier records its commit, time, machine and command in ``tier_runs``. Every finished part is kept in
+    OUT.checkpoint.json until OUT is written, so an interrupted run resumes when the command is run again."""
     import sys
 
     from mmlens.bench.shift import TIERS, merge_tiers, shift_benchmark
@@ -109,6 +123,8 @@ def bench_shift_command(
     unknown = set(chosen) - set(TIERS)
     if unknown:
         raise typer.BadParameter(f"unknown tiers {sorted(unknown)}", param_hint="--tiers")
+    if official_checkpoint is not None and not official_checkpoint.is_file():
+        raise InputError(f"official checkpoint not found: {official_checkpoint}")
     existing = None
     if out.is_file() and not fresh:
         try:
@@ -116,16 +132,21 @@ def bench_shift_command(
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(f"cannot read {out} to merge into ({err}); use --fresh") from None
         merge_tiers(existing, {"tier_runs": {}, "seed": seed, "torch_threads": 0})  # fail before any work
+    checkpoint = out.with_name(out.name + ".checkpoint.json")
     result = shift_benchmark(
         chosen,
         seed=seed,
         llava_bench_dir=llava_bench_dir,
-        progress_cb=lambda t: typer.echo(f"running tier {t} ...", err=True),
+        official_checkpoint=official_checkpoint,
+        progress_cb=lambda message: typer.echo(message, err=True),
         command=" ".join(["mmlens", *sys.argv[1:]]) if sys.argv else None,
+        checkpoint=checkpoint,
+        resume=resume,
     )
     if existing is not None:
         result = merge_tiers(existing, result)
     write_json_atomic(out, result)
+    checkpoint.unlink(missing_ok=True)
     headline = {k: v for k, v in result.items() if not isinstance(v, dict)}
     typer.echo(json.dumps(headline, indent=2))
     typer.echo(f"written to {out}")

@@ -158,12 +158,41 @@ class EmbeddingLayerTextEmbedder:
                 max_length=self.max_length,
                 return_tensors="pt",
             )
-            hidden = self.model(**batch, output_hidden_states=True).hidden_states[0]
+            hidden = _embedding_layer_output(self.model, batch)
             mask = batch["attention_mask"].clone().to(hidden.dtype)
             mask[:, 0] = 0  # drop the leading <s>/[CLS]; the trailing </s>/[SEP] stays, as in the reference
             pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
             chunks.append(F.normalize(pooled, dim=-1).numpy())
         return np.concatenate(chunks).astype(np.float32)
+
+
+class _EmbeddingLayerDone(Exception):
+    """Raised from the embedding layer's forward hook: the encoder layers above it are not run."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+
+def _embedding_layer_output(model: Any, batch: Any) -> torch.Tensor:
+    """``hidden_states[0]`` of ``model`` on ``batch`` without running the encoder layers: the model's own forward is
+    stopped right after its ``embeddings`` module (word + position (+ type) embeddings, LayerNorm), which is
+    ``hidden_states[0]`` in BERT-style encoders (MiniLM, XLM-R). A model without such a module runs in full."""
+    layer = getattr(model, "embeddings", None)
+    if not isinstance(layer, torch.nn.Module):
+        return model(**batch, output_hidden_states=True).hidden_states[0]
+
+    def stop(module: Any, args: Any, output: Any) -> None:
+        raise _EmbeddingLayerDone(output[0] if isinstance(output, tuple) else output)
+
+    handle = layer.register_forward_hook(stop)
+    try:
+        model(**batch)
+    except _EmbeddingLayerDone as done:
+        return done.output
+    finally:
+        handle.remove()
+    raise ModelLoadError(f"{type(model).__name__}.forward did not call its embeddings module")
 
 
 @dataclass

@@ -123,6 +123,11 @@ class SplitEmbeddings:
         if self.item_ids is None:
             self.item_ids = list(range(n))
 
+    @property
+    def ids(self) -> list[Any]:
+        """The item ids (0..n-1 when none were given)."""
+        return self.item_ids if self.item_ids is not None else list(range(len(self)))
+
     def __len__(self) -> int:
         return len(self.query)
 
@@ -181,7 +186,7 @@ def embed_splits(
                 _embed_unique(text_embedder, s.responses, cache),
                 _embed_unique(text_embedder, s.references, cache),
                 image,
-                list(s.item_ids),
+                list(s.ids),
                 dict(s.meta),
             )
         )
@@ -213,11 +218,9 @@ def training_pairs(
     xs, ys, gs = [], [], []
     for e in embeddings:
         keep = (
-            _fold_mask(e.item_ids, config.seed)
-            if config.estimator_data is EstimatorData.HELD_OUT
-            else np.ones(len(e), bool)
+            _fold_mask(e.ids, config.seed) if config.estimator_data is EstimatorData.HELD_OUT else np.ones(len(e), bool)
         )
-        ids = np.array([str(i) for i in e.item_ids], dtype=object)[keep]
+        ids = np.array([str(i) for i in e.ids], dtype=object)[keep]
         xs += [e.query[keep], e.query[keep]]
         ys += [e.response[keep], e.reference[keep]]
         gs += [ids, ids]
@@ -251,7 +254,7 @@ def fit_estimator(
 
 def _eval_mask(e: SplitEmbeddings, config: ShiftConfig) -> np.ndarray:
     if config.estimator_data is EstimatorData.HELD_OUT:
-        return ~_fold_mask(e.item_ids, config.seed)
+        return ~_fold_mask(e.ids, config.seed)
     return np.ones(len(e), bool)
 
 
@@ -266,7 +269,8 @@ def emi(estimator: MIEstimator | MIEnsemble, e: SplitEmbeddings, index: np.ndarr
 
 def _sorted_by_item(e: SplitEmbeddings, idx: np.ndarray) -> np.ndarray:
     """``idx`` ordered by item id, so that equal resample positions pick the same items in every split."""
-    return idx[np.argsort([str(e.item_ids[i]) for i in idx], kind="stable")]
+    ids = e.ids
+    return idx[np.argsort([str(ids[i]) for i in idx], kind="stable")]
 
 
 def emi_replicates(ensemble: MIEnsemble, e: SplitEmbeddings, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -310,9 +314,9 @@ def _ci(values: np.ndarray, level: float = 0.95) -> list[float]:
 def bound_value(terms: dict[str, float | None], config: ShiftConfig = ShiftConfig()) -> float:
     """The EMID bound proxy from the terms ``J_v, J_t, J_P, J_Q`` (natural-log JSD values; None = absent)."""
     scale = 1.0 / math.log(2) if config.log_base is LogBase.TWO else 1.0
-    j = {k: (max(v, 0.0) * scale if v is not None else None) for k, v in terms.items()}
-    inputs = sum(math.sqrt(j[k]) for k in ("J_v", "J_t") if j.get(k) is not None)
-    outputs = [j[k] for k in ("J_P", "J_Q") if j.get(k) is not None]
+    j = {k: max(v, 0.0) * scale for k, v in terms.items() if v is not None}  # the terms with data
+    inputs = sum((math.sqrt(j[k]) for k in ("J_v", "J_t") if k in j), 0.0)
+    outputs = [j[k] for k in ("J_P", "J_Q") if k in j]
     if config.bound is BoundKind.SCALE_ADJUSTED:
         return inputs + sum(v**0.25 for v in outputs)
     if config.bound is BoundKind.THEOREM:
@@ -351,13 +355,8 @@ def _correlation(x: np.ndarray, y: np.ndarray, n_bootstrap: int, seed: int, leve
         }
     pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
     rng = np.random.default_rng(seed)
-    boots_p, boots_s = [], []
-    for _ in range(n_bootstrap):
-        i = rng.integers(0, len(x), len(x))
-        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
-            continue
-        boots_p.append(np.corrcoef(x[i], y[i])[0, 1])
-        boots_s.append(stats.spearmanr(x[i], y[i]).statistic)
+    draws = np.stack([rng.integers(0, len(x), len(x)) for _ in range(n_bootstrap)])
+    boots_p, boots_s = _bootstrap_correlations(x[draws], y[draws])
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
 
     def ci(b: list[float]) -> list[float]:
@@ -384,8 +383,8 @@ class ShiftResult:
     correlations: dict[str, Any]
     estimator_history: dict[str, Any]
     seconds: dict[str, float]
-    embedders: dict[str, str] = field(default_factory=dict)
-    estimator: MIEnsemble | None = field(default=None, repr=False)  # the estimator(s) used (not serialised)
+    estimator: MIEnsemble = field(repr=False)  # the estimator(s) used (not serialised)
+    embedders: dict[str, str | None] = field(default_factory=dict)  # text and image embedder (None: no images)
     replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per split, EMI replicates
 
     def row(self, name: str) -> dict[str, Any]:
@@ -544,14 +543,10 @@ def split_correlation(
     pr, sr = stats.pearsonr(x, y), stats.spearmanr(x, y)
     rep = np.stack([replicates[n] for n in names]) if replicates else None  # [splits, B]
     rng = np.random.default_rng(seed)
-    bp, bs = [], []
-    for b in range(n_bootstrap):
-        xb = rep[:, b % rep.shape[1]] if rep is not None else x
-        i = rng.integers(0, len(names), len(names))
-        if np.ptp(xb[i]) == 0 or np.ptp(y[i]) == 0:
-            continue
-        bp.append(np.corrcoef(xb[i], y[i])[0, 1])
-        bs.append(stats.spearmanr(xb[i], y[i]).statistic)
+    draws = np.stack([rng.integers(0, len(names), len(names)) for _ in range(n_bootstrap)])  # [n_bootstrap, splits]
+    # draw b: the splits draws[b], each at its joint replicate b mod B (or at its point value)
+    xb = rep[:, np.arange(n_bootstrap) % rep.shape[1]].T if rep is not None else np.broadcast_to(x, draws.shape)
+    bp, bs = _bootstrap_correlations(np.take_along_axis(xb, draws, axis=1), y[draws])
 
     def ci(v: list[float]) -> Any:
         return _ci(np.array(v), level) if v else nan2
@@ -565,6 +560,21 @@ def split_correlation(
         "spearman_ci": ci(bs),
         "interval": "split bootstrap" + (" x joint item/estimator replicates" if rep is not None else ""),
     }
+
+
+def _bootstrap_correlations(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
+    """Pearson and Spearman of each row pair of ``x``, ``y`` [draws, n] (rows where either is constant left out):
+    the same values as ``np.corrcoef`` and ``stats.spearmanr`` row by row (Spearman = Pearson of the average
+    ranks), in a few array operations."""
+    ok = (np.ptp(x, axis=1) > 0) & (np.ptp(y, axis=1) > 0)
+    x, y = x[ok], y[ok]
+
+    def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+    ranks = (stats.rankdata(x, axis=1), stats.rankdata(y, axis=1))
+    return pearson(x, y).tolist(), pearson(*ranks).tolist()
 
 
 def emid_replicates(result: ShiftResult) -> dict[str, np.ndarray]:
@@ -591,7 +601,7 @@ def _correlations(
             replicates=emid_reps,
             seed=config.seed,
         )
-        families = sorted({r.get("family") for r in ood if r.get("family")})
+        families = sorted({str(r["family"]) for r in ood if r.get("family")})
         out["emid_bound_by_family"] = {
             f: split_correlation(
                 {r["split"]: r["emid"] for r in ood if r.get("family") == f},

@@ -54,6 +54,11 @@ class ShiftSplit:
         if self.item_ids is None:
             self.item_ids = list(range(n))
 
+    @property
+    def ids(self) -> list[Any]:
+        """The item ids (0..n-1 when none were given)."""
+        return self.item_ids if self.item_ids is not None else list(range(len(self)))
+
     def __len__(self) -> int:
         return len(self.queries)
 

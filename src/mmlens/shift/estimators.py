@@ -314,22 +314,23 @@ class MIEstimator:
         return float(np.average(values, weights=weights))
 
     # ------------------------------------------------------------------------------------------ score
-    def _check_fitted(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _fitted_net(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
         if self.net_ is None:
             raise InputError("this MIEstimator is not fitted; call fit(x, y) or MIEstimator.load(path)")
         if (x.shape[1], y.shape[1]) != self.dims_:
             raise InputError(f"estimator was fitted on dimensions {self.dims_}, got {(x.shape[1], y.shape[1])}")
+        return self.net_
 
     @torch.no_grad()
     def estimate(self, x: Any, y: Any) -> float:
         """I(X; Y) in nats on these pairs (CLUB: on the whole set at once, as the reference code does)."""
         x, y = _pair(x, y)
-        self._check_fitted(x, y)
+        net = self._fitted_net(x, y)
         if len(x) < 2:
             raise InputError("need at least 2 pairs to estimate mutual information")
         if self.config.kind is EstimatorKind.CLUB:
-            return float(self.net_.estimate(x, y))
-        return self._batched_bound(self.net_, x, y)
+            return float(net.estimate(x, y))
+        return self._batched_bound(net, x, y)
 
     @torch.no_grad()
     def conditional(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +346,7 @@ class MIEstimator:
     # -------------------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights, config and training history to one file (atomically)."""
-        if self.net_ is None:
+        if self.net_ is None or self.dims_ is None:
             raise InputError("cannot save an unfitted MIEstimator")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -444,9 +445,11 @@ class MIEnsemble:
     def __init__(self, members: list[MIEstimator]) -> None:
         if not members:
             raise InputError("an estimator ensemble needs at least one member")
+        if any(m.dims_ is None for m in members):
+            raise InputError("every ensemble member must be fitted (or loaded) first")
         dims = {m.dims_ for m in members}
         if len(dims) != 1:
-            raise InputError(f"ensemble members were fitted on different dimensions: {sorted(dims)}")
+            raise InputError(f"ensemble members were fitted on different dimensions: {sorted(map(str, dims))}")
         self.members = list(members)
 
     @classmethod
