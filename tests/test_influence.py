@@ -218,6 +218,40 @@ def test_trace_and_self_influence(fitted):
 
 
 # ------------------------------------------------------------------------------------------ dataset scale
+def _replicated(analyzer: InfluenceAnalyzer, copies: int, tolerance_grad: float) -> InfluenceAnalyzer:
+    """The same problem with every batch repeated ``copies`` times and the prior scaled by ``copies``: its risk is
+    exactly ``copies`` x the original risk, so a scale-free fit must need the same evaluations at every size."""
+    n = analyzer.n
+    batches = tuple(tuple(i + c * n for i in b) for c in range(copies) for b in analyzer.partition.batches)
+    return InfluenceAnalyzer(
+        analyzer.task,
+        PairData(analyzer.train.images * copies, analyzer.train.captions * copies),
+        fit_args=FitArguments(
+            batch_size=analyzer.fit_args.batch_size, l2=analyzer.fit_args.l2 * copies, tolerance_grad=tolerance_grad
+        ),
+        args=analyzer.args,
+        partition=BatchPartition(batches),
+        encoded={k: v.repeat(copies, *([1] * (v.ndim - 1))) for k, v in analyzer.encoded.items()},
+    )
+
+
+def test_fit_evaluations_do_not_grow_with_the_number_of_pairs(fitted):
+    """The stopping rule is per pair: the same problem at 1x, 16x and 256x the pairs (risk scaled exactly) is fitted
+    to the same parameters in the same number of evaluations, stopped by the gradient tolerance (reachable here).
+    An absolute threshold on the summed gradient asks 16x and 256x more precision of the larger problems: more
+    evaluations, then a stall on float noise."""
+    tolerance = 1e-5
+    fits = {c: _replicated(fitted, c, tolerance).fit() for c in (1, 16, 256)}
+    base = fits[1]
+    assert base.evaluations >= 3  # a real optimisation, not a start at the optimum
+    for copies, fit in fits.items():
+        n_pairs = copies * fitted.n
+        assert fit.grad_norm <= tolerance * n_pairs  # stopped by the per-pair gradient rule
+        assert fit.evaluations == base.evaluations, (copies, fit.evaluations, base.evaluations)
+        assert torch.allclose(fit.params, base.params, rtol=1e-6, atol=1e-8)
+        assert fit.risk == pytest.approx(copies * base.risk, rel=1e-9)
+
+
 def test_chunked_passes_equal_the_single_graph(fitted):
     """The fit's risk gradient and the Hessian-vector products summed chunk by chunk equal the one-graph values."""
     chunked = InfluenceAnalyzer(
@@ -459,8 +493,21 @@ def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     assert (out / "report" / "index.html").is_file() and list((out / "report" / "assets").rglob("*.png"))
     capsys.readouterr()
     assert run_cli(["influence", "value", *common, "--val", val, "--format", "csv"]) in (0, None)
-    assert "reusing the fit" in capsys.readouterr().err  # the second run resumes from the saved fit
+    err = capsys.readouterr().err
+    assert "reusing the fit" in err  # the second run resumes from the saved fit ...
+    assert "resumed: 1 of 1 shards reused" in err  # ... and from detect's score shards (the same settings)
     assert (out / "scores.csv").read_text().count("\n") == 17
+    # every pair scored through the sharded path: the same values as the in-memory analyzer would give
+    by_index = {r["index"]: r for r in rows}
+    csv_rows = (out / "scores.csv").read_text().splitlines()
+    header = csv_rows[0].split(",")
+    assert "self_influence" not in header and "neg_prob" not in header  # only what was asked for
+    assert run_cli(["influence", "value", *common, "--val", val, "--all-forms", "--self-influence"]) in (0, None)
+    full = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in full] == list(range(16))
+    assert all(r["self_influence"] > 0 and {"neg_prob", "neg_reciprocal", "neg_exact"} <= set(r) for r in full)
+    for r in full:
+        assert r["delta_val_loss_if_removed"] == pytest.approx(by_index[r["index"]]["delta_val_loss_if_removed"])
     assert run_cli(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
     assert len((out / "trace.jsonl").read_text().splitlines()) == 9
     edited = tmp_path / "edited"
