@@ -502,8 +502,10 @@ def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     csv_rows = (out / "scores.csv").read_text().splitlines()
     header = csv_rows[0].split(",")
     assert "self_influence" not in header and "neg_prob" not in header  # only what was asked for
-    assert run_cli(["influence", "value", *common, "--val", val, "--all-forms", "--self-influence"]) in (0, None)
-    full = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    full_out = tmp_path / "full"  # its own folder: a value scores.jsonl is not a ranking for `remove` below
+    full_args = [*common[:5], str(full_out), *common[6:], "--val", val, "--all-forms", "--self-influence"]
+    assert run_cli(["influence", "value", *full_args]) in (0, None)
+    full = [json.loads(line) for line in (full_out / "scores.jsonl").read_text().splitlines()]
     assert [r["index"] for r in full] == list(range(16))
     assert all(r["self_influence"] > 0 and {"neg_prob", "neg_reciprocal", "neg_exact"} <= set(r) for r in full)
     for r in full:
