@@ -1,4 +1,4 @@
-"""Plant each of issue 21's four plausible bugs in a temporary copy of ``src/`` and check a named test kills it.
+"""Plant each of issue 21's four plausible bugs (and issue 20's absolute fit threshold) in a temporary copy of ``src/`` and check a named test kills it.
 
     python benchmarks/planted_bugs.py [--out benchmarks/results/planted_bugs.json]
 
@@ -43,6 +43,10 @@ BUGS = [
      "neg_recip = ((-log_p).exp() * off).sum(0) + ((-log_q).exp() * off).sum(1)",
      "neg_recip = ((-log_p).exp() * off).sum(1) + ((-log_q).exp() * off).sum(0)",
      ["tests/test_influence_claims.py::test_negative_forms_equal_their_definitions_by_loops"]),
+    ("fit_threshold_absolute", "influence/analyzer.py",
+     "scale = 1.0 / max(1, n_pairs)",
+     "scale = 1.0",
+     ["tests/test_influence.py::test_fit_evaluations_do_not_grow_with_the_number_of_pairs"]),
 ]
 
 

@@ -64,8 +64,23 @@ def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     assert (out / "report" / "index.html").is_file() and list((out / "report" / "assets").rglob("*.png"))
     capsys.readouterr()
     assert run_cli(["influence", "value", *common, "--val", val, "--format", "csv"]) in (0, None)
-    assert "reusing the fit" in capsys.readouterr().err  # the second run resumes from the saved fit
+    err = capsys.readouterr().err
+    assert "reusing the fit" in err  # the second run resumes from the saved fit ...
+    assert "resumed: 1 of 1 shards reused" in err  # ... and from detect's score shards (the same settings)
     assert (out / "scores.csv").read_text().count("\n") == 17
+    # every pair scored through the sharded path: the same values as the in-memory analyzer would give
+    by_index = {r["index"]: r for r in rows}
+    csv_rows = (out / "scores.csv").read_text().splitlines()
+    header = csv_rows[0].split(",")
+    assert "self_influence" not in header and "neg_prob" not in header  # only what was asked for
+    full_out = tmp_path / "full"  # its own folder: a value scores.jsonl is not a ranking for `remove` below
+    full_args = [*common[:5], str(full_out), *common[6:], "--val", val, "--all-forms", "--self-influence"]
+    assert run_cli(["influence", "value", *full_args]) in (0, None)
+    full = [json.loads(line) for line in (full_out / "scores.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in full] == list(range(16))
+    assert all(r["self_influence"] > 0 and {"neg_prob", "neg_reciprocal", "neg_exact"} <= set(r) for r in full)
+    for r in full:
+        assert r["delta_val_loss_if_removed"] == pytest.approx(by_index[r["index"]]["delta_val_loss_if_removed"])
     assert run_cli(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
     assert len((out / "trace.jsonl").read_text().splitlines()) == 9
     edited = tmp_path / "edited"

@@ -214,6 +214,40 @@ def test_trace_and_self_influence(fitted):
 
 
 # ------------------------------------------------------------------------------------------ dataset scale
+def _replicated(analyzer: InfluenceAnalyzer, copies: int, tolerance_grad: float) -> InfluenceAnalyzer:
+    """The same problem with every batch repeated ``copies`` times and the prior scaled by ``copies``: its risk is
+    exactly ``copies`` x the original risk, so a scale-free fit must need the same evaluations at every size."""
+    n = analyzer.n
+    batches = tuple(tuple(i + c * n for i in b) for c in range(copies) for b in analyzer.partition.batches)
+    return InfluenceAnalyzer(
+        analyzer.task,
+        PairData(analyzer.train.images * copies, analyzer.train.captions * copies),
+        fit_args=FitArguments(
+            batch_size=analyzer.fit_args.batch_size, l2=analyzer.fit_args.l2 * copies, tolerance_grad=tolerance_grad
+        ),
+        args=analyzer.args,
+        partition=BatchPartition(batches),
+        encoded={k: v.repeat(copies, *([1] * (v.ndim - 1))) for k, v in analyzer.encoded.items()},
+    )
+
+
+def test_fit_evaluations_do_not_grow_with_the_number_of_pairs(fitted):
+    """The stopping rule is per pair: the same problem at 1x, 16x and 256x the pairs (risk scaled exactly) is fitted
+    to the same parameters in the same number of evaluations, stopped by the gradient tolerance (reachable here).
+    An absolute threshold on the summed gradient asks 16x and 256x more precision of the larger problems: more
+    evaluations, then a stall on float noise."""
+    tolerance = 1e-5
+    fits = {c: _replicated(fitted, c, tolerance).fit() for c in (1, 16, 256)}
+    base = fits[1]
+    assert base.evaluations >= 3  # a real optimisation, not a start at the optimum
+    for copies, fit in fits.items():
+        n_pairs = copies * fitted.n
+        assert fit.grad_norm <= tolerance * n_pairs  # stopped by the per-pair gradient rule
+        assert fit.evaluations == base.evaluations, (copies, fit.evaluations, base.evaluations)
+        assert torch.allclose(fit.params, base.params, rtol=1e-6, atol=1e-8)
+        assert fit.risk == pytest.approx(copies * base.risk, rel=1e-9)
+
+
 def test_chunked_passes_equal_the_single_graph(fitted):
     """The fit's risk gradient and the Hessian-vector products summed chunk by chunk equal the one-graph values."""
     chunked = InfluenceAnalyzer(

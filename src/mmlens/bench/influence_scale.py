@@ -101,6 +101,7 @@ def run_one(model: str, group: str, n: int, work_dir: Path, seed: int = 0) -> di
     t2 = time.perf_counter()
     scores = score_pairs(analyzer, work_dir / "scores", val, val_seed=seed)
     t3 = time.perf_counter()
+    solves = analyzer.inverse().info.get("solves", [])
     if not (np.isfinite(scores.value).all() and np.isfinite(scores.self_influence).all()):
         raise RuntimeError(f"non-finite scores for {group} at n={n}")
     usage = resource.getrusage(resource.RUSAGE_SELF)  # ru_maxrss in kilobytes on Linux
@@ -116,6 +117,9 @@ def run_one(model: str, group: str, n: int, work_dir: Path, seed: int = 0) -> di
         "n_val": len(val),
         "n_params": task.space.size,
         "fit_grad_norm": fit.grad_norm,
+        "fit_evaluations": fit.evaluations,
+        "cg_iterations": [int(x["iterations"]) for x in solves],
+        "score_step_seconds": {k: round(v, 3) for k, v in scores.timings.items()},
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -134,12 +138,14 @@ def influence_scale_benchmark(
     jobs: int = 1,
     plot: str | Path | None = None,
     progress_cb=None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Every (group, N) in a fresh process (its own peak memory), smallest N first; returns the result layout of
     the module. With ``out``, the result so far is written there atomically after every run and a rerun with the
     same settings resumes after the runs already in it (an entry is complete or absent). ``jobs`` runs at once
     (more than 1 shares the cores between the runs: their wall times grow, ``process_cpu_seconds`` much less).
-    ``plot``: the scaling plot, redrawn with the file."""
+    ``plot``: the scaling plot, redrawn with the file. ``fresh``: ignore the runs in ``out`` (after a code change
+    that alters what a run does). Every entry records the commit it ran at and the load average around it."""
     from mmlens.io import write_json_atomic
 
     unknown = set(groups) - set(GROUPS)
@@ -163,12 +169,13 @@ def influence_scale_benchmark(
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "jobs": jobs,
+        "fit_stopping": "L-BFGS on the risk / N: largest entry of the per-pair gradient <= 1e-9 (scale-free)",
         "measured": "seconds = wall time of encode + fit + score_pairs in a fresh process (model loading "
         "apart, setup_seconds); process_cpu_seconds = its user + system CPU time; "
         "peak_rss_mb = its ru_maxrss",
     }
     result: dict[str, Any] = {g: {} for g in groups}
-    if out is not None and Path(out).is_file():
+    if out is not None and Path(out).is_file() and not fresh:
         try:
             previous = json.loads(Path(out).read_text())
         except json.JSONDecodeError:
@@ -194,13 +201,21 @@ def influence_scale_benchmark(
     def measure(group: str, n: int) -> None:
         if progress_cb is not None:
             progress_cb(f"{group} n={n}")
+        load_before = list(os.getloadavg())
         with tempfile.TemporaryDirectory(prefix="mmlens-influence-scale-") as tmp:
             cmd = [sys.executable, "-m", "mmlens.bench.influence_scale", model, group, str(n), tmp, str(seed)]
             done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
         if done.returncode != 0:
             raise RuntimeError(f"influence-scale run {group} n={n} failed:\n{done.stderr[-3000:]}")
+        entry = json.loads(done.stdout.strip().splitlines()[-1])
+        entry.update(
+            commit=_commit(),
+            finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            load_average_before=load_before,
+            load_average_after=list(os.getloadavg()),
+        )
         with lock:
-            result[group][str(n)] = json.loads(done.stdout.strip().splitlines()[-1])
+            result[group][str(n)] = entry
             write_partial()
 
     # smallest N first; with jobs > 1 that many runs at once (each still in its own process, its own peak memory)
@@ -209,6 +224,17 @@ def influence_scale_benchmark(
             future.result()
     write_partial()
     return result
+
+
+def _commit() -> str:
+    """The source tree's git commit (with ``+dirty`` when it has uncommitted changes), or "unknown"."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _add_exponents(result: dict[str, Any], groups: tuple[str, ...]) -> None:

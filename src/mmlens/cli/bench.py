@@ -183,12 +183,21 @@ def bench_influence_scale_command(
     model: Annotated[str, typer.Option(help="The contrastive model.")] = "zoo:digits-clip",
     seed: Annotated[int, typer.Option()] = 0,
     jobs: Annotated[int, typer.Option(min=1, help="Runs at once (each in its own process).")] = 1,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Ignore the runs already in --out (after a change of what a run does).")
+    ] = False,
 ) -> None:
     """Wall time and peak memory of scoring every training pair, N = 10^3, 10^4, 10^5, two parameter groups."""
     from mmlens.bench.influence_scale import influence_scale_benchmark
 
     result = influence_scale_benchmark(
-        model, seed=seed, out=out, jobs=jobs, plot=plot, progress_cb=lambda r: typer.echo(f"running {r} ...", err=True)
+        model,
+        seed=seed,
+        out=out,
+        jobs=jobs,
+        plot=plot,
+        fresh=fresh,
+        progress_cb=lambda r: typer.echo(f"running {r} ...", err=True),
     )
     typer.echo(json.dumps(result, indent=2))
     typer.echo(f"written to {out}")

@@ -104,7 +104,14 @@ def _analyzer(
         if not partition.is_file():
             raise InputError(f"{partition} not found")
         part = BatchPartition.from_json(partition.read_text())
-    analyzer = InfluenceAnalyzer(task, pairs, args=args, fit_args=fit_args, partition=part, progress=True)
+    encoded = None
+    if isinstance(task, HeadTask):  # the frozen towers' outputs, cached on disk: a rerun does not run them again
+        from mmlens.influence.streaming import encode_cached
+
+        encoded = encode_cached(task, pairs, out / "cache", key=model)
+    analyzer = InfluenceAnalyzer(
+        task, pairs, args=args, fit_args=fit_args, partition=part, progress=True, encoded=encoded
+    )
     fit_dir = out / "fit"
     settings = {
         "model": model,
@@ -197,22 +204,62 @@ def _stand_out(scores: list[float]) -> dict:
     }
 
 
-def _score_rows(pairs, scores, neg_form: str) -> list[dict]:
-    from mmlens.influence.config import NegForm, Role
+AllFormsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-forms",
+        help="Also score the negative forms other than --neg-form (columns neg_prob, neg_reciprocal, neg_exact; "
+        "doubles the per-pair gradients).",
+    ),
+]
 
-    total = scores.role(Role.BOTH, neg_form)  # once, not once per pair
+
+SelfInfluenceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--self-influence/--no-self-influence",
+        help="Also each pair's self-influence g^T H^-1 g (column self_influence; with --solver cg it needs a "
+        "projected Hessian: 256 Hessian-vector products over all pairs).",
+    ),
+]
+
+
+def _stream_scores(analyzer, out: Path, val_pairs, all_forms: bool, self_influence: bool):
+    """Every training pair scored in resumable shards under ``out/shards`` (an interrupted run resumes at the first
+    missing shard and gives the same scores; other settings start over)."""
+    from mmlens.influence.streaming import score_pairs
+
+    streamed = score_pairs(analyzer, out / "shards", val_pairs, all_forms=all_forms, with_self_influence=self_influence)
+    if analyzer.work.is_main_process and streamed.reused_shards:
+        typer.echo(
+            f"resumed: {streamed.reused_shards} of {streamed.n_shards} shards reused from {out / 'shards'}", err=True
+        )
+    return streamed
+
+
+def _score_rows(pairs, streamed, neg_form: str, all_forms: bool) -> list[dict]:
+    """One row per training pair from the streamed columns: the value, its parts (the chosen negative form, or
+    all three with ``all_forms``), self-influence and the max negative probability."""
+    import numpy as np
+
+    from mmlens.influence.config import NegForm
+
+    cols = streamed.columns
+    forms = [f.value for f in NegForm] if all_forms else [neg_form]
     rows = []
     for i in range(len(pairs)):
         row = {
             "index": i,
             "id": pairs.ids[i],
             "caption": pairs.captions[i],
-            "delta_val_loss_if_removed": float(total[i]),
-            "pos": float(scores.pos[i]),
+            "delta_val_loss_if_removed": float(cols["delta_val_loss_if_removed"][i]),
+            "pos": float(cols["pos"][i]),
         }
-        for form in NegForm:
-            row[f"neg_{form.value}"] = float(scores.neg[form.value][i])
-        row["max_negative_prob"] = float(scores.max_negative_prob[i])
+        for form in forms:
+            row[f"neg_{form}"] = float(cols[f"neg_{form}"][i])
+        if not np.isnan(cols["self_influence"][i]):
+            row["self_influence"] = float(cols["self_influence"][i])
+        row["max_negative_prob"] = float(cols["max_negative_prob"][i])
         rows.append(row)
     return rows
 
@@ -234,6 +281,8 @@ def detect_command(
     seed: SeedOpt = 0,
     top: Annotated[int, typer.Option(min=1, help="Flagged pairs shown in the report.")] = 24,
     fmt: FormatOpt = "jsonl",
+    all_forms: AllFormsOpt = False,
+    self_influence: SelfInfluenceOpt = False,
 ) -> None:
     """Rank training pairs from most harmful to most helpful for the validation pairs; writes the ranking and an
     HTML report with thumbnails of the top flagged pairs."""
@@ -244,10 +293,10 @@ def detect_command(
     val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     _say_scoring(analyzer, len(pairs), len(val_pairs), "validation")
-    scores = analyzer.value(val_pairs)
+    streamed = _stream_scores(analyzer, out, val_pairs, all_forms, self_influence)
     if not analyzer.work.is_main_process:
         return  # the main process writes
-    rows = sorted(_score_rows(pairs, scores, neg_form), key=lambda r: r["delta_val_loss_if_removed"])
+    rows = sorted(_score_rows(pairs, streamed, neg_form, all_forms), key=lambda r: r["delta_val_loss_if_removed"])
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     path = _write_rows(rows, out, out_format)
@@ -266,7 +315,12 @@ def detect_command(
         data={
             "n_pairs": len(pairs),
             "stand_out": standout,
-            "fit": {"risk": analyzer.fitted.risk, "grad_max": analyzer.fitted.grad_norm},
+            "fit": {
+                "risk": analyzer.fitted.risk,
+                "grad_max": analyzer.fitted.grad_norm,
+                "evaluations": analyzer.fitted.evaluations,
+            },
+            "scoring": {"shards": streamed.n_shards, "reused_shards": streamed.reused_shards, "n_val": len(val_pairs)},
             "solver": {k2: v for k2, v in analyzer.inverse().info.items() if k2 != "solves"},
         },
     )
@@ -301,17 +355,21 @@ def value_command(
     partition: PartOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = "jsonl",
+    all_forms: AllFormsOpt = False,
+    self_influence: SelfInfluenceOpt = False,
 ) -> None:
-    """The value of every training pair for the validation pairs, by role (pos) and negative form, in input order."""
+    """The value of every training pair for the validation pairs, by role (pos) and negative form, in input order;
+    scored in resumable shards (rerun the same command to resume an interrupted run)."""
     from mmlens.influence.data import load_pair_data
 
     out_format = _format(fmt)  # checked before the fit
     val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
     analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
     _say_scoring(analyzer, len(pairs), len(val_pairs), "validation")
-    rows = _score_rows(pairs, analyzer.value(val_pairs), neg_form)
+    streamed = _stream_scores(analyzer, out, val_pairs, all_forms, self_influence)
     if not analyzer.work.is_main_process:
         return  # the main process writes
+    rows = _score_rows(pairs, streamed, neg_form, all_forms)
     path = _write_rows(rows, out, out_format)
     n_harmful = sum(r["delta_val_loss_if_removed"] < 0 for r in rows)
     typer.echo(json.dumps({"scores": str(path), "n_pairs": len(rows), "n_harmful": n_harmful}, indent=2))

@@ -63,6 +63,10 @@ class FitArguments:
     Risk R(theta) = sum over the recorded batches of the summed batch loss + (l2 / 2) ||theta - theta_0||^2, minimised
     full-batch by L-BFGS over a fixed partition (the recorded batch order), so the optimum is well defined and a
     retraining without some pairs is reproducible from the same initialisation and partition.
+
+    ``tolerance_grad`` is scale-free: L-BFGS stops when the largest entry of grad R(theta) / N (N training pairs)
+    is below it, i.e. the gradient of the mean pair loss plus the prior (l2 / (2N)) ||theta - theta_0||^2 - the same
+    minimiser, and the same R, Hessian and damping for ECIF. The number of evaluations then does not grow with N.
     """
 
     batch_size: int = 64

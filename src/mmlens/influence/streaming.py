@@ -103,6 +103,9 @@ class StreamedScores:
     neg_form: NegForm
     n_val: int
     seconds: float
+    #: wall seconds of this run's steps: ``query_solve`` (h = H^-1 grad L', 0 when reused or without validation
+    #: pairs), ``self_influence_operator`` (the batched inverse), ``pairs`` (the per-pair shards), ``assemble``
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.columns["self_influence"])
@@ -136,6 +139,7 @@ def _settings_key(
     val_batch_size: int | None,
     val_seed: int,
     all_forms: bool,
+    with_self_influence: bool = True,
 ) -> str:
     fit = analyzer.fitted
     assert fit is not None
@@ -152,6 +156,8 @@ def _settings_key(
                 "val_seed": val_seed,
                 "n": analyzer.n,
                 "all_forms": all_forms,
+                # absent when on, so folders written before the option keep their key
+                **({} if with_self_influence else {"self_influence": False}),
                 "task": type(analyzer.task).__name__,
             },
             default=str,
@@ -193,12 +199,15 @@ def score_pairs(
     val_batch_size: int | None = None,
     val_seed: int = 0,
     on_shard: Callable[[int], None] | None = None,
+    with_self_influence: bool = True,
 ) -> StreamedScores:
     """Score every training pair of the fitted ``analyzer`` in shards written to ``folder`` (see the module).
 
     ``val``: validation pairs of ``delta_val_loss_if_removed`` (None: self-influence only). ``shard_batches``:
     batches of the partition per shard file. ``all_forms``: also the value parts of the negative forms other
-    than the analyzer's ``neg_form`` (NaN otherwise; computing them doubles the per-pair gradients). ``on_shard(i)`` is called after shard ``i`` is written (progress;
+    than the analyzer's ``neg_form`` (NaN otherwise; computing them doubles the per-pair gradients).
+    ``with_self_influence=False``: the ``self_influence`` column is NaN and its batched inverse (for the CG solver
+    a projected Hessian: ``proj_dim`` Hessian-vector products over all pairs) is not built. ``on_shard(i)`` is called after shard ``i`` is written (progress;
     an exception raised there interrupts the run like a crash: rerun to resume). A folder written with other
     settings (fit, data, validation pairs, arguments) is cleared first."""
     if analyzer.fitted is None:
@@ -210,7 +219,7 @@ def score_pairs(
     work = analyzer.work
     t0 = time.time()
     folder = Path(folder)
-    key = _settings_key(analyzer, val, shard_batches, role, val_batch_size, val_seed, all_forms)
+    key = _settings_key(analyzer, val, shard_batches, role, val_batch_size, val_seed, all_forms, with_self_influence)
     parts = PARTS if all_forms else ("pos", f"neg_{form.value}")
     batches = analyzer.partition.batches
     shards = [batches[s : s + shard_batches] for s in range(0, len(batches), shard_batches)]
@@ -241,6 +250,8 @@ def score_pairs(
     work.wait_for_everyone()
 
     # h = H^-1 grad L' (one solve), kept in the folder so a resumed run reuses exactly the same vector
+    timings: dict[str, float] = {}
+    t_step = time.time()
     solved = None
     if val is not None:
         query_path = folder / QUERY_FILE
@@ -255,7 +266,11 @@ def score_pairs(
             if work.is_main_process:
                 _save_tensors_atomic({"h": solved.cpu()}, query_path)
         work.wait_for_everyone()
-    inverse = analyzer.batched_inverse()
+    timings["query_solve"] = time.time() - t_step
+    t_step = time.time()
+    inverse = analyzer.batched_inverse() if with_self_influence else None
+    timings["self_influence_operator"] = time.time() - t_step
+    t_step = time.time()
     theta = analyzer.fitted.params.detach()
 
     def path_of(i: int) -> Path:
@@ -287,12 +302,16 @@ def score_pairs(
                 Role.NEG: grads[f"neg_{form.value}"],
                 Role.BOTH: grads["pos"] + grads[f"neg_{form.value}"],
             }[role].detach()
-            rows["self_influence"].append((inverse.apply(g) * g).sum(1).detach().cpu().numpy())
+            rows["self_influence"].append(
+                np.full(len(idx), np.nan) if inverse is None else (inverse.apply(g) * g).sum(1).detach().cpu().numpy()
+            )
             rows["max_negative_prob"].append(maxp.detach().cpu().numpy())
         _write_shard(path_of(i), {c: np.concatenate(v) for c, v in rows.items()})
         if on_shard is not None:
             on_shard(i)
     work.wait_for_everyone()
+    timings["pairs"] = time.time() - t_step
+    t_step = time.time()
 
     columns = {c: np.full(analyzer.n, np.nan) for c in COLUMNS}
     for i in range(len(shards)):
@@ -301,7 +320,9 @@ def score_pairs(
             raise InputError(f"shard {path_of(i)} is missing or damaged after scoring: rerun to recompute it")
         for c in COLUMNS:
             columns[c][shard["index"]] = shard[c]
-    return StreamedScores(columns, len(shards), len(done), form, 0 if val is None else len(val), time.time() - t0)
+    timings["assemble"] = time.time() - t_step
+    n_val = 0 if val is None else len(val)
+    return StreamedScores(columns, len(shards), len(done), form, n_val, time.time() - t0, timings)
 
 
 __all__ = ["COLUMNS", "StreamedScores", "encode_cached", "pair_fingerprint", "score_pairs"]
