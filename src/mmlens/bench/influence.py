@@ -1,4 +1,8 @@
-"""``mmlens bench influence``: detection, fidelity against retraining, removal utility and cost, in one run.
+"""``mmlens bench influence``: detection, fidelity against retraining, removal utility and cost, in tiers.
+
+Tiers: ``memorised`` (CLIPs trained end to end on their noisy pairs; :mod:`mmlens.bench.influence_memorised`)
+and ``clean_trained`` (below). Each tier run now replaces its keys in the result file and records its provenance in
+``tier_runs``; the others are kept.
 
 Models: the zoo's digits-clip and mini-clip. Each is fine-tuned on noisy pairs in the projection-head setting
 (frozen towers, cached features, full-batch L-BFGS over a recorded partition, L2 towards the zoo weights), which
@@ -11,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -18,6 +23,8 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
+from mmlens.bench.influence_memorised import MemorisedConfig, run_units, summarise, unit_status
+from mmlens.errors import InputError
 from mmlens.influence.analyzer import InfluenceAnalyzer
 from mmlens.influence.baselines import (
     KronfluencePeer,
@@ -322,13 +329,14 @@ def _removal(setup: _Setup, cfg: BenchConfig, run: dict, log) -> dict:
     return {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in out.items()}
 
 
-def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] = print) -> dict:
+def clean_trained_tier(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] = print) -> dict:
+    """The first regime: noise injected into a heads-only fine-tune pulled back (L2) to a model trained on clean
+    captions (the noise is never memorised). Detection, fidelity (projection, LoRA on the projections), removal."""
     from mmlens.models import ContrastiveModel, load_model
 
     torch.manual_seed(cfg.seed)
     t_start = time.time()
-    config = {**asdict(cfg), "noise_kinds": [k.value for k in cfg.noise_kinds]}
-    result: dict = {"config": config, "detection": {}, "fidelity": {}, "removal": {}, "cost": {}, "notes": {}}
+    result: dict = {"detection": {}, "fidelity": {}, "removal": {}, "cost": {}}
     setups = {"digits-clip": _digits_setup, "mini-clip": _mini_clip_setup}
     for name in cfg.models:
         log(f"{name}: building data")
@@ -358,7 +366,183 @@ def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], N
             result["fidelity"]["model"] = name
     result["cost"] = {**result["cost"].get(cfg.models[0], {}), "per_model": result["cost"]}
     result["seconds"] = round(time.time() - t_start, 1)
+    result["config"] = {**asdict(cfg), "noise_kinds": [k.value for k in cfg.noise_kinds]}
     return result
 
 
-__all__ = ["DIGIT_CONFUSABLE", "BenchConfig", "influence_benchmark"]
+TIERS = ("memorised", "clean_trained")
+#: top-level keys each tier owns in the result file
+TIER_KEYS = {
+    "clean_trained": ("detection", "fidelity", "removal", "cost", "config"),
+    "memorised": (
+        "memorised",
+        "traceback",
+        "removal_memorised",
+        "peer_settings",
+        "memorised_units",
+        "memorised_status",
+    ),
+}
+
+
+def _git_commit() -> dict[str, Any]:
+    """The commit of the code that ran and whether ``src`` had uncommitted changes."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=20
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": bool(dirty)}
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {"cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def peer_settings(l2: float, n_pairs: int, batch_size: int) -> dict[str, Any]:
+    """What ECIF and the kronfluence peer were each given in the memorised tier."""
+    return {
+        "ecif": {
+            "parameter_group": "projection heads of the memorised model (image and text)",
+            "curvature": "exact Hessian of the summed InfoNCE risk over the recorded partition, by CG "
+            "(Hessian-vector products)",
+            "prior": f"L2 weight {l2} (summed reduction), in the Hessian and in every retraining",
+            "per_pair_gradients": "Pos and Neg role terms with the whole batch in the graph",
+            "batches": f"one recorded partition, batch {batch_size}",
+        },
+        "kronfluence_peer": {
+            "parameter_group": "the same projection heads (their Linear modules are the tracked modules)",
+            "curvature": "EK-FAC of the empirical Fisher (kronfluence 1.0, use_empirical_fisher=True)",
+            "damping_factor": l2 / n_pairs,
+            "damping_rule": "ECIF's L2 weight in kronfluence's scale: kronfluence averages its Fisher over the N "
+            "training pairs, ECIF sums its Hessian, so (H_sum + l2 I) / N = F_mean + (l2 / N) I",
+            "per_pair_gradients": "kronfluence's hooks on the summed batch loss (the method as shipped: both roles "
+            "mixed; ECIF spec section 6)",
+            "batches": f"the same recorded partition, in order, batch {batch_size}; validation pairs in ECIF's "
+            "measurement batches",
+        },
+    }
+
+
+def memorised_tier(
+    cfg: MemorisedConfig, work: Path, log: Callable[[str], None], deadline: float | None = None, on_unit=None
+) -> dict[str, Any]:
+    """Run (or resume) the memorised units and summarise every finished one."""
+    status = run_units(cfg, work, log, deadline=deadline, on_unit=on_unit)
+    return memorised_result(cfg, work, status)
+
+
+def memorised_result(cfg: MemorisedConfig, work: Path, status: dict[str, list[str]]) -> dict[str, Any]:
+    summary = summarise(cfg, work)
+    n_pairs = cfg.n_train_scenes
+    return {
+        "memorised": summary["detection"],
+        "traceback": summary["traceback"],
+        "removal_memorised": summary["removal"],
+        "peer_settings": peer_settings(cfg.l2, n_pairs, cfg.batch_size),
+        "memorised_units": summary["units"],
+        "memorised_status": {**status, "config": summary["config"], "mean_cost_s": summary["cost"]},
+    }
+
+
+def merge_result(existing: dict[str, Any] | None, tier: str, tier_result: dict[str, Any], run: dict) -> dict:
+    """``existing`` with ``tier``'s keys replaced by ``tier_result`` and its provenance in ``tier_runs``; the other
+    tiers are kept with theirs (a file written before per-tier provenance keeps its tiers, marked as such)."""
+    merged = dict(existing or {})
+    runs = dict(merged.get("tier_runs", {}))
+    for other in TIERS:
+        if other != tier and other not in runs and any(k in merged for k in TIER_KEYS[other]):
+            runs[other] = {
+                "commit": None,
+                "note": "kept from the file written by an earlier version of this command, before it recorded "
+                "per-tier provenance",
+                "seconds": merged.get("seconds"),
+            }
+    for key in TIER_KEYS[tier]:
+        merged.pop(key, None)
+    merged.update(tier_result)
+    runs[tier] = run
+    merged["tier_runs"] = runs
+    merged.pop("notes", None)
+    merged.pop("seconds", None)
+    return merged
+
+
+def influence_benchmark(
+    cfg: BenchConfig = BenchConfig(),
+    log: Callable[[str], None] = print,
+    *,
+    tiers: tuple[str, ...] = TIERS,
+    memorised: MemorisedConfig = MemorisedConfig(),
+    work: Path | None = None,
+    existing: dict[str, Any] | None = None,
+    command: str | None = None,
+    deadline: float | None = None,
+    write: Callable[[dict[str, Any]], None] | None = None,
+) -> dict:
+    """Run the chosen tiers and merge them into ``existing`` (the previous file, or None). ``write(result)`` is
+    called whenever a unit or tier finishes (the caller writes atomically), so an interrupted run loses at most
+    the unit in progress and a rerun resumes (memorised units are kept in ``work``)."""
+    import datetime
+
+    unknown = set(tiers) - set(TIERS)
+    if unknown:
+        raise InputError(f"unknown tiers {sorted(unknown)}; use {', '.join(TIERS)}")
+    work = Path(work) if work is not None else _default_work()
+    code = _git_commit()
+    result = dict(existing or {})
+
+    def provenance(seconds: float) -> dict[str, Any]:
+        return code | {
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "command": command,
+            "machine": _machine(),
+            "work_dir": str(work),
+        }
+
+    for tier in tiers:
+        t0 = time.time()
+        if tier == "memorised":
+
+            def partial(tier: str = tier, t0: float = t0) -> None:
+                nonlocal result
+                status = unit_status(memorised, work)
+                result = merge_result(
+                    result, tier, memorised_result(memorised, work, status), provenance(time.time() - t0)
+                )
+                if write is not None:
+                    write(result)
+
+            tier_result = memorised_tier(memorised, work, log, deadline=deadline, on_unit=partial)
+        else:
+            tier_result = clean_trained_tier(cfg, log)
+        result = merge_result(result, tier, tier_result, provenance(time.time() - t0))
+        if write is not None:
+            write(result)
+    return result
+
+
+def _default_work() -> Path:
+    """``$MMLENS_HOME/bench/influence`` (the models this benchmark trains; not the zoo folder)."""
+    import os
+
+    home = Path(os.environ.get("MMLENS_HOME", Path.home() / ".cache" / "mmlens"))
+    return home / "bench" / "influence"
+
+
+__all__ = ["DIGIT_CONFUSABLE", "TIERS", "BenchConfig", "clean_trained_tier", "influence_benchmark", "merge_result"]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mmlens.cli import align, concepts, influence, steer
+from mmlens.cli import align, bench_influence, concepts, steer
 
 bench_app = typer.Typer(help="Run a benchmark and write its JSON result.", no_args_is_help=True)
 
@@ -123,8 +123,9 @@ def bench_influence_scale_command(
     typer.echo(f"written to {out}")
 
 
-# Each capability's benchmark lives beside its own commands (mmlens/cli/<capability>.py).
-bench_app.command("influence")(influence.bench_command)
+# Each capability's benchmark lives beside its own commands (mmlens/cli/<capability>.py; influence: its own
+# module, so its tiers can grow without touching the influence commands).
+bench_app.command("influence")(bench_influence.bench_command)
 bench_app.command("concepts")(concepts.bench_command)
 bench_app.command("steer")(steer.bench_command)
 bench_app.command("align")(align.bench_command)
