@@ -545,4 +545,62 @@ def _default_work() -> Path:
     return home / "bench" / "influence"
 
 
-__all__ = ["DIGIT_CONFUSABLE", "TIERS", "BenchConfig", "clean_trained_tier", "influence_benchmark", "merge_result"]
+PLOT_SCORES = ("ecif_both_exact", "ecif_pos", "ecif_relative", "clipscore", "lemon", "tracin_self", "cleanlab")
+
+
+def plot_regimes(result: dict[str, Any], path: str | Path, rate: str = "0.2") -> Path | None:
+    """Detection AUROC at ``rate`` in the two regimes side by side: the clean-trained heads-only fine-tune
+    (mini-clip, one seed, no interval) and the memorised models (mean and 95 % interval over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    memorised = result.get("memorised", {})
+    old = result.get("detection", {}).get("mini-clip", {})
+    kinds = [("confusable", "confusable_swap"), ("random", "random_swap")]
+    panels = [(k, o) for k, o in kinds if rate in memorised.get(f"mini-clip-noisy-{k}", {}).get(k, {})]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, (kind, old_kind) in zip(axes[0], panels):
+        mem = memorised[f"mini-clip-noisy-{kind}"][kind][rate]
+        names = [n for n in PLOT_SCORES if n in mem]
+        x = np.arange(len(names))
+        old_vals = [old.get(old_kind, {}).get(rate, {}).get(n, {}).get("auroc", np.nan) for n in names]
+        means = [mem[n]["auroc"]["mean"] for n in names]
+        lo = [mem[n]["auroc"]["mean"] - mem[n]["auroc"]["ci"][0] for n in names]
+        hi = [mem[n]["auroc"]["ci"][1] - mem[n]["auroc"]["mean"] for n in names]
+        ax.bar(x - 0.2, old_vals, 0.4, label="clean-trained towers, noisy heads fine-tune (1 seed)", color="#bbbbbb")
+        ax.bar(
+            x + 0.2,
+            means,
+            0.4,
+            yerr=[lo, hi],
+            capsize=3,
+            label=f"memorised: trained end to end on the noise ({len(mem['_seeds'])} seeds, 95 % CI)",
+            color="#3366aa",
+        )
+        ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        ax.set_xticks(x, [n.replace("ecif_", "ECIF ") for n in names], rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0.3, 1.02)
+        ax.set_ylabel("detection AUROC")
+        ax.set_title(f"{kind} swaps at {float(rate):.0%}", fontsize=10)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = [
+    "DIGIT_CONFUSABLE",
+    "TIERS",
+    "BenchConfig",
+    "clean_trained_tier",
+    "influence_benchmark",
+    "merge_result",
+    "plot_regimes",
+]

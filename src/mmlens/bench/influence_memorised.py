@@ -65,8 +65,8 @@ class MemorisedConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     # the zoo recipe (mini_clip.MiniClipConfig) at a budget the benchmark can afford 18 times; the many epochs over
     # few scenes (steps * batch / scenes) are what makes the model memorise its pairs
-    n_train_scenes: int = 1500
-    steps: int = 600
+    n_train_scenes: int = 1000
+    steps: int = 400
     train_batch_size: int = 128
     vision_hidden: int = 64
     text_hidden: int = 64

@@ -39,13 +39,17 @@ def bench_command(
     ] = None,
     fresh: Annotated[bool, typer.Option(help="Start a new file instead of merging into OUT.")] = False,
     seed: Annotated[int, typer.Option(help="Clean-trained tier seed.")] = 0,
+    plot: Annotated[Path | None, typer.Option(help="Draw the two regimes' detection AUROC here (PNG).")] = Path(
+        "docs/images/influence_regimes.png"
+    ),
 ) -> None:
     """ECIF benchmark. memorised: CLIPs trained end to end on 10/20/40 % misaligned pairs (zoo recipe), detection
     with intervals over seeds, trace-back, removal; clean_trained: the heads-only regime, fidelity, cost.
-    Resumable: finished memorised units are kept in the work folder and the file is rewritten after each."""
+    Resumable: finished memorised units are kept in the work folder; the file (and the plot) are rewritten after
+    each."""
     import time
 
-    from mmlens.bench.influence import TIERS, BenchConfig, influence_benchmark
+    from mmlens.bench.influence import TIERS, BenchConfig, influence_benchmark, plot_regimes
     from mmlens.bench.influence_memorised import MemorisedConfig
     from mmlens.errors import InputError
     from mmlens.io import write_json_atomic
@@ -80,7 +84,7 @@ def bench_command(
         existing=existing,
         command=" ".join(["mmlens", *sys.argv[1:]]) if sys.argv else None,
         deadline=None if stop_after is None else time.time() + 60 * stop_after,
-        write=lambda r: write_json_atomic(out, r),
+        write=lambda r: (write_json_atomic(out, r), plot is not None and plot_regimes(r, plot)),
     )
     typer.echo(json.dumps(result.get("memorised_status", {}), indent=2))
     typer.echo(f"written to {out}")
