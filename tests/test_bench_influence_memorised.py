@@ -198,3 +198,29 @@ def test_merge_keeps_other_tiers_with_their_provenance():
 def test_peer_damping_is_ecif_prior_in_kronfluence_scale():
     settings = peer_settings(l2=10.0, n_pairs=2000, batch_size=64)
     assert settings["kronfluence_peer"]["damping_factor"] == pytest.approx(10.0 / 2000)
+
+
+# ------------------------------------------------------------------------------- fidelity inside the towers
+def test_epoch_partitions_sum_each_pair_over_its_batches(tiny_unit_model):
+    """Seg: the risk over 2 recorded epochs is the sum of the two single-partition risks; a pair's score is the sum
+    of its slots, and it predicts leave-one-out retraining (removing the pair from both epochs)."""
+    from mmlens.bench import influence_fidelity as fid
+    from mmlens.models import ContrastiveModel, load_model
+
+    _, folder = tiny_unit_model
+    pairs = mem.training_pairs(TINY, "confusable", 0.25, 0)
+    train, val = pairs.train.subset(range(32)), pairs.val
+    task = HeadTask(load_model(folder, expect=ContrastiveModel))
+    args = InfluenceArguments(solver="explicit")
+    two = fid.epoch_analyzer(task, train, 2, 8, 1.0, 0, args)
+    theta = two.theta0 + 0.01
+    singles = [fid.epoch_analyzer(task, train, 1, 8, 1.0, 1000 * e, args) for e in range(2)]
+    assert float(two.loss(theta)) == pytest.approx(sum(float(a.loss(theta)) for a in singles), rel=1e-10)
+    assert float(two.loss(theta, remove=fid.pair_slots([3], 32, 2))) == pytest.approx(
+        sum(float(a.loss(theta, remove=[3])) for a in singles), rel=1e-10
+    )
+    assert list(fid.per_pair(np.arange(64.0), 32, 2)[:2]) == [32.0, 34.0]
+    cfg = fid.FidelityConfig(n_loo=12, n_lds=4, batch_size=8, l2=1.0, n_boot=50)
+    res = fid.group_fidelity(task, train, val, cfg, 2, lambda s: None)
+    assert res["methods"]["ecif_both_exact"]["loo_spearman"]["mean"] > 0.8
+    assert res["epochs"] == 2 and res["cost"]["retrain_s"] > 0

@@ -23,7 +23,16 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from mmlens.bench.influence_memorised import MemorisedConfig, run_units, summarise, unit_status
+from mmlens.bench.influence_fidelity import FidelityConfig, fidelity_tier
+from mmlens.bench.influence_memorised import (
+    MemorisedConfig,
+    run_units,
+    summarise,
+    trained_model,
+    training_pairs,
+    unit_order,
+    unit_status,
+)
 from mmlens.errors import InputError
 from mmlens.influence.analyzer import InfluenceAnalyzer
 from mmlens.influence.baselines import (
@@ -370,7 +379,7 @@ def clean_trained_tier(cfg: BenchConfig = BenchConfig(), log: Callable[[str], No
     return result
 
 
-TIERS = ("memorised", "clean_trained")
+TIERS = ("memorised", "fidelity_towers", "clean_trained")
 #: top-level keys each tier owns in the result file
 TIER_KEYS = {
     "clean_trained": ("detection", "fidelity", "removal", "cost", "config"),
@@ -488,6 +497,7 @@ def influence_benchmark(
     *,
     tiers: tuple[str, ...] = TIERS,
     memorised: MemorisedConfig = MemorisedConfig(),
+    fidelity: FidelityConfig = FidelityConfig(),
     work: Path | None = None,
     existing: dict[str, Any] | None = None,
     command: str | None = None,
@@ -529,12 +539,28 @@ def influence_benchmark(
                     write(result)
 
             tier_result = memorised_tier(memorised, work, log, deadline=deadline, on_unit=partial)
+        elif tier == "fidelity_towers":
+            tier_result = fidelity_towers_tier(memorised, fidelity, work, log)
         else:
             tier_result = clean_trained_tier(cfg, log)
         result = merge_result(result, tier, tier_result, provenance(time.time() - t0))
         if write is not None:
             write(result)
     return result
+
+
+def fidelity_towers_tier(
+    memorised: MemorisedConfig, cfg: FidelityConfig, work: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Fidelity on the groups inside the towers, on the memorised model of the first unit (trained if absent)."""
+    kind, rate, seed = unit_order(memorised)[0]
+    folder, _ = trained_model(memorised, kind, rate, seed, work, log)
+    pairs = training_pairs(memorised, kind, rate, seed)
+    res = fidelity_tier(folder, pairs.train, pairs.val, cfg, work / f"{kind}-{rate}-s{seed}", log)
+    return {
+        "fidelity_towers": {**res["fidelity_towers"], "model": f"{kind}-{rate}-s{seed}", "config": res["config"]},
+        "cost_per_group": res["per_group"],
+    }
 
 
 def _default_work() -> Path:

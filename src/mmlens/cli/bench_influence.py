@@ -21,7 +21,9 @@ def bench_command(
     out: Annotated[Path, typer.Option(help="The JSON result (tiers run now are merged into it).")] = Path(
         "benchmarks/results/influence.json"
     ),
-    tiers: Annotated[str, typer.Option(help="Comma-separated: memorised, clean_trained.")] = "memorised,clean_trained",
+    tiers: Annotated[str, typer.Option(help="Comma-separated: memorised, fidelity_towers, clean_trained.")] = (
+        "memorised,fidelity_towers,clean_trained"
+    ),
     work_dir: Annotated[
         Path | None,
         typer.Option(
