@@ -382,6 +382,17 @@ def stepwise_edit(an: InfluenceAnalyzer, ranked: np.ndarray, steps: int) -> torc
     return theta
 
 
+def parameter_change_norms(an: InfluenceAnalyzer, form: NegForm = NegForm.EXACT) -> np.ndarray:
+    """||H^-1 grad (Pos_n + Neg_n)|| per pair: the size of the parameter change removing pair n predicts
+    (RelatIF's theta normaliser), with the analyzer's batched inverse operator."""
+    inv = an.batched_inverse()
+    out = np.zeros(an.n)
+    for idx, grads, _ in an.iter_pair_gradients(parts=("pos", f"neg_{form.value}")):
+        step = inv.apply((grads["pos"] + grads[f"neg_{form.value}"]).detach())
+        out[idx] = step.norm(dim=1).detach().cpu().numpy()
+    return out
+
+
 def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path, log: Log) -> dict[str, Any]:
     """Train (or reuse) one memorised model and score it; returns arrays and facts (saved by the caller)."""
     from mmlens.models import ContrastiveModel, load_model
@@ -414,9 +425,9 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
     cost["ecif_self_s"] = time.time() - t0
     log(f"    ECIF self-influence {cost['ecif_self_s']:.1f}s")
     t0 = time.time()
-    # relative influence (RelatIF, theta-relative) of each pair on the validation pairs' loss, summed over them
-    rel = an.trace(pairs.val, relative=Relative.THETA)
-    scores["ecif_relative"] = -rel.relative_influence.sum(0)
+    # relative influence (RelatIF, theta-relative): the validation influence divided by ||H^-1 g_n||, the norm
+    # taken with the same batched operator trace-back uses for it (one solve for the validation gradient)
+    scores["ecif_relative"] = scores["ecif_both_exact"] / np.maximum(parameter_change_norms(an), 1e-30)
     cost["ecif_relative_s"] = time.time() - t0
     log(f"    ECIF relative influence {cost['ecif_relative_s']:.1f}s")
     scores["clipscore"] = clip_score(an)
