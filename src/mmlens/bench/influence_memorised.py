@@ -300,7 +300,10 @@ class _TestSet:
 
 def test_set(world, kind: str, n: int, seed: int, style: str) -> _TestSet:
     rng = np.random.default_rng(20_000 + seed)
-    images, caps, twins, renames = [], [], [], []
+    images: list = []
+    caps: list[str] = []
+    twins: list[str] = []
+    renames: list[str] = []
     start = 50_000
     while len(images) < n:
         for scene in world.sample_scenes(n, "test", start=start):
@@ -356,7 +359,7 @@ def _reduced_analyzer(an: InfluenceAnalyzer, removed: np.ndarray, theta: torch.T
     partition = BatchPartition(batches)
     reduced = InfluenceAnalyzer(
         an.task,
-        an.train.subset(keep),
+        an.train.subset(keep.tolist()),
         args=an.args,
         fit_args=an.fit_args,
         partition=partition,
@@ -644,7 +647,7 @@ def summarise(cfg: MemorisedConfig, work: Path) -> dict[str, Any]:
             facts_out.setdefault(model, {})[str(rate)] = [u["facts"] for u in units]
             costs += [u["facts"]["cost"] for u in units]
             if kind == "confusable" and all("trace_flag_ecif_relative" in a for a in arrays):
-                tb = {}
+                tb: dict[str, Any] = {}
                 for name in ("ecif_relative", "ecif_plain", "tracin"):
                     tb[name] = {
                         "precision_at_10": bootstrap_mean([a[f"trace_flag_{name}"] for a in arrays], cfg.n_boot),

@@ -76,6 +76,12 @@ def bench_command(
             existing = json.loads(out.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(f"cannot read {out} to merge into ({err}); use --fresh") from None
+
+    def write(result: dict) -> None:
+        write_json_atomic(out, result)
+        if plot is not None:
+            plot_regimes(result, plot)
+
     memorised = MemorisedConfig(kinds=chosen_kinds, rates=rate_values, seeds=seed_values, run_peer=peer)
     result = influence_benchmark(
         BenchConfig(models=chosen_models, run_peer=peer, seed=seed),
@@ -86,7 +92,7 @@ def bench_command(
         existing=existing,
         command=" ".join(["mmlens", *sys.argv[1:]]) if sys.argv else None,
         deadline=None if stop_after is None else time.time() + 60 * stop_after,
-        write=lambda r: (write_json_atomic(out, r), plot is not None and plot_regimes(r, plot)),
+        write=write,
     )
     typer.echo(json.dumps(result.get("memorised_status", {}), indent=2))
     typer.echo(f"written to {out}")
