@@ -370,18 +370,19 @@ def _reduced_analyzer(an: InfluenceAnalyzer, removed: np.ndarray, theta: torch.T
 
 
 def stepwise_edit(an: InfluenceAnalyzer, ranked: np.ndarray, steps: int) -> torch.Tensor:
-    """The closed-form removal of ``ranked`` applied in ``steps`` chunks: after each chunk is deleted, one Newton
-    step on the reduced risk at the current parameters, theta <- theta - H_r^-1 grad R_r(theta), with the Hessian
-    re-taken there. One step from the fit equals the ECIF edit with the exact form (grad R_r(theta_hat) = -sum of
-    the removed pairs' Pos + Neg_exact gradients)."""
+    """The closed-form removal of ``ranked`` applied in ``steps`` chunks, re-linearised after each: with the pairs
+    removed so far giving the current risk R_c (Hessian H_c at the current parameters) and R_r the risk after also
+    removing the next chunk, theta <- theta - H_c^-1 grad R_r(theta). From the fit, one step is exactly the ECIF
+    edit with the exact form (grad R_r(theta_hat) = -sum of the chunk's Pos + Neg_exact gradients, H_c = H)."""
     theta = an.fitted.params if an.fitted is not None else an.fit().params
-    chunks = np.array_split(np.asarray(ranked), steps)
+    current = an
     removed = np.zeros(0, dtype=int)
-    for chunk in chunks:
+    for chunk in np.array_split(np.asarray(ranked), steps):
         removed = np.concatenate([removed, chunk])
         reduced, _ = _reduced_analyzer(an, removed, theta)
         _, grad = reduced.risk_and_grad(theta)
-        theta = (theta - reduced.inverse().apply(grad.unsqueeze(0))[0]).detach()
+        theta = (theta - current.inverse().apply(grad.unsqueeze(0))[0]).detach()
+        current, _ = _reduced_analyzer(an, removed, theta)
     return theta
 
 
