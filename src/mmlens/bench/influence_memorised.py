@@ -518,6 +518,7 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
     ranked_clip = np.argsort(-scores["clipscore"], kind="stable")[:k]
     arrays["correct_clipscore_retrain"] = correct_items(an, an.retrain(remove=ranked_clip), test, enc)
     facts = {
+        "code": _code_version(),
         "kind": kind,
         "rate": rate,
         "seed": seed,
@@ -536,6 +537,27 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
         **trace_info,
     }
     return {"arrays": arrays, "facts": facts}
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit the unit ran at (units of one result file may come from several resumed runs)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=20
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": bool(dirty)}
 
 
 def _model_metrics(folder: Path) -> dict:
