@@ -26,6 +26,7 @@ from scipy.stats import pearsonr, spearmanr
 from mmlens.bench.influence_fidelity import FidelityConfig, fidelity_tier
 from mmlens.bench.influence_memorised import (
     MemorisedConfig,
+    code_version,
     run_units,
     summarise,
     trained_model,
@@ -394,28 +395,6 @@ TIER_KEYS = {
 }
 
 
-def _git_commit() -> dict[str, Any]:
-    """The commit of the code that ran and whether ``src`` had uncommitted changes."""
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[3]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=20
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=20,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": head, "dirty": bool(dirty)}
-
-
 def _machine() -> dict[str, Any]:
     import os
 
@@ -513,7 +492,7 @@ def influence_benchmark(
     if unknown:
         raise InputError(f"unknown tiers {sorted(unknown)}; use {', '.join(TIERS)}")
     work = Path(work) if work is not None else _default_work()
-    code = _git_commit()
+    code = code_version()
     result = dict(existing or {})
 
     def provenance(seconds: float) -> dict[str, Any]:

@@ -518,7 +518,7 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
     ranked_clip = np.argsort(-scores["clipscore"], kind="stable")[:k]
     arrays["correct_clipscore_retrain"] = correct_items(an, an.retrain(remove=ranked_clip), test, enc)
     facts = {
-        "code": _code_version(),
+        "code": code_version(),
         "kind": kind,
         "rate": rate,
         "seed": seed,
@@ -539,7 +539,7 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
     return {"arrays": arrays, "facts": facts}
 
 
-def _code_version() -> dict[str, Any]:
+def code_version() -> dict[str, Any]:
     """The commit the unit ran at (units of one result file may come from several resumed runs)."""
     import subprocess
 
@@ -741,6 +741,7 @@ __all__ = [
     "ECIF_SCORES",
     "MemorisedConfig",
     "bootstrap_detection",
+    "code_version",
     "paired_difference",
     "run_units",
     "unit_order",
