@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from mmlens.errors import InputError
 from mmlens.influence.analyzer import FitResult, InfluenceAnalyzer
 from mmlens.influence.baselines import KronfluencePeer, clip_score, lemon, neg_clip_loss
 from mmlens.influence.config import FitArguments, HessianSolver, InfluenceArguments, NegForm, Relative
@@ -203,11 +204,18 @@ def trained_model(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work:
     from mmlens.zoo.common import METRICS_FILE, read_record
 
     folder = work / "models" / f"{kind}-{rate}-s{seed}"
+    wanted = recipe(cfg, kind, rate, seed)
     if not (folder / METRICS_FILE).is_file():
         log(f"  training the memorised model {folder.name} (zoo recipe mini_clip.build)")
         with atomic_folder(folder) as tmp:
-            mini_clip.build(tmp, recipe(cfg, kind, rate, seed))
-    return folder, float(read_record(folder).get("seconds", float("nan")))
+            mini_clip.build(tmp, wanted)
+    record = read_record(folder)
+    saved = {k: v for k, v in record.get("config", {}).items() if k != "world"}
+    expected = {k: v for k, v in json.loads(json.dumps(asdict(wanted), default=list)).items() if k != "world"}
+    if saved != expected:
+        differ = sorted(k for k in expected if saved.get(k) != expected[k])
+        raise InputError(f"{folder} holds a model of another recipe (differs in {differ}): use another --work-dir")
+    return folder, float(record.get("seconds", float("nan")))
 
 
 @dataclass
