@@ -196,7 +196,9 @@ def test_merge_keeps_other_tiers_with_their_provenance():
     assert merged["tier_runs"]["clean_trained"]["commit"] is None
     again = merge_result(merged, "memorised", {"memorised": {"m": 3}}, {"commit": "def"})
     assert again["memorised"] == {"m": 3} and again["tier_runs"]["clean_trained"]["commit"] is None
-    assert set(TIERS) == {"memorised", "clean_trained"}
+    assert set(TIERS) == {"memorised", "fidelity_towers", "clean_trained"}
+    for tier in TIERS:  # every tier owns its keys
+        assert merge_result(None, tier, {}, {"commit": "x"})["tier_runs"] == {tier: {"commit": "x"}}
 
 
 def test_peer_damping_is_ecif_prior_in_kronfluence_scale():

@@ -392,6 +392,7 @@ TIER_KEYS = {
         "memorised_units",
         "memorised_status",
     ),
+    "fidelity_towers": ("fidelity_towers", "cost_per_group"),
 }
 
 
