@@ -336,9 +336,9 @@ def correct_items(an: InfluenceAnalyzer, theta: torch.Tensor, test: _TestSet, en
     with torch.no_grad():
         img, txt = an.task.embed(an.task.space.unflatten(theta), enc)
     n = len(test.images)
-    if test.twin_captions:
-        own = (img * txt[:n]).sum(1)
-        twin = (img * txt[n:]).sum(1)
+    if test.twin_captions:  # encoded as n (image, own caption) rows, then n (image, twin caption) rows
+        own = (img[:n] * txt[:n]).sum(1)
+        twin = (img[n:] * txt[n:]).sum(1)
         return (own > twin).numpy().astype(float)
     out = np.zeros(n)
     for s in range(0, n, 100):
