@@ -16,12 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e ".[test]"
 	touch $(STAMP)
 
-# The peer library of the influence benchmark (kronfluence): its metadata asks for torchvision, which breaks this
-# torch build, so it is installed without dependencies, plus the ones it really needs (the `peer` extra).
+# The peers of the influence benchmark (kronfluence, and cleanlab for confident learning): kronfluence's metadata
+# asks for torchvision, which breaks this torch build, so it is installed without dependencies, plus the ones it
+# really needs (the `peer` extra).
 PEER_STAMP := $(VENV)/.peer-installed
 $(PEER_STAMP): $(STAMP)
 	$(PIP) --no-deps kronfluence
-	$(PIP) einconv einops opt-einsum
+	$(PIP) einconv einops opt-einsum cleanlab
 	touch $(PEER_STAMP)
 
 # The mutation-testing tool of `make mutation` (the `mutation` extra).

@@ -1,4 +1,8 @@
-"""``mmlens bench influence``: detection, fidelity against retraining, removal utility and cost, in one run.
+"""``mmlens bench influence``: detection, fidelity against retraining, removal utility and cost, in tiers.
+
+Tiers: ``memorised`` (CLIPs trained end to end on their noisy pairs; :mod:`mmlens.bench.influence_memorised`)
+and ``clean_trained`` (below). Each tier run now replaces its keys in the result file and records its provenance in
+``tier_runs``; the others are kept.
 
 Models: the zoo's digits-clip and mini-clip. Each is fine-tuned on noisy pairs in the projection-head setting
 (frozen towers, cached features, full-batch L-BFGS over a recorded partition, L2 towards the zoo weights), which
@@ -11,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -18,6 +23,18 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
+from mmlens.bench.influence_fidelity import FidelityConfig, fidelity_tier
+from mmlens.bench.influence_memorised import (
+    MemorisedConfig,
+    code_version,
+    run_units,
+    summarise,
+    trained_model,
+    training_pairs,
+    unit_order,
+    unit_status,
+)
+from mmlens.errors import InputError
 from mmlens.influence.analyzer import InfluenceAnalyzer
 from mmlens.influence.baselines import (
     KronfluencePeer,
@@ -322,13 +339,14 @@ def _removal(setup: _Setup, cfg: BenchConfig, run: dict, log) -> dict:
     return {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in out.items()}
 
 
-def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] = print) -> dict:
+def clean_trained_tier(cfg: BenchConfig = BenchConfig(), log: Callable[[str], None] = print) -> dict:
+    """The first regime: noise injected into a heads-only fine-tune pulled back (L2) to a model trained on clean
+    captions (the noise is never memorised). Detection, fidelity (projection, LoRA on the projections), removal."""
     from mmlens.models import ContrastiveModel, load_model
 
     torch.manual_seed(cfg.seed)
     t_start = time.time()
-    config = {**asdict(cfg), "noise_kinds": [k.value for k in cfg.noise_kinds]}
-    result: dict = {"config": config, "detection": {}, "fidelity": {}, "removal": {}, "cost": {}, "notes": {}}
+    result: dict = {"detection": {}, "fidelity": {}, "removal": {}, "cost": {}}
     setups = {"digits-clip": _digits_setup, "mini-clip": _mini_clip_setup}
     for name in cfg.models:
         log(f"{name}: building data")
@@ -358,7 +376,237 @@ def influence_benchmark(cfg: BenchConfig = BenchConfig(), log: Callable[[str], N
             result["fidelity"]["model"] = name
     result["cost"] = {**result["cost"].get(cfg.models[0], {}), "per_model": result["cost"]}
     result["seconds"] = round(time.time() - t_start, 1)
+    result["config"] = {**asdict(cfg), "noise_kinds": [k.value for k in cfg.noise_kinds]}
     return result
 
 
-__all__ = ["DIGIT_CONFUSABLE", "BenchConfig", "influence_benchmark"]
+TIERS = ("memorised", "fidelity_towers", "clean_trained")
+#: top-level keys each tier owns in the result file
+TIER_KEYS = {
+    "clean_trained": ("detection", "fidelity", "removal", "cost", "config"),
+    "memorised": (
+        "memorised",
+        "traceback",
+        "removal_memorised",
+        "peer_settings",
+        "memorised_units",
+        "memorised_status",
+    ),
+    "fidelity_towers": ("fidelity_towers", "cost_per_group"),
+}
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {"cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def peer_settings(l2: float, n_pairs: int, batch_size: int) -> dict[str, Any]:
+    """What ECIF and the kronfluence peer were each given in the memorised tier."""
+    return {
+        "ecif": {
+            "parameter_group": "projection heads of the memorised model (image and text)",
+            "curvature": "exact Hessian of the summed InfoNCE risk over the recorded partition, by CG "
+            "(Hessian-vector products)",
+            "prior": f"L2 weight {l2} (summed reduction), in the Hessian and in every retraining",
+            "per_pair_gradients": "Pos and Neg role terms with the whole batch in the graph",
+            "batches": f"one recorded partition, batch {batch_size}",
+        },
+        "kronfluence_peer": {
+            "parameter_group": "the same projection heads (their Linear modules are the tracked modules)",
+            "curvature": "EK-FAC of the empirical Fisher (kronfluence 1.0, use_empirical_fisher=True)",
+            "damping_factor": l2 / n_pairs,
+            "damping_rule": "ECIF's L2 weight in kronfluence's scale: kronfluence averages its Fisher over the N "
+            "training pairs, ECIF sums its Hessian, so (H_sum + l2 I) / N = F_mean + (l2 / N) I",
+            "per_pair_gradients": "kronfluence's hooks on the summed batch loss (the method as shipped: both roles "
+            "mixed; ECIF spec section 6)",
+            "batches": f"the same recorded partition, in order, batch {batch_size}; validation pairs in ECIF's "
+            "measurement batches",
+        },
+    }
+
+
+def memorised_tier(
+    cfg: MemorisedConfig, work: Path, log: Callable[[str], None], deadline: float | None = None, on_unit=None
+) -> dict[str, Any]:
+    """Run (or resume) the memorised units and summarise every finished one."""
+    status = run_units(cfg, work, log, deadline=deadline, on_unit=on_unit)
+    return memorised_result(cfg, work, status)
+
+
+def memorised_result(cfg: MemorisedConfig, work: Path, status: dict[str, list[str]]) -> dict[str, Any]:
+    summary = summarise(cfg, work)
+    n_pairs = cfg.n_train_scenes
+    return {
+        "memorised": summary["detection"],
+        "traceback": summary["traceback"],
+        "removal_memorised": summary["removal"],
+        "peer_settings": peer_settings(cfg.l2, n_pairs, cfg.batch_size),
+        "memorised_units": summary["units"],
+        "memorised_status": {**status, "config": summary["config"], "mean_cost_s": summary["cost"]},
+    }
+
+
+def merge_result(existing: dict[str, Any] | None, tier: str, tier_result: dict[str, Any], run: dict) -> dict:
+    """``existing`` with ``tier``'s keys replaced by ``tier_result`` and its provenance in ``tier_runs``; the other
+    tiers are kept with theirs (a file written before per-tier provenance keeps its tiers, marked as such)."""
+    merged = dict(existing or {})
+    runs = dict(merged.get("tier_runs", {}))
+    for other in TIERS:
+        if other != tier and other not in runs and any(k in merged for k in TIER_KEYS[other]):
+            runs[other] = {
+                "commit": None,
+                "note": "kept from the file written by an earlier version of this command, before it recorded "
+                "per-tier provenance",
+                "seconds": merged.get("seconds"),
+            }
+    for key in TIER_KEYS[tier]:
+        merged.pop(key, None)
+    merged.update(tier_result)
+    runs[tier] = run
+    merged["tier_runs"] = runs
+    merged.pop("notes", None)
+    merged.pop("seconds", None)
+    return merged
+
+
+def influence_benchmark(
+    cfg: BenchConfig = BenchConfig(),
+    log: Callable[[str], None] = print,
+    *,
+    tiers: tuple[str, ...] = TIERS,
+    memorised: MemorisedConfig = MemorisedConfig(),
+    fidelity: FidelityConfig = FidelityConfig(),
+    work: Path | None = None,
+    existing: dict[str, Any] | None = None,
+    command: str | None = None,
+    deadline: float | None = None,
+    write: Callable[[dict[str, Any]], None] | None = None,
+) -> dict:
+    """Run the chosen tiers and merge them into ``existing`` (the previous file, or None). ``write(result)`` is
+    called whenever a unit or tier finishes (the caller writes atomically), so an interrupted run loses at most
+    the unit in progress and a rerun resumes (memorised units are kept in ``work``)."""
+    import datetime
+
+    unknown = set(tiers) - set(TIERS)
+    if unknown:
+        raise InputError(f"unknown tiers {sorted(unknown)}; use {', '.join(TIERS)}")
+    work = Path(work) if work is not None else _default_work()
+    code = code_version()
+    result = dict(existing or {})
+
+    def provenance(seconds: float) -> dict[str, Any]:
+        return code | {
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "command": command,
+            "machine": _machine(),
+            "work_dir": str(work),
+        }
+
+    for tier in tiers:
+        t0 = time.time()
+        if tier == "memorised":
+
+            def partial(tier: str = tier, t0: float = t0) -> None:
+                nonlocal result
+                status = unit_status(memorised, work)
+                result = merge_result(
+                    result, tier, memorised_result(memorised, work, status), provenance(time.time() - t0)
+                )
+                if write is not None:
+                    write(result)
+
+            tier_result = memorised_tier(memorised, work, log, deadline=deadline, on_unit=partial)
+        elif tier == "fidelity_towers":
+            tier_result = fidelity_towers_tier(memorised, fidelity, work, log)
+        else:
+            tier_result = clean_trained_tier(cfg, log)
+        result = merge_result(result, tier, tier_result, provenance(time.time() - t0))
+        if write is not None:
+            write(result)
+    return result
+
+
+def fidelity_towers_tier(
+    memorised: MemorisedConfig, cfg: FidelityConfig, work: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Fidelity on the groups inside the towers, on the memorised model of the first unit (trained if absent)."""
+    kind, rate, seed = unit_order(memorised)[0]
+    folder, _ = trained_model(memorised, kind, rate, seed, work, log)
+    pairs = training_pairs(memorised, kind, rate, seed)
+    res = fidelity_tier(folder, pairs.train, pairs.val, cfg, work / f"{kind}-{rate}-s{seed}", log)
+    return {
+        "fidelity_towers": {**res["fidelity_towers"], "model": f"{kind}-{rate}-s{seed}", "config": res["config"]},
+        "cost_per_group": res["per_group"],
+    }
+
+
+def _default_work() -> Path:
+    """``$MMLENS_HOME/bench/influence`` (the models this benchmark trains; not the zoo folder)."""
+    import os
+
+    home = Path(os.environ.get("MMLENS_HOME", Path.home() / ".cache" / "mmlens"))
+    return home / "bench" / "influence"
+
+
+PLOT_SCORES = ("ecif_both_exact", "ecif_pos", "ecif_relative", "clipscore", "lemon", "tracin_self", "cleanlab")
+
+
+def plot_regimes(result: dict[str, Any], path: str | Path, rate: str = "0.2") -> Path | None:
+    """Detection AUROC at ``rate`` in the two regimes side by side: the clean-trained heads-only fine-tune
+    (mini-clip, one seed, no interval) and the memorised models (mean and 95 % interval over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    memorised = result.get("memorised", {})
+    old = result.get("detection", {}).get("mini-clip", {})
+    kinds = [("confusable", "confusable_swap"), ("random", "random_swap")]
+    panels = [(k, o) for k, o in kinds if rate in memorised.get(f"mini-clip-noisy-{k}", {}).get(k, {})]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, (kind, old_kind) in zip(axes[0], panels):
+        mem = memorised[f"mini-clip-noisy-{kind}"][kind][rate]
+        names = [n for n in PLOT_SCORES if n in mem]
+        x = np.arange(len(names))
+        old_vals = [old.get(old_kind, {}).get(rate, {}).get(n, {}).get("auroc", np.nan) for n in names]
+        means = [mem[n]["auroc"]["mean"] for n in names]
+        lo = [mem[n]["auroc"]["mean"] - mem[n]["auroc"]["ci"][0] for n in names]
+        hi = [mem[n]["auroc"]["ci"][1] - mem[n]["auroc"]["mean"] for n in names]
+        ax.bar(x - 0.2, old_vals, 0.4, label="clean-trained towers, noisy heads fine-tune (1 seed)", color="#bbbbbb")
+        ax.bar(
+            x + 0.2,
+            means,
+            0.4,
+            yerr=[lo, hi],
+            capsize=3,
+            label=f"memorised: trained end to end on the noise ({len(mem['_seeds'])} seeds, 95 % CI)",
+            color="#3366aa",
+        )
+        ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        ax.set_xticks(x, [n.replace("ecif_", "ECIF ") for n in names], rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0.3, 1.02)
+        ax.set_ylabel("detection AUROC")
+        ax.set_title(f"{kind} swaps at {float(rate):.0%}", fontsize=10)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = [
+    "DIGIT_CONFUSABLE",
+    "TIERS",
+    "BenchConfig",
+    "clean_trained_tier",
+    "influence_benchmark",
+    "merge_result",
+    "plot_regimes",
+]

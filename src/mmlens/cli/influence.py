@@ -474,27 +474,3 @@ def remove_command(
         return  # the main process writes
     save_model(edited, save_to)
     typer.echo(json.dumps({"removed": len(chosen), "model": str(save_to)}, indent=2))
-
-
-def bench_command(
-    out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
-        "benchmarks/results/influence.json"
-    ),
-    models: Annotated[str, typer.Option(help="Comma-separated zoo models.")] = "digits-clip,mini-clip",
-    peer: Annotated[bool, typer.Option(help="Run the peer library (kronfluence EK-FAC) side by side.")] = True,
-    seed: Annotated[int, typer.Option()] = 0,
-) -> None:
-    """ECIF benchmark: detection (AUROC/AUPRC/P@k), fidelity vs retraining (LOO, subsets, LDS), removal, cost."""
-    from mmlens.bench.influence import BenchConfig, influence_benchmark
-    from mmlens.io import write_json_atomic
-
-    chosen = tuple(m.strip() for m in models.split(",") if m.strip())
-    unknown = set(chosen) - {"digits-clip", "mini-clip"}
-    if unknown:
-        raise typer.BadParameter(f"unknown models {sorted(unknown)}", param_hint="--models")
-    result = influence_benchmark(
-        BenchConfig(models=chosen, run_peer=peer, seed=seed), log=lambda s: typer.echo(s, err=True)
-    )
-    write_json_atomic(out, result)
-    typer.echo(json.dumps({"cost": result["cost"], "seconds": result["seconds"]}, indent=2))
-    typer.echo(f"written to {out}")

@@ -247,13 +247,38 @@ def evaluate_model(model: CLIPModel, processor, cfg: MiniClipConfig) -> dict:
     return out
 
 
+CAPTION_VARIANTS = 2  # captions drawn per scene and style (random phrase order)
+
+
+def training_captions(
+    world: World, scenes: list, cfg: MiniClipConfig, n_orig: int | None = None
+) -> tuple[list[list[str]], np.ndarray, list]:
+    """The captions a build trains on, per scene (``CAPTION_VARIANTS`` per style, in ``cfg.caption_styles`` order),
+    after the injected noise of ``cfg`` on the first ``n_orig`` (original, non-twin) scenes; with the flags and the
+    noise source. Deterministic in ``cfg``: the benchmarks rebuild a model's training pairs with it."""
+    n_orig = len(scenes) if n_orig is None else n_orig
+    rng = np.random.default_rng(cfg.seed)
+    caps = [
+        [world.caption(s, rng, style=st) for st in cfg.caption_styles for _ in range(CAPTION_VARIANTS)] for s in scenes
+    ]
+    caps[:n_orig], flags, source = inject_noise(
+        world, scenes[:n_orig], caps[:n_orig], cfg, np.random.default_rng(cfg.seed + 11)
+    )
+    return caps, flags, source
+
+
+def training_scenes(world: World, cfg: MiniClipConfig) -> list:
+    """The original (non-twin) training scenes of a build."""
+    return world.sample_scenes(cfg.n_train_scenes, "train")
+
+
 def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None, deps: dict | None = None) -> dict:
     """Train mini-clip and save it (model, CLIPProcessor, metrics.json) into ``out_dir``."""
     t0 = time.time()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     world = build_world(cfg)
-    scenes = world.sample_scenes(cfg.n_train_scenes, "train")
+    scenes = training_scenes(world, cfg)
     tok = _tokenizer(world, scenes)
     n_orig = len(scenes)
     twin_of = np.full(n_orig, -1)
@@ -268,12 +293,8 @@ def build(out_dir: Path, cfg: MiniClipConfig, progress=None, on_trained=None, de
     processor = CLIPProcessor(image_processor=make_image_processor(cfg.world.image_size), tokenizer=tok)
     pv = pixel_tensor(processor.image_processor, [world.render(s) for s in scenes])
     # Pre-tokenise a pool of captions per scene and style (captions are random in their phrase order).
-    rng = np.random.default_rng(cfg.seed)
-    n_var = 2
-    caps = [[world.caption(s, rng, style=st) for st in cfg.caption_styles for _ in range(n_var)] for s in scenes]
-    caps[:n_orig], flags, source = inject_noise(
-        world, scenes[:n_orig], caps[:n_orig], cfg, np.random.default_rng(cfg.seed + 11)
-    )
+    n_var = CAPTION_VARIANTS
+    caps, flags, source = training_captions(world, scenes, cfg, n_orig)
     flat = [c for cs in caps for c in cs]
     enc = tok(flat, padding="max_length", max_length=cfg.max_text_len, truncation=True, return_tensors="pt")
     ids_all = enc["input_ids"].view(len(scenes), -1, cfg.max_text_len)
