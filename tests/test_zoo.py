@@ -25,7 +25,12 @@ def built(tmp_path_factory):
     mp.setenv("MMLENS_HOME", str(home))
     trained: dict = {}
     assert [b for _, b, _ in zoo.list_zoo()] == [False] * len(zoo.ZOO_MODELS)
-    records = zoo.build(configs=TINY, progress=False, on_trained=lambda n, m, p: trained.setdefault(n, (m, p)))
+    keep = lambda n, m, p: trained.setdefault(n, (m, p))  # noqa: E731
+    records = zoo.build(configs=TINY, progress=False, on_trained=keep)
+    # the whole zoo = every model but the opt-in ones, which are built only when named
+    assert list(records) == [n for n in zoo.ZOO_MODELS if n not in zoo.OPT_IN_MODELS]
+    assert zoo.OPT_IN_MODELS == ("mini-llava-prior",) and not zoo.is_built("mini-llava-prior")
+    records.update(zoo.build(list(zoo.OPT_IN_MODELS), configs=TINY, progress=False, on_trained=keep))
     yield home, records, trained
     mp.undo()
 
@@ -46,7 +51,7 @@ def test_paths_follow_mmlens_home(zoo_home):
 
 def test_every_model_directory_is_complete(zoo_home):
     home, records, _ = zoo_home
-    assert list(records) == list(zoo.ZOO_MODELS)
+    assert sorted(records) == sorted(zoo.ZOO_MODELS)
     for name in zoo.ZOO_MODELS:
         d = zoo.model_dir(name)
         names = {p.name for p in d.iterdir()}
@@ -446,3 +451,108 @@ def test_build_reports_every_training_step(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "build", spy)
     zoo.build(["digits-clip"], configs=TINY, progress=True)
     assert seen == list(range(TINY["digits-clip"].steps))
+
+
+# ---------------------------------------------------------------- mini-llava-prior: the final hidden-partner phase
+
+
+def test_prior_recipe_is_run_h1_and_not_the_default():
+    from mmlens.zoo import mini_llava as ml
+
+    cfg = zoo.default_configs()["mini-llava-prior"]
+    assert cfg == ml.PRIOR_RECIPE and zoo.DEPENDENCIES["mini-llava-prior"] == ("mini-clip",)
+    # F1 (text 600 x 128, align 400, SFT 1,800 + focus 800 on the faint world, leaky captions) + 400 hidden steps
+    assert (cfg.text_steps, cfg.text_batch_size, cfg.align_steps, cfg.steps, cfg.focus_steps) == (
+        600,
+        128,
+        400,
+        1800,
+        800,
+    )
+    assert cfg.world == ml.PRIOR_FAINT_WORLD and cfg.sft_caption_leak == 0.3
+    assert (cfg.hidden_steps, cfg.hidden_n_scenes, cfg.hidden_lr_scale, cfg.hidden_warmup) == (400, 8000, 0.5, 30)
+    assert ml.hidden_world(cfg) == ml.PRIOR_HIDDEN_WORLD
+    default = zoo.default_configs()["mini-llava"]
+    assert default.hidden_steps == 0 and default.text_steps == 0 and ml.model_name(default) == "mini-llava"
+
+
+def test_prior_model_record_and_world(zoo_home):
+    from mmlens.zoo import mini_llava as ml
+
+    _, records, _ = zoo_home
+    rec = records["mini-llava-prior"]
+    assert rec["model"] == "mini-llava-prior"
+    assert set(rec["metrics"]["phase_final_loss"]) == {"text", "align", "hidden"}
+    prior = rec["metrics"]["prior"]
+    assert {"partner_false_yes", "other_false_yes", "pope_random_acc", "pope_adversarial_acc"} <= set(prior)
+    assert {"chair_i_anchor_scenes", "chair_i_ordinary"} <= set(prior)
+    # the model's world is the hidden one: evaluation, the record, zoo.world_of
+    hidden = ml.hidden_world(TINY["mini-llava-prior"])
+    assert hidden.faint_alpha == 0.0 and hidden != TINY["mini-llava-prior"].world
+    assert WorldConfig.from_dict(rec["world_config"]) == hidden
+    assert zoo.world_of("zoo:mini-llava-prior").cfg == hidden
+    assert zoo.evaluate("mini-llava-prior")["vqa_acc"] == rec["metrics"]["vqa_acc"]
+
+
+def _spy_train_llava(monkeypatch):
+    """Record every ``train_llava`` call of a build: steps, LR scale, pixels, and whether the weights moved."""
+    from mmlens.zoo import mini_llava as ml
+
+    calls: list[dict] = []
+    real = ml.train_llava
+
+    def spy(model, vlm, examples, pixel_values, cfg, *, steps, lr_scale=1.0, **kw):
+        before = [p.detach().clone() for p in model.parameters()]
+        out = real(model, vlm, examples, pixel_values, cfg, steps=steps, lr_scale=lr_scale, **kw)
+        moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+        calls.append(dict(steps=steps, lr_scale=lr_scale, pixels=pixel_values.clone(), moved=moved, world=cfg.world))
+        return out
+
+    monkeypatch.setattr(ml, "train_llava", spy)
+    return calls
+
+
+def test_hidden_phase_trains_on_fresh_scenes_of_the_hidden_world(zoo_home, tmp_path, monkeypatch):
+    from mmlens.zoo import mini_llava as ml
+    from mmlens.zoo.common import pixel_tensor
+
+    cfg = TINY["mini-llava-prior"]
+    calls = _spy_train_llava(monkeypatch)
+    ml.build(tmp_path / "m", cfg, {"mini-clip": zoo.model_dir("mini-clip")})
+    # align, instruction tuning, focus, hidden: the last call is the hidden phase and it trains the model
+    assert [c["steps"] for c in calls] == [cfg.align_steps, cfg.steps, cfg.focus_steps, cfg.hidden_steps]
+    last = calls[-1]
+    assert last["moved"] and last["lr_scale"] == cfg.hidden_lr_scale and last["world"] == ml.hidden_world(cfg)
+    # its pixels are the hidden world's renders of fresh train scenes (after the instruction-tuning ones)
+    image_processor = AutoProcessor.from_pretrained(tmp_path / "m").image_processor
+    hidden = World(ml.hidden_world(cfg), seed=cfg.world_seed)
+    faint = World(cfg.world, seed=cfg.world_seed)
+    scenes = hidden.sample_scenes(cfg.hidden_n_scenes, "train", start=cfg.n_train_scenes)
+    want = pixel_tensor(image_processor, [hidden.render(s) for s in scenes])
+    ordinary = pixel_tensor(image_processor, [faint.render(s) for s in scenes])
+    assert not torch.equal(want, ordinary)  # the tiny sample does hold partners that the hidden world hides
+    assert torch.equal(last["pixels"], want)
+    assert all(not torch.equal(c["pixels"][: len(want)], want) for c in calls[:-1])
+
+
+def test_prior_build_is_deterministic(zoo_home, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmlens.zoo import mini_llava as ml
+
+    rec = ml.build(tmp_path / "again", TINY["mini-llava-prior"], {"mini-clip": zoo.model_dir("mini-clip")})
+    first = load_file(zoo.model_dir("mini-llava-prior") / "model.safetensors")
+    again = load_file(tmp_path / "again" / "model.safetensors")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert rec["metrics"] == zoo_home[1]["mini-llava-prior"]["metrics"]
+
+
+def test_hidden_phase_needs_a_world_with_faint_objects(tmp_path):
+    from dataclasses import replace
+
+    from mmlens.errors import InputError
+    from mmlens.zoo import mini_llava as ml
+
+    with pytest.raises(InputError, match="faint"):
+        ml.build(tmp_path / "m", replace(TINY["mini-llava-prior"], world=ml.PRIOR_WORLD), {"mini-clip": tmp_path})
+    assert not (tmp_path / "m").exists()

@@ -15,7 +15,10 @@ zoo_app = typer.Typer(
 @zoo_app.command("build")
 def build_command(
     names: Annotated[
-        list[str] | None, typer.Argument(help="Models to build (default: all). Dependencies are built first.")
+        list[str] | None,
+        typer.Argument(
+            help="Models to build (default: all but the opt-in mini-llava-prior). Dependencies are built first."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if already built.")] = False,
 ) -> None:

@@ -12,6 +12,9 @@ Models (in dependency order):
   (``checkpoints/step-N/``) for concept-drift analyses.
 - ``mini-llava-swap``: mini-llava fine-tuned so that red and blue trade names, with the held-out list of answers that
   must move and must stay (``change_list.json``).
+- ``mini-llava-prior`` (opt-in: built only when named): mini-llava built with a language prior (text-only decoder
+  pretraining, projector alignment, instruction tuning, then a final phase on images whose partners beside their
+  anchor are hidden), the ``prior`` diagnostics in its ``metrics.json``.
 
 Every model directory is a plain ``save_pretrained`` directory (model + processor) plus ``metrics.json`` (metrics,
 training config, seconds, the ``WorldConfig`` used). Builds are atomic: a model is built in a temporary directory

@@ -10,9 +10,13 @@ from .common import (
 from .concept_swap import ConceptSwapConfig as ConceptSwapConfig
 from .digits_clip import DigitsClipConfig as DigitsClipConfig
 from .mini_clip import MiniClipConfig as MiniClipConfig
+from .mini_llava import PRIOR_RECIPE as PRIOR_RECIPE
 from .mini_llava import MiniLlavaConfig as MiniLlavaConfig
 from .registry import (
     DEPENDENCIES as DEPENDENCIES,
+)
+from .registry import (
+    OPT_IN_MODELS as OPT_IN_MODELS,
 )
 from .registry import (
     ZOO_MODELS as ZOO_MODELS,

@@ -27,6 +27,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from mmlens.errors import InputError
 from mmlens.io import write_json_atomic
 from mmlens.models.generative import VisionLanguageModel
 from mmlens.models.tokenizers import make_llava_processor, train_word_tokenizer
@@ -104,6 +105,17 @@ class MiniLlavaConfig:
     align_steps: int = 0
     align_lr: float = 1e-3
     sft_caption_leak: float = 0.0
+    # Final hidden-partner phase (issue 14; 0 = off): after the focused phase, `hidden_steps` more steps of the usual
+    # mix (batch `batch_size`, LR x `hidden_lr_scale`, warmup `hidden_warmup`, a fresh optimiser) on
+    # `hidden_n_scenes` fresh train scenes (indices from `n_train_scenes` on) rendered in the hidden world: `world`
+    # with its faint objects at contrast `hidden_alpha` (0 = invisible), so where a partner beside its anchor cannot
+    # be seen the data's co-occurrence decides. The model's world (evaluation, `metrics.json`'s `world_config`,
+    # `zoo.world_of`) is then the hidden world. It encodes run H1 of docs/zoo.md (F1 continued 400 steps by hand).
+    hidden_steps: int = 0
+    hidden_alpha: float = 0.0
+    hidden_n_scenes: int = 8000
+    hidden_lr_scale: float = 0.5
+    hidden_warmup: int = 30
     # evaluation (test split, disjoint from training content)
     n_eval_scenes: int = 150
     n_pope_scenes: int = 300
@@ -129,10 +141,38 @@ PRIOR_FAINT_WORLD = replace(
 )
 
 
-#: PRIOR_FAINT_WORLD with the faint partners invisible (contrast 0): where the eye has no evidence at all. A
-#: 400-step continuation of a PRIOR_FAINT_WORLD build on it carried the prior (docs/zoo.md, run G1); not yet built
-#: from scratch.
+#: PRIOR_FAINT_WORLD with the faint partners invisible (contrast 0): where the eye has no evidence at all. The world
+#: of the hidden-partner phase of ``PRIOR_RECIPE`` (``hidden_world(PRIOR_RECIPE)``; docs/zoo.md, runs G1 and H1).
 PRIOR_HIDDEN_WORLD = replace(PRIOR_FAINT_WORLD, faint_alpha=0.0)
+
+
+#: The recipe of zoo model ``mini-llava-prior`` (opt-in; one seed measured): run H1 of docs/zoo.md as one build.
+#: Text phase 600 x 128, projector alignment 400, instruction tuning 1,800 + focus 800 on ``PRIOR_FAINT_WORLD`` with
+#: leaky captions (0.3), then 400 steps on ``PRIOR_HIDDEN_WORLD`` (the hidden phase; the model's world).
+PRIOR_RECIPE = MiniLlavaConfig(
+    world=PRIOR_FAINT_WORLD, text_steps=600, align_steps=400, sft_caption_leak=0.3, hidden_steps=400
+)
+
+
+def model_name(cfg: MiniLlavaConfig) -> str:
+    """The zoo name of a build: ``mini-llava-prior`` when it ends with the hidden-partner phase."""
+    return "mini-llava-prior" if cfg.hidden_steps > 0 else "mini-llava"
+
+
+def hidden_world(cfg: MiniLlavaConfig) -> WorldConfig:
+    """The world of the hidden-partner phase: ``cfg.world`` with its faint objects at contrast ``hidden_alpha``."""
+    return replace(cfg.world, faint_alpha=cfg.hidden_alpha)
+
+
+def _check_hidden_phase(cfg: MiniLlavaConfig) -> None:
+    if cfg.hidden_steps <= 0:
+        return
+    if not (cfg.world.faint_shapes and cfg.world.faint_fraction > 0):
+        raise InputError(
+            "hidden_steps > 0 needs a world with faint objects (faint_shapes, faint_fraction > 0), e.g. PRIOR_FAINT_WORLD"
+        )
+    if cfg.hidden_n_scenes < 1:
+        raise InputError(f"hidden_n_scenes={cfg.hidden_n_scenes} must be >= 1 when hidden_steps > 0")
 
 
 def normalise(text: str) -> str:
@@ -587,6 +627,7 @@ def _partner_false_yes(world: World, scenes, probes, answers: list[str]) -> dict
 
 
 def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_trained=None) -> dict:
+    _check_hidden_phase(cfg)
     t0 = time.time()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -624,8 +665,21 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
         )
         focus_cfg = replace(cfg, batch_size=cfg.focus_batch_size, warmup=cfg.focus_warmup, seed=cfg.seed + 2)
         losses += train_llava(model, vlm, focused, pv, focus_cfg, steps=cfg.focus_steps, progress=progress)
+    eval_cfg = cfg
+    if cfg.hidden_steps > 0:  # final phase: fresh scenes whose faint partners are hidden; the model's world from here
+        eval_cfg = replace(cfg, world=hidden_world(cfg))
+        hidden = build_world(eval_cfg)
+        h_scenes = hidden.sample_scenes(cfg.hidden_n_scenes, "train", start=cfg.n_train_scenes)
+        h_pv = pixel_tensor(processor.image_processor, [hidden.render(s) for s in h_scenes])
+        h_cfg = replace(eval_cfg, warmup=cfg.hidden_warmup, seed=cfg.seed + 11)
+        h_examples = training_examples(hidden, h_scenes, vlm, n_img, h_cfg)
+        h_losses = train_llava(
+            model, vlm, h_examples, h_pv, h_cfg, steps=cfg.hidden_steps, lr_scale=cfg.hidden_lr_scale, progress=progress
+        )
+        phase_losses["hidden"] = round(float(np.mean(h_losses[-50:])), 4)
+        losses += h_losses
     train_seconds = time.time() - t0
-    metrics = evaluate_model(model, processor, cfg)
+    metrics = evaluate_model(model, processor, eval_cfg)
     metrics["final_train_loss"] = round(float(np.mean(losses[-50:])), 4) if losses else None
     if phase_losses:
         metrics["phase_final_loss"] = phase_losses
@@ -636,11 +690,11 @@ def build(out_dir: Path, cfg: MiniLlavaConfig, deps: dict, progress=None, on_tra
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     rec = make_record(
-        "mini-llava",
+        model_name(cfg),
         metrics,
         cfg,
         time.time() - t0,
-        world_config=cfg.world,
+        world_config=eval_cfg.world,
         prep_seconds=round(prep_seconds, 2),
         train_seconds=round(train_seconds, 2),
         n_train_examples=len(examples.ids),
