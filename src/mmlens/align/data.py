@@ -59,11 +59,11 @@ def with_second_rejected(pairs: Sequence[PreferencePair], others: Sequence[Prefe
             second.setdefault(str(o.meta["id"]), o)
     out = []
     for p in pairs:
-        o = second.get(str(p.meta.get("id", "")))
-        if o is None or o.chosen != p.chosen or o.rejected == p.rejected:
+        match = second.get(str(p.meta.get("id", "")))
+        if match is None or match.chosen != p.chosen or match.rejected == p.rejected:
             continue
-        meta = dict(p.meta) | {"source_2": o.meta.get("source", "")}
-        out.append(PreferencePair(p.image, p.prompt, p.chosen, p.rejected, meta, o.rejected))
+        meta = dict(p.meta) | {"source_2": match.meta.get("source", "")}
+        out.append(PreferencePair(p.image, p.prompt, p.chosen, p.rejected, meta, match.rejected))
     if not out:
         raise InputError("no pair found a second rejected answer (match them by meta['id'] and chosen answer)")
     return out

@@ -32,14 +32,22 @@ def _stack(per_seed: Sequence[SeedItems], metric: str) -> tuple[np.ndarray, np.n
     return np.stack(num), np.stack(den)
 
 
-def _values(num: np.ndarray, den: np.ndarray, seed_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-    """Metric per bootstrap draw: [B] = mean over drawn seeds of sum(num)/sum(den) over drawn items."""
-    n = num[:, item_idx].sum(-1)  # [S, B]
-    d = den[:, item_idx].sum(-1)
+def _values(num: np.ndarray, den: np.ndarray, seed_idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Metric per bootstrap draw: [B] = mean over the drawn seeds of sum(num)/sum(den) over the drawn items
+    (``counts[b, i]``: how often item i is drawn in resample b)."""
+    n = num @ counts.T  # [S, B]
+    d = den @ counts.T
     with np.errstate(invalid="ignore", divide="ignore"):
         per_seed = n / d
     rows = np.take_along_axis(per_seed.T, seed_idx, axis=1)  # [B, S']
-    return np.nanmean(rows, axis=1)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(rows, axis=1)
+
+
+def _item_counts(rng: np.random.Generator, n_items: int, resamples: int) -> np.ndarray:
+    """[B, N] draw counts of a bootstrap over N items (each resample draws N items with replacement)."""
+    idx = rng.integers(0, n_items, (resamples, n_items)) + (np.arange(resamples) * n_items)[:, None]
+    return np.bincount(idx.ravel(), minlength=resamples * n_items).reshape(resamples, n_items).astype(np.float64)
 
 
 def _point(num: np.ndarray, den: np.ndarray) -> float:
@@ -58,7 +66,7 @@ def wilson(successes: float, n: float, z: float = 1.959964) -> list[float]:
 
 
 def _draws(rng: np.random.Generator, n_items: int, n_seeds: int, resamples: int) -> tuple[np.ndarray, np.ndarray]:
-    return rng.integers(0, n_seeds, (resamples, n_seeds)), rng.integers(0, n_items, (resamples, n_items))
+    return rng.integers(0, n_seeds, (resamples, n_seeds)), _item_counts(rng, n_items, resamples)
 
 
 def summarise(
@@ -110,7 +118,7 @@ def paired_difference(
         n_items = na.shape[1]
         diff = _point(na, da) - _point(nb, db)
         rng = np.random.default_rng([seed, 7919, k])
-        items = rng.integers(0, n_items, (resamples, n_items))
+        items = _item_counts(rng, n_items, resamples)
         sa = rng.integers(0, na.shape[0], (resamples, na.shape[0]))
         sb = rng.integers(0, nb.shape[0], (resamples, nb.shape[0]))
         vals = _values(na, da, sa, items) - _values(nb, db, sb, items)

@@ -28,7 +28,7 @@ substitution); ``dpo_noisy_image`` (POVID's noise + teacher-forced argmax); ``dp
 (Eq. 5, gamma 0.5: the BDHS reject and the substitution reject of each example, as the paper's "BDHS u POVID");
 ``dpo_bdhs_noise`` (BDHS_noise: the image diffused instead of masked); ``dpo_bdhs_unguided`` (masking without
 sentence guidance); ``online_dpo`` (on-policy: fresh policy samples for every batch, world-oracle judge);
-``online_dpo_refresh8`` (pairs refreshed every 8 steps); ``mixed_dpo`` (Eq. 4, p = 0.5 with BDHS pairs,
+``online_dpo_refresh8`` (pairs refreshed every ``dpo.refresh_every`` = 8 steps, today's default); ``mixed_dpo`` (Eq. 4, p = 0.5 with BDHS pairs,
 on-policy); ``online_bdhs`` (on-policy); additions against DPO's length bias on the BDHS pairs: ``dpo_bdhs_sft``
 (TRL's SFT term, weight tuned) and ``dpo_bdhs_ld`` (LD-DPO, alpha 0.5).
 
@@ -109,7 +109,7 @@ ONLINE: dict[Arm, tuple[OnlineMode, bool]] = {
     Arm.ONLINE_BDHS: (OnlineMode.ONLINE_BDHS, True),
 }
 #: fixed (not tuned) setting changes of an arm
-FIXED: dict[Arm, dict[str, Any]] = {Arm.DPO_BDHS_LD: {"ld_alpha": 0.5}, Arm.ONLINE_DPO_REFRESH8: {"refresh_every": 8}}
+FIXED: dict[Arm, dict[str, Any]] = {Arm.DPO_BDHS_LD: {"ld_alpha": 0.5}}
 #: arms whose tuning includes sft_weight
 WITH_SFT_TERM: tuple[Arm, ...] = (Arm.DPO_BDHS_SFT,)
 #: the headline metrics of the issue's layout (plus the rest of evaluate_failure's in ``more``)

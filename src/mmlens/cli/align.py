@@ -53,6 +53,9 @@ BDHS_OPTIONS = FieldOptions(
         "mask_layers": "Comma-separated decoder layers to mask (default: all).",
         "eps_s": "Accept a rejected answer when its similarity to the chosen one is below this.",
         "max_tries": "Tries per example; the last one unguided.",
+        "guided": "Reference-guided completion (off: every try generates whole answers, the paper's ablation).",
+        "corruption": "Hide image tokens (mask) or diffuse the image instead (noise, BDHS_noise).",
+        "noise_step": "With --corruption noise: step of POVID's 1000-step noise schedule.",
         "seed": "Seed of the masks, the cuts and the world SFT turns.",
     },
 )
@@ -112,6 +115,7 @@ DPO_OPTIONS = FieldOptions(
         "loss_type": "TRL loss type.",
         "finetune": "LoRA adapters (merged after training) or full.",
         "refresh_every": "Online modes: steps between fresh pairs.",
+        "on_policy": "Online modes: fresh pairs from the current policy for every batch (overrides --refresh-every).",
         "mix_probability": "Mixed mode: probability of an offline pair.",
         "sft_weight": "Add TRL's SFT loss on the chosen answers with this weight (against DPO's length bias; 0 = off).",
         "ld_alpha": "LD-DPO: weight of the tokens beyond the shorter answer (default: plain DPO).",
