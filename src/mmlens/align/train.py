@@ -176,6 +176,7 @@ def train_dpo(
     model = vlm.model
     model.train()
     lora = settings.finetune is FineTune.LORA
+    torch.manual_seed(settings.seed)  # the LoRA initialisation, whatever ran before
     with tempfile.TemporaryDirectory(prefix="mmlens-dpo-") as tmp:
         trainer = DPOTrainer(
             model=model,

@@ -383,7 +383,14 @@ def align_benchmark(
     def examples_of(seed: int):
         return world_sft_examples(world, config.n_scenes, seed=seed, start=20000 + 1000 * (seed % 1000))
 
+    loaded: dict[tuple[str, int], list[PreferencePair]] = {}
+
     def pair_set(kind: str, seed: int) -> list[PreferencePair]:
+        if (kind, seed) not in loaded:
+            loaded[kind, seed] = make_pair_set(kind, seed)
+        return loaded[kind, seed]
+
+    def make_pair_set(kind: str, seed: int) -> list[PreferencePair]:
         examples = examples_of(seed)
         bdhs_seed = replace(bdhs_base, seed=seed)
 
