@@ -191,9 +191,10 @@ def smoke_config(model: str, **changes) -> AlignBenchConfig:
         n_calibration_scenes=40,
         dpo=DPOSettings(batch_size=4, refresh_every=2, max_new_tokens=16),
         bdhs=BDHSConfig(visible_tokens=1, max_new_tokens=24, max_tries=3),
-        grid=TuningGrid(beta=(0.1, 0.5), learning_rate=(2e-4, 4e-4), steps=(2, 4)),
-        validation=FailureEvalConfig(n_anchor_scenes=10, n_ordinary_scenes=10, split="val", max_new_tokens=16),
-        test=FailureEvalConfig(n_anchor_scenes=12, n_ordinary_scenes=12, split="test", max_new_tokens=16),
+        # one distinct run per arm (equal levels collapse the design: identical runs are one stored unit)
+        grid=TuningGrid(beta=(0.1, 0.1), learning_rate=(4e-4, 4e-4), sft_weight=(1.0, 1.0), steps=(2, 4)),
+        validation=FailureEvalConfig(n_anchor_scenes=6, n_ordinary_scenes=6, split="val", max_new_tokens=12),
+        test=FailureEvalConfig(n_anchor_scenes=8, n_ordinary_scenes=8, split="test", max_new_tokens=12),
         resamples=300,
         cost_examples=12,
     )
