@@ -472,6 +472,7 @@ def bdhs_pairs(
             else:
                 still.append(i)
         pending = still
+    tried_by_try += [0] * (config.max_tries - len(tried_by_try))  # tries never reached: one length for all runs
     pairs, dropped = [], 0
     for i, ex in enumerate(examples):
         text = rejected[i] or ""
