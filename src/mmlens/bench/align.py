@@ -211,6 +211,17 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _strict(obj: Any) -> Any:
+    """NaN (a metric with no items, e.g. CHAIR_i when nothing is named) as null, so the file is strict JSON."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def config_record(config: AlignBenchConfig) -> dict:
     return _plain(asdict(config))
 
@@ -462,6 +473,9 @@ def align_benchmark(
     test_runs: dict[Arm, list[dict]] = {}
 
     def record(complete: bool) -> dict:
+        return _strict(full_record(complete))
+
+    def full_record(complete: bool) -> dict:
         return assemble(
             config, cfg_rec, calibration, sft_val, sft_test, tuned, tuning_rows, test_runs, store, complete
         ) | {
