@@ -35,26 +35,26 @@ TARGET = 0.85
 # every tiny architecture are run on two of them to keep one mutant's run short)
 MODULES: dict[str, list[str]] = {
     "influence/objective.py": [
-        "tests/test_claims_influence.py::test_negative_forms_equal_their_definitions_by_loops",
-        "tests/test_claims_influence.py::test_sigmoid_terms_equal_their_definitions_by_loops",
-        "tests/test_claims_influence.py::test_similarity_and_max_negative_probability_by_hand",
-        "tests/test_claims_influence.py::test_removal_masks_delete_exactly_the_chosen_roles",
-        "tests/test_claims_influence.py::test_a_stack_of_batches_is_the_sum_of_its_batches",
+        "tests/test_influence_claims.py::test_negative_forms_equal_their_definitions_by_loops",
+        "tests/test_influence_claims.py::test_sigmoid_terms_equal_their_definitions_by_loops",
+        "tests/test_influence_claims.py::test_similarity_and_max_negative_probability_by_hand",
+        "tests/test_influence_claims.py::test_removal_masks_delete_exactly_the_chosen_roles",
+        "tests/test_influence_claims.py::test_a_stack_of_batches_is_the_sum_of_its_batches",
         "tests/test_influence.py::test_neg_prob_is_the_zeta_derivative",
         "tests/test_influence.py::test_pos_plus_neg_exact_is_the_batch_loss_difference",
         "tests/test_influence.py::test_reciprocal_is_not_a_rescaling_of_prob",
     ],
     "shift/divergence.py": [
-        "tests/test_claims_shift.py",
+        "tests/test_shift_claims.py",
         "tests/test_shift.py::test_rjsd_zero_symmetric_bounded_monotone",
         "tests/test_shift.py::test_rjsd_same_distribution_is_within_permutation_null_and_shift_is_not",
         "tests/test_shift.py::test_rjsd_input_errors",
     ],
     "align/masking.py": [
-        "tests/test_claims_align.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not",
-        "tests/test_claims_align.py::test_hidden_token_draws_follow_eq_6_and_share_groups_across_calls",
-        "tests/test_claims_align.py::test_masking_only_the_chosen_layers_and_clear_errors",
-        "tests/test_claims_align.py::test_the_layer_mask_hides_exactly_the_hidden_keys_from_every_other_query",
+        "tests/test_align_claims.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not",
+        "tests/test_align_claims.py::test_hidden_token_draws_follow_eq_6_and_share_groups_across_calls",
+        "tests/test_align_claims.py::test_masking_only_the_chosen_layers_and_clear_errors",
+        "tests/test_align_claims.py::test_the_layer_mask_hides_exactly_the_hidden_keys_from_every_other_query",
         "tests/test_align.py::test_blocking_nothing_reproduces_the_unmasked_model_exactly[llava]",
         "tests/test_align.py::test_blocking_nothing_reproduces_the_unmasked_model_exactly[qwen2-vl]",
         "tests/test_align.py::test_blocking_every_image_token_makes_text_blind_to_the_image[llava]",
@@ -65,13 +65,13 @@ MODULES: dict[str, list[str]] = {
         "tests/test_align.py::test_draw_hidden_tokens_shares_one_mask_per_group_and_counts_visible",
     ],
     "steer/vectors.py": [
-        "tests/test_claims_steer.py",
+        "tests/test_steer_claims.py",
         "tests/test_steer.py::test_coarse_concept_shift_and_control_vectors",
         "tests/test_steer.py::test_vectors_round_trip_through_safetensors_with_metadata",
         "tests/test_steer.py::test_concept_vectors_from_a_saved_concepts_dictionary",
     ],
     "steer/apply.py": [
-        "tests/test_claims_steer.py",
+        "tests/test_steer_claims.py",
         "tests/test_steer.py::test_alpha_zero_is_plain_generation_and_steering_changes_logits[llava]",
         "tests/test_steer.py::test_alpha_zero_is_plain_generation_and_steering_changes_logits[llama]",
         "tests/test_steer.py::test_batched_equals_unbatched_and_cached_equals_uncached[llava]",
@@ -88,7 +88,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_steer.py::test_source_concept_condition_steers_only_the_samples_nearest_the_source[llama]",
     ],
     "concepts/compare.py": [
-        "tests/test_claims_concepts.py",
+        "tests/test_concepts_claims.py",
         "tests/test_concepts.py::test_kmeans_shifted_concept_is_the_mean_of_b_over_the_cluster",
         "tests/test_concepts.py::test_matching_recovers_a_permutation",
         "tests/test_concepts.py::test_per_concept_shifts_beat_the_baselines_when_shifts_differ",
@@ -97,8 +97,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_concepts.py::test_drift_falls_as_features_move",
     ],
     "align/train.py": [
-        "tests/test_claims_align.py::test_dpo_raises_the_chosen_over_rejected_log_ratio",
-        "tests/test_claims_align.py::test_online_dpo_trains_the_judges_preferred_sample_as_chosen",
+        "tests/test_align_claims.py::test_dpo_raises_the_chosen_over_rejected_log_ratio",
+        "tests/test_align_claims.py::test_online_dpo_trains_the_judges_preferred_sample_as_chosen",
         "tests/test_align.py::test_trl_dpo_trains_the_tiny_model",
         "tests/test_align.py::test_length_bias_remedies_reach_trl",
         "tests/test_align.py::test_online_and_mixed_dpo_through_trl",
@@ -106,8 +106,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_align.py::test_online_bdhs_regenerates_rejects",
     ],
     "align/bdhs.py": [
-        "tests/test_claims_align.py::test_bdhs_rejects_ignore_the_image_when_every_image_token_is_hidden",
-        "tests/test_claims_align.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not",
+        "tests/test_align_claims.py::test_bdhs_rejects_ignore_the_image_when_every_image_token_is_hidden",
+        "tests/test_align_claims.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not",
         "tests/test_align.py::test_sentences_yes_no_and_stops",
         "tests/test_align.py::test_bdhs_runs_on_every_architecture",
         "tests/test_align.py::test_continuation_batch_appends_the_partial_answer",
@@ -120,8 +120,8 @@ MODULES: dict[str, list[str]] = {
         "fit_leaves_the_global_rng_alone", "training_is_seeded", "emi_decreases_with_response_noise",
         "frozen_club_is_blind_to_additive_response_noise_but_infonce_is_not")],
     "influence/analyzer.py": [
-        "tests/test_claims_influence.py::test_self_and_relative_influence_against_a_dense_hessian",
-        "tests/test_claims_influence.py::test_exported_edited_model_carries_the_edited_parameters",
+        "tests/test_influence_claims.py::test_self_and_relative_influence_against_a_dense_hessian",
+        "tests/test_influence_claims.py::test_exported_edited_model_carries_the_edited_parameters",
         "tests/test_influence.py::test_fit_converges_and_records_its_partition",
         "tests/test_influence.py::test_closed_form_removal_matches_retraining_on_a_convex_head",
         "tests/test_influence.py::test_trace_and_self_influence",
@@ -152,8 +152,10 @@ def _prepare(module: str) -> Path:
     work = SCRATCH / _slug(module)
     work.mkdir(parents=True, exist_ok=True)
     for name in ("src", "tests"):
-        # refresh the copies; mutmut re-tests only functions whose source changed since its last run
-        shutil.copytree(ROOT / name, work / name, dirs_exist_ok=True,
+        # fresh copies (a renamed or deleted test file must not linger); mutmut keeps its results in mutants/ and
+        # re-tests only functions whose source changed since its last run
+        shutil.rmtree(work / name, ignore_errors=True)
+        shutil.copytree(ROOT / name, work / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache"))
     (work / "pyproject.toml").write_text(_mutmut_settings(module))
     meta = work / "mutants" / "src" / "mmlens" / f"{module}.meta"
@@ -196,10 +198,11 @@ def run_module(module: str, max_children: int, equivalent: dict[str, str], run: 
     if run:
         work = _prepare(module)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-                              cwd=work, env=_env(), capture_output=True, text=True)
+        # mutmut's progress goes to the log as it runs (poll it with `tail`)
+        with open(work / "mutmut-run.log", "w") as log:
+            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                                  cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
         seconds = round(time.time() - t0, 1)
-        (work / "mutmut-run.log").write_text(proc.stdout + "\n" + proc.stderr)
         returncode = proc.returncode
     else:
         returncode = "not run"

@@ -27,22 +27,22 @@ BUGS = [
     ("bdhs_mask_not_applied", "align/bdhs.py",
      "block_image_tokens(vlm.decoder_layers, hidden.to(vlm.device), layers=mask_layers)",
      "block_image_tokens(vlm.decoder_layers, torch.zeros_like(hidden).to(vlm.device), layers=mask_layers)",
-     ["tests/test_claims_align.py::test_bdhs_rejects_ignore_the_image_when_every_image_token_is_hidden",
-      "tests/test_claims_align.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not"]),
+     ["tests/test_align_claims.py::test_bdhs_rejects_ignore_the_image_when_every_image_token_is_hidden",
+      "tests/test_align_claims.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not"]),
     ("dpo_chosen_rejected_swapped", "align/data.py",
      '"chosen": [{"role": "assistant", "content": pair.chosen}],\n'
      '            "rejected": [{"role": "assistant", "content": pair.rejected}]}',
      '"chosen": [{"role": "assistant", "content": pair.rejected}],\n'
      '            "rejected": [{"role": "assistant", "content": pair.chosen}]}',
-     ["tests/test_claims_align.py::test_dpo_raises_the_chosen_over_rejected_log_ratio"]),
+     ["tests/test_align_claims.py::test_dpo_raises_the_chosen_over_rejected_log_ratio"]),
     ("rjsd_entropies_weighted_by_sample_size", "shift/divergence.py",
      "return s_mix - 0.5 * (s_a + s_b)",
      "return s_mix - (len(a) * s_a + len(b) * s_b) / (len(a) + len(b))",
-     ["tests/test_claims_shift.py::test_rjsd_equals_a_direct_eigenvalue_computation_for_unequal_sizes"]),
+     ["tests/test_shift_claims.py::test_rjsd_equals_a_direct_eigenvalue_computation_for_unequal_sizes"]),
     ("reciprocal_axes_swapped", "influence/objective.py",
      "neg_recip = ((-log_p).exp() * off).sum(0) + ((-log_q).exp() * off).sum(1)",
      "neg_recip = ((-log_p).exp() * off).sum(1) + ((-log_q).exp() * off).sum(0)",
-     ["tests/test_claims_influence.py::test_negative_forms_equal_their_definitions_by_loops"]),
+     ["tests/test_influence_claims.py::test_negative_forms_equal_their_definitions_by_loops"]),
 ]
 
 

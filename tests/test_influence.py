@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import run_cli, run_error
-from mmlens.cli import main
 from mmlens.errors import InputError
 from mmlens.influence import (
     BatchPartition,
@@ -28,7 +24,7 @@ from mmlens.influence import (
     load_pair_data,
 )
 from mmlens.influence.objective import batch_loss, pair_terms, removal_masks
-from mmlens.models import LossKind, load_model, tiny_model
+from mmlens.models import LossKind, tiny_model
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40), (200, 60, 200), (250, 250, 250)]
 WORDS = ["red", "green", "blue", "yellow", "purple", "white"]
@@ -208,7 +204,7 @@ def test_trace_and_self_influence(fitted):
         atol=1e-9,
     )
     # g_n^T H^-1 g_n with H positive definite at the converged fit: strictly positive, and it depends on the role
-    # (its value is checked against a dense Hessian in test_claims_influence); TracIn's is ||g_pos||^2
+    # (its value is checked against a dense Hessian in test_influence_claims); TracIn's is ||g_pos||^2
     self_both = fitted.self_influence()
     assert (self_both > 0).all()
     assert not np.allclose(self_both, fitted.self_influence(role="pos"))
@@ -415,121 +411,3 @@ def test_bad_input_is_a_clear_error(tmp_path):
     (tmp_path / "fit" / "fit.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(InputError, match="no complete fit"):
         FitResult.load(tmp_path / "fit")
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-INFLUENCE_COMMANDS = [
-    ["influence"],
-    ["influence", "detect"],
-    ["influence", "value"],
-    ["influence", "trace"],
-    ["influence", "remove"],
-    ["bench", "influence"],
-]
-
-
-@pytest.mark.parametrize("words", INFLUENCE_COMMANDS, ids=" ".join)
-def test_help(words, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([*words, "--help"])
-    assert info.value.code == 0 and "Usage" in capsys.readouterr().out
-
-
-def _export(folder, data: PairData) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "data.jsonl", "w") as f:
-        for i, (im, cap) in enumerate(zip(data.images, data.captions)):
-            im.save(folder / f"{i}.png")
-            f.write(json.dumps({"image": f"{i}.png", "caption": cap}) + "\n")
-    return str(folder / "data.jsonl")
-
-
-def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
-    model_dir = tmp_path / "model"
-    clip.save_pretrained(model_dir)
-    train = _export(tmp_path / "train", _pairs(16))
-    val = _export(tmp_path / "val", _pairs(8, seed=2))
-    test = _export(tmp_path / "test", _pairs(3, seed=7))
-    out = tmp_path / "out"
-    common = ["--model", str(model_dir), "--data", train, "--out", str(out), "--batch-size", "8", "--l2", "5"]
-    assert run_cli(["influence", "detect", *common, "--val", val, "--top", "4"]) in (0, None)
-    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
-    assert len(rows) == 16 and rows[0]["rank"] == 1
-    assert rows[0]["delta_val_loss_if_removed"] <= rows[-1]["delta_val_loss_if_removed"]
-    assert (out / "report" / "index.html").is_file() and list((out / "report" / "assets").rglob("*.png"))
-    capsys.readouterr()
-    assert run_cli(["influence", "value", *common, "--val", val, "--format", "csv"]) in (0, None)
-    assert "reusing the fit" in capsys.readouterr().err  # the second run resumes from the saved fit
-    assert (out / "scores.csv").read_text().count("\n") == 17
-    assert run_cli(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
-    assert len((out / "trace.jsonl").read_text().splitlines()) == 9
-    edited = tmp_path / "edited"
-    assert run_cli(
-        [
-            "influence",
-            "remove",
-            *common,
-            "--ranking",
-            str(out / "scores.jsonl"),
-            "--n-remove",
-            "2",
-            "--save-to",
-            str(edited),
-        ]
-    ) in (0, None)
-    reloaded = load_model(str(edited))
-    assert not torch.equal(reloaded.base_model.visual_projection.weight, clip.base_model.visual_projection.weight)
-
-
-def test_cli_errors_are_one_line(clip, tmp_path, capsys):
-    model_dir = tmp_path / "model"
-    clip.save_pretrained(model_dir)
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    for argv in (
-        ["--data", str(tmp_path / "nope.jsonl"), "--val", str(empty)],
-        ["--data", str(empty), "--val", str(empty)],
-        ["--data", _export(tmp_path / "t", _pairs(4)), "--val", str(empty), "--neg-form", "cubic"],
-        ["--data", str(tmp_path / "t" / "data.jsonl"), "--val", str(empty), "--format", "xml"],
-    ):
-        run_error(["influence", "detect", "--model", str(model_dir), "--out", str(tmp_path / "o"), *argv], capsys)
-
-
-def test_detect_on_a_smoke_zoo_model(smoke_zoo_home, monkeypatch, tmp_path):
-    """The zoo path end to end: zoo:digits-clip (smoke budget), digits pairs with injected swaps, CLI detect."""
-    from mmlens.world.digits import digits_pairs
-
-    monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
-    digits = digits_pairs("train", seed=1, image_size=16, n=48)
-    data = PairData(
-        tuple(p.image for p in digits), tuple(p.caption for p in digits), labels=tuple(p.label for p in digits)
-    )
-    noisy = inject_noise(data, 0.25, "random_swap", seed=0)
-    train = _export(tmp_path / "train", noisy.data)
-    val = _export(
-        tmp_path / "val",
-        PairData(
-            tuple(p.image for p in digits_pairs("test", n=16, image_size=16)),
-            tuple(p.caption for p in digits_pairs("test", n=16, image_size=16)),
-        ),
-    )
-    out = tmp_path / "out"
-    assert run_cli(
-        [
-            "influence",
-            "detect",
-            "--model",
-            "zoo:digits-clip",
-            "--data",
-            train,
-            "--val",
-            val,
-            "--out",
-            str(out),
-            "--batch-size",
-            "16",
-        ]
-    ) in (0, None)
-    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
-    assert sorted(r["index"] for r in rows) == list(range(48))
-    assert all(np.isfinite(r["delta_val_loss_if_removed"]) for r in rows)

@@ -3,8 +3,6 @@ clean-up), vectors and their files, baselines, evaluation, selection score, CLI.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -373,8 +371,9 @@ def test_selection_score_prefers_a_clean_single_target():
     mixed = ["yellow"] * 4 + ["purple"] * 4 + ["blue"] * 4 + ["green"] * 3
     nothing = list(baseline)
     s_clean, s_mixed = selection_score(baseline, clean), selection_score(baseline, mixed)
-    # top deltas: yellow +9 | blue -2, green -2, red -5: score = min(primary) - max(secondary) = 9 - (-2)
-    assert s_clean.primary == ("yellow",) and s_clean.score == pytest.approx(11.0)
+    # top deltas: yellow +9 | blue -2, green -2, red -5; falling answers count as 0 (issue 17: the source's own
+    # drop must not drive the score): score = min(primary) - max(secondary) = 9 - 0
+    assert s_clean.primary == ("yellow",) and s_clean.score == pytest.approx(9.0)
     assert set(s_mixed.primary) == {"yellow", "purple"} and s_mixed.score < s_clean.score
     assert selection_score(baseline, nothing).score == 0.0
 
@@ -416,213 +415,7 @@ def test_interventions_describe_themselves():
     assert LogitBias(vec, 3.0).describe()["kind"] == "logit_bias"
 
 
-# ---------------------------------------------------------------------------------------------------- CLI
-@pytest.mark.parametrize("args", [["steer", "build"], ["steer", "apply"], ["steer", "eval"], ["bench", "steer"]])
-def test_cli_help(args, capsys):
-    from mmlens.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main([*args, "--help"])
-    assert e.value.code in (0, None)
-    assert "Usage" in capsys.readouterr().out
-
-
-def test_cli_build_apply_eval_on_a_tiny_model(tmp_path, capsys):
-    from mmlens.cli import main
-
-    vlm = tiny_model("llava", seed=2)  # this seed's random model gives several different answers
-    vlm.save_pretrained(tmp_path / "vlm")
-    for i, im in enumerate(_images(6)):
-        im.save(tmp_path / f"{i}.png")
-    questions = [("is there a star ?", "yes", "yes/no"), ("how many stars are there ?", "two", "number")]
-    rows = [
-        {"image": f"{i}.png", "question": q, "answer": a, "answer_type": t} for i in range(6) for q, a, t in questions
-    ]
-    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model, data = str(tmp_path / "vlm"), str(tmp_path / "q.jsonl")
-    main_args = ["-m", model, "--data", data]
-    capsys.readouterr()
-    # labels come from the tiny model's own answers: take its two most common answers as source and target
-    plain = generate_answers(
-        vlm,
-        [
-            VQAExample(Image.open(tmp_path / r["image"]).convert("RGB"), r["question"], r["answer"], r["answer_type"])
-            for r in rows
-        ],
-        max_new_tokens=2,
-    )
-    from collections import Counter
-
-    common = [a for a, _ in Counter(plain).most_common(2)]
-    assert len(common) == 2
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "steer",
-                "build",
-                *main_args,
-                "--source",
-                common[0],
-                "--target",
-                common[1],
-                "--layers",
-                "0,1",
-                "--no-use-truth",
-                "--max-new-tokens",
-                "2",
-                "--out",
-                str(tmp_path / "v.safetensors"),
-            ]
-        )
-    assert e.value.code in (0, None)
-    vectors = load_vectors(tmp_path / "v.safetensors")
-    assert {v.kind for v in vectors} == {VectorKind.COARSE, VectorKind.SHUFFLED} and len(vectors) == 4
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "steer",
-                "apply",
-                *main_args,
-                "--vectors",
-                str(tmp_path / "v.safetensors"),
-                "--alpha",
-                "2",
-                "--out",
-                str(tmp_path / "a.jsonl"),
-                "--max-new-tokens",
-                "2",
-            ]
-        )
-    assert e.value.code in (0, None)
-    out = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
-    assert len(out) == len(rows) and {"plain", "steered"} <= set(out[0])
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "steer",
-                "eval",
-                *main_args,
-                "--vectors",
-                str(tmp_path / "v.safetensors"),
-                "--source",
-                common[0],
-                "--target",
-                common[1],
-                "--alphas",
-                "0,1",
-                "--out",
-                str(tmp_path / "report"),
-                "--max-new-tokens",
-                "2",
-            ]
-        )
-    assert e.value.code in (0, None)
-    data_json = json.loads((tmp_path / "report" / "data.json").read_text())
-    assert len(data_json["vectors"]) == 2 and "shuffled" in data_json["vectors"][0]["sweep"][0]
-    assert (tmp_path / "report" / "index.html").is_file()
-    from safetensors.torch import save_file
-
-    save_file({"concepts": torch.randn(3, vlm.lm_head.weight.shape[1])}, str(tmp_path / "dictionary.safetensors"))
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "steer",
-                "build",
-                *main_args,
-                "--dictionary",
-                str(tmp_path / "dictionary.safetensors"),
-                "--layers",
-                "1",
-                "--out",
-                str(tmp_path / "c.safetensors"),
-            ]
-        )
-    assert e.value.code in (0, None)
-    concepts = load_vectors(tmp_path / "c.safetensors")
-    assert len(concepts) == 6 and {v.kind for v in concepts} == {VectorKind.CONCEPT} and concepts[0].layer == 1
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "steer",
-                "apply",
-                *main_args,
-                "--vectors",
-                str(tmp_path / "missing.safetensors"),
-                "--out",
-                str(tmp_path / "x.jsonl"),
-            ]
-        )
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "missing.safetensors" in err and "Traceback" not in err
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "steer",
-                "apply",
-                *main_args,
-                "--vectors",
-                str(tmp_path / "v.safetensors"),
-                "--positions",
-                "sideways",
-                "--out",
-                str(tmp_path / "x.jsonl"),
-            ]
-        )
-    assert e.value.code == 2
-    (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "steer",
-                "build",
-                "-m",
-                model,
-                "--data",
-                str(tmp_path / "empty.jsonl"),
-                "--source",
-                "a",
-                "--target",
-                "b",
-                "--out",
-                str(tmp_path / "y.safetensors"),
-            ]
-        )
-    assert e.value.code == 2
-    assert "empty" in capsys.readouterr().err
-
-
-def test_benchmark_runs_on_the_smoke_zoo_and_records_what_it_cannot_measure(smoke_zoo_home, monkeypatch):
-    """The smoke zoo's one-layer mini-llava answers nothing correctly: every part that needs correct answers must
-    say so in the result instead of failing the run; the overhead is still measured."""
-    from mmlens.bench.steer import SteerBenchConfig, steer_benchmark
-
-    monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
-    cfg = SteerBenchConfig(
-        n_train=16,
-        n_select=6,
-        n_test=6,
-        alphas=(1.0,),
-        caption_alphas=(1.0,),
-        select_alphas=(1.0,),
-        control_seeds=(0,),
-        n_concepts=2,
-        n_selected=1,
-        caption_tokens=6,
-        overhead_repeats=1,
-        batch_size=64,
-        threads=1,
-    )
-    result = steer_benchmark(cfg)
-    for layer, row in result["yes_to_no"].items():
-        assert "error" in row or {"flip_rate", "random_flip_rate", "shuffled_flip_rate", "logit_bias_flip_rate"} <= set(
-            row
-        ), layer
-    for part in ("colour_to_colour", "number_to_number", "caption_style"):
-        assert "error" in result[part] or "selected" in result[part] or "after" in result[part], part
-    assert result["overhead"]["plain_s"] > 0 and result["overhead"]["steered_s"] > 0
-    json.dumps(result)  # JSON-ready
+# ------------------------------------------------------------------------ source-concept condition, saved dictionaries
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2-vl", "llama"])

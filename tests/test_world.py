@@ -264,3 +264,61 @@ def test_vocabulary_covers_corpus() -> None:
     tokens = set(" ".join(w.corpus(w.sample_scenes(300, "train"), rng=0)).split())
     assert tokens <= set(w.vocabulary())
     assert set(World().vocabulary()) <= set(World().vocabulary(include_synonyms=True))
+
+
+def test_faint_objects_are_drawn_at_reduced_contrast_where_configured() -> None:
+    """Weak visual evidence (``faint_*``): the chosen share of partner objects beside their anchor is drawn at
+    ``faint_alpha`` contrast, everything else at full colour, and the choice is a function of the scene."""
+    from dataclasses import replace
+
+    from mmlens.world.render import is_faint
+
+    base = WorldConfig(bias_pairs=(("triangle", "star"),), bias_strength=0.75)
+    cfg = replace(base, faint_shapes=("star",), faint_fraction=0.5, faint_alpha=0.2, faint_beside_anchor=True)
+    w, w0 = World(cfg, seed=0), World(base, seed=0)
+    scenes = w.sample_scenes(400, "train")
+    stars_beside = [(o, s) for s in scenes for o in s.objects if o.shape == "star" and "triangle" in s.object_classes]
+    stars_alone = [
+        (o, s) for s in scenes for o in s.objects if o.shape == "star" and "triangle" not in s.object_classes
+    ]
+    assert stars_beside and stars_alone
+    share = np.mean([is_faint(o, s, cfg) for o, s in stars_beside])
+    assert 0.35 < share < 0.65
+    assert not any(is_faint(o, s, cfg) for o, s in stars_alone)  # no anchor: always clear
+    assert not any(is_faint(o, s, cfg) for s in scenes for o in s.objects if o.shape != "star")
+    n_faint = 0
+    for o, s in stars_beside[:40]:
+        arr, arr0 = np.asarray(w.render(s)).astype(int), np.asarray(w0.render(s)).astype(int)
+        cx, cy, _ = object_box(o, cfg)
+        bg, col = np.array(PALETTE[s.background]), np.array(PALETTE[o.colour])
+        want = np.round(0.2 * col + 0.8 * bg) if is_faint(o, s, cfg) else col
+        assert np.abs(arr[int(cy), int(cx)] - want).max() <= 12
+        n_faint += is_faint(o, s, cfg)
+        others = [p for p in s.objects if p is not o and not is_faint(p, s, cfg)]
+        for p in others:  # the rest of the scene renders exactly as without the option
+            px, py, _ = object_box(p, cfg)
+            assert (arr[int(py), int(px)] == arr0[int(py), int(px)]).all()
+    assert n_faint > 0
+    assert (np.asarray(w.render(scenes[0])) == np.asarray(w.render(scenes[0]))).all()
+    assert WorldConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError):
+        WorldConfig(faint_shapes=("hexagon",))
+    with pytest.raises(InputError):
+        WorldConfig(faint_fraction=1.5)
+
+
+def test_hidden_partners_render_as_if_absent() -> None:
+    """At contrast 0 (`PRIOR_HIDDEN_WORLD`) a hidden partner leaves no trace: the image is the scene's without it."""
+    from mmlens.world.render import is_faint
+    from mmlens.zoo.mini_llava import PRIOR_HIDDEN_WORLD
+
+    w = World(PRIOR_HIDDEN_WORLD, seed=0)
+    n = 0
+    for s in w.sample_scenes(300, "train"):
+        hidden = [o for o in s.objects if is_faint(o, s, w.cfg)]
+        if not hidden:
+            continue
+        without = Scene(s.scene_id, tuple(o for o in s.objects if o not in hidden), s.background)
+        assert (np.asarray(w.render(s)) == np.asarray(w.render(without))).all()
+        n += 1
+    assert n > 5

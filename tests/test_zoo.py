@@ -316,6 +316,10 @@ def test_prior_diagnostics_separate_partner_from_other_false_yes():
     assert d["n_scenes"] == cfg.n_prior_scenes and d["n_partner_probes"] > 0
     assert d["partner_false_yes"] == 1.0 and d["other_false_yes"] == 0.0
     assert d["pope_adversarial_acc"] < d["pope_random_acc"]
+    # a model that hallucinates every absent partner and nothing else opens exactly the gap the probes allow
+    gap = d["pope_random_acc"] - d["pope_adversarial_acc"]
+    assert abs(gap - d["gap_per_false_yes_difference"]) < 2e-4
+    assert d["partner_negatives"]["adversarial"] > d["partner_negatives"]["random"]
 
 
 def test_prior_recipe_builds_with_its_diagnostics(zoo_home, tmp_path):

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from mmlens.align.masking import block_image_tokens
+from mmlens.answers import DEFAULT_EXTRACTOR, YES_NO
 from mmlens.errors import InputError
 from mmlens.models.generative import IGNORE_INDEX, VisionLanguageModel
 
@@ -30,8 +31,9 @@ DESCRIBE_PROMPT = "describe the image ."
 
 
 def parse_yes_no(answer: str) -> str | None:
-    m = re.match(r"\s*(yes|no)\b", answer.lower())
-    return m.group(1) if m else None
+    """The leading yes/no word (:class:`mmlens.answers.AnswerExtractor`, as POPE reads answers); None otherwise."""
+    answer = DEFAULT_EXTRACTOR.extract(answer)
+    return answer if answer in YES_NO else None
 
 
 def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:

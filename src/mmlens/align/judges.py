@@ -8,7 +8,6 @@ is not used). Three kinds: the world's ground truth (:class:`WorldOracleJudge`),
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,15 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from mmlens.align.data import SFTExample
+from mmlens.answers import DEFAULT_EXTRACTOR, AnswerExtractor
 from mmlens.errors import InputError
 
 
 class PairwiseJudge(Protocol):
     def judge(self, examples: Sequence[SFTExample], first: Sequence[str], second: Sequence[str]) -> list[int]: ...
-
-
-def _normal(text: str) -> str:
-    return re.sub(r"[\s.?!,]+$", "", " ".join(text.lower().split()))
 
 
 @dataclass(frozen=True)
@@ -35,10 +31,11 @@ class OracleJudge:
 
     mentioned: Callable[[str], set[str]]
     short_answer_words: int = 3
+    extractor: AnswerExtractor = DEFAULT_EXTRACTOR  # how a short answer is read (mmlens.answers)
 
     def _score(self, ex: SFTExample, text: str) -> tuple[float, float]:
         if len(ex.answer.split()) <= self.short_answer_words or ex.objects is None:
-            return (float(_normal(text) == _normal(ex.answer)), 0.0)
+            return (float(self.extractor.matches(text, ex.answer)), 0.0)
         named = set(self.mentioned(text))
         return (-float(len(named - ex.objects)), float(len(named & ex.objects)))
 

@@ -55,6 +55,9 @@ class ConceptsBenchConfig:
     n_top: int = 10
     # The zoo's vocabulary has 68 tokens: 20 candidates, 10 kept (the reference: 50 of ~32k, 10 kept).
     text: TextGroundingConfig = field(default_factory=lambda: TextGroundingConfig(top_tokens=20, keep=10))
+    gain_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # per seed: the sample order/subsample and the dictionary seed
+    gain_fraction: float = 0.9  # share of the common samples each seed's analysis uses
+    n_boot: int = 2000
     throughput_items: int = 512
     batch1_items: int = 64
     throughput_repeats: int = 7
@@ -163,6 +166,99 @@ def _colour_mass(grounder: TextGrounder, concepts: np.ndarray, colours: set[str]
     return probs[:, is_colour].sum(1)
 
 
+def gain_over_seeds(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_concepts: int,
+    seeds: tuple[int, ...],
+    fraction: float,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """Per-concept shift against the global / permuted / random baselines over seeds, with 95 % intervals.
+
+    Each seed draws a ``fraction`` subsample of the samples in a new order and fits both k-means dictionaries with
+    that seed. ``per_concept`` and ``global`` are the mean cosine gains over concepts (per concept: cos(u_b, u_s) -
+    cos(u_b, u_a)); their intervals and the paired difference's are percentile bootstraps over seeds and concepts;
+    ``permuted`` and ``random`` (each already averaged over draws within a seed) get a bootstrap over seeds."""
+    from mmlens.concepts.compare import recovery
+
+    per_seed: list[dict[str, Any]] = []
+    own, glob = [], []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        rows = rng.permutation(len(a))[: max(n_concepts + 1, int(round(fraction * len(a))))]
+        a_s, b_s = a[rows], b[rows]
+        analysis = compare_models(
+            a_s,
+            b_s,
+            CompareConfig(
+                decomposer=DecomposerConfig(DecomposerKind.KMEANS, n_concepts=n_concepts, seed=seed),
+                split_half=False,
+                seed=seed,
+            ),
+        )
+        u_a = analysis.dictionary_a.concepts
+        u_b = analysis.dictionary_b.concepts[analysis.match]
+        global_gain = recovery(u_a, u_a + (b_s - a_s).mean(0), u_b).cos_gain
+        own.append(np.asarray(analysis.recovery.cos_gain, dtype=float))
+        glob.append(np.asarray(global_gain, dtype=float))
+        per_seed.append(
+            {
+                "seed": seed,
+                "per_concept": float(np.mean(own[-1])),
+                "global": float(np.mean(glob[-1])),
+                "permuted": float(analysis.baselines["permuted"]["mean_gain"]),
+                "random": float(analysis.baselines["random"]["mean_gain"]),
+            }
+        )
+    own_m, glob_m = np.stack(own), np.stack(glob)  # (seeds, concepts)
+    rng = np.random.default_rng(0)
+    n_s, n_k = own_m.shape
+    boot: dict[str, list[float]] = {"per_concept": [], "global": [], "difference": []}
+    for _ in range(n_boot):
+        si, ki = rng.integers(0, n_s, n_s), rng.integers(0, n_k, n_k)
+        o, g = own_m[np.ix_(si, ki)].mean(), glob_m[np.ix_(si, ki)].mean()
+        boot["per_concept"].append(o)
+        boot["global"].append(g)
+        boot["difference"].append(o - g)
+
+    def ci(values) -> list[float]:
+        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+    def seed_boot(key: str) -> dict[str, Any]:
+        vals = np.array([p[key] for p in per_seed])
+        means = [vals[rng.integers(0, len(vals), len(vals))].mean() for _ in range(n_boot)]
+        return {"mean": float(vals.mean()), "ci": ci(means)}
+
+    diff_ci = ci(boot["difference"])
+    diff: dict[str, Any] = {"mean": float(own_m.mean() - glob_m.mean()), "ci": diff_ci}
+    lo, hi = diff_ci
+    wording = (
+        f"per-concept shift beats the global shift (difference {diff['mean']:.4f}, 95 % interval [{lo:.4f}, {hi:.4f}])"
+        if lo > 0
+        else f"no measurable difference between per-concept and global shift (difference {diff['mean']:.4f}, "
+        f"95 % interval [{lo:.4f}, {hi:.4f}])"
+        if hi >= 0
+        else f"the global shift beats per-concept shifts (difference {diff['mean']:.4f}, 95 % interval "
+        f"[{lo:.4f}, {hi:.4f}])"
+    )
+    return {
+        "per_concept": {"mean": float(own_m.mean()), "ci": ci(boot["per_concept"])},
+        "global": {"mean": float(glob_m.mean()), "ci": ci(boot["global"])},
+        "permuted": seed_boot("permuted"),
+        "random": seed_boot("random"),
+        "per_concept_minus_global": diff,
+        "verdict": wording,
+        "per_seed": per_seed,
+        "n_seeds": n_s,
+        "n_concepts": n_k,
+        "interval": f"percentile bootstrap, {n_boot} resamples: over seeds and concepts (per_concept, global, the "
+        "difference, paired), over seeds (permuted, random)",
+        "metric": "mean over concepts of cos(u_b, shifted) - cos(u_b, u_a), k-means, the headline layer",
+    }
+
+
 def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON-ready result (layout of issue 5)."""
     from mmlens import zoo
@@ -252,6 +348,18 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
         )
     }
 
+    # ---- per-concept vs global over seeds, with intervals
+    log(f"gain over {len(cfg.gain_seeds)} seeds (sample order/subsample and dictionary seed)")
+    gain = gain_over_seeds(
+        a_res.activations[cfg.headline_key].double().numpy(),
+        b_res.activations[cfg.headline_key].double().numpy(),
+        n_concepts=cfg.n_concepts,
+        seeds=cfg.gain_seeds,
+        fraction=cfg.gain_fraction,
+        n_boot=cfg.n_boot,
+    )
+    log(gain["verdict"])
+
     # ---- grounding quality: purity of the base concepts' top samples
     feats_a = a_res.activations[cfg.headline_key].double().numpy()
     grounding = _purity(headline.dictionary_a, feats_a, attrs, cfg.n_top, cfg.seed)
@@ -305,6 +413,11 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     )
     checks = [  # (target, measured, met)
         (
+            "per-concept shift beats the global shift over seeds (95 % interval of the difference above 0)",
+            gain["per_concept_minus_global"],
+            gain["per_concept_minus_global"]["ci"][0] > 0,
+        ),
+        (
             "per-concept shifts beat every baseline in mean cosine gain",
             {"per_concept": recovery["mean_gain"], "best_baseline": best_baseline},
             head["beats_every_baseline"],
@@ -345,9 +458,20 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
         ),
     ]
     grounding.pop("top_rows")
+    import datetime
+    import os
+
+    from mmlens.bench.shift import _git_commit
+
     return {
         "benchmark": "concepts",
         "seconds": round(time.perf_counter() - t_start, 1),
+        "run": {
+            **_git_commit(),
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "cpu_count": os.cpu_count(),
+        },
         "setup": {
             "token_of_interest": cfg.word,
             "prompt": "what shape is the <colour> object ?",
@@ -367,6 +491,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
             "models": specs,
             "model_fingerprints": {n: c.metadata["model_fingerprint"] for n, c in captures.items()},
         },
+        "gain": gain,
         "recovery": recovery,
         "recovery_detail": per_setting,
         "drift": drift_out,

@@ -322,26 +322,48 @@ def eval_command(
 def bench_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/steer.json"),
     seed: Annotated[int, typer.Option()] = 0,
-    n_test: Annotated[int, typer.Option(min=10, help="Test scenes (every reported number).")] = 150,
+    n_test: Annotated[int, typer.Option(min=10, help="Test scenes of the mini-llava tier.")] = 150,
+    tiers: Annotated[
+        str, typer.Option(help="Comma-separated: mini_llava (the zoo model), real_lm (SmolLM2-135M from its wheel).")
+    ] = "mini_llava,real_lm",
+    model: Annotated[str, typer.Option(help="The mini-llava tier's model.")] = "zoo:mini-llava",
+    fresh: Annotated[
+        bool, typer.Option(help="Start a new file instead of merging the tiers run now into OUT.")
+    ] = False,
 ) -> None:
-    """Steering mini-llava: yes -> no per layer, colour -> colour and number -> number by the selection score, caption
-    style at a middle layer, overhead; every number against its baselines in the same run."""
-    from mmlens.bench.steer import SteerBenchConfig, steer_benchmark
+    """Steering, the paper's ungated vector first, against random, shuffled and logit-bias baselines on equal terms
+    (one alpha rule on validation, the test read once, 3 seeds, 95 % intervals). Tier mini_llava: yes -> no per
+    layer (gated column = our addition), colour/number selection, caption style, overhead. Tier real_lm: SmolLM2
+    review sentiment. Tiers run now replace their entries in an existing OUT; each records its commit and time."""
+    import sys
+
+    from mmlens.bench.steer import TIERS, SteerBenchConfig, merge_steer_tiers, run_steer_tiers
+    from mmlens.errors import InputError
     from mmlens.io import write_json_atomic
 
-    result = steer_benchmark(
-        SteerBenchConfig(seed=seed, n_test=n_test), progress_cb=lambda m: typer.echo(f"steer bench: {m}", err=True)
+    chosen = tuple(t.strip() for t in tiers.split(",") if t.strip())
+    unknown = set(chosen) - set(TIERS)
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown tiers {sorted(unknown)}; use {', '.join(TIERS)}", param_hint="--tiers")
+    existing = None
+    if out.is_file() and not fresh:
+        try:
+            existing = json.loads(out.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"cannot read {out} to merge into ({err}); use --fresh") from None
+    result = run_steer_tiers(
+        chosen,
+        SteerBenchConfig(seed=seed, n_test=n_test, model=model),
+        progress_cb=lambda m: typer.echo(f"steer bench: {m}", err=True),
+        command=" ".join(["mmlens", *sys.argv[1:]]) if sys.argv else None,
     )
+    if existing is not None:
+        result = merge_steer_tiers(existing, result)
     write_json_atomic(out, result)
-    headline = {
-        "yes_to_no": result["yes_to_no"],
-        "caption_style": {
-            k: result["caption_style"].get(k)
-            for k in ("layer", "alpha", "before", "after", "steering_beats_logit_bias", "error")
-            if k in result["caption_style"]
-        },
-        "overhead": {k: result["overhead"][k] for k in ("steered_s", "plain_s", "overhead_fraction")},
-        "met": result["met"],
-    }
-    typer.echo(json.dumps(headline, indent=2))
+    headline: dict = {"met": result.get("met"), "tier_runs": result.get("tier_runs")}
+    if "yes_to_no" in result:
+        headline["yes_to_no_ungated_at_best_layer"] = result["yes_to_no"]["ungated"]["at_best_layer"]
+    if isinstance(result.get("real_lm"), dict):
+        headline["real_lm"] = {k: result["real_lm"].get(k) for k in ("layer", "flip", "other_drop", "error")}
+    typer.echo(json.dumps(headline, indent=2, default=str))
     typer.echo(f"written to {out}")

@@ -34,6 +34,18 @@ from .generative import (
 from .generative import (
     VisionLanguageModel as VisionLanguageModel,
 )
+from .gguf import (
+    load_smollm2 as load_smollm2,
+)
+from .gguf import (
+    plain_copy_of_gguf as plain_copy_of_gguf,
+)
+from .gguf import (
+    save_plain_copy as save_plain_copy,
+)
+from .gguf import (
+    smollm2_gguf_path as smollm2_gguf_path,
+)
 from .hooks import (
     add_to_output as add_to_output,
 )

@@ -14,6 +14,8 @@ Public API::
     VQAExample, FlipTarget, load_vqa_jsonl, normalise_answer, generate_answers, accuracy_by_type, steering_effect,
     evaluate_interventions, alpha_sweep, layer_sweep, sweep_with_baselines, choose_alpha, evaluate_vectors,
     SelectionScore, selection_score, Selected, select_vectors
+    # equal terms: one alpha rule on validation for steering and every baseline, the test read once, intervals
+    AlphaRule, compare_arms, summarise, verdict, wilson_interval
     # report
     write_steering_report
 """

@@ -40,6 +40,21 @@ from .build import (
 from .build import (
     vectors_from_capture as vectors_from_capture,
 )
+from .compare import (
+    AlphaRule as AlphaRule,
+)
+from .compare import (
+    compare_arms as compare_arms,
+)
+from .compare import (
+    summarise as summarise,
+)
+from .compare import (
+    verdict as verdict,
+)
+from .compare import (
+    wilson_interval as wilson_interval,
+)
 from .data import (
     load_vqa_jsonl as load_vqa_jsonl,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mmlens.answers import DEFAULT_EXTRACTOR, AnswerExtractor
 from mmlens.errors import InputError
 from mmlens.models.generative import CausalLanguageModel
 from mmlens.steer.evaluate import VQAExample, normalise_answer
@@ -47,15 +48,19 @@ def capture_examples(
 
 
 def answer_labels(
-    generated: Sequence[str], examples: Sequence[VQAExample], *, require_correct: bool = True
+    generated: Sequence[str],
+    examples: Sequence[VQAExample],
+    *,
+    require_correct: bool = True,
+    extractor: AnswerExtractor = DEFAULT_EXTRACTOR,
 ) -> list[str]:
-    """The normalised answers as labels; with ``require_correct``, ``WRONG`` ("") where an example has a ground
-    truth the answer does not match."""
+    """The extracted answers as labels (``extractor.extract``); with ``require_correct``, ``WRONG`` ("") where an
+    example has a ground truth the text does not match (``extractor.matches``)."""
     labels = []
     for text, ex in zip(generated, examples):
-        answer = normalise_answer(text)
-        truth = normalise_answer(ex.answer)
-        labels.append(answer if not (require_correct and truth and answer != truth) else WRONG)
+        answer = extractor.extract(text)
+        wrong = require_correct and bool(ex.answer.strip()) and not extractor.matches(text, ex.answer)
+        labels.append(WRONG if wrong else answer)
     return labels
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mmlens.answers import DEFAULT_EXTRACTOR, AnswerExtractor, normalise_text
 from mmlens.errors import InputError
 from mmlens.models.generative import CausalLanguageModel
 from mmlens.steer.apply import SteerConfig, Steering
@@ -63,12 +63,9 @@ class FlipTarget:
 
 
 def normalise_answer(text: str) -> str:
-    """Lower case, single spaces, trailing punctuation removed (the world's exact-match rule), and a word repeated
-    right after itself collapsed ("no no no" -> "no"): a model pushed at every position may loop on its answer,
-    which would otherwise count as a wrong answer for some interventions and not others."""
-    text = re.sub(r"\s+", " ", text.lower().strip())
-    text = re.sub(r"[\s.?!,]+$", "", text)
-    return re.sub(r"\b(\w+)(?: \1\b)+", r"\1", text)
+    """:func:`mmlens.answers.normalise_text` (lower case, single spaces, no trailing punctuation, immediate word
+    repeats collapsed: "no no no" -> "no")."""
+    return normalise_text(text)
 
 
 def _check_examples(examples: Sequence[VQAExample]) -> list[VQAExample]:
@@ -85,8 +82,10 @@ def generate_answers(
     *,
     max_new_tokens: int = 4,
     batch_size: int = 64,
+    extractor: AnswerExtractor = DEFAULT_EXTRACTOR,
 ) -> list[str]:
-    """Batched greedy answers (normalised), under ``intervention`` if given."""
+    """Batched greedy answers, each the answer ``extractor`` reads from the generated text, under ``intervention``
+    if given."""
     items = _check_examples(examples)
     questions = [e.question for e in items]
     context = intervention.apply(model) if intervention is not None else contextlib.nullcontext()
@@ -97,22 +96,29 @@ def generate_answers(
             raw = model.generate(
                 [e.image for e in items], questions, max_new_tokens=max_new_tokens, batch_size=batch_size
             )
-    return [normalise_answer(a) for a in raw]
+    return [extractor.extract(a) for a in raw]
 
 
 def _rate(values: list[bool]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def accuracy_by_type(examples: Sequence[VQAExample], answers: Sequence[str]) -> dict[str, float]:
+def accuracy_by_type(
+    examples: Sequence[VQAExample], answers: Sequence[str], extractor: AnswerExtractor = DEFAULT_EXTRACTOR
+) -> dict[str, float]:
+    """Share of answers that match the ground truth (``extractor.matches``), per answer type."""
     groups: dict[str, list[bool]] = {}
     for ex, ans in zip(examples, answers):
-        groups.setdefault(ex.answer_type, []).append(ans == normalise_answer(ex.answer))
+        groups.setdefault(ex.answer_type, []).append(extractor.matches(ans, ex.answer))
     return {t: _rate(v) for t, v in sorted(groups.items())}
 
 
 def steering_effect(
-    examples: Sequence[VQAExample], baseline: Sequence[str], steered: Sequence[str], flip: FlipTarget
+    examples: Sequence[VQAExample],
+    baseline: Sequence[str],
+    steered: Sequence[str],
+    flip: FlipTarget,
+    extractor: AnswerExtractor = DEFAULT_EXTRACTOR,
 ) -> dict[str, Any]:
     """What an intervention did to the answers of ``examples``, against the baseline answers of the same run.
 
@@ -126,15 +132,16 @@ def steering_effect(
     items = _check_examples(examples)
     if not (len(items) == len(baseline) == len(steered)):
         raise InputError(f"got {len(items)} examples, {len(baseline)} baseline and {len(steered)} steered answers")
-    source, target = normalise_answer(flip.source), normalise_answer(flip.target)
+    source, target = extractor.extract(flip.source), extractor.extract(flip.target)
+    baseline = [extractor.extract(b) for b in baseline]
+    steered = [extractor.extract(s) for s in steered]
     in_scope = [flip.in_scope(e) for e in items]
     flips = [s == target for b, s, scope in zip(baseline, steered, in_scope) if scope and b == source]
     reached = [s == target for b, s, scope in zip(baseline, steered, in_scope) if scope and b != target]
-    acc_b, acc_s = accuracy_by_type(items, baseline), accuracy_by_type(items, steered)
+    acc_b, acc_s = accuracy_by_type(items, baseline, extractor), accuracy_by_type(items, steered, extractor)
     others = [i for i, e in enumerate(items) if flip.answer_type is not None and e.answer_type != flip.answer_type]
-    truth = [normalise_answer(e.answer) for e in items]
-    other_b = _rate([baseline[i] == truth[i] for i in others])
-    other_s = _rate([steered[i] == truth[i] for i in others])
+    other_b = _rate([extractor.matches(baseline[i], items[i].answer) for i in others])
+    other_s = _rate([extractor.matches(steered[i], items[i].answer) for i in others])
     changed: dict[str, list[bool]] = {}
     for e, b, s in zip(items, baseline, steered):
         changed.setdefault(e.answer_type, []).append(b != s)
@@ -166,17 +173,22 @@ def evaluate_interventions(
     max_new_tokens: int = 4,
     batch_size: int = 64,
     progress: bool = True,
+    extractor: AnswerExtractor = DEFAULT_EXTRACTOR,
 ) -> dict[str, dict[str, Any]]:
     """:func:`steering_effect` of each named intervention against one baseline pass (computed if not given)."""
     items = _check_examples(examples)
+    gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "extractor": extractor}
     if baseline is None:
-        baseline = generate_answers(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        baseline = generate_answers(model, items, **gen)
     out = {}
     for name, intervention in tqdm(
         list(interventions.items()), desc="interventions", disable=not progress, leave=False
     ):
-        steered = generate_answers(model, items, intervention, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        out[name] = {**steering_effect(items, baseline, steered, flip), "intervention": intervention.describe()}
+        steered = generate_answers(model, items, intervention, **gen)
+        out[name] = {
+            **steering_effect(items, baseline, steered, flip, extractor),
+            "intervention": intervention.describe(),
+        }
     return out
 
 
@@ -232,13 +244,17 @@ class SelectionScore:
 def selection_score(baseline: Sequence[str], steered: Sequence[str], *, top_n: int = 5) -> SelectionScore:
     """Khayatan et al. (2025, B.3): Delta c = answer counts with steering minus without; keep the ``top_n`` answers
     by Delta c; split them in two by 1-D k-means; the primary cluster holds the maximum; score = min over the
-    primary cluster minus max over the secondary one (0 when nothing rises)."""
+    primary cluster minus max over the secondary one (0 when nothing rises).
+
+    Falling answers enter the 2-means as 0 (Delta c clipped at 0 from below): the source answer's own drop (-100
+    when 100 answers flip away from it) would otherwise be a cluster of its own, pulling the other unchanged answers
+    into the primary cluster and adding its size to the score. ``delta_counts`` keeps the signed changes."""
     from sklearn.cluster import KMeans
 
     base, new = Counter(baseline), Counter(steered)
     deltas = {a: new[a] - base[a] for a in sorted(set(base) | set(new))}
     top = sorted(deltas.items(), key=lambda kv: (-kv[1], kv[0]))[: max(top_n, 2)]
-    values = np.array([[float(v)] for _, v in top])
+    values = np.array([[max(float(v), 0.0)] for _, v in top])
     if len(top) < 2 or values.max() <= 0:
         return SelectionScore(0.0, (), deltas)
     if np.unique(values).size == 1:
@@ -352,6 +368,7 @@ def sweep_with_baselines(
     max_new_tokens: int = 4,
     batch_size: int = 64,
     progress: bool = False,
+    extractor: AnswerExtractor = DEFAULT_EXTRACTOR,
 ) -> list[dict[str, Any]]:
     """One row per alpha: ``{"alpha", "steer": effect, "random": ..., "shuffled": ..., "logit_bias": ...}``, every
     intervention at the same alpha against one baseline pass. ``random`` is a direction of the vector's norm
@@ -386,6 +403,7 @@ def sweep_with_baselines(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
+        extractor=extractor,
     )
     return [{"alpha": float(a), **{k: _summary(res[f"{k}@{a:g}"]) for k in chosen}} for a in alphas]
 

@@ -358,8 +358,9 @@ def finetuning_shift_vectors(
     """Fine-tuning shift vectors from the activations of the original and the fine-tuned model on the same samples.
 
     The first vector is the global shift (reduced b_m - a_m over all samples); it steers the original model toward
-    the fine-tuned behaviour. With a ``dictionary`` of the original model's concepts (samples assigned to their
-    nearest concept) or explicit ``assignments``, one vector per concept k follows: the shift Delta_k of its samples.
+    the fine-tuned behaviour. With a ``dictionary`` of the original model's concepts (each sample assigned by the
+    rule of ``mmlens.concepts``: argmax_k |v_k(x)| of the dictionary's ``assign``; a bare matrix counts as k-means
+    centroids, i.e. the nearest one) or explicit ``assignments``, one vector per concept k follows: the shift Delta_k of its samples.
     """
     a = _activations(original_acts, f"the {original} model's activations")
     b = _activations(finetuned_acts, f"the {finetuned} model's activations")
@@ -384,12 +385,20 @@ def finetuning_shift_vectors(
     if dictionary is not None and assignments is not None:
         raise InputError("pass either a dictionary or assignments, not both")
     if dictionary is not None:
+        if isinstance(dictionary, (str, os.PathLike)):
+            dictionary = _load_decomposer(Path(dictionary))
         matrix = dictionary_matrix(dictionary)
         if matrix.shape[1] != a.shape[1]:
             raise InputError(
                 f"the dictionary's hidden size {matrix.shape[1]} differs from the activations' {a.shape[1]}"
             )
-        assigned = torch.cdist(a, matrix).argmin(1)
+        # One assignment rule with mmlens.concepts: argmax_k |v_k(x)| of the dictionary's own encoding (its
+        # ``assign``); a bare matrix is read as k-means centroids, whose argmax activation is the nearest centroid.
+        assign = getattr(dictionary, "assign", None)
+        if callable(assign):
+            assigned = torch.as_tensor(np.asarray(assign(a.numpy())), dtype=torch.long)
+        else:
+            assigned = torch.cdist(a, matrix).argmin(1)
         k = matrix.shape[0]
     elif assignments is not None:
         if len(assignments) != a.shape[0]:

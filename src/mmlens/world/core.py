@@ -123,6 +123,14 @@ class WorldConfig:
     jitter: float = 0.8  # fraction of the free margin in a cell used for random placement (realism)
     supersample: int = 4  # draw at k x resolution then box-downscale: exact area anti-aliasing
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # share of scene content space per split
+    # Weak visual evidence: a fixed share (`faint_fraction`, chosen by a hash of the object's content, so the same
+    # scene always renders the same) of the objects of class `faint_shapes` is drawn at `faint_alpha` contrast
+    # against the background; with `faint_beside_anchor`, only those in a scene that holds their bias anchor (a
+    # partner half hidden beside its anchor). Real VLMs hallucinate where the eye is unsure; this decides where.
+    faint_shapes: tuple[str, ...] = ()
+    faint_fraction: float = 0.0
+    faint_alpha: float = 0.3
+    faint_beside_anchor: bool = False
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> InputError:
@@ -156,7 +164,9 @@ class WorldConfig:
             raise bad("at least one shape must be outside every bias pair")
         if self.bias_pairs and self.max_objects < 2:
             raise bad("bias pairs need max_objects >= 2")
-        for name in ("bias_strength", "caption_leak", "jitter"):
+        if any(c not in self.shapes for c in self.faint_shapes):
+            raise bad(f"faint_shapes={self.faint_shapes!r} must be classes from shapes")
+        for name in ("bias_strength", "caption_leak", "jitter", "faint_fraction", "faint_alpha"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise bad(f"{name}={v} must be in [0, 1]")
@@ -185,7 +195,7 @@ class WorldConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WorldConfig:
         kw = dict(d)
-        for k in ("shapes", "colours", "backgrounds", "split_fractions"):
+        for k in ("shapes", "colours", "backgrounds", "split_fractions", "faint_shapes"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         if "bias_pairs" in kw:

@@ -7,6 +7,7 @@ only on the scene (no randomness at render time), so the same scene always yield
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 from PIL import Image, ImageDraw
@@ -23,6 +24,21 @@ def object_box(obj: WorldObject, cfg: WorldConfig, scale: float = 1.0) -> tuple[
     cx = (obj.col + 0.5) * cell + obj.dx * margin * cfg.jitter
     cy = (obj.row + 0.5) * cell + obj.dy * margin * cfg.jitter
     return cx, cy, half
+
+
+def is_faint(obj: WorldObject, scene: Scene, cfg: WorldConfig) -> bool:
+    """Whether ``obj`` of ``scene`` is drawn faint (``WorldConfig.faint_*``): a fixed share of its class's objects
+    (with ``faint_beside_anchor``, of those whose bias anchor is in the scene), picked by a hash of the object's
+    content so rendering stays a function of the scene."""
+    if obj.shape not in cfg.faint_shapes or cfg.faint_fraction <= 0.0:
+        return False
+    if cfg.faint_beside_anchor:
+        anchors = {a for a, p in cfg.bias_pairs if p == obj.shape}
+        if not anchors & scene.object_classes:
+            return False
+    key = f"{obj.shape}|{obj.colour}|{obj.size}|{obj.row}|{obj.col}|{obj.dx}|{obj.dy}".encode()
+    u = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+    return u < cfg.faint_fraction
 
 
 def _draw_shape(
@@ -71,7 +87,11 @@ def render_scene(scene: Scene, cfg: WorldConfig) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for obj in scene.objects:
         cx, cy, r = object_box(obj, cfg, scale=k)
-        _draw_shape(draw, obj.shape, cx, cy, r, PALETTE[obj.colour], bg)
+        fill = PALETTE[obj.colour]
+        if is_faint(obj, scene, cfg):
+            a = cfg.faint_alpha
+            fill = tuple(round(a * f + (1 - a) * b) for f, b in zip(fill, bg))  # type: ignore[assignment]
+        _draw_shape(draw, obj.shape, cx, cy, r, fill, bg)
     if k == 1:
         return img
     return img.resize((cfg.image_size, cfg.image_size), Image.Resampling.BOX)

@@ -118,6 +118,23 @@ PRIOR_WORLD = WorldConfig(
 )
 
 
+#: PRIOR_WORLD where half of the partners that stand beside their anchor are drawn faint (contrast 0.2): weak visual
+#: evidence exactly where the co-occurrence prior acts; every other object is drawn as usual.
+PRIOR_FAINT_WORLD = replace(
+    PRIOR_WORLD,
+    faint_shapes=tuple(p for _, p in PRIOR_WORLD.bias_pairs),
+    faint_fraction=0.5,
+    faint_alpha=0.2,
+    faint_beside_anchor=True,
+)
+
+
+#: PRIOR_FAINT_WORLD with the faint partners invisible (contrast 0): where the eye has no evidence at all. A
+#: 400-step continuation of a PRIOR_FAINT_WORLD build on it carried the prior (docs/zoo.md, run G1); not yet built
+#: from scratch.
+PRIOR_HIDDEN_WORLD = replace(PRIOR_FAINT_WORLD, faint_alpha=0.0)
+
+
 def normalise(text: str) -> str:
     text = text.lower().strip()
     text = re.sub(r"[\s]+", " ", text)
@@ -499,6 +516,8 @@ def prior_diagnostics(vlm: VisionLanguageModel, world: World, cfg: MiniLlavaConf
     partners = {s.scene_id: world.absent_partners(s) for s in scenes}
     out: dict = {}
     negatives: dict[tuple[str, str], bool] = {}
+    n_partner: dict[str, int] = {}
+    n_probes: dict[str, int] = {}
     for kind in ("random", "adversarial"):
         probes = world.pope_probes(scenes, kind=kind, per_image=cfg.pope_per_image, rng=np.random.default_rng(1000))
         ans = [
@@ -511,6 +530,8 @@ def prior_diagnostics(vlm: VisionLanguageModel, world: World, cfg: MiniLlavaConf
             )
         ]
         out[f"pope_{kind}_acc"] = round(float(np.mean([a == p.label for a, p in zip(ans, probes)])), 4)
+        n_partner[kind] = sum(p.label == "no" and p.object_class in partners[p.scene_id] for p in probes)
+        n_probes[kind] = len(probes)
         for a, p in zip(ans, probes):
             if p.label == "no":
                 negatives.setdefault((p.scene_id, p.object_class), a == "yes")
@@ -519,6 +540,12 @@ def prior_diagnostics(vlm: VisionLanguageModel, world: World, cfg: MiniLlavaConf
     out["partner_false_yes"] = round(float(np.mean(partner)), 4) if partner else float("nan")
     out["other_false_yes"] = round(float(np.mean(other)), 4) if other else float("nan")
     out["n_partner_probes"], out["n_other_probes"] = len(partner), len(other)
+    # What the POPE gap can show: both kinds ask the same number of questions, the adversarial ones ask about more
+    # absent partners, so random - adversarial = gap_per_false_yes_difference * (partner - other false-yes rate).
+    out["partner_negatives"] = dict(n_partner)
+    out["gap_per_false_yes_difference"] = round(
+        (n_partner["adversarial"] - n_partner["random"]) / max(1, n_probes["adversarial"]), 4
+    )
     cap_scenes = scenes[: min(100, len(scenes))]
     caps = vlm.generate(
         [images[s.scene_id] for s in cap_scenes],

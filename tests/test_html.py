@@ -6,11 +6,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import pytest
 from PIL import Image
 
 from mmlens.html import CardLine, HtmlReport, ImageCard
-from mmlens.io import write_json_atomic, write_jsonl_atomic
 
 
 def _report() -> HtmlReport:
@@ -53,14 +51,3 @@ def test_report_replaces_existing_folder_atomically(tmp_path):
     _report().write(out)
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folders left behind
-
-
-def test_atomic_json_leaves_old_file_on_error(tmp_path):
-    path = tmp_path / "r.json"
-    write_json_atomic(path, {"a": 1})
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"a": object()})
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
-    write_jsonl_atomic(tmp_path / "r.jsonl", [{"a": 1}, {"b": 2}])
-    assert (tmp_path / "r.jsonl").read_text().splitlines() == ['{"a": 1}', '{"b": 2}']

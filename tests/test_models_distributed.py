@@ -1,6 +1,6 @@
 """Scale-out through accelerate: two CPU processes (gloo) give exactly the single-process results.
 
-The worker (tests/distributed_worker.py) captures activations into a sharded folder, generates shift responses and
+The worker (tests/models_distributed_worker.py) captures activations into a sharded folder, generates shift responses and
 BDHS pairs on a tiny random LLaVA, computes influence scores on a tiny random CLIP (API and CLI), and trains the
 LLaVA with ``mmlens align dpo`` (TRL); it runs once in this process and once under ``accelerate launch`` with two
 processes.
@@ -22,12 +22,12 @@ from safetensors.torch import load_file
 
 from mmlens.models.distributed import DistributedWork
 
-WORKER = Path(__file__).with_name("distributed_worker.py")
+WORKER = Path(__file__).with_name("models_distributed_worker.py")
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
 def _load_worker():
-    spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
+    spec = importlib.util.spec_from_file_location("models_distributed_worker", WORKER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,4 +1,4 @@
-"""Worker of tests/test_distributed.py: activation capture, shift response generation and BDHS pairs on a tiny
+"""Worker of tests/test_models_distributed.py: activation capture, shift response generation and BDHS pairs on a tiny
 random LLaVA, influence scores on a tiny random CLIP (Python API and ``mmlens influence value``).
 
 Run once single-process and once under ``accelerate launch`` with two processes (gloo on CPU); the main process
