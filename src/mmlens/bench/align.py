@@ -673,7 +673,7 @@ def assemble(
             "seeds": list(config.seeds),
             "intervals": f"95 % percentile bootstrap over seeds x items, {config.resamples} resamples; differences "
             "paired over the shared test items; proportions also carry a Wilson interval of pooled counts",
-            "answer_matching": "mmlens.align.eval.parse_yes_no (first word yes/no)",
+            "answer_matching": "mmlens.align.eval.parse_yes_no, i.e. the shared mmlens.answers.DEFAULT_EXTRACTOR (issue 17)",
         },
         "config": cfg_rec,
         "failure": failure,
