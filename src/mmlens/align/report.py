@@ -66,6 +66,8 @@ def pairs_report(
 
 
 def _cell(v: Any) -> Any:
+    if isinstance(v, Mapping) and v.get("mean") is None:
+        return "n/a"  # a metric without items (null in the JSON)
     if isinstance(v, Mapping) and "ci" in v:
         return f"{v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
     if isinstance(v, Mapping) and "std" in v:
@@ -177,11 +179,13 @@ def arms_figure(result: Mapping[str, Any]) -> Any:
     axes = fig.subplots(1, len(ARM_PLOT_METRICS), sharey=True)
     ys = np.arange(len(names))
     for ax, (key, title) in zip(axes, ARM_PLOT_METRICS):
-        means = np.array([arms[n][key]["mean"] for n in names])
-        lo = np.array([arms[n][key]["ci"][0] for n in names])
-        hi = np.array([arms[n][key]["ci"][1] for n in names])
+        # metrics without items are null in the JSON (e.g. CHAIR_i when nothing is named): not drawn
+        means = np.array([arms[n][key]["mean"] for n in names], dtype=float)
+        lo = np.array([arms[n][key]["ci"][0] for n in names], dtype=float)
+        hi = np.array([arms[n][key]["ci"][1] for n in names], dtype=float)
         ax.errorbar(means, ys, xerr=[means - lo, hi - means], fmt="o", capsize=3)
-        ax.axvline(arms["sft"][key]["mean"], color="grey", linestyle=":", linewidth=1)
+        if arms["sft"][key]["mean"] is not None:
+            ax.axvline(arms["sft"][key]["mean"], color="grey", linestyle=":", linewidth=1)
         ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_yticks(ys, names)
