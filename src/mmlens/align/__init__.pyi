@@ -28,6 +28,15 @@ from .bdhs import (
 from .bdhs import (
     split_sentences as split_sentences,
 )
+from .calibrate import (
+    EpsCalibration as EpsCalibration,
+)
+from .calibrate import (
+    calibrate_eps_s as calibrate_eps_s,
+)
+from .calibrate import (
+    world_calibration_pairs as world_calibration_pairs,
+)
 from .data import (
     PreferencePair as PreferencePair,
 )
@@ -44,10 +53,19 @@ from .data import (
     pairs_to_dataset as pairs_to_dataset,
 )
 from .data import (
+    two_rejected_dataset as two_rejected_dataset,
+)
+from .data import (
+    with_second_rejected as with_second_rejected,
+)
+from .data import (
     write_pairs as write_pairs,
 )
 from .eval import (
     EvalScenes as EvalScenes,
+)
+from .eval import (
+    FailureEvalConfig as FailureEvalConfig,
 )
 from .eval import (
     WorldEvalConfig as WorldEvalConfig,
@@ -57,6 +75,9 @@ from .eval import (
 )
 from .eval import (
     chair_metrics as chair_metrics,
+)
+from .eval import (
+    evaluate_failure as evaluate_failure,
 )
 from .eval import (
     evaluate_files as evaluate_files,
@@ -75,6 +96,15 @@ from .eval import (
 )
 from .eval import (
     world_eval_scenes as world_eval_scenes,
+)
+from .intervals import (
+    paired_difference as paired_difference,
+)
+from .intervals import (
+    summarise as summarise,
+)
+from .intervals import (
+    wilson as wilson,
 )
 from .judges import (
     CallablePairwiseJudge as CallablePairwiseJudge,
@@ -108,6 +138,9 @@ from .settings import (
 )
 from .settings import (
     FineTune as FineTune,
+)
+from .settings import (
+    ImageCorruption as ImageCorruption,
 )
 from .settings import (
     LossType as LossType,

@@ -30,7 +30,7 @@ from transformers import BatchFeature
 
 from mmlens.align.data import PreferencePair, SFTExample, check_examples
 from mmlens.align.masking import block_image_tokens, draw_hidden_image_tokens
-from mmlens.align.settings import BDHSConfig, PivotUnit
+from mmlens.align.settings import BDHSConfig, ImageCorruption, PivotUnit
 from mmlens.errors import InputError
 from mmlens.models.distributed import DistributedWork
 from mmlens.models.embed import TextEmbedder
@@ -51,6 +51,22 @@ class BDHSStats:
     mean_length_ratio: float  # words(rejected) / words(chosen)
     similarity_by_try: list[float] = field(default_factory=list)
     generation_seconds: float = 0.0  # the masked generate calls alone (no embedding, no bookkeeping)
+    tried_by_try: list[int] = field(default_factory=list)  # examples still pending at each try
+
+    @property
+    def acceptance_by_try(self) -> list[float]:
+        """Fraction of the examples tried at each try that were accepted there (non-similar, or the last try)."""
+        return [a / t if t else 0.0 for a, t in zip(self.accepted_by_try, self.tried_by_try)]
+
+    @property
+    def cumulative_non_similar(self) -> list[float]:
+        """Fraction of all examples accepted as non-similar within the first k tries (the paper: > 74 % after one,
+        > 90 % after four); a forced acceptance at the last try (max_tries > 1) does not count."""
+        n, out, total = max(1, self.n_examples), [], 0
+        for a in self.accepted_by_try:
+            total += a
+            out.append(total / n)
+        return out
 
     @property
     def seconds_per_pair(self) -> float:
@@ -69,6 +85,8 @@ class BDHSStats:
             "mean_length_ratio": round(self.mean_length_ratio, 4),
             "similarity_by_try": [round(s, 4) for s in self.similarity_by_try],
             "generation_seconds": round(self.generation_seconds, 3),
+            "tried_by_try": self.tried_by_try,
+            "acceptance_by_try": [round(a, 4) for a in self.acceptance_by_try],
         }
 
 
@@ -171,15 +189,21 @@ def generate_continuations(
     batch_size: int = 64,
     progress: bool = False,
     group_rng: Callable[[int], np.random.Generator] | None = None,
+    noise_step: int | None = None,
+    noise_rng: Callable[[int], np.random.Generator] | None = None,
 ) -> tuple[list[str], list[int]]:
     """Complete each partial answer, batched; with ``rho`` (or ``visible_tokens``) image tokens are hidden, rows of
     one ``group`` sharing a mask. Returns the new texts and the number of visible image tokens per row.
 
     ``group_rng(group)``, when given, returns a fresh generator for a group's mask (instead of drawing from ``rng``
-    in row order), so a group's mask does not depend on the batches or on which rows this call receives."""
+    in row order), so a group's mask does not depend on the batches or on which rows this call receives.
+    ``noise_step``: diffuse the processed pixels to that step of POVID's schedule first (x~ = sqrt(a) x +
+    sqrt(1 - a) eps), one noise draw per group (from ``noise_rng(group)``, else from ``rng``)."""
     n = len(prompts)
     if not (len(images) == len(partials) == n):
         raise InputError("images, prompts and partial answers must have the same length")
+    if noise_step is not None and not 0 <= noise_step <= 999:
+        raise InputError(f"noise_step={noise_step} must be in [0, 999]")
     rng = rng if rng is not None else np.random.default_rng(0)
     groups = list(range(n)) if groups is None else list(groups)
     masked = rho is not None or visible_tokens is not None
@@ -187,6 +211,7 @@ def generate_continuations(
     texts: list[str] = []
     visible: list[int] = []
     draws: dict = {}
+    noises: dict = {}
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
@@ -199,7 +224,10 @@ def generate_continuations(
     starts = range(0, n, batch_size)
     for lo in tqdm(starts, desc="complete", disable=not progress or len(starts) <= 1, leave=False):
         hi = min(lo + batch_size, n)
-        batch = vlm.to_device(continuation_batch(vlm, images[lo:hi], prompts[lo:hi], partials[lo:hi]))
+        batch = continuation_batch(vlm, images[lo:hi], prompts[lo:hi], partials[lo:hi])
+        if noise_step is not None:
+            batch["pixel_values"] = _noised_pixels(batch, groups[lo:hi], noise_step, noises, noise_rng, rng)
+        batch = vlm.to_device(batch)
         image_mask = vlm.image_token_mask(batch)
         if masked:
             if group_rng is not None:
@@ -229,6 +257,33 @@ def generate_continuations(
         new = generated[:, batch["input_ids"].shape[1] :]
         texts.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
     return texts, visible
+
+
+def _noised_pixels(
+    batch: BatchFeature,
+    groups: Sequence[int],
+    noise_step: int,
+    noises: dict,
+    noise_rng: Callable[[int], np.random.Generator] | None,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """The batch's pixels diffused to ``noise_step`` (POVID's distortion), one noise tensor per group."""
+    from mmlens.align.baselines import povid_noise_schedule
+
+    if "pixel_values" not in batch:
+        raise InputError("the noise variant needs a model whose processor returns pixel_values")
+    pv = batch["pixel_values"]
+    if pv.shape[0] != len(groups):
+        raise InputError("the noise variant needs one image (pixel_values row) per batch row")
+    alpha_bar = float(povid_noise_schedule()[noise_step])
+    out = []
+    for row, g in enumerate(groups):
+        if g not in noises:
+            source = noise_rng(g) if noise_rng is not None else rng
+            gen = torch.Generator().manual_seed(int(source.integers(2**62)))
+            noises[g] = torch.randn(tuple(pv.shape[1:]), generator=gen, dtype=torch.float32)
+        out.append(np.sqrt(alpha_bar) * pv[row].float() + np.sqrt(1 - alpha_bar) * noises[g])
+    return torch.stack(out).to(pv.dtype)
 
 
 # -------------------------------------------------------------------------------------------------- BDHS
@@ -291,6 +346,8 @@ def _row_generator(
     ``generate_continuations`` call per batch; sampling draws from a torch generator seeded by (seed, try, batch
     start), so sampled completions do not depend on which process runs the batch either."""
 
+    noise = config.corruption is ImageCorruption.NOISE
+
     def one_batch(lo: int, hi: int) -> tuple[list[str], list[int]]:
         return generate_continuations(
             vlm,
@@ -298,10 +355,12 @@ def _row_generator(
             [examples[i].prompt for i in rows_example[lo:hi]],
             rows_partial[lo:hi],
             groups=rows_example[lo:hi],
-            rho=config.rho,
-            visible_tokens=config.visible_tokens,
+            rho=None if noise else config.rho,
+            visible_tokens=None if noise else config.visible_tokens,
             mask_layers=config.mask_layers,
             group_rng=lambda g: example_rng(config.seed, g, attempt, 1),
+            noise_step=config.noise_step if noise else None,
+            noise_rng=lambda g: example_rng(config.seed, g, attempt, 3),
             max_new_tokens=config.max_new_tokens,
             do_sample=config.do_sample,
             temperature=config.temperature,
@@ -359,6 +418,7 @@ def bdhs_pairs(
     visible_of = np.zeros(len(examples))
     accepted_by_try = [0] * config.max_tries
     similarity_by_try: list[float] = []
+    tried_by_try: list[int] = []
     pending = list(range(len(examples)))
     generation_seconds = 0.0
     for attempt in range(1, config.max_tries + 1):
@@ -366,7 +426,9 @@ def bdhs_pairs(
             break
         if on_try is not None and work.is_main_process:
             on_try(attempt, len(pending))
-        unguided = config.max_tries > 1 and attempt == config.max_tries
+        tried_by_try.append(len(pending))
+        # the paper's last try is unguided; without guidance (the ablation) every try is
+        unguided = not config.guided or (config.max_tries > 1 and attempt == config.max_tries)
         rows: list[tuple[int, str, str]] = []  # (example, kept prefix of the sentence, whole partial answer)
         for i in pending:
             if unguided:
@@ -410,6 +472,7 @@ def bdhs_pairs(
             else:
                 still.append(i)
         pending = still
+    tried_by_try += [0] * (config.max_tries - len(tried_by_try))  # tries never reached: one length for all runs
     pairs, dropped = [], 0
     for i, ex in enumerate(examples):
         text = rejected[i] or ""
@@ -443,6 +506,7 @@ def bdhs_pairs(
         float(np.mean(ratio)) if ratio else 0.0,
         similarity_by_try,
         generation_seconds,
+        tried_by_try,
     )
     return pairs, stats
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from mmlens.errors import InputError
@@ -37,11 +38,35 @@ class SFTExample:
 
 @dataclass(frozen=True)
 class PreferencePair:
+    """(image, prompt, chosen, rejected); ``rejected_2``, when set, is a second rejected answer to the same prompt:
+    DPO then optimises the paper's Eq. 5, gamma L(chosen, rejected) + (1 - gamma) L(chosen, rejected_2), gamma 0.5."""
+
     image: Image.Image
     prompt: str
     chosen: str
     rejected: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    rejected_2: str | None = None
+
+
+def with_second_rejected(pairs: Sequence[PreferencePair], others: Sequence[PreferencePair]) -> list[PreferencePair]:
+    """Pairs with two rejected answers (Eq. 5): each pair of ``pairs`` takes as ``rejected_2`` the rejected answer of
+    the pair of ``others`` with the same ``meta["id"]`` and the same chosen answer (e.g. BDHS and random
+    substitution of one SFT example); pairs without such a partner are left out."""
+    second: dict[str, PreferencePair] = {}
+    for o in others:
+        if o.meta.get("id"):
+            second.setdefault(str(o.meta["id"]), o)
+    out = []
+    for p in pairs:
+        match = second.get(str(p.meta.get("id", "")))
+        if match is None or match.chosen != p.chosen or match.rejected == p.rejected:
+            continue
+        meta = dict(p.meta) | {"source_2": match.meta.get("source", "")}
+        out.append(PreferencePair(p.image, p.prompt, p.chosen, p.rejected, meta, match.rejected))
+    if not out:
+        raise InputError("no pair found a second rejected answer (match them by meta['id'] and chosen answer)")
+    return out
 
 
 def check_examples(examples: Sequence[SFTExample]) -> list[SFTExample]:
@@ -92,11 +117,11 @@ def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:
     return out
 
 
-def _conversation(pair: PreferencePair) -> dict[str, Any]:
+def _conversation(pair: PreferencePair, rejected: str | None = None) -> dict[str, Any]:
     return {
         "prompt": [{"role": "user", "content": pair.prompt}],
         "chosen": [{"role": "assistant", "content": pair.chosen}],
-        "rejected": [{"role": "assistant", "content": pair.rejected}],
+        "rejected": [{"role": "assistant", "content": pair.rejected if rejected is None else rejected}],
     }
 
 
@@ -107,7 +132,40 @@ def pairs_to_dataset(pairs: Sequence[PreferencePair]):
 
     if not pairs:
         raise InputError("no preference pairs")
+    if any(p.rejected_2 is not None for p in pairs):
+        raise InputError("pairs with two rejected answers need two_rejected_dataset (one row per rejected answer)")
     return Dataset.from_list([{"images": [p.image], **_conversation(p)} for p in pairs])
+
+
+def two_rejected_rows(pairs: Sequence[PreferencePair], n_rows: int, seed: int = 0) -> list[tuple[int, str]]:
+    """The row order that makes a sequentially sampled batch compute Eq. 5 exactly (gamma 0.5): ``n_rows`` rows
+    (pair index, rejected answer), each pair's two rows adjacent, pairs shuffled anew every pass over them."""
+    if not pairs or any(p.rejected_2 is None for p in pairs):
+        raise InputError("every pair needs a second rejected answer (rejected_2)")
+    if n_rows % 2:
+        raise InputError(f"n_rows={n_rows} must be even (two rows per pair)")
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[int, str]] = []
+    while len(rows) < n_rows:
+        for i in rng.permutation(len(pairs)):
+            p = pairs[int(i)]
+            rows += [(int(i), p.rejected), (int(i), str(p.rejected_2))]
+            if len(rows) >= n_rows:
+                break
+    return rows
+
+
+def two_rejected_dataset(pairs: Sequence[PreferencePair], n_rows: int, seed: int = 0):
+    """The rows of :func:`two_rejected_rows` as a TRL dataset (train it with a sequential sampler and an even batch
+    size, as :func:`mmlens.align.train.train_dpo` does)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {"images": [pairs[i].image], **_conversation(pairs[i], rej)}
+            for i, rej in two_rejected_rows(pairs, n_rows, seed)
+        ]
+    )
 
 
 def write_pairs(
@@ -129,9 +187,12 @@ def write_pairs(
         for i, p in enumerate(pairs):
             name = f"images/{i:06d}.png"
             p.image.save(tmp / name)
-            rows.append({"images": [name], **_conversation(p), "meta": p.meta})
+            rows.append(
+                {"images": [name], **_conversation(p), "meta": p.meta}
+                | ({"rejected_2": [{"role": "assistant", "content": p.rejected_2}]} if p.rejected_2 is not None else {})
+            )
         write_jsonl_atomic(tmp / PAIRS_FILE, rows)
-        if with_dataset:
+        if with_dataset and all(p.rejected_2 is None for p in pairs):
             pairs_to_dataset(pairs).save_to_disk(str(tmp / DATASET_DIR))
         for name, data in (extra_files or {}).items():
             write_json_atomic(tmp / name, data)
@@ -177,6 +238,7 @@ def load_preference_pairs(path: str | os.PathLike) -> list[PreferencePair]:
                 _text(rec["chosen"], where, "chosen"),
                 _text(rec["rejected"], where, "rejected"),
                 dict(rec.get("meta") or {}),
+                _text(rec["rejected_2"], where, "rejected_2") if rec.get("rejected_2") is not None else None,
             )
         )
     return out
@@ -191,5 +253,8 @@ __all__ = [
     "load_preference_pairs",
     "load_sft_jsonl",
     "pairs_to_dataset",
+    "two_rejected_dataset",
+    "two_rejected_rows",
+    "with_second_rejected",
     "write_pairs",
 ]

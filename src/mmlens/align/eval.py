@@ -295,8 +295,126 @@ def evaluate_files(
     return out
 
 
+# ------------------------------------------------------------------------------ evaluation on the failure
+@dataclass(frozen=True)
+class FailureEvalConfig:
+    """Where the language prior acts: ``n_anchor_scenes`` scenes of ``split`` that hold a bias anchor without its
+    partner, against ``n_ordinary_scenes`` ordinary scenes of the same split. The probes depend only on these
+    fields, so every model evaluated with one config answers the same items (paired comparisons)."""
+
+    n_anchor_scenes: int = 150
+    n_ordinary_scenes: int = 150
+    pope_per_image: int = 3
+    split: str = "test"
+    probe_seed: int = 1000
+    batch_size: int = 100
+    max_new_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        if self.n_anchor_scenes < 1 or self.n_ordinary_scenes < 1 or self.pope_per_image < 1:
+            raise InputError("n_anchor_scenes, n_ordinary_scenes and pope_per_image must be >= 1")
+
+
+#: metric -> per-item (numerator, denominator): the metric is sum(num) / sum(den) over the items, so a ratio metric
+#: (CHAIR_i = hallucinated mentions / mentions) is resampled by its items (descriptions), as the accuracies are.
+ItemMetrics = dict[str, tuple[list[float], list[float]]]
+
+#: Metrics of :func:`evaluate_failure` that are proportions of 0/1 items (Wilson intervals apply).
+PROPORTIONS: tuple[str, ...] = (
+    "pope_random_acc",
+    "pope_popular_acc",
+    "pope_adversarial_acc",
+    "yes_ratio",
+    "partner_false_yes",
+    "other_false_yes",
+    "chair_s",
+    "partner_mention_rate",
+    "pope_random_acc_ordinary",
+    "chair_s_ordinary",
+)
+
+
+def _answers_yes(vlm: VisionLanguageModel, images: list, questions: list[str], batch_size: int) -> list[str | None]:
+    answers = vlm.generate(images, questions, max_new_tokens=2, batch_size=batch_size)
+    return [parse_yes_no(a) for a in answers]  # the one place where a yes/no answer is read (issue 17 swaps it)
+
+
+def evaluate_failure(vlm: VisionLanguageModel, world, config: FailureEvalConfig = FailureEvalConfig()) -> dict:
+    """The hallucination metrics on the failure, per item (``items``: :data:`ItemMetrics`) and pooled
+    (``metrics``), plus a few example descriptions.
+
+    On the anchor-without-partner scenes: POPE random / popular / adversarial accuracy, the yes-ratio of the
+    adversarial probes, the false-"yes" rate on the absent partner of a present anchor and on every other absent
+    class (negatives of the three probe kinds pooled, each (scene, class) once), CHAIR_i / CHAIR_s / recall of
+    descriptions and how often they name the absent partner, and the image-dependence gap of ground-truth captions.
+    On ordinary scenes: POPE random accuracy and CHAIR_i / CHAIR_s / recall (``*_ordinary``), so a gain on the
+    failure is read beside what it costs elsewhere."""
+    anchor = world_eval_scenes(world, config.n_anchor_scenes, config.split, EvalScenes.ANCHOR_WITHOUT_PARTNER)
+    ordinary = world.sample_scenes(config.n_ordinary_scenes, config.split)
+    images = {s.scene_id: world.render(s) for s in (*anchor, *ordinary)}
+    partners = {s.scene_id: world.absent_partners(s) for s in anchor}
+    items: ItemMetrics = {}
+
+    def put(name: str, num: Sequence[float], den: Sequence[float] | None = None) -> None:
+        items[name] = ([float(x) for x in num], [1.0] * len(num) if den is None else [float(x) for x in den])
+
+    negatives: dict[tuple[str, str], bool] = {}
+    for kind in ("random", "popular", "adversarial"):
+        probes = world.pope_probes(
+            anchor, kind=kind, per_image=config.pope_per_image, rng=np.random.default_rng(config.probe_seed)
+        )
+        said = _answers_yes(vlm, [images[p.scene_id] for p in probes], [p.question for p in probes], config.batch_size)
+        put(f"pope_{kind}_acc", [s == p.label for s, p in zip(said, probes)])
+        if kind == "adversarial":
+            put("yes_ratio", [s == "yes" for s in said])
+            put("unparsed", [s is None for s in said])
+        for s, p in zip(said, probes):
+            if p.label == "no":
+                negatives.setdefault((p.scene_id, p.object_class), s == "yes")
+    keys = sorted(negatives)
+    put("partner_false_yes", [negatives[k] for k in keys if k[1] in partners[k[0]]])
+    put("other_false_yes", [negatives[k] for k in keys if k[1] not in partners[k[0]]])
+    probes = world.pope_probes(
+        ordinary, kind="random", per_image=config.pope_per_image, rng=np.random.default_rng(config.probe_seed)
+    )
+    said = _answers_yes(vlm, [images[p.scene_id] for p in probes], [p.question for p in probes], config.batch_size)
+    put("pope_random_acc_ordinary", [s == p.label for s, p in zip(said, probes)])
+    examples = []
+    for suffix, scenes in (("", anchor), ("_ordinary", ordinary)):
+        texts = vlm.generate(
+            [images[s.scene_id] for s in scenes],
+            [DESCRIBE_PROMPT] * len(scenes),
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+        )
+        named = [world.mentioned_objects(t) for t in texts]
+        halluc = [len(m - s.object_classes) for m, s in zip(named, scenes)]
+        put(f"chair_i{suffix}", halluc, [len(m) for m in named])
+        put(f"chair_s{suffix}", [h > 0 for h in halluc])
+        put(f"recall{suffix}", [len(m & s.object_classes) / len(s.object_classes) for m, s in zip(named, scenes)])
+        if not suffix:
+            put("partner_mention_rate", [bool(m & partners[s.scene_id]) for m, s in zip(named, scenes)])
+        examples += [
+            {"scene_id": s.scene_id, "description": t, "objects": sorted(s.object_classes)}
+            for s, t in zip(scenes[:3], texts[:3])
+        ]
+    captions = [world.caption(s, np.random.default_rng(config.probe_seed + i)) for i, s in enumerate(anchor)]
+    images_a = [images[s.scene_id] for s in anchor]
+    prompts = [DESCRIBE_PROMPT] * len(anchor)
+    gap = answer_logprobs(vlm, images_a, prompts, captions, batch_size=config.batch_size) - answer_logprobs(
+        vlm, images_a, prompts, captions, hide_image=True, batch_size=config.batch_size
+    )
+    put("image_gap", gap.tolist())
+    metrics = {k: (sum(n) / sum(d) if sum(d) else float("nan")) for k, (n, d) in items.items()}
+    return {"metrics": metrics, "items": items, "examples": examples}
+
+
 __all__ = [
     "DESCRIBE_PROMPT",
+    "PROPORTIONS",
+    "FailureEvalConfig",
+    "ItemMetrics",
+    "evaluate_failure",
     "WorldEvalConfig",
     "answer_logprobs",
     "chair_metrics",

@@ -65,6 +65,16 @@ def pairs_report(
     return report
 
 
+def _cell(v: Any) -> Any:
+    if isinstance(v, Mapping) and v.get("mean") is None:
+        return "n/a"  # a metric without items (null in the JSON)
+    if isinstance(v, Mapping) and "ci" in v:
+        return f"{v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+    if isinstance(v, Mapping) and "std" in v:
+        return f"{v['mean']:.3f} ± {v['std']:.3f}"
+    return v
+
+
 def metrics_report(
     results: Mapping[str, Mapping[str, Any]],
     *,
@@ -79,7 +89,7 @@ def metrics_report(
         for key in HEADLINE:
             if key in metrics:
                 v = metrics[key]
-                row[key] = f"{v['mean']:.3f} ± {v['std']:.3f}" if isinstance(v, Mapping) else v
+                row[key] = _cell(v)
         rows.append(row)
     report.section("Metrics side by side").text(
         "POPE: yes/no probes on held-out images (adversarial negatives = absent co-occurrence partners). CHAIR_i / "
@@ -151,18 +161,61 @@ def pope_figure(results: Mapping[str, Mapping[str, Any]], kinds: Sequence[str]) 
     return fig
 
 
+ARM_PLOT_METRICS: tuple[tuple[str, str], ...] = (
+    ("pope_adversarial_acc", "POPE adversarial accuracy"),
+    ("partner_false_yes", "false 'yes' to the absent partner"),
+    ("recall", "object recall (descriptions)"),
+    ("chair_i", "CHAIR_i (descriptions)"),
+)
+
+
+def arms_figure(result: Mapping[str, Any]) -> Any:
+    """The arms side by side on the anchor-without-partner test scenes: mean and 95 % interval per metric."""
+    from matplotlib.figure import Figure
+
+    arms = result["arms"]
+    names = list(arms)
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, len(ARM_PLOT_METRICS), sharey=True)
+    ys = np.arange(len(names))
+    for ax, (key, title) in zip(axes, ARM_PLOT_METRICS):
+        # metrics without items are null in the JSON (e.g. CHAIR_i when nothing is named): not drawn
+        means = np.array([arms[n][key]["mean"] for n in names], dtype=float)
+        lo = np.array([arms[n][key]["ci"][0] for n in names], dtype=float)
+        hi = np.array([arms[n][key]["ci"][1] for n in names], dtype=float)
+        ax.errorbar(means, ys, xerr=[means - lo, hi - means], fmt="o", capsize=3)
+        if arms["sft"][key]["mean"] is not None:
+            ax.axvline(arms["sft"][key]["mean"], color="grey", linestyle=":", linewidth=1)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(ys, names)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
 def bench_report(result: Mapping[str, Any]) -> HtmlReport:
     report = metrics_report(result["arms"], title="Alignment benchmark")
     report.data = dict(result)
+    report.section("Arms side by side").figure(
+        arms_figure(result), "Test metrics on anchor-without-partner scenes, mean and 95 % interval (dotted: SFT)."
+    )
     report.section("Targets").table(
-        [{"target": k, "measured": v["measured"], "met": v["met"]} for k, v in result.get("targets", {}).items()]
+        [{"target": k, "measured": str(v["measured"]), "met": v["met"]} for k, v in result.get("targets", {}).items()]
+    )
+    report.section("Tuned settings").table(
+        [
+            {"arm": k, **{a: str(b) for a, b in v.get("tuned", {}).items()}}
+            for k, v in result["arms"].items()
+            if k != "sft"
+        ]
     )
     sec = report.section("BDHS and cost")
-    sec.table([{k: v for k, v in result["bdhs_stats"].items() if k != "per_seed"}])
-    sec.table([result["cost"]])
-    for arm, pairs in result.get("example_pairs", {}).items():
-        report.section(f"Example pairs: {arm}").table(pairs)
+    for kind, stats in result.get("bdhs_stats", {}).items():
+        if isinstance(stats, Mapping):
+            sec.table([{"pairs": kind, **{k: str(v) for k, v in stats.items()}}])
+    sec.table([{k: str(v) for k, v in result["cost"].items()}])
     return report
 
 
-__all__ = ["bench_report", "hallucination_report", "metrics_report", "pairs_report", "pope_figure"]
+__all__ = ["arms_figure", "bench_report", "hallucination_report", "metrics_report", "pairs_report", "pope_figure"]

@@ -62,6 +62,10 @@ class DPOSettings:
     # of the tokens beyond the shorter answer's length; None = plain DPO, 0 = masked). Settled in `mmlens bench align`.
     sft_weight: float = 0.0
     ld_alpha: float | None = None
+    # On-policy online DPO: fresh pairs from the current policy for every batch (every optimizer step), topped up
+    # with more samples when ties leave fewer than ``batch_size`` usable pairs, so no pair is trained on twice.
+    # Off: pairs are made every ``refresh_every`` steps and reused within the round.
+    on_policy: bool = False
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -79,6 +83,15 @@ class DPOSettings:
             raise InputError(f"ld_alpha={self.ld_alpha} must be in [0, 1]")
 
 
+class ImageCorruption(enum.Enum):
+    """How BDHS hides the image from the completions: ``mask`` hides image tokens from attention (the method);
+    ``noise`` diffuses the image instead (the paper's BDHS_noise ablation: POVID's schedule at ``noise_step``), with
+    every image token visible."""
+
+    MASK = "mask"
+    NOISE = "noise"
+
+
 class PivotUnit(enum.Enum):
     """Where a sentence may be cut before its completion."""
 
@@ -92,7 +105,10 @@ class BDHSConfig:
     """BDHS options (spec section 5). ``rho``: each image token is hidden with probability ``rho`` (the paper's
     rho_th = 0.99); ``visible_tokens`` instead keeps exactly that many visible (for models with few image tokens).
     ``mask_layers``: decoder layers to mask (None = all). ``eps_s``: accept when similarity < eps_s (the paper's
-    0.97 with mpnet; recalibrate per embedder). ``max_tries``: N_BDHS, the last try unguided when > 1."""
+    0.97 with mpnet; recalibrate per embedder: :func:`mmlens.align.calibrate.calibrate_eps_s`). ``max_tries``:
+    N_BDHS, the last try unguided when > 1. ``guided=False`` is the paper's "masking without guidance" ablation:
+    every try generates the whole answer from the corrupted input, with no prefix of the chosen answer.
+    ``corruption``/``noise_step``: see :class:`ImageCorruption`."""
 
     rho: float = 0.99
     visible_tokens: int | None = None
@@ -107,9 +123,14 @@ class BDHSConfig:
     temperature: float = 1.0
     batch_size: int = 64
     seed: int = 0
+    guided: bool = True
+    corruption: ImageCorruption = ImageCorruption.MASK
+    noise_step: int = 500
 
     def __post_init__(self) -> None:
         check_finite(self)
+        if not 0 <= self.noise_step <= 999:
+            raise InputError(f"noise_step={self.noise_step} must be in [0, 999] (POVID's 1000-step schedule)")
         if not 0.0 <= self.rho <= 1.0:
             raise InputError(f"rho={self.rho} must be in [0, 1]")
         if not 0.0 <= self.flip_probability <= 1.0:
@@ -118,4 +139,4 @@ class BDHSConfig:
             raise InputError("max_tries, batch_size and max_new_tokens must be >= 1")
 
 
-__all__ = ["BDHSConfig", "DPOSettings", "FineTune", "LossType", "OnlineMode", "PivotUnit"]
+__all__ = ["BDHSConfig", "DPOSettings", "FineTune", "ImageCorruption", "LossType", "OnlineMode", "PivotUnit"]

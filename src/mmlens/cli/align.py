@@ -53,6 +53,9 @@ BDHS_OPTIONS = FieldOptions(
         "mask_layers": "Comma-separated decoder layers to mask (default: all).",
         "eps_s": "Accept a rejected answer when its similarity to the chosen one is below this.",
         "max_tries": "Tries per example; the last one unguided.",
+        "guided": "Reference-guided completion (off: every try generates whole answers, the paper's ablation).",
+        "corruption": "Hide image tokens (mask) or diffuse the image instead (noise, BDHS_noise).",
+        "noise_step": "With --corruption noise: step of POVID's 1000-step noise schedule.",
         "seed": "Seed of the masks, the cuts and the world SFT turns.",
     },
 )
@@ -112,6 +115,7 @@ DPO_OPTIONS = FieldOptions(
         "loss_type": "TRL loss type.",
         "finetune": "LoRA adapters (merged after training) or full.",
         "refresh_every": "Online modes: steps between fresh pairs.",
+        "on_policy": "Online modes: fresh pairs from the current policy for every batch (overrides --refresh-every).",
         "mix_probability": "Mixed mode: probability of an offline pair.",
         "sft_weight": "Add TRL's SFT loss on the chosen answers with this weight (against DPO's length bias; 0 = off).",
         "ld_alpha": "LD-DPO: weight of the tokens beyond the shorter answer (default: plain DPO).",
@@ -275,15 +279,29 @@ def eval_command(
 
 def bench_command(
     out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/align.json"),
-    seeds: Annotated[str, typer.Option(help="Comma-separated training seeds.")] = "0,1,2",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The SFT model: zoo:NAME or a folder with the zoo's metrics.json.")
+    ] = "zoo:mini-llava",
+    seeds: Annotated[str, typer.Option(help="Comma-separated test seeds (>= 3).")] = "0,1,2,3,4",
+    arms: Annotated[str, typer.Option(help="Comma-separated arms (default: all; sft is always run).")] = "",
+    smoke: Annotated[
+        bool, typer.Option(help="Reduced sizes that exercise every arm in minutes: a check, never a result.")
+    ] = False,
+    fresh: Annotated[bool, typer.Option(help="Discard the finished runs in OUT.runs/ instead of resuming.")] = False,
     report: Annotated[Path | None, typer.Option(help="Also write an HTML report to this folder.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the arms side by side with intervals (PNG) here.")
+    ] = None,
 ) -> None:
-    """Alignment arms (SFT, DPO on substitution / noisy-image / BDHS pairs, online, mixed, online BDHS, BDHS with
-    an SFT term or LD-DPO) on mini-llava with one data budget, over seeds; BDHS statistics and batched vs sequential cost."""
+    """Alignment against prior-driven hallucination: every arm (SFT; DPO on substitution / noisy-image / BDHS pairs
+    and the BDHS variants; on-policy online, refresh-every-8 online, mixed and online BDHS; the length-bias
+    remedies) tuned with one budget and rule on validation scenes, then read once on test scenes per seed, with 95 %
+    intervals. Resumes from OUT.runs/ (one file per finished run)."""
+    import sys
+
     from mmlens.align.report import bench_report
-    from mmlens.bench.align import AlignBenchConfig, align_benchmark
+    from mmlens.bench.align import ARMS, AlignBenchConfig, Arm, align_benchmark, smoke_config
     from mmlens.errors import InputError
-    from mmlens.io import write_json_atomic
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
@@ -291,14 +309,33 @@ def bench_command(
         raise InputError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise InputError("--seeds is empty")
-    # After each seed the record so far is written (``"complete": false``), so a long run is never lost.
-    result = align_benchmark(
-        AlignBenchConfig(seeds=seed_list),
-        progress=lambda m: typer.echo(m, err=True),
-        on_partial=lambda partial: write_json_atomic(out, partial),
+    names = [a.strip() for a in arms.split(",") if a.strip()]
+    unknown = sorted(set(names) - {a.value for a in ARMS})
+    if unknown:
+        raise InputError(f"unknown arms {unknown}; valid: {', '.join(a.value for a in ARMS)}")
+    chosen = tuple(a for a in ARMS if not names or a.value in names or a is Arm.SFT)
+    config = (
+        smoke_config(model, seeds=seed_list, arms=chosen)
+        if smoke
+        else AlignBenchConfig(model=model, seeds=seed_list, arms=chosen)
     )
-    write_json_atomic(out, result)
+    result = align_benchmark(
+        config,
+        out,
+        fresh=fresh,
+        progress=lambda m: typer.echo(m, err=True),
+        command=" ".join(["mmlens", *sys.argv[1:]]) if sys.argv else None,
+    )
     if report is not None:
         bench_report(result).write(report)
-    typer.echo(json.dumps({"arms": result["arms"], "targets": result["targets"], "cost": result["cost"]}, indent=2))
+    if plot is not None:
+        from mmlens.align.report import arms_figure
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        arms_figure(result).savefig(plot, dpi=120)
+    headline = {
+        name: {k: v["mean"] for k, v in rec.items() if isinstance(v, dict) and "mean" in v}
+        for name, rec in result["arms"].items()
+    }
+    typer.echo(json.dumps({"failure": result["failure"], "arms": headline, "cost": result["cost"]}, indent=2))
     typer.echo(f"written to {out}")

@@ -311,7 +311,7 @@ RESUME_NOTES = {
     "audit": "every finished stage in OUT is reused",
     "demo": "the built zoo models and every finished audit stage are reused",
     "zoo build": "every zoo model already built is reused",
-    "bench align": 'the seeds already in OUT are kept ("complete": false)',
+    "bench align": "every finished (arm, seed, setting) run in OUT.runs/ is reused",
 }
 
 
