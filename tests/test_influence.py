@@ -461,8 +461,16 @@ def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     assert run_cli(["influence", "value", *common, "--val", val, "--format", "csv"]) in (0, None)
     assert "reusing the fit" in capsys.readouterr().err  # the second run resumes from the saved fit
     assert (out / "scores.csv").read_text().count("\n") == 17
+    detect_report = (out / "report" / "index.html").read_bytes()
     assert run_cli(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
     assert len((out / "trace.jsonl").read_text().splitlines()) == 9
+    # trace shares OUT (and the fit) with detect: its report and resolved config are its own, detect's are kept
+    assert "reusing the fit" in capsys.readouterr().err
+    assert (out / "trace-report" / "index.html").is_file() and (
+        out / "report" / "index.html"
+    ).read_bytes() == detect_report
+    assert (out / "mmlens-config.trace.yaml").read_text().startswith("# mmlens influence trace:")
+    assert (out / "mmlens-config.yaml").read_text().startswith("# mmlens influence value:")
     edited = tmp_path / "edited"
     assert run_cli(
         [

@@ -323,7 +323,7 @@ class OutputKind(enum.Enum):
 
 
 #: Parameters that name where a command writes; a folder unless :data:`FILE_OUTPUTS` says file.
-OUTPUT_OPTIONS = ("out", "out_dir", "save_to", "report", "save_estimator")
+OUTPUT_OPTIONS = ("out", "out_dir", "save_to", "report", "save_estimator", "plot")
 #: (command path without "mmlens ", parameter) -> the output is one file.
 FILE_OUTPUTS = {
     ("models generate", "out"),
@@ -331,6 +331,7 @@ FILE_OUTPUTS = {
     ("steer build", "out"),
     ("steer apply", "out"),
     ("shift emi", "save_estimator"),
+    ("bench influence-scale", "plot"),
 }
 #: What a rerun of an interrupted command reuses (commands not listed keep only complete results).
 RESUME_NOTES = {
