@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 from pathlib import Path
 
 import pytest
@@ -168,8 +169,11 @@ def test_world_steer_shift_and_influence_options_come_from_their_configs(words, 
         for generated in field_parameters(spec):
             assert generated.param.name in params, (words, generated.param.name)
             default = generated.param.default
-            if not isinstance(default, (tuple, enum.Enum)) and generated.convert is None:
-                assert params[generated.param.name].default == default, (words, generated.param.name)
+            option = params[generated.param.name]
+            if default is inspect.Parameter.empty:  # a field without default: a required option
+                assert option.required, (words, generated.param.name)
+            elif not isinstance(default, (tuple, enum.Enum)) and generated.convert is None:
+                assert option.default == default, (words, generated.param.name)
 
 
 def test_the_apis_refuse_what_the_command_lines_refuse():
