@@ -169,13 +169,13 @@ def test_the_influence_ranking_says_when_no_pair_stands_out():
     """Clean scores (all within their spread) are not headed 'most harmful'; a planted harmful score stands out."""
     import numpy as np
 
-    from mmlens.cli.influence import _stand_out
+    from mmlens.influence.report import stand_out
 
     clean = list(np.random.default_rng(0).normal(0.0, 1e-5, size=200))
-    assert _stand_out(clean)["n_outliers"] == 0 and "No pair stands out" in _stand_out(clean)["note"]
+    assert stand_out(clean).n_outliers == 0 and "No pair stands out" in stand_out(clean).note
     planted = [*clean, -1e-3]
-    result = _stand_out(planted)
-    assert result["n_outliers"] == 1 and result["lowest_z"] < -3.5
+    result = stand_out(planted)
+    assert result.n_outliers == 1 and result.lowest_z < -3.5 and result.low > -1e-3
 
 
 def test_report_numbers_keep_their_scale():

@@ -249,6 +249,79 @@ CASES = [
         "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl --out {root}/a-folder",
         "a-folder",
     ),
+    # options made from the config dataclasses: refused by the dataclass, before any work
+    ("world-grid-5", "world export {out} --n 3 --grid-size 5", "grid_size"),
+    ("world-bias-pairs", "world export {out} --n 3 --bias-pairs triangle", "--bias-pairs"),
+    (
+        "detect-group-lora",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --group lora",
+        "lora",
+    ),
+    (
+        "detect-k-0",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --k 0",
+        "--k",
+    ),
+    (
+        "detect-batch-1",
+        "influence detect -m {root}/clip --data {root}/pairs.jsonl --val {root}/pairs.jsonl --out {out} --batch-size 1",
+        "batch_size",
+    ),
+    (
+        "steer-eval-alphas-nan",
+        "steer eval -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
+        "--out {out} --source yes --target no --alphas 1,nan",
+        "finite",
+    ),
+    (
+        "steer-eval-max-drop",
+        "steer eval -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
+        "--out {out} --source yes --target no --max-drop 2",
+        "max_drop",
+    ),
+    (
+        "steer-apply-positions",
+        "steer apply -m {root}/vlm --vectors {root}/nope.safetensors --data {root}/vqa.jsonl "
+        "--out {out}.jsonl --positions nowhere",
+        "nowhere",
+    ),
+    (
+        "shift-emi-estimator-val",
+        "shift emi --id {root}/vqa.jsonl --ood {root}/vqa.jsonl --out {out} --estimator-val-fraction 0.95",
+        "val_fraction",
+    ),
+    (
+        "shift-generate-batch-0",
+        "shift generate -m {root}/vlm --data {root}/vqa.jsonl --out {out} --batch-size 0",
+        "batch_size",
+    ),
+    # the influence scaling benchmark: the model and the outputs are checked before any file is written
+    (
+        "scale-with-vlm",
+        "bench influence-scale --model {root}/vlm --out {out}.json --plot {out}.png",
+        "vlm",
+    ),
+    (
+        "scale-unknown-id",
+        "bench influence-scale --model no-such-org/no-such-model-xyz --out {out}.json --plot {out}.png",
+        "no-such-org/no-such-model-xyz",
+    ),
+    (
+        "scale-out-is-folder",
+        "bench influence-scale --model {root}/clip --out {root}/a-folder --plot {out}.png",
+        "a-folder",
+    ),
+    (
+        "scale-plot-is-folder",
+        "bench influence-scale --model {root}/clip --out {out}.json --plot {root}/a-folder",
+        "a-folder",
+    ),
+    (
+        "scale-out-not-a-result",
+        "bench influence-scale --model {root}/clip --out {root}/a-file --plot {out}.png",
+        "a-file",
+    ),
+    ("scale-jobs-0", "bench influence-scale --model {root}/clip --out {out}.json --plot {out}.png --jobs 0", "--jobs"),
     # bad config files: unknown key, a value of the wrong type, a non-finite value
     ("config-unknown-key", "world export {out} --config {root}/unknown-key.yaml", "number_of_scenes"),
     ("config-wrong-type", "world export {out} --config {root}/wrong-type.yaml", "--n"),
@@ -281,11 +354,14 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(inputs, tmp_path, argv,
 
 
 def test_every_command_is_in_the_matrix():
-    """A new command must join the matrix (bench commands and zoo/demo, which take no user files, are exempt)."""
+    """A new command must join the matrix (bench commands and zoo/demo, which take no user files, are exempt; the
+    influence scaling benchmark takes any contrastive model, so it is in)."""
     from mmlens.cli.startup import leaf_commands
 
     covered = {" ".join(a.split()[:2]) if a.split()[0] not in ("audit",) else "audit" for _, a, _ in CASES}
-    exempt = {c for c in leaf_commands() if c.startswith(("bench ", "zoo ")) or c == "demo"}
+    exempt = {
+        c for c in leaf_commands() if (c.startswith(("bench ", "zoo ")) and c != "bench influence-scale") or c == "demo"
+    }
     exempt |= {
         "concepts learn",
         "concepts compare",

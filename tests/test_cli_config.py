@@ -56,11 +56,28 @@ def test_yaml_config_runs_the_command_and_writes_the_resolved_config(tmp_path, m
     assert {"bias_strength", "hf_dataset", "overwrite", "out_dir"} <= set(resolved)
     assert "config" not in resolved
 
-    # The resolved config is a config file of the same command: the rerun is identical.
+    # Written inside the folder the command ran from, its paths are relative to the config's folder: no writer's
+    # folder names in it (a committed result must not carry them), and it moves with its folder.
+    text = (tmp_path / "world" / FOLDER_CONFIG_NAME).read_text()
+    assert str(tmp_path) not in text and resolved["out_dir"] == "."
+    assert "--config world/mmlens-config.yaml" in text
+
+    # The resolved config is a config file of the same command: the rerun (from another folder, after the results
+    # moved) is identical and writes where the config now is.
     (tmp_path / "world").rename(tmp_path / "first")
-    run_ok(["world", "export", "--config", str(tmp_path / "first" / FOLDER_CONFIG_NAME)])
-    assert (tmp_path / "world" / "data.jsonl").read_text().splitlines() == records
-    assert yaml.safe_load((tmp_path / "world" / FOLDER_CONFIG_NAME).read_text()) == resolved
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (tmp_path / "first" / "data.jsonl").unlink()
+    run_ok(["world", "export", "--config", str(tmp_path / "first" / FOLDER_CONFIG_NAME), "--overwrite"])
+    assert (tmp_path / "first" / "data.jsonl").read_text().splitlines() == records
+    assert list(elsewhere.iterdir()) == []
+    # ... and, written from outside the project (elsewhere), it stores absolute paths
+    rewritten = yaml.safe_load((tmp_path / "first" / FOLDER_CONFIG_NAME).read_text())
+    assert rewritten["out_dir"] == str(tmp_path / "first")
+    assert {k: v for k, v in rewritten.items() if k not in ("out_dir", "overwrite")} == {
+        k: v for k, v in resolved.items() if k not in ("out_dir", "overwrite")
+    }
 
 
 def test_toml_config_and_the_command_line_wins(tmp_path):

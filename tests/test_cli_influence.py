@@ -81,8 +81,16 @@ def test_cli_detect_value_trace_remove(clip, tmp_path, capsys):
     assert all(r["self_influence"] > 0 and {"neg_prob", "neg_reciprocal", "neg_exact"} <= set(r) for r in full)
     for r in full:
         assert r["delta_val_loss_if_removed"] == pytest.approx(by_index[r["index"]]["delta_val_loss_if_removed"])
+    detect_report = (out / "report" / "index.html").read_bytes()
     assert run_cli(["influence", "trace", *common, "--test", test, "--top", "3"]) in (0, None)
     assert len((out / "trace.jsonl").read_text().splitlines()) == 9
+    # trace shares OUT (and the fit) with detect: its report and resolved config are its own, detect's are kept
+    assert "reusing the fit" in capsys.readouterr().err
+    assert (out / "trace-report" / "index.html").is_file() and (
+        out / "report" / "index.html"
+    ).read_bytes() == detect_report
+    assert (out / "mmlens-config.trace.yaml").read_text().startswith("# mmlens influence trace:")
+    assert (out / "mmlens-config.yaml").read_text().startswith("# mmlens influence value:")
     edited = tmp_path / "edited"
     assert run_cli(
         [

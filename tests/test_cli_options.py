@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,62 @@ def test_audit_and_dpo_refuse_what_their_configs_refuse(capsys):
 def test_check_finite_names_the_field():
     with pytest.raises(InputError, match="rate must be a finite number"):
         Outer("x", rate=float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("words", "specs"),
+    [
+        ("world export", "mmlens.cli.world:WORLD_OPTIONS"),
+        ("influence detect", "mmlens.cli.influence:FIT_GROUPS"),
+        ("influence value", "mmlens.cli.influence:FIT_GROUPS"),
+        ("influence trace", "mmlens.cli.influence:FIT_GROUPS"),
+        ("influence remove", "mmlens.cli.influence:FIT_GROUPS"),
+        ("steer build", "mmlens.cli.steer:BUILD_GENERATION"),
+        ("steer apply", "mmlens.cli.steer:APPLY_GENERATION"),
+        ("steer eval", "mmlens.cli.steer:EVAL_GENERATION"),
+        ("shift generate", "mmlens.cli.shift:GENERATE_OPTIONS"),
+        ("shift emi", "mmlens.cli.shift:SHIFT_OPTIONS"),
+    ],
+)
+def test_world_steer_shift_and_influence_options_come_from_their_configs(words, specs):
+    """Every field of the command's config dataclasses is one of its options, with the field's default."""
+    import importlib
+
+    from mmlens.cli import load_subcommand
+    from mmlens.cli.options import field_parameters
+
+    module, name = specs.split(":")
+    found = getattr(importlib.import_module(module), name)
+    groups = list(found.values()) if isinstance(found, dict) else [found]
+    group, leaf = words.split()
+    params = {p.name: p for p in load_subcommand(group).commands[leaf].params}
+    for spec in groups:
+        for generated in field_parameters(spec):
+            assert generated.param.name in params, (words, generated.param.name)
+            default = generated.param.default
+            option = params[generated.param.name]
+            if default is inspect.Parameter.empty:  # a field without default: a required option
+                assert option.required, (words, generated.param.name)
+            elif not isinstance(default, (tuple, enum.Enum)) and generated.convert is None:
+                assert option.default == default, (words, generated.param.name)
+
+
+def test_the_apis_refuse_what_the_command_lines_refuse():
+    """The settings dataclasses behind the options validate the Python API the same way."""
+    from mmlens.shift.settings import EstimatorConfig, GenerateConfig, ShiftConfig
+    from mmlens.steer.settings import EvalSettings, GenerationSettings, SteerConfig
+    from mmlens.world.core import WorldConfig
+
+    for make, words in (
+        (lambda: EvalSettings(alphas=(1.0, float("nan"))), "finite"),
+        (lambda: EvalSettings(alphas=()), "empty"),
+        (lambda: EvalSettings(max_drop=2.0), "max_drop"),
+        (lambda: GenerationSettings(batch_size=0), "batch_size"),
+        (lambda: SteerConfig(alpha=float("inf")), "finite"),
+        (lambda: GenerateConfig(max_new_tokens=0, scenarios=()), "max_new_tokens"),
+        (lambda: ShiftConfig(h_hat=float("nan")), "finite"),
+        (lambda: EstimatorConfig(lr=float("inf")), "finite"),
+        (lambda: WorldConfig(grid_size=5), "grid_size"),
+    ):
+        with pytest.raises(InputError, match=words):
+            make()

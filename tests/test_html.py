@@ -51,3 +51,46 @@ def test_report_replaces_existing_folder_atomically(tmp_path):
     _report().write(out)
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folders left behind
+
+
+def test_influence_cards_are_red_only_beyond_the_stand_out_threshold():
+    """Clean scores (half of them negative) colour no card; a planted harmful score is the one red card; the legend
+    states the threshold."""
+    import numpy as np
+
+    from mmlens.influence.data import PairData
+    from mmlens.influence.report import ranking_report
+
+    n = 40
+    pairs = PairData(tuple(Image.new("RGB", (8, 8), "red") for _ in range(n)), tuple(f"c{i}" for i in range(n)))
+
+    def page(values):
+        order = np.argsort(values)
+        rows = [
+            {
+                "rank": r,
+                "index": int(i),
+                "id": str(i),
+                "caption": f"c{i}",
+                "delta_val_loss_if_removed": float(values[i]),
+            }
+            for r, i in enumerate(order, 1)
+        ]
+        return ranking_report(
+            pairs,
+            rows,
+            title="t",
+            subtitle="",
+            explanation="",
+            card_scores=("delta_val_loss_if_removed",),
+            cards=8,
+            ranking_title="r",
+        ).render()
+
+    clean = np.random.default_rng(0).normal(0.0, 1e-5, n)
+    html = page(clean)
+    assert (clean < 0).sum() >= 8 and 'class="line bad"' not in html
+    assert "red = harmful beyond the threshold" in html and "robust sd" in html
+    planted = clean.copy()
+    planted[3] = -1e-3
+    assert page(planted).count('class="line bad"') == 1

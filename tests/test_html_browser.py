@@ -32,6 +32,8 @@ pytestmark = pytest.mark.skipif(
     reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run the browser tests",
 )
 PAGE_TIMEOUT_S = 60.0
+#: The window every page is checked in: a laptop's 1280 px, where a report must need no horizontal scrolling.
+WINDOW_WIDTH = 1280
 
 # Resolves once every <img> has loaded or failed; returns what the page shows and links to.
 PAGE_SUMMARY_JS = """
@@ -46,6 +48,11 @@ PAGE_SUMMARY_JS = """
                                 height: img.naturalHeight})),
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
     text_length: document.body ? document.body.innerText.length : 0,
+    page_width: document.documentElement.scrollWidth,
+    window_width: window.innerWidth,
+    // tables wider than the box they sit in (their last columns behind a scrollbar)
+    clipped_tables: Array.from(document.querySelectorAll('table')).filter(
+        t => t.scrollWidth > t.parentElement.clientWidth + 1).length,
   };
 })()
 """
@@ -61,6 +68,9 @@ class PageCheck:
     links: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     text_length: int = 0
+    page_width: int = 0
+    window_width: int = 0
+    clipped_tables: int = 0
 
     @property
     def broken_images(self) -> list[str]:
@@ -192,6 +202,11 @@ class Chromium:
         try:
             for domain in ("Runtime", "Log", "Page"):
                 self.call(f"{domain}.enable", session=session)
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": WINDOW_WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             before_navigation = len(self._events)
             navigation = self.call("Page.navigate", {"url": url}, session=session)
             check = PageCheck(url)
@@ -211,6 +226,8 @@ class Chromium:
                 raise RuntimeError(f"the tab shows {value['url']}, not {url}")
             check.title, check.images, check.links = value["title"], value["images"], value["links"]
             check.text_length = value["text_length"]
+            check.page_width, check.window_width = value["page_width"], value["window_width"]
+            check.clipped_tables = value["clipped_tables"]
             check.errors = _page_errors(self.events(session))
             return check
         finally:
@@ -338,6 +355,7 @@ def test_demo_report_loads_cleanly(browser, smoke_zoo_home, monkeypatch, tmp_pat
         assert check.errors == [], (page, check.errors)
         assert check.broken_images == [], (page, check.broken_images)
         assert check.images, page
+        assert check.page_width <= check.window_width == WINDOW_WIDTH, (page, check.page_width)
 
 
 def test_audit_site_loads_cleanly(browser, tmp_path):
@@ -393,3 +411,63 @@ def test_audit_site_loads_cleanly(browser, tmp_path):
         assert check.errors == [], (page, check.errors)
         assert check.broken_images == [], (page, check.broken_images)
         assert check.images and check.text_length > 100, page
+        assert check.page_width <= check.window_width == WINDOW_WIDTH, (page, check.page_width)
+
+
+def test_reports_fit_a_1280_px_window(browser, tmp_path):
+    """The align eval table (every headline metric, three arms) and an influence ranking show every column in a
+    1280 px window, headers broken at their underscores; a table wider than any window (23 metrics) scrolls in its
+    own box, never the page. The check can fail: the same table without its box widens the page."""
+    import numpy as np
+
+    from mmlens.align.report import HEADLINE, metrics_report
+    from mmlens.influence.data import PairData
+    from mmlens.influence.report import ranking_report
+
+    rng = np.random.default_rng(0)
+    arms = ("sft", "dpo-bdhs", "dpo-mixed-online")
+    align = metrics_report({a: {k: float(rng.uniform()) for k in HEADLINE} for a in arms}).write(tmp_path / "align")
+    n = 30
+    pairs = PairData(
+        tuple(Image.new("RGB", (16, 16), "red") for _ in range(n)), tuple(f"a red square {i}" for i in range(n))
+    )
+    scores = rng.normal(0, 1e-5, n)
+    rows = [
+        {
+            "rank": r,
+            "index": int(i),
+            "id": str(i),
+            "caption": pairs.captions[i],
+            "delta_val_loss_if_removed": scores[i],
+            "pos": scores[i] / 2,
+            "neg_exact": scores[i] / 3,
+        }
+        for r, i in enumerate(np.argsort(scores), 1)
+    ]
+    ranking = ranking_report(
+        pairs,
+        rows,
+        title="r",
+        subtitle="",
+        explanation="",
+        card_scores=("delta_val_loss_if_removed",),
+        cards=12,
+        ranking_title="Ranking",
+    ).write(tmp_path / "ranking")
+    wide_metrics = {
+        f"pope_{kind}_{m}_{j}": 0.5
+        for kind in ("random", "popular", "adversarial")
+        for m in ("acc", "f1")
+        for j in range(4)
+    }
+    wide = HtmlReport("wide")
+    wide.section("all").table([{"arm": a, **wide_metrics} for a in arms])
+    wide_page = wide.write(tmp_path / "wide")
+    for page in (align, ranking, wide_page):
+        check = browser.check_page(page.resolve().as_uri())
+        assert check.errors == [] and check.window_width == WINDOW_WIDTH, (page, check.errors)
+        assert check.page_width <= WINDOW_WIDTH, (page, check.page_width)
+        assert check.clipped_tables == (1 if page == wide_page else 0), (page, check.clipped_tables)
+    unboxed = tmp_path / "unboxed.html"
+    unboxed.write_text(wide_page.read_text().replace('<div class="table-box">', "<div>"))
+    assert browser.check_page(unboxed.resolve().as_uri()).page_width > WINDOW_WIDTH

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mmlens"
 #: Bottom to top. A package may import packages of lower layers; siblings of one layer stand side by side and do
 #: not import each other, except in the bottom layer (plain helpers that build on each other).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "enums", "io", "html", "answers"),
+    ("errors", "enums", "io", "progress", "html", "answers"),
     ("models", "world"),
     ("influence", "shift", "concepts", "steer", "align"),
     ("zoo",),

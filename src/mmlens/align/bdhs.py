@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import BatchFeature
 
 from mmlens.align.data import PreferencePair, SFTExample, check_examples
@@ -35,6 +34,7 @@ from mmlens.errors import InputError
 from mmlens.models.distributed import DistributedWork
 from mmlens.models.embed import TextEmbedder
 from mmlens.models.generative import PromptStyle, VisionLanguageModel
+from mmlens.progress import progress_bar
 
 
 @dataclass
@@ -222,7 +222,7 @@ def generate_continuations(
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     starts = range(0, n, batch_size)
-    for lo in tqdm(starts, desc="complete", disable=not progress or len(starts) <= 1, leave=False):
+    for lo in progress_bar(starts, desc="complete", enabled=progress and len(starts) > 1):
         hi = min(lo + batch_size, n)
         batch = continuation_batch(vlm, images[lo:hi], prompts[lo:hi], partials[lo:hi])
         if noise_step is not None:
@@ -370,7 +370,7 @@ def _row_generator(
     def generate_rows(lo: int, hi: int) -> list[tuple[str, int]]:
         out: list[tuple[str, int]] = []
         starts = range(lo, hi, config.batch_size)
-        for start in tqdm(starts, desc="complete", disable=not progress or len(starts) <= 1, leave=False):
+        for start in progress_bar(starts, desc="complete", enabled=progress and len(starts) > 1):
             stop = min(start + config.batch_size, hi)
             if config.do_sample:
                 devices = [vlm.device] if vlm.device.type != "cpu" else []

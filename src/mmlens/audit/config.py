@@ -10,9 +10,7 @@ from typing import Any
 from mmlens.enums import as_enum
 from mmlens.errors import InputError, check_finite
 from mmlens.shift.options import Fusion
-
-#: (visual shift or None, visual severity, text shift or None, text severity): the scenario of mmlens.shift.
-Scenario = tuple[str | None, int, str | None, int]
+from mmlens.shift.settings import Scenario as Scenario  # (visual, severity, text, severity): mmlens.shift's
 
 
 class Stage(enum.Enum):

@@ -258,6 +258,7 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
     from tqdm.auto import tqdm
 
     from mmlens.models import load_model
+    from mmlens.progress import progress_bar
 
     started = time.perf_counter()
     out = config.out_dir
@@ -283,7 +284,7 @@ def run_audit(config: AuditConfig, *, progress: bool = True) -> AuditResult:
     finetuned_fp = location_fingerprint(config.finetuned) if config.finetuned else None
 
     results: list[StageResult] = []
-    bar = tqdm(list(Stage), desc="audit", unit="stage", disable=not progress)
+    bar = progress_bar(list(Stage), desc="audit", unit="stage", enabled=progress, leave=True)
     for stage in bar:
         bar.set_postfix_str(stage.value)
         reason = reasons[stage]

@@ -176,12 +176,22 @@ def influence_scale_benchmark(
     }
     result: dict[str, Any] = {g: {} for g in groups}
     if out is not None and Path(out).is_file() and not fresh:
+        # the file of an earlier run of this benchmark (written atomically: complete JSON) is resumed; any other
+        # file is the user's and is not overwritten
         try:
             previous = json.loads(Path(out).read_text())
-        except json.JSONDecodeError:
-            previous = {}
-        if {k: v for k, v in previous.get("settings", {}).items() if k != "load_average"} == settings:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
+        if not isinstance(previous, dict) or not isinstance(previous.get("settings"), dict):
+            from mmlens.errors import InputError
+
+            raise InputError(f"{out} exists and is not a result of this benchmark; remove it or choose another --out")
+        if {k: v for k, v in previous["settings"].items() if k != "load_average"} == settings:
             result.update({g: previous.get(g, {}) for g in groups})
+    # a wrong or unknown model is refused before any file is written (each run loads it in its own process)
+    from mmlens.models import ContrastiveModel, load_model
+
+    load_model(model, expect=ContrastiveModel)
     todo = [(group, n) for n in sizes for group in groups if str(n) not in result[group]]
     lock = threading.Lock()
 

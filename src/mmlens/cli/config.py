@@ -11,8 +11,10 @@ when the output is a folder, ``<out>.config.yaml`` when it is a file; it is itse
 the same command, so ``mmlens shift generate --config runs/mine/mmlens-config.yaml --overwrite`` repeats the run.
 Commands without an output path (``zoo list``, ``models info``, ...) accept ``--config`` and write nothing.
 
-Paths: a relative path in a config file is relative to the file's folder (so a config file works from anywhere),
-and the resolved config stores absolute paths (so it repeats the run from any folder).
+Paths: a relative path in a config file is relative to the file's folder (so a config file works from anywhere).
+The resolved config stores a path relative to its own folder when both lie inside the folder the command ran from
+(so it repeats the run from any folder, moves with its project, and a committed one carries no writer's folder
+names), else absolute.
 
 Every leaf command also gets, from :func:`add_config_support`: ``--verbose`` (the per-process and per-weight-load
 progress bars of the libraries, hidden otherwise), finite numbers only (``nan``/``inf`` are refused by the parser),
@@ -221,6 +223,7 @@ def _set_verbosity(ctx: Any, param: Any, value: Any) -> None:
     if value:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0"
         os.environ.pop("TQDM_DISABLE", None)
+        os.environ["MMLENS_PROGRESS"] = "always"  # mmlens's own bars (mmlens.progress), in a log too
     else:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -232,52 +235,79 @@ def _set_verbosity(ctx: Any, param: Any, value: Any) -> None:
         (hf_logging.enable_progress_bar if value else hf_logging.disable_progress_bar)()
 
 
-def _plain(value: Any) -> Any:
-    """A YAML-safe form of a resolved option value; paths are absolute (the config repeats the run from anywhere)."""
+def stored_path(value: str | os.PathLike[str], config_dir: Path) -> str:
+    """How a written config stores a path: relative to the config's folder when both lie inside the folder the
+    command ran from (a project tree moves, is copied or committed as a whole, and must not carry the writer's
+    folder names: ``/home/me/scratch/...``), else absolute. Either way ``--config`` resolves it (relative paths
+    against the file's folder)."""
+    absolute = Path(os.path.abspath(value))
+    here = Path.cwd()
+    if absolute.is_relative_to(here) and config_dir.is_relative_to(here):
+        return os.path.relpath(absolute, config_dir)
+    return str(absolute)
+
+
+def _plain(value: Any, config_dir: Path) -> Any:
+    """A YAML-safe form of a resolved option value; paths as :func:`stored_path` (the config repeats the run from
+    any folder)."""
     if isinstance(value, enum.Enum):
-        return _plain(value.value)
+        return _plain(value.value, config_dir)
     if isinstance(value, os.PathLike):
-        return os.path.abspath(value)
+        return stored_path(value, config_dir)
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, config_dir) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, config_dir) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
 
 
-def _absolute_text(name: str, value: Any) -> Any:
-    """A model or data text that names an existing local path, made absolute (ids such as zoo:NAME stay)."""
+def _path_text(name: str, value: Any, config_dir: Path) -> Any:
+    """A model or data text that names an existing local path, stored as a path (ids such as zoo:NAME stay)."""
     if name in PATH_LIKE_STRINGS and isinstance(value, str) and value and ":" not in value and Path(value).exists():
-        return os.path.abspath(value)
+        return stored_path(value, config_dir)
     if name in PATH_LIKE_STRINGS and isinstance(value, (list, tuple)):
-        return [_absolute_text(name, v) for v in value]
+        return [_path_text(name, v, config_dir) for v in value]
     return value
 
 
-def resolved_config_path(options: Mapping[str, Any]) -> Path | None:
+#: Commands that share their OUT folder with ``influence detect`` (the fit in OUT/fit is reused) write their resolved
+#: config under their own name, so that detect's ``mmlens-config.yaml`` is kept.
+SHARED_FOLDER_CONFIGS = {
+    "influence trace": "mmlens-config.trace.yaml",
+    "influence remove": "mmlens-config.remove.yaml",
+}
+
+
+def resolved_config_path(options: Mapping[str, Any], command_path: str = "") -> Path | None:
     """Where the resolved config of a run with these options goes (``None``: the command has no output path)."""
     out = next((options[name] for name in OUTPUT_PARAMETERS if options.get(name) is not None), None)
     if out is None:
         return None
     out = Path(out)
-    return out / FOLDER_CONFIG_NAME if out.is_dir() else out.with_name(out.name + FILE_CONFIG_SUFFIX)
+    if out.is_dir():
+        return out / SHARED_FOLDER_CONFIGS.get(command_path.removeprefix("mmlens ").strip(), FOLDER_CONFIG_NAME)
+    return out.with_name(out.name + FILE_CONFIG_SUFFIX)
 
 
 def write_resolved_config(command_path: str, options: Mapping[str, Any]) -> Path | None:
     """Write every option value of a finished run beside its output (atomically); returns the path."""
-    path = resolved_config_path(options)
+    path = resolved_config_path(options, command_path)
     if path is None:
         return None
+    config_dir = Path(os.path.abspath(path.parent))
     body = yaml.safe_dump(
-        {k: _plain(_absolute_text(k, v)) for k, v in options.items()}, sort_keys=False, allow_unicode=True
+        {k: _plain(_path_text(k, v, config_dir), config_dir) for k, v in options.items()},
+        sort_keys=False,
+        allow_unicode=True,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    shown = Path(os.path.abspath(path))
+    shown = shown.relative_to(Path.cwd()) if shown.is_relative_to(Path.cwd()) else shown
     with atomic_text_file(path) as f:
         f.write(
-            f"# {command_path}: the options this run used. Repeat it with:\n"
-            f"#   {command_path} --config {path.absolute()}\n{body}"
+            f"# {command_path}: the options this run used. Repeat it with:\n#   {command_path} --config {shown}\n{body}"
         )
     return path
 
@@ -293,7 +323,7 @@ class OutputKind(enum.Enum):
 
 
 #: Parameters that name where a command writes; a folder unless :data:`FILE_OUTPUTS` says file.
-OUTPUT_OPTIONS = ("out", "out_dir", "save_to", "report", "save_estimator")
+OUTPUT_OPTIONS = ("out", "out_dir", "save_to", "report", "save_estimator", "plot")
 #: (command path without "mmlens ", parameter) -> the output is one file.
 FILE_OUTPUTS = {
     ("models generate", "out"),
@@ -301,6 +331,7 @@ FILE_OUTPUTS = {
     ("steer build", "out"),
     ("steer apply", "out"),
     ("shift emi", "save_estimator"),
+    ("bench influence-scale", "plot"),
 }
 #: What a rerun of an interrupted command reuses (commands not listed keep only complete results).
 RESUME_NOTES = {
@@ -452,5 +483,6 @@ __all__ = [
     "command_defaults",
     "read_config_file",
     "resolved_config_path",
+    "stored_path",
     "write_resolved_config",
 ]

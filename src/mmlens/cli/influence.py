@@ -9,6 +9,7 @@ Under ``accelerate launch`` every process runs the command (the per-pair work is
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from pathlib import Path
@@ -16,31 +17,74 @@ from typing import Annotated
 
 import typer
 
+from mmlens.cli.options import FieldOptions, config_options
+from mmlens.enums import as_enum
+from mmlens.influence.config import FitArguments, InfluenceArguments
+from mmlens.models.options import ParamGroup
+
 influence_app = typer.Typer(help="Influence of training pairs on a contrastive model (ECIF).", no_args_is_help=True)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")]
-DataOpt = Annotated[
-    Path,
-    typer.Option(
-        help="Training pairs: JSONL of {image, caption} (image path relative to the "
-        "file) or a datasets folder with image and caption columns."
-    ),
-]
-OutOpt = Annotated[Path, typer.Option(help="Output folder (ranking, report, and the fit, reused on a rerun).")]
-GroupOpt = Annotated[str, typer.Option(help="Parameter group: projection (fast, cached towers), last_k_layers, all.")]
-KOpt = Annotated[int, typer.Option("--k", min=1, help="Layers per tower for last_k_layers.")]
-FormOpt = Annotated[str, typer.Option(help="Negative-term form: prob, reciprocal or exact.")]
-SolverOpt = Annotated[str, typer.Option(help="Inverse Hessian: cg, explicit, lissa, projected, identity.")]
-L2Opt = Annotated[float, typer.Option(help="L2 weight towards the given model's parameters (summed reduction).")]
-BatchOpt = Annotated[int, typer.Option(min=2, help="Batch size of the recorded partition.")]
-DampOpt = Annotated[float, typer.Option(min=0.0, help="Damping added to the Hessian.")]
-PartOpt = Annotated[
-    Path | None,
-    typer.Option(
-        help="JSON of the recorded batch partition {batches: [[i, ...]]}; default: a seeded random partition."
-    ),
-]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the default partition.")]
+
+@dataclasses.dataclass(frozen=True)
+class FitSetup:
+    """What every influence command fits: the model's parameter group on the training pairs, in OUT/fit (reused
+    by a rerun, and by the other influence commands given the same OUT, while these settings are the same)."""
+
+    model: str
+    data: Path
+    out: Path
+    group: ParamGroup = ParamGroup.PROJECTION
+    k: int = 1
+    partition: Path | None = None
+
+    def __post_init__(self) -> None:
+        from mmlens.errors import InputError
+
+        object.__setattr__(self, "group", as_enum(ParamGroup, self.group, "--group"))
+        if self.k < 1:
+            raise InputError(f"--k must be >= 1, got {self.k}")
+
+
+SETUP_OPTIONS = FieldOptions(
+    FitSetup,
+    aliases={"model": ("-m",)},
+    help={
+        "model": "zoo:NAME, a local folder or a Hugging Face id.",
+        "data": "Training pairs: JSONL of {image, caption} (image path relative to the file) or a datasets folder "
+        "with image and caption columns.",
+        "out": "Output folder (ranking, report, and the fit, reused on a rerun).",
+        "group": "Parameter group: projection (fast, cached towers), last_k_layers, all (lora: Python API).",
+        "k": "Layers per tower for last_k_layers.",
+        "partition": "JSON of the recorded batch partition {batches: [[i, ...]]}; default: a seeded random partition.",
+    },
+)
+FIT_OPTIONS = FieldOptions(
+    FitArguments,
+    defaults={"l2": 300.0},
+    help={
+        "batch_size": "Batch size of the recorded partition.",
+        "l2": "L2 weight towards the given model's parameters (summed reduction).",
+        "max_iter": "L-BFGS iterations of the fit.",
+        "tolerance_grad": "L-BFGS stops when the largest entry of the per-pair (mean) risk gradient is below this.",
+        "seed": "Seed of the default partition and of the randomised solvers (lissa, projected).",
+    },
+)
+ARGS_OPTIONS = FieldOptions(
+    InfluenceArguments,
+    exclude=("seed",),  # one seed for the command: the fit's
+    help={
+        "neg_form": "Negative-term form: prob, reciprocal or exact.",
+        "solver": "Inverse Hessian: cg, explicit, lissa, projected, identity.",
+        "damping": "Damping added to the Hessian.",
+        "cg_max_iter": "Conjugate-gradient iterations (cg).",
+        "cg_tol": "Conjugate-gradient tolerance (cg).",
+        "lissa_depth": "Recursion depth (lissa).",
+        "lissa_scale": "Scale (lissa); default: 1.2 x the largest Hessian eigenvalue.",
+        "proj_dim": "Random subspace dimension (projected).",
+    },
+)
+#: The options every influence command shares, from the dataclasses above (one source for all four commands).
+FIT_GROUPS = {"setup": SETUP_OPTIONS, "fit_args": FIT_OPTIONS, "args": ARGS_OPTIONS}
 FormatOpt = Annotated[str, typer.Option("--format", help="jsonl or csv.")]
 
 
@@ -57,71 +101,53 @@ def _format(fmt: str) -> ScoreFormat:
     return as_enum(ScoreFormat, fmt, "--format")
 
 
-def _analyzer(
-    model: str,
-    data: Path,
-    out: Path,
-    group: str,
-    k: int,
-    neg_form: str,
-    solver: str,
-    l2: float,
-    batch_size: int,
-    damping: float,
-    partition: Path | None,
-    seed: int,
-):
+def _analyzer(setup: FitSetup, fit_args: FitArguments, args: InfluenceArguments):
     """Load the model and pairs, then fit the group (or reuse ``out/fit`` from an earlier run with the same
     settings: an interrupted or repeated run resumes there)."""
     import torch
 
-    from mmlens.enums import as_enum
     from mmlens.errors import InputError
     from mmlens.influence.analyzer import FitResult, InfluenceAnalyzer
-    from mmlens.influence.config import FitArguments, HessianSolver, InfluenceArguments, NegForm, ParamGroup
     from mmlens.influence.data import BatchPartition, load_pair_data
     from mmlens.influence.task import ContrastiveTask, HeadTask, ModelTask
     from mmlens.models import ContrastiveModel, load_model
 
-    args = InfluenceArguments(
-        neg_form=as_enum(NegForm, neg_form, "--neg-form"),  # validate before loading anything
-        solver=as_enum(HessianSolver, solver, "--solver"),
-        damping=damping,
-    )
-    fit_args = FitArguments(batch_size=batch_size, l2=l2, seed=seed)
-    group_enum = as_enum(ParamGroup, group, "--group")
-    pairs = load_pair_data(data)
-    adapter = load_model(model, expect=ContrastiveModel)
-    task: ContrastiveTask
-    if group_enum is ParamGroup.PROJECTION:
-        task = HeadTask(adapter, group_enum, progress=True)
-    elif group_enum is ParamGroup.LORA:
+    args = dataclasses.replace(args, seed=fit_args.seed)
+    group = setup.group
+    if group is ParamGroup.LORA:  # before loading anything
         raise InputError("--group lora needs a model with LoRA adapters; use the Python API (attach_lora, HeadTask)")
-    else:
-        task = ModelTask(adapter, group_enum, k=k)
     part = None
-    if partition is not None:
-        if not partition.is_file():
-            raise InputError(f"{partition} not found")
-        part = BatchPartition.from_json(partition.read_text())
+    if setup.partition is not None:
+        if not setup.partition.is_file():
+            raise InputError(f"{setup.partition} not found")
+        part = BatchPartition.from_json(setup.partition.read_text())
+    pairs = load_pair_data(setup.data)
+    adapter = load_model(setup.model, expect=ContrastiveModel)
+    task: ContrastiveTask
+    if group is ParamGroup.PROJECTION:
+        task = HeadTask(adapter, group, progress=True)
+    else:
+        task = ModelTask(adapter, group, k=setup.k)
     encoded = None
     if isinstance(task, HeadTask):  # the frozen towers' outputs, cached on disk: a rerun does not run them again
         from mmlens.influence.streaming import encode_cached
 
-        encoded = encode_cached(task, pairs, out / "cache", key=model)
+        encoded = encode_cached(task, pairs, setup.out / "cache", key=setup.model)
     analyzer = InfluenceAnalyzer(
         task, pairs, args=args, fit_args=fit_args, partition=part, progress=True, encoded=encoded
     )
-    fit_dir = out / "fit"
+    fit_dir = setup.out / "fit"
     settings = {
-        "model": model,
-        "data": str(data.resolve()),
-        "group": group,
-        "k": k,
-        "l2": l2,
-        "batch_size": batch_size,
-        "seed": seed,
+        "model": setup.model,
+        "data": str(setup.data.resolve()),
+        "group": group.value,
+        "k": setup.k,
+        "l2": fit_args.l2,
+        "batch_size": fit_args.batch_size,
+        "seed": fit_args.seed,
         "n_pairs": len(pairs),
+        "max_iter": fit_args.max_iter,
+        "tolerance_grad": fit_args.tolerance_grad,
     }
     settings_file = fit_dir / "settings.json"
     main = analyzer.work.is_main_process
@@ -136,7 +162,9 @@ def _analyzer(
     analyzer.work.wait_for_everyone()
     if analyzer.fitted is None:
         if main:
-            typer.echo(f"fitting the {group} group ({task.space.size} parameters) on {len(pairs)} pairs ...", err=True)
+            typer.echo(
+                f"fitting the {group.value} group ({task.space.size} parameters) on {len(pairs)} pairs ...", err=True
+            )
         from mmlens.io import atomic_folder
 
         fit = analyzer.fit()  # on every process: the same deterministic fit
@@ -165,43 +193,6 @@ def _write_rows(rows: list[dict], out: Path, fmt: ScoreFormat) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return out / "scores.csv"
-
-
-#: Robust z-score beyond which a pair stands out (Iglewicz and Hoaglin's cut-off for the modified z-score).
-STAND_OUT_Z = 3.5
-
-
-def _stand_out(scores: list[float]) -> dict:
-    """Which harmful scores stand out from the rest: modified z-score (score - median) / (1.4826 MAD) below
-    ``-STAND_OUT_Z``. On clean data every score is within the spread, and the report says so instead of heading
-    the lowest scores "most harmful". An addition of ours (a scale for the ranking), not part of ECIF."""
-    import numpy as np
-
-    values = np.asarray(scores, dtype=float)
-    median = float(np.median(values))
-    mad = float(np.median(np.abs(values - median))) * 1.4826
-    z = (values - median) / mad if mad > 0 else np.zeros_like(values)
-    n = int((z < -STAND_OUT_Z).sum())
-    lowest = float(z.min()) if len(z) else 0.0
-    if n:
-        note = (
-            f"{n} pair(s) stand out as harmful: their score is more than {STAND_OUT_Z} robust standard "
-            f"deviations below the median (median {median:.3g}, robust sd {mad:.3g})."
-        )
-    else:
-        note = (
-            f"No pair stands out: the lowest score is {abs(lowest):.2f} robust standard deviations below the "
-            f"median (median {median:.3g}, robust sd {mad:.3g}; a pair stands out beyond {STAND_OUT_Z}), so "
-            "the ranking below is not evidence of misaligned pairs."
-        )
-    return {
-        "n_outliers": n,
-        "median": median,
-        "robust_sd": mad,
-        "lowest_z": lowest,
-        "threshold_z": STAND_OUT_Z,
-        "note": note,
-    }
 
 
 AllFormsOpt = Annotated[
@@ -265,20 +256,12 @@ def _score_rows(pairs, streamed, neg_form: str, all_forms: bool) -> list[dict]:
 
 
 @influence_app.command("detect")
+@config_options(**FIT_GROUPS)
 def detect_command(
-    model: ModelOpt,
-    data: DataOpt,
-    out: OutOpt,
+    setup: FitSetup,
+    fit_args: FitArguments,
+    args: InfluenceArguments,
     val: Annotated[Path, typer.Option(help="Clean validation pairs (JSONL or datasets folder).")],
-    group: GroupOpt = "projection",
-    k: KOpt = 1,
-    neg_form: FormOpt = "exact",
-    solver: SolverOpt = "cg",
-    l2: L2Opt = 300.0,
-    batch_size: BatchOpt = 64,
-    damping: DampOpt = 0.0,
-    partition: PartOpt = None,
-    seed: SeedOpt = 0,
     top: Annotated[int, typer.Option(min=1, help="Flagged pairs shown in the report.")] = 24,
     fmt: FormatOpt = "jsonl",
     all_forms: AllFormsOpt = False,
@@ -287,34 +270,37 @@ def detect_command(
     """Rank training pairs from most harmful to most helpful for the validation pairs; writes the ranking and an
     HTML report with thumbnails of the top flagged pairs."""
     from mmlens.influence.data import load_pair_data
-    from mmlens.influence.report import REMOVAL_SCORE_NOTE, ranking_report
+    from mmlens.influence.report import REMOVAL_SCORE_NOTE, ranking_report, stand_out
 
     out_format = _format(fmt)  # checked before the fit
     val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
-    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    analyzer, pairs = _analyzer(setup, fit_args, args)
     _say_scoring(analyzer, len(pairs), len(val_pairs), "validation")
-    streamed = _stream_scores(analyzer, out, val_pairs, all_forms, self_influence)
+    streamed = _stream_scores(analyzer, setup.out, val_pairs, all_forms, self_influence)
     if not analyzer.work.is_main_process:
         return  # the main process writes
+    neg_form = args.neg_form.value
     rows = sorted(_score_rows(pairs, streamed, neg_form, all_forms), key=lambda r: r["delta_val_loss_if_removed"])
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
-    path = _write_rows(rows, out, out_format)
-    standout = _stand_out([r["delta_val_loss_if_removed"] for r in rows])
+    path = _write_rows(rows, setup.out, out_format)
+    scale = stand_out([r["delta_val_loss_if_removed"] for r in rows])
     report = ranking_report(
         pairs,
         rows,
         title="Misaligned training pairs (ECIF)",
-        subtitle=f"{model} on {data.name}: {len(pairs)} pairs, group {group}, negative form {neg_form}",
-        explanation=REMOVAL_SCORE_NOTE + " Harmful pairs are flagged first. " + standout["note"],
+        subtitle=f"{setup.model} on {setup.data.name}: {len(pairs)} pairs, group {setup.group.value}, "
+        f"negative form {neg_form}",
+        explanation=REMOVAL_SCORE_NOTE + " Harmful pairs are flagged first. " + scale.note,
         card_scores=("delta_val_loss_if_removed",),
         cards=top,
-        cards_title="Most harmful pairs" if standout["n_outliers"] else "Lowest scores (no pair stands out)",
+        cards_title="Most harmful pairs" if scale.n_outliers else "Lowest scores (no pair stands out)",
         ranking_title="Ranking",
         columns=["rank", "id", "caption", "delta_val_loss_if_removed", "pos", f"neg_{neg_form}"],
+        scales={"delta_val_loss_if_removed": scale},
         data={
             "n_pairs": len(pairs),
-            "stand_out": standout,
+            "stand_out": scale.to_dict(),
             "fit": {
                 "risk": analyzer.fitted.risk,
                 "grad_max": analyzer.fitted.grad_norm,
@@ -324,7 +310,7 @@ def detect_command(
             "solver": {k2: v for k2, v in analyzer.inverse().info.items() if k2 != "solves"},
         },
     )
-    index = report.write(out / "report")
+    index = report.write(setup.out / "report")
     typer.echo(
         json.dumps(
             {
@@ -332,7 +318,7 @@ def detect_command(
                 "report": str(index),
                 "most_harmful": rows[0]["id"],
                 "most_harmful_score": rows[0]["delta_val_loss_if_removed"],
-                "n_standing_out": standout["n_outliers"],
+                "n_standing_out": scale.n_outliers,
             },
             indent=2,
         )
@@ -340,20 +326,12 @@ def detect_command(
 
 
 @influence_app.command("value")
+@config_options(**FIT_GROUPS)
 def value_command(
-    model: ModelOpt,
-    data: DataOpt,
-    out: OutOpt,
+    setup: FitSetup,
+    fit_args: FitArguments,
+    args: InfluenceArguments,
     val: Annotated[Path, typer.Option(help="Validation pairs (JSONL or datasets folder).")],
-    group: GroupOpt = "projection",
-    k: KOpt = 1,
-    neg_form: FormOpt = "exact",
-    solver: SolverOpt = "cg",
-    l2: L2Opt = 300.0,
-    batch_size: BatchOpt = 64,
-    damping: DampOpt = 0.0,
-    partition: PartOpt = None,
-    seed: SeedOpt = 0,
     fmt: FormatOpt = "jsonl",
     all_forms: AllFormsOpt = False,
     self_influence: SelfInfluenceOpt = False,
@@ -364,64 +342,63 @@ def value_command(
 
     out_format = _format(fmt)  # checked before the fit
     val_pairs = load_pair_data(val)  # a bad --val is refused before the fit, not after it
-    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    analyzer, pairs = _analyzer(setup, fit_args, args)
     _say_scoring(analyzer, len(pairs), len(val_pairs), "validation")
-    streamed = _stream_scores(analyzer, out, val_pairs, all_forms, self_influence)
+    streamed = _stream_scores(analyzer, setup.out, val_pairs, all_forms, self_influence)
     if not analyzer.work.is_main_process:
         return  # the main process writes
-    rows = _score_rows(pairs, streamed, neg_form, all_forms)
-    path = _write_rows(rows, out, out_format)
+    rows = _score_rows(pairs, streamed, args.neg_form.value, all_forms)
+    path = _write_rows(rows, setup.out, out_format)
     n_harmful = sum(r["delta_val_loss_if_removed"] < 0 for r in rows)
     typer.echo(json.dumps({"scores": str(path), "n_pairs": len(rows), "n_harmful": n_harmful}, indent=2))
 
 
+#: Where ``trace`` writes its report inside OUT: its own folder, so that it can share OUT (and the fit) with
+#: ``detect`` without replacing detect's report (OUT/report).
+TRACE_REPORT = "trace-report"
+
+
 @influence_app.command("trace")
+@config_options(**FIT_GROUPS)
 def trace_command(
-    model: ModelOpt,
-    data: DataOpt,
-    out: OutOpt,
+    setup: FitSetup,
+    fit_args: FitArguments,
+    args: InfluenceArguments,
     test: Annotated[Path, typer.Option(help="Test pairs to explain (JSONL or datasets folder).")],
     negatives: Annotated[
         Path | None, typer.Option(help="Extra pairs that form the test batch (needed if --test holds one pair).")
     ] = None,
     relative: Annotated[str, typer.Option(help="none, theta (RelatIF) or l.")] = "theta",
-    group: GroupOpt = "projection",
-    k: KOpt = 1,
-    neg_form: FormOpt = "exact",
-    solver: SolverOpt = "cg",
-    l2: L2Opt = 300.0,
-    batch_size: BatchOpt = 64,
-    damping: DampOpt = 0.0,
-    partition: PartOpt = None,
-    seed: SeedOpt = 0,
     top: Annotated[int, typer.Option(min=1, help="Training pairs listed per test pair.")] = 8,
 ) -> None:
-    """For each test pair, the training pairs that most raised its loss, with thumbnails."""
-    from mmlens.enums import as_enum
+    """For each test pair, the training pairs that most raised its loss, with thumbnails (OUT/trace.jsonl and
+    OUT/trace-report/; OUT may be detect's folder: the fit is shared, detect's report kept)."""
     from mmlens.influence.config import Relative
     from mmlens.influence.data import load_pair_data
-    from mmlens.influence.report import trace_rows, write_trace_report
+    from mmlens.influence.report import stand_out, trace_rows, write_trace_report
     from mmlens.io import write_jsonl_atomic
 
     relative_enum = as_enum(Relative, relative, "--relative")  # checked before the fit
     test_pairs = load_pair_data(test)
     negative_pairs = load_pair_data(negatives) if negatives else None
-    analyzer, pairs = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
+    analyzer, pairs = _analyzer(setup, fit_args, args)
     _say_scoring(analyzer, len(pairs), len(test_pairs), "test")
-    result = analyzer.trace(test_pairs, negative_pairs, relative=relative_enum, form=neg_form)
+    result = analyzer.trace(test_pairs, negative_pairs, relative=relative_enum, form=args.neg_form.value)
     if not analyzer.work.is_main_process:
         return  # the main process writes
     rows = trace_rows(test_pairs, pairs, result, top)
-    path = write_jsonl_atomic(out / "trace.jsonl", rows)
-    index = write_trace_report(test_pairs, pairs, rows, out / "report", model=model)
+    path = write_jsonl_atomic(setup.out / "trace.jsonl", rows)
+    scales = [stand_out(result.relative_influence[t]) for t in range(len(test_pairs))]
+    index = write_trace_report(test_pairs, pairs, rows, setup.out / TRACE_REPORT, model=setup.model, scales=scales)
     typer.echo(json.dumps({"trace": str(path), "report": str(index)}, indent=2))
 
 
 @influence_app.command("remove")
+@config_options(**FIT_GROUPS)
 def remove_command(
-    model: ModelOpt,
-    data: DataOpt,
-    out: OutOpt,
+    setup: FitSetup,
+    fit_args: FitArguments,
+    args: InfluenceArguments,
     save_to: Annotated[
         Path, typer.Option(help="Folder for the edited model (loadable with load_model / from_pretrained).")
     ],
@@ -430,15 +407,6 @@ def remove_command(
         Path | None, typer.Option(help="scores.jsonl from `detect`: remove its top --n-remove pairs.")
     ] = None,
     n_remove: Annotated[int, typer.Option(min=1, help="How many top-ranked pairs to remove.")] = 10,
-    group: GroupOpt = "projection",
-    k: KOpt = 1,
-    neg_form: FormOpt = "exact",
-    solver: SolverOpt = "cg",
-    l2: L2Opt = 300.0,
-    batch_size: BatchOpt = 64,
-    damping: DampOpt = 0.0,
-    partition: PartOpt = None,
-    seed: SeedOpt = 0,
 ) -> None:
     """Closed-form removal (ECIF edit, no retraining) of chosen pairs; saves the edited model."""
     from mmlens.errors import InputError
@@ -468,8 +436,8 @@ def remove_command(
         chosen = [int(r["index"]) for r in records[:n_remove]]
     if not chosen:
         raise InputError("no pair indices to remove")
-    analyzer, _ = _analyzer(model, data, out, group, k, neg_form, solver, l2, batch_size, damping, partition, seed)
-    edited = analyzer.edited_model(chosen, neg_form)
+    analyzer, _ = _analyzer(setup, fit_args, args)
+    edited = analyzer.edited_model(chosen, args.neg_form.value)
     if not analyzer.work.is_main_process:
         return  # the main process writes
     save_model(edited, save_to)

@@ -80,10 +80,12 @@ def _split_optional(annotation: Any) -> tuple[Any, bool]:
 
 
 def _tuple_item(annotation: Any) -> type | None:
-    """``int``/``float``/``str`` of a ``tuple[T, ...]`` annotation, else None."""
+    """``int``/``float``/``str`` of a ``tuple[T, ...]`` (or ``tuple[T, T, T]``) annotation, else None."""
     if typing.get_origin(annotation) is tuple:
         args = typing.get_args(annotation)
         if len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float, str):
+            return args[0]
+        if args and len(set(args)) == 1 and args[0] in (int, float, str):  # fixed length: the dataclass checks it
             return args[0]
     return None
 
@@ -190,17 +192,15 @@ def config_options(**groups: FieldOptions) -> Callable[[Callable[..., Any]], Cal
         if missing:
             raise TypeError(f"{func.__name__} has no parameter {sorted(missing)}")
         generated = {name: field_parameters(spec) for name, spec in groups.items()}
-        params = [
-            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in signature.parameters.values()
-            if p.name not in groups
-        ]
-        taken = {p.name for p in params}
-        for name, items in generated.items():
-            for item in items:
-                if item.param.name in taken:
-                    raise TypeError(f"{func.__name__}: option {item.param.name!r} of {name} is defined twice")
-                taken.add(item.param.name)
+        own = {p.name for p in signature.parameters.values() if p.name not in groups}
+        params = []  # each group's options where its parameter stands (the help lists them in that order)
+        for p in signature.parameters.values():
+            if p.name not in groups:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                continue
+            for item in generated[p.name]:
+                if item.param.name in own or item.param.name in {q.name for q in params}:
+                    raise TypeError(f"{func.__name__}: option {item.param.name!r} of {p.name} is defined twice")
                 params.append(item.param)
 
         @functools.wraps(func)

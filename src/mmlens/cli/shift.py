@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from mmlens.shift.options import (
-    BoundKind,
-    EstimatorData,
-    EstimatorKind,
-    Fusion,
-    ImageFeatureMode,
-    Mixture,
-    Preset,
-)
+from mmlens.cli.options import FieldOptions, config_options
+from mmlens.shift.options import EstimatorKind, Fusion, ImageFeatureMode, Preset
+from mmlens.shift.settings import GenerateConfig, ShiftConfig
 
 shift_app = typer.Typer(
     help="Distribution-shift risk of a vision-language model: EMI, EMID and its bound.", no_args_is_help=True
@@ -27,10 +22,49 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
+GENERATE_OPTIONS = FieldOptions(
+    GenerateConfig,
+    exclude=("scenarios",),  # made from --visual/--text/--severities/--joint
+    help={
+        "max_new_tokens": "Tokens generated per answer.",
+        "batch_size": "Questions per generate call.",
+        "seed": "Seed of the corruptions.",
+    },
+)
+SHIFT_OPTIONS = FieldOptions(
+    ShiftConfig,
+    exclude=("estimator.seed",),  # one seed for the analysis: --seed
+    aliases={
+        "estimator.kind": ("--estimator",),
+        "n_permutations": ("--permutations",),
+        "n_bootstrap": ("--bootstrap",),
+        "n_estimators": ("--estimator-seeds",),
+    },
+    help={
+        "estimator.kind": "club is the reference.",
+        "estimator_data": "pooled (transductive) is the reference.",
+        "fusion": "average is the reference.",
+        "bound": "scale_adjusted is the reference.",
+        "h_hat": "Entropy constant of the theorem/compact bounds.",
+        "log_base": "Units of every estimate: e (nats) or 2 (bits).",
+        "mixture": "RJSD mixture; sample_size is the reference.",
+        "term_values": "raw bound terms, or excess over their permutation null.",
+        "n_permutations": "Permutations for each RJSD null.",
+        "n_bootstrap": "Bootstrap resamples for EMI intervals.",
+        "seed": "Seed of the estimators, permutations and bootstrap.",
+        "n_estimators": "Estimators trained with different seeds; their spread enters every interval.",
+        "dedup_pairs": "Drop exact duplicate (query, response) pairs before training the estimator.",
+        "early_stopping_split": "Early-stopping hold-out of the estimator: by query group or by pair.",
+    },
+)
+
+
 @shift_app.command("generate")
+@config_options(generate=GENERATE_OPTIONS)
 def generate_command(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")],
     out: Annotated[Path, typer.Option(help="Folder to write: one <split>.jsonl per shift scenario + images.")],
+    generate: GenerateConfig,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -45,9 +79,6 @@ def generate_command(
     text: Annotated[str | None, typer.Option(help="Comma-separated text shifts, e.g. keyboard,synonym.")] = None,
     severities: Annotated[str, typer.Option(help="Comma-separated severities 1-5.")] = "1,3,5",
     joint: Annotated[bool, typer.Option(help="Also every visual x text pair at equal severity.")] = False,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 8,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Run a vision-language model under a grid of shifts (default grid: 27 world shifts), or over your own split
@@ -56,7 +87,6 @@ def generate_command(
     from mmlens.errors import InputError
     from mmlens.models import VisionLanguageModel, load_model
     from mmlens.shift.generate import (
-        GenerateConfig,
         default_scenarios,
         generate_for_splits,
         generate_responses,
@@ -79,7 +109,7 @@ def generate_command(
             scenarios += [(v, k, t, k) for v in vs for t in ts for k in sev]
     else:
         scenarios = default_scenarios()
-    config = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, scenarios=tuple(scenarios))
+    config = dataclasses.replace(generate, scenarios=tuple(scenarios))
     if data is None:
         paths = generate_world_splits(model, out, n=n, config=config, overwrite=overwrite)
     elif data.is_dir():
@@ -106,6 +136,7 @@ def generate_command(
 
 
 @shift_app.command("emi")
+@config_options(config=SHIFT_OPTIONS)
 def emi_command(
     id_split: Annotated[
         Path,
@@ -115,6 +146,7 @@ def emi_command(
     ],
     ood: Annotated[list[Path], typer.Option(help="OOD split JSONL or folder of them; repeat for more.")],
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json (the result).")],
+    config: ShiftConfig,
     references: Annotated[Path | None, typer.Option(help="JSONL of question_id -> reference text.")] = None,
     preset: Annotated[
         Preset | None,
@@ -143,8 +175,6 @@ def emi_command(
     image_mode: Annotated[
         ImageFeatureMode, typer.Option(help="patch_mean is the reference.")
     ] = ImageFeatureMode.PATCH_MEAN,
-    fusion: Annotated[Fusion, typer.Option(help="average is the reference.")] = Fusion.AVERAGE,
-    estimator: Annotated[EstimatorKind, typer.Option(help="club is the reference.")] = EstimatorKind.CLUB,
     estimator_file: Annotated[
         Path | None,
         typer.Option(
@@ -153,36 +183,25 @@ def emi_command(
         ),
     ] = None,
     save_estimator: Annotated[Path | None, typer.Option(help="Save the trained estimator(s) here.")] = None,
-    estimator_seeds: Annotated[
-        int, typer.Option(min=1, help="Estimators trained with different seeds; their spread enters every interval.")
-    ] = 5,
-    estimator_data: Annotated[
-        EstimatorData, typer.Option(help="pooled (transductive) is the reference.")
-    ] = EstimatorData.POOLED,
     control: Annotated[
         str | None,
         typer.Option(
             help="Control split for translated splits (default with --preset reference: <id>_English if present)."
         ),
     ] = None,
-    bound: Annotated[BoundKind, typer.Option(help="scale_adjusted is the reference.")] = BoundKind.SCALE_ADJUSTED,
-    h_hat: Annotated[float, typer.Option(help="Entropy constant of the theorem/compact bounds.")] = 1.0,
-    mixture: Annotated[Mixture, typer.Option(help="RJSD mixture; sample_size is the reference.")] = Mixture.SAMPLE_SIZE,
-    permutations: Annotated[int, typer.Option(min=0, help="Permutations for each RJSD null.")] = 100,
-    bootstrap: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for EMI intervals.")] = 200,
-    seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """EMI per split, EMID of every OOD split against the ID split, the bound's terms, correlations, HTML report."""
     from mmlens.errors import InputError
     from mmlens.models.embed import ClipImageEmbedder, reference_embedders
     from mmlens.models.embed import text_embedder as make_text_embedder
-    from mmlens.shift.analysis import ShiftConfig, analyse
+    from mmlens.shift.analysis import analyse
     from mmlens.shift.data import assign_language_control, load_splits
-    from mmlens.shift.estimators import EstimatorConfig, load_estimator
+    from mmlens.shift.estimators import load_estimator
     from mmlens.shift.report import write_shift_report
 
     reference = preset is Preset.REFERENCE
-    if reference and (fusion is not Fusion.AVERAGE or estimator is not EstimatorKind.CLUB):
+    config = dataclasses.replace(config, estimator=dataclasses.replace(config.estimator, seed=config.seed))
+    if reference and (config.fusion is not Fusion.AVERAGE or config.estimator.kind is not EstimatorKind.CLUB):
         raise InputError("--preset reference uses average fusion and the CLUB estimator; drop --fusion/--estimator")
     if not reference and text_model:
         raise InputError("--text-model belongs to --preset reference; otherwise use --text-embedder")
@@ -190,18 +209,6 @@ def emi_command(
     splits = load_splits([id_split, *ood], references, load_images=load_images)
     if reference or control:
         assign_language_control(splits, splits[0].name, control)
-    config = ShiftConfig(
-        estimator=EstimatorConfig(kind=estimator, seed=seed),
-        estimator_data=estimator_data,
-        fusion=fusion,
-        bound=bound,
-        h_hat=h_hat,
-        mixture=mixture,
-        n_permutations=permutations,
-        n_bootstrap=bootstrap,
-        seed=seed,
-        n_estimators=estimator_seeds,
-    )
     est = load_estimator(estimator_file) if estimator_file else None
     has_images = any(s.images is not None for s in splits)
     if reference:

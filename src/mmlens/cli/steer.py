@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from mmlens.cli.options import FieldOptions, config_options
+from mmlens.steer.settings import EvalSettings, GenerationSettings, SteerConfig
+
 steer_app = typer.Typer(help="Steering vision-language models with concept and shift vectors.", no_args_is_help=True)
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="zoo:NAME, a local folder or a Hugging Face id.")]
@@ -19,35 +22,21 @@ DataOption = Annotated[
         "data.jsonl of `mmlens world export`."
     ),
 ]
-PositionsOption = Annotated[
-    str,
-    typer.Option(
-        help="all | prompt_only | generated_only (never steers the first answer token) | from_last_prompt | text_only."
-    ),
-]
-ConditionOption = Annotated[
-    str,
-    typer.Option(
-        help="always | source_concept (only samples nearer the vector's source "
-        "than its contrasts, at the last prompt position)."
-    ),
-]
+STEER_HELP = {
+    "alpha": "Strength (0 = the plain model).",
+    "positions": "all | prompt_only | generated_only (never steers the first answer token) | from_last_prompt | "
+    "text_only.",
+    "condition": "always | source_concept (only samples nearer the vector's source than its contrasts, at the last "
+    "prompt position).",
+}
+#: Generation while building: a few tokens (the first answer word); applying: whole answers.
+BUILD_GENERATION = FieldOptions(GenerationSettings, defaults={"max_new_tokens": 4})
+APPLY_GENERATION = FieldOptions(GenerationSettings)
+EVAL_GENERATION = FieldOptions(GenerationSettings, defaults={"max_new_tokens": 4})
 
 
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
-
-
-def _floats(value: str, name: str) -> list[float]:
-    from mmlens.errors import InputError
-
-    try:
-        out = [float(v) for v in _csv(value)]
-    except ValueError:
-        raise InputError(f"{name} must be comma-separated numbers, got {value!r}") from None
-    if not out:
-        raise InputError(f"{name} is empty")
-    return out
 
 
 def _ints(value: str | None, name: str) -> list[int] | None:
@@ -97,19 +86,12 @@ def _examples(model, data: Path, answer_type: str | None = None, items=None):
     return items
 
 
-def _config(alpha: float, positions: str, condition: str):
-    from mmlens.enums import as_enum
-    from mmlens.steer import SteerCondition, SteerConfig, SteerPositions
-
-    return SteerConfig(
-        alpha, as_enum(SteerPositions, positions, "--positions"), as_enum(SteerCondition, condition, "--condition")
-    )
-
-
 @steer_app.command("build")
+@config_options(generation=BUILD_GENERATION)
 def build_command(
     model: ModelOption,
     data: DataOption,
+    generation: GenerationSettings,
     out: Annotated[Path, typer.Option(help="safetensors file to write (vectors + provenance metadata).")],
     source: Annotated[str | None, typer.Option(help="Source answer, e.g. yes (coarse vectors).")] = None,
     target: Annotated[str | None, typer.Option(help="Target answer, e.g. no (coarse vectors).")] = None,
@@ -135,8 +117,6 @@ def build_command(
             help="Label samples by the model's answer only where it matches the ground truth (reference filter)."
         ),
     ] = True,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 4,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the shuffled-label control saved beside each vector.")] = 0,
 ) -> None:
     """Build steering vectors from the model's own activations at the last prompt position (the one that emits the
@@ -162,8 +142,12 @@ def build_command(
         vectors = concept_vectors(dictionary, layer=chosen[0] % vlm.num_layers, model=model)
     elif finetuned is not None:
         tuned = _generative(finetuned)
-        cap_a = capture_examples(vlm, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        cap_b = capture_examples(tuned, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        cap_a = capture_examples(
+            vlm, items, chosen, max_new_tokens=generation.max_new_tokens, batch_size=generation.batch_size
+        )
+        cap_b = capture_examples(
+            tuned, items, chosen, max_new_tokens=generation.max_new_tokens, batch_size=generation.batch_size
+        )
         vectors = [
             finetuning_shift_vectors(
                 cap_a.layer(i),
@@ -178,7 +162,9 @@ def build_command(
     else:
         if not source or not target:
             raise InputError("coarse vectors need --source and --target answers (or use --finetuned/--dictionary)")
-        cap = capture_examples(vlm, items, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        cap = capture_examples(
+            vlm, items, chosen, max_new_tokens=generation.max_new_tokens, batch_size=generation.batch_size
+        )
         labels = answer_labels(cap.generated, items, require_correct=use_truth)
         by_layer = vectors_from_capture(cap, labels, source, target, layers=chosen, model=model)
         vectors = []
@@ -202,17 +188,15 @@ def build_command(
 
 
 @steer_app.command("apply")
+@config_options(config=FieldOptions(SteerConfig, help=STEER_HELP), generation=APPLY_GENERATION)
 def apply_command(
     model: ModelOption,
     vectors: Annotated[Path, typer.Option(help="safetensors file written by `mmlens steer build`.")],
     data: DataOption,
     out: Annotated[Path, typer.Option(help="JSONL to write: question, answer, plain answer, steered answer.")],
-    alpha: Annotated[float, typer.Option(help="Strength (0 = the plain model).")] = 1.0,
-    positions: PositionsOption = "all",
-    condition: ConditionOption = "always",
+    config: SteerConfig,
+    generation: GenerationSettings,
     layers: Annotated[str | None, typer.Option(help="Apply only the file's vectors for these layers.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
 ) -> None:
     """Generate with steering vectors (every non-control vector of the file, summed per layer) and without, and
     write both answers per question."""
@@ -222,7 +206,6 @@ def apply_command(
 
     read = _read_examples(data)
     chosen = _ints(layers, "--layers")
-    config = _config(alpha, positions, condition)
     loaded = load_vectors(vectors)
     vlm = _generative(model)
     items = _examples(vlm, data, items=read)
@@ -234,9 +217,13 @@ def apply_command(
     ]
     if not vecs:
         raise InputError(f"{vectors} holds no steering vector for the chosen layers")
-    plain = generate_answers(vlm, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    plain = generate_answers(vlm, items, max_new_tokens=generation.max_new_tokens, batch_size=generation.batch_size)
     steered = generate_answers(
-        vlm, items, Steering(tuple(vecs), config), max_new_tokens=max_new_tokens, batch_size=batch_size
+        vlm,
+        items,
+        Steering(tuple(vecs), config),
+        max_new_tokens=generation.max_new_tokens,
+        batch_size=generation.batch_size,
     )
     rows = [
         {"question": e.question, "answer": e.answer, "answer_type": e.answer_type, "plain": p, "steered": s}
@@ -250,7 +237,7 @@ def apply_command(
                 "written": str(out),
                 "n": len(rows),
                 "changed": changed,
-                "alpha": alpha,
+                "alpha": config.alpha,
                 "positions": config.positions.value,
                 "vectors": [v.name for v in vecs],
             },
@@ -260,6 +247,11 @@ def apply_command(
 
 
 @steer_app.command("eval")
+@config_options(
+    config=FieldOptions(SteerConfig, exclude=("alpha",), help=STEER_HELP),  # alpha: swept (--alphas)
+    sweep=FieldOptions(EvalSettings, aliases={"random_seed": ("--seed",)}),
+    generation=EVAL_GENERATION,
+)
 def eval_command(
     model: ModelOption,
     vectors: Annotated[Path, typer.Option(help="safetensors file written by `mmlens steer build`.")],
@@ -267,25 +259,17 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="Report folder: index.html and data.json.")],
     source: Annotated[str, typer.Option(help="Answer that should change, e.g. yes.")],
     target: Annotated[str, typer.Option(help="Answer it should become, e.g. no.")],
+    config: SteerConfig,
+    sweep: EvalSettings,
+    generation: GenerationSettings,
     answer_type: Annotated[
         str | None, typer.Option(help="Answer type of the targeted questions (the others measure the accuracy kept).")
     ] = None,
-    alphas: Annotated[str, typer.Option(help="Comma-separated strengths to sweep.")] = "0.5,1,2,4",
-    positions: PositionsOption = "all",
-    condition: ConditionOption = "always",
-    max_drop: Annotated[
-        float, typer.Option(help="Largest other-type accuracy drop allowed when choosing alpha.")
-    ] = 0.02,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 4,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of the random-direction baseline.")] = 0,
 ) -> None:
     """Flip rate toward the target, accuracy kept on the other answer types and changed predictions, over an alpha
     sweep and per layer, against a random direction, shuffled labels and a logit bias, with an HTML report."""
     from mmlens.steer import FlipTarget, evaluate_vectors, load_vectors, write_steering_report
 
-    config = _config(1.0, positions, condition)
-    alpha_list = _floats(alphas, "--alphas")
     read = _read_examples(data)
     loaded = load_vectors(vectors)
     vlm = _generative(model)
@@ -295,13 +279,13 @@ def eval_command(
         items,
         loaded,
         FlipTarget(source, target, answer_type),
-        alphas=alpha_list,
+        alphas=sweep.alphas,
         positions=config.positions,
         condition=config.condition,
-        max_drop=max_drop,
-        random_seed=seed,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
+        max_drop=sweep.max_drop,
+        random_seed=sweep.random_seed,
+        max_new_tokens=generation.max_new_tokens,
+        batch_size=generation.batch_size,
     )
     result["model"] = model
     index = write_steering_report(result, out, items)

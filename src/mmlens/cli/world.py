@@ -7,35 +7,64 @@ from typing import Annotated
 
 import typer
 
+from mmlens.cli.options import Converter, FieldOptions, config_options
+from mmlens.world.core import WorldConfig
+
 world_app = typer.Typer(
     help="The seeded miniature world: scenes, captions, VQA, POPE probes, shifts.", no_args_is_help=True
 )
 
 
+def _parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    from mmlens.errors import InputError
+
+    pairs = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        parts = item.split(":")
+        if len(parts) != 2:
+            raise InputError(f"--bias-pairs must be comma-separated ANCHOR:PARTNER pairs, got {text!r}")
+        pairs.append((parts[0].strip(), parts[1].strip()))
+    return tuple(pairs)
+
+
+WORLD_OPTIONS = FieldOptions(
+    WorldConfig,
+    panel="The world (defaults: the world of the zoo)",
+    help={
+        "image_size": "Image side in pixels.",
+        "grid_size": "Cells per side (1-3); at most one object per cell.",
+        "shapes": "Comma-separated object classes.",
+        "colours": "Comma-separated colours.",
+        "backgrounds": "Comma-separated backgrounds.",
+        "min_objects": "Fewest objects per scene.",
+        "max_objects": "Most objects per scene.",
+        "bias_pairs": "Comma-separated ANCHOR:PARTNER classes: the partner appears with the anchor at --bias-strength.",
+        "bias_strength": "Co-occurrence of the biased object pairs.",
+        "caption_leak": "Share of captions that name an absent partner of a present anchor (noisy captions).",
+        "split_fractions": "Share of the scene space of train, val, test (three numbers).",
+    },
+    converters={"bias_pairs": Converter(_parse_pairs, lambda pairs: ",".join(f"{a}:{b}" for a, b in pairs))},
+)
+
+
 @world_app.command("export")
+@config_options(world=WORLD_OPTIONS)
 def export_command(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (PNG images + data.jsonl).")],
+    world: WorldConfig,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 200,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
-    bias_strength: Annotated[
-        float | None,
-        typer.Option(min=0.0, max=1.0, help="Co-occurrence of the biased object pairs (default: the world's, 0.75)."),
-    ] = None,
     hf_dataset: Annotated[
         bool, typer.Option("--hf-dataset", help="Also save a Hugging Face `datasets` copy in OUT_DIR/hf.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
 ) -> None:
     """Export scenes as PNG images and a JSONL of captions, VQA, objects and POPE ground truth."""
-    import dataclasses
-
-    from mmlens.world import World, WorldConfig
+    from mmlens.world import World
     from mmlens.world.export import export_world, to_hf_dataset
 
-    config = WorldConfig() if bias_strength is None else dataclasses.replace(WorldConfig(), bias_strength=bias_strength)
-    world = World(config, seed=seed)
-    path = export_world(out_dir, world, n=n, split=split, overwrite=overwrite)
+    path = export_world(out_dir, World(world, seed=seed), n=n, split=split, overwrite=overwrite)
     typer.echo(f"wrote {n} scenes to {path}")
     if hf_dataset:
         dataset = to_hf_dataset(path)

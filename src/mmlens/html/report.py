@@ -28,8 +28,10 @@ h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-
 .subtitle { color: #5a6672; margin-top: 0; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
 th, td { border: 1px solid #dde3ea; padding: .3rem .6rem; text-align: left; }
-th { background: #f3f6f9; overflow-wrap: anywhere; font-size: .85rem; }
-table { max-width: 100%; }  /* long metric names wrap: a wide table still fits a 1280 px window */ td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f6f9; overflow-wrap: break-word; font-size: .85rem; }
+table { max-width: 100%; }  /* long metric names wrap at their underscores: the table fits a 1280 px window */
+.table-box { overflow-x: auto; max-width: 100%; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.pass { color: #136f2e; font-weight: 600; } td.fail { color: #a3221b; font-weight: 600; }
 .grid { display: flex; flex-wrap: wrap; gap: .8rem; }
 .card { border: 1px solid #dde3ea; border-radius: 6px; padding: .5rem; width: 190px; font-size: .82rem; }
@@ -78,14 +80,16 @@ class Section:
         if not rows:
             return self.text("(no rows)")
         columns = list(columns or rows[0].keys())
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+        # long metric names break after their underscores (pope_adversarial_ / yes_ratio), never inside a word
+        head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in columns)
         body = []
         for row in rows:
             cells = []
             for column in columns:
                 cells.append(_cell(row.get(column, "")))
             body.append("<tr>" + "".join(cells) + "</tr>")
-        self._blocks.append(_Block(f"<table><tr>{head}</tr>{''.join(body)}</table>"))
+        # a table wider than the page (many metrics) scrolls inside its own box, never the whole page
+        self._blocks.append(_Block(f'<div class="table-box"><table><tr>{head}</tr>{"".join(body)}</table></div>'))
         return self
 
     def images(self, cards: Sequence[ImageCard], *, thumb_size: int = 160) -> Section:

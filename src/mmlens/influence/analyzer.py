@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from mmlens.enums import as_enum
 from mmlens.errors import InputError
@@ -44,6 +43,7 @@ from mmlens.influence.solvers import InverseOperator, build_inverse
 from mmlens.influence.task import ContrastiveTask, Encoded, subset
 from mmlens.models.contrastive import ContrastiveModel
 from mmlens.models.distributed import DistributedWork
+from mmlens.progress import progress_bar
 
 BatchResult = TypeVar("BatchResult")
 HVP_ROWS = 16  # Hessian-vector products computed together in one batched double backward
@@ -441,11 +441,10 @@ class InfluenceAnalyzer:
         """Per batch: (pair indices, {part: gradient [B, P]}, max negative probability [B]), every batch in this
         process (not split across processes; the analyzer's own loops split them)."""
         theta = self._theta_hat() if theta is None else theta
-        for batch in tqdm(
+        for batch in progress_bar(
             self.partition.batches,
             desc="per-pair gradients",
-            leave=False,
-            disable=not self.progress or not self.work.is_main_process,
+            enabled=self.progress and self.work.is_main_process,
         ):
             idx = np.asarray(batch)
             grads, maxp = self._terms_gradients(theta, subset(self.encoded, torch.as_tensor(idx)), parts)
@@ -456,7 +455,7 @@ class InfluenceAnalyzer:
         (whole batches: each one is computed exactly as in a single process); the results in batch order, on every
         process. ``fn`` should return CPU arrays/tensors (they are pickled between processes)."""
         local = self.work.local_items(self.partition.batches)
-        bar = tqdm(local, desc=desc, leave=False, disable=not self.progress or not self.work.is_main_process)
+        bar = progress_bar(local, desc=desc, enabled=self.progress and self.work.is_main_process)
         return self.work.gather([fn(np.asarray(batch)) for batch in bar])
 
     def _map_pair_gradients(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mmlens.enums import as_enum
 from mmlens.errors import InputError, check_finite
-from mmlens.models.contrastive import ParamGroup
+from mmlens.models.options import ParamGroup
 
 
 class NegForm(enum.Enum):

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from mmlens.enums import as_enum
 from mmlens.errors import InputError
@@ -43,6 +42,7 @@ from mmlens.influence.config import NegForm, Role
 from mmlens.influence.data import PairData
 from mmlens.influence.objective import PARTS
 from mmlens.influence.task import ContrastiveTask, Encoded, subset
+from mmlens.progress import progress_bar
 
 MANIFEST = "manifest.json"
 QUERY_FILE = "query.safetensors"
@@ -281,9 +281,7 @@ def score_pairs(
     pending = [i for i in range(len(shards)) if i not in set(done)]
     work.wait_for_everyone()  # every process has listed the same missing shards before any is written
     local = work.local_items(pending)
-    bar = tqdm(
-        local, desc="scoring pairs (shards)", leave=False, disable=not analyzer.progress or not work.is_main_process
-    )
+    bar = progress_bar(local, desc="scoring pairs (shards)", enabled=analyzer.progress and work.is_main_process)
     for i in bar:
         rows: dict[str, list[np.ndarray]] = {c: [] for c in (*COLUMNS, "index")}
         for batch in shards[i]:

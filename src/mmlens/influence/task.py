@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from mmlens.enums import as_enum
 from mmlens.errors import InputError
@@ -30,6 +29,7 @@ from mmlens.influence.data import PairData
 from mmlens.models.contrastive import ContrastiveModel, LossKind, ParamGroup
 from mmlens.models.distributed import DistributedWork
 from mmlens.models.hooks import hook_scope
+from mmlens.progress import progress_bar
 
 Params = dict[str, torch.Tensor]
 Encoded = dict[str, torch.Tensor]
@@ -195,11 +195,8 @@ class HeadTask(ContrastiveTask):
         # Whole chunks are split across processes (each is encoded exactly as in one process) and gathered in
         # order; gathered on the CPU since the pickled tensors cross processes.
         local: list[tuple[str, torch.Tensor]] = []
-        for tower, chunk in tqdm(
-            self.work.local_items(chunks),
-            desc="encoding pairs",
-            leave=False,
-            disable=not self.progress or not self.work.is_main_process,
+        for tower, chunk in progress_bar(
+            self.work.local_items(chunks), desc="encoding pairs", enabled=self.progress and self.work.is_main_process
         ):
             with _capture_inputs({tower: self.heads[tower][1]}) as store:
                 if tower == "image":

@@ -32,13 +32,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmlens.errors import InputError
 from mmlens.io import write_json_atomic
 from mmlens.models.distributed import DistributedWork
 from mmlens.models.generative import CausalLanguageModel, VisionLanguageModel
 from mmlens.models.hooks import hidden_state, hook_scope
+from mmlens.progress import progress_bar
 
 MANIFEST = "manifest.json"
 FORMAT = "mmlens.models.capture/1"
@@ -558,9 +558,7 @@ def capture_activations(
     work = work if work is not None else DistributedWork.from_environment()
     metadata["num_processes"] = work.num_processes
     n_batches = sum(math.ceil((stop - start) / config.batch_size) for k, start, stop in shards if k not in done)
-    bar = tqdm(
-        total=n_batches, desc="capture", leave=False, disable=not progress or n_batches <= 1 or not work.is_main_process
-    )
+    bar = progress_bar(total=n_batches, desc="capture", enabled=progress and n_batches > 1 and work.is_main_process)
     parts: list[tuple[int, dict[str, Any]]] = []
     t0 = time.perf_counter()
     computed = 0

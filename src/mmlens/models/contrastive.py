@@ -20,6 +20,7 @@ from transformers import BatchFeature, CLIPModel, PreTrainedModel, SiglipModel, 
 
 from mmlens.errors import InputError, ModelLoadError
 from mmlens.models.base import ModelAdapter, unwrap_peft
+from mmlens.models.options import ParamGroup as ParamGroup  # light: configs and the CLI name it
 
 
 class LossKind(enum.Enum):
@@ -27,13 +28,6 @@ class LossKind(enum.Enum):
 
     INFONCE = "infonce"  # CLIP / dual encoder: symmetric softmax cross-entropy over the batch
     SIGMOID = "sigmoid"  # SigLIP: independent binary log-sigmoid per (image, text) pair
-
-
-class ParamGroup(enum.Enum):
-    PROJECTION = "projection"
-    LAST_K_LAYERS = "last_k_layers"
-    LORA = "lora"
-    ALL = "all"
 
 
 def per_pair_loss(

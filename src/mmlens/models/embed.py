@@ -59,11 +59,9 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
+    from mmlens.progress import progress_bar
 
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+    return progress_bar(iterable, total=total, desc=desc, enabled=enabled)
 
 
 def minilm_path() -> Path:

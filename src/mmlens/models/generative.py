@@ -21,7 +21,6 @@ from typing import Any, TypeAlias
 import torch
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import (
     BatchFeature,
     Idefics3ForConditionalGeneration,
@@ -35,6 +34,7 @@ from transformers import (
 
 from mmlens.errors import InputError, ModelLoadError
 from mmlens.models.base import ModelAdapter, unwrap_peft
+from mmlens.progress import progress_bar
 
 IGNORE_INDEX = -100
 
@@ -217,7 +217,7 @@ class _GenerativeBase(ModelAdapter):
         tok = self.tokenizer
         out: list[str] = []
         starts = range(0, n, batch_size)
-        for start in tqdm(starts, desc="generate", disable=math.ceil(n / batch_size) <= 1, leave=False):
+        for start in progress_bar(starts, desc="generate", enabled=math.ceil(n / batch_size) > 1):
             batch = self.to_device(make_batch(start, min(start + batch_size, n)))
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
             if not do_sample:

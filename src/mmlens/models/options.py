@@ -12,4 +12,13 @@ class ImageFeatureMode(enum.StrEnum):
     PROJECTED = "projected"
 
 
-__all__ = ["ImageFeatureMode"]
+class ParamGroup(enum.Enum):
+    """Parameters of a contrastive model that influence analysis differentiates."""
+
+    PROJECTION = "projection"
+    LAST_K_LAYERS = "last_k_layers"
+    LORA = "lora"
+    ALL = "all"
+
+
+__all__ = ["ImageFeatureMode", "ParamGroup"]

@@ -5,9 +5,6 @@ from .analysis import (
     BOUNDS as BOUNDS,
 )
 from .analysis import (
-    ShiftConfig as ShiftConfig,
-)
-from .analysis import (
     ShiftResult as ShiftResult,
 )
 from .analysis import (
@@ -92,9 +89,6 @@ from .estimators import (
     ESTIMATORS as ESTIMATORS,
 )
 from .estimators import (
-    EstimatorConfig as EstimatorConfig,
-)
-from .estimators import (
     GaussianTask as GaussianTask,
 )
 from .estimators import (
@@ -111,9 +105,6 @@ from .estimators import (
 )
 from .estimators import (
     load_estimator as load_estimator,
-)
-from .generate import (
-    GenerateConfig as GenerateConfig,
 )
 from .generate import (
     default_scenarios as default_scenarios,
@@ -183,4 +174,13 @@ from .options import (
 )
 from .report import (
     write_shift_report as write_shift_report,
+)
+from .settings import (
+    EstimatorConfig as EstimatorConfig,
+)
+from .settings import (
+    GenerateConfig as GenerateConfig,
+)
+from .settings import (
+    ShiftConfig as ShiftConfig,
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,9 +29,10 @@ from scipy import stats
 from mmlens.enums import as_enum
 from mmlens.errors import InputError
 from mmlens.models.embed import ImageEmbedder, TextEmbedder
+from mmlens.progress import progress_bar
 from mmlens.shift.data import ShiftSplit, open_image
 from mmlens.shift.divergence import rjsd_test
-from mmlens.shift.estimators import EstimatorConfig, MIEnsemble, MIEstimator, as_ensemble, club_from_conditional
+from mmlens.shift.estimators import MIEnsemble, MIEstimator, as_ensemble, club_from_conditional
 from mmlens.shift.options import (
     BoundKind,
     EarlyStoppingSplit,
@@ -39,60 +40,11 @@ from mmlens.shift.options import (
     EstimatorKind,
     Fusion,
     LogBase,
-    Mixture,
     TermValues,
 )
+from mmlens.shift.settings import ShiftConfig as ShiftConfig
 
 BOUNDS = tuple(BoundKind)
-
-
-@dataclass(frozen=True)
-class ShiftConfig:
-    """Options of the analysis. Defaults follow the reference code where it is known (CLUB with Tanh-bounded
-    log-variance, pooled transductive estimator data, sample-size mixture in RJSD, scale-adjusted bound)."""
-
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    estimator_data: EstimatorData = EstimatorData.POOLED
-    fusion: Fusion = Fusion.AVERAGE
-    bound: BoundKind = BoundKind.SCALE_ADJUSTED
-    h_hat: float = 1.0  # entropy constant of the theorem/compact bounds (user value; unverified in the paper)
-    log_base: LogBase = LogBase.E
-    mixture: Mixture = Mixture.SAMPLE_SIZE
-    term_values: TermValues = TermValues.RAW
-    n_permutations: int = 100
-    n_bootstrap: int = 200
-    seed: int = 0
-    # estimator statistics: members of the ensemble (seeds of initialisation, early-stopping split and data order),
-    # exact duplicate (x, y) pairs dropped before training, early stopping held out by query group
-    n_estimators: int = 5
-    dedup_pairs: bool = True
-    early_stopping_split: EarlyStoppingSplit = EarlyStoppingSplit.GROUP
-
-    def __post_init__(self) -> None:
-        options = {
-            "estimator_data": EstimatorData,
-            "fusion": Fusion,
-            "bound": BoundKind,
-            "log_base": LogBase,
-            "mixture": Mixture,
-            "term_values": TermValues,
-            "early_stopping_split": EarlyStoppingSplit,
-        }
-        for key, enum_cls in options.items():  # frozen dataclass: store the coerced members in place of strings
-            object.__setattr__(self, key, as_enum(enum_cls, getattr(self, key), key))
-        if self.h_hat <= 0:
-            raise InputError("h_hat must be positive")
-        if self.n_bootstrap < 1 or self.n_permutations < 0:
-            raise InputError(
-                f"need n_bootstrap >= 1 and n_permutations >= 0, got {self.n_bootstrap} and {self.n_permutations}"
-            )
-        if self.n_estimators < 1:
-            raise InputError(f"n_estimators must be >= 1, got {self.n_estimators}")
-        if self.term_values is TermValues.EXCESS and self.n_permutations == 0:
-            raise InputError("term_values='excess' subtracts the permutation null: it needs n_permutations >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -447,10 +399,7 @@ def analyse_embeddings(
     ref = embeddings[id_index]
     perm: dict[str, Any] = dict(mixture=config.mixture, n_permutations=config.n_permutations, seed=config.seed)
     iterator = list(enumerate(embeddings))
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="splits", leave=False)
+    iterator = progress_bar(iterator, desc="splits", enabled=progress)
     points: dict[int, dict[str, Any]] = {}
     reps: dict[int, Any] = {}
     j_p: dict[int, Any] = {}

@@ -32,50 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmlens.enums import as_enum
 from mmlens.errors import InputError
+from mmlens.progress import progress_bar
 from mmlens.shift.options import EstimatorKind, LogvarActivation
+from mmlens.shift.settings import EstimatorConfig as EstimatorConfig
 
 ESTIMATORS = tuple(EstimatorKind)
-
-
-@dataclass(frozen=True)
-class EstimatorConfig:
-    """How to build and train an :class:`MIEstimator`.
-
-    ``hidden`` is the hidden width of each network (the reference CLUB uses 250 = mi_est_dim 500 / 2).
-    ``logvar_activation`` (CLUB only): ``"tanh"`` bounds log sigma^2 to (-1, 1) as the reference code does;
-    ``"none"`` leaves it free (needed when the conditional variance is far from 1).
-    ``eval_batch_size`` (InfoNCE/NWJ) is the batch over which the estimate is averaged; InfoNCE cannot exceed
-    log(eval_batch_size).
-    """
-
-    kind: EstimatorKind = EstimatorKind.CLUB
-    hidden: int = 250
-    embed_dim: int = 64  # InfoNCE/NWJ critic feature size
-    logvar_activation: LogvarActivation = LogvarActivation.TANH
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    eval_batch_size: int = 256
-    max_epochs: int = 300
-    max_steps: int = 4000
-    patience: int = 20
-    val_fraction: float = 0.2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # frozen dataclass: store the coerced enum members in place of user strings
-        object.__setattr__(self, "kind", as_enum(EstimatorKind, self.kind, "estimator kind"))
-        object.__setattr__(
-            self, "logvar_activation", as_enum(LogvarActivation, self.logvar_activation, "logvar_activation")
-        )
-        if not 0.0 < self.val_fraction < 0.9:
-            raise InputError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
-        if self.batch_size < 2 or self.eval_batch_size < 2:
-            raise InputError("batch sizes must be >= 2")
-        if min(self.hidden, self.embed_dim, self.max_epochs, self.max_steps, self.patience) < 1:
-            raise InputError("hidden, embed_dim, max_epochs, max_steps and patience must be >= 1")
 
 
 def as_matrix(a: Any, name: str) -> torch.Tensor:
@@ -245,10 +207,7 @@ class MIEstimator:
         best, best_state, best_epoch, bad, step = math.inf, None, -1, 0, 0
         train_curve, val_curve = [], []
         epochs = range(c.max_epochs)
-        if progress:
-            from tqdm.auto import tqdm
-
-            epochs = tqdm(epochs, desc=f"train {c.kind}", leave=False)
+        epochs = progress_bar(epochs, desc=f"train {c.kind}", enabled=progress)
         for epoch in epochs:
             net.train()
             order = torch.randperm(len(xt), generator=gen)
@@ -467,10 +426,7 @@ class MIEnsemble:
             raise InputError(f"n_members must be >= 1, got {n_members}")
         members = []
         seeds = range(config.seed, config.seed + n_members)
-        if progress:
-            from tqdm.auto import tqdm
-
-            seeds = tqdm(seeds, desc="estimator seeds", leave=False)
+        seeds = progress_bar(seeds, desc="estimator seeds", enabled=progress)
         for s in seeds:
             members.append(MIEstimator(replace(config, seed=s)).fit(x, y, groups=groups))
         return cls(members)

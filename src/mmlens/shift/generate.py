@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ import numpy as np
 from mmlens.errors import InputError
 from mmlens.io import atomic_folder, write_json_atomic
 from mmlens.models.distributed import DistributedWork
-
-Scenario = tuple[str | None, int, str | None, int]  # (visual, visual severity, text, text severity)
+from mmlens.progress import progress_bar
+from mmlens.shift.settings import GenerateConfig as GenerateConfig
+from mmlens.shift.settings import Scenario as Scenario
 
 
 def scenario_name(s: Scenario) -> str:
@@ -48,16 +49,6 @@ def default_scenarios() -> list[Scenario]:
     out += [("defocus_blur", k, "keyboard", k) for k in (1, 3, 5)]
     out += [("gaussian_noise", k, "synonym", k) for k in (1, 3, 5)]
     return out
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    """Decoding and grid settings (recorded in every output record)."""
-
-    max_new_tokens: int = 8
-    batch_size: int = 64
-    seed: int = 0
-    scenarios: tuple[Scenario, ...] = field(default_factory=lambda: tuple(default_scenarios()))
 
 
 def _apply(images: Sequence[Any], prompts: Sequence[str], s: Scenario, seed: int) -> tuple[list, list[str]]:
@@ -157,10 +148,7 @@ def generate_responses(
     out = Path(out_dir)
     work = work if work is not None else DistributedWork.from_environment()
     scenarios = list(config.scenarios)
-    if progress and work.is_main_process:
-        from tqdm.auto import tqdm
-
-        scenarios = tqdm(scenarios, desc="shift scenarios")
+    scenarios = progress_bar(scenarios, desc="shift scenarios", enabled=progress and work.is_main_process, leave=True)
     summary = []
     with _output_folder(out, overwrite, work) as tmp:
         for s in scenarios:
@@ -232,10 +220,7 @@ def generate_for_splits(
     work = work if work is not None else DistributedWork.from_environment()
     summary = []
     iterator = files
-    if progress and work.is_main_process:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(files, desc="splits")
+    iterator = progress_bar(files, desc="splits", enabled=progress and work.is_main_process, leave=True)
     with _output_folder(Path(out_dir), overwrite, work) as tmp:
         for f in iterator:
             records = load_eval_records(f)

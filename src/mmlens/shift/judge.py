@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mmlens.errors import InputError, MMLensError
+from mmlens.progress import progress_bar
 from mmlens.shift.data import ShiftSplit
 
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
@@ -159,10 +160,7 @@ def judge_split(
     if contexts is not None and len(contexts) != len(split):
         raise InputError(f"{len(contexts)} contexts for {len(split)} items")
     items = range(len(split))
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc=f"judge {split.name}", leave=False)
+    items = progress_bar(items, desc=f"judge {split.name}", enabled=progress)
     outputs = [
         judge(judge_prompt(split.queries[i], split.references[i], split.responses[i], contexts[i] if contexts else ""))
         for i in items

@@ -5,19 +5,10 @@ from .apply import (
     LogitBias as LogitBias,
 )
 from .apply import (
-    SteerCondition as SteerCondition,
-)
-from .apply import (
-    SteerConfig as SteerConfig,
-)
-from .apply import (
     Steering as Steering,
 )
 from .apply import (
     SteeringTrace as SteeringTrace,
-)
-from .apply import (
-    SteerPositions as SteerPositions,
 )
 from .apply import (
     logit_bias as logit_bias,
@@ -111,6 +102,21 @@ from .evaluate import (
 )
 from .report import (
     write_steering_report as write_steering_report,
+)
+from .settings import (
+    EvalSettings as EvalSettings,
+)
+from .settings import (
+    GenerationSettings as GenerationSettings,
+)
+from .settings import (
+    SteerCondition as SteerCondition,
+)
+from .settings import (
+    SteerConfig as SteerConfig,
+)
+from .settings import (
+    SteerPositions as SteerPositions,
 )
 from .vectors import (
     ShiftReducer as ShiftReducer,

@@ -17,7 +17,6 @@ positions' effect in place; open the context before ``generate`` and keep it ope
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,65 +26,10 @@ from torch import nn
 
 from mmlens.errors import InputError
 from mmlens.models.hooks import hidden_state, hook_scope, with_hidden_state
+from mmlens.steer.settings import SteerCondition as SteerCondition
+from mmlens.steer.settings import SteerConfig as SteerConfig
+from mmlens.steer.settings import SteerPositions as SteerPositions
 from mmlens.steer.vectors import SteeringVector
-
-
-class SteerPositions(enum.Enum):
-    """Where in the sequence a vector is added.
-
-    - ``ALL``: every position, image tokens included, in the prompt and at every generated token (the reference).
-    - ``PROMPT_ONLY``: prompt positions only; generation sees the steering only through the cached keys/values.
-    - ``GENERATED_ONLY``: generated tokens only. The first answer token is predicted from the LAST PROMPT position,
-      which this rule does not steer: a one-word answer is only changed from its second token on (usually not at
-      all). Use ``FROM_LAST_PROMPT`` to steer the first answer token.
-    - ``FROM_LAST_PROMPT``: the last prompt token (which predicts the first answer token) and every generated token.
-    - ``TEXT_ONLY``: every position except image tokens (``image_token_mask``): prompt text and generated tokens.
-    """
-
-    ALL = "all"
-    PROMPT_ONLY = "prompt_only"
-    GENERATED_ONLY = "generated_only"
-    FROM_LAST_PROMPT = "from_last_prompt"
-    TEXT_ONLY = "text_only"
-
-
-class SteerCondition(enum.Enum):
-    """Which samples a vector acts on.
-
-    - ``ALWAYS``: every sample (the reference code).
-    - ``SOURCE_CONCEPT``: only samples that activate the vector's source concept: at the vector's layer, the
-      activation at the last prompt position is nearer the vector's ``reference`` than any of its ``contrasts``
-      (decided once per sample at the prompt, kept for its generated tokens). The v2 description of fine-grained
-      steering; it needs vectors built with contrasts (``vector_from_labels``, ``concept_vectors``).
-    """
-
-    ALWAYS = "always"
-    SOURCE_CONCEPT = "source_concept"
-
-
-@dataclass(frozen=True)
-class SteerConfig:
-    """Strength, positions and condition of an application (``alpha = 0`` reproduces the plain model exactly)."""
-
-    alpha: float = 1.0
-    positions: SteerPositions = SteerPositions.ALL
-    condition: SteerCondition = SteerCondition.ALWAYS
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.condition, SteerCondition):
-            try:
-                object.__setattr__(self, "condition", SteerCondition(self.condition))
-            except ValueError:
-                choices = ", ".join(c.value for c in SteerCondition)
-                raise InputError(f"unknown condition {self.condition!r}: use one of {choices}") from None
-        if not isinstance(self.positions, SteerPositions):
-            try:
-                object.__setattr__(self, "positions", SteerPositions(self.positions))
-            except ValueError:
-                choices = ", ".join(p.value for p in SteerPositions)
-                raise InputError(f"unknown position rule {self.positions!r}: use one of {choices}") from None
-        if not torch.isfinite(torch.tensor(float(self.alpha))):
-            raise InputError(f"alpha must be a finite number, got {self.alpha}")
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from mmlens.answers import DEFAULT_EXTRACTOR, AnswerExtractor, normalise_text
 from mmlens.errors import InputError
 from mmlens.models.generative import CausalLanguageModel
+from mmlens.progress import progress_bar
 from mmlens.steer.apply import SteerConfig, Steering
 from mmlens.steer.vectors import SteeringVector
 
@@ -181,9 +181,7 @@ def evaluate_interventions(
     if baseline is None:
         baseline = generate_answers(model, items, **gen)
     out = {}
-    for name, intervention in tqdm(
-        list(interventions.items()), desc="interventions", disable=not progress, leave=False
-    ):
+    for name, intervention in progress_bar(list(interventions.items()), desc="interventions", enabled=progress):
         steered = generate_answers(model, items, intervention, **gen)
         out[name] = {
             **steering_effect(items, baseline, steered, flip, extractor),
@@ -305,7 +303,7 @@ def select_vectors(
     if baseline is None:
         baseline = generate_answers(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
     scored = []
-    for vec in tqdm(candidates, desc="candidates", disable=not progress, leave=False):
+    for vec in progress_bar(candidates, desc="candidates", enabled=progress):
         steered = generate_answers(
             model,
             items,
@@ -452,8 +450,13 @@ def evaluate_vectors(
     direction, shuffled labels when the file holds that control for the same layer, logit bias), the alpha chosen
     by :func:`choose_alpha` (on these same examples: in-sample), and before/after answers of a few examples."""
     from mmlens.steer.apply import SteerCondition, SteerPositions
+    from mmlens.steer.settings import EvalSettings, GenerationSettings
     from mmlens.steer.vectors import VectorKind
 
+    # the settings dataclasses validate (finite, in range) as the command line does
+    settings = EvalSettings(alphas=tuple(alphas), max_drop=max_drop, random_seed=random_seed)
+    GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    alphas = settings.alphas
     cond = condition if condition is not None else SteerCondition.ALWAYS
     items = _check_examples(examples)
     if not vectors:
@@ -465,7 +468,7 @@ def evaluate_vectors(
     rule = positions if positions is not None else SteerPositions.ALL
     baseline = generate_answers(model, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
     results = []
-    for vec in tqdm(main, desc="vectors", disable=not progress or len(main) <= 1, leave=False):
+    for vec in progress_bar(main, desc="vectors", enabled=progress and len(main) > 1):
         rows = sweep_with_baselines(
             model,
             items,

@@ -7,65 +7,8 @@
 (32, 32)
 """
 
-from mmlens.world.core import (
-    ALL_BACKGROUNDS,
-    ALL_COLOURS,
-    ALL_SHAPES,
-    NUMBER_WORDS,
-    PALETTE,
-    SHAPE_SYNONYMS,
-    SIZES,
-    SPLITS,
-    PopeProbe,
-    Scene,
-    VQAItem,
-    WorldConfig,
-    WorldObject,
-)
-from mmlens.world.corruptions import (
-    SEVERITIES,
-    CorruptedSplit,
-    TextCorruption,
-    VisualCorruption,
-    corrupt_image,
-    corrupt_text,
-    corruption_grid,
-)
-from mmlens.world.digits import DigitPair, digit_class_prompts, digits_pairs
-from mmlens.world.export import export_world, load_pairs_jsonl, to_hf_dataset
-from mmlens.world.render import render_scene
-from mmlens.world.world import CAPTION_STYLES, POPE_KINDS, World, pope_question
+# The public names are listed in __init__.pyi; each submodule is imported on first use, so that the command line can
+# name the world's config (mmlens.world.core, no numpy) without importing the renderer, corruptions and digits.
+import lazy_loader as _lazy
 
-__all__ = [
-    "ALL_BACKGROUNDS",
-    "ALL_COLOURS",
-    "ALL_SHAPES",
-    "CAPTION_STYLES",
-    "NUMBER_WORDS",
-    "PALETTE",
-    "POPE_KINDS",
-    "SHAPE_SYNONYMS",
-    "SIZES",
-    "SPLITS",
-    "PopeProbe",
-    "Scene",
-    "VQAItem",
-    "World",
-    "WorldConfig",
-    "WorldObject",
-    "pope_question",
-    "render_scene",
-    "SEVERITIES",
-    "CorruptedSplit",
-    "TextCorruption",
-    "VisualCorruption",
-    "corrupt_text",
-    "corrupt_image",
-    "corruption_grid",
-    "export_world",
-    "load_pairs_jsonl",
-    "to_hf_dataset",
-    "DigitPair",
-    "digit_class_prompts",
-    "digits_pairs",
-]
+__getattr__, __dir__, __all__ = _lazy.attach_stub(__name__, __file__)

@@ -237,7 +237,7 @@ def build(
     ``on_trained(name, model, processor)`` is called with each freshly trained model just before it is saved. Returns
     ``{name: metrics record}`` (the content of each model's ``metrics.json``) for every model in the resolved list.
     """
-    from tqdm.auto import tqdm
+    from mmlens.progress import progress_bar
 
     if isinstance(names, str):
         names = [names]
@@ -247,7 +247,7 @@ def build(
         for k, v in configs.items():
             cfgs[_check(k)] = v
     out: dict[str, dict] = {}
-    bar = tqdm(order, desc="zoo build", disable=not progress)
+    bar = progress_bar(order, desc="zoo build", enabled=progress, leave=True)
     for name in bar:
         bar.set_postfix_str(name)
         if is_built(name) and not force:
@@ -257,7 +257,7 @@ def build(
         deps = {d: model_dir(d) for d in DEPENDENCIES[name]}
         with (
             atomic_folder(model_dir(name)) as tmp,
-            tqdm(desc=f"  {name}", unit="step", leave=False, disable=not progress) as steps,
+            progress_bar(desc=f"  {name}", unit="step", enabled=progress) as steps,
         ):
             kw: dict[str, Any] = {"deps": deps} if deps else {}
             if on_trained is not None:
