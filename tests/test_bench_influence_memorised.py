@@ -71,9 +71,9 @@ def test_bootstrap_intervals_and_paired_verdicts():
     assert good["ci"][0] <= good["mean"] <= good["ci"][1] and good["mean"] > 0.9
     assert rand["ci"][0] < 0.5 < rand["ci"][1]
     assert len(good["per_seed"]) == 3
-    diff = mem.paired_difference(res, "good", "random")
+    diff = mem.paired_score_difference(res, "good", "random")
     assert diff["ci"][0] > 0 and diff["verdict"] == "good beats random"
-    same = mem.paired_difference(res, "random", "random")
+    same = mem.paired_score_difference(res, "random", "random")
     assert same["verdict"] == "no measurable difference"
 
 
@@ -178,7 +178,7 @@ def test_a_unit_runs_saves_resumes_and_summarises(tiny_unit_model, monkeypatch):
     # a rerun finds the unit and does not run it again
     monkeypatch.setattr(mem, "run_unit", lambda *a, **k: pytest.fail("a finished unit was run again"))
     assert mem.run_units(TINY, work, logs.append)["done"] == ["confusable-0.25-s0"]
-    summary = mem.summarise(TINY, work)
+    summary = mem.summarise_memorised_tier(TINY, work)
     det = summary["detection"]["mini-clip-noisy-confusable"]["confusable"]["0.25"]
     assert {"auroc", "auprc", "precision_at_k"} <= set(det["clipscore"])
     assert "_draws" not in det["clipscore"]

@@ -28,7 +28,7 @@ from mmlens.bench.influence_memorised import (
     MemorisedConfig,
     code_version,
     run_units,
-    summarise,
+    summarise_memorised_tier,
     trained_model,
     training_pairs,
     unit_order,
@@ -436,7 +436,7 @@ def memorised_tier(
 
 
 def memorised_result(cfg: MemorisedConfig, work: Path, status: dict[str, list[str]]) -> dict[str, Any]:
-    summary = summarise(cfg, work)
+    summary = summarise_memorised_tier(cfg, work)
     n_pairs = cfg.n_train_scenes
     return {
         "memorised": summary["detection"],

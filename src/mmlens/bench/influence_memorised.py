@@ -155,7 +155,7 @@ def bootstrap_detection(
     return out
 
 
-def paired_difference(result: dict[str, dict[str, Any]], a: str, b: str, metric: str = "auroc") -> dict[str, Any]:
+def paired_score_difference(result: dict[str, dict[str, Any]], a: str, b: str, metric: str = "auroc") -> dict[str, Any]:
     """Mean and 95 % interval of metric(a) - metric(b) from the same bootstrap draws."""
     diff = result[a]["_draws"][metric] - result[b]["_draws"][metric]
     mean = result[a][metric]["mean"] - result[b][metric]["mean"]
@@ -637,7 +637,7 @@ def run_units(
     return status
 
 
-def summarise(cfg: MemorisedConfig, work: Path) -> dict[str, Any]:
+def summarise_memorised_tier(cfg: MemorisedConfig, work: Path) -> dict[str, Any]:
     """The memorised tier's JSON from the finished units: detection with intervals, trace-back, removal, cost."""
     detection: dict[str, Any] = {}
     traceback: dict[str, Any] = {}
@@ -658,9 +658,9 @@ def summarise(cfg: MemorisedConfig, work: Path) -> dict[str, Any]:
             ecif_best = max((n for n in names if n.startswith("ecif_")), key=lambda n: res[n]["auroc"]["mean"])
             base_best = max((n for n in names if not n.startswith("ecif_")), key=lambda n: res[n]["auroc"]["mean"])
             differences = {
-                "ecif_both_exact_minus_clipscore": paired_difference(res, "ecif_both_exact", "clipscore"),
-                f"best_ecif_minus_clipscore ({ecif_best})": paired_difference(res, ecif_best, "clipscore"),
-                f"best_ecif_minus_best_baseline ({ecif_best} - {base_best})": paired_difference(
+                "ecif_both_exact_minus_clipscore": paired_score_difference(res, "ecif_both_exact", "clipscore"),
+                f"best_ecif_minus_clipscore ({ecif_best})": paired_score_difference(res, ecif_best, "clipscore"),
+                f"best_ecif_minus_best_baseline ({ecif_best} - {base_best})": paired_score_difference(
                     res, ecif_best, base_best
                 ),
             }
@@ -750,9 +750,9 @@ __all__ = [
     "MemorisedConfig",
     "bootstrap_detection",
     "code_version",
-    "paired_difference",
+    "paired_score_difference",
     "run_units",
     "unit_order",
     "unit_status",
-    "summarise",
+    "summarise_memorised_tier",
 ]

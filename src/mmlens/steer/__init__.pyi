@@ -38,7 +38,7 @@ from .compare import (
     compare_arms as compare_arms,
 )
 from .compare import (
-    summarise as summarise,
+    summarise_arms as summarise_arms,
 )
 from .compare import (
     verdict as verdict,

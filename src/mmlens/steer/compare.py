@@ -120,7 +120,7 @@ def compare_arms(
     boot_seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the protocol of the module docstring; returns a JSON-ready dict (see :func:`summarise` for its keys)."""
+    """Run the protocol of the module docstring; returns a JSON-ready dict (see :func:`summarise_arms` for its keys)."""
     if not arms_by_seed:
         raise InputError("compare_arms needs at least one seed of arms")
     names = list(arms_by_seed[0])
@@ -154,12 +154,12 @@ def compare_arms(
         rec["flips"].append(flipped)
         rec["correct"].append(correct)
     _, base_correct = _outcomes(tst, base_tst, base_tst, flip, extractor)
-    return summarise(
+    return summarise_arms(
         per_arm, base_correct, reference=reference, rule=rule, alphas=alphas, n_boot=n_boot, boot_seed=boot_seed
     )
 
 
-def summarise(
+def summarise_arms(
     per_arm: Mapping[str, Mapping[str, Any]],
     base_correct: np.ndarray,
     *,
