@@ -31,8 +31,8 @@ BUGS = [
       "tests/test_align_claims.py::test_masked_continuations_ignore_the_image_and_unmasked_ones_do_not"]),
     ("dpo_chosen_rejected_swapped", "align/data.py",
      '"chosen": [{"role": "assistant", "content": pair.chosen}],\n'
-     '        "rejected": [{"role": "assistant", "content": pair.rejected}],',
-     '"chosen": [{"role": "assistant", "content": pair.rejected}],\n'
+     '        "rejected": [{"role": "assistant", "content": pair.rejected if rejected is None else rejected}],',
+     '"chosen": [{"role": "assistant", "content": pair.rejected if rejected is None else rejected}],\n'
      '        "rejected": [{"role": "assistant", "content": pair.chosen}],',
      ["tests/test_align_claims.py::test_dpo_raises_the_chosen_over_rejected_log_ratio"]),
     ("rjsd_entropies_weighted_by_sample_size", "shift/divergence.py",
