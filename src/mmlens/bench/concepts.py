@@ -335,18 +335,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     if headline is None:
         raise InputError(f"headline_key {cfg.headline_key!r} is not among the captured layers")
     head = headline.summary()
-    recovery = {
-        k: head[k]
-        for k in (
-            "frac_improved",
-            "mean_gain",
-            "baseline_global_gain",
-            "baseline_random_gain",
-            "baseline_permuted_gain",
-            "alpha_peak",
-            "consistency_pearson",
-        )
-    }
+    recovery = headline.headline()
 
     # ---- per-concept vs global over seeds, with intervals
     log(f"gain over {len(cfg.gain_seeds)} seeds (sample order/subsample and dictionary seed)")

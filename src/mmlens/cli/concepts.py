@@ -179,19 +179,7 @@ def compare_command(
     analysis, drift_result, index = compare(
         a, b, out, config, layer=layer, text=_text_config(top_tokens, keep, apply_final_norm), drift_folders=drift or ()
     )
-    summary = analysis.summary()
-    headline = {
-        k: summary[k]
-        for k in (
-            "frac_improved",
-            "mean_gain",
-            "baseline_global_gain",
-            "baseline_random_gain",
-            "baseline_permuted_gain",
-            "alpha_peak",
-            "consistency_pearson",
-        )
-    }
+    headline = analysis.headline()
     if drift_result is not None:
         headline["drift_t_overlap"] = dict(zip(drift_result.steps, drift_result.t_overlap))
     headline["report"] = str(index)

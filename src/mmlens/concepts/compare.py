@@ -190,6 +190,18 @@ def _mean_summaries(items: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([d[key] for d in items])) for key in items[0]}
 
 
+#: Keys of :meth:`ShiftAnalysis.headline`.
+HEADLINE_KEYS = (
+    "frac_improved",
+    "mean_gain",
+    "baseline_global_gain",
+    "baseline_random_gain",
+    "baseline_permuted_gain",
+    "alpha_peak",
+    "consistency_pearson",
+)
+
+
 @dataclass
 class ShiftAnalysis:
     """Everything :func:`compare_models` measured; ``summary()`` is the JSON-ready digest."""
@@ -246,6 +258,12 @@ class ShiftAnalysis:
         if self.split_half is not None:
             out["split_half"] = self.split_half
         return out
+
+    def headline(self) -> dict[str, Any]:
+        """The few numbers that say whether the concepts recovered the fine-tune better than the baselines (the
+        first keys of :meth:`summary`), as the CLI prints them and the benchmark records them."""
+        summary = self.summary()
+        return {k: summary[k] for k in HEADLINE_KEYS}
 
     def concept_rows(self) -> list[dict[str, Any]]:
         """One row per concept of A: match, shift statistics and recovery (the report's table)."""
