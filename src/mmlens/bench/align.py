@@ -89,7 +89,8 @@ class Arm(enum.StrEnum):
     DPO_BDHS_LD = "dpo_bdhs_ld"
 
 
-ARMS: tuple[Arm, ...] = tuple(Arm)
+#: every arm, offline ones first: the on-policy online arms cost the most, so an interrupted run has the rest
+ARMS: tuple[Arm, ...] = tuple(sorted(Arm, key=lambda arm: arm.value.startswith(("online", "mixed"))))
 #: arm -> the pair set it trains on offline
 OFFLINE_PAIRS: dict[Arm, str] = {
     Arm.DPO_SUBSTITUTION: "substitution",
