@@ -57,3 +57,27 @@ def test_a_method_bar_leaves_nothing_in_a_log_unless_asked(mode, monkeypatch, ca
         assert "\r" not in err and "\x1b" not in err and "generate" not in err, err
     else:
         assert "generate" in err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_deprecation_notices_reach_a_log_only_with_verbose(verbose, monkeypatch):
+    """A command without --verbose hides the libraries' FutureWarnings (TRL's steps raise one per step under
+    transformers 5), keeps ours and every other warning; --verbose shows them."""
+    import warnings
+
+    import click
+
+    from mmlens.cli.config import _set_verbosity
+
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TQDM_DISABLE", PROGRESS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _set_verbosity(click.Context(click.Command("x")), None, verbose)
+        warnings.warn_explicit("old", FutureWarning, "modeling_utils.py", 1, module="transformers.modeling_utils")
+        warnings.warn_explicit("old", FutureWarning, "trainer.py", 1, module="trl.trainer")
+        warnings.warn_explicit("ours", FutureWarning, "x.py", 1, module="mmlens.align.train")
+        warnings.warn_explicit("other", UserWarning, "modeling_utils.py", 1, module="transformers.modeling_utils")
+    shown = sorted(f"{w.category.__name__}:{w.message}" for w in caught)
+    library = ["FutureWarning:old", "FutureWarning:old"] if verbose else []
+    assert shown == sorted(["FutureWarning:ours", "UserWarning:other", *library])

@@ -32,6 +32,7 @@ import os
 import sys
 import tomllib
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -214,6 +215,10 @@ def _verbose_option_prototype() -> Any:
     return option
 
 
+#: modules whose FutureWarnings a command hides without --verbose (a regular expression on the warning's module)
+LIBRARY_MODULES = r"(transformers|trl|peft|accelerate|torch|datasets|huggingface_hub)(\.|$)"
+
+
 def _set_verbosity(ctx: Any, param: Any, value: Any) -> None:
     """Before any library is imported: without ``--verbose``, transformers' "Loading weights" bar and the hub's
     bars are off (huggingface_hub reads this at import), and in a log (stderr not a terminal) every tqdm bar is off,
@@ -227,6 +232,9 @@ def _set_verbosity(ctx: Any, param: Any, value: Any) -> None:
     else:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # the libraries' deprecation notices (e.g. transformers' `is_gradient_checkpointing` on every TRL step)
+        # are for their callers' code, not for someone running a command; --verbose shows them
+        warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARY_MODULES)
         if not sys.stderr.isatty():
             os.environ.setdefault("TQDM_DISABLE", "1")
     if "transformers" in sys.modules:  # already imported (the CLI called from Python): switch it directly
