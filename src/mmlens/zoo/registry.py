@@ -83,7 +83,7 @@ def model_dir(name: str) -> Path:
 
 def is_shipped(name: str) -> bool:
     """True if ``name`` is listed in the shipped zoo's manifest (its files are verified when it is resolved)."""
-    return _check(name) in shipped_models()
+    return name in shipped_models()  # an unknown name is refused by is_built / model_dir
 
 
 def is_available(name: str) -> bool:
