@@ -217,6 +217,14 @@ def test_bench_zoo_rebuilds_without_the_shipped_zoo_and_compares(shipped):
     changed = zoo_benchmark(names=["digits-clip"], configs={"digits-clip": other})
     assert changed["reproduction"]["weights_identical"] == {"digits-clip": False}
     assert changed["reproduction"]["all_within"] is False
+    # what `mmlens bench zoo` prints
+    from mmlens.cli.bench import _reproduction_line
+
+    n = len(rows)
+    assert _reproduction_line(same) == (
+        f"reproduced: {n} of {n} metrics within 0.02 of the shipped models'; weights bit-identical for 1 of 1 models"
+    )
+    assert "weights bit-identical for 0 of 1 models; outside: digits-clip " in _reproduction_line(changed)
 
 
 def test_reproduction_applies_the_stated_tolerance():
