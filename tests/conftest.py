@@ -1,4 +1,5 @@
-"""Test-wide settings: never touch the hub, never touch the user's zoo cache, share the 2 cores politely."""
+"""Test-wide settings: never touch the hub, never touch the user's zoo cache or the shipped zoo, share the 2 cores
+politely."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Spinning OpenMP waits make torch 5-20x slower when another process shares the cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No test sees the zoo shipped with the package unless it asks (tests/test_zoo_shipping.py): the smoke zoos built
+# below must not be replaced by shipped full-budget models. Set here so that session fixtures and subprocesses see it.
+os.environ["MMLENS_SHIPPED_ZOO"] = "none"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

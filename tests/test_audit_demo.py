@@ -33,7 +33,15 @@ def test_target_rows_judge_each_target():
 
 
 def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
-    monkeypatch.setenv("MMLENS_HOME", str(smoke_zoo_home))
+    """A fresh clone's demo: the zoo (here the smoke zoo) ships with the package, MMLENS_HOME is empty, and nothing
+    is trained."""
+    from mmlens import zoo
+    from mmlens.zoo import registry
+
+    shipped = tmp_path / "shipped"
+    zoo.ship(source=smoke_zoo_home, dest=shipped, recipes="smoke")
+    monkeypatch.setenv("MMLENS_SHIPPED_ZOO", str(shipped))
+    monkeypatch.setattr(registry, "_builder", lambda name: pytest.fail(f"the demo built {name}, which is shipped"))
     out = tmp_path / "demo"
     config = DemoConfig(
         out_dir=out,
@@ -63,6 +71,8 @@ def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
         assert target in links, target
         assert (out / target).is_file(), target
     assert "What was found: zoo:mini-clip" in page and "What was found: zoo:mini-llava" in page
+    assert "shipped with mmlens (digits-clip, mini-clip, mini-llava, mini-llava-colour)" in page
+    assert "built on this machine" not in page and not zoo.zoo_dir().exists()
     assert "injected caption swaps" in page and "not a contrastive model" in page
     summary = json.loads((out / "audit.json").read_text())
     assert summary["audit_seconds"] > 0 and summary["audit_budget_seconds"] == 900.0
@@ -90,7 +100,6 @@ def test_demo_site_on_smoke_zoo(smoke_zoo_home, monkeypatch, tmp_path):
     for src in sources:
         assert (out / "zoo" / src).is_file(), src
     data = json.loads((out / "zoo" / "data.json").read_text())
-    from mmlens import zoo
     from mmlens.audit.demo import DEMO_MODELS
 
     built = {name: record["metrics"] for name, built, record in zoo.list_zoo() if built and name in DEMO_MODELS}

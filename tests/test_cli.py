@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     ["zoo", "build"],
     ["zoo", "list"],
     ["zoo", "eval"],
+    ["zoo", "ship"],
     ["world"],
     ["world", "export"],
     ["models"],

@@ -1,6 +1,7 @@
 """``mmlens demo``: the audit of the built-in zoo on the miniature world, as one static site.
 
-Builds the zoo if missing, then audits ``zoo:mini-clip`` (influence, on world pairs with some captions swapped so
+Uses the zoo shipped with mmlens (a local build in ``$MMLENS_HOME/zoo`` overrides it; a model neither shipped nor
+built is built first), then audits ``zoo:mini-clip`` (influence, on world pairs with some captions swapped so
 that detection has something to find: its AUROC against the injected truth is reported) and ``zoo:mini-llava``
 against its fine-tuned ``zoo:mini-llava-colour`` (shift, concepts, steering, hallucination). Site::
 
@@ -137,9 +138,10 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Pat
     started = time.perf_counter()
     out = Path(config.out_dir)
     # only what the demo shows: the noisy CLIPs and the swap fine-tune (issue 14) are benchmark subjects
-    records = zoo.build(DEMO_MODELS)
+    records = zoo.build(DEMO_MODELS)  # the shipped zoo (or local builds) when present: nothing to train
     metrics = {name: record["metrics"] for name, record in records.items()}
-    zoo_report(records, config).write(out / "zoo")
+    origin = provenance({name: zoo.source_of(name) for name in records})
+    zoo_report(records, config, origin=origin).write(out / "zoo")
     zoo_seconds = time.perf_counter() - started
 
     audit_started = time.perf_counter()
@@ -159,7 +161,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Pat
     rows = target_rows(metrics)
     report = HtmlReport(
         "mmlens demo: an audit of the built-in zoo",
-        subtitle=f"Every model was trained on this machine from mmlens.world; all data is held out. {timing}.",
+        subtitle=f"{origin} All data is held out. {timing}.",
     )
     findings_section(report, [(f"{name}/", audit) for name, audit in audits], stage_table=False)
     sec = report.section("Pages")
@@ -206,13 +208,26 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Pat
     return report.write_page(out)
 
 
-def zoo_report(records: dict[str, Any], config: DemoConfig = DemoConfig()) -> HtmlReport:
+def provenance(sources: dict[str, str | None]) -> str:
+    """One sentence on where the models come from: shipped with mmlens or built on this machine."""
+    shipped = [n for n, s in sources.items() if s == "shipped"]
+    local = [n for n, s in sources.items() if s != "shipped"]
+    parts = []
+    if shipped:
+        parts.append(f"shipped with mmlens ({', '.join(shipped)})")
+    if local:
+        parts.append(f"built on this machine ({', '.join(local)})")
+    return f"Every model was trained from mmlens.world by mmlens zoo build: {' and '.join(parts)}."
+
+
+def zoo_report(records: dict[str, Any], config: DemoConfig = DemoConfig(), *, origin: str | None = None) -> HtmlReport:
     """The zoo page: every model at work on held-out data, its metrics against the targets, and a plot."""
     metrics = {name: record["metrics"] for name, record in records.items()}
     rng = np.random.default_rng(config.seed)
+    origin = origin or "Every model here was trained from mmlens.world by mmlens zoo build."
     report = HtmlReport(
         "The built-in zoo on the miniature world",
-        subtitle="Every model here was trained on this machine from mmlens.world; all examples are held-out data.",
+        subtitle=f"{origin} All examples are held-out data.",
     )
     rows = target_rows(metrics)
     summary = report.section("The zoo against its targets")

@@ -267,10 +267,12 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     cfg = cfg or ConceptsBenchConfig()
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    for name in ("mini-llava", "mini-llava-colour"):
-        if not zoo.is_built(name):
-            raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}` first")
-    base_dir, tuned_dir = zoo.model_dir("mini-llava"), zoo.model_dir("mini-llava-colour")
+    base_dir, tuned_dir = zoo.resolve_model("mini-llava"), zoo.resolve_model("mini-llava-colour")
+    if not checkpoint_dirs(tuned_dir):  # the shipped copy leaves them out (zoo.SHIP_EXCLUDE)
+        raise ModelLoadError(
+            f"mini-llava-colour at {tuned_dir} has no checkpoints/ (the shipped zoo leaves them out): build it "
+            "locally with `mmlens zoo build --force mini-llava-colour` (mini-llava is reused)"
+        )
     world = zoo.world_of(base_dir)
     items = shape_question_items(world, cfg.n_scenes, split="test", shape=cfg.word)
     log(f"{len(items)} '{cfg.word}' questions from {cfg.n_scenes} test scenes")

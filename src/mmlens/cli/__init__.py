@@ -25,7 +25,11 @@ HELP = "Where a multimodal model's alignment breaks, why, and how to repair it."
 
 #: name -> (module, typer app, one-line help shown by ``mmlens --help`` without importing the module)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "zoo": ("mmlens.cli.zoo", "zoo_app", "The built-in model zoo, trained on this machine from the miniature world."),
+    "zoo": (
+        "mmlens.cli.zoo",
+        "zoo_app",
+        "The built-in model zoo: shipped with mmlens, or built on this machine from the miniature world.",
+    ),
     "world": (
         "mmlens.cli.world",
         "world_app",
@@ -61,7 +65,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": (
         "mmlens.cli.demo",
         "demo_app",
-        "Build the zoo if missing, then audit it on the miniature world into one HTML site.",
+        "Audit the zoo (shipped, or built here if missing) on the miniature world into one HTML site.",
     ),
     "audit": (
         "mmlens.cli.audit",

@@ -349,7 +349,7 @@ RESUME_NOTES = {
     "influence remove": "the fit in OUT/fit (once finished) is reused",
     "audit": "every finished stage in OUT is reused",
     "demo": "the built zoo models and every finished audit stage are reused",
-    "zoo build": "every zoo model already built is reused",
+    "zoo build": "every zoo model already built or shipped is reused",
     "bench align": "every finished (arm, seed, setting) run in OUT.runs/ is reused",
 }
 

@@ -27,8 +27,9 @@ def demo_command(
     ] = 0.1,
     llava_scenes: Annotated[int, typer.Option(min=16, help="World scenes of the mini-llava audit.")] = 300,
 ) -> None:
-    """Build the zoo if missing, then audit it on the miniature world (mini-clip: influence; mini-llava against
-    mini-llava-colour: shift, concepts, steering, hallucination) into one HTML site (OUT/index.html)."""
+    """Audit the zoo (the models shipped with mmlens or built locally; a missing one is built first) on the
+    miniature world (mini-clip: influence; mini-llava against mini-llava-colour: shift, concepts, steering,
+    hallucination) into one HTML site (OUT/index.html)."""
     from mmlens.audit.demo import DemoConfig, run_demo
 
     index = run_demo(

@@ -16,6 +16,10 @@ Models (in dependency order):
   pretraining, projector alignment, instruction tuning, then a final phase on images whose partners beside their
   anchor are hidden), the ``prior`` diagnostics in its ``metrics.json``.
 
+Built models are looked up in ``$MMLENS_HOME/zoo`` (local builds) first, then in the zoo shipped with the package
+(``mmlens/zoo/shipped``, written by ``mmlens zoo ship``, verified against its manifest at load; see
+:mod:`mmlens.zoo.shipping`).
+
 Every model directory is a plain ``save_pretrained`` directory (model + processor) plus ``metrics.json`` (metrics,
 training config, seconds, the ``WorldConfig`` used). Builds are atomic: a model is built in a temporary directory
 and renamed into place only when complete.

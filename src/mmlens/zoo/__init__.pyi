@@ -21,6 +21,7 @@ from .registry import (
 from .registry import (
     ZOO_MODELS as ZOO_MODELS,
 )
+from .registry import ZooEntry as ZooEntry
 from .registry import (
     build as build,
 )
@@ -30,9 +31,11 @@ from .registry import (
 from .registry import (
     evaluate as evaluate,
 )
+from .registry import is_available as is_available
 from .registry import (
     is_built as is_built,
 )
+from .registry import is_shipped as is_shipped
 from .registry import (
     list_zoo as list_zoo,
 )
@@ -45,6 +48,15 @@ from .registry import (
 from .registry import (
     smoke_configs as smoke_configs,
 )
+from .registry import source_of as source_of
 from .registry import (
     world_of as world_of,
 )
+from .registry import zoo_status as zoo_status
+from .shipping import SHIP_EXCLUDE as SHIP_EXCLUDE
+from .shipping import SHIPPED_ENV as SHIPPED_ENV
+from .shipping import read_manifest as read_manifest
+from .shipping import ship as ship
+from .shipping import shipped_dir as shipped_dir
+from .shipping import shipped_models as shipped_models
+from .shipping import verify_shipped as verify_shipped

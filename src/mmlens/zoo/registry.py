@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from mmlens.errors import InputError, ModelLoadError
 from mmlens.io import atomic_folder
 from mmlens.zoo.common import METRICS_FILE, mmlens_home, read_record, zoo_dir
+from mmlens.zoo.shipping import shipped_dir, shipped_models, verify_shipped
 
 #: Names of the zoo models, in dependency order.
 ZOO_MODELS: tuple[str, ...] = (
@@ -56,6 +56,11 @@ __all__ = [
     "resolve_model",
     "world_of",
     "is_built",
+    "is_shipped",
+    "is_available",
+    "source_of",
+    "ZooEntry",
+    "zoo_status",
     "build",
     "list_zoo",
     "evaluate",
@@ -71,16 +76,40 @@ def _check(name: str) -> str:
 
 
 def model_dir(name: str) -> Path:
-    """Directory of zoo model ``name`` (whether built or not)."""
+    """Where zoo model ``name`` is built locally, ``$MMLENS_HOME/zoo/NAME`` (whether built or not). What a model
+    spec loads is :func:`resolve_model` (a local build, else the shipped copy)."""
     return zoo_dir() / _check(name)
 
 
+def is_shipped(name: str) -> bool:
+    """True if ``name`` is listed in the shipped zoo's manifest (its files are verified when it is resolved)."""
+    return name in shipped_models()  # an unknown name is refused by is_built / model_dir
+
+
+def is_available(name: str) -> bool:
+    """True if ``name`` is built locally or shipped."""
+    return is_built(name) or is_shipped(name)
+
+
+def source_of(name: str) -> str | None:
+    """Where :func:`resolve_model` finds ``name``: ``"local"`` (built in ``$MMLENS_HOME/zoo``, which overrides a
+    shipped copy), ``"shipped"`` (with the package), or ``None`` (neither)."""
+    if is_built(name):
+        return "local"
+    return "shipped" if is_shipped(name) else None
+
+
 def resolve_model(name: str) -> Path:
-    """The directory of the built zoo model ``name``: what ``load_model("zoo:NAME")`` loads (registered as the
-    ``zoo`` model source in the package's entry points)."""
-    if not is_built(name):
-        raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}`")
-    return model_dir(name)
+    """The directory zoo model ``name`` is loaded from: what ``load_model("zoo:NAME")`` loads (registered as the
+    ``zoo`` model source in the package's entry points). Lookup order: a local build in ``$MMLENS_HOME/zoo``, then
+    the model shipped with the package, whose files are first checked against the shipped manifest (a corrupt
+    file is a one-line :class:`ModelLoadError`)."""
+    source = source_of(name)
+    if source == "local":
+        return model_dir(name)
+    if source == "shipped":
+        return verify_shipped(name)
+    raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}`")
 
 
 def world_of(model: str | os.PathLike[str]):
@@ -98,7 +127,7 @@ def world_of(model: str | os.PathLike[str]):
 
 
 def is_built(name: str) -> bool:
-    """True if ``name`` has a complete directory (weights, config and metrics.json)."""
+    """True if ``name`` is built locally: a complete ``$MMLENS_HOME/zoo/NAME`` (weights, config and metrics.json)."""
     d = model_dir(name)
     return (d / METRICS_FILE).is_file() and (d / "config.json").is_file()
 
@@ -229,19 +258,23 @@ def build(
     progress: bool = True,
     on_trained: Any = None,
 ) -> dict[str, dict]:
-    """Build the missing models among ``names`` (default: all but :data:`OPT_IN_MODELS`, which are built only when
-    named) and their dependencies, in dependency order.
+    """Build the models among ``names`` (default: all but :data:`OPT_IN_MODELS`, which are built only when named)
+    and their dependencies that are neither built locally nor shipped, in dependency order, into
+    ``$MMLENS_HOME/zoo``.
 
-    ``force=True`` rebuilds the requested models and their dependencies even if built. ``configs`` maps a name to
-    its config dataclass (e.g. a tiny budget for tests); missing names use :func:`default_configs`.
-    ``on_trained(name, model, processor)`` is called with each freshly trained model just before it is saved. Returns
-    ``{name: metrics record}`` (the content of each model's ``metrics.json``) for every model in the resolved list.
+    ``force=True`` rebuilds the requested models locally even if built or shipped (a local build overrides the
+    shipped copy); their dependencies are built only if unavailable (so a whole-zoo ``force`` rebuilds everything).
+    ``configs`` maps a name to its config dataclass (e.g. a tiny budget for tests); missing names use
+    :func:`default_configs`. ``on_trained(name, model, processor)`` is called with each freshly trained model just
+    before it is saved. Returns ``{name: metrics record}`` (the content of each model's ``metrics.json``, local or
+    shipped) for every model in the resolved list.
     """
     from mmlens.progress import progress_bar
 
     if isinstance(names, str):
         names = [names]
-    order = _resolve([n for n in ZOO_MODELS if n not in OPT_IN_MODELS] if names is None else list(names))
+    requested = [n for n in ZOO_MODELS if n not in OPT_IN_MODELS] if names is None else [_check(n) for n in names]
+    order = _resolve(requested)
     cfgs = dict(default_configs())
     if configs:
         for k, v in configs.items():
@@ -250,11 +283,11 @@ def build(
     bar = progress_bar(order, desc="zoo build", enabled=progress, leave=True)
     for name in bar:
         bar.set_postfix_str(name)
-        if is_built(name) and not force:
-            out[name] = read_record(model_dir(name))
+        if is_available(name) and not (force and name in requested):
+            out[name] = read_record(resolve_model(name))
             continue
         mod = _builder(name)
-        deps = {d: model_dir(d) for d in DEPENDENCIES[name]}
+        deps = {d: resolve_model(d) for d in DEPENDENCIES[name]}
         with (
             atomic_folder(model_dir(name)) as tmp,
             progress_bar(desc=f"  {name}", unit="step", enabled=progress) as steps,
@@ -272,22 +305,53 @@ def build(
     return out
 
 
-def list_zoo() -> list[tuple[str, bool, dict | None]]:
-    """``[(name, built, metrics record or None)]`` for every zoo model, in dependency order."""
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model as the lookup sees it."""
+
+    name: str
+    source: str | None  # "local", "shipped" or None (see source_of)
+    built_locally: bool
+    shipped: bool
+    opt_in: bool
+    path: Path | None  # the folder it loads from (not verified here)
+    record: dict | None  # its metrics.json, or None
+    problem: str | None = None  # why the record could not be read (one line)
+
+    @property
+    def overrides_shipped(self) -> bool:
+        """A local build that hides a shipped copy."""
+        return self.built_locally and self.shipped
+
+
+def zoo_status(verify: bool = False) -> list[ZooEntry]:
+    """Every zoo model in dependency order: where it loads from, its record; ``verify=True`` also checks each
+    shipped model that would be loaded against the manifest (its ``problem`` says what is wrong)."""
     rows = []
+    shipped = shipped_models()
+    folder = shipped_dir()
     for name in ZOO_MODELS:
-        built = is_built(name)
-        rec = None
-        if built:
-            with contextlib.suppress(ModelLoadError):
-                rec = read_record(model_dir(name))
-        rows.append((name, built, rec))
+        local, ship = is_built(name), name in shipped
+        source = "local" if local else ("shipped" if ship else None)
+        path = model_dir(name) if local else (folder / name if ship and folder is not None else None)
+        record, problem = None, None
+        try:
+            if source == "shipped" and verify:
+                verify_shipped(name)
+            if path is not None:
+                record = read_record(path)
+        except ModelLoadError as e:
+            problem = str(e)
+        rows.append(ZooEntry(name, source, local, ship, name in OPT_IN_MODELS, path, record, problem))
     return rows
+
+
+def list_zoo() -> list[tuple[str, bool, dict | None]]:
+    """``[(name, available, metrics record or None)]`` for every zoo model, in dependency order; available = built
+    locally or shipped, and the record is the one :func:`resolve_model` would load (see :func:`zoo_status`)."""
+    return [(e.name, e.source is not None, e.record) for e in zoo_status()]
 
 
 def evaluate(name: str) -> dict:
     """Re-evaluate built model ``name`` from disk with the evaluation of its recipe; returns its metrics."""
-    _check(name)
-    if not is_built(name):
-        raise ModelLoadError(f"zoo model {name} is not built: run `mmlens zoo build {name}`")
-    return _builder(name).evaluate_dir(model_dir(name))
+    return _builder(_check(name)).evaluate_dir(resolve_model(name))
