@@ -32,6 +32,12 @@ from .compare import (
     CompareConfig as CompareConfig,
 )
 from .compare import (
+    ConceptScale as ConceptScale,
+)
+from .compare import (
+    concepts_in_feature_scale as concepts_in_feature_scale,
+)
+from .compare import (
     Drift as Drift,
 )
 from .compare import (
