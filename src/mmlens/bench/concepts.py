@@ -5,6 +5,17 @@ Measured in one run: recovery of the fine-tuned concepts by the shifted ones aga
 split half), the alpha sweep, consistency; concept drift over the fine-tuning checkpoints; attribute purity of
 the concepts' most-activating samples against random sets; capture throughput batched, with batch size 1 and
 plain generation without capture.
+
+The shift analysis needs samples on which both models emit the shape word. The fine-tunes are tried in the order
+of ``ConceptsBenchConfig.finetunes`` (mini-llava-colour first, then mini-llava-swap) and the first that keeps at
+least ``min_common`` common samples is analysed; the others record why not (``by_finetune``). The checkpoints'
+drift uses the longest run of checkpoints from step 0 that keeps ``min_common`` samples in common.
+
+``targeted_finetune``: mini-llava against mini-llava-swap, whose fine-tune swapped two colour names (read from
+its metrics.json, never from the shifts). A sample is *targeted* when the object its question names has one of the
+swapped colours; a concept of mini-llava's dictionary is *changed* when at least half of the samples assigned to
+it (argmax activation, base model only) are targeted. Both definitions use ground truth and the base model only,
+so the scores they judge (shift magnitude ||Delta_k|| and drift 1 - cos(u_a, matched u_b)) cannot leak into them.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -63,6 +75,11 @@ class ConceptsBenchConfig:
     throughput_repeats: int = 7
     seed: int = 0
     threads: int = 2
+    #: fine-tunes of mini-llava tried for the shift analysis, in order (see the module docstring)
+    finetunes: tuple[str, ...] = ("tuned", "swap")  # tuned = mini-llava-colour, swap = ``swap_model``
+    min_common: int = 100  # fewest samples common to both models for a shift analysis
+    swap_model: str = "mini-llava-swap"  # the concept-targeted fine-tune
+    changed_share: float = 0.5  # a concept is changed when at least this share of its samples is targeted
 
 
 def _load(spec: str):
@@ -80,6 +97,19 @@ def _capture(model, items: list[ShapeItem], config: CaptureConfig) -> CaptureRes
         ground_truths=[it.answer for it in items],
         progress=False,
     )
+
+
+def _swapped_colours(model_dir) -> tuple[str, ...]:
+    """The two colours a concept-swap fine-tune exchanged (its metrics.json ``config.swap``)."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "metrics.json"
+    try:
+        swap = json.loads(path.read_text())["config"]["swap"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} records no swapped colours ({err}): is it a concept-swap fine-tune?") from None
+    return tuple(str(c) for c in swap)
 
 
 def _intersect(results: list[CaptureResult]) -> list[CaptureResult]:
@@ -259,6 +289,119 @@ def gain_over_seeds(
     }
 
 
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+
+
+def _changed_concepts(
+    mask: np.ndarray, owner: np.ndarray, n_concepts: int, share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(changed, used) per concept: used = some sample is assigned to it; changed = at least ``share`` of its
+    samples are in ``mask`` (``owner[m]``: the concept of sample m)."""
+    used = np.array([np.any(owner == k) for k in range(n_concepts)])
+    frac = np.array([mask[owner == k].mean() if used[k] else 0.0 for k in range(n_concepts)])
+    return frac >= share, used
+
+
+def targeted_finetune_scores(
+    a: np.ndarray,
+    b: np.ndarray,
+    targeted: np.ndarray,
+    *,
+    n_concepts: int,
+    seeds: tuple[int, ...],
+    fraction: float,
+    changed_share: float = 0.5,
+    placebo: dict[str, np.ndarray] | None = None,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """Does the shift analysis of A -> B single out the concepts tied to known targeted samples?
+
+    ``a`` / ``b``: features of the same samples in the two models; ``targeted[m]``: sample m is affected by the
+    fine-tune by construction (ground truth). Per seed (subsample and dictionary seed, as :func:`gain_over_seeds`):
+    k-means dictionaries, A's concepts labelled *changed* when at least ``changed_share`` of their samples are
+    targeted (A's assignment only), scored by shift magnitude ||Delta_k|| and by drift 1 - cos(u_a, matched u_b);
+    AUROC of changed vs unchanged and the rank of each changed concept (1 = largest score). ``placebo`` masks (other
+    sample groups the fine-tune did not target) are labelled and scored the same way, by magnitude."""
+    targeted = np.asarray(targeted, dtype=bool)
+    if len(targeted) != len(a) or a.shape != b.shape:
+        raise InputError("a, b and targeted must describe the same samples")
+    per_seed: list[dict[str, Any]] = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        rows = rng.permutation(len(a))[: max(n_concepts + 1, int(round(fraction * len(a))))]
+        analysis = compare_models(
+            a[rows],
+            b[rows],
+            CompareConfig(
+                decomposer=DecomposerConfig(DecomposerKind.KMEANS, n_concepts=n_concepts, seed=seed),
+                split_half=False,
+                n_baseline_draws=1,
+                seed=seed,
+            ),
+        )
+        owner = analysis.dictionary_a.assign(a[rows])
+        scores = {"magnitude": analysis.shifts.magnitude, "drift": 1.0 - analysis.match_cos}
+
+        changed, used = _changed_concepts(targeted[rows], owner, n_concepts, changed_share)
+        row: dict[str, Any] = {
+            "seed": seed,
+            "n_changed": int(changed[used].sum()),
+            "n_unchanged": int((~changed[used]).sum()),
+        }
+        for name, score in scores.items():
+            order = np.argsort(-score[used], kind="stable")
+            rank = np.empty(int(used.sum()), dtype=int)
+            rank[order] = np.arange(1, int(used.sum()) + 1)
+            row[name] = {
+                "auroc": _auroc(changed[used], score[used]),
+                "ranks_of_changed": sorted(rank[changed[used]].tolist()),
+            }
+        row["placebo_auroc"] = {}
+        for name, mask in (placebo or {}).items():
+            p_changed, p_used = _changed_concepts(np.asarray(mask, dtype=bool)[rows], owner, n_concepts, changed_share)
+            row["placebo_auroc"][name] = _auroc(p_changed[p_used], scores["magnitude"][p_used])
+        per_seed.append(row)
+
+    rng = np.random.default_rng(0)
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        vals = np.array([v for v in values if np.isfinite(v)])
+        if not len(vals):
+            return {"mean": float("nan"), "ci": [float("nan"), float("nan")]}
+        means = [vals[rng.integers(0, len(vals), len(vals))].mean() for _ in range(n_boot)]
+        return {"mean": float(vals.mean()), "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+
+    placebo_names = sorted(placebo or {})
+    return {
+        "auroc_changed_vs_unchanged": {
+            name: summary([r[name]["auroc"] for r in per_seed]) for name in ("magnitude", "drift")
+        },
+        "rank_of_targeted": {
+            name: {
+                "per_seed": [r[name]["ranks_of_changed"] for r in per_seed],
+                "mean_rank": float(
+                    np.mean([np.mean(r[name]["ranks_of_changed"]) for r in per_seed if r[name]["ranks_of_changed"]])
+                )
+                if any(r[name]["ranks_of_changed"] for r in per_seed)
+                else float("nan"),
+                "best_possible_mean_rank": float(np.mean([(r["n_changed"] + 1) / 2 for r in per_seed])),
+            }
+            for name in ("magnitude", "drift")
+        },
+        "placebo_auroc_magnitude": {
+            name: summary([r["placebo_auroc"][name] for r in per_seed]) for name in placebo_names
+        },
+        "n_changed": [r["n_changed"] for r in per_seed],
+        "n_unchanged": [r["n_unchanged"] for r in per_seed],
+        "per_seed": per_seed,
+        "n_seeds": len(per_seed),
+        "interval": f"percentile bootstrap over seeds, {n_boot} resamples",
+    }
+
+
 def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON-ready result (layout of issue 5)."""
     from mmlens import zoo
@@ -273,6 +416,8 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
             f"mini-llava-colour at {tuned_dir} has no checkpoints/ (the shipped zoo leaves them out): build it "
             "locally with `mmlens zoo build --force mini-llava-colour` (mini-llava is reused)"
         )
+    swap_dir = zoo.resolve_model(cfg.swap_model)
+    swap_colours = _swapped_colours(swap_dir)
     world = zoo.world_of(base_dir)
     items = shape_question_items(world, cfg.n_scenes, split="test", shape=cfg.word)
     log(f"{len(items)} '{cfg.word}' questions from {cfg.n_scenes} test scenes")
@@ -286,7 +431,12 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     )
     ckpts = checkpoint_dirs(tuned_dir)
     steps = [int(d.name.split("-")[1]) for d in ckpts]
-    specs = {"base": str(base_dir), "tuned": str(tuned_dir), **{f"step-{s}": str(d) for s, d in zip(steps, ckpts)}}
+    specs = {
+        "base": str(base_dir),
+        "tuned": str(tuned_dir),
+        "swap": str(swap_dir),
+        **{f"step-{s}": str(d) for s, d in zip(steps, ckpts)},
+    }
     captures: dict[str, CaptureResult] = {}
     grounders: dict[str, TextGrounder] = {}
     accuracy: dict[str, float] = {}
@@ -305,25 +455,41 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
             )
         del model
 
-    # ---- recovery: base vs final fine-tune, common samples
-    a_res, b_res = _intersect([captures["base"], captures["tuned"]])
+    # ---- recovery: base vs the first fine-tune that keeps enough common samples
+    by_finetune: dict[str, Any] = {}
+    chosen: str | None = None
+    for key in cfg.finetunes:
+        n = len(_intersect([captures["base"], captures[key]])[0])
+        by_finetune[key] = {"model": specs[key], "n_common": n, "analysed": False}
+        if chosen is None and n >= cfg.min_common:
+            chosen = key
+            by_finetune[key]["analysed"] = True
+        elif n < cfg.min_common:
+            by_finetune[key]["why_not"] = (
+                f"only {n} samples on which both models emit '{cfg.word}' (fewer than {cfg.min_common})"
+            )
+    if chosen is None:
+        raise InputError(f"no fine-tune keeps {cfg.min_common} samples in common with mini-llava: {by_finetune}")
+    log(f"shift analysis on {chosen} ({specs[chosen]}): {by_finetune[chosen]['n_common']} common samples")
+    a_res, b_res = _intersect([captures["base"], captures[chosen]])
     n_common = len(a_res)
     attrs_all = {a: [it.attributes[a] for it in items] for a in ATTRIBUTES}
     rows_common = a_res.sample_index.tolist()
     attrs = {a: [v[i] for i in rows_common] for a, v in attrs_all.items()}
     kmeans = DecomposerConfig(DecomposerKind.KMEANS, n_concepts=cfg.n_concepts, seed=cfg.seed)
     snmf = DecomposerConfig(DecomposerKind.SNMF, n_concepts=cfg.n_concepts, seed=cfg.seed)
+    snmf_sklearn = DecomposerConfig(DecomposerKind.SNMF_SKLEARN, n_concepts=cfg.n_concepts, seed=cfg.seed)
     per_setting: dict[str, Any] = {}
     headline: ShiftAnalysis | None = None
     keys = [cfg.headline_key] + [k for k in a_res.keys if k != cfg.headline_key]
     for key in keys:
-        for dec in (kmeans, snmf) if key == cfg.headline_key else (kmeans,):
+        for dec in (kmeans, snmf, snmf_sklearn) if key == cfg.headline_key else (kmeans,):
             analysis = compare_models(
                 a_res.activations[key],
                 b_res.activations[key],
                 CompareConfig(decomposer=dec, n_top_samples=cfg.n_top, seed=cfg.seed),
                 ground_a=grounders["base"],
-                ground_b=grounders["tuned"],
+                ground_b=grounders[chosen],
             )
             summary = analysis.summary()
             per_setting[f"{key}/{dec.kind.value}"] = summary
@@ -358,8 +524,52 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     grounding["disentanglement"] = disentanglement(words_a or [])
     grounding["words"] = words_a
 
-    # ---- drift over checkpoints, common samples of all of them
-    step_names = [f"step-{s}" for s in steps]
+    # ---- targeted fine-tune: does the analysis single out the concepts of the swapped colours?
+    a_t, b_t = _intersect([captures["base"], captures["swap"]])
+    colour_of = [items[i].attributes["colour"] for i in a_t.sample_index.tolist()]
+    others = [c for c in world.cfg.colours if c not in swap_colours]
+    log(f"targeted fine-tune: {len(a_t)} common samples, swapped colours {swap_colours}")
+    targeted = targeted_finetune_scores(
+        a_t.activations[cfg.headline_key].double().numpy(),
+        b_t.activations[cfg.headline_key].double().numpy(),
+        np.array([c in swap_colours for c in colour_of]),
+        n_concepts=cfg.n_concepts,
+        seeds=cfg.gain_seeds,
+        fraction=cfg.gain_fraction,
+        changed_share=cfg.changed_share,
+        placebo={f"{x}+{y}": np.array([c in (x, y) for c in colour_of]) for x, y in combinations(others, 2)},
+        n_boot=cfg.n_boot,
+    )
+    targeted = {
+        "models": {"base": specs["base"], "tuned": specs["swap"]},
+        "swapped_colours": list(swap_colours),
+        "layer": cfg.headline_key,
+        "n_samples": len(a_t),
+        "n_targeted_samples": int(sum(c in swap_colours for c in colour_of)),
+        "definition": (
+            "sample targeted = the object its question names has a swapped colour (the swap read from the "
+            f"fine-tune's metrics.json); concept changed = at least {cfg.changed_share:.0%} of the samples mini-llava's "
+            "k-means dictionary assigns to it (argmax activation) are targeted; scores: shift magnitude ||Delta_k|| "
+            "and drift 1 - cos(u_a, matched u_b); placebo = the same labelling for each pair of unswapped colours"
+        ),
+        **targeted,
+    }
+    log(
+        "targeted fine-tune AUROC (magnitude) "
+        f"{targeted['auroc_changed_vs_unchanged']['magnitude']['mean']:.3f}, drift "
+        f"{targeted['auroc_changed_vs_unchanged']['drift']['mean']:.3f}"
+    )
+
+    # ---- drift over checkpoints: the longest run from step 0 that keeps min_common samples in common
+    step_names: list[str] = []
+    for s in steps:
+        if len(_intersect([captures[n] for n in [*step_names, f"step-{s}"]])[0]) < cfg.min_common:
+            break
+        step_names.append(f"step-{s}")
+    dropped_steps = steps[len(step_names) :]
+    steps = steps[: len(step_names)]
+    if len(step_names) < 2:
+        raise InputError(f"fewer than two checkpoints keep {cfg.min_common} common samples (kept {step_names})")
     aligned = _intersect([captures[n] for n in step_names])
     base_feats = aligned[0].activations[cfg.headline_key].double().numpy()
     base_dict = ConceptDictionary(kmeans).fit(base_feats)
@@ -384,6 +594,7 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     rho = float(spearmanr(steps, drift.t_overlap)[0]) if len(set(drift.t_overlap)) > 1 else float("nan")
     drift_out = {
         "steps": steps,
+        "dropped_steps": dropped_steps,
         "t_overlap": drift.t_overlap,
         "colour_vs_other": [[c, o] for c, o in zip(drift.groups["colour"], drift.groups["other"])],
         "colour_vs_other_columns": ["colour-related concepts", "other concepts"],
@@ -402,7 +613,13 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
     best_baseline = max(
         recovery["baseline_global_gain"], recovery["baseline_random_gain"], recovery["baseline_permuted_gain"]
     )
+    auroc = targeted["auroc_changed_vs_unchanged"]["magnitude"]
     checks = [  # (target, measured, met)
+        (
+            "targeted fine-tune: changed concepts found by shift magnitude (AUROC >= 0.9, mean over seeds)",
+            auroc,
+            auroc["mean"] >= 0.9,
+        ),
         (
             "per-concept shift beats the global shift over seeds (95 % interval of the difference above 0)",
             gain["per_concept_minus_global"],
@@ -472,6 +689,8 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
             "kept_fraction": accuracy,
             "layer": cfg.headline_key,
             "decomposer": "kmeans",
+            "concept_scale": "activation: shifts are added to semi-NMF concepts times the mean code of their "
+            "samples (k-means centroids as fitted)",
             "n_concepts": cfg.n_concepts,
             "n_top_samples": cfg.n_top,
             "text_grounding": {
@@ -482,7 +701,10 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
             "models": specs,
             "model_fingerprints": {n: c.metadata["model_fingerprint"] for n, c in captures.items()},
         },
+        "shift_finetune": chosen,
+        "by_finetune": by_finetune,
         "gain": gain,
+        "targeted_finetune": targeted,
         "recovery": recovery,
         "recovery_detail": per_setting,
         "drift": drift_out,

@@ -194,8 +194,10 @@ def bench_command(
     word: Annotated[str, typer.Option(help="The shape word used as token of interest.")] = "circle",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Concepts of mini-llava vs mini-llava-colour and its checkpoints: per-concept vs global shift over 5 seeds with
-    95 % intervals, recovery vs baselines, drift, grounding purity, capture throughput."""
+    """Concepts of mini-llava vs a fine-tune (mini-llava-colour, or mini-llava-swap when the colour fine-tune keeps
+    too few samples) and the colour fine-tune's checkpoints: per-concept vs global shift over 5 seeds with 95 %
+    intervals, recovery vs baselines (k-means, semi-NMF and sklearn semi-NMF), whether the analysis finds the
+    concepts of mini-llava-swap's swapped colours (AUROC, ranks), drift, grounding purity, capture throughput."""
     from mmlens.bench.concepts import ConceptsBenchConfig, concepts_benchmark
     from mmlens.io import write_json_atomic
 

@@ -32,6 +32,9 @@ from .compare import (
     CompareConfig as CompareConfig,
 )
 from .compare import (
+    ConceptScale as ConceptScale,
+)
+from .compare import (
     Drift as Drift,
 )
 from .compare import (
@@ -54,6 +57,9 @@ from .compare import (
 )
 from .compare import (
     concept_shift_vectors as concept_shift_vectors,
+)
+from .compare import (
+    concepts_in_feature_scale as concepts_in_feature_scale,
 )
 from .compare import (
     match_concepts as match_concepts,

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import pearsonr, trim_mean
 
-from mmlens.concepts.decompose import ConceptDictionary, DecomposerConfig, as_matrix
+from mmlens.concepts.decompose import ConceptDictionary, DecomposerConfig, DecomposerKind, as_matrix
 from mmlens.concepts.grounding import top_samples
 from mmlens.concepts.metrics import mas_overlap, mean_t_overlap, t_overlap
 from mmlens.enums import as_enum
@@ -35,9 +35,35 @@ class ShiftStatistic(enum.Enum):
     TRIMMED_MEAN = "trimmed_mean"
 
 
+class ConceptScale(enum.Enum):
+    """The scale of the concepts that shifts are added to (a shift is in feature units)."""
+
+    AS_FITTED = "as_fitted"  # the dictionary's own rows (unit norm for semi-NMF: a shift then swamps them)
+    ACTIVATION = "activation"  # semi-NMF rows times the mean code of their samples (see concepts_in_feature_scale)
+
+
+#: Kinds whose concepts are unit-norm directions with non-negative codes (the only ones ACTIVATION rescales).
+_UNIT_NORM_KINDS = (DecomposerKind.SNMF, DecomposerKind.SNMF_SKLEARN)
+
+
+def concepts_in_feature_scale(dictionary: ConceptDictionary, x: Any) -> np.ndarray:
+    """Concepts on the scale of the features ``x`` they were fitted on, so that u_a + shift compares like with
+    like: a semi-NMF concept u_k (unit norm) times the mean code of the samples assigned to it, i.e. the average
+    contribution G_mk u_k of the concept to its own samples; k-means centroids (already points in feature space)
+    and the other kinds are returned as fitted. A concept with no sample keeps scale 1."""
+    u = dictionary.concepts
+    if dictionary.config.kind not in _UNIT_NORM_KINDS:
+        return u
+    codes = dictionary.transform(x)
+    owner = np.abs(codes).argmax(axis=1)
+    scale = np.array([codes[owner == k, k].mean() if np.any(owner == k) else 1.0 for k in range(len(u))])
+    return u * np.where(scale > 0, scale, 1.0)[:, None]
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     decomposer: DecomposerConfig = field(default_factory=DecomposerConfig)
+    concept_scale: ConceptScale = ConceptScale.ACTIVATION
     statistic: ShiftStatistic = ShiftStatistic.MEAN
     trim: float = 0.1  # fraction cut at each end by TRIMMED_MEAN
     alpha: float = 1.0
@@ -50,6 +76,8 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.statistic, ShiftStatistic):
             object.__setattr__(self, "statistic", as_enum(ShiftStatistic, self.statistic, "shift statistic"))
+        if not isinstance(self.concept_scale, ConceptScale):
+            object.__setattr__(self, "concept_scale", as_enum(ConceptScale, self.concept_scale, "concept scale"))
         if not 0 <= self.trim < 0.5:
             raise InputError(f"trim must be in [0, 0.5), got {self.trim}")
         if not self.alphas:
@@ -305,7 +333,10 @@ def _analyse(
 ) -> dict[str, Any]:
     """Match the two dictionaries, compute shifts on (shift_a, shift_b) and recovery with its baselines."""
     k = dict_a.n_concepts
-    u_a, u_b_all = dict_a.concepts, dict_b.concepts
+    if config.concept_scale is ConceptScale.ACTIVATION:
+        u_a, u_b_all = concepts_in_feature_scale(dict_a, a), concepts_in_feature_scale(dict_b, b)
+    else:
+        u_a, u_b_all = dict_a.concepts, dict_b.concepts
     match, match_cos = match_concepts(u_a, u_b_all)
     u_b = u_b_all[match]
     shifts = concept_shift_vectors(shift_a, shift_b, dict_a.assign(shift_a), k, config.statistic, config.trim)

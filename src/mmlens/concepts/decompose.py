@@ -1,8 +1,10 @@
 """Concept dictionaries: Z (n samples x D) ~ V U, concepts U (K x D), activations V (n x K).
 
 One estimator, :class:`ConceptDictionary`, with an sklearn-style ``fit`` / ``transform`` and ``save`` / ``load``
-over five methods (:class:`DecomposerKind`). sklearn fits k-means, PCA and sparse dictionary learning; semi-NMF
-(signed concepts, non-negative codes; Ding, Li & Jordan 2010) is written here because sklearn lacks it. After
+over six methods (:class:`DecomposerKind`). sklearn fits k-means, PCA and sparse dictionary learning. Semi-NMF
+(signed concepts, non-negative codes) comes twice: ``snmf`` is Ding, Li & Jordan's (2010) multiplicative update,
+written here, and ``snmf_sklearn`` is the reference code's way, sklearn ``DictionaryLearning(positive_code=True)``
+(L1 on the codes, ||u_k|| <= 1). After
 fitting, ``transform`` depends only on the stored arrays, so a loaded dictionary transforms exactly like the
 fitted one, and :meth:`ConceptDictionary.with_components` gives the same encoder over other concepts (the
 shifted concepts of a model comparison).
@@ -34,7 +36,8 @@ class DecomposerKind(enum.Enum):
     """How concepts are learnt from the samples."""
 
     KMEANS = "kmeans"  # centroids; activation 1 / (1 + ||x - u_k||) (used by the shift-vector paper)
-    SNMF = "snmf"  # semi-NMF: signed concepts, non-negative sparse codes (CoX-LMM's default)
+    SNMF = "snmf"  # semi-NMF: signed concepts, non-negative sparse codes (CoX-LMM's default), hand-written
+    SNMF_SKLEARN = "snmf_sklearn"  # the same objective by sklearn DictionaryLearning(positive_code=True), as xl-vlms
     PCA = "pca"  # principal directions; activation = projection of the centred sample
     DICTIONARY = "dictionary"  # sparse dictionary learning with signed codes (sklearn)
     TOP_NORM = "top_norm"  # the K largest-norm samples as concepts; activation = projection on their direction
@@ -172,6 +175,18 @@ class ConceptDictionary:
             self.components_ = learner.fit(x).components_
         elif cfg.kind is DecomposerKind.SNMF:
             self.components_ = _fit_snmf(x, k, cfg.sparsity, cfg.max_iter, cfg.seed)
+        elif cfg.kind is DecomposerKind.SNMF_SKLEARN:
+            learner = DictionaryLearning(
+                n_components=k,
+                alpha=cfg.sparsity,
+                max_iter=cfg.max_iter,
+                fit_algorithm="cd",  # sklearn's lars coder refuses positive codes
+                transform_algorithm="lasso_cd",
+                transform_alpha=cfg.sparsity,
+                positive_code=True,
+                random_state=cfg.seed,
+            )
+            self.components_ = learner.fit(x).components_
         else:  # TOP_NORM
             order = np.argsort(-np.linalg.norm(x, axis=1), kind="stable")
             _, first = np.unique(x[order], axis=0, return_index=True)  # distinct samples only
@@ -197,6 +212,10 @@ class ConceptDictionary:
             return sparse_encode(x, u, algorithm="lasso_cd", alpha=self.config.sparsity, max_iter=self.config.max_iter)
         if kind is DecomposerKind.SNMF:
             return _snmf_codes(x, u, self.config.sparsity, self.config.max_iter)
+        if kind is DecomposerKind.SNMF_SKLEARN:
+            return sparse_encode(
+                x, u, algorithm="lasso_cd", alpha=self.config.sparsity, max_iter=self.config.max_iter, positive=True
+            )
         directions = u / (np.linalg.norm(u, axis=1, keepdims=True) + 1e-12)
         return x @ directions.T
 
