@@ -389,6 +389,23 @@ def test_generate_responses_on_tiny_vlms(arch, tmp_path):
         generate_responses(tiny_model(arch), images, prompts, ["a"] * 3, tmp_path / "out", cfg, progress=False)
 
 
+def test_eval_records_read_a_world_export(tmp_path):
+    """`shift generate --data` takes the data.jsonl of `mmlens world export` (the README's offline example): one
+    record per VQA question, its answer the reference; a user's JSONL needs prompt and reference."""
+    from mmlens.shift.generate import load_eval_records
+    from mmlens.world import World, WorldConfig
+    from mmlens.world.export import export_world, read_jsonl
+
+    data = export_world(tmp_path / "w", World(WorldConfig(), seed=0), n=3, split="test") / "data.jsonl"
+    records = load_eval_records(data)
+    questions = [q for _, rec in read_jsonl(data) for q in rec["vqa"]]
+    assert [(r["prompt"], r["reference"]) for r in records] == [(q["question"], q["answer"]) for q in questions]
+    assert len({r["question_id"] for r in records}) == len(records) and records[0]["image"].size == (32, 32)
+    (tmp_path / "w" / "mine.jsonl").write_text(json.dumps({"image": records[0]["image_path"], "prompt": "q"}) + "\n")
+    with pytest.raises(InputError, match="reference"):
+        load_eval_records(tmp_path / "w" / "mine.jsonl")
+
+
 @pytest.mark.parametrize("arch,mode", [("clip", "patch_mean"), ("siglip", "patch_mean"), ("clip", "projected")])
 def test_image_embedders_and_analysis_with_images(arch, mode, tmp_path):
     from mmlens.models import tiny_model

@@ -50,8 +50,15 @@ def extract_command(
             "and attributes. Default: world shape questions."
         ),
     ] = None,
-    word: Annotated[str | None, typer.Option(help="Token of interest (position token_of_interest).")] = None,
-    words: Annotated[str | None, typer.Option(help="Comma-separated class of words (position token_class).")] = None,
+    word: Annotated[
+        str | None, typer.Option(help="Token of interest (position token_of_interest; default circle).")
+    ] = None,
+    words: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated class of words: capture where any of them is emitted (position token_class)."
+        ),
+    ] = None,
     position: Annotated[
         str, typer.Option(help="token_of_interest, token_class, generated_mean, last_prompt or fixed_index.")
     ] = "token_of_interest",
@@ -68,6 +75,12 @@ def extract_command(
     from mmlens.models.capture import CaptureConfig, PositionKind, PositionRule
 
     kind = as_enum(PositionKind, position, "--position")
+    if words and kind is PositionKind.TOKEN_OF_INTEREST and word is None:
+        kind = PositionKind.TOKEN_CLASS  # --words alone names a class: it used to be ignored for "circle"
+    elif words and kind is not PositionKind.TOKEN_CLASS:
+        from mmlens.errors import InputError
+
+        raise InputError(f"--words goes with --position token_class (got --position {kind.value}); use --word for one")
     rule_words: tuple[str, ...] = ()
     if kind is PositionKind.TOKEN_OF_INTEREST:
         rule_words = (word or "circle",)

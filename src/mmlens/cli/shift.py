@@ -69,7 +69,7 @@ def generate_command(
         Path | None,
         typer.Option(
             help="JSONL with image, prompt and reference per line (image path "
-            "relative to the file), shifted here by the grid; or a folder "
+            "relative to the file) or the data.jsonl of `mmlens world export`, shifted here by the grid; or a folder "
             "of such JSONL files = your own splits, used as they are. "
             "Default: held-out world VQA of a world-trained zoo model."
         ),
