@@ -19,6 +19,7 @@ from mmlens.shift.analysis import (
     analyse_embeddings,
     bound_value,
     correlation,
+    embed_splits,
     emi,
     fit_estimator,
     fuse,
@@ -404,6 +405,32 @@ def test_eval_records_read_a_world_export(tmp_path):
     (tmp_path / "w" / "mine.jsonl").write_text(json.dumps({"image": records[0]["image_path"], "prompt": "q"}) + "\n")
     with pytest.raises(InputError, match="reference"):
         load_eval_records(tmp_path / "w" / "mine.jsonl")
+
+
+def test_average_fusion_of_unequal_dimensions_is_refused_before_the_embedding(tmp_path):
+    """The README's `shift emi --image-model zoo:mini-clip` (image 128, MiniLM 384) used to fail with the default
+    average fusion only after every split was embedded (minutes): one item of each kind now shows it first."""
+    from mmlens.models import tiny_model
+    from mmlens.world import World, WorldConfig
+
+    seen: list[int] = []
+
+    class Counting(HashingTextEmbedder):
+        def embed(self, texts):
+            seen.append(len(texts))
+            return super().embed(texts)
+
+    world = World(WorldConfig(), seed=0)
+    images = [world.render(s) for s in world.sample_scenes(6, "test")]
+    qs = [f"question {i}" for i in range(6)]
+    splits = [ShiftSplit("clean", qs, qs, qs, images), ShiftSplit("other", qs, qs, qs, images)]
+    texts = Counting(48)
+    image = ClipImageEmbedder(tiny_model("clip"), mode="projected", progress=False)
+    assert image.embed(images[:1]).shape[1] != 48
+    with pytest.raises(InputError, match="--fusion concat"):
+        analyse(splits, ShiftConfig(fusion="average"), text_embedder=texts, image_embedder=image, progress=False)
+    assert seen == [1]
+    assert embed_splits(splits, texts, image, "concat")[0].query.shape[1] == 48 + image.embed(images[:1]).shape[1]
 
 
 @pytest.mark.parametrize("arch,mode", [("clip", "patch_mean"), ("siglip", "patch_mean"), ("clip", "projected")])
