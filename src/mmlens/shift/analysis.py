@@ -124,7 +124,8 @@ def embed_splits(
     first = next((s for s in splits if s.images is not None), None)
     if image_embedder is not None and first is not None and as_enum(Fusion, fusion, "query fusion") is Fusion.AVERAGE:
         # one item of each kind shows a dimension mismatch before minutes of embedding every split
-        fuse(image_embedder.embed(_as_images(first.images[:1])), text_embedder.embed(first.queries[:1]), fusion)
+        first_image = _as_images(list(first.images or ())[:1])
+        fuse(image_embedder.embed(first_image), text_embedder.embed(first.queries[:1]), fusion)
     cache: dict[str, np.ndarray] = {}
     everything = [t for s in splits for t in (*s.queries, *s.responses, *s.references)]
     _embed_unique(text_embedder, everything, cache)
