@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -428,11 +429,15 @@ def test_trl_dpo_trains_the_tiny_model(loss, first_loss):
     vlm = tiny_model("llava")
     before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
     finetune = FineTune.FULL if loss == "sigmoid" else FineTune.LORA
-    trained, log = train_dpo(
-        vlm,
-        _pairs(),
-        DPOSettings(loss_type=LossType(loss), steps=2, batch_size=4, learning_rate=1e-3, finetune=finetune),
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained, log = train_dpo(
+            vlm,
+            _pairs(),
+            DPOSettings(loss_type=LossType(loss), steps=2, batch_size=4, learning_rate=1e-3, finetune=finetune),
+        )
+    # TRL's use of a deprecated transformers property printed a FutureWarning in every `align dpo` run
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     assert log["steps"][0]["loss"] == pytest.approx(first_loss, rel=1e-3)
     after = trained.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
