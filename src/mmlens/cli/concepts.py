@@ -193,6 +193,8 @@ def compare_command(
         a, b, out, config, layer=layer, text=_text_config(top_tokens, keep, apply_final_norm), drift_folders=drift or ()
     )
     headline = analysis.headline()
+    # how many inputs both extractions kept: every number above rests on them
+    headline["n_common"] = json.loads((index.parent / "data.json").read_text(encoding="utf-8"))["n_common"]
     if drift_result is not None:
         headline["drift_t_overlap"] = dict(zip(drift_result.steps, drift_result.t_overlap))
     headline["report"] = str(index)
