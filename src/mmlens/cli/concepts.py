@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from mmlens.cli.config import is_main_process
 from mmlens.enums import as_enum
 
 concepts_app = typer.Typer(
@@ -106,6 +107,8 @@ def extract_command(
         filter_words=filter_words,
     )
     ex = extract(model, out, config, data=data, n_scenes=n_scenes)
+    if not is_main_process():  # under a launcher every process gets here; one prints the result
+        return
     typer.echo(
         json.dumps(
             {"inputs": len(ex.inputs), "kept": len(ex.capture), "keys": ex.capture.keys, "folder": str(out)}, indent=2
