@@ -61,8 +61,12 @@ def extract_command(
         ),
     ] = None,
     position: Annotated[
-        str, typer.Option(help="token_of_interest, token_class, generated_mean, last_prompt or fixed_index.")
-    ] = "token_of_interest",
+        str | None,
+        typer.Option(
+            help="token_of_interest, token_class, generated_mean, last_prompt or fixed_index (default: token_class "
+            "with --words, else token_of_interest)."
+        ),
+    ] = None,
     index: Annotated[int, typer.Option(help="Prompt token index for fixed_index (negative from the end).")] = -1,
     layers: Annotated[str, typer.Option(help="Comma-separated decoder layers (negative from the end).")] = "-1",
     final_norm: Annotated[bool, typer.Option(help="Also capture the final-normed residual.")] = True,
@@ -75,10 +79,11 @@ def extract_command(
     from mmlens.concepts.workflow import extract
     from mmlens.models.capture import CaptureConfig, PositionKind, PositionRule
 
-    kind = as_enum(PositionKind, position, "--position")
-    if words and kind is PositionKind.TOKEN_OF_INTEREST and word is None:
-        kind = PositionKind.TOKEN_CLASS  # --words alone names a class: it used to be ignored for "circle"
-    elif words and kind is not PositionKind.TOKEN_CLASS:
+    if position is None:  # --words alone names a class (it used to be ignored, for the token "circle")
+        kind = PositionKind.TOKEN_CLASS if words else PositionKind.TOKEN_OF_INTEREST
+    else:
+        kind = as_enum(PositionKind, position, "--position")
+    if words and kind is not PositionKind.TOKEN_CLASS:
         from mmlens.errors import InputError
 
         raise InputError(f"--words goes with --position token_class (got --position {kind.value}); use --word for one")
