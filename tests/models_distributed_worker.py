@@ -208,6 +208,64 @@ def dpo_part(out: Path, model, work: DistributedWork) -> None:
             raise
 
 
+def cli_part(out: Path, images, prompts, work: DistributedWork) -> None:
+    """``mmlens shift generate`` and ``mmlens concepts extract`` as a user launches them: every process runs the
+    command, the main one writes and prints (the test counts the printed lines)."""
+    from mmlens.cli import main as mmlens_main
+
+    data = out / "inputs" / "questions" / "q.jsonl"
+    if work.is_main_process:
+        data.parent.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images[:3]):
+            image.save(data.parent / f"{i}.png")
+        data.write_text(
+            "".join(json.dumps({"image": f"{i}.png", "prompt": prompts[i], "reference": "a"}) + "\n" for i in range(3))
+        )
+    work.wait_for_everyone()
+    model = str(out / "inputs" / "llava")
+    for argv in (
+        [
+            "shift",
+            "generate",
+            "-m",
+            model,
+            "--data",
+            str(data),
+            "--out",
+            str(out / "shift-cli"),
+            "--visual",
+            "fog",
+            "--severities",
+            "3",
+            "--max-new-tokens",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+        [
+            "concepts",
+            "extract",
+            "-m",
+            model,
+            "--data",
+            str(data),
+            "--out",
+            str(out / "concepts-cli"),
+            "--position",
+            "last_prompt",
+            "--max-new-tokens",
+            "0",
+            "--batch-size",
+            "2",
+        ],
+    ):
+        try:
+            mmlens_main(argv)
+        except SystemExit as done:
+            if done.code not in (0, None):
+                raise
+
+
 def main(out: Path) -> None:
     work = DistributedWork.from_environment()
     out.mkdir(parents=True, exist_ok=True)
@@ -229,6 +287,7 @@ def main(out: Path) -> None:
     bdhs = bdhs_part(model, work)
     influence_part(out, work)
     dpo_part(out, model, work)
+    cli_part(out, images, prompts, work)
     if work.is_main_process:
         reloaded = load_capture(out / "capture")
         tensors = {f"act.{k}": v for k, v in result.activations.items()}

@@ -291,6 +291,17 @@ CASES = [
         "val_fraction",
     ),
     (
+        "concepts-words-with-token-of-interest",
+        "concepts extract -m {root}/vlm --data {root}/vqa.jsonl --out {out} --words circle,star "
+        "--position token_of_interest",
+        "--words",
+    ),
+    (
+        "concepts-words-with-another-position",
+        "concepts extract -m {root}/vlm --data {root}/vqa.jsonl --out {out} --words circle,star --position last_prompt",
+        "--words",
+    ),
+    (
         "shift-generate-batch-0",
         "shift generate -m {root}/vlm --data {root}/vqa.jsonl --out {out} --batch-size 0",
         "batch_size",
@@ -457,3 +468,31 @@ def test_concepts_and_steer_read_the_same_world_export(tmp_path):
     questions = load_vqa_jsonl(tmp_path / "w" / "data.jsonl")
     assert [i["prompt"] for i in inputs] == [q.question for q in questions] and len(inputs) >= 3
     assert all(Path(i["image"]).is_file() for i in inputs)
+
+
+def test_concepts_words_alone_capture_at_the_class(inputs, tmp_path):
+    """`concepts extract --words a,b` captures where any word of the class is emitted (it used to be ignored: the
+    capture silently fell back to the token "circle"); the VQA JSONL of `steer` (question/answer) is read too."""
+    import yaml
+
+    from cli_helpers import run_ok
+
+    run_ok(
+        [
+            "concepts",
+            "extract",
+            "-m",
+            str(inputs / "vlm"),
+            "--data",
+            str(inputs / "vqa.jsonl"),
+            "--out",
+            str(tmp_path / "c"),
+            "--words",
+            "circle,star",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    meta = json.loads((tmp_path / "c" / "manifest.json").read_text())["config"]
+    assert meta["position"]["kind"] == "token_class" and meta["position"]["words"] == ["circle", "star"]
+    assert yaml.safe_load((tmp_path / "c" / "mmlens-config.yaml").read_text())["position"] is None  # as chosen

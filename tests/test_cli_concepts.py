@@ -114,6 +114,7 @@ def test_cli_extract_learn_compare(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
+    assert json.loads(out)["n_common"] == 8  # the console says how many inputs the numbers rest on
     result = json.loads((tmp_path / "cmp" / "data.json").read_text())
     assert {"baseline_global_gain", "baseline_random_gain", "baseline_permuted_gain"} <= set(result["summary"])
     assert len(result["concepts"]) == 2 and len(result["drift"]["t_overlap"]) == 1

@@ -101,6 +101,7 @@ def test_two_cpu_processes_equal_one(tmp_path):
     assert launch.returncode == 0, output[-3000:]
     # the CLI commands run on both processes but print (and write) on the main one only
     assert output.count('"n_pairs": 30') == 1 and output.count("aligned model written") == 1, output[-3000:]
+    assert output.count("wrote 2 splits") == 1 and output.count('"kept": 3') == 1, output[-3000:]  # printed twice
 
     texts_one = json.loads((one / "texts.json").read_text())
     texts_two = json.loads((two / "texts.json").read_text())

@@ -19,6 +19,7 @@ from mmlens.shift.analysis import (
     analyse_embeddings,
     bound_value,
     correlation,
+    embed_splits,
     emi,
     fit_estimator,
     fuse,
@@ -387,6 +388,49 @@ def test_generate_responses_on_tiny_vlms(arch, tmp_path):
     assert split.images[0].size == images[0].size
     with pytest.raises(InputError, match="not empty"):
         generate_responses(tiny_model(arch), images, prompts, ["a"] * 3, tmp_path / "out", cfg, progress=False)
+
+
+def test_eval_records_read_a_world_export(tmp_path):
+    """`shift generate --data` takes the data.jsonl of `mmlens world export` (the README's offline example): one
+    record per VQA question, its answer the reference; a user's JSONL needs prompt and reference."""
+    from mmlens.shift.generate import load_eval_records
+    from mmlens.world import World, WorldConfig
+    from mmlens.world.export import export_world, read_jsonl
+
+    data = export_world(tmp_path / "w", World(WorldConfig(), seed=0), n=3, split="test") / "data.jsonl"
+    records = load_eval_records(data)
+    questions = [q for _, rec in read_jsonl(data) for q in rec["vqa"]]
+    assert [(r["prompt"], r["reference"]) for r in records] == [(q["question"], q["answer"]) for q in questions]
+    assert len({r["question_id"] for r in records}) == len(records) and records[0]["image"].size == (32, 32)
+    (tmp_path / "w" / "mine.jsonl").write_text(json.dumps({"image": records[0]["image_path"], "prompt": "q"}) + "\n")
+    with pytest.raises(InputError, match="reference"):
+        load_eval_records(tmp_path / "w" / "mine.jsonl")
+
+
+def test_average_fusion_of_unequal_dimensions_is_refused_before_the_embedding(tmp_path):
+    """The README's `shift emi --image-model zoo:mini-clip` (image 128, MiniLM 384) used to fail with the default
+    average fusion only after every split was embedded (minutes): one item of each kind now shows it first."""
+    from mmlens.models import tiny_model
+    from mmlens.world import World, WorldConfig
+
+    seen: list[int] = []
+
+    class Counting(HashingTextEmbedder):
+        def embed(self, texts):
+            seen.append(len(texts))
+            return super().embed(texts)
+
+    world = World(WorldConfig(), seed=0)
+    images = [world.render(s) for s in world.sample_scenes(6, "test")]
+    qs = [f"question {i}" for i in range(6)]
+    splits = [ShiftSplit("clean", qs, qs, qs, images), ShiftSplit("other", qs, qs, qs, images)]
+    texts = Counting(48)
+    image = ClipImageEmbedder(tiny_model("clip"), mode="projected", progress=False)
+    assert image.embed(images[:1]).shape[1] != 48
+    with pytest.raises(InputError, match="--fusion concat"):
+        analyse(splits, ShiftConfig(fusion="average"), text_embedder=texts, image_embedder=image, progress=False)
+    assert seen == [1]
+    assert embed_splits(splits, texts, image, "concat")[0].query.shape[1] == 48 + image.embed(images[:1]).shape[1]
 
 
 @pytest.mark.parametrize("arch,mode", [("clip", "patch_mean"), ("siglip", "patch_mean"), ("clip", "projected")])

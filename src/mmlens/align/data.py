@@ -87,9 +87,32 @@ def _open_image(path: Path, where: str) -> Image.Image:
     return open_image(path, where)
 
 
+def _world_record_turns(path: Path, where: str, rec: dict[str, Any]) -> list[SFTExample]:
+    """The SFT turns of one ``mmlens world export`` record, as :func:`world_sft_examples` makes them from a world:
+    the description (``describe the image .`` -> the record's caption) and the yes/no presence questions."""
+    from mmlens.align.eval import DESCRIBE_PROMPT
+    from mmlens.align.world_data import YES_NO_TEMPLATES
+
+    caption, objects, vqa = rec.get("caption"), rec.get("objects"), rec["vqa"]
+    if not isinstance(rec.get("image"), str) or not isinstance(caption, str) or not caption.strip():
+        raise InputError(f"{where}: a world export record needs an 'image' and a 'caption'")
+    if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
+        raise InputError(f"{where}: 'objects' must be a list of object names, got {objects!r}")
+    if not all(isinstance(q, dict) and isinstance(q.get("question"), str) and "answer" in q for q in vqa):
+        raise InputError(f"{where}: each 'vqa' entry needs a 'question' and an 'answer'")
+    image, present = _open_image(path.parent / rec["image"], where), frozenset(objects)
+    scene = str(rec.get("scene_id", where))
+    turns = [SFTExample(image, DESCRIBE_PROMPT, caption, present, f"{scene}/describe")]
+    for k, q in enumerate(vqa):
+        if q.get("template") in YES_NO_TEMPLATES:
+            turns.append(SFTExample(image, q["question"], str(q["answer"]), present, f"{scene}/{q['template']}/{k}"))
+    return turns
+
+
 def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:
     """SFT examples from a JSONL of ``{"image": <relative path>, "prompt": ..., "answer": ...}`` (optional
-    ``objects``: list of classes in the image, ``id``)."""
+    ``objects``: list of classes in the image, ``id``), or from the ``data.jsonl`` of ``mmlens world export``
+    (per record its description and its yes/no presence questions, the turns the world's SFT data has)."""
     from mmlens.world.export import read_jsonl
 
     path = Path(path)
@@ -99,6 +122,9 @@ def load_sft_jsonl(path: str | os.PathLike) -> list[SFTExample]:
     out = []
     for lineno, rec in rows:
         where = f"{path}:{lineno}"
+        if "prompt" not in rec and isinstance(rec.get("vqa"), list):
+            out.extend(_world_record_turns(path, where, rec))
+            continue
         for key in ("image", "prompt", "answer"):
             if not isinstance(rec.get(key), str) or not rec[key].strip():
                 raise InputError(f"{where}: missing or empty {key!r}; each line needs image, prompt and answer")

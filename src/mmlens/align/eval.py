@@ -237,7 +237,8 @@ def evaluate_files(
     """The metrics on your own data: ``pope`` a JSONL of ``{"image", "question", "label": "yes"|"no"}`` (optional
     ``kind``: random/popular/adversarial); ``chair`` a JSONL of ``{"image", "objects": [...]}`` (optional
     ``prompt``, default "describe the image ."; optional ``answer``, the reference description for the image gap).
-    Image paths are relative to the JSONL."""
+    Image paths are relative to the JSONL. The ``data.jsonl`` of ``mmlens world export`` serves as both (its records
+    hold their POPE probes in a ``pope`` list, and ``objects``)."""
     from pathlib import Path
 
     from mmlens.align.data import _open_image
@@ -252,10 +253,19 @@ def evaluate_files(
             raise InputError(f"{pope} has no probes")
         by_kind: dict[str, list] = {}
         for lineno, rec in rows:
-            if rec.get("label") not in ("yes", "no") or not isinstance(rec.get("question"), str):
-                raise InputError(f"{pope}:{lineno}: each probe needs a question and a label 'yes' or 'no'")
+            # a record of `mmlens world export` carries its image's probes in a 'pope' list
+            probes = rec["pope"] if "question" not in rec and isinstance(rec.get("pope"), list) else [rec]
+            if not all(
+                isinstance(p, dict) and p.get("label") in ("yes", "no") and isinstance(p.get("question"), str)
+                for p in probes
+            ):
+                raise InputError(
+                    f"{pope}:{lineno}: each probe needs a question and a label 'yes' or 'no' (or a 'pope' list of "
+                    "such probes, as `mmlens world export` writes)"
+                )
             image = _open_image(Path(pope).parent / str(rec.get("image", "")), f"{pope}:{lineno}")
-            by_kind.setdefault(str(rec.get("kind", "all")), []).append((image, rec["question"], rec["label"]))
+            for p in probes:
+                by_kind.setdefault(str(p.get("kind", "all")), []).append((image, p["question"], p["label"]))
         for kind, probes in by_kind.items():
             answers = vlm.generate(
                 [p[0] for p in probes], [p[1] for p in probes], max_new_tokens=2, batch_size=batch_size
@@ -275,7 +285,8 @@ def evaluate_files(
                     _open_image(Path(chair).parent / str(rec.get("image", "")), f"{chair}:{lineno}"),
                     str(rec.get("prompt", DESCRIBE_PROMPT)),
                     [str(o).lower() for o in rec["objects"]],
-                    rec.get("answer"),
+                    # a world export record: its caption is the reference description
+                    rec.get("answer", rec.get("caption") if isinstance(rec.get("vqa"), list) else None),
                 )
             )
         descriptions = vlm.generate(

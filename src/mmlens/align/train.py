@@ -14,13 +14,14 @@ BDHS and the baselines write it); examples without one (e.g. dropped by BDHS) ta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -87,6 +88,17 @@ def _loss_weights(settings: DPOSettings) -> list[float] | None:
 def _quiet_trainer_logs():
     # transformers' trainer logs a line per step at INFO; keep the console for our own progress.
     logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _library_deprecations_quiet() -> Iterator[None]:
+    """TRL reads transformers' deprecated ``is_gradient_checkpointing`` while training: a FutureWarning in every
+    user's console that the user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def _silence(trainer) -> None:
@@ -177,7 +189,7 @@ def train_dpo(
     model.train()
     lora = settings.finetune is FineTune.LORA
     torch.manual_seed(settings.seed)  # the LoRA initialisation, whatever ran before
-    with tempfile.TemporaryDirectory(prefix="mmlens-dpo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mmlens-dpo-") as tmp, _library_deprecations_quiet():
         trainer = DPOTrainer(
             model=model,
             ref_model=None if lora else _frozen_copy(model),
@@ -362,16 +374,17 @@ def train_online(
                 dataset = pairs_to_dataset([pairs[i] for i in order_pairs])
                 model.train()
                 t0 = time.perf_counter()
-                trainer = DPOTrainer(
-                    model=model,
-                    ref_model=ref,
-                    args=_dpo_config(settings, n_steps, tmp),
-                    train_dataset=dataset,
-                    processing_class=vlm.processor,
-                    optimizers=(optimizer, get_constant_schedule(optimizer)),
-                )
-                _silence(trainer)
-                trainer.train()
+                with _library_deprecations_quiet():
+                    trainer = DPOTrainer(
+                        model=model,
+                        ref_model=ref,
+                        args=_dpo_config(settings, n_steps, tmp),
+                        train_dataset=dataset,
+                        processing_class=vlm.processor,
+                        optimizers=(optimizer, get_constant_schedule(optimizer)),
+                    )
+                    _silence(trainer)
+                    trainer.train()
                 seconds["training_s"] += time.perf_counter() - t0
                 steps_log.extend(
                     dict(s, step=s["step"] + done - n_steps) for s in _steps_log(trainer.state.log_history)

@@ -73,8 +73,8 @@ def bdhs_command(
         Path | None,
         typer.Option(
             help="Your SFT data: a JSONL of {image (path relative to the "
-            "file), prompt, answer}. Default: world SFT turns of a "
-            "world-trained zoo model."
+            "file), prompt, answer}, or the data.jsonl of `mmlens world export`. "
+            "Default: world SFT turns of a world-trained zoo model."
         ),
     ] = None,
     n_scenes: Annotated[int, typer.Option(min=1, help="World scenes (without --data).")] = 100,
@@ -139,7 +139,10 @@ def dpo_command(
     mode: Annotated[DPOMode, typer.Option(help="offline | online | mixed | online-bdhs.")] = DPOMode.OFFLINE,
     data: Annotated[
         Path | None,
-        typer.Option(help="SFT JSONL for the online modes (default: world SFT turns of a world zoo model)."),
+        typer.Option(
+            help="SFT JSONL for the online modes, or the data.jsonl of `mmlens world export` (default: world SFT "
+            "turns of a world zoo model)."
+        ),
     ] = None,
     judge: Annotated[
         str,
@@ -228,9 +231,15 @@ def eval_command(
         typer.Option("--model", "-m", help="Model(s) to compare (repeat the option); NAME=SPEC to name a column."),
     ],
     out: Annotated[Path, typer.Option(help="Folder for the report (index.html, data.json).")],
-    pope: Annotated[Path | None, typer.Option(help="Your POPE probes: JSONL of {image, question, label}.")] = None,
+    pope: Annotated[
+        Path | None,
+        typer.Option(help="Your POPE probes: JSONL of {image, question, label}, or a `world export` data.jsonl."),
+    ] = None,
     chair: Annotated[
-        Path | None, typer.Option(help="Your CHAIR images: JSONL of {image, objects, [prompt, answer]}.")
+        Path | None,
+        typer.Option(
+            help="Your CHAIR images: JSONL of {image, objects, [prompt, answer]}, or a `world export` data.jsonl."
+        ),
     ] = None,
     world_model: Annotated[
         str | None,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from mmlens.cli.config import is_main_process
 from mmlens.enums import as_enum
 
 concepts_app = typer.Typer(
@@ -50,11 +51,22 @@ def extract_command(
             "and attributes. Default: world shape questions."
         ),
     ] = None,
-    word: Annotated[str | None, typer.Option(help="Token of interest (position token_of_interest).")] = None,
-    words: Annotated[str | None, typer.Option(help="Comma-separated class of words (position token_class).")] = None,
+    word: Annotated[
+        str | None, typer.Option(help="Token of interest (position token_of_interest; default circle).")
+    ] = None,
+    words: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated class of words: capture where any of them is emitted (position token_class)."
+        ),
+    ] = None,
     position: Annotated[
-        str, typer.Option(help="token_of_interest, token_class, generated_mean, last_prompt or fixed_index.")
-    ] = "token_of_interest",
+        str | None,
+        typer.Option(
+            help="token_of_interest, token_class, generated_mean, last_prompt or fixed_index (default: token_class "
+            "with --words, else token_of_interest)."
+        ),
+    ] = None,
     index: Annotated[int, typer.Option(help="Prompt token index for fixed_index (negative from the end).")] = -1,
     layers: Annotated[str, typer.Option(help="Comma-separated decoder layers (negative from the end).")] = "-1",
     final_norm: Annotated[bool, typer.Option(help="Also capture the final-normed residual.")] = True,
@@ -67,7 +79,14 @@ def extract_command(
     from mmlens.concepts.workflow import extract
     from mmlens.models.capture import CaptureConfig, PositionKind, PositionRule
 
-    kind = as_enum(PositionKind, position, "--position")
+    if position is None:  # --words alone names a class (it used to be ignored, for the token "circle")
+        kind = PositionKind.TOKEN_CLASS if words else PositionKind.TOKEN_OF_INTEREST
+    else:
+        kind = as_enum(PositionKind, position, "--position")
+    if words and kind is not PositionKind.TOKEN_CLASS:
+        from mmlens.errors import InputError
+
+        raise InputError(f"--words goes with --position token_class (got --position {kind.value}); use --word for one")
     rule_words: tuple[str, ...] = ()
     if kind is PositionKind.TOKEN_OF_INTEREST:
         rule_words = (word or "circle",)
@@ -93,6 +112,8 @@ def extract_command(
         filter_words=filter_words,
     )
     ex = extract(model, out, config, data=data, n_scenes=n_scenes)
+    if not is_main_process():  # under a launcher every process gets here; one prints the result
+        return
     typer.echo(
         json.dumps(
             {"inputs": len(ex.inputs), "kept": len(ex.capture), "keys": ex.capture.keys, "folder": str(out)}, indent=2
@@ -180,6 +201,8 @@ def compare_command(
         a, b, out, config, layer=layer, text=_text_config(top_tokens, keep, apply_final_norm), drift_folders=drift or ()
     )
     headline = analysis.headline()
+    # how many inputs both extractions kept: every number above rests on them
+    headline["n_common"] = json.loads((index.parent / "data.json").read_text(encoding="utf-8"))["n_common"]
     if drift_result is not None:
         headline["drift_t_overlap"] = dict(zip(drift_result.steps, drift_result.t_overlap))
     headline["report"] = str(index)

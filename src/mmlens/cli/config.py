@@ -320,8 +320,9 @@ def write_resolved_config(command_path: str, options: Mapping[str, Any]) -> Path
     return path
 
 
-def _is_main_process() -> bool:
-    # Under accelerate launch / torchrun every process runs the command; one writes the config.
+def is_main_process() -> bool:
+    """False on the other processes of ``accelerate launch`` / ``torchrun``: every process runs the command, one
+    writes its config and prints its result (read from the launcher's environment: no torch import)."""
     return int(os.environ.get("RANK", "0") or "0") == 0
 
 
@@ -420,7 +421,7 @@ def _run_command(callback: Callable[..., Any]) -> Callable[..., Any]:
             if err.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
                 raise InputError(f"cannot write {err.filename or 'the output'}: {err.strerror}") from None
             raise
-        if _is_main_process():
+        if is_main_process():
             ordered = {p.name: ctx.params[p.name] for p in ctx.command.params if p.name in ctx.params}
             write_resolved_config(ctx.command_path, ordered)
         return result

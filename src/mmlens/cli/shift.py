@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mmlens.cli.config import is_main_process
 from mmlens.cli.options import FieldOptions, config_options
 from mmlens.shift.options import EstimatorKind, Fusion, ImageFeatureMode, Preset
 from mmlens.shift.settings import GenerateConfig, ShiftConfig
@@ -69,7 +70,7 @@ def generate_command(
         Path | None,
         typer.Option(
             help="JSONL with image, prompt and reference per line (image path "
-            "relative to the file), shifted here by the grid; or a folder "
+            "relative to the file) or the data.jsonl of `mmlens world export`, shifted here by the grid; or a folder "
             "of such JSONL files = your own splits, used as they are. "
             "Default: held-out world VQA of a world-trained zoo model."
         ),
@@ -132,7 +133,8 @@ def generate_command(
             item_ids=[r.get("question_id", i) for i, r in enumerate(records)],
             overwrite=overwrite,
         )
-    typer.echo(f"wrote {len(paths)} splits to {out}")
+    if is_main_process():  # under a launcher every process gets here; one says so
+        typer.echo(f"wrote {len(paths)} splits to {out}")
 
 
 @shift_app.command("emi")

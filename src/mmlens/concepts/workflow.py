@@ -91,8 +91,9 @@ def world_inputs(out_dir: Path, n_scenes: int, word: str | None, seed: int = 0) 
 
 
 def read_inputs(path: Path, *, need_images: bool) -> list[dict[str, Any]]:
-    """A user's JSONL: ``prompt``, optional ``reference`` and ``attributes``, and ``image`` (relative to the file);
-    or the ``data.jsonl`` of ``mmlens world export`` (one input per question of each record's ``vqa`` list)."""
+    """A user's JSONL: ``prompt`` (or ``question``), optional ``reference`` (or ``answer``) and ``attributes``, and
+    ``image`` (relative to the file); or the ``data.jsonl`` of ``mmlens world export`` (one input per question of
+    each record's ``vqa`` list)."""
     from mmlens.world.export import load_pairs_jsonl, read_jsonl
 
     if need_images:
@@ -119,16 +120,18 @@ def read_inputs(path: Path, *, need_images: bool) -> list[dict[str, Any]]:
                     }
                 )
             continue
-        if not isinstance(r.get("prompt"), str):
+        # 'question'/'answer' as `mmlens steer` reads them: one JSONL serves both commands
+        prompt = r.get("prompt", r.get("question"))
+        if not isinstance(prompt, str):
             raise InputError(
-                f"{path}: record {i + 1} needs a 'prompt' string (or a 'vqa' list of questions, as "
-                "`mmlens world export` writes)"
+                f"{path}: record {i + 1} needs a 'prompt' (or 'question') string, or a 'vqa' list of questions, as "
+                "`mmlens world export` writes"
             )
         inputs.append(
             {
                 "image": r.get("image"),
-                "prompt": r["prompt"],
-                "reference": r.get("reference"),
+                "prompt": prompt,
+                "reference": r.get("reference", r.get("answer")),
                 "attributes": r.get("attributes", {}),
             }
         )

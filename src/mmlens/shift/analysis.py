@@ -98,7 +98,7 @@ def fuse(image: np.ndarray | None, text: np.ndarray, mode: Fusion = Fusion.AVERA
         if image.shape[1] != text.shape[1]:
             raise InputError(
                 f"query fusion 'average' needs equal dimensions (image {image.shape[1]}, text "
-                f"{text.shape[1]}); use fusion='concat'"
+                f"{text.shape[1]}); use --fusion concat (fusion='concat' in Python)"
             )
         return (image + text) / 2
     return np.concatenate([image, text], axis=1)
@@ -121,6 +121,11 @@ def embed_splits(
     """Embed every split; identical texts are embedded once (references and queries repeat across splits)."""
     if not splits:
         raise InputError("no splits to embed")
+    first = next((s for s in splits if s.images is not None), None)
+    if image_embedder is not None and first is not None and as_enum(Fusion, fusion, "query fusion") is Fusion.AVERAGE:
+        # one item of each kind shows a dimension mismatch before minutes of embedding every split
+        first_image = _as_images(list(first.images or ())[:1])
+        fuse(image_embedder.embed(first_image), text_embedder.embed(first.queries[:1]), fusion)
     cache: dict[str, np.ndarray] = {}
     everything = [t for s in splits for t in (*s.queries, *s.responses, *s.references)]
     _embed_unique(text_embedder, everything, cache)

@@ -190,13 +190,28 @@ def _output_folder(out: Path, overwrite: bool, work: DistributedWork):
 
 
 def load_eval_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSONL of ``image`` (loaded), ``prompt`` and ``reference``; InputError if one lacks a field."""
+    """The records of a JSONL of ``image`` (loaded), ``prompt`` and ``reference``, or the ``data.jsonl`` of
+    ``mmlens world export`` (one record per question of each line's ``vqa`` list, its answer the reference, as
+    ``mmlens steer`` and ``mmlens concepts`` read it); InputError if a record lacks a field."""
     from mmlens.world.export import load_pairs_jsonl
 
-    records = load_pairs_jsonl(path, require_caption=False)
-    missing = [i for i, r in enumerate(records) if "prompt" not in r or "reference" not in r]
-    if missing:
-        raise InputError(f"{path}: record {missing[0] + 1} needs 'prompt' and 'reference' fields")
+    records = []
+    for i, r in enumerate(load_pairs_jsonl(path, require_caption=False)):
+        if "prompt" not in r and isinstance(r.get("vqa"), list):
+            for k, q in enumerate(r["vqa"]):
+                if not isinstance(q, dict) or not isinstance(q.get("question"), str) or "answer" not in q:
+                    raise InputError(f"{path}: record {i + 1}: each 'vqa' entry needs a 'question' and an 'answer'")
+                item_id = f"{r.get('scene_id', i)}/{k}"
+                records.append({**r, "prompt": q["question"], "reference": str(q["answer"]), "question_id": item_id})
+            continue
+        if "prompt" not in r or "reference" not in r:
+            raise InputError(
+                f"{path}: record {i + 1} needs 'prompt' and 'reference' fields (or a 'vqa' list of questions, "
+                "as `mmlens world export` writes)"
+            )
+        records.append(r)
+    if not records:
+        raise InputError(f"{path} holds no questions")
     return records
 
 
