@@ -11,6 +11,7 @@ from mmlens.errors import InputError
 from mmlens.influence import (
     BatchPartition,
     FitArguments,
+    FitResult,
     HeadTask,
     InfluenceAnalyzer,
     InfluenceArguments,
@@ -246,6 +247,54 @@ def test_fit_evaluations_do_not_grow_with_the_number_of_pairs(fitted):
         assert fit.evaluations == base.evaluations, (copies, fit.evaluations, base.evaluations)
         assert torch.allclose(fit.params, base.params, rtol=1e-6, atol=1e-8)
         assert fit.risk == pytest.approx(copies * base.risk, rel=1e-9)
+
+
+def test_fit_reaches_its_tolerance_where_lbfgs_stops_short_and_says_when_it_did_not(fitted):
+    """L-BFGS capped at 3 iterations stops far above the per-pair tolerance: the fit must finish by Newton-CG to the
+    tolerance, and ``converged`` must tell the truth (checked against the gradient recomputed at the result)."""
+    tolerance = 1e-9
+
+    def refit(**kw) -> FitResult:
+        an = InfluenceAnalyzer(
+            fitted.task,
+            fitted.train,
+            fit_args=FitArguments(batch_size=8, l2=50.0, max_iter=3, tolerance_grad=tolerance, **kw),
+            partition=fitted.partition,
+            encoded=fitted.encoded,
+        )
+        fit = an.fit()
+        _, grad = an.risk_and_grad(fit.params)
+        assert fit.grad_norm == pytest.approx(float(grad.abs().max()), rel=1e-9)
+        assert fit.converged == (float(grad.abs().max()) <= tolerance * an.n)
+        return fit
+
+    short = refit(newton_max_iter=0)
+    assert not short.converged and short.grad_norm > 1e3 * tolerance * fitted.n
+    full = refit()
+    assert full.converged and full.evaluations > short.evaluations
+    assert torch.allclose(full.params, fitted.fitted.params, atol=1e-6)  # the same optimum as the uncapped fit
+
+
+def test_hessian_vector_products_at_any_point_match_finite_differences(fitted):
+    """``hvp_at`` (the Newton stage's curvature, with removals, single graph and chunked) is the derivative of the
+    risk's gradient."""
+    theta = fitted.theta0 + 0.1 * torch.randn(fitted.task.space.size, dtype=fitted.theta0.dtype)
+    v = torch.randn_like(theta)
+    chunked = InfluenceAnalyzer(
+        fitted.task,
+        fitted.train,
+        fit_args=fitted.fit_args,
+        partition=fitted.partition,
+        encoded=fitted.encoded,
+        chunk_pairs=8,
+    )
+    for an in (fitted, chunked):
+        for removal in ({}, {"remove": [0, 5]}, {"remove_neg": [3]}):
+            eps = 1e-5
+            plus = an.risk_and_grad(theta + eps * v, **removal)[1]
+            minus = an.risk_and_grad(theta - eps * v, **removal)[1]
+            expected = (plus - minus) / (2 * eps)
+            assert torch.allclose(an.hvp_at(theta, **removal)(v), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_passes_equal_the_single_graph(fitted):
