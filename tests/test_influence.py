@@ -275,6 +275,25 @@ def test_fit_reaches_its_tolerance_where_lbfgs_stops_short_and_says_when_it_did_
     assert torch.allclose(full.params, fitted.fitted.params, atol=1e-6)  # the same optimum as the uncapped fit
 
 
+def test_newton_stage_ends_at_a_bounded_cost_when_the_tolerance_is_out_of_reach(fitted):
+    """A tolerance below float64 rounding: the stage stops at its product budget, returns its last accepted iterate
+    (not worse than where L-BFGS stopped) and the fit says it did not converge."""
+    from mmlens.influence.analyzer import PRODUCTS_PER_NEWTON_ITER
+
+    an = InfluenceAnalyzer(
+        fitted.task,
+        fitted.train,
+        fit_args=FitArguments(batch_size=8, l2=50.0, max_iter=3, tolerance_grad=1e-30, newton_max_iter=4),
+        partition=fitted.partition,
+        encoded=fitted.encoded,
+    )
+    fit = an.fit()
+    assert not fit.converged
+    lbfgs_evaluations = int(3 * 1.25) + 1
+    assert fit.evaluations <= lbfgs_evaluations + 4 * PRODUCTS_PER_NEWTON_ITER + 4 + 2
+    assert float(an.risk_and_grad(fit.params)[0]) <= float(an.risk_and_grad(fitted.theta0)[0])
+
+
 def test_hessian_vector_products_at_any_point_match_finite_differences(fitted):
     """``hvp_at`` (the Newton stage's curvature, with removals, single graph and chunked) is the derivative of the
     risk's gradient."""

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -213,6 +213,15 @@ def _minimise(
     return found, float(loss), float(grad.abs().max()), evaluations
 
 
+class _BudgetSpent(Exception):
+    """The Newton stage used its Hessian-vector products (raised inside scipy's iteration, caught by the caller)."""
+
+
+#: Hessian-vector products allowed per Newton iteration, on average (the inner CG of one iteration has no cap in
+#: scipy; on a group whose tolerance is out of reach, e.g. float32, the stage then ends at a bounded cost).
+PRODUCTS_PER_NEWTON_ITER = 25
+
+
 def _newton_cg(
     value_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     hvp_at: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
@@ -221,13 +230,14 @@ def _newton_cg(
     scale: float,
 ) -> tuple[torch.Tensor, int]:
     """scipy's trust-region Newton-CG (Steihaug: safe under negative curvature) on ``risk * scale`` from
-    ``start``, stopping when the gradient's Euclidean norm is below ``args.tolerance_grad``. Returns (theta,
-    evaluations: risk-and-gradient calls plus Hessian-vector products)."""
+    ``start``, stopping when the gradient's Euclidean norm is below ``args.tolerance_grad``, after
+    ``args.newton_max_iter`` iterations, or after ``PRODUCTS_PER_NEWTON_ITER`` x that many Hessian-vector products
+    (then at its last accepted iterate). Returns (theta, evaluations: risk-and-gradient calls plus products)."""
     from scipy.optimize import minimize
 
     dtype = start.dtype
-    calls = 0
-    products: dict[str, object] = {}
+    calls, products, budget = 0, 0, PRODUCTS_PER_NEWTON_ITER * args.newton_max_iter
+    state: dict[str, Any] = {"last": start.double().numpy().copy()}
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         nonlocal calls
@@ -236,24 +246,32 @@ def _newton_cg(
         return float(loss) * scale, grad.double().numpy() * scale
 
     def hessp(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        nonlocal calls
-        calls += 1
+        nonlocal calls, products
+        if products >= budget:
+            raise _BudgetSpent
+        calls, products = calls + 1, products + 1
         key = x.tobytes()
-        if products.get("key") != key:  # one graph per point, reused by the CG iterations at that point
-            products.update(key=key, product=hvp_at(torch.from_numpy(x.copy()).to(dtype)))
-        product = products["product"]
-        assert callable(product)
-        return product(torch.from_numpy(v).to(dtype)).double().numpy() * scale
+        if state.get("key") != key:  # one graph per point, reused by the CG iterations at that point
+            state.update(key=key, product=hvp_at(torch.from_numpy(x.copy()).to(dtype)))
+        return state["product"](torch.from_numpy(v).to(dtype)).double().numpy() * scale
 
-    result = minimize(
-        fun,
-        start.double().numpy().copy(),
-        jac=True,
-        hessp=hessp,
-        method="trust-ncg",
-        options={"gtol": args.tolerance_grad, "maxiter": args.newton_max_iter},
-    )
-    return torch.from_numpy(result.x).to(dtype), calls
+    def accepted(x: np.ndarray) -> None:
+        state["last"] = x.copy()
+
+    try:
+        result = minimize(
+            fun,
+            state["last"],
+            jac=True,
+            hessp=hessp,
+            method="trust-ncg",
+            callback=accepted,
+            options={"gtol": args.tolerance_grad, "maxiter": args.newton_max_iter},
+        )
+        found = result.x
+    except _BudgetSpent:
+        found = state["last"]
+    return torch.from_numpy(np.asarray(found)).to(dtype), calls
 
 
 class InfluenceAnalyzer:
