@@ -68,11 +68,11 @@ class FitArguments:
     is below it, i.e. the gradient of the mean pair loss plus the prior (l2 / (2N)) ||theta - theta_0||^2 - the same
     minimiser, and the same R, Hessian and damping for ECIF. The number of evaluations then does not grow with N.
 
-    When L-BFGS stops above the tolerance (its iteration cap: a far optimum or ill-conditioned curvature), a
-    trust-region Newton-CG stage with exact Hessian-vector products of R continues from where it stopped, for at
-    most ``newton_max_iter`` iterations (and 25 x that many Hessian-vector products), until the gradient's Euclidean
-    norm / N is below ``tolerance_grad`` (which bounds its largest entry too). A fit that still did not reach the
-    tolerance says so (``FitResult.converged``).
+    When L-BFGS stops above the tolerance (its iteration cap: a far optimum or ill-conditioned curvature) and
+    ``newton_max_iter`` > 0 (off by default), a trust-region Newton-CG stage with exact Hessian-vector products of
+    R continues from where it stopped, for at most ``newton_max_iter`` iterations (and 25 x that many products),
+    until the gradient's Euclidean norm / N is below ``tolerance_grad`` (which bounds its largest entry too). A fit
+    that still did not reach the tolerance says so (``FitResult.converged``).
     """
 
     batch_size: int = 64
@@ -80,7 +80,7 @@ class FitArguments:
     max_iter: int = 1000
     tolerance_grad: float = 1e-9
     seed: int = 0
-    newton_max_iter: int = 100  # 0: L-BFGS only; at most 25 Hessian-vector products per iteration on average
+    newton_max_iter: int = 0  # 0: L-BFGS only; at most 25 Hessian-vector products per iteration on average
 
     def __post_init__(self) -> None:
         check_finite(self)
