@@ -11,6 +11,7 @@ from mmlens.errors import InputError
 from mmlens.influence import (
     BatchPartition,
     FitArguments,
+    FitResult,
     HeadTask,
     InfluenceAnalyzer,
     InfluenceArguments,
@@ -190,6 +191,39 @@ def test_closed_form_removal_matches_retraining_on_a_convex_head(fitted):
         assert predicted == pytest.approx(actual, rel=0.15, abs=1e-6)
 
 
+def test_trace_back_matches_leave_one_out_retraining_of_the_test_loss(fitted):
+    """Trace-back's sign and ranking are those of retraining without each pair (the README example's "clean pairs of
+    the same digit on top" was checked this way); the relative score is the plain one over ||H^-1 g_n||."""
+    from scipy.stats import spearmanr
+
+    from mmlens.influence.objective import similarity
+
+    test = _pairs(4, seed=9)
+    result = fitted.trace(test, relative="theta")
+    enc = fitted.task.encode(test)
+    task = fitted.task
+
+    def test_loss(theta: torch.Tensor) -> float:
+        img, txt = task.embed(task.space.unflatten(theta), enc)
+        return float(pair_terms(similarity(txt, img, task.logit_scale, task.logit_bias), task.loss_kind)["pos"][0])
+
+    base = test_loss(fitted.fitted.params)
+    actual = np.array([test_loss(fitted.retrain(remove=[n], warm_start=True)) - base for n in range(fitted.n)])
+    predicted = result.delta_test_loss_if_removed[0]
+    assert spearmanr(predicted, actual).statistic > 0.95
+    big = np.abs(actual) > 0.1 * np.abs(actual).max()
+    assert (np.sign(predicted[big]) == np.sign(actual[big])).all()
+    norms = np.array(
+        [
+            float(fitted.inverse().apply((g["pos"] + g["neg_exact"]).detach())[k].norm())
+            for idx, g, _ in fitted.iter_pair_gradients(parts=("pos", "neg_exact"))
+            for k in range(len(idx))
+        ]
+    )
+    order = np.concatenate([np.asarray(b) for b in fitted.partition.batches])
+    np.testing.assert_allclose(result.relative_influence[0][order], predicted[order] / norms, rtol=1e-6)
+
+
 def test_trace_and_self_influence(fitted):
     test = _pairs(4, seed=9)
     result = fitted.trace(test)
@@ -246,6 +280,74 @@ def test_fit_evaluations_do_not_grow_with_the_number_of_pairs(fitted):
         assert fit.evaluations == base.evaluations, (copies, fit.evaluations, base.evaluations)
         assert torch.allclose(fit.params, base.params, rtol=1e-6, atol=1e-8)
         assert fit.risk == pytest.approx(copies * base.risk, rel=1e-9)
+
+
+def test_fit_reaches_its_tolerance_where_lbfgs_stops_short_and_says_when_it_did_not(fitted):
+    """L-BFGS capped at 3 iterations stops far above the per-pair tolerance: the fit must finish by Newton-CG to the
+    tolerance, and ``converged`` must tell the truth (checked against the gradient recomputed at the result)."""
+    tolerance = 1e-9
+
+    def refit(**kw) -> FitResult:
+        an = InfluenceAnalyzer(
+            fitted.task,
+            fitted.train,
+            fit_args=FitArguments(batch_size=8, l2=50.0, max_iter=3, tolerance_grad=tolerance, **kw),
+            partition=fitted.partition,
+            encoded=fitted.encoded,
+        )
+        fit = an.fit()
+        _, grad = an.risk_and_grad(fit.params)
+        assert fit.grad_norm == pytest.approx(float(grad.abs().max()), rel=1e-9)
+        assert fit.converged == (float(grad.abs().max()) <= tolerance * an.n)
+        return fit
+
+    short = refit(newton_max_iter=0)
+    assert not short.converged and short.grad_norm > 1e3 * tolerance * fitted.n
+    full = refit(newton_max_iter=100)
+    assert full.converged and full.evaluations > short.evaluations
+    assert torch.allclose(full.params, fitted.fitted.params, atol=1e-6)  # the same optimum as the uncapped fit
+
+
+def test_newton_stage_ends_at_a_bounded_cost_when_the_tolerance_is_out_of_reach(fitted):
+    """A tolerance below float64 rounding: the stage stops at its product budget, returns its last accepted iterate
+    (not worse than where L-BFGS stopped) and the fit says it did not converge."""
+    from mmlens.influence.analyzer import PRODUCTS_PER_NEWTON_ITER
+
+    an = InfluenceAnalyzer(
+        fitted.task,
+        fitted.train,
+        fit_args=FitArguments(batch_size=8, l2=50.0, max_iter=3, tolerance_grad=1e-30, newton_max_iter=4),
+        partition=fitted.partition,
+        encoded=fitted.encoded,
+    )
+    fit = an.fit()
+    assert not fit.converged
+    lbfgs_evaluations = int(3 * 1.25) + 1
+    newton_risk_evaluations = 4 + 2 + 10 * 5  # trust region, then <= 10 gradient-norm steps of <= 5 evaluations
+    assert fit.evaluations <= lbfgs_evaluations + 4 * PRODUCTS_PER_NEWTON_ITER + newton_risk_evaluations
+    assert float(an.risk_and_grad(fit.params)[0]) <= float(an.risk_and_grad(fitted.theta0)[0])
+
+
+def test_hessian_vector_products_at_any_point_match_finite_differences(fitted):
+    """``hvp_at`` (the Newton stage's curvature, with removals, single graph and chunked) is the derivative of the
+    risk's gradient."""
+    theta = fitted.theta0 + 0.1 * torch.randn(fitted.task.space.size, dtype=fitted.theta0.dtype)
+    v = torch.randn_like(theta)
+    chunked = InfluenceAnalyzer(
+        fitted.task,
+        fitted.train,
+        fit_args=fitted.fit_args,
+        partition=fitted.partition,
+        encoded=fitted.encoded,
+        chunk_pairs=8,
+    )
+    for an in (fitted, chunked):
+        for removal in ({}, {"remove": [0, 5]}, {"remove_neg": [3]}):
+            eps = 1e-5
+            plus = an.risk_and_grad(theta + eps * v, **removal)[1]
+            minus = an.risk_and_grad(theta - eps * v, **removal)[1]
+            expected = (plus - minus) / (2 * eps)
+            assert torch.allclose(an.hvp_at(theta, **removal)(v), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_passes_equal_the_single_graph(fitted):

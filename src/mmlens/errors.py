@@ -20,6 +20,10 @@ class ModelLoadError(MMLensError):
     """A model cannot be loaded: unknown id while offline, unsupported architecture, missing zoo model."""
 
 
+class ConvergenceError(MMLensError):
+    """A fit that a result depends on did not reach its stated tolerance (the result would not be the method's)."""
+
+
 def check_finite(config: object) -> None:
     """Refuse a config dataclass whose number fields are not finite (``nan`` passes every range check silently and
     ``inf`` overflows later): an :class:`InputError` naming the field. Called from ``__post_init__`` so that the

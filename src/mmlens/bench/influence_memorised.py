@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from mmlens.errors import InputError
+from mmlens.errors import ConvergenceError, InputError
 from mmlens.influence.analyzer import FitResult, InfluenceAnalyzer
 from mmlens.influence.baselines import KronfluencePeer, clip_score, lemon, neg_clip_loss
 from mmlens.influence.config import FitArguments, HessianSolver, InfluenceArguments, NegForm, Relative
@@ -76,6 +76,11 @@ class MemorisedConfig:
     # ECIF on the projection heads, fitted from the trained weights
     l2: float = 10.0  # summed reduction
     batch_size: int = 64
+    # the fit and every retraining must reach this per-pair gradient tolerance (FitArguments); a unit whose fit does
+    # not is refused (ConvergenceError) rather than scored
+    tolerance_grad: float = 1e-9
+    max_iter: int = 1000
+    newton_max_iter: int = 200
     n_val: int = 200  # clean validation pairs (test split of the world)
     # trace-back and removal (confusable models: twin discrimination; random: retrieval in pools of 100)
     n_trace: int = 20
@@ -405,6 +410,37 @@ def parameter_change_norms(an: InfluenceAnalyzer, form: NegForm = NegForm.EXACT)
     return out
 
 
+def fit_arguments(cfg: MemorisedConfig, seed: int) -> FitArguments:
+    """How the tier fits (and retrains) the heads."""
+    return FitArguments(
+        batch_size=cfg.batch_size,
+        l2=cfg.l2,
+        seed=seed,
+        tolerance_grad=cfg.tolerance_grad,
+        max_iter=cfg.max_iter,
+        newton_max_iter=cfg.newton_max_iter,
+    )
+
+
+def require_converged(fit: FitResult, what: str) -> None:
+    """Refuse a fit that did not reach its stated tolerance: ECIF's scores assume grad R(theta_hat) = 0."""
+    if not fit.converged:
+        raise ConvergenceError(
+            f"{what} did not converge: largest per-pair gradient entry {fit.grad_norm / fit.partition.n_pairs:.2e} "
+            f"> tolerance {fit.args.tolerance_grad:g} after {fit.evaluations} evaluations; no score of it is reported"
+        )
+
+
+def converged_retrain(an: InfluenceAnalyzer, remove: np.ndarray) -> torch.Tensor:
+    """The group refitted without ``remove`` (from the same start and partition), refused unless it converged."""
+    t0 = time.time()
+    theta = an.retrain(remove=remove)
+    _, grad = an.risk_and_grad(theta, remove=remove)
+    done = FitResult(theta, an.theta0, an.partition, an.fit_args, float("nan"), float(grad.abs().max()), 0.0)
+    require_converged(done, f"a retraining without {len(remove)} pairs ({time.time() - t0:.0f} s)")
+    return theta
+
+
 def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path, log: Log) -> dict[str, Any]:
     """Train (or reuse) one memorised model and score it; returns arrays and facts (saved by the caller)."""
     from mmlens.models import ContrastiveModel, load_model
@@ -416,14 +452,19 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
     an = InfluenceAnalyzer(
         task,
         pairs.train,
-        fit_args=FitArguments(batch_size=cfg.batch_size, l2=cfg.l2, seed=seed),
+        fit_args=fit_arguments(cfg, seed),
         args=InfluenceArguments(solver=HessianSolver.CG, seed=seed),
     )
     cost: dict[str, float] = {"train_model_s": train_s}
     t0 = time.time()
     fit = an.fit()
     cost["fit_s"] = time.time() - t0
-    log(f"    fit {cost['fit_s']:.1f}s (grad max {fit.grad_norm:.2e})")
+    log(
+        f"    fit {cost['fit_s']:.1f}s, {fit.evaluations} evaluations, largest per-pair gradient entry "
+        f"{fit.grad_norm / an.n:.2e} (tolerance {cfg.tolerance_grad:g}), moved "
+        f"{float((fit.params - fit.theta0).norm() / fit.theta0.norm()):.2f} of the trained heads' norm"
+    )
+    require_converged(fit, f"the ECIF fit of {kind}-{rate}-s{seed}")
     scores: dict[str, np.ndarray] = {}
     t0 = time.time()
     value = an.value(pairs.val)
@@ -510,21 +551,21 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
     k = int(round(cfg.removal_fraction * an.n))
     ranked = np.argsort(-scores["ecif_both_exact"], kind="stable")[:k]
     t0 = time.time()
-    oracle = an.retrain(remove=np.flatnonzero(pairs.is_noisy))
+    oracle = converged_retrain(an, np.flatnonzero(pairs.is_noisy))
     cost["retrain_s"] = time.time() - t0
     arrays["correct_noisy"] = noisy_correct
     arrays["correct_oracle"] = correct_items(an, oracle, test, enc)
-    arrays["correct_retrain"] = correct_items(an, an.retrain(remove=ranked), test, enc)
+    arrays["correct_retrain"] = correct_items(an, converged_retrain(an, ranked), test, enc)
     arrays["correct_edit"] = correct_items(an, an.removal_edit(ranked, NegForm.EXACT), test, enc)
     t0 = time.time()
     arrays["correct_edit_steps"] = correct_items(an, stepwise_edit(an, ranked, cfg.edit_steps), test, enc)
     cost["edit_steps_s"] = time.time() - t0
     rng = np.random.default_rng(seed + 7)
     arrays["correct_random_retrain"] = correct_items(
-        an, an.retrain(remove=rng.choice(an.n, size=k, replace=False)), test, enc
+        an, converged_retrain(an, rng.choice(an.n, size=k, replace=False)), test, enc
     )
     ranked_clip = np.argsort(-scores["clipscore"], kind="stable")[:k]
-    arrays["correct_clipscore_retrain"] = correct_items(an, an.retrain(remove=ranked_clip), test, enc)
+    arrays["correct_clipscore_retrain"] = correct_items(an, converged_retrain(an, ranked_clip), test, enc)
     facts = {
         "code": code_version(),
         "kind": kind,
@@ -534,6 +575,11 @@ def run_unit(cfg: MemorisedConfig, kind: str, rate: float, seed: int, work: Path
         "n_noisy": int(pairs.is_noisy.sum()),
         "n_params": task.space.size,
         "fit_grad_max": fit.grad_norm,
+        "fit_grad_max_per_pair": fit.grad_norm / an.n,
+        "fit_tolerance_grad": cfg.tolerance_grad,
+        "fit_converged": fit.converged,
+        "fit_evaluations": fit.evaluations,
+        "fit_relative_move": float((fit.params - fit.theta0).norm() / fit.theta0.norm()),
         "model_metrics": _model_metrics(folder),
         "cleanlab": cleanlab_info,
         "peer_error": peer_error,

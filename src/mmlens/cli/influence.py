@@ -65,7 +65,8 @@ FIT_OPTIONS = FieldOptions(
         "batch_size": "Batch size of the recorded partition.",
         "l2": "L2 weight towards the given model's parameters (summed reduction).",
         "max_iter": "L-BFGS iterations of the fit.",
-        "tolerance_grad": "L-BFGS stops when the largest entry of the per-pair (mean) risk gradient is below this.",
+        "tolerance_grad": "The fit stops when the largest entry of the per-pair (mean) risk gradient is below this.",
+        "newton_max_iter": "Newton-CG iterations after L-BFGS if it stopped above the tolerance (0: none).",
         "seed": "Seed of the default partition and of the randomised solvers (lissa, projected).",
     },
 )
@@ -148,6 +149,7 @@ def _analyzer(setup: FitSetup, fit_args: FitArguments, args: InfluenceArguments)
         "n_pairs": len(pairs),
         "max_iter": fit_args.max_iter,
         "tolerance_grad": fit_args.tolerance_grad,
+        "newton_max_iter": fit_args.newton_max_iter,
     }
     settings_file = fit_dir / "settings.json"
     main = analyzer.work.is_main_process
@@ -168,6 +170,13 @@ def _analyzer(setup: FitSetup, fit_args: FitArguments, args: InfluenceArguments)
         from mmlens.io import atomic_folder
 
         fit = analyzer.fit()  # on every process: the same deterministic fit
+        if main and not fit.converged:
+            typer.echo(
+                f"warning: the fit did not converge (largest per-pair gradient entry {fit.grad_norm / len(pairs):.2e}"
+                f" > --tolerance-grad {fit_args.tolerance_grad:g}): the scores assume it did; raise --l2, "
+                "--max-iter or --newton-max-iter",
+                err=True,
+            )
         if main:
             with atomic_folder(fit_dir) as tmp:
                 fit.save(tmp)

@@ -67,6 +67,12 @@ class FitArguments:
     ``tolerance_grad`` is scale-free: L-BFGS stops when the largest entry of grad R(theta) / N (N training pairs)
     is below it, i.e. the gradient of the mean pair loss plus the prior (l2 / (2N)) ||theta - theta_0||^2 - the same
     minimiser, and the same R, Hessian and damping for ECIF. The number of evaluations then does not grow with N.
+
+    When L-BFGS stops above the tolerance (its iteration cap: a far optimum or ill-conditioned curvature) and
+    ``newton_max_iter`` > 0 (off by default), a trust-region Newton-CG stage with exact Hessian-vector products of
+    R continues from where it stopped, for at most ``newton_max_iter`` iterations (and 25 x that many products),
+    until the gradient's Euclidean norm / N is below ``tolerance_grad`` (which bounds its largest entry too). A fit
+    that still did not reach the tolerance says so (``FitResult.converged``).
     """
 
     batch_size: int = 64
@@ -74,6 +80,7 @@ class FitArguments:
     max_iter: int = 1000
     tolerance_grad: float = 1e-9
     seed: int = 0
+    newton_max_iter: int = 0  # 0: L-BFGS only; at most 25 Hessian-vector products per iteration on average
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -81,6 +88,10 @@ class FitArguments:
             raise InputError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
         if self.l2 < 0:
             raise InputError(f"l2 must be >= 0, got {self.l2}")
+        if self.max_iter < 1 or self.newton_max_iter < 0:
+            raise InputError(
+                f"max_iter must be >= 1 and newton_max_iter >= 0, got {self.max_iter}, {self.newton_max_iter}"
+            )
 
 
 @dataclass(frozen=True)
