@@ -122,3 +122,12 @@ def test_concepts_tiers_merge_and_read_a_pre_tier_file_as_the_mini_llava_tier():
         merge_concepts_tiers({"a": 1}, new)
     with pytest.raises(InputError, match="unknown"):
         run_concepts_tiers(("nope",))
+
+
+def test_bench_concepts_refuses_an_unknown_tier_before_any_work(tmp_path, capsys):
+    from mmlens.cli import main
+
+    out = tmp_path / "concepts.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "concepts", "--tiers", "nope", "--out", str(out)])
+    assert exit_info.value.code == 2 and "unknown tiers" in capsys.readouterr().err and not out.exists()
