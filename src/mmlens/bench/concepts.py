@@ -712,3 +712,98 @@ def concepts_benchmark(cfg: ConceptsBenchConfig | None = None, *, log: Callable[
         "throughput": throughput,
         "targets": [{"target": name, "measured": measured, "met": bool(ok)} for name, measured, ok in checks],
     }
+
+
+# ----------------------------------------------------------------------------------------------- the tiers
+TIERS = ("mini_llava", "real_lm")
+# the keys of a file concepts_benchmark wrote before the command had tiers (all its keys are the mini_llava tier's)
+_STAMP_KEYS = ("command", "written", "benchmark", "tier_runs")
+
+
+def run_concepts_tiers(
+    tiers: tuple[str, ...],
+    cfg: ConceptsBenchConfig | None = None,
+    *,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+    real_lm: Any = None,
+) -> dict[str, Any]:
+    """Run the chosen tiers into one JSON-ready dict. ``mini_llava`` puts :func:`concepts_benchmark`'s keys at the
+    top level; ``real_lm`` (:mod:`mmlens.bench.real_lm_concepts`, SmolLM2 from its wheel unless a model is given)
+    goes under ``real_lm``; a real tier that cannot run records its error. ``tier_runs[tier]`` holds the commit, the
+    finish time, the seconds, the command and the top-level keys the tier wrote (what a later merge replaces)."""
+    import datetime
+    import os
+
+    from mmlens.bench.real_lm_concepts import RealLMConceptsConfig, real_lm_concepts_tier
+    from mmlens.bench.shift import _git_commit
+    from mmlens.errors import MMLensError
+
+    cfg = cfg or ConceptsBenchConfig()
+    unknown = [t for t in tiers if t not in TIERS]
+    if unknown or not tiers:
+        raise InputError(f"unknown concepts tiers {unknown}: use {', '.join(TIERS)}")
+    out: dict[str, Any] = {"benchmark": "concepts", "tier_runs": {}}
+    code = _git_commit()
+    for tier in tiers:
+        t = time.perf_counter()
+        if tier == "mini_llava":
+            part = concepts_benchmark(cfg, log=log)
+            model = "zoo:mini-llava"
+        else:
+            real_cfg = RealLMConceptsConfig(seed=cfg.seed)
+            model = real_cfg.model
+            try:
+                if real_lm is None:
+                    from mmlens.models.gguf import load_smollm2
+
+                    log("real LM: loading SmolLM2-135M-Instruct (plain copy of the wheel's GGUF)")
+                    real_lm = load_smollm2()
+                torch.set_num_threads(cfg.threads)
+                part = {"real_lm": _round(real_lm_concepts_tier(real_lm, real_cfg, log=log))}
+            except MMLensError as err:
+                part = {"real_lm": {"error": f"{type(err).__name__}: {err}"}}
+        part.pop("benchmark", None)
+        out.update(part)
+        out["tier_runs"][tier] = {
+            **code,
+            "model": model,
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t, 1),
+            "command": command,
+            "keys": sorted(part),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "cpu_count": os.cpu_count(),
+        }
+    return out
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return value
+
+
+def merge_concepts_tiers(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` (a file this command wrote) with the tiers of ``new`` replacing their old keys; the other tiers
+    are kept with their own provenance. A file from before the tiers (``benchmark: concepts`` with its ``run``) is
+    read as the mini_llava tier, its provenance taken from its ``run`` and ``command``; anything else was not
+    written by this command."""
+    runs = existing.get("tier_runs")
+    if runs is None and existing.get("benchmark") == "concepts" and isinstance(existing.get("run"), dict):
+        keys = sorted(k for k in existing if k not in _STAMP_KEYS)
+        runs = {"mini_llava": {**existing["run"], "command": existing.get("command"), "keys": keys}}
+    if not isinstance(runs, dict):
+        raise InputError("the existing concepts result has no tier_runs (an older or hand-edited file): use --fresh")
+    merged = {**existing, "tier_runs": runs}
+    for tier, run in new["tier_runs"].items():
+        for key in runs.get(tier, {}).get("keys", []):
+            merged.pop(key, None)
+        for key in run["keys"]:
+            merged[key] = new[key]
+        merged["tier_runs"] = {**merged["tier_runs"], tier: run}
+    return merged

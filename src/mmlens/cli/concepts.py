@@ -216,18 +216,56 @@ def bench_command(
     n_scenes: Annotated[int, typer.Option(min=10, help="World test scenes to draw questions from.")] = 4000,
     word: Annotated[str, typer.Option(help="The shape word used as token of interest.")] = "circle",
     seed: Annotated[int, typer.Option()] = 0,
+    tiers: Annotated[
+        str,
+        typer.Option(help="Comma-separated: mini_llava (the zoo models), real_lm (SmolLM2-135M from its wheel)."),
+    ] = "mini_llava,real_lm",
+    fresh: Annotated[
+        bool, typer.Option(help="Start a new file instead of merging the tiers run now into OUT.")
+    ] = False,
 ) -> None:
-    """Concepts of mini-llava vs a fine-tune (mini-llava-colour, or mini-llava-swap when the colour fine-tune keeps
-    too few samples) and the colour fine-tune's checkpoints: per-concept vs global shift over 5 seeds with 95 %
-    intervals, recovery vs baselines (k-means, semi-NMF and sklearn semi-NMF), whether the analysis finds the
-    concepts of mini-llava-swap's swapped colours (AUROC, ranks), drift, grounding purity, capture throughput."""
-    from mmlens.bench.concepts import ConceptsBenchConfig, concepts_benchmark
+    """Tier mini_llava: concepts of mini-llava vs a fine-tune (mini-llava-colour, or mini-llava-swap when the colour
+    fine-tune keeps too few samples) and the colour fine-tune's checkpoints: per-concept vs global shift over 5 seeds
+    with 95 % intervals, recovery vs baselines (k-means, semi-NMF and sklearn semi-NMF), whether the analysis finds
+    the concepts of mini-llava-swap's swapped colours (AUROC, ranks), drift, grounding purity, capture throughput.
+    Tier real_lm: SmolLM2's concept dictionaries at four layers, their sentiment purity against random sets and
+    the cosine of the best sentiment concept with the steering vector. Tiers run now replace their entries in an
+    existing OUT; each records its commit and time."""
+    import sys
+
+    from mmlens.bench.concepts import TIERS, ConceptsBenchConfig, merge_concepts_tiers, run_concepts_tiers
+    from mmlens.errors import InputError
     from mmlens.io import write_json_atomic
 
-    result = concepts_benchmark(
-        ConceptsBenchConfig(word=word, n_scenes=n_scenes, seed=seed), log=lambda m: typer.echo(m, err=True)
+    chosen = tuple(t.strip() for t in tiers.split(",") if t.strip())
+    unknown = set(chosen) - set(TIERS)
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown tiers {sorted(unknown)}; use {', '.join(TIERS)}", param_hint="--tiers")
+    existing = None
+    if out.is_file() and not fresh:
+        try:
+            existing = json.loads(out.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"cannot read {out} to merge into ({err}); use --fresh") from None
+        merge_concepts_tiers(existing, {"tier_runs": {}})  # fail before any work
+    result = run_concepts_tiers(
+        chosen,
+        ConceptsBenchConfig(word=word, n_scenes=n_scenes, seed=seed),
+        log=lambda m: typer.echo(m, err=True),
+        command=" ".join(["mmlens", *sys.argv[1:]]) if sys.argv else None,
     )
+    if existing is not None:
+        result = merge_concepts_tiers(existing, result)
     write_json_atomic(out, result)
-    gain = {k: result["gain"][k] for k in ("per_concept", "global", "permuted", "random", "verdict")}
-    typer.echo(json.dumps({"gain": gain, "recovery": result["recovery"], "targets": result["targets"]}, indent=2))
+    headline: dict = {"tier_runs": result.get("tier_runs")}
+    if "gain" in result:
+        headline["gain"] = {k: result["gain"][k] for k in ("per_concept", "global", "permuted", "random", "verdict")}
+        headline["recovery"], headline["targets"] = result["recovery"], result["targets"]
+    real = result.get("real_lm")
+    if isinstance(real, dict):
+        headline["real_lm"] = real.get("error") or {
+            layer: {kind: v[kind]["verdict"] for kind in v if isinstance(v[kind], dict)}
+            for layer, v in real.get("per_layer", {}).items()
+        }
+    typer.echo(json.dumps(headline, indent=2, default=str))
     typer.echo(f"written to {out}")
