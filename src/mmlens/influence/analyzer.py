@@ -497,6 +497,10 @@ class InfluenceAnalyzer:
             self._sketch = projection_sketch(self.args, self.hvp, self.task.space.size, self._dtype)
         return self._sketch
 
+    @property
+    def _preconditioned(self) -> bool:
+        return self.args.preconditioner is not Preconditioner.NONE and self.fit_args.l2 + self.args.damping > 0
+
     def cg_preconditioner(self, build: bool = True) -> NystromPreconditioner | None:
         """CG's preconditioner (``args.preconditioner``): Nystrom at the fit from ``proj_dim`` Hessian-vector
         products - over all pairs (the projected sketch, shared with the self-influence operator) when there are at
@@ -505,7 +509,7 @@ class InfluenceAnalyzer:
         CG stops at the same residual tolerance: the preconditioner changes the cost, not the accuracy.
         ``build=False``: only if it costs no Hessian-vector product (already built, or the sketch exists)."""
         shift = self.fit_args.l2 + self.args.damping
-        if self.args.preconditioner is Preconditioner.NONE or shift <= 0:
+        if not self._preconditioned:
             return None
         if self._precond is None:
             if not build and self._sketch is None:
@@ -528,7 +532,7 @@ class InfluenceAnalyzer:
                 self.task.space.size,
                 self._dtype,
                 sketch=sketch,
-                preconditioner=self.cg_preconditioner,
+                preconditioner=self.cg_preconditioner if self._preconditioned else None,
             )
         return self._inverse
 

@@ -240,12 +240,16 @@ def build_inverse(
             done["preconditioned_from"] = 0 if precond is not None else None
             if done["rel_residual"] > args.cg_tol and done["iterations"] >= first and first < args.cg_max_iter:
                 precond = preconditioner(True) if preconditioner is not None else None
-                if precond is not None:
-                    sol, more = conjugate_gradient(
-                        hvp, row, damping, args.cg_max_iter - first, args.cg_tol, preconditioner=precond, x0=sol
-                    )
-                    # + 1: the restart's residual b - H x
-                    done = {**more, "iterations": first + 1 + more["iterations"], "preconditioned_from": first}
+                # (without a preconditioner after all, plain CG continues from where it stopped)
+                sol, more = conjugate_gradient(
+                    hvp, row, damping, args.cg_max_iter - first, args.cg_tol, preconditioner=precond, x0=sol
+                )
+                # + 1: the restart's residual b - H x
+                done = {
+                    **more,
+                    "iterations": first + 1 + more["iterations"],
+                    "preconditioned_from": first if precond is not None else None,
+                }
             if isinstance(precond, NystromPreconditioner):
                 info["preconditioner"] = {"kind": "nystrom", "rank": precond.rank, "shift": precond.shift}
             infos.append(done)
