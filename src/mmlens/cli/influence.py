@@ -67,6 +67,10 @@ FIT_OPTIONS = FieldOptions(
         "max_iter": "L-BFGS iterations of the fit.",
         "tolerance_grad": "L-BFGS stops when the largest entry of the per-pair (mean) risk gradient is below this.",
         "seed": "Seed of the default partition and of the randomised solvers (lissa, projected).",
+        "precondition_after": "Plain L-BFGS evaluations before an unconverged fit continues Nystrom-preconditioned "
+        "(0: never; same minimiser and stopping rule).",
+        "precondition_rank": "Hessian-vector products of the fit's Nystrom preconditioner.",
+        "precondition_pairs": "Pairs (whole batches) the fit's preconditioner is sketched on, scaled to all pairs.",
     },
 )
 ARGS_OPTIONS = FieldOptions(
@@ -80,7 +84,12 @@ ARGS_OPTIONS = FieldOptions(
         "cg_tol": "Conjugate-gradient tolerance (cg).",
         "lissa_depth": "Recursion depth (lissa).",
         "lissa_scale": "Scale (lissa); default: 1.2 x the largest Hessian eigenvalue.",
-        "proj_dim": "Random subspace dimension (projected).",
+        "proj_dim": "Random subspace dimension (projected; also the rank of CG's Nystrom preconditioner).",
+        "preconditioner": "CG's preconditioner: nystrom or none (the same residual tolerance either way).",
+        "precond_pairs": "Pairs (whole batches) CG's preconditioner is sketched on when no sketch over all pairs "
+        "exists, scaled to all pairs.",
+        "cg_precondition_after": "Plain CG iterations before a preconditioner that costs Hessian-vector products "
+        "is built.",
     },
 )
 #: The options every influence command shares, from the dataclasses above (one source for all four commands).
