@@ -172,9 +172,9 @@ def influence_scale_benchmark(
         "machine": platform.machine(),
         "jobs": jobs,
         "fit_stopping": "L-BFGS on the risk / N: largest entry of the per-pair gradient <= 1e-9 (scale-free)",
-        "preconditioning": "CG: Nystrom from the self-influence operator's 256 Hessian-vector products over all "
-        "pairs (same residual tolerance 1e-8); fit: after 64 plain L-BFGS evaluations, L-BFGS on theta_k + "
-        "M^-1/2 z with M Nystrom of rank 256 over 2048 pairs (same stopping rule)",
+        "preconditioning": "CG: plain for 32 iterations, then restarted with a Nystrom preconditioner of rank 256 "
+        "sketched on min(N, 2048) pairs (same residual tolerance 1e-8); fit: after 64 plain L-BFGS evaluations, "
+        "L-BFGS on theta_k + M^-1/2 z with M Nystrom of rank 256 on 2048 pairs (same stopping rule)",
         "measured": "seconds = wall time of encode + fit + score_pairs in a fresh process (model loading "
         "apart, setup_seconds); process_cpu_seconds = its user + system CPU time; "
         "peak_rss_mb = its ru_maxrss",

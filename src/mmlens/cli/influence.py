@@ -86,10 +86,9 @@ ARGS_OPTIONS = FieldOptions(
         "lissa_scale": "Scale (lissa); default: 1.2 x the largest Hessian eigenvalue.",
         "proj_dim": "Random subspace dimension (projected; also the rank of CG's Nystrom preconditioner).",
         "preconditioner": "CG's preconditioner: nystrom or none (the same residual tolerance either way).",
-        "precond_pairs": "Pairs (whole batches) CG's preconditioner is sketched on when no sketch over all pairs "
-        "exists, scaled to all pairs.",
-        "cg_precondition_after": "Plain CG iterations before a preconditioner that costs Hessian-vector products "
-        "is built.",
+        "precond_pairs": "Pairs (whole batches) CG's preconditioner is sketched on, scaled to all pairs.",
+        "cg_precondition_after": "Plain CG iterations before CG builds its preconditioner and restarts from its "
+        "current solution.",
     },
 )
 #: The options every influence command shares, from the dataclasses above (one source for all four commands).

@@ -501,20 +501,18 @@ class InfluenceAnalyzer:
     def _preconditioned(self) -> bool:
         return self.args.preconditioner is not Preconditioner.NONE and self.fit_args.l2 + self.args.damping > 0
 
-    def cg_preconditioner(self, build: bool = True) -> NystromPreconditioner | None:
+    def cg_preconditioner(self) -> NystromPreconditioner | None:
         """CG's preconditioner (``args.preconditioner``): Nystrom at the fit from ``proj_dim`` Hessian-vector
         products - over all pairs (the projected sketch, shared with the self-influence operator) when there are at
-        most ``args.precond_pairs`` pairs or that sketch was already computed, else over a prefix of whole batches
-        holding ``precond_pairs`` pairs, scaled to all. None for plain CG or without prior and damping. Either way
-        CG stops at the same residual tolerance: the preconditioner changes the cost, not the accuracy.
-        ``build=False``: only if it costs no Hessian-vector product (already built, or the sketch exists)."""
+        most ``args.precond_pairs`` pairs, else over a prefix of whole batches holding ``precond_pairs`` pairs,
+        scaled to all (a cost that does not grow with N). The choice depends on the data only, not on what was
+        computed before, so a solve gives the same answer in every command. None for plain CG or without prior
+        and damping. Either way CG stops at the same residual tolerance."""
         shift = self.fit_args.l2 + self.args.damping
         if not self._preconditioned:
             return None
         if self._precond is None:
-            if not build and self._sketch is None:
-                return None
-            if self.n <= self.args.precond_pairs or self._sketch is not None:
+            if self.n <= self.args.precond_pairs:
                 proj, sketched = self._projection_sketch()
                 self._precond = NystromPreconditioner.from_sketch(proj, sketched - self.fit_args.l2 * proj, shift)
             else:

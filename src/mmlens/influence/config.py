@@ -115,13 +115,12 @@ class InfluenceArguments:
     lissa_scale: float | None = None  # None: 1.2 x the largest Hessian eigenvalue (power iteration)
     proj_dim: int = 256
     seed: int = 0
-    #: CG's preconditioner: Nystrom from the projected sketch (``proj_dim`` Hessian-vector products, shared with the
-    #: projected self-influence operator) over at most ``precond_pairs`` pairs (whole batches, scaled to all pairs;
-    #: all pairs when there are fewer), so its cost does not grow with the number of pairs.
+    #: CG's preconditioner: Nystrom from ``proj_dim`` Hessian-vector products over at most ``precond_pairs`` pairs
+    #: (whole batches, scaled to all pairs; all pairs - the projected self-influence operator's sketch - when there
+    #: are fewer), so its cost does not grow with the number of pairs
     preconditioner: Preconditioner = Preconditioner.NYSTROM
     precond_pairs: int = 2048
-    #: plain CG iterations before a preconditioner that costs Hessian-vector products is built (one whose sketch
-    #: exists - the self-influence operator's - is used from the start)
+    #: plain CG iterations before CG builds its preconditioner and restarts from its current solution
     cg_precondition_after: int = 32
 
     def __post_init__(self) -> None:

@@ -190,11 +190,11 @@ def build_inverse(
     dtype: torch.dtype,
     *,
     sketch: tuple[torch.Tensor, torch.Tensor] | None = None,
-    preconditioner: Callable[[bool], NystromPreconditioner | None] | None = None,
+    preconditioner: Callable[[], NystromPreconditioner | None] | None = None,
 ) -> InverseOperator:
     """The solver chosen by ``args.solver``. ``sketch``: the projected solver's (Pi, H Pi^T) when already computed
-    (:func:`projection_sketch`). ``preconditioner(build)``: CG's preconditioner (None: plain CG); with ``build`` False
-    only one that costs no Hessian-vector product (see the CG branch)."""
+    (:func:`projection_sketch`). ``preconditioner()``: CG's preconditioner, built when a solve first needs it (None: plain
+    CG; see the CG branch)."""
     damping = args.damping
     if args.solver is HessianSolver.IDENTITY:
         return InverseOperator(lambda x: x, {"solver": "identity"}, True)
@@ -229,17 +229,14 @@ def build_inverse(
         info: dict = {"solver": "cg", "solves": infos}
 
         def solve(row: torch.Tensor) -> torch.Tensor:
-            # a preconditioner that costs nothing (its sketch exists) is used from the start; one that costs
-            # Hessian-vector products is built only if plain CG has not converged after cg_precondition_after
-            # iterations, and CG restarts from its current solution (a warm start) preconditioned
-            precond = None if preconditioner is None else preconditioner(False)
-            first = args.cg_max_iter
-            if precond is None and preconditioner is not None:
-                first = min(first, args.cg_precondition_after)
-            sol, done = conjugate_gradient(hvp, row, damping, first, args.cg_tol, preconditioner=precond)
-            done["preconditioned_from"] = 0 if precond is not None else None
+            # plain CG first; only if it has not converged after cg_precondition_after iterations is the
+            # preconditioner built (or fetched) and CG restarted from its current solution (a warm start). A solve
+            # that converges early is plain CG's, bit for bit, whatever else was computed before.
+            first = args.cg_max_iter if preconditioner is None else min(args.cg_max_iter, args.cg_precondition_after)
+            sol, done = conjugate_gradient(hvp, row, damping, first, args.cg_tol)
+            done["preconditioned_from"] = None
             if done["rel_residual"] > args.cg_tol and done["iterations"] >= first and first < args.cg_max_iter:
-                precond = preconditioner(True) if preconditioner is not None else None
+                precond = preconditioner() if preconditioner is not None else None
                 # (without a preconditioner after all, plain CG continues from where it stopped)
                 sol, more = conjugate_gradient(
                     hvp, row, damping, args.cg_max_iter - first, args.cg_tol, preconditioner=precond, x0=sol
@@ -250,8 +247,8 @@ def build_inverse(
                     "iterations": first + 1 + more["iterations"],
                     "preconditioned_from": first if precond is not None else None,
                 }
-            if isinstance(precond, NystromPreconditioner):
-                info["preconditioner"] = {"kind": "nystrom", "rank": precond.rank, "shift": precond.shift}
+                if isinstance(precond, NystromPreconditioner):
+                    info["preconditioner"] = {"kind": "nystrom", "rank": precond.rank, "shift": precond.shift}
             infos.append(done)
             return sol
 
