@@ -95,7 +95,7 @@ def run_one(model: str, group: str, n: int, work_dir: Path, seed: int = 0) -> di
     encoded = encode_cached(task, train, work_dir / "cache", key=model)
     t1 = time.perf_counter()
     analyzer = InfluenceAnalyzer(
-        task, train, fit_args=FitArguments(batch_size=64, l2=300.0, seed=seed), encoded=encoded
+        task, train, fit_args=FitArguments(batch_size=64, l2=300.0, seed=seed, precondition_after=64), encoded=encoded
     )
     fit = analyzer.fit()
     t2 = time.perf_counter()
