@@ -68,7 +68,7 @@ FIT_OPTIONS = FieldOptions(
         "tolerance_grad": "L-BFGS stops when the largest entry of the per-pair (mean) risk gradient is below this.",
         "seed": "Seed of the default partition and of the randomised solvers (lissa, projected).",
         "precondition_after": "Plain L-BFGS evaluations before an unconverged fit continues Nystrom-preconditioned "
-        "(0: never; same minimiser and stopping rule).",
+        "(0, the default: never; same minimiser and stopping rule).",
         "precondition_rank": "Hessian-vector products of the fit's Nystrom preconditioner.",
         "precondition_pairs": "Pairs (whole batches) the fit's preconditioner is sketched on, scaled to all pairs.",
     },
