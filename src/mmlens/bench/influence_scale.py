@@ -4,7 +4,7 @@ For N = 10^3, 10^4, 10^5 training pairs (digits of sklearn's train split, repeat
 shift of up to one pixel and pixel noise, so every image is distinct and runs through the vision tower - with
 templated captions) and two parameter groups of the zoo's ``digits-clip``:
 
-* ``projection``: both projection matrices (convex with the L2 term),
+* ``projection``: both projection matrices (not convex: the normalised embeddings give negative curvature),
 * ``lora``: rank-4 LoRA adapters on both projections (A·B: non-convex),
 
 one run = encode the pairs (the frozen towers, once), fit the group by L-BFGS over the recorded partition, then
