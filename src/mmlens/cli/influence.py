@@ -68,6 +68,10 @@ FIT_OPTIONS = FieldOptions(
         "tolerance_grad": "The fit stops when the largest entry of the per-pair (mean) risk gradient is below this.",
         "newton_max_iter": "Newton-CG iterations after L-BFGS if it stopped above the tolerance (0: none).",
         "seed": "Seed of the default partition and of the randomised solvers (lissa, projected).",
+        "precondition_after": "Plain L-BFGS evaluations before an unconverged fit continues Nystrom-preconditioned "
+        "(0, the default: never; same minimiser and stopping rule).",
+        "precondition_rank": "Hessian-vector products of the fit's Nystrom preconditioner.",
+        "precondition_pairs": "Pairs (whole batches) the fit's preconditioner is sketched on, scaled to all pairs.",
     },
 )
 ARGS_OPTIONS = FieldOptions(
@@ -81,7 +85,11 @@ ARGS_OPTIONS = FieldOptions(
         "cg_tol": "Conjugate-gradient tolerance (cg).",
         "lissa_depth": "Recursion depth (lissa).",
         "lissa_scale": "Scale (lissa); default: 1.2 x the largest Hessian eigenvalue.",
-        "proj_dim": "Random subspace dimension (projected).",
+        "proj_dim": "Random subspace dimension (projected; also the rank of CG's Nystrom preconditioner).",
+        "preconditioner": "CG's preconditioner: nystrom or none (the same residual tolerance either way).",
+        "precond_pairs": "Pairs (whole batches) CG's preconditioner is sketched on, scaled to all pairs.",
+        "cg_precondition_after": "Plain CG iterations before CG builds its preconditioner and restarts from its "
+        "current solution.",
     },
 )
 #: The options every influence command shares, from the dataclasses above (one source for all four commands).

@@ -50,6 +50,9 @@ from .config import (
     ParamGroup as ParamGroup,
 )
 from .config import (
+    Preconditioner as Preconditioner,
+)
+from .config import (
     Relative as Relative,
 )
 from .config import (

@@ -29,7 +29,15 @@ from safetensors.torch import load_file, save_file
 
 from mmlens.enums import as_enum
 from mmlens.errors import InputError
-from mmlens.influence.config import FitArguments, HessianSolver, InfluenceArguments, NegForm, Relative, Role
+from mmlens.influence.config import (
+    FitArguments,
+    HessianSolver,
+    InfluenceArguments,
+    NegForm,
+    Preconditioner,
+    Relative,
+    Role,
+)
 from mmlens.influence.data import BatchPartition, PairData
 from mmlens.influence.objective import (
     PARTS,
@@ -39,7 +47,7 @@ from mmlens.influence.objective import (
     removal_masks,
     similarity,
 )
-from mmlens.influence.solvers import InverseOperator, build_inverse
+from mmlens.influence.solvers import InverseOperator, NystromPreconditioner, build_inverse, projection_sketch
 from mmlens.influence.task import ContrastiveTask, Encoded, subset
 from mmlens.models.contrastive import ContrastiveModel
 from mmlens.models.distributed import DistributedWork
@@ -161,12 +169,21 @@ class TraceResult:
         return np.argsort(self.relative_influence[t])[:k]
 
 
+class _Converged(Exception):
+    """Raised by a preconditioned fit's closure at the first point that meets the fit's own stopping rule."""
+
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.theta = theta
+
+
 def _minimise(
     value_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     hvp_at: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
     theta0: torch.Tensor,
     args: FitArguments,
     n_pairs: int,
+    preconditioner_at: Callable[[torch.Tensor], NystromPreconditioner | None] | None = None,
 ) -> tuple[torch.Tensor, float, float, int]:
     """Minimise the summed risk to ``args.tolerance_grad`` per pair: L-BFGS, then (if it stopped above the
     tolerance) trust-region Newton-CG with exact Hessian-vector products. ``value_and_grad(theta) -> (risk,
@@ -181,29 +198,64 @@ def _minimise(
     Why the second stage: from a trained model's weights with a weak prior the risk's optimum can lie far away
     (the memorised tier's heads: 0.67 of their norm) along a curved valley. L-BFGS gets there but then converges
     only linearly on the ill-conditioned optimum (the tier's fit: 1,250 evaluations to a per-pair gradient of 1e-4,
-    2,200 to 1e-6); Newton-CG converges quadratically from there."""
+    2,200 to 1e-6); Newton-CG converges quadratically from there.
+
+    Preconditioning (``preconditioner_at(theta) -> M^-1``, after ``args.precondition_after`` evaluations without
+    convergence): the prior is fixed while the data curvature grows with N, so plain L-BFGS needs more and more
+    evaluations; it continues on z with theta = theta_k + M^-1/2 z (the same minimiser) and stops at the first
+    evaluated point whose per-pair gradient of the risk meets ``tolerance_grad`` - the unpreconditioned rule - or
+    when its step or risk change stalls below 1e-15, as plain L-BFGS does."""
     scale = 1.0 / max(1, n_pairs)
-    theta = theta0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [theta],
-        lr=1.0,
-        max_iter=args.max_iter,
-        max_eval=int(args.max_iter * 1.25),
-        tolerance_grad=args.tolerance_grad,
-        tolerance_change=1e-15,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
     evaluations = 0
 
-    def closure():
+    def run(start: torch.Tensor, max_iter: int, precond: NystromPreconditioner | None) -> tuple[torch.Tensor, bool]:
+        """L-BFGS from ``start`` (on z when preconditioned); returns (theta, budget used up)."""
         nonlocal evaluations
-        evaluations += 1
-        loss, grad = value_and_grad(theta.detach())
-        theta.grad = grad * scale
-        return loss * scale
+        variable = (torch.zeros_like(start) if precond is not None else start.detach().clone()).requires_grad_(True)
+        max_eval = int(max_iter * 1.25)
+        opt = torch.optim.LBFGS(
+            [variable],
+            lr=1.0,
+            max_iter=max_iter,
+            max_eval=max_eval,
+            # preconditioned: the rule is checked on the gradient in theta (the closure), never on the one in z
+            tolerance_grad=args.tolerance_grad if precond is None else 0.0,
+            tolerance_change=1e-15,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
 
-    opt.step(closure)
+        def theta_of(var: torch.Tensor) -> torch.Tensor:
+            return var.detach() if precond is None else start + precond.sqrt_apply(var.detach())
+
+        def closure():
+            nonlocal evaluations
+            evaluations += 1
+            theta = theta_of(variable)
+            loss, grad = value_and_grad(theta)
+            if precond is None:
+                variable.grad = grad * scale
+            else:
+                if float(grad.abs().max()) * scale <= args.tolerance_grad:
+                    raise _Converged(theta)
+                variable.grad = precond.sqrt_apply(grad) * scale
+            return loss * scale
+
+        start_evals = evaluations
+        try:
+            opt.step(closure)
+        except _Converged as done:
+            return done.theta, False
+        state = opt.state[variable]
+        used_up = state.get("n_iter", 0) >= max_iter or evaluations - start_evals >= max_eval
+        return theta_of(variable), used_up
+
+    budget = args.max_iter
+    first = budget if preconditioner_at is None or args.precondition_after == 0 else args.precondition_after
+    theta, used_up = run(theta0, min(first, budget), None)
+    if used_up and first < budget and preconditioner_at is not None:
+        precond = preconditioner_at(theta)
+        theta, _ = run(theta, budget - first, precond)
     found = theta.detach()
     loss, grad = value_and_grad(found)
     if float(grad.abs().max()) * scale > args.tolerance_grad and args.newton_max_iter > 0:
@@ -368,8 +420,12 @@ class InfluenceAnalyzer:
         per_chunk = max(1, chunk_pairs // max(1, self.partition.max_batch))
         self._chunks = [slice(s, min(s + per_chunk, len(self._index))) for s in range(0, len(self._index), per_chunk)]
         self.fitted: FitResult | None = None
+        self._per_chunk = per_chunk
         self._inverse: InverseOperator | None = None
         self._hvp_state: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (Pi, H Pi^T) at the fit over all pairs: the projected operator's sketch, reused by CG's preconditioner
+        self._sketch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._precond: NystromPreconditioner | None = None
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -440,7 +496,9 @@ class InfluenceAnalyzer:
     def fit(self) -> FitResult:
         """Fit the group on all pairs from theta_0 over the recorded partition (L-BFGS to convergence)."""
         t0 = time.time()
-        theta, risk, grad, evaluations = _minimise(self.risk_and_grad, self.hvp_at, self.theta0, self.fit_args, self.n)
+        theta, risk, grad, evaluations = _minimise(
+            self.risk_and_grad, self.hvp_at, self.theta0, self.fit_args, self.n, self._fit_preconditioner
+        )
         fit = FitResult(
             theta, self.theta0.clone(), self.partition, self.fit_args, risk, grad, time.time() - t0, evaluations
         )
@@ -454,7 +512,7 @@ class InfluenceAnalyzer:
         if fit.partition.batches != self.partition.batches:
             raise InputError("the fit was made over another batch partition; pass partition=fit.partition")
         self.fitted = fit
-        self._inverse, self._hvp_state = None, None
+        self._inverse, self._hvp_state, self._sketch, self._precond = None, None, None, None
 
     def retrain(
         self, remove: Indices = (), remove_neg: Indices = (), remove_pos: Indices = (), warm_start: bool = False
@@ -468,6 +526,7 @@ class InfluenceAnalyzer:
             start,
             self.fit_args,
             self.n,
+            self._fit_preconditioner,
         )
         return theta
 
@@ -539,10 +598,87 @@ class InfluenceAnalyzer:
                 out[start : start + len(block)] += self._batched_grad(grad, theta, block)
         return out[0] if single else out
 
+    def _data_hvp(self, theta: torch.Tensor, vs: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Rows [Q, P] times the Hessian of the summed loss (no prior) of the first ``n_rows`` batches of the
+        partition at ``theta``, chunk by chunk, one vector per double backward."""
+        none = torch.zeros(self.n, dtype=torch.bool)
+        masks = removal_masks(self._index, none, none, none)
+        theta = theta.detach().clone().requires_grad_(True)
+        out = torch.zeros_like(vs)
+        for start in range(0, n_rows, self._per_chunk):
+            rows = slice(start, min(start + self._per_chunk, n_rows))
+            (grad,) = torch.autograd.grad(self._chunk_loss(theta, rows, masks), theta, create_graph=True)
+            for i in range(len(vs)):
+                out[i] += torch.autograd.grad(grad, theta, vs[i], retain_graph=True)[0]
+        return out
+
+    def _subsample_rows(self, n_pairs: int) -> tuple[int, int]:
+        """(batches, pairs) of the shortest prefix of the (random) partition holding at least ``n_pairs`` pairs."""
+        total = 0
+        for rows, batch in enumerate(self.partition.batches, start=1):
+            total += len(batch)
+            if total >= n_pairs:
+                return rows, total
+        return len(self.partition.batches), total
+
+    def _nystrom(self, theta: torch.Tensor, rank: int, n_pairs: int, shift: float) -> NystromPreconditioner:
+        """Nystrom preconditioner of H = (data Hessian) + shift I at ``theta`` from ``rank`` seeded test vectors,
+        the data Hessian estimated on a prefix of whole batches holding >= ``n_pairs`` pairs, scaled to all pairs."""
+        gen = torch.Generator().manual_seed(self.args.seed)
+        size = self.task.space.size
+        k = min(rank, size)
+        omega = torch.randn(k, size, generator=gen, dtype=self._dtype) / k**0.5
+        rows, pairs = self._subsample_rows(n_pairs)
+        sketch = self._data_hvp(theta, omega, rows) * (self.n / pairs)
+        return NystromPreconditioner.from_sketch(omega, sketch, shift)
+
+    def _fit_preconditioner(self, theta: torch.Tensor) -> NystromPreconditioner | None:
+        if self.fit_args.l2 <= 0:  # no prior: nothing fixes the preconditioner's floor
+            return None
+        fa = self.fit_args
+        return self._nystrom(theta, fa.precondition_rank, fa.precondition_pairs, fa.l2)
+
+    def _projection_sketch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Pi, H Pi^T) at the fit over all pairs (computed once per fit)."""
+        if self._sketch is None:
+            self._sketch = projection_sketch(self.args, self.hvp, self.task.space.size, self._dtype)
+        return self._sketch
+
+    @property
+    def _preconditioned(self) -> bool:
+        return self.args.preconditioner is not Preconditioner.NONE and self.fit_args.l2 + self.args.damping > 0
+
+    def cg_preconditioner(self) -> NystromPreconditioner | None:
+        """CG's preconditioner (``args.preconditioner``): Nystrom at the fit from ``proj_dim`` Hessian-vector
+        products - over all pairs (the projected sketch, shared with the self-influence operator) when there are at
+        most ``args.precond_pairs`` pairs, else over a prefix of whole batches holding ``precond_pairs`` pairs,
+        scaled to all (a cost that does not grow with N). The choice depends on the data only, not on what was
+        computed before, so a solve gives the same answer in every command. None for plain CG or without prior
+        and damping. Either way CG stops at the same residual tolerance."""
+        shift = self.fit_args.l2 + self.args.damping
+        if not self._preconditioned:
+            return None
+        if self._precond is None:
+            if self.n <= self.args.precond_pairs:
+                proj, sketched = self._projection_sketch()
+                self._precond = NystromPreconditioner.from_sketch(proj, sketched - self.fit_args.l2 * proj, shift)
+            else:
+                self._precond = self._nystrom(self._theta_hat(), self.args.proj_dim, self.args.precond_pairs, shift)
+        return self._precond
+
     def inverse(self) -> InverseOperator:
         """H^-1 (the solver of ``args``), built once per fit."""
         if self._inverse is None:
-            self._inverse = build_inverse(self.args, self.hvp, self.hvp, self.task.space.size, self._dtype)
+            sketch = self._projection_sketch() if self.args.solver is HessianSolver.PROJECTED else None
+            self._inverse = build_inverse(
+                self.args,
+                self.hvp,
+                self.hvp,
+                self.task.space.size,
+                self._dtype,
+                sketch=sketch,
+                preconditioner=self.cg_preconditioner if self._preconditioned else None,
+            )
         return self._inverse
 
     def batched_inverse(self) -> InverseOperator:
@@ -551,7 +687,12 @@ class InfluenceAnalyzer:
         if inv.batched:
             return inv
         return build_inverse(
-            replace(self.args, solver=HessianSolver.PROJECTED), self.hvp, self.hvp, self.task.space.size, self._dtype
+            replace(self.args, solver=HessianSolver.PROJECTED),
+            self.hvp,
+            self.hvp,
+            self.task.space.size,
+            self._dtype,
+            sketch=self._projection_sketch(),
         )
 
     # -------------------------------------------------------------------------------- per-pair gradients
