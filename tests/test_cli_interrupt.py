@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-N_SCENES = 400
+# large enough that the export cannot finish between the test's last look and its SIGINT on a loaded machine
+# (with 400 scenes, ~1.5 s of export, a fresh-clone CI run under load once saw it exit 0 before the signal landed)
+N_SCENES = 2000
 
 
 def _mmlens(*args: str, **kwargs) -> subprocess.Popen:
@@ -39,7 +41,7 @@ def test_sigint_mid_run_keeps_nothing_partial_and_the_rerun_equals_an_uninterrup
     # wait until the export is under way: its temporary folder holds some images
     while time.monotonic() < deadline and run.poll() is None:
         partial = [p for p in tmp_path.glob(".world*") if (p / "images").is_dir()]
-        if partial and len(list((partial[0] / "images").iterdir())) >= 20:
+        if partial and len(list((partial[0] / "images").iterdir())) >= 5:
             break
         time.sleep(0.05)
     assert run.poll() is None, "the export ended before it could be interrupted"
