@@ -24,6 +24,9 @@ def _mmlens(*args: str, **kwargs) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a shell that starts a job in the background (nohup ... &, as CI may) leaves SIGINT ignored, the child
+        # inherits that and Python then installs no KeyboardInterrupt handler: give the command a user's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **kwargs,
     )
 
